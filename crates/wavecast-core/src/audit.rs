@@ -1,0 +1,214 @@
+//! Audit events and their canonical bytes — the leaves of the audit log.
+//!
+//! Each event is serialized to one canonical byte string (JSON, keys sorted, no whitespace)
+//! that is stored verbatim. The Merkle leaf hash is SHA-256(0x00 ‖ bytes) as in RFC 6962, so an
+//! auditor can recompute the tree from stored bytes alone. The sequence number is part of the
+//! bytes: reordering rows changes their hashes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::Sha256Digest;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// `wavecast init` created the installation (recorded at the server's first start).
+    #[serde(rename = "installation.initialized")]
+    InstallationInitialized,
+    /// An artifact version was published.
+    #[serde(rename = "artifact.published")]
+    ArtifactPublished,
+    /// A device group was created.
+    #[serde(rename = "group.created")]
+    GroupCreated,
+    /// An enrollment token was minted for a group.
+    #[serde(rename = "enrollment_token.created")]
+    EnrollmentTokenCreated,
+    /// A device enrolled.
+    #[serde(rename = "device.enrolled")]
+    DeviceEnrolled,
+    /// An API token was created.
+    #[serde(rename = "token.created")]
+    TokenCreated,
+    /// An API token was revoked.
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
+}
+
+impl AuditAction {
+    /// The dotted name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::InstallationInitialized => "installation.initialized",
+            AuditAction::ArtifactPublished => "artifact.published",
+            AuditAction::GroupCreated => "group.created",
+            AuditAction::EnrollmentTokenCreated => "enrollment_token.created",
+            AuditAction::DeviceEnrolled => "device.enrolled",
+            AuditAction::TokenCreated => "token.created",
+            AuditAction::TokenRevoked => "token.revoked",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event before it has a place in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEvent {
+    /// Who did it: a token's name, `device:NAME`, or `wavecast` for the system itself.
+    pub actor: String,
+    /// What happened.
+    pub action: AuditAction,
+    /// What it happened to (`yolo-v8n@2.1.0`, `plant-7`, …).
+    pub subject: String,
+    /// Anything else worth keeping as evidence.
+    pub detail: serde_json::Value,
+}
+
+/// An event with its place in the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Position in the log, from 0; also the Merkle leaf index.
+    pub seq: u64,
+    /// When, as RFC 3339 UTC.
+    pub at: String,
+    /// Who did it.
+    pub actor: String,
+    /// What happened.
+    pub action: AuditAction,
+    /// What it happened to.
+    pub subject: String,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// Stored bytes that do not parse back into an event.
+#[derive(Debug, thiserror::Error)]
+#[error("audit event bytes do not parse: {source}")]
+pub struct AuditDecodeError {
+    #[source]
+    source: serde_json::Error,
+}
+
+impl AuditEvent {
+    /// Places `new` at `seq`, happening `at`.
+    pub fn place(new: NewAuditEvent, seq: u64, at: String) -> Self {
+        Self { seq, at, actor: new.actor, action: new.action, subject: new.subject, detail: new.detail }
+    }
+
+    /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let value = serde_json::json!({
+            "seq": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action.as_str(),
+            "subject": self.subject,
+            "detail": self.detail,
+        });
+        let mut out = Vec::with_capacity(256);
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    /// Parses stored canonical bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AuditDecodeError> {
+        serde_json::from_slice(bytes).map_err(|source| AuditDecodeError { source })
+    }
+
+    /// The RFC 6962 leaf hash of the canonical bytes.
+    pub fn leaf_hash(&self) -> Sha256Digest {
+        leaf_hash(&self.canonical_bytes())
+    }
+}
+
+/// RFC 6962 leaf hash: SHA-256(0x00 ‖ data).
+pub fn leaf_hash(data: &[u8]) -> Sha256Digest {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(data);
+    Sha256Digest::from_bytes(h.finalize().into())
+}
+
+// serde_json's map order depends on a crate feature any dependency may switch on, so sorting is
+// done here rather than trusted to the map type.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(&Value::String(k.clone()), out);
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(scalar, out),
+    }
+}
+
+fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
+    // Serializing a scalar into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> AuditEvent {
+        AuditEvent::place(
+            NewAuditEvent {
+                actor: "admin".into(),
+                action: AuditAction::GroupCreated,
+                subject: "plant-7".into(),
+                detail: serde_json::json!({"z": 1, "a": {"y": [true, null], "b": "x"}}),
+            },
+            3,
+            "2026-11-28T10:00:00Z".into(),
+        )
+    }
+
+    #[test]
+    fn canonical_bytes_sort_keys_and_round_trip() {
+        let e = event();
+        let bytes = e.canonical_bytes();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"{"action":"group.created","actor":"admin","at":"2026-11-28T10:00:00Z","detail":{"a":{"b":"x","y":[true,null]},"z":1},"seq":3,"subject":"plant-7"}"#
+        );
+        assert_eq!(AuditEvent::from_bytes(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn leaf_hash_is_rfc6962() {
+        // RFC 6962 test vector: the leaf hash of the empty string.
+        assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+        let mut other = event();
+        other.seq = 4;
+        assert_ne!(event().leaf_hash(), other.leaf_hash());
+    }
+}

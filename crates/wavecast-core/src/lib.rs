@@ -1,0 +1,16 @@
+//! The wavecast domain: the names, digests, roles and audit events every other crate shares.
+//!
+//! This crate does no IO — no files, no network, no clock, no randomness. Callers pass time and
+//! random bytes in. That keeps the rules of the domain testable as plain functions and lets the
+//! agent depend on it without pulling in a runtime.
+
+pub mod audit;
+pub mod digest;
+pub mod duration;
+pub mod name;
+pub mod role;
+pub mod secret;
+
+pub use digest::Sha256Digest;
+pub use name::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};
+pub use role::{Permission, Role};

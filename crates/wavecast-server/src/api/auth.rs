@@ -1,0 +1,85 @@
+//! Who is calling: operators with API tokens, devices with their credentials.
+//!
+//! Both are bearer secrets looked up by their SHA-256. The kinds are told apart by prefix, so a
+//! device credential on the operator API is refused as such (and the other way round).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::{Permission, Role};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::DeviceRecord;
+
+/// An authenticated operator.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// Token id.
+    pub token_id: String,
+    /// Token name: the actor in audit events.
+    pub name: String,
+    /// Token role.
+    pub role: Role,
+}
+
+impl Operator {
+    /// Fails with 403 unless the role grants `permission`.
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if self.role.allows(permission) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("token {:?} has role {}, which may not {permission:?}", self.name, self.role)))
+        }
+    }
+}
+
+fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized(format!("missing bearer token: send {what} in an Authorization header")))?;
+    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Authorization header is not ASCII".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <token>`".into()))?;
+    Ok(token.trim().to_owned())
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
+        let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let record = state
+            .store()
+            .token_by_secret(&secret.hash())
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
+        if record.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
+        }
+        Ok(Operator { token_id: record.id, name: record.name, role: record.role })
+    }
+}
+
+/// An authenticated device.
+#[derive(Debug, Clone)]
+pub struct Device(pub DeviceRecord);
+
+impl FromRequestParts<AppState> for Device {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts, "the device credential")?;
+        let secret =
+            Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let device = state
+            .store()
+            .device_by_credential(&secret.hash())
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+        Ok(Device(device))
+    }
+}

@@ -1,0 +1,169 @@
+//! HTTP: the operator API (`/api/v1`), the device API (`/device/v1`), health and metrics.
+//!
+//! [`router`] builds the whole service from an [`AppState`], so tests drive it in-process with
+//! `tower::ServiceExt::oneshot` exactly as the network would.
+
+mod auth;
+mod device;
+pub mod error;
+mod operator;
+mod publish;
+mod tuf;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tough::schema::{Root, Signed};
+use wavecast_tuf::keys::SigningKey;
+use wavecast_tuf::repo::OnlineKeys;
+
+pub use auth::{Device, Operator};
+pub use error::ApiError;
+
+use crate::blobs::BlobStore;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Request bodies other than artifact uploads are small JSON documents.
+const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The trust material the server holds.
+#[derive(Debug)]
+pub struct Trust {
+    /// The root, parsed and self-verified.
+    pub root: Signed<Root>,
+    /// The root exactly as init wrote it.
+    pub root_bytes: Vec<u8>,
+    /// Snapshot and timestamp keys.
+    pub online: OnlineKeys,
+    /// Signs device assignments.
+    pub director: SigningKey,
+}
+
+struct Inner {
+    store: Store,
+    blobs: BlobStore,
+    trust: Trust,
+    metrics: Metrics,
+}
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Bundles the server's parts.
+    pub fn new(store: Store, blobs: BlobStore, trust: Trust) -> Self {
+        Self(Arc::new(Inner { store, blobs, trust, metrics: Metrics::default() }))
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.0.blobs
+    }
+
+    /// Keys and root.
+    pub fn trust(&self) -> &Trust {
+        &self.0.trust
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
+
+/// The whole HTTP service.
+pub fn router(state: AppState) -> Router {
+    let operator = Router::new()
+        .route("/whoami", get(operator::whoami))
+        .route("/artifacts", get(operator::list_artifacts))
+        .route("/groups", get(operator::list_groups).post(operator::create_group))
+        .route("/enrollment-tokens", post(operator::create_enrollment_token))
+        .route("/devices", get(operator::list_devices))
+        .route("/devices/{name}", get(operator::show_device))
+        .route("/audit", get(operator::list_audit))
+        .route("/tuf/{file}", get(tuf::operator_metadata))
+        .route("/blobs/{sha256}", get(operator::get_blob))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
+        .route("/artifacts", post(publish::publish).layer(DefaultBodyLimit::disable()));
+    let device = Router::new()
+        .route("/enroll", post(device::enroll))
+        .route("/whoami", get(device::whoami))
+        .route("/tuf/{file}", get(tuf::device_metadata))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", operator)
+        .nest("/device/v1", device)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store().installation_root().await?;
+    Ok("ok\n")
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics().render(state.store().backend());
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let api = crate::metrics::Api::of(req.uri().path());
+    let resp = next.run(req).await;
+    state.metrics().record(api, resp.status());
+    resp
+}
+
+/// `Json<T>` whose rejections are our JSON errors, and which refuses unknown fields when `T`
+/// says `deny_unknown_fields`.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let msg = rejection.body_text();
+                if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Err(ApiError::TooLarge(format!("request body is larger than {JSON_BODY_LIMIT} bytes")))
+                } else {
+                    Err(ApiError::BadRequest(msg))
+                }
+            }
+        }
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A random id, 16 hex digits.
+pub(crate) fn new_id() -> Result<String, ApiError> {
+    let b = crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(hex::encode(&b[..8]))
+}

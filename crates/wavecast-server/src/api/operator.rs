@@ -1,0 +1,193 @@
+//! Operator API handlers: artifacts, groups, enrollment tokens, devices, audit, blobs.
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt as _;
+use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
+use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::{GroupName, Permission, Sha256Digest};
+
+use super::{ApiError, ApiJson, AppState, Operator, new_id, now_ms};
+use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
+
+/// Who the token belongs to.
+pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "id": op.token_id, "name": op.name, "role": op.role }))
+}
+
+pub async fn list_artifacts(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
+    op.require(Permission::Read)?;
+    Ok(Json(state.store().list_artifacts().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    name: String,
+}
+
+pub async fn create_group(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(body): ApiJson<CreateGroup>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    op.require(Permission::ManageFleet)?;
+    let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let event = NewAuditEvent {
+        actor: op.name.clone(),
+        action: AuditAction::GroupCreated,
+        subject: name.to_string(),
+        detail: serde_json::json!({}),
+    };
+    state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
+}
+
+pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<GroupRecord>>, ApiError> {
+    op.require(Permission::Read)?;
+    Ok(Json(state.store().list_groups().await?))
+}
+
+/// The longest an enrollment token may live.
+const MAX_ENROLLMENT_SECS: u64 = 365 * 24 * 3600;
+/// How long one lives unless asked otherwise.
+const DEFAULT_ENROLLMENT_SECS: u64 = 7 * 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    group: String,
+    expires_in_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub struct EnrollmentTokenCreated {
+    id: String,
+    group: String,
+    token: String,
+    expires_at: String,
+}
+
+pub async fn create_enrollment_token(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+    op.require(Permission::ManageFleet)?;
+    let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
+    if secs == 0 || secs > MAX_ENROLLMENT_SECS {
+        return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
+    }
+    let secret = Secret::from_random(SecretKind::EnrollmentToken, random()?);
+    let now = now_ms();
+    let t = NewEnrollmentToken {
+        id: new_id()?,
+        group: group.to_string(),
+        secret_sha256: secret.hash(),
+        now_ms: now,
+        expires_at: now + (secs as i64) * 1000,
+        created_by: op.name.clone(),
+    };
+    let event = NewAuditEvent {
+        actor: op.name.clone(),
+        action: AuditAction::EnrollmentTokenCreated,
+        subject: group.to_string(),
+        detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),
+    };
+    state.store().create_enrollment_token(&t, event).await?;
+    let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
+    ))
+}
+
+fn random() -> Result<[u8; 32], ApiError> {
+    crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilter {
+    group: Option<String>,
+}
+
+pub async fn list_devices(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(filter): Query<DeviceFilter>,
+) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
+    op.require(Permission::Read)?;
+    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
+}
+
+/// One device, with what it runs (filled in by the device loop's reports).
+#[derive(Serialize)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    device: DeviceRecord,
+    artifacts: Vec<serde_json::Value>,
+}
+
+pub async fn show_device(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(name): Path<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    op.require(Permission::Read)?;
+    let device = state
+        .store()
+        .device_by_name(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("device {name:?} not found")))?;
+    Ok(Json(DeviceDetail { device, artifacts: Vec::new() }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRange {
+    from: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn list_audit(
+    State(state): State<AppState>,
+    op: Operator,
+    Query(range): Query<AuditRange>,
+) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+    op.require(Permission::Read)?;
+    let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
+    Ok(Json(state.store().audit_events(range.from.unwrap_or(0).max(0), limit).await?))
+}
+
+/// Serves a published blob, honouring `Range` requests.
+pub async fn get_blob(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(sha256): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    op.require(Permission::Read)?;
+    let digest: Sha256Digest = sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
+    serve_blob(&state, &digest, req).await
+}
+
+/// Serves a blob file that a published artifact references.
+pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Request) -> Result<Response, ApiError> {
+    if !state.store().blob_referenced(digest).await? {
+        return Err(ApiError::NotFound(format!("no published artifact has sha256 {digest}")));
+    }
+    let path = state.blobs().path(digest);
+    let resp = tower_http::services::ServeFile::new(&path)
+        .oneshot(req)
+        .await
+        .map_err(|e| ApiError::Internal(format!("serving blob {digest}: {e}")))?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::Internal(format!("blob {digest} is referenced but missing from the blob store")));
+    }
+    Ok(resp.map(axum::body::Body::new).into_response())
+}

@@ -1,0 +1,43 @@
+//! Serving TUF metadata by file name, exactly as signed.
+//!
+//! Names follow the TUF repository layout with consistent snapshots: `root.json`,
+//! `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Unversioned
+//! `snapshot.json` and `targets.json` give the newest, for publishers.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use wavecast_core::Permission;
+
+use super::{ApiError, AppState, Device, Operator};
+
+/// Metadata for operators (the publisher reads root and targets here).
+pub async fn operator_metadata(State(state): State<AppState>, op: Operator, Path(file): Path<String>) -> Result<Response, ApiError> {
+    op.require(Permission::Read)?;
+    metadata(&state, &file).await
+}
+
+/// Metadata for devices.
+pub async fn device_metadata(State(state): State<AppState>, _device: Device, Path(file): Path<String>) -> Result<Response, ApiError> {
+    metadata(&state, &file).await
+}
+
+async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no TUF metadata file {file:?}"));
+    let stem = file.strip_suffix(".json").ok_or_else(not_found)?;
+    let (version, role) = match stem.split_once('.') {
+        Some((v, role)) => (Some(v.parse::<i64>().map_err(|_| not_found())?), role),
+        None => (None, stem),
+    };
+    if !matches!(role, "root" | "timestamp" | "snapshot" | "targets") || (role == "timestamp" && version.is_some()) {
+        return Err(not_found());
+    }
+    let body = match version {
+        Some(v) => state.store().metadata(role, v).await?,
+        None => state.store().latest_metadata(role).await?.map(|(_, b)| b),
+    }
+    .ok_or_else(not_found)?;
+    // Versioned files never change; unversioned ones must be fetched fresh every time.
+    let cache = if version.is_some() { "public, max-age=31536000, immutable" } else { "no-cache" };
+    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, cache)], body).into_response())
+}

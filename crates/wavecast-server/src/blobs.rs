@@ -1,0 +1,126 @@
+//! The content-addressed artifact store on the local filesystem.
+//!
+//! A blob lives at `blobs/sha256/<first two hex>/<hex>`. Uploads stream into `blobs/tmp/`,
+//! hashed and length-capped on the way in, and are renamed into place only after the bytes
+//! matched the signed target; a refused or abandoned upload leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+use wavecast_core::Sha256Digest;
+
+/// Errors storing a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Filesystem trouble.
+    #[error("{op} {path}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upload carried more bytes than the signed length.
+    #[error("the upload is longer than the signed length of {expected} bytes")]
+    TooLong {
+        /// The signed length.
+        expected: u64,
+    },
+    /// The upload stream broke.
+    #[error("the upload was interrupted after {received} bytes: {reason}")]
+    Interrupted {
+        /// Bytes received.
+        received: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The blob store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// An upload that has been written to a temporary file but not yet placed.
+#[derive(Debug)]
+pub struct Received {
+    tmp: Option<PathBuf>,
+    /// SHA-256 of what was received.
+    pub sha256: Sha256Digest,
+    /// Bytes received.
+    pub length: u64,
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+impl BlobStore {
+    /// Opens (creating) the store under `root`, clearing temporaries a crash left behind.
+    pub fn open(root: &Path) -> Result<Self, BlobError> {
+        let tmp = root.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        for d in [root.join("sha256"), tmp] {
+            std::fs::create_dir_all(&d).map_err(|source| BlobError::Io { op: "creating", path: d.clone(), source })?;
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// Where the blob with this digest lives (whether or not it exists).
+    pub fn path(&self, digest: &Sha256Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join("sha256").join(&hex[..2]).join(hex)
+    }
+
+    /// Streams an upload to a temporary file, hashing it, refusing more than `max_len` bytes.
+    pub async fn receive<S, E>(&self, mut body: S, max_len: u64) -> Result<Received, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = self.root.join("tmp").join(format!("upload-{}", hex::encode(crate::install::random_bytes().unwrap_or_default())));
+        let io = |op, source| BlobError::Io { op, path: tmp.clone(), source };
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io("creating", e))?;
+        // From here on the guard removes the file on every early return.
+        let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Interrupted { received: received.length, reason: e.to_string() })?;
+            received.length += chunk.len() as u64;
+            if received.length > max_len {
+                return Err(BlobError::TooLong { expected: max_len });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
+        }
+        file.sync_all().await.map_err(|e| io("syncing", e))?;
+        received.sha256 = Sha256Digest::from_bytes(hasher.finalize().into());
+        Ok(received)
+    }
+
+    /// Moves a verified upload into place under its digest, durably.
+    pub async fn place(&self, mut received: Received) -> Result<PathBuf, BlobError> {
+        let dest = self.path(&received.sha256);
+        let Some(tmp) = received.tmp.take() else { return Ok(dest) };
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await.map_err(|source| BlobError::Io { op: "creating", path: dir.clone(), source })?;
+        if let Err(source) = tokio::fs::rename(&tmp, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(BlobError::Io { op: "placing", path: dest, source });
+        }
+        let file = tokio::fs::File::open(&dir).await.map_err(|source| BlobError::Io { op: "opening", path: dir.clone(), source })?;
+        file.sync_all().await.map_err(|source| BlobError::Io { op: "syncing", path: dir.clone(), source })?;
+        Ok(dest)
+    }
+}

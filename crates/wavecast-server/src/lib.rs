@@ -1,0 +1,333 @@
+//! The wavecast control plane: configuration, storage, the HTTP service, and the installation
+//! directory it serves.
+//!
+//! This is the only crate that knows SQL ([`store`]) and HTTP routing ([`api`]). The `wavecast`
+//! binary calls [`init`](install::init) and [`run`]; tests call [`open`] and drive
+//! [`api::router`] in-process.
+
+pub mod api;
+pub mod blobs;
+pub mod install;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+
+use tough::schema::{Root, RoleType, Signed, Timestamp};
+use wavecast_core::Sha256Digest;
+use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::Role;
+use wavecast_tuf::keys::{KeyError, SigningKey};
+use wavecast_tuf::repo::{OnlineKeys, OnlinePlan, sign_online};
+
+use crate::api::{AppState, Trust};
+use crate::blobs::{BlobError, BlobStore};
+use crate::install::{BootstrapFile, Layout};
+use crate::store::{Bootstrap, DatabaseConfig, NewToken, OnlineMetadata, Store, StoreError};
+
+/// The default address: loopback only, since plain HTTP must not leave the machine.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+/// Validated server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The installation directory `wavecast init` made.
+    pub data_dir: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The database.
+    pub database: DatabaseConfig,
+}
+
+/// Errors in the settings given.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--database-url` is not PostgreSQL.
+    #[error("--database-url must start with postgres:// or postgresql:// (SQLite needs no URL: it is the default, in the data dir); got {0:?}")]
+    DatabaseUrl(String),
+}
+
+impl ServerConfig {
+    /// Checks and assembles the settings.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, database_url: Option<String>) -> Result<Self, ConfigError> {
+        let database = match database_url {
+            None => DatabaseConfig::Sqlite(Layout::new(&data_dir).sqlite_db()),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => DatabaseConfig::Postgres(url),
+            Some(other) => return Err(ConfigError::DatabaseUrl(other)),
+        };
+        Ok(Self { data_dir, listen, database })
+    }
+}
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data dir is not an installation.
+    #[error("{dir} is not a wavecast installation (no root.json); run `wavecast init --dir {dir}` first")]
+    NotInstalled {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A file of the installation could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// root.json is bad.
+    #[error("loading {path}")]
+    Root {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: wavecast_tuf::root::RootError,
+    },
+    /// An online key is bad.
+    #[error("loading the server's online keys")]
+    Key(#[from] KeyError),
+    /// An online key is not the one root.json names.
+    #[error("{path} is not the {role} key named by root.json")]
+    KeyMismatch {
+        /// The key file.
+        path: PathBuf,
+        /// The role.
+        role: &'static str,
+    },
+    /// bootstrap.json is bad.
+    #[error("{path} is corrupt: {detail}")]
+    Bootstrap {
+        /// The file.
+        path: PathBuf,
+        /// Details.
+        detail: String,
+    },
+    /// The database belongs to another installation.
+    #[error("the database {database} belongs to another installation (root sha256 {found}, this data dir's is {expected})")]
+    WrongDatabase {
+        /// The database.
+        database: String,
+        /// Its root.
+        found: String,
+        /// Ours.
+        expected: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blob store failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// Re-signing metadata failed.
+    #[error(transparent)]
+    Sign(#[from] wavecast_tuf::repo::OnlineSignError),
+    /// Binding or serving failed.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn load_key(path: PathBuf, root: &Root, role: RoleType, name: &'static str) -> Result<SigningKey, ServerError> {
+    let key = SigningKey::load(&path)?;
+    let id = key.key_id()?;
+    if !root.roles.get(&role).is_some_and(|r| r.keyids.contains(&id)) {
+        return Err(ServerError::KeyMismatch { path, role: name });
+    }
+    Ok(key)
+}
+
+/// Loads the installation, opens the database (importing the installation on first start)
+/// and the blob store: everything the HTTP service needs.
+pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
+    let layout = Layout::new(&config.data_dir);
+    let root_path = layout.root_json();
+    if !root_path.exists() {
+        return Err(ServerError::NotInstalled { dir: config.data_dir.clone() });
+    }
+    let root_bytes = std::fs::read(&root_path).map_err(|source| ServerError::Read { path: root_path.clone(), source })?;
+    let root = wavecast_tuf::root::parse_root(&root_bytes).map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
+    let online = OnlineKeys {
+        snapshot: load_key(layout.snapshot_key(), &root.signed, RoleType::Snapshot, "snapshot")?,
+        timestamp: load_key(layout.timestamp_key(), &root.signed, RoleType::Timestamp, "timestamp")?,
+    };
+    let director = SigningKey::load(&layout.director_key())?;
+    let director_named = wavecast_tuf::root::director_key(&root.signed).map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
+    if director.public_bytes() != director_named {
+        return Err(ServerError::KeyMismatch { path: layout.director_key(), role: "director" });
+    }
+    let root_sha256 = Sha256Digest::of(&root_bytes);
+
+    let store = Store::open(&config.database).await?;
+    match store.installation_root().await? {
+        Some(found) if found != root_sha256.to_hex() => {
+            return Err(ServerError::WrongDatabase { database: config.database.redacted(), found, expected: root_sha256.to_hex() });
+        }
+        Some(_) => {}
+        None => {
+            if store.bootstrap(&read_bootstrap(&layout, root_sha256)?).await? {
+                tracing::info!(database = %config.database.redacted(), "imported the installation into the database");
+            }
+        }
+    }
+    let blobs = BlobStore::open(&layout.blobs_dir())?;
+    let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director });
+    refresh_online_metadata(&state).await?;
+    Ok(state)
+}
+
+fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
+    let path = layout.bootstrap_file();
+    let corrupt = |detail: String| ServerError::Bootstrap { path: path.clone(), detail };
+    let bytes = std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
+    let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let mut metadata = Vec::new();
+    for (role, version, name) in &file.metadata {
+        if name.contains('/') || name.contains("..") {
+            return Err(corrupt(format!("metadata file name {name:?}")));
+        }
+        let p = layout.bootstrap_dir().join(name);
+        let body = std::fs::read_to_string(&p).map_err(|source| ServerError::Read { path: p, source })?;
+        metadata.push((role.clone(), *version, body));
+    }
+    let admin_hash: Sha256Digest = file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.to_string()))?;
+    Ok(Bootstrap {
+        now_ms: api_now(),
+        root_sha256,
+        metadata,
+        admin_token: NewToken {
+            id: hex::encode(&admin_hash.as_bytes()[..8]),
+            name: "admin".into(),
+            role: Role::Admin,
+            secret_sha256: admin_hash,
+            created_by: "wavecast init".into(),
+        },
+        event: NewAuditEvent {
+            actor: "wavecast init".into(),
+            action: AuditAction::InstallationInitialized,
+            subject: "installation".into(),
+            detail: serde_json::json!({ "root_sha256": root_sha256.to_hex(), "initialized_at": file.created_at }),
+        },
+    })
+}
+
+fn api_now() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Re-signs snapshot and timestamp when less than half the timestamp's lifetime remains, so
+/// devices never see expired metadata while a server is running.
+pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerError> {
+    let store = state.store();
+    let Some((ts_version, ts_body)) = store.latest_metadata("timestamp").await? else { return Ok(false) };
+    let ts: Signed<Timestamp> = serde_json::from_str(&ts_body).map_err(|e| StoreError::Corrupt { what: "timestamp metadata", detail: e.to_string() })?;
+    let now = jiff::Timestamp::now();
+    let half = jiff::SignedDuration::from_hours(24 * install::TIMESTAMP_LIFETIME_DAYS / 2);
+    if ts.signed.expires - half > now {
+        return Ok(false);
+    }
+    let (targets_version, targets) = store.latest_metadata("targets").await?.ok_or(StoreError::NotFound { what: "targets metadata".into() })?;
+    let (snapshot_version, _) = store.latest_metadata("snapshot").await?.ok_or(StoreError::NotFound { what: "snapshot metadata".into() })?;
+    let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
+    let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
+    let signed = sign_online(
+        &state.trust().root.signed,
+        &state.trust().online,
+        targets.as_bytes(),
+        OnlinePlan {
+            targets_version: nz(targets_version),
+            snapshot_version: nz(snapshot_version + 1),
+            timestamp_version: nz(ts_version + 1),
+            snapshot_expires: days(install::SNAPSHOT_LIFETIME_DAYS),
+            timestamp_expires: days(install::TIMESTAMP_LIFETIME_DAYS),
+        },
+    )
+    .await?;
+    let m = OnlineMetadata {
+        snapshot_version: snapshot_version + 1,
+        snapshot: String::from_utf8_lossy(&signed.snapshot).into_owned(),
+        timestamp_version: ts_version + 1,
+        timestamp: String::from_utf8_lossy(&signed.timestamp).into_owned(),
+    };
+    match store.refresh_online_metadata(&m, now.as_millisecond()).await {
+        // Another replica refreshed first; its versions serve just as well.
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+        Ok(()) => {
+            tracing::info!(timestamp_version = ts_version + 1, "re-signed snapshot and timestamp");
+            Ok(true)
+        }
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let refresher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = refresh_online_metadata(&state).await {
+                    tracing::error!(error = %api::error::ErrorChain(&e), "re-signing TUF metadata failed");
+                }
+            }
+        })
+    };
+    let app = api::router(state.clone());
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    refresher.abort();
+    state.store().close().await;
+    result
+}
+
+/// Opens the installation and serves it until SIGTERM or Ctrl-C.
+pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let state = open(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: credentials cross the network in clear text; use this only on loopback or behind a TLS-terminating proxy");
+    }
+    tracing::info!(%addr, database = %config.database.redacted(), data_dir = %config.data_dir.display(), "wavecast server listening");
+    serve(state, listener, shutdown_signal())
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    tracing::info!("wavecast server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,182 @@
+//! Plain rows going into and coming out of the store.
+
+use serde::Serialize;
+use wavecast_core::audit::NewAuditEvent;
+use wavecast_core::{Role, Sha256Digest};
+
+/// What the server's first start imports from `wavecast init`'s output.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// Now, in Unix milliseconds.
+    pub now_ms: i64,
+    /// Digest of the trust anchor.
+    pub root_sha256: Sha256Digest,
+    /// (role, version, bytes) of the initial TUF metadata.
+    pub metadata: Vec<(String, i64, String)>,
+    /// The admin token.
+    pub admin_token: NewToken,
+    /// The `installation.initialized` event.
+    pub event: NewAuditEvent,
+}
+
+/// An API token to store.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Public id.
+    pub id: String,
+    /// Name, used as the actor in audit events.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Hash of the secret.
+    pub secret_sha256: Sha256Digest,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// A stored API token.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Revocation time (ms), if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A new snapshot and timestamp.
+#[derive(Debug, Clone)]
+pub struct OnlineMetadata {
+    /// Snapshot version.
+    pub snapshot_version: i64,
+    /// Snapshot bytes.
+    pub snapshot: String,
+    /// Timestamp version.
+    pub timestamp_version: i64,
+    /// Timestamp bytes.
+    pub timestamp: String,
+}
+
+/// One artifact version a publish adds.
+#[derive(Debug, Clone)]
+pub struct NewArtifact {
+    /// Artifact name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Size in bytes.
+    pub length: i64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// Hardware, if specific.
+    pub hardware: Option<String>,
+    /// Actor.
+    pub published_by: String,
+}
+
+/// Everything one publish writes.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Now (ms).
+    pub now_ms: i64,
+    /// New targets version.
+    pub targets_version: i64,
+    /// Targets bytes exactly as the publisher signed them.
+    pub targets: String,
+    /// Snapshot and timestamp over them.
+    pub online: OnlineMetadata,
+    /// Artifact rows.
+    pub artifacts: Vec<NewArtifact>,
+    /// Audit events.
+    pub events: Vec<NewAuditEvent>,
+}
+
+/// A published artifact version.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Size in bytes.
+    pub length: i64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// Hardware, if specific.
+    pub hardware: Option<String>,
+    /// Publish time (ms).
+    pub published_at: i64,
+    /// Publisher.
+    pub published_by: String,
+}
+
+/// A device group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupRecord {
+    /// Name.
+    pub name: String,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Enrolled devices.
+    pub devices: i64,
+}
+
+/// An enrollment token to store.
+#[derive(Debug, Clone)]
+pub struct NewEnrollmentToken {
+    /// Public id.
+    pub id: String,
+    /// Group.
+    pub group: String,
+    /// Hash of the secret.
+    pub secret_sha256: Sha256Digest,
+    /// Now (ms).
+    pub now_ms: i64,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// Creator.
+    pub created_by: String,
+}
+
+/// A device enrolling.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    /// Hash of the enrollment token presented.
+    pub token_sha256: Sha256Digest,
+    /// New device id.
+    pub device_id: String,
+    /// Device name.
+    pub name: String,
+    /// Hardware.
+    pub hardware: String,
+    /// Hash of the new device credential.
+    pub credential_sha256: Sha256Digest,
+    /// Now (ms).
+    pub now_ms: i64,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Group.
+    pub group: String,
+    /// Hardware.
+    pub hardware: String,
+    /// Enrollment time (ms).
+    pub enrolled_at: i64,
+    /// Last check-in (ms).
+    pub last_seen_at: Option<i64>,
+}
