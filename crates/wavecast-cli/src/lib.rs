@@ -1,1 +1,142 @@
-//! placeholder
+//! The `wavecast` command: operator CLI, and the entry points of the server and the demo.
+//!
+//! Arguments are parsed by clap into [`Cli`], then each command turns its flags into typed
+//! values before doing anything, so a bad flag fails before any side effect. Errors travel as
+//! `anyhow` only here, at the binary's edge, and are printed with their whole chain.
+
+mod client;
+mod cmd;
+mod demo;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use client::{Client, ClientError};
+
+/// wavecast deploys signed machine-learning models to fleets of edge devices, in waves.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wavecast",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+#[command(
+    after_help = "Start here: `wavecast demo` plays a whole rollout on this machine.\n\
+Then: `wavecast init --dir DIR`, `wavecast server --data-dir DIR`, and the commands above with\n\
+WAVECAST_TOKEN set to the contents of DIR/admin.token."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the server is and who we are to it.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The wavecast server's URL.
+    #[arg(
+        long,
+        env = "WAVECAST_SERVER",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
+    server: String,
+    /// An API token (the admin token is in DATA_DIR/admin.token).
+    #[arg(long, env = "WAVECAST_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(&self.server, self.token.clone())?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new installation: keys, the TUF trust anchor, an admin token.
+    Init(cmd::init::InitArgs),
+    /// Run the control plane on an installation made by `init`.
+    Server(cmd::server::ServerArgs),
+    /// Play the whole story on this machine: server, devices, a signed model.
+    Demo(cmd::demo::DemoArgs),
+    /// Publish and list artifacts (models).
+    #[command(subcommand)]
+    Artifact(cmd::artifact::ArtifactCommand),
+    /// Create and list device groups.
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
+    /// Enroll, list and inspect devices.
+    #[command(subcommand)]
+    Device(cmd::device::DeviceCommand),
+    /// Read the audit trail.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
+}
+
+/// Parses the command line, runs the command, and maps the outcome to an exit code:
+/// 0 for success, 1 for any error (printed with its causes), 2 for bad usage.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Init(args) => cmd::init::run(args).await,
+        Command::Server(args) => cmd::server::run(args).await,
+        Command::Demo(args) => cmd::demo::run(args).await,
+        Command::Artifact(c) => cmd::artifact::run(c).await,
+        Command::Group(c) => cmd::group::run(c).await,
+        Command::Device(c) => cmd::device::run(c).await,
+        Command::Audit(c) => cmd::audit::run(c).await,
+    }
+}
+
+/// Reads a token file written by `init` (one line).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_owned())
+}
+
+/// A path argument that must exist.
+fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{s} is not a file"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

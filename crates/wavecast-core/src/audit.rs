@@ -100,7 +100,14 @@ pub struct AuditDecodeError {
 impl AuditEvent {
     /// Places `new` at `seq`, happening `at`.
     pub fn place(new: NewAuditEvent, seq: u64, at: String) -> Self {
-        Self { seq, at, actor: new.actor, action: new.action, subject: new.subject, detail: new.detail }
+        Self {
+            seq,
+            at,
+            actor: new.actor,
+            action: new.action,
+            subject: new.subject,
+            detail: new.detail,
+        }
     }
 
     /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
@@ -206,7 +213,10 @@ mod tests {
     #[test]
     fn leaf_hash_is_rfc6962() {
         // RFC 6962 test vector: the leaf hash of the empty string.
-        assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
+        assert_eq!(
+            leaf_hash(b"").to_hex(),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
         let mut other = event();
         other.seq = 4;
         assert_ne!(event().leaf_hash(), other.leaf_hash());

@@ -74,13 +74,27 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty { kind });
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong { kind, name: name.to_owned(), len: name.len() });
+        return Err(NameError::TooLong {
+            kind,
+            name: name.to_owned(),
+            len: name.len(),
+        });
     }
-    if let Some(ch) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(NameError::BadChar { kind, name: name.to_owned(), ch });
+    if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar {
+            kind,
+            name: name.to_owned(),
+            ch,
+        });
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadStart { kind, name: name.to_owned() });
+        return Err(NameError::BadStart {
+            kind,
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
@@ -158,10 +172,12 @@ pub struct ArtifactVersion(semver::Version);
 impl ArtifactVersion {
     /// Parses a semantic version.
     pub fn new(version: &str) -> Result<Self, NameError> {
-        semver::Version::parse(version).map(Self).map_err(|e| NameError::BadVersion {
-            version: version.to_owned(),
-            reason: e.to_string(),
-        })
+        semver::Version::parse(version)
+            .map(Self)
+            .map_err(|e| NameError::BadVersion {
+                version: version.to_owned(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -209,10 +225,13 @@ impl TargetName {
 
     /// Parses `NAME@VERSION`, validating both halves.
     pub fn parse(target: &str) -> Result<Self, NameError> {
-        let (name, version) = target
-            .split_once('@')
-            .ok_or_else(|| NameError::BadTarget { target: target.to_owned() })?;
-        Ok(Self { name: ArtifactName::new(name)?, version: ArtifactVersion::new(version)? })
+        let (name, version) = target.split_once('@').ok_or_else(|| NameError::BadTarget {
+            target: target.to_owned(),
+        })?;
+        Ok(Self {
+            name: ArtifactName::new(name)?,
+            version: ArtifactVersion::new(version)?,
+        })
     }
 
     /// The artifact name.

@@ -29,7 +29,10 @@ impl Operator {
         if self.role.allows(permission) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!("token {:?} has role {}, which may not {permission:?}", self.name, self.role)))
+            Err(ApiError::Forbidden(format!(
+                "token {:?} has role {}, which may not {permission:?}",
+                self.name, self.role
+            )))
         }
     }
 }
@@ -38,11 +41,17 @@ fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized(format!("missing bearer token: send {what} in an Authorization header")))?;
-    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Authorization header is not ASCII".into()))?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <token>`".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "missing bearer token: send {what} in an Authorization header"
+            ))
+        })?;
+    let value = header
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("Authorization header is not ASCII".into()))?;
+    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
+        ApiError::Unauthorized("Authorization header must be `Bearer <token>`".into())
+    })?;
     Ok(token.trim().to_owned())
 }
 
@@ -51,16 +60,24 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-        let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let secret = Secret::parse(SecretKind::ApiToken, &presented)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let record = state
             .store()
             .token_by_secret(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
         if record.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
+            return Err(ApiError::Unauthorized(format!(
+                "API token {:?} was revoked",
+                record.name
+            )));
         }
-        Ok(Operator { token_id: record.id, name: record.name, role: record.role })
+        Ok(Operator {
+            token_id: record.id,
+            name: record.name,
+            role: record.role,
+        })
     }
 }
 
@@ -73,8 +90,8 @@ impl FromRequestParts<AppState> for Device {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "the device credential")?;
-        let secret =
-            Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let secret = Secret::parse(SecretKind::DeviceCredential, &presented)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let device = state
             .store()
             .device_by_credential(&secret.hash())

@@ -33,7 +33,8 @@ pub async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token)
+        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let credential = Secret::from_random(

@@ -59,7 +59,12 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     /// Bundles the server's parts.
     pub fn new(store: Store, blobs: BlobStore, trust: Trust) -> Self {
-        Self(Arc::new(Inner { store, blobs, trust, metrics: Metrics::default() }))
+        Self(Arc::new(Inner {
+            store,
+            blobs,
+            trust,
+            metrics: Metrics::default(),
+        }))
     }
 
     /// The database.
@@ -88,8 +93,14 @@ pub fn router(state: AppState) -> Router {
     let operator = Router::new()
         .route("/whoami", get(operator::whoami))
         .route("/artifacts", get(operator::list_artifacts))
-        .route("/groups", get(operator::list_groups).post(operator::create_group))
-        .route("/enrollment-tokens", post(operator::create_enrollment_token))
+        .route(
+            "/groups",
+            get(operator::list_groups).post(operator::create_group),
+        )
+        .route(
+            "/enrollment-tokens",
+            post(operator::create_enrollment_token),
+        )
         .route("/devices", get(operator::list_devices))
         .route("/devices/{name}", get(operator::show_device))
         .route("/audit", get(operator::list_audit))
@@ -97,7 +108,10 @@ pub fn router(state: AppState) -> Router {
         .route("/blobs/{sha256}", get(operator::get_blob))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
-        .route("/artifacts", post(publish::publish).layer(DefaultBodyLimit::disable()));
+        .route(
+            "/artifacts",
+            post(publish::publish).layer(DefaultBodyLimit::disable()),
+        );
     let device = Router::new()
         .route("/enroll", post(device::enroll))
         .route("/whoami", get(device::whoami))
@@ -109,7 +123,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", operator)
         .nest("/device/v1", device)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -120,11 +137,22 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics().render(state.store().backend());
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -148,7 +176,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 let status = rejection.status();
                 let msg = rejection.body_text();
                 if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Err(ApiError::TooLarge(format!("request body is larger than {JSON_BODY_LIMIT} bytes")))
+                    Err(ApiError::TooLarge(format!(
+                        "request body is larger than {JSON_BODY_LIMIT} bytes"
+                    )))
                 } else {
                     Err(ApiError::BadRequest(msg))
                 }

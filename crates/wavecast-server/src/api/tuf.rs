@@ -12,13 +12,21 @@ use wavecast_core::Permission;
 use super::{ApiError, AppState, Device, Operator};
 
 /// Metadata for operators (the publisher reads root and targets here).
-pub async fn operator_metadata(State(state): State<AppState>, op: Operator, Path(file): Path<String>) -> Result<Response, ApiError> {
+pub async fn operator_metadata(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
     op.require(Permission::Read)?;
     metadata(&state, &file).await
 }
 
 /// Metadata for devices.
-pub async fn device_metadata(State(state): State<AppState>, _device: Device, Path(file): Path<String>) -> Result<Response, ApiError> {
+pub async fn device_metadata(
+    State(state): State<AppState>,
+    _device: Device,
+    Path(file): Path<String>,
+) -> Result<Response, ApiError> {
     metadata(&state, &file).await
 }
 
@@ -29,7 +37,9 @@ async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
         Some((v, role)) => (Some(v.parse::<i64>().map_err(|_| not_found())?), role),
         None => (None, stem),
     };
-    if !matches!(role, "root" | "timestamp" | "snapshot" | "targets") || (role == "timestamp" && version.is_some()) {
+    if !matches!(role, "root" | "timestamp" | "snapshot" | "targets")
+        || (role == "timestamp" && version.is_some())
+    {
         return Err(not_found());
     }
     let body = match version {
@@ -38,6 +48,17 @@ async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
     }
     .ok_or_else(not_found)?;
     // Versioned files never change; unversioned ones must be fetched fresh every time.
-    let cache = if version.is_some() { "public, max-age=31536000, immutable" } else { "no-cache" };
-    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, cache)], body).into_response())
+    let cache = if version.is_some() {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response())
 }

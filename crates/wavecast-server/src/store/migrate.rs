@@ -28,7 +28,10 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
     // together take turns, and the later one finds everything applied.
     let mut tx = store.pool.begin().await.map_err(err(0))?;
     if store.backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7700001)").execute(&mut *tx).await.map_err(err(0))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7700001)")
+            .execute(&mut *tx)
+            .await
+            .map_err(err(0))?;
     }
     sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .execute(&mut *tx)
@@ -47,8 +50,14 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
             Backend::Sqlite => m.sqlite,
             Backend::Postgres => m.postgres,
         };
-        sqlx::raw_sql(m.common).execute(&mut *tx).await.map_err(err(m.version))?;
-        sqlx::raw_sql(specific).execute(&mut *tx).await.map_err(err(m.version))?;
+        sqlx::raw_sql(m.common)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(m.version))?;
+        sqlx::raw_sql(specific)
+            .execute(&mut *tx)
+            .await
+            .map_err(err(m.version))?;
         let now = jiff::Timestamp::now().as_millisecond();
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(m.version)

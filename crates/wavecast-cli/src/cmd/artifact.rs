@@ -1,0 +1,295 @@
+//! `wavecast artifact`: publish (sign offline, upload) and list.
+//!
+//! Publishing signs on this machine: the CLI fetches the server's root and current targets,
+//! checks the targets are signed by the root's targets key (so a compromised server cannot get
+//! us to sign targets we never saw), adds the new target, signs with the publisher key, and
+//! uploads the signed file and the bytes in one request.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+use futures_util::StreamExt as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt as _;
+use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
+use wavecast_tuf::keys::SigningKey;
+use wavecast_tuf::publish::{NewTarget, PublishError, sign_new_targets};
+use wavecast_tuf::tough::schema::{Signed, Targets};
+
+use crate::output;
+use crate::{Client, ClientError, Remote};
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Sign an artifact version with the publisher key and upload it.
+    #[command(
+        after_help = "The publisher key (DIR/offline/targets.key from `wavecast init`) never \
+leaves this machine: only the signed metadata and the file are sent. A name@version can be \
+published once; publish a new version to change the bytes."
+    )]
+    Publish {
+        /// Artifact name, like yolo-v8n.
+        #[arg(long)]
+        name: String,
+        /// Semantic version, like 2.1.0.
+        #[arg(long)]
+        version: String,
+        /// The file to publish.
+        #[arg(long, value_parser = crate::existing_file)]
+        file: PathBuf,
+        /// The publisher (TUF targets) key.
+        #[arg(long, value_name = "PUBLISHER_KEY")]
+        key: PathBuf,
+        /// Only devices with this hardware may install it.
+        #[arg(long, value_name = "HW")]
+        hardware: Option<String>,
+        /// Print the published artifact as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List published artifacts.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// A published artifact as the server reports it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Artifact {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Size in bytes.
+    pub length: i64,
+    /// SHA-256.
+    pub sha256: String,
+    /// Hardware, if specific.
+    pub hardware: Option<String>,
+    /// Publish time (ms).
+    pub published_at: i64,
+    /// Publisher.
+    pub published_by: String,
+}
+
+pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ArtifactCommand::Publish {
+            name,
+            version,
+            file,
+            key,
+            hardware,
+            json,
+            remote,
+        } => {
+            let target = TargetName::new(ArtifactName::new(name)?, ArtifactVersion::new(&version)?);
+            if let Some(hw) = &hardware {
+                wavecast_core::name::validate("hardware", hw)?;
+            }
+            let key = SigningKey::load(&key)?;
+            let client = remote.client()?;
+            let published = publish(&client, &target, &file, &key, hardware, !json).await?;
+            if json {
+                output::json(&published)?;
+            } else {
+                println!(
+                    "published {}@{}  {}  sha256 {}",
+                    published.name,
+                    published.version,
+                    output::bytes(published.length),
+                    published.sha256
+                );
+            }
+        }
+        ArtifactCommand::List { json, remote } => {
+            let artifacts: Vec<Artifact> = remote.client()?.get("/api/v1/artifacts").await?;
+            if json {
+                output::json(&artifacts)?;
+            } else {
+                let rows: Vec<Vec<String>> = artifacts
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.version.clone(),
+                            output::bytes(a.length),
+                            a.hardware.clone().unwrap_or_else(|| "any".into()),
+                            a.sha256.clone(),
+                            output::time(a.published_at),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .map(|s| s.progress_chars("=> "))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb.set_message(what.to_owned());
+    pb
+}
+
+/// Streams a file through SHA-256.
+async fn hash_file(path: &Path, show: bool) -> anyhow::Result<(u64, Sha256Digest)> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let len = f
+        .metadata()
+        .await
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    let pb = bar(len, "hashing", show);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok((total, Sha256Digest::from_bytes(hasher.finalize().into())))
+}
+
+/// Signs and uploads one artifact version; retries once if another publish landed between our
+/// read of the targets metadata and our upload.
+pub async fn publish(
+    client: &Client,
+    target: &TargetName,
+    file: &Path,
+    key: &SigningKey,
+    hardware: Option<String>,
+    show_progress: bool,
+) -> anyhow::Result<Artifact> {
+    let (length, sha256) = hash_file(file, show_progress).await?;
+    let root_bytes = client.get_bytes("/api/v1/tuf/root.json").await?;
+    let root =
+        wavecast_tuf::root::parse_root(&root_bytes).context("checking the server's root.json")?;
+    let new = NewTarget {
+        target: target.clone(),
+        length,
+        sha256,
+        hardware,
+    };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current_bytes = client.get_bytes("/api/v1/tuf/targets.json").await?;
+        let current: Signed<Targets> =
+            serde_json::from_slice(&current_bytes).context("parsing the server's targets.json")?;
+        root.signed
+            .verify_role(&current)
+            .context("the server's current targets.json is not signed by the targets key in its root.json; refusing to sign on top of it")?;
+        let expires = jiff::Timestamp::now()
+            + jiff::SignedDuration::from_hours(
+                24 * wavecast_server::install::TARGETS_LIFETIME_DAYS,
+            );
+        let signed = match sign_new_targets(&root.signed, &current, &new, key, expires).await {
+            Ok(s) => s,
+            Err(e @ PublishError::AlreadyPublished { .. }) => bail!("{e}; nothing to do"),
+            Err(e) => return Err(e.into()),
+        };
+        match upload(
+            client,
+            signed.buffer().clone(),
+            file,
+            length,
+            target,
+            show_progress,
+        )
+        .await
+        {
+            Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) && attempts < 3 => {
+                eprintln!("another publish landed first; signing again on top of it");
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+async fn upload(
+    client: &Client,
+    targets: Vec<u8>,
+    file: &Path,
+    length: u64,
+    target: &TargetName,
+    show_progress: bool,
+) -> Result<Artifact, ClientError> {
+    let path = "/api/v1/artifacts";
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| ClientError::Api {
+            method: "POST",
+            path: path.into(),
+            status: reqwest::StatusCode::BAD_REQUEST,
+            code: "local".into(),
+            message: format!("opening {}: {e}", file.display()),
+        })?;
+    let pb = bar(length, "uploading", show_progress);
+    let pb2 = pb.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 16).inspect(move |chunk| {
+        if let Ok(c) = chunk {
+            pb2.inc(c.len() as u64);
+        }
+    });
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "targets",
+            reqwest::multipart::Part::bytes(targets)
+                .file_name("targets.json")
+                .mime_str("application/json")
+                .map_err(|e| ClientError::Decode {
+                    path: path.into(),
+                    source: e,
+                })?,
+        )
+        .part(
+            "blob",
+            reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::wrap_stream(stream),
+                length,
+            )
+            .file_name(target.to_string()),
+        );
+    let req = client.request(reqwest::Method::POST, path)?.multipart(form);
+    let result = client.send("POST", path, req).await;
+    pb.finish_and_clear();
+    result?.json().await.map_err(|source| ClientError::Decode {
+        path: path.into(),
+        source,
+    })
+}

@@ -1,0 +1,9 @@
+//! One module per top-level command.
+
+pub mod artifact;
+pub mod audit;
+pub mod demo;
+pub mod device;
+pub mod group;
+pub mod init;
+pub mod server;

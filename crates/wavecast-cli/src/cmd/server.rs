@@ -1,0 +1,47 @@
+//! `wavecast server`: run the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+/// Serve an installation: the operator API, the device API, TUF metadata and artifacts.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Stops gracefully on SIGTERM or Ctrl-C. Logs go to stderr; set RUST_LOG \
+(for example RUST_LOG=debug) for more."
+)]
+pub struct ServerArgs {
+    /// The directory `wavecast init` created.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on. Plain HTTP: keep it on loopback.
+    #[arg(long, value_name = "ADDR", default_value = wavecast_server::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Use PostgreSQL (postgres://…) instead of the SQLite file in the data dir.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WAVECAST_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url)?;
+    wavecast_server::run(config).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Structured logs on stderr, `info` unless RUST_LOG says otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
