@@ -18,12 +18,7 @@ pub use client::{Client, ClientError};
 
 /// wavecast deploys signed machine-learning models to fleets of edge devices, in waves.
 #[derive(Debug, Parser)]
-#[command(
-    name = "wavecast",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "wavecast", version, max_term_width = 100)]
 #[command(
     after_help = "Start here: `wavecast demo` plays a whole rollout on this machine.\n\
 Then: `wavecast init --dir DIR`, `wavecast server --data-dir DIR`, and the commands above with\n\

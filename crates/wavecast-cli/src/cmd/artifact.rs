@@ -36,8 +36,8 @@ published once; publish a new version to change the bytes."
         #[arg(long)]
         name: String,
         /// Semantic version, like 2.1.0.
-        #[arg(long)]
-        version: String,
+        #[arg(long = "version", id = "artifact_version", value_name = "SEMVER")]
+        artifact_version: String,
         /// The file to publish.
         #[arg(long, value_parser = crate::existing_file)]
         file: PathBuf,
@@ -86,14 +86,17 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ArtifactCommand::Publish {
             name,
-            version,
+            artifact_version,
             file,
             key,
             hardware,
             json,
             remote,
         } => {
-            let target = TargetName::new(ArtifactName::new(name)?, ArtifactVersion::new(&version)?);
+            let target = TargetName::new(
+                ArtifactName::new(name)?,
+                ArtifactVersion::new(&artifact_version)?,
+            );
             if let Some(hw) = &hardware {
                 wavecast_core::name::validate("hardware", hw)?;
             }

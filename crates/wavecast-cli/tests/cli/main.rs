@@ -1,0 +1,360 @@
+//! Real-process tests of the `wavecast` binary: init, server, publish, list, restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sha2::Digest as _;
+use wavecast_test_support::{PgDatabase, free_port, wait_until};
+
+fn wavecast() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wavecast"));
+    c.env_remove("WAVECAST_SERVER")
+        .env_remove("WAVECAST_TOKEN")
+        .env_remove("WAVECAST_DATABASE_URL");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running wavecast")
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    async fn start(dir: &Path, database_url: Option<&str>) -> Self {
+        let port = free_port();
+        let log = dir.with_extension(format!("server-{port}.log"));
+        let mut cmd = wavecast();
+        cmd.args(["server", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning wavecast server");
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        let up = wait_until(Duration::from_secs(30), || {
+            let h = health.clone();
+            async move {
+                reqwest::get(&h)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        let server = Self { child, url, log };
+        assert!(up, "server did not come up:\n{}", server.log());
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the process must exit cleanly on its own.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "server exited with {status} after SIGTERM:\n{}",
+                    self.log()
+                );
+                assert!(
+                    self.log().contains("wavecast server stopped"),
+                    "{}",
+                    self.log()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop within 10s of SIGTERM:\n{}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn op(server: &Server, token: &str) -> Command {
+    let mut c = wavecast();
+    c.env("WAVECAST_SERVER", &server.url)
+        .env("WAVECAST_TOKEN", token);
+    c
+}
+
+fn init(dir: &Path) -> serde_json::Value {
+    let out = ok(wavecast().args(["init", "--json", "--dir"]).arg(dir));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn init_writes_an_installation_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let report = init(&dir);
+    for key in ["root_json", "publisher_key", "admin_token_file", "data_dir"] {
+        let p = PathBuf::from(
+            report[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("init --json lacks {key}")),
+        );
+        assert!(p.exists(), "{key}: {p:?}");
+    }
+    for secret in ["publisher_key", "admin_token_file"] {
+        let mode = std::fs::metadata(report[secret].as_str().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{secret}");
+    }
+    let root = std::fs::read(report["root_json"].as_str().unwrap()).unwrap();
+    let again = run(wavecast().args(["init", "--dir"]).arg(&dir));
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("refusing to overwrite") && err.contains("holds a wavecast installation"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(report["root_json"].as_str().unwrap()).unwrap(),
+        root,
+        "init must not touch an installation"
+    );
+
+    let human = ok(wavecast()
+        .args(["init", "--dir"])
+        .arg(tmp.path().join("second")));
+    assert!(human.contains("Move these offline"), "{human}");
+}
+
+async fn publish_list_range_restart(database_url: Option<&str>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let report = init(&dir);
+    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap())
+        .unwrap()
+        .trim()
+        .to_owned();
+    let key = report["publisher_key"].as_str().unwrap().to_owned();
+
+    // 50 MiB that are not all alike.
+    let model = tmp.path().join("model.onnx");
+    let mut bytes = vec![0u8; 50 << 20];
+    for (i, chunk) in bytes.chunks_mut(32).enumerate() {
+        let d = sha2::Sha256::digest((i as u64).to_le_bytes());
+        chunk.copy_from_slice(&d[..chunk.len()]);
+    }
+    std::fs::write(&model, &bytes).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+
+    let server = Server::start(&dir, database_url).await;
+    ok(op(&server, &token)
+        .args([
+            "artifact",
+            "publish",
+            "--name",
+            "yolo-v8n",
+            "--version",
+            "2.1.0",
+            "--hardware",
+            "jetson-orin-nano",
+            "--key",
+            &key,
+            "--file",
+        ])
+        .arg(&model));
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(op(&server, &token).args(["artifact", "list", "--json"])))
+            .unwrap();
+    assert_eq!(listed[0]["name"], "yolo-v8n");
+    assert_eq!(listed[0]["version"], "2.1.0");
+    assert_eq!(listed[0]["sha256"], sha);
+    assert_eq!(listed[0]["length"], bytes.len());
+    assert_eq!(listed[0]["hardware"], "jetson-orin-nano");
+
+    let http = reqwest::Client::new();
+    let blob = format!("{}/api/v1/blobs/{sha}", server.url);
+    let (lo, hi) = (10_000_000usize, 30_000_000usize);
+    let resp = http
+        .get(&blob)
+        .bearer_auth(&token)
+        .header("range", format!("bytes={lo}-{}", hi - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::PARTIAL_CONTENT);
+    let got = resp.bytes().await.unwrap();
+    assert!(got[..] == bytes[lo..hi], "range bytes differ");
+
+    // Same name@version with other bytes is refused, and says why.
+    let other = tmp.path().join("other.onnx");
+    std::fs::write(&other, b"something else").unwrap();
+    let refused = run(op(&server, &token)
+        .args([
+            "artifact",
+            "publish",
+            "--name",
+            "yolo-v8n",
+            "--version",
+            "2.1.0",
+            "--key",
+            &key,
+            "--file",
+        ])
+        .arg(&other));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("already published with different content")
+    );
+
+    ok(op(&server, &token).args(["group", "create", "plant-7"]));
+    let minted: serde_json::Value = serde_json::from_str(&ok(op(&server, &token).args([
+        "device",
+        "enroll-token",
+        "--group",
+        "plant-7",
+        "--json",
+    ])))
+    .unwrap();
+    let enroll = http
+        .post(format!("{}/device/v1/enroll", server.url))
+        .json(&serde_json::json!({ "token": minted["token"], "name": "cam-001", "hardware": "jetson-orin-nano" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enroll.status(), reqwest::StatusCode::CREATED);
+
+    let before = (
+        ok(op(&server, &token).args(["artifact", "list", "--json"])),
+        ok(op(&server, &token).args(["group", "list", "--json"])),
+        ok(op(&server, &token).args(["device", "list", "--json"])),
+        ok(op(&server, &token).args(["audit", "list", "--json"])),
+    );
+    server.stop();
+
+    let server = Server::start(&dir, database_url).await;
+    let after = (
+        ok(op(&server, &token).args(["artifact", "list", "--json"])),
+        ok(op(&server, &token).args(["group", "list", "--json"])),
+        ok(op(&server, &token).args(["device", "list", "--json"])),
+        ok(op(&server, &token).args(["audit", "list", "--json"])),
+    );
+    assert_eq!(before, after, "a restart lost something");
+    let show: serde_json::Value = serde_json::from_str(&ok(
+        op(&server, &token).args(["device", "show", "cam-001", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(show["group"], "plant-7");
+    let blob = format!("{}/api/v1/blobs/{sha}", server.url);
+    let resp = http.get(&blob).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(resp.bytes().await.unwrap())),
+        sha
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_list_range_restart_sqlite() {
+    publish_list_range_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_list_range_restart_postgres() {
+    let db = PgDatabase::create().await;
+    publish_list_range_restart(Some(db.url())).await;
+}
+
+#[test]
+fn errors_are_clear_and_exit_1() {
+    let no_server = run(wavecast().args([
+        "artifact",
+        "list",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "wct_x",
+    ]));
+    assert_eq!(no_server.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&no_server.stderr).contains("cannot reach the wavecast server")
+    );
+    let no_token = run(wavecast().args(["group", "list"]));
+    assert_eq!(no_token.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("no API token"));
+    let not_installed = run(wavecast().args(["server", "--data-dir", "/nonexistent-wavecast"]));
+    assert_eq!(not_installed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&not_installed.stderr).contains("is not a wavecast installation")
+    );
+    let bad_url = run(wavecast().args([
+        "server",
+        "--data-dir",
+        "/tmp",
+        "--database-url",
+        "mysql://x",
+    ]));
+    assert!(String::from_utf8_lossy(&bad_url.stderr).contains("must start with postgres://"));
+    let usage = run(wavecast().args(["artifact", "publish"]));
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn demo_tells_the_story() {
+    let out = run(wavecast().arg("demo"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "wavecast init",
+        "artifact publish",
+        "refused",
+        "devices enrolled",
+        "artifact.published",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "demo output lacks {needle:?}:\n{stdout}"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The server's integration tests: the `Router` driven in-process, on SQLite and PostgreSQL.
+//!
+//! Every test body is an `async fn(Db)`; [`both!`] runs it once per backend, each run in a
+//! fresh installation and a fresh database.
+
+mod support;
+
+mod fleet;
+mod publish;
+mod storage;
+
+/// Runs `async fn NAME(db: Db)` as two tests, `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::support::Db::Postgres).await
+            }
+        }
+    )*};
+}

@@ -1,0 +1,283 @@
+//! A fresh installation with a server state on a chosen backend, and request helpers.
+
+use std::num::NonZeroU64;
+
+use aws_lc_rs::rand::SystemRandom;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use tough::editor::signed::SignedRole;
+use tough::schema::{KeyHolder, Root, Signed, Targets};
+use tower::ServiceExt as _;
+use wavecast_core::{Sha256Digest, TargetName};
+use wavecast_server::api::AppState;
+use wavecast_server::install::{InitReport, Layout};
+use wavecast_server::{ServerConfig, api};
+use wavecast_test_support::PgDatabase;
+use wavecast_tuf::keys::SigningKey;
+use wavecast_tuf::publish::{NewTarget, sign_new_targets};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Env {
+    pub _dir: tempfile::TempDir,
+    pub report: InitReport,
+    pub config: ServerConfig,
+    pub state: AppState,
+    pub router: Router,
+    pub admin: String,
+    pub _pg: Option<PgDatabase>,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error message of a JSON error body.
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+impl Env {
+    pub async fn new(db: Db) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let install = dir.path().join("install");
+        let report = wavecast_server::install::init(&install).await.unwrap();
+        let pg = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(PgDatabase::create().await),
+        };
+        let config = ServerConfig::new(
+            install,
+            "127.0.0.1:0".parse().unwrap(),
+            pg.as_ref().map(|p| p.url().to_owned()),
+        )
+        .unwrap();
+        let state = wavecast_server::open(&config).await.unwrap();
+        let router = api::router(state.clone());
+        let admin = std::fs::read_to_string(&report.admin_token_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            _dir: dir,
+            report,
+            config,
+            state,
+            router,
+            admin,
+            _pg: pg,
+        }
+    }
+
+    /// Closes the database and opens everything again from the same data dir and database.
+    pub async fn restart(mut self) -> Self {
+        self.state.store().close().await;
+        self.state = wavecast_server::open(&self.config).await.unwrap();
+        self.router = api::router(self.state.clone());
+        self
+    }
+
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.report.data_dir)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: Body,
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, Some(&self.admin), &[], Body::empty())
+            .await
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> Resp {
+        self.request(
+            Method::POST,
+            path,
+            token,
+            &[("content-type", "application/json".into())],
+            Body::from(serde_json::to_vec(&body).unwrap()),
+        )
+        .await
+    }
+
+    pub async fn root(&self) -> Signed<Root> {
+        wavecast_tuf::root::parse_root(&std::fs::read(&self.report.root_json).unwrap()).unwrap()
+    }
+
+    pub async fn current_targets(&self) -> Signed<Targets> {
+        serde_json::from_slice(&self.get("/api/v1/tuf/targets.json").await.body).unwrap()
+    }
+
+    pub fn publisher_key(&self) -> SigningKey {
+        SigningKey::load(&self.report.publisher_key).unwrap()
+    }
+
+    /// A correctly signed targets file adding `name@version` for `blob`.
+    pub async fn sign_for(&self, target: &str, blob: &[u8]) -> Vec<u8> {
+        let new = NewTarget {
+            target: TargetName::parse(target).unwrap(),
+            length: blob.len() as u64,
+            sha256: Sha256Digest::of(blob),
+            hardware: None,
+        };
+        let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+        sign_new_targets(
+            &self.root().await.signed,
+            &self.current_targets().await,
+            &new,
+            &self.publisher_key(),
+            expires,
+        )
+        .await
+        .unwrap()
+        .buffer()
+        .clone()
+    }
+
+    /// Publishes through the API as the publisher CLI would: multipart `targets` then `blob`.
+    pub async fn publish_raw(&self, targets: &[u8], blob: &[u8]) -> Resp {
+        let boundary = "wavecast-test-boundary-7f3a";
+        let mut body = Vec::new();
+        for (name, ctype, data) in [
+            ("targets", "application/json", targets),
+            ("blob", "application/octet-stream", blob),
+        ] {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {ctype}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        self.request(
+            Method::POST,
+            "/api/v1/artifacts",
+            Some(&self.admin),
+            &[(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )],
+            Body::from(body),
+        )
+        .await
+    }
+
+    pub async fn publish(&self, target: &str, blob: &[u8]) -> Resp {
+        let targets = self.sign_for(target, blob).await;
+        self.publish_raw(&targets, blob).await
+    }
+
+    /// Everything a refused request must leave untouched.
+    pub async fn snapshot(&self) -> (serde_json::Value, i64, usize, Vec<String>) {
+        let artifacts = self.get("/api/v1/artifacts").await.json();
+        let targets_version = self.current_targets().await.signed.version.get() as i64;
+        let audit = self
+            .get("/api/v1/audit")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len();
+        let mut blobs: Vec<String> = walk(&self.layout().blobs_dir());
+        blobs.sort();
+        (artifacts, targets_version, audit, blobs)
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Signs arbitrary targets metadata with `key`, with `root` deciding which keys count.
+pub async fn sign_raw(root: &Root, targets: Targets, key: &SigningKey) -> Vec<u8> {
+    SignedRole::new(
+        targets,
+        &KeyHolder::Root(root.clone()),
+        &[key.source()],
+        &SystemRandom::new(),
+    )
+    .await
+    .unwrap()
+    .buffer()
+    .clone()
+}
+
+/// The next version of `current` with `edit` applied.
+pub fn next_targets(current: &Signed<Targets>, edit: impl FnOnce(&mut Targets)) -> Targets {
+    let mut t = current.signed.clone();
+    t.version = t.version.checked_add(1).unwrap_or(NonZeroU64::MAX);
+    t.expires = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 86_400).unwrap();
+    edit(&mut t);
+    t
+}

@@ -1,0 +1,109 @@
+//! Helpers shared by wavecast's test suites.
+//!
+//! Tests that need PostgreSQL get a database of their own, created on the server at
+//! `WAVECAST_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/test`) and dropped when the
+//! guard goes out of scope, so tests run in parallel and leave nothing behind.
+
+use std::time::Duration;
+
+use sqlx::Connection as _;
+
+/// The PostgreSQL server tests use.
+pub fn pg_admin_url() -> String {
+    std::env::var("WAVECAST_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A fresh PostgreSQL database, dropped on `Drop`.
+#[derive(Debug)]
+pub struct PgDatabase {
+    name: String,
+    url: String,
+}
+
+fn random_suffix() -> String {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut b = [0u8; 6];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("random");
+    hex::encode(b)
+}
+
+fn with_database(admin: &str, db: &str) -> String {
+    match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => format!("{admin}/{db}"),
+    }
+}
+
+impl PgDatabase {
+    /// Creates `wavecast_t_<random>` on the test server.
+    pub async fn create() -> Self {
+        let admin = pg_admin_url();
+        let name = format!("wavecast_t_{}", random_suffix());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("tests need PostgreSQL at {admin} (set WAVECAST_TEST_PG): {e}")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = conn.close().await;
+        let url = with_database(&admin, &name);
+        Self { name, url }
+    }
+
+    /// The URL of the new database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
