@@ -120,9 +120,7 @@ impl AuditEvent {
             "subject": self.subject,
             "detail": self.detail,
         });
-        let mut out = Vec::with_capacity(256);
-        write_canonical(&value, &mut out);
-        out
+        crate::canonical::to_vec(&value)
     }
 
     /// Parses stored canonical bytes.
@@ -142,44 +140,6 @@ pub fn leaf_hash(data: &[u8]) -> Sha256Digest {
     h.update([0u8]);
     h.update(data);
     Sha256Digest::from_bytes(h.finalize().into())
-}
-
-// serde_json's map order depends on a crate feature any dependency may switch on, so sorting is
-// done here rather than trusted to the map type.
-fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(&Value::String(k.clone()), out);
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(b']');
-        }
-        scalar => write_scalar(scalar, out),
-    }
-}
-
-fn write_scalar(value: &serde_json::Value, out: &mut Vec<u8>) {
-    // Serializing a scalar into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 #[cfg(test)]

@@ -4,11 +4,15 @@
 //! random bytes in. That keeps the rules of the domain testable as plain functions and lets the
 //! agent depend on it without pulling in a runtime.
 
+pub mod assignment;
 pub mod audit;
+pub mod canonical;
 pub mod digest;
 pub mod duration;
 pub mod name;
+pub mod probe;
 pub mod role;
+pub mod rollout;
 pub mod secret;
 
 pub use digest::Sha256Digest;

@@ -1,0 +1,281 @@
+//! What the director tells a device to run, and what the device reports back.
+//!
+//! The server signs an [`AssignmentDoc`] with its director key; the agent checks the signature
+//! against the key pinned in its root.json, that the doc names this device, that the counter
+//! never goes backwards, and that it has not expired. The signature covers the doc's
+//! canonical JSON bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::probe::ProbeSpec;
+use crate::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
+
+/// What to do with an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Fetch, verify, swap in and probe this version.
+    Install,
+    /// Go back to the version that was active before this one, from the local copy.
+    Revert,
+}
+
+/// One artifact's assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Assignment {
+    /// The rollout this comes from.
+    pub rollout_id: String,
+    /// Install or revert.
+    pub action: Action,
+    /// Artifact name.
+    pub artifact: ArtifactName,
+    /// The version to install (for a revert: the version to undo).
+    pub version: ArtifactVersion,
+    /// Its signed length.
+    pub length: u64,
+    /// Its SHA-256.
+    pub sha256: Sha256Digest,
+    /// How to check the application once it is in place.
+    pub probe: ProbeSpec,
+}
+
+impl Assignment {
+    /// The TUF target name, `artifact@version`.
+    pub fn target(&self) -> TargetName {
+        TargetName::new(self.artifact.clone(), self.version.clone())
+    }
+}
+
+/// Everything assigned to one device, as signed by the director.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentDoc {
+    /// The device this is for.
+    pub device_id: String,
+    /// Grows whenever the assignments change; a device refuses a smaller one (replay).
+    pub counter: u64,
+    /// Unix seconds after which the doc must not be acted on.
+    pub expires: i64,
+    /// One entry per artifact the device should act on.
+    pub assignments: Vec<Assignment>,
+}
+
+impl AssignmentDoc {
+    /// The bytes the director signs.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        crate::canonical::to_vec(&value)
+    }
+}
+
+/// An assignment doc with the director's Ed25519 signature (hex) over its signing bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedAssignments {
+    /// The doc.
+    pub signed: AssignmentDoc,
+    /// Hex Ed25519 signature.
+    pub signature: String,
+}
+
+/// Where a device is in a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// In a wave that has not opened.
+    Pending,
+    /// Its wave opened; it has not picked the assignment up yet.
+    Assigned,
+    /// Fetching the bytes.
+    Downloading,
+    /// Checking signatures and digests.
+    Verifying,
+    /// Swapping the file in.
+    Installing,
+    /// Checking the application's health.
+    Probing,
+    /// Running the new version, healthy.
+    Succeeded,
+    /// The new version was refused or failed its probe; the device is on its previous version.
+    Failed,
+    /// Started but went silent past the device timeout: counted as a failure.
+    TimedOut,
+    /// Never picked up its assignment within the device timeout: settled, not a failure.
+    Unreachable,
+    /// Went back to its previous version because the rollout was aborted with revert.
+    Reverted,
+}
+
+impl DeviceState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [DeviceState; 11] = [
+        DeviceState::Pending,
+        DeviceState::Assigned,
+        DeviceState::Downloading,
+        DeviceState::Verifying,
+        DeviceState::Installing,
+        DeviceState::Probing,
+        DeviceState::Succeeded,
+        DeviceState::Failed,
+        DeviceState::TimedOut,
+        DeviceState::Unreachable,
+        DeviceState::Reverted,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Assigned => "assigned",
+            DeviceState::Downloading => "downloading",
+            DeviceState::Verifying => "verifying",
+            DeviceState::Installing => "installing",
+            DeviceState::Probing => "probing",
+            DeviceState::Succeeded => "succeeded",
+            DeviceState::Failed => "failed",
+            DeviceState::TimedOut => "timed_out",
+            DeviceState::Unreachable => "unreachable",
+            DeviceState::Reverted => "reverted",
+        }
+    }
+
+    /// Whether the device has started working on the update (picked up its assignment).
+    pub fn started(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Downloading | DeviceState::Verifying | DeviceState::Installing | DeviceState::Probing
+        )
+    }
+
+    /// Whether this is an end state for the device in this rollout.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Succeeded | DeviceState::Failed | DeviceState::TimedOut | DeviceState::Unreachable | DeviceState::Reverted
+        )
+    }
+
+    /// Whether this state counts toward the halt rule.
+    pub fn is_failure(self) -> bool {
+        matches!(self, DeviceState::Failed | DeviceState::TimedOut)
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device state name we do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device state {0:?}")]
+pub struct DeviceStateError(pub String);
+
+impl FromStr for DeviceState {
+    type Err = DeviceStateError;
+    fn from_str(s: &str) -> Result<Self, DeviceStateError> {
+        DeviceState::ALL.into_iter().find(|d| d.as_str() == s).ok_or_else(|| DeviceStateError(s.to_owned()))
+    }
+}
+
+/// One state transition a device reports. `id` is stable for the same transition, so a
+/// report delivered twice is applied once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Stable id (hex).
+    pub id: String,
+    /// The rollout.
+    pub rollout_id: String,
+    /// Artifact name.
+    pub artifact: ArtifactName,
+    /// The version the rollout is about.
+    pub version: ArtifactVersion,
+    /// The new state.
+    pub state: DeviceState,
+    /// Why, for failures and refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When, Unix ms on the device's clock.
+    pub at_ms: i64,
+}
+
+/// What a device runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveArtifact {
+    /// Artifact name.
+    pub name: ArtifactName,
+    /// Version.
+    pub version: ArtifactVersion,
+    /// SHA-256 of the active file.
+    pub sha256: Sha256Digest,
+}
+
+/// A batch of reports, with the device's current artifacts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    /// Transitions, oldest first.
+    pub reports: Vec<Report>,
+    /// What the device runs now.
+    pub active: Vec<ActiveArtifact>,
+}
+
+/// The server's answer: the ids it has applied (now or before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// Applied ids.
+    pub acked: Vec<String>,
+}
+
+/// The largest report batch a device sends at once.
+pub const MAX_REPORTS_PER_BATCH: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::{ProbeKind, ProbeSpec};
+
+    #[test]
+    fn signing_bytes_are_canonical_and_cover_everything() {
+        let doc = AssignmentDoc {
+            device_id: "d1".into(),
+            counter: 7,
+            expires: 1_800_000_000,
+            assignments: vec![Assignment {
+                rollout_id: "r-1".into(),
+                action: Action::Install,
+                artifact: ArtifactName::new("yolo").unwrap(),
+                version: ArtifactVersion::new("2.1.0").unwrap(),
+                length: 3,
+                sha256: Sha256Digest::of(b"abc"),
+                probe: ProbeSpec::new(ProbeKind::Exec { name: "check".into(), args: vec![] }),
+            }],
+        };
+        let bytes = doc.signing_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(r#"{"assignments":[{"action":"install","artifact":"yolo""#), "{text}");
+        let parsed: AssignmentDoc = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(parsed, doc);
+        let mut other = doc.clone();
+        other.counter = 8;
+        assert_ne!(other.signing_bytes(), bytes);
+    }
+
+    #[test]
+    fn states_round_trip_and_classify() {
+        for s in DeviceState::ALL {
+            assert_eq!(s.as_str().parse::<DeviceState>().unwrap(), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        let failures: Vec<_> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
+        assert_eq!(failures, [DeviceState::Failed, DeviceState::TimedOut]);
+        assert!(!DeviceState::Unreachable.is_failure() && DeviceState::Unreachable.is_final());
+    }
+}

@@ -1,0 +1,176 @@
+//! Health probes as operators write them: `exec:NAME [ARGS…]`, `http(s)://…`, `file:PATH`.
+//!
+//! An exec probe names a binary on the device's own allowlist; the server can name an allowed
+//! probe but never a path, and nothing is ever run through a shell.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What to check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// Run the allowlisted binary `name` with `args`; exit 0 is healthy.
+    Exec {
+        /// The allowlist key.
+        name: String,
+        /// Arguments before the artifact path.
+        args: Vec<String>,
+    },
+    /// GET `url`; any 2xx is healthy.
+    Http {
+        /// The URL.
+        url: String,
+    },
+    /// Healthy once the application has written `path` after the swap.
+    File {
+        /// The readiness file.
+        path: String,
+    },
+}
+
+/// A probe with its timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// What to check.
+    #[serde(flatten)]
+    pub kind: ProbeKind,
+    /// Per-attempt timeout, ms.
+    pub timeout_ms: u64,
+    /// How many attempts (at least 1).
+    pub attempts: u32,
+    /// Pause between attempts, ms.
+    pub interval_ms: u64,
+    /// Pause before the first attempt, ms.
+    pub initial_delay_ms: u64,
+}
+
+/// Defaults for the timing settings.
+impl ProbeSpec {
+    /// 30 s per attempt.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    /// 3 attempts.
+    pub const DEFAULT_ATTEMPTS: u32 = 3;
+    /// 5 s between attempts.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    /// No initial delay.
+    pub const DEFAULT_INITIAL_DELAY: Duration = Duration::ZERO;
+
+    /// A probe of `kind` with the default timing.
+    pub fn new(kind: ProbeKind) -> Self {
+        Self {
+            kind,
+            timeout_ms: Self::DEFAULT_TIMEOUT.as_millis() as u64,
+            attempts: Self::DEFAULT_ATTEMPTS,
+            interval_ms: Self::DEFAULT_INTERVAL.as_millis() as u64,
+            initial_delay_ms: Self::DEFAULT_INITIAL_DELAY.as_millis() as u64,
+        }
+    }
+
+    /// Checks the timing is usable.
+    pub fn validate(&self) -> Result<(), ProbeError> {
+        if self.attempts == 0 || self.attempts > 100 {
+            return Err(ProbeError::Attempts(self.attempts));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ProbeError::Timeout);
+        }
+        Ok(())
+    }
+}
+
+/// A probe that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// Not one of the three forms.
+    #[error("probe {0:?} is not exec:NAME [ARGS…], http(s)://… or file:/ABSOLUTE/PATH")]
+    Form(String),
+    /// An exec probe name that is not a plain allowlist key.
+    #[error("exec probe name {0:?} must be an allowlist key (letters, digits, '.', '_', '-'), never a path")]
+    ExecName(String),
+    /// A file probe path that is not absolute.
+    #[error("file probe path {0:?} must be absolute")]
+    FilePath(String),
+    /// Attempts out of range.
+    #[error("probe attempts must be between 1 and 100, got {0}")]
+    Attempts(u32),
+    /// Zero timeout.
+    #[error("probe timeout must be more than zero")]
+    Timeout,
+}
+
+impl FromStr for ProbeKind {
+    type Err = ProbeError;
+
+    fn from_str(s: &str) -> Result<Self, ProbeError> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("exec:") {
+            let mut words = rest.split_whitespace().map(str::to_owned);
+            let name = words.next().ok_or_else(|| ProbeError::Form(s.to_owned()))?;
+            crate::name::validate("probe", &name).map_err(|_| ProbeError::ExecName(name.clone()))?;
+            return Ok(ProbeKind::Exec { name, args: words.collect() });
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            if s.contains(char::is_whitespace) {
+                return Err(ProbeError::Form(s.to_owned()));
+            }
+            return Ok(ProbeKind::Http { url: s.to_owned() });
+        }
+        if let Some(path) = s.strip_prefix("file:") {
+            if !path.starts_with('/') {
+                return Err(ProbeError::FilePath(path.to_owned()));
+            }
+            return Ok(ProbeKind::File { path: path.to_owned() });
+        }
+        Err(ProbeError::Form(s.to_owned()))
+    }
+}
+
+impl fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeKind::Exec { name, args } => {
+                write!(f, "exec:{name}")?;
+                for a in args {
+                    write!(f, " {a}")?;
+                }
+                Ok(())
+            }
+            ProbeKind::Http { url } => f.write_str(url),
+            ProbeKind::File { path } => write!(f, "file:{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_forms() {
+        let exec = |n: &str, a: &[&str]| ProbeKind::Exec { name: n.into(), args: a.iter().map(|s| s.to_string()).collect() };
+        let cases: &[(&str, Result<ProbeKind, ()>)] = &[
+            ("exec:check-model", Ok(exec("check-model", &[]))),
+            ("exec:check-model --fast -n 3", Ok(exec("check-model", &["--fast", "-n", "3"]))),
+            ("exec:/usr/bin/rm -rf /", Err(())),
+            ("exec:../bin/x", Err(())),
+            ("exec:", Err(())),
+            ("http://127.0.0.1:8080/healthz", Ok(ProbeKind::Http { url: "http://127.0.0.1:8080/healthz".into() })),
+            ("https://infer.local/ready", Ok(ProbeKind::Http { url: "https://infer.local/ready".into() })),
+            ("file:/run/app/ready", Ok(ProbeKind::File { path: "/run/app/ready".into() })),
+            ("file:relative", Err(())),
+            ("sh -c true", Err(())),
+            ("", Err(())),
+        ];
+        for (text, want) in cases {
+            let got = text.parse::<ProbeKind>();
+            assert_eq!(got.clone().map_err(|_| ()), *want, "{text}: {got:?}");
+            if let Ok(k) = got {
+                assert_eq!(k.to_string().parse::<ProbeKind>().unwrap(), k, "round trip {text}");
+            }
+        }
+    }
+}
