@@ -9,9 +9,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No token was given.
-    #[error(
-        "no API token: pass --token or set WAVECAST_TOKEN (the admin token is in DATA_DIR/admin.token)"
-    )]
+    #[error("no API token: pass --token or set WAVECAST_TOKEN (the admin token is in DATA_DIR/admin.token)")]
     NoToken,
     /// The server URL is bad.
     #[error("--server {url:?} is not a URL: {source}")]
@@ -79,18 +77,12 @@ pub struct Client {
 impl Client {
     /// A client for `server`, authenticating with `token`.
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let base = url::Url::parse(server).map_err(|source| ClientError::BadUrl {
-            url: server.to_owned(),
-            source,
-        })?;
+        let base = url::Url::parse(server).map_err(|source| ClientError::BadUrl { url: server.to_owned(), source })?;
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .user_agent(concat!("wavecast/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|source| ClientError::Connect {
-                url: server.to_owned(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Connect { url: server.to_owned(), source })?;
         Ok(Self { base, token, http })
     }
 
@@ -100,16 +92,9 @@ impl Client {
     }
 
     /// Builds a request to `path` (absolute, like `/api/v1/groups`).
-    pub fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-    ) -> Result<reqwest::RequestBuilder, ClientError> {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder, ClientError> {
         let token = self.token.as_deref().ok_or(ClientError::NoToken)?;
-        let url = self.base.join(path).map_err(|source| ClientError::BadUrl {
-            url: path.to_owned(),
-            source,
-        })?;
+        let url = self.base.join(path).map_err(|source| ClientError::BadUrl { url: path.to_owned(), source })?;
         Ok(self.http.request(method, url).bearer_auth(token))
     }
 
@@ -120,67 +105,38 @@ impl Client {
         path: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Connect {
-            url: self.base.to_string(),
-            source,
-        })?;
+        let resp = req.send().await.map_err(|source| ClientError::Connect { url: self.base.to_string(), source })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_owned();
+        let code = body["error"]["code"].as_str().unwrap_or("unknown").to_owned();
         let message = body["error"]["message"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-        Err(ClientError::Api {
-            method,
-            path: path.to_owned(),
-            status,
-            code,
-            message,
-        })
+        Err(ClientError::Api { method, path: path.to_owned(), status, code, message })
     }
 
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::GET, path)?;
         let resp = self.send("GET", path, req).await?;
-        resp.json().await.map_err(|source| ClientError::Decode {
-            path: path.to_owned(),
-            source,
-        })
+        resp.json().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })
     }
 
     /// GET raw bytes.
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let req = self.request(reqwest::Method::GET, path)?;
         let resp = self.send("GET", path, req).await?;
-        Ok(resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Decode {
-                path: path.to_owned(),
-                source,
-            })?
-            .to_vec())
+        Ok(resp.bytes().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })?.to_vec())
     }
 
     /// POST a JSON document, reading a JSON answer.
-    pub async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::POST, path)?.json(body);
         let resp = self.send("POST", path, req).await?;
-        resp.json().await.map_err(|source| ClientError::Decode {
-            path: path.to_owned(),
-            source,
-        })
+        resp.json().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })
     }
 }

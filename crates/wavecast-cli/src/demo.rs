@@ -32,27 +32,15 @@ fn fake_model(len: usize) -> Vec<u8> {
 
 pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let tmp = tempfile::Builder::new()
-        .prefix("wavecast-demo-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let tmp = tempfile::Builder::new().prefix("wavecast-demo-").tempdir().context("creating a temporary directory")?;
     let dir = tmp.path().join("install");
 
-    step(
-        1,
-        "wavecast init — keys, the signed TUF trust anchor, an admin token",
-    );
+    step(1, "wavecast init — keys, the signed TUF trust anchor, an admin token");
     let report = wavecast_server::install::init(&dir).await?;
     println!("   trust anchor {}", report.root_json.display());
-    println!(
-        "   publisher key {} (offline: it signs every publish)",
-        report.publisher_key.display()
-    );
+    println!("   publisher key {} (offline: it signs every publish)", report.publisher_key.display());
 
-    step(
-        2,
-        "wavecast server — the control plane on SQLite, on a free loopback port",
-    );
+    step(2, "wavecast server — the control plane on SQLite, on a free loopback port");
     let config = wavecast_server::ServerConfig::new(dir.clone(), "127.0.0.1:0".parse()?, None)?;
     let state = wavecast_server::open(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -66,31 +54,16 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     let token = crate::read_token_file(&report.admin_token_file)?;
     let client = Client::new(&url, Some(token.clone()))?;
 
-    step(
-        3,
-        "wavecast artifact publish yolo-v8n@2.1.0 — signed with the offline key, uploaded, checked by the server",
-    );
+    step(3, "wavecast artifact publish yolo-v8n@2.1.0 — signed with the offline key, uploaded, checked by the server");
     let model_path = tmp.path().join("yolo-v8n.onnx");
     let model = fake_model(8 << 20);
     std::fs::write(&model_path, &model)?;
     let key = wavecast_tuf::keys::SigningKey::load(&report.publisher_key)?;
-    let target = TargetName::new(
-        ArtifactName::new("yolo-v8n")?,
-        ArtifactVersion::new("2.1.0")?,
-    );
-    let published = crate::cmd::artifact::publish(
-        &client,
-        &target,
-        &model_path,
-        &key,
-        Some("jetson-orin-nano".into()),
-        false,
-    )
-    .await?;
-    println!(
-        "   {}@{}  {} bytes  sha256 {}",
-        published.name, published.version, published.length, published.sha256
-    );
+    let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new("2.1.0")?);
+    let published =
+        crate::cmd::artifact::publish(&client, &target, &model_path, &key, Some("jetson-orin-nano".into()), false)
+            .await?;
+    println!("   {}@{}  {} bytes  sha256 {}", published.name, published.version, published.length, published.sha256);
     let expected = hex::encode(sha2::Sha256::digest(&model));
     ensure!(
         published.sha256 == expected,
@@ -98,10 +71,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         published.sha256
     );
 
-    step(
-        4,
-        "the same name@version with other bytes is refused — versions are immutable",
-    );
+    step(4, "the same name@version with other bytes is refused — versions are immutable");
     let tampered = tmp.path().join("tampered.onnx");
     let mut other = model.clone();
     other[0] ^= 1;
@@ -111,23 +81,11 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         Err(e) => println!("   refused: {e:#}"),
     }
 
-    step(
-        5,
-        &format!("wavecast group create plant-7, and {devices} devices enroll with a group token"),
-    );
-    let _: serde_json::Value = client
-        .post("/api/v1/groups", &serde_json::json!({ "name": "plant-7" }))
-        .await?;
-    let minted: serde_json::Value = client
-        .post(
-            "/api/v1/enrollment-tokens",
-            &serde_json::json!({ "group": "plant-7" }),
-        )
-        .await?;
-    let enroll_token = minted["token"]
-        .as_str()
-        .context("the server minted no token")?
-        .to_owned();
+    step(5, &format!("wavecast group create plant-7, and {devices} devices enroll with a group token"));
+    let _: serde_json::Value = client.post("/api/v1/groups", &serde_json::json!({ "name": "plant-7" })).await?;
+    let minted: serde_json::Value =
+        client.post("/api/v1/enrollment-tokens", &serde_json::json!({ "group": "plant-7" })).await?;
+    let enroll_token = minted["token"].as_str().context("the server minted no token")?.to_owned();
     let http = reqwest::Client::new();
     for i in 1..=devices {
         let resp = http
@@ -135,11 +93,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
             .json(&serde_json::json!({ "token": enroll_token, "name": format!("cam-{i:03}"), "hardware": "jetson-orin-nano" }))
             .send()
             .await?;
-        ensure!(
-            resp.status().is_success(),
-            "enrolling cam-{i:03}: HTTP {}",
-            resp.status()
-        );
+        ensure!(resp.status().is_success(), "enrolling cam-{i:03}: HTTP {}", resp.status());
     }
     let listed: Vec<serde_json::Value> = client.get("/api/v1/devices?group=plant-7").await?;
     ensure!(
@@ -147,10 +101,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         "expected {devices} devices in plant-7, the server lists {}",
         listed.len()
     );
-    println!(
-        "   {} devices enrolled, each with its own credential (stored hashed)",
-        listed.len()
-    );
+    println!("   {} devices enrolled, each with its own credential (stored hashed)", listed.len());
 
     step(6, "wavecast audit list — every change, append-only");
     let events: Vec<AuditEvent> = client.get("/api/v1/audit").await?;
@@ -161,10 +112,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         AuditAction::GroupCreated,
         AuditAction::DeviceEnrolled,
     ] {
-        ensure!(
-            events.iter().any(|e| e.action == action),
-            "the audit trail has no {action} event"
-        );
+        ensure!(events.iter().any(|e| e.action == action), "the audit trail has no {action} event");
     }
 
     println!(

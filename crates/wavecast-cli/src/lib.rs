@@ -19,11 +19,9 @@ pub use client::{Client, ClientError};
 /// wavecast deploys signed machine-learning models to fleets of edge devices, in waves.
 #[derive(Debug, Parser)]
 #[command(name = "wavecast", version, max_term_width = 100)]
-#[command(
-    after_help = "Start here: `wavecast demo` plays a whole rollout on this machine.\n\
+#[command(after_help = "Start here: `wavecast demo` plays a whole rollout on this machine.\n\
 Then: `wavecast init --dir DIR`, `wavecast server --data-dir DIR`, and the commands above with\n\
-WAVECAST_TOKEN set to the contents of DIR/admin.token."
-)]
+WAVECAST_TOKEN set to the contents of DIR/admin.token.")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,12 +31,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Remote {
     /// The wavecast server's URL.
-    #[arg(
-        long,
-        env = "WAVECAST_SERVER",
-        default_value = "http://127.0.0.1:7700",
-        global = true
-    )]
+    #[arg(long, env = "WAVECAST_SERVER", default_value = "http://127.0.0.1:7700", global = true)]
     server: String,
     /// An API token (the admin token is in DATA_DIR/admin.token).
     #[arg(long, env = "WAVECAST_TOKEN", hide_env_values = true, global = true)]
@@ -68,6 +61,9 @@ enum Command {
     /// Enroll, list and inspect devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCommand),
+    /// Roll an artifact out to a group in waves, and steer it.
+    #[command(subcommand)]
+    Rollout(cmd::rollout::RolloutCommand),
     /// Read the audit trail.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
@@ -77,10 +73,7 @@ enum Command {
 /// 0 for success, 1 for any error (printed with its causes), 2 for bad usage.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -104,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Artifact(c) => cmd::artifact::run(c).await,
         Command::Group(c) => cmd::group::run(c).await,
         Command::Device(c) => cmd::device::run(c).await,
+        Command::Rollout(c) => cmd::rollout::run(c).await,
         Command::Audit(c) => cmd::audit::run(c).await,
     }
 }
@@ -111,20 +105,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Reads a token file written by `init` (one line).
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
-    Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_owned())
+    Ok(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_owned())
 }
 
 /// A path argument that must exist.
 fn existing_file(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("{s} is not a file"))
-    }
+    if p.is_file() { Ok(p) } else { Err(format!("{s} is not a file")) }
 }
 
 #[cfg(test)]

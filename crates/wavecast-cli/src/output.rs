@@ -35,9 +35,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Formats Unix milliseconds as RFC 3339 (seconds precision).
 pub fn time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms / 1000 * 1000)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| ms.to_string())
+    jiff::Timestamp::from_millisecond(ms / 1000 * 1000).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
 }
 
 /// Formats a byte count for people.
@@ -49,9 +47,5 @@ pub fn bytes(n: i64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }

@@ -155,8 +155,38 @@ impl DeviceState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            DeviceState::Succeeded | DeviceState::Failed | DeviceState::TimedOut | DeviceState::Unreachable | DeviceState::Reverted
+            DeviceState::Succeeded
+                | DeviceState::Failed
+                | DeviceState::TimedOut
+                | DeviceState::Unreachable
+                | DeviceState::Reverted
         )
+    }
+
+    /// Whether a device in this state may move to `to`. Progress only goes forward; a device
+    /// the server gave up on (unreachable, timed out) may come back; a healthy device may be
+    /// reverted. Anything else (a late duplicate, a regression) is ignored.
+    pub fn may_become(self, to: DeviceState) -> bool {
+        use DeviceState::*;
+        let rank = |s: DeviceState| match s {
+            Pending => 0,
+            Assigned => 1,
+            Downloading => 2,
+            Verifying => 3,
+            Installing => 4,
+            Probing => 5,
+            _ => 6,
+        };
+        match (self, to) {
+            (_, Pending | Assigned) => false,
+            (Pending, _) => false,
+            (Assigned | Unreachable, _) => to != Unreachable || self == Assigned,
+            (Downloading | Verifying | Installing | Probing, Reverted) => true,
+            (Downloading | Verifying | Installing | Probing, _) => rank(to) > rank(self),
+            (TimedOut, Succeeded | Failed | Reverted) => true,
+            (Succeeded, Reverted) => true,
+            _ => false,
+        }
     }
 
     /// Whether this state counts toward the halt rule.

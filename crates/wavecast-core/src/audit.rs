@@ -36,6 +36,45 @@ pub enum AuditAction {
     /// An API token was revoked.
     #[serde(rename = "token.revoked")]
     TokenRevoked,
+    /// A rollout was created.
+    #[serde(rename = "rollout.created")]
+    RolloutCreated,
+    /// A wave opened: its devices were assigned the new version.
+    #[serde(rename = "wave.opened")]
+    WaveOpened,
+    /// A rollout waits at a manual gate.
+    #[serde(rename = "rollout.waiting_approval")]
+    RolloutWaitingApproval,
+    /// An operator approved a gate.
+    #[serde(rename = "rollout.approved")]
+    RolloutApproved,
+    /// The halt rule paused a rollout.
+    #[serde(rename = "rollout.paused")]
+    RolloutPaused,
+    /// An operator acknowledged failures and resumed.
+    #[serde(rename = "rollout.resumed")]
+    RolloutResumed,
+    /// Every wave settled.
+    #[serde(rename = "rollout.completed")]
+    RolloutCompleted,
+    /// An operator aborted (keep or revert).
+    #[serde(rename = "rollout.aborted")]
+    RolloutAborted,
+    /// A device runs the new version, healthy.
+    #[serde(rename = "device.updated")]
+    DeviceUpdated,
+    /// A device refused or failed the new version and is on its previous one.
+    #[serde(rename = "device.failed")]
+    DeviceFailed,
+    /// A device went back to its previous version after an abort with revert.
+    #[serde(rename = "device.reverted")]
+    DeviceReverted,
+    /// A device started but went silent past the device timeout.
+    #[serde(rename = "device.timed_out")]
+    DeviceTimedOut,
+    /// A device did not pick up its assignment within the device timeout.
+    #[serde(rename = "device.unreachable")]
+    DeviceUnreachable,
 }
 
 impl AuditAction {
@@ -49,6 +88,19 @@ impl AuditAction {
             AuditAction::DeviceEnrolled => "device.enrolled",
             AuditAction::TokenCreated => "token.created",
             AuditAction::TokenRevoked => "token.revoked",
+            AuditAction::RolloutCreated => "rollout.created",
+            AuditAction::WaveOpened => "wave.opened",
+            AuditAction::RolloutWaitingApproval => "rollout.waiting_approval",
+            AuditAction::RolloutApproved => "rollout.approved",
+            AuditAction::RolloutPaused => "rollout.paused",
+            AuditAction::RolloutResumed => "rollout.resumed",
+            AuditAction::RolloutCompleted => "rollout.completed",
+            AuditAction::RolloutAborted => "rollout.aborted",
+            AuditAction::DeviceUpdated => "device.updated",
+            AuditAction::DeviceFailed => "device.failed",
+            AuditAction::DeviceReverted => "device.reverted",
+            AuditAction::DeviceTimedOut => "device.timed_out",
+            AuditAction::DeviceUnreachable => "device.unreachable",
         }
     }
 }
@@ -100,14 +152,7 @@ pub struct AuditDecodeError {
 impl AuditEvent {
     /// Places `new` at `seq`, happening `at`.
     pub fn place(new: NewAuditEvent, seq: u64, at: String) -> Self {
-        Self {
-            seq,
-            at,
-            actor: new.actor,
-            action: new.action,
-            subject: new.subject,
-            detail: new.detail,
-        }
+        Self { seq, at, actor: new.actor, action: new.action, subject: new.subject, detail: new.detail }
     }
 
     /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
@@ -173,10 +218,7 @@ mod tests {
     #[test]
     fn leaf_hash_is_rfc6962() {
         // RFC 6962 test vector: the leaf hash of the empty string.
-        assert_eq!(
-            leaf_hash(b"").to_hex(),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
+        assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
         let mut other = event();
         other.seq = 4;
         assert_ne!(event().leaf_hash(), other.leaf_hash());

@@ -29,9 +29,7 @@ impl Sha256Digest {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, DigestError> {
         <[u8; 32]>::try_from(bytes)
             .map(Self)
-            .map_err(|_| DigestError {
-                value: hex::encode(&bytes[..bytes.len().min(40)]),
-            })
+            .map_err(|_| DigestError { value: hex::encode(&bytes[..bytes.len().min(40)]) })
     }
 
     /// The digest of `data`, for small in-memory values.
@@ -53,9 +51,7 @@ impl Sha256Digest {
 impl FromStr for Sha256Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, DigestError> {
-        let err = || DigestError {
-            value: s.chars().take(80).collect(),
-        };
+        let err = || DigestError { value: s.chars().take(80).collect() };
         if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(err());
         }
@@ -98,18 +94,8 @@ mod tests {
     fn parses_only_lowercase_hex_of_the_right_length() {
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(Sha256Digest::of(b"abc").to_hex(), abc);
-        assert_eq!(
-            abc.parse::<Sha256Digest>().unwrap(),
-            Sha256Digest::of(b"abc")
-        );
-        for bad in [
-            "",
-            "abc",
-            &abc.to_uppercase(),
-            &abc[1..],
-            &format!("{abc}00"),
-            &abc.replace('b', "g"),
-        ] {
+        assert_eq!(abc.parse::<Sha256Digest>().unwrap(), Sha256Digest::of(b"abc"));
+        for bad in ["", "abc", &abc.to_uppercase(), &abc[1..], &format!("{abc}00"), &abc.replace('b', "g")] {
             assert!(bad.parse::<Sha256Digest>().is_err(), "{bad}");
         }
     }

@@ -4,9 +4,7 @@ use std::time::Duration;
 
 /// A duration that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{value:?} is not a duration; use a whole number with a unit: ms, s, m, h or d (like 30s, 10m, 7d)"
-)]
+#[error("{value:?} is not a duration; use a whole number with a unit: ms, s, m, h or d (like 30s, 10m, 7d)")]
 pub struct DurationError {
     /// The refused text.
     pub value: String,
@@ -14,9 +12,7 @@ pub struct DurationError {
 
 /// Parses `<whole number><unit>`.
 pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError {
-        value: value.to_owned(),
-    };
+    let err = || DurationError { value: value.to_owned() };
     let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (n, unit) = value.split_at(split);
     let n: u64 = n.parse().map_err(|_| err())?;
@@ -52,11 +48,7 @@ mod tests {
             ("", None),
         ];
         for (text, ms) in cases {
-            assert_eq!(
-                parse_duration(text).ok().map(|d| d.as_millis() as u64),
-                *ms,
-                "{text}"
-            );
+            assert_eq!(parse_duration(text).ok().map(|d| d.as_millis() as u64), *ms, "{text}");
         }
     }
 }

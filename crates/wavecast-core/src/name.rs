@@ -32,9 +32,7 @@ pub enum NameError {
         len: usize,
     },
     /// The name holds a character outside `[A-Za-z0-9._-]` (path separators included).
-    #[error(
-        "{kind} name {name:?} contains {ch:?}; use only letters, digits, '.', '_' and '-' (no path separators)"
-    )]
+    #[error("{kind} name {name:?} contains {ch:?}; use only letters, digits, '.', '_' and '-' (no path separators)")]
     BadChar {
         /// What kind of name.
         kind: &'static str,
@@ -74,27 +72,13 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty { kind });
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            kind,
-            name: name.to_owned(),
-            len: name.len(),
-        });
+        return Err(NameError::TooLong { kind, name: name.to_owned(), len: name.len() });
     }
-    if let Some(ch) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(NameError::BadChar {
-            kind,
-            name: name.to_owned(),
-            ch,
-        });
+    if let Some(ch) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(NameError::BadChar { kind, name: name.to_owned(), ch });
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(NameError::BadStart {
-            kind,
-            name: name.to_owned(),
-        });
+        return Err(NameError::BadStart { kind, name: name.to_owned() });
     }
     Ok(())
 }
@@ -174,10 +158,7 @@ impl ArtifactVersion {
     pub fn new(version: &str) -> Result<Self, NameError> {
         semver::Version::parse(version)
             .map(Self)
-            .map_err(|e| NameError::BadVersion {
-                version: version.to_owned(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| NameError::BadVersion { version: version.to_owned(), reason: e.to_string() })
     }
 }
 
@@ -225,13 +206,9 @@ impl TargetName {
 
     /// Parses `NAME@VERSION`, validating both halves.
     pub fn parse(target: &str) -> Result<Self, NameError> {
-        let (name, version) = target.split_once('@').ok_or_else(|| NameError::BadTarget {
-            target: target.to_owned(),
-        })?;
-        Ok(Self {
-            name: ArtifactName::new(name)?,
-            version: ArtifactVersion::new(version)?,
-        })
+        let (name, version) =
+            target.split_once('@').ok_or_else(|| NameError::BadTarget { target: target.to_owned() })?;
+        Ok(Self { name: ArtifactName::new(name)?, version: ArtifactVersion::new(version)? })
     }
 
     /// The artifact name.

@@ -151,7 +151,8 @@ mod tests {
 
     #[test]
     fn probe_forms() {
-        let exec = |n: &str, a: &[&str]| ProbeKind::Exec { name: n.into(), args: a.iter().map(|s| s.to_string()).collect() };
+        let exec =
+            |n: &str, a: &[&str]| ProbeKind::Exec { name: n.into(), args: a.iter().map(|s| s.to_string()).collect() };
         let cases: &[(&str, Result<ProbeKind, ()>)] = &[
             ("exec:check-model", Ok(exec("check-model", &[]))),
             ("exec:check-model --fast -n 3", Ok(exec("check-model", &["--fast", "-n", "3"]))),

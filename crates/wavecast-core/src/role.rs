@@ -42,13 +42,7 @@ pub enum Permission {
 
 impl Role {
     /// Every role, for tests and help texts.
-    pub const ALL: [Role; 5] = [
-        Role::Admin,
-        Role::Publisher,
-        Role::Operator,
-        Role::Approver,
-        Role::Viewer,
-    ];
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Publisher, Role::Operator, Role::Approver, Role::Viewer];
 
     /// Whether this role grants `permission`.
     pub fn allows(self, permission: Permission) -> bool {
@@ -83,10 +77,7 @@ pub struct RoleError(pub String);
 impl FromStr for Role {
     type Err = RoleError;
     fn from_str(s: &str) -> Result<Self, RoleError> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| RoleError(s.to_owned()))
+        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| RoleError(s.to_owned()))
     }
 }
 
@@ -105,30 +96,13 @@ mod tests {
         use Permission::*;
         // (role, permissions it must have); everything else must be denied.
         let table: &[(Role, &[Permission])] = &[
-            (
-                Role::Admin,
-                &[
-                    Read,
-                    Publish,
-                    ManageFleet,
-                    OperateRollouts,
-                    ApproveGates,
-                    ManageTokens,
-                ],
-            ),
+            (Role::Admin, &[Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens]),
             (Role::Publisher, &[Read, Publish]),
             (Role::Operator, &[Read, ManageFleet, OperateRollouts]),
             (Role::Approver, &[Read, ApproveGates]),
             (Role::Viewer, &[Read]),
         ];
-        let all = [
-            Read,
-            Publish,
-            ManageFleet,
-            OperateRollouts,
-            ApproveGates,
-            ManageTokens,
-        ];
+        let all = [Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens];
         for (role, granted) in table {
             for p in all {
                 assert_eq!(role.allows(p), granted.contains(&p), "{role} {p:?}");

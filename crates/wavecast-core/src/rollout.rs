@@ -99,7 +99,10 @@ impl Plan {
         let waves = percents
             .iter()
             .enumerate()
-            .map(|(i, &percent)| Wave { percent, gate: if gates.contains(&(i + 1)) { Gate::Manual } else { Gate::Auto } })
+            .map(|(i, &percent)| Wave {
+                percent,
+                gate: if gates.contains(&(i + 1)) { Gate::Manual } else { Gate::Auto },
+            })
             .collect();
         Ok(Self { waves, halt_after, device_timeout_ms })
     }
@@ -351,7 +354,12 @@ pub fn device_changed(
 }
 
 /// Applies an operator command.
-pub fn command(plan: &Plan, status: &mut Status, counts: &[WaveCounts], cmd: Command) -> Result<Vec<Effect>, CommandError> {
+pub fn command(
+    plan: &Plan,
+    status: &mut Status,
+    counts: &[WaveCounts],
+    cmd: Command,
+) -> Result<Vec<Effect>, CommandError> {
     if status.state.is_terminal() {
         return Err(CommandError::Ended(status.state));
     }
@@ -363,6 +371,12 @@ pub fn command(plan: &Plan, status: &mut Status, counts: &[WaveCounts], cmd: Com
                     _ if status.opened < plan.waves.len() => "the earlier waves have not all settled healthy yet",
                     _ => "every wave is already open",
                 };
+                return Err(CommandError::NotWaiting { state: status.state, reason });
+            }
+            // An unreachable device that came back while we wait at the gate makes its wave
+            // unsettled again; approving now would be approving early.
+            if !counts.iter().take(status.opened).all(WaveCounts::settled) {
+                let reason = "the earlier waves have not all settled healthy yet";
                 return Err(CommandError::NotWaiting { state: status.state, reason });
             }
             let index = status.opened;

@@ -1,1 +1,814 @@
-//! Table-driven tests of the rollout engine (being written).
+//! Table-driven tests and a property test of the rollout engine against brief §5 (Rollouts).
+//!
+//! A small simulation plays the server's part: it keeps the plan, the status, the per-wave
+//! counts and every device's (wave, state), calls the engine the way the server does, and
+//! applies the effects the way the server does (on `OpenWave` it moves that wave's pending
+//! devices to `assigned`, and nothing else ever moves a device out of `pending`). Each table
+//! row is one step and the state, opened waves, counted failures and effects expected after it.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::assignment::DeviceState as D;
+use super::RolloutState as R;
+
+/// The server's side of one rollout.
+#[derive(Debug)]
+struct Sim {
+    plan: Plan,
+    status: Status,
+    counts: Vec<WaveCounts>,
+    /// (wave, state) per device, in rollout order.
+    devices: Vec<(usize, DeviceState)>,
+    /// Set once the engine asked for every updated device to be reverted.
+    reverting: bool,
+}
+
+impl Sim {
+    /// Creates a rollout over `n` devices and runs the first decision, as the server does.
+    fn create(percents: &[u8], gates: &[usize], halt_after: u32, n: usize) -> (Self, Vec<Effect>) {
+        let plan = Plan::new(percents, gates, halt_after, 600_000).expect("the test plan is valid");
+        let bounds = wave_bounds(&plan, n);
+        let devices: Vec<_> = (0..n).map(|p| (wave_of(&bounds, p), D::Pending)).collect();
+        let mut counts = vec![WaveCounts::default(); plan.waves.len()];
+        for (wave, state) in &devices {
+            counts[*wave].add(*state, 1);
+        }
+        let mut sim = Sim { plan, status: Status::new(), counts, devices, reverting: false };
+        let effects = advance(&sim.plan, &mut sim.status, &sim.counts);
+        sim.apply(&effects);
+        (sim, effects)
+    }
+
+    /// Applies effects as the server would. Opening a wave assigns its devices; the engine
+    /// must never open a wave twice or one it has not counted as opened.
+    fn apply(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            match *effect {
+                Effect::OpenWave { index } => {
+                    assert!(index < self.status.opened, "wave {index} opened but status says {} opened", self.status.opened);
+                    for (wave, state) in self.devices.iter_mut().filter(|(w, _)| *w == index) {
+                        assert_eq!(*state, D::Pending, "wave {index} opened twice");
+                        *state = D::Assigned;
+                        self.counts[*wave].shift(D::Pending, D::Assigned);
+                    }
+                }
+                Effect::RevertUpdated => self.reverting = true,
+                _ => {}
+            }
+        }
+        self.check();
+    }
+
+    /// One device report, applied through the engine.
+    fn report(&mut self, position: usize, to: DeviceState) -> Vec<Effect> {
+        let (wave, from) = self.devices[position];
+        assert_ne!(from, D::Pending, "the server never lets a device of an unopened wave report");
+        self.devices[position].1 = to;
+        let effects = device_changed(&self.plan, &mut self.status, &mut self.counts, wave, from, to);
+        self.apply(&effects);
+        effects
+    }
+
+    /// One operator command, applied through the engine.
+    fn command(&mut self, cmd: Command) -> Result<Vec<Effect>, CommandError> {
+        let before = self.status;
+        let result = command(&self.plan, &mut self.status, &self.counts, cmd);
+        match &result {
+            Ok(effects) => self.apply(effects),
+            // A refused command must leave the rollout exactly as it was.
+            Err(_) => assert_eq!(self.status, before, "a refused {cmd:?} changed the status"),
+        }
+        result
+    }
+
+    /// The counts the engine keeps match the devices, sum to the fleet, and only devices of
+    /// opened waves have left `pending` (every device of an opened wave has).
+    fn check(&self) {
+        let mut recount = vec![WaveCounts::default(); self.plan.waves.len()];
+        for (wave, state) in &self.devices {
+            recount[*wave].add(*state, 1);
+            assert_eq!(*state == D::Pending, *wave >= self.status.opened, "device in wave {wave} is {state} with {} opened", self.status.opened);
+        }
+        assert_eq!(self.counts, recount, "counts drifted from the devices");
+        let total: u64 = self.counts.iter().map(WaveCounts::total).sum();
+        assert_eq!(total, self.devices.len() as u64, "counts do not sum to the fleet");
+    }
+
+    fn settled(&self, wave: usize) -> bool {
+        self.counts[wave].settled()
+    }
+}
+
+/// What a table row does.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// The device at this position in rollout order reports a new state.
+    Report(usize, DeviceState),
+    /// An operator command.
+    Cmd(Command),
+}
+
+/// One step and what must hold after it.
+#[derive(Debug)]
+struct Row {
+    step: Step,
+    outcome: Result<Vec<Effect>, CommandError>,
+    state: RolloutState,
+    opened: usize,
+    failures: u32,
+}
+
+impl Step {
+    fn then(self, state: RolloutState, opened: usize, failures: u32, effects: &[Effect]) -> Row {
+        Row { step: self, outcome: Ok(effects.to_vec()), state, opened, failures }
+    }
+
+    fn refused(self, error: CommandError, state: RolloutState, opened: usize, failures: u32) -> Row {
+        Row { step: self, outcome: Err(error), state, opened, failures }
+    }
+}
+
+fn report(position: usize, to: DeviceState) -> Step {
+    Step::Report(position, to)
+}
+fn approve() -> Step {
+    Step::Cmd(Command::Approve)
+}
+fn resume() -> Step {
+    Step::Cmd(Command::ResumeAck)
+}
+fn abort_keep() -> Step {
+    Step::Cmd(Command::AbortKeep)
+}
+fn abort_revert() -> Step {
+    Step::Cmd(Command::AbortRevert)
+}
+fn open(index: usize) -> Effect {
+    Effect::OpenWave { index }
+}
+fn gate(index: usize) -> Effect {
+    Effect::AwaitApproval { index }
+}
+fn halt(failures: u32) -> Effect {
+    Effect::Paused { failures }
+}
+fn resumed(acknowledged: u32) -> Effect {
+    Effect::Resumed { acknowledged }
+}
+fn aborted(revert: bool) -> Effect {
+    Effect::Aborted { revert }
+}
+
+const EARLY: &str = "the earlier waves have not all settled healthy yet";
+const ALL_OPEN: &str = "every wave is already open";
+const RESUME_FIRST: &str = "must be resumed first";
+
+fn not_waiting(state: RolloutState, reason: &'static str) -> CommandError {
+    CommandError::NotWaiting { state, reason }
+}
+
+/// Every command refused once the rollout has ended, leaving it as it is.
+fn all_refused_after_end(state: RolloutState, opened: usize, failures: u32) -> Vec<Row> {
+    [approve(), resume(), abort_keep(), abort_revert()]
+        .into_iter()
+        .map(|step| step.refused(CommandError::Ended(state), state, opened, failures))
+        .collect()
+}
+
+/// A scenario: a plan, a fleet, what creation decides, then the steps.
+struct Case<'a> {
+    name: &'static str,
+    percents: &'static [u8],
+    gates: &'static [usize],
+    halt_after: u32,
+    devices: usize,
+    created: (RolloutState, usize, &'a [Effect]),
+    rows: Vec<Row>,
+}
+
+fn run(case: Case<'_>) {
+    let name = case.name;
+    let (mut sim, effects) = Sim::create(case.percents, case.gates, case.halt_after, case.devices);
+    let (state, opened, expected) = case.created;
+    assert_eq!(effects, expected, "{name}: effects of creation");
+    assert_eq!(sim.status, Status { state, opened, failures_counted: 0 }, "{name}: status after creation");
+    for (i, row) in case.rows.into_iter().enumerate() {
+        let step = row.step;
+        let outcome = match step {
+            Step::Report(position, to) => Ok(sim.report(position, to)),
+            Step::Cmd(cmd) => sim.command(cmd),
+        };
+        assert_eq!(outcome, row.outcome, "{name}: row {i} ({step:?}): outcome");
+        let expected = Status { state: row.state, opened: row.opened, failures_counted: row.failures };
+        assert_eq!(sim.status, expected, "{name}: row {i} ({step:?}): status");
+    }
+}
+
+// The plan of the brief's example, `--waves 10,50,100`, over 4 devices gives bounds [1, 2, 4]:
+// wave 1 is device 0, wave 2 is device 1, wave 3 is devices 2 and 3. `--waves 50,100` over 4
+// devices gives [2, 4]: devices 0 and 1, then 2 and 3.
+const BRIEF: &[u8] = &[10, 50, 100];
+const HALVES: &[u8] = &[50, 100];
+
+#[test]
+fn gate_on_wave_one_holds_the_canary_then_later_waves_open_on_their_own() {
+    run(Case {
+        name: "--gate 1",
+        percents: BRIEF,
+        gates: &[1],
+        halt_after: 1,
+        devices: 4,
+        // The canary itself waits for an operator right after creation.
+        created: (R::WaitingApproval, 0, &[gate(0)]),
+        rows: vec![
+            resume().refused(CommandError::NotPaused(R::WaitingApproval), R::WaitingApproval, 0, 0),
+            approve().then(R::Running, 1, 0, &[open(0)]),
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::Probing).then(R::Running, 1, 0, &[]),
+            // Wave 2 is automatic: it opens as soon as the canary is settled and healthy.
+            report(0, D::Succeeded).then(R::Running, 2, 0, &[open(1)]),
+            report(1, D::Succeeded).then(R::Running, 3, 0, &[open(2)]),
+            report(2, D::Succeeded).then(R::Running, 3, 0, &[]),
+            report(3, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn gate_on_a_later_wave_waits_after_the_earlier_waves_settle() {
+    let mut rows = vec![
+        report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+        // Approving before the earlier waves settle is refused.
+        approve().refused(not_waiting(R::Running, EARLY), R::Running, 1, 0),
+        resume().refused(CommandError::NotPaused(R::Running), R::Running, 1, 0),
+        report(0, D::Succeeded).then(R::WaitingApproval, 1, 0, &[gate(1)]),
+        resume().refused(CommandError::NotPaused(R::WaitingApproval), R::WaitingApproval, 1, 0),
+        approve().then(R::Running, 2, 0, &[open(1)]),
+        // Wave 3 is automatic, so there is nothing to approve while wave 2 runs.
+        approve().refused(not_waiting(R::Running, EARLY), R::Running, 2, 0),
+        report(1, D::Succeeded).then(R::Running, 3, 0, &[open(2)]),
+        approve().refused(not_waiting(R::Running, ALL_OPEN), R::Running, 3, 0),
+        report(2, D::Succeeded).then(R::Running, 3, 0, &[]),
+        report(3, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]),
+    ];
+    rows.extend(all_refused_after_end(R::Completed, 3, 0));
+    run(Case { name: "--gate 2", percents: BRIEF, gates: &[2], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+}
+
+#[test]
+fn first_failure_pauses_and_resume_ack_continues() {
+    run(Case {
+        name: "--halt-after 1",
+        percents: BRIEF,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+            approve().refused(not_waiting(R::Paused, RESUME_FIRST), R::Paused, 1, 1),
+            // The acknowledgement clears the count, and the settled canary lets wave 2 open.
+            resume().then(R::Running, 2, 0, &[resumed(1), open(1)]),
+            resume().refused(CommandError::NotPaused(R::Running), R::Running, 2, 0),
+            report(1, D::Succeeded).then(R::Running, 3, 0, &[open(2)]),
+            report(2, D::Succeeded).then(R::Running, 3, 0, &[]),
+            // A failure that settles the last wave pauses rather than completes.
+            report(3, D::Failed).then(R::Paused, 3, 1, &[halt(1)]),
+            resume().then(R::Completed, 3, 0, &[resumed(1), Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn devices_mid_update_finish_while_paused_but_no_wave_opens() {
+    run(Case {
+        name: "paused mid-wave",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(1, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+            // Wave 1 is now settled, but a paused rollout opens nothing.
+            report(1, D::Succeeded).then(R::Paused, 1, 1, &[]),
+            resume().then(R::Running, 2, 0, &[resumed(1), open(1)]),
+        ],
+    });
+}
+
+#[test]
+fn a_failure_after_the_halt_is_still_counted_and_acknowledged() {
+    run(Case {
+        name: "failure while paused",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(1, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+            // No second pause effect, but the count grows so the ack covers it.
+            report(1, D::Failed).then(R::Paused, 1, 2, &[]),
+            resume().then(R::Running, 2, 0, &[resumed(2), open(1)]),
+        ],
+    });
+}
+
+#[test]
+fn resume_mid_wave_then_a_later_failure_in_the_same_wave_pauses_again() {
+    run(Case {
+        name: "resume then fail again",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(1, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+            // Device 1 is still updating, so resuming opens nothing yet.
+            resume().then(R::Running, 1, 0, &[resumed(1)]),
+            report(1, D::Probing).then(R::Running, 1, 0, &[]),
+            // The count restarted at the ack, so one more failure reaches the threshold again.
+            report(1, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+            resume().then(R::Running, 2, 0, &[resumed(1), open(1)]),
+            report(2, D::Succeeded).then(R::Running, 2, 0, &[]),
+            report(3, D::Succeeded).then(R::Completed, 2, 0, &[Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn failures_are_counted_while_waiting_at_a_gate() {
+    run(Case {
+        name: "failure at a gate",
+        percents: HALVES,
+        gates: &[2],
+        halt_after: 2,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            // One failure is below --halt-after 2, so wave 1 counts as healthy.
+            report(0, D::Failed).then(R::Running, 1, 1, &[]),
+            // Unreachable settles the wave without being a failure.
+            report(1, D::Unreachable).then(R::WaitingApproval, 1, 1, &[gate(1)]),
+            // The unreachable device comes back while the rollout waits at the gate.
+            report(1, D::Downloading).then(R::WaitingApproval, 1, 1, &[]),
+            // Its wave is no longer settled, so approving now would be approving early.
+            approve().refused(not_waiting(R::WaitingApproval, EARLY), R::WaitingApproval, 1, 1),
+            report(1, D::Failed).then(R::Paused, 1, 2, &[halt(2)]),
+            approve().refused(not_waiting(R::Paused, RESUME_FIRST), R::Paused, 1, 2),
+            // Resuming lands back at the gate: wave 2 still needs its approval.
+            resume().then(R::WaitingApproval, 1, 0, &[resumed(2), gate(1)]),
+            approve().then(R::Running, 2, 0, &[open(1)]),
+        ],
+    });
+}
+
+#[test]
+fn abort_revert_while_a_wave_is_half_done() {
+    let mut rows = vec![
+        report(0, D::Succeeded).then(R::Running, 1, 0, &[]),
+        report(1, D::Downloading).then(R::Running, 1, 0, &[]),
+        abort_revert().then(R::Aborted, 1, 0, &[aborted(true), Effect::RevertUpdated]),
+        // The device mid-update finishes on its own; after an abort nothing is counted.
+        report(1, D::Failed).then(R::Aborted, 1, 0, &[]),
+        report(0, D::Reverted).then(R::Aborted, 1, 0, &[]),
+    ];
+    rows.extend(all_refused_after_end(R::Aborted, 1, 0));
+    run(Case { name: "abort --revert", percents: HALVES, gates: &[], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+}
+
+#[test]
+fn abort_keep_from_waiting_approval_and_from_paused() {
+    let mut rows = vec![
+        report(0, D::Succeeded).then(R::WaitingApproval, 1, 0, &[gate(1)]),
+        // Keep sends nothing back: no revert effect.
+        abort_keep().then(R::Aborted, 1, 0, &[aborted(false)]),
+    ];
+    rows.extend(all_refused_after_end(R::Aborted, 1, 0));
+    run(Case { name: "abort --keep at a gate", percents: BRIEF, gates: &[2], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+
+    let mut rows = vec![
+        report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
+        // Aborting does not acknowledge: the count stays as it was.
+        abort_keep().then(R::Aborted, 1, 1, &[aborted(false)]),
+    ];
+    rows.extend(all_refused_after_end(R::Aborted, 1, 1));
+    run(Case { name: "abort --keep when paused", percents: HALVES, gates: &[], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+}
+
+#[test]
+fn an_unreachable_device_that_returns_mid_rollout_updates_and_settles_its_wave_again() {
+    run(Case {
+        name: "unreachable returns mid-rollout",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Succeeded).then(R::Running, 1, 0, &[]),
+            // Unreachable never blocks the fleet and is no failure: wave 2 opens.
+            report(1, D::Unreachable).then(R::Running, 2, 0, &[open(1)]),
+            report(1, D::Downloading).then(R::Running, 2, 0, &[]),
+            report(2, D::Succeeded).then(R::Running, 2, 0, &[]),
+            // The returning device has made wave 1 unsettled again, so completion waits for
+            // its outcome (which may still be a failure that must halt the rollout).
+            report(3, D::Succeeded).then(R::Running, 2, 0, &[]),
+            report(1, D::Succeeded).then(R::Completed, 2, 0, &[Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn an_unreachable_device_that_returns_after_the_end_changes_nothing() {
+    run(Case {
+        name: "unreachable returns after completion",
+        percents: &[100],
+        gates: &[],
+        halt_after: 1,
+        devices: 2,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Succeeded).then(R::Running, 1, 0, &[]),
+            report(1, D::Unreachable).then(R::Completed, 1, 0, &[Effect::Completed]),
+            report(1, D::Downloading).then(R::Completed, 1, 0, &[]),
+            // A completed rollout counts no failure and does not pause.
+            report(1, D::Failed).then(R::Completed, 1, 0, &[]),
+        ],
+    });
+    run(Case {
+        name: "unreachable returns after abort",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Succeeded).then(R::Running, 1, 0, &[]),
+            report(1, D::Unreachable).then(R::Running, 2, 0, &[open(1)]),
+            report(2, D::Downloading).then(R::Running, 2, 0, &[]),
+            abort_keep().then(R::Aborted, 2, 0, &[aborted(false)]),
+            report(1, D::Downloading).then(R::Aborted, 2, 0, &[]),
+            report(1, D::Succeeded).then(R::Aborted, 2, 0, &[]),
+            report(2, D::TimedOut).then(R::Aborted, 2, 0, &[]),
+        ],
+    });
+}
+
+#[test]
+fn timed_out_devices_count_toward_the_halt() {
+    run(Case {
+        name: "timed_out",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 2,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(0, D::TimedOut).then(R::Running, 1, 1, &[]),
+            report(1, D::Installing).then(R::Running, 1, 1, &[]),
+            report(1, D::TimedOut).then(R::Paused, 1, 2, &[halt(2)]),
+            // A late outcome from a timed-out device neither counts it twice nor un-counts it.
+            report(0, D::Failed).then(R::Paused, 1, 2, &[]),
+            report(1, D::Succeeded).then(R::Paused, 1, 2, &[]),
+            resume().then(R::Running, 2, 0, &[resumed(2), open(1)]),
+        ],
+    });
+}
+
+#[test]
+fn halt_after_three_tolerates_fewer_failures_and_counts_across_waves() {
+    // 10 devices over 50,100: devices 0-4 then 5-9.
+    run(Case {
+        name: "--halt-after 3",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 3,
+        devices: 10,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Failed).then(R::Running, 1, 1, &[]),
+            report(1, D::TimedOut).then(R::Running, 1, 2, &[]),
+            report(2, D::Succeeded).then(R::Running, 1, 2, &[]),
+            report(3, D::Unreachable).then(R::Running, 1, 2, &[]),
+            // Two failures are below three, so the settled wave is healthy and wave 2 opens.
+            report(4, D::Succeeded).then(R::Running, 2, 2, &[open(1)]),
+            // The count is since the last ack, not per wave: one more failure halts.
+            report(5, D::Failed).then(R::Paused, 2, 3, &[halt(3)]),
+            resume().then(R::Running, 2, 0, &[resumed(3)]),
+            report(6, D::Succeeded).then(R::Running, 2, 0, &[]),
+            report(7, D::Failed).then(R::Running, 2, 1, &[]),
+            report(8, D::Succeeded).then(R::Running, 2, 1, &[]),
+            // Settled with failures below the threshold completes.
+            report(9, D::Succeeded).then(R::Completed, 2, 1, &[Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn small_fleets_round_up_and_empty_waves_settle_at_once() {
+    // One device: every wave holds it, so waves 2 and 3 add nobody and open together.
+    run(Case {
+        name: "1 device",
+        percents: BRIEF,
+        gates: &[],
+        halt_after: 1,
+        devices: 1,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![report(0, D::Succeeded).then(R::Completed, 3, 0, &[open(1), open(2), Effect::Completed])],
+    });
+    // An empty wave behind a gate still needs its approval, then settles at once.
+    run(Case {
+        name: "1 device, --gate 2",
+        percents: BRIEF,
+        gates: &[2],
+        halt_after: 1,
+        devices: 1,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Succeeded).then(R::WaitingApproval, 1, 0, &[gate(1)]),
+            approve().then(R::Completed, 3, 0, &[open(1), open(2), Effect::Completed]),
+        ],
+    });
+    // Three devices over 10,50,100: ceil(0.3)=1, ceil(1.5)=2, 3, one device per wave.
+    run(Case {
+        name: "3 devices",
+        percents: BRIEF,
+        gates: &[],
+        halt_after: 1,
+        devices: 3,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Succeeded).then(R::Running, 2, 0, &[open(1)]),
+            report(1, D::Succeeded).then(R::Running, 3, 0, &[open(2)]),
+            report(2, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]),
+        ],
+    });
+    // Seven devices over 10,14,100: ceil(0.7)=1 and ceil(0.98)=1, so wave 2 is empty and
+    // wave 3 opens in the same decision.
+    let mut rows = vec![report(0, D::Succeeded).then(R::Running, 3, 0, &[open(1), open(2)])];
+    rows.extend((1..6).map(|p| report(p, D::Succeeded).then(R::Running, 3, 0, &[])));
+    rows.push(report(6, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]));
+    run(Case { name: "7 devices, empty wave 2", percents: &[10, 14, 100], gates: &[], halt_after: 1, devices: 7, created: (R::Running, 1, &[open(0)]), rows });
+    // No devices at all: every wave is empty and the rollout completes on creation.
+    run(Case {
+        name: "0 devices",
+        percents: BRIEF,
+        gates: &[],
+        halt_after: 1,
+        devices: 0,
+        created: (R::Completed, 3, &[open(0), open(1), open(2), Effect::Completed]),
+        rows: vec![],
+    });
+}
+
+#[test]
+fn wave_bounds_take_the_ceiling_of_each_cumulative_percentage() {
+    let table: &[(&[u8], usize, &[usize])] = &[
+        (&[10, 50, 100], 7, &[1, 4, 7]),
+        (&[10, 50, 100], 10, &[1, 5, 10]),
+        (&[10, 50, 100], 3, &[1, 2, 3]),
+        (&[10, 50, 100], 1, &[1, 1, 1]),
+        (&[10, 50, 100], 0, &[0, 0, 0]),
+        (&[10, 14, 100], 7, &[1, 1, 7]),
+        (&[1, 100], 200, &[2, 200]),
+        (&[1, 99, 100], 101, &[2, 100, 101]),
+        (&[33, 66, 100], 100, &[33, 66, 100]),
+        (&[100], 5, &[5]),
+    ];
+    for (percents, n, expected) in table {
+        let plan = Plan::new(percents, &[], 1, 1).expect("valid plan");
+        assert_eq!(wave_bounds(&plan, *n), *expected, "{percents:?} of {n}");
+    }
+    // Positions map to the wave whose bound they fall under; an empty wave holds nobody.
+    let of = |bounds: &[usize], n: usize| (0..n).map(|p| wave_of(bounds, p)).collect::<Vec<_>>();
+    assert_eq!(of(&[1, 4, 7], 7), [0, 1, 1, 1, 2, 2, 2]);
+    assert_eq!(of(&[1, 1, 7], 7), [0, 2, 2, 2, 2, 2, 2]);
+    assert_eq!(of(&[2, 4], 4), [0, 0, 1, 1]);
+}
+
+#[test]
+fn device_order_is_a_stable_hash_of_rollout_and_device() {
+    let ids = ["d1", "d2", "d3", "d4", "d5", "d6"];
+    // Expected orders computed independently as sorted SHA-256(rollout id, 0x00, device id).
+    assert_eq!(device_order("r-1", ids), ["d3", "d6", "d1", "d4", "d2", "d5"]);
+    assert_eq!(device_order("r-2", ids), ["d4", "d1", "d6", "d3", "d2", "d5"]);
+    // The order the group lists its devices in does not matter.
+    let reversed: Vec<&str> = ids.iter().rev().copied().collect();
+    assert_eq!(device_order("r-1", reversed), device_order("r-1", ids));
+}
+
+#[test]
+fn plan_new_validates_its_input() {
+    let table: &[(&[u8], &[usize], u32, Result<(), PlanError>)] = &[
+        (&[10, 50, 100], &[1, 3], 1, Ok(())),
+        (&[100], &[1], 5, Ok(())),
+        (&[], &[], 1, Err(PlanError::NoWaves)),
+        (&[50, 50, 100], &[], 1, Err(PlanError::Percents(vec![50, 50, 100]))),
+        (&[60, 40, 100], &[], 1, Err(PlanError::Percents(vec![60, 40, 100]))),
+        (&[0, 100], &[], 1, Err(PlanError::Percents(vec![0, 100]))),
+        (&[50, 101], &[], 1, Err(PlanError::Percents(vec![50, 101]))),
+        (&[10, 50], &[], 1, Err(PlanError::LastNotAll(50))),
+        (&[10, 50, 100], &[0], 1, Err(PlanError::Gate { gate: 0, waves: 3 })),
+        (&[10, 50, 100], &[2, 4], 1, Err(PlanError::Gate { gate: 4, waves: 3 })),
+        (&[10, 50, 100], &[], 0, Err(PlanError::HaltAfter)),
+    ];
+    for (percents, gates, halt_after, expected) in table {
+        let got = Plan::new(percents, gates, *halt_after, 600_000);
+        assert_eq!(got.as_ref().map(|_| ()).map_err(Clone::clone), *expected, "{percents:?} gates {gates:?} halt {halt_after}");
+    }
+    // Gates are 1-based wave numbers and every other wave is automatic.
+    let plan = Plan::new(&[10, 50, 100], &[1, 3], 2, 600_000).expect("valid");
+    let gates: Vec<Gate> = plan.waves.iter().map(|w| w.gate).collect();
+    assert_eq!(gates, [Gate::Manual, Gate::Auto, Gate::Manual]);
+    assert_eq!((plan.halt_after, plan.device_timeout_ms), (2, 600_000));
+}
+
+#[test]
+fn rollout_states_round_trip_and_classify() {
+    for state in [R::Running, R::WaitingApproval, R::Paused, R::Completed, R::Aborted] {
+        assert_eq!(state.as_str().parse::<RolloutState>(), Ok(state));
+        assert_eq!(serde_json::to_value(state).expect("serializes"), state.as_str());
+        assert_eq!(state.is_terminal(), matches!(state, R::Completed | R::Aborted), "{state}");
+        // Only a running rollout or one waiting at a gate hands the new version out.
+        assert_eq!(state.serves_new_devices(), matches!(state, R::Running | R::WaitingApproval), "{state}");
+    }
+    assert!("halted".parse::<RolloutState>().is_err());
+}
+
+// ---- Property test ----
+
+/// Whether the server would let a device move from `from` to `to`: progress goes forward, a
+/// device that has not started only starts while the rollout hands out the new version, one
+/// never picked up may time out as unreachable and come back, a started one may time out
+/// and still report late, and updated devices revert only after an abort with revert.
+fn legal(from: DeviceState, to: DeviceState, serving: bool, reverting: bool) -> bool {
+    let started_or_outcome = matches!(to, D::Downloading | D::Verifying | D::Installing | D::Probing | D::Succeeded | D::Failed);
+    match from {
+        D::Pending | D::Failed | D::Reverted => false,
+        D::Assigned => to == D::Unreachable || (serving && started_or_outcome),
+        D::Unreachable => serving && started_or_outcome,
+        D::Downloading | D::Verifying | D::Installing | D::Probing => match to {
+            D::Verifying | D::Installing | D::Probing => state_index(to) > state_index(from),
+            D::Succeeded | D::Failed | D::TimedOut => true,
+            D::Reverted => reverting,
+            _ => false,
+        },
+        D::TimedOut => matches!(to, D::Succeeded | D::Failed),
+        D::Succeeded => reverting && to == D::Reverted,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// A device of an opened wave (picked modulo those) reports `to`, if the server allows it.
+    Report { pick: usize, to: DeviceState },
+    /// Every device of the opened waves reaches an outcome (as far as the server allows).
+    Settle,
+    Cmd(Command),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        40 => (any::<usize>(), proptest::sample::select(DeviceState::ALL.to_vec())).prop_map(|(pick, to)| Event::Report { pick, to }),
+        4 => Just(Event::Settle),
+        4 => Just(Event::Cmd(Command::Approve)),
+        4 => Just(Event::Cmd(Command::ResumeAck)),
+        1 => Just(Event::Cmd(Command::AbortKeep)),
+        1 => Just(Event::Cmd(Command::AbortRevert)),
+    ]
+}
+
+/// Percentages (1 to 4 waves, the last 100), 1-based gates, and halt_after.
+fn plan_args() -> impl Strategy<Value = (Vec<u8>, Vec<usize>, u32)> {
+    (proptest::collection::btree_set(1u8..100, 0..4), proptest::collection::vec(any::<bool>(), 4), 1u32..=5).prop_map(|(set, gated, halt)| {
+        let mut percents: Vec<u8> = set.into_iter().collect();
+        percents.push(100);
+        let gates = (1..=percents.len()).filter(|k| gated[k - 1]).collect();
+        (percents, gates, halt)
+    })
+}
+
+impl Sim {
+    /// Moves the device at `position` if the server would allow it.
+    fn try_report(&mut self, position: usize, to: DeviceState) -> Option<Vec<Effect>> {
+        let from = self.devices[position].1;
+        legal(from, to, self.status.state.serves_new_devices(), self.reverting).then(|| self.report(position, to))
+    }
+
+    fn step(&mut self, event: &Event) -> Vec<Vec<Effect>> {
+        match event {
+            Event::Report { pick, to } => {
+                let live: Vec<usize> = (0..self.devices.len()).filter(|&p| self.devices[p].1 != D::Pending).collect();
+                if live.is_empty() {
+                    return vec![];
+                }
+                self.try_report(live[pick % live.len()], *to).into_iter().collect()
+            }
+            Event::Settle => {
+                let mut all = Vec::new();
+                for p in 0..self.devices.len() {
+                    if !self.devices[p].1.is_final() && self.devices[p].1 != D::Pending {
+                        // Assigned devices of a paused rollout cannot start, so they time out.
+                        all.extend(self.try_report(p, D::Succeeded).or_else(|| self.try_report(p, D::Unreachable)));
+                    }
+                }
+                all
+            }
+            Event::Cmd(cmd) => self.command(*cmd).into_iter().collect(),
+        }
+    }
+
+    /// The invariants of brief §5 that hold after any step, given the status before it and
+    /// the effects each engine call in the step returned.
+    fn check_step(&self, event: &Event, before: Status, effects: &[Vec<Effect>]) {
+        let after = self.status;
+        let halt_after = self.plan.halt_after;
+        let opens: Vec<usize> = effects.iter().flatten().filter_map(|e| if let Effect::OpenWave { index } = e { Some(*index) } else { None }).collect();
+        // Waves open once each, in order, and `opened` counts exactly those.
+        assert!(after.opened >= before.opened, "opened went back");
+        assert_eq!(opens, (before.opened..after.opened).collect::<Vec<_>>(), "opened waves vs OpenWave effects");
+        // A paused, aborted or completed rollout opens nothing, except a paused one on resume.
+        let resumed = matches!(event, Event::Cmd(Command::ResumeAck)) && before.state == R::Paused;
+        if matches!(before.state, R::Paused | R::Aborted | R::Completed) && !resumed {
+            assert_eq!(after.opened, before.opened, "a wave opened while {}", before.state);
+        }
+        // Ended is for good.
+        if before.state.is_terminal() {
+            assert_eq!(after.state, before.state, "left {}", before.state);
+        }
+        // A wave opens only when every earlier wave is settled and the rollout is healthy.
+        for &index in &opens {
+            for wave in 0..index {
+                assert!(self.settled(wave), "wave {index} opened while wave {wave} was unsettled");
+            }
+            assert!(after.failures_counted < halt_after, "wave {index} opened with {} failures counted", after.failures_counted);
+        }
+        match after.state {
+            R::Running | R::WaitingApproval => assert!(after.failures_counted < halt_after, "{} with {} failures", after.state, after.failures_counted),
+            R::Paused => assert!(after.failures_counted >= halt_after, "paused with {} failures", after.failures_counted),
+            R::Completed => assert!(after.opened == self.plan.waves.len() && (0..after.opened).all(|w| self.settled(w)), "completed early"),
+            R::Aborted => {}
+        }
+        if after.state == R::WaitingApproval {
+            assert!(after.opened < self.plan.waves.len() && self.plan.waves[after.opened].gate == Gate::Manual, "waiting at no gate");
+        }
+        // Commands are accepted exactly in the states the brief allows them in.
+        if let Event::Cmd(cmd) = event {
+            let accepted = effects.len() == 1;
+            let expected = match cmd {
+                Command::Approve => before.state == R::WaitingApproval && (0..before.opened).all(|w| self.settled(w)),
+                Command::ResumeAck => before.state == R::Paused,
+                Command::AbortKeep | Command::AbortRevert => !before.state.is_terminal(),
+            };
+            assert_eq!(accepted, expected, "{cmd:?} from {before:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_wave_opens_out_of_turn(
+        n in 1usize..200,
+        (percents, gates, halt_after) in plan_args(),
+        events in proptest::collection::vec(event(), 0..120),
+    ) {
+        let (mut sim, effects) = Sim::create(&percents, &gates, halt_after, n);
+        sim.check_step(&Event::Settle, Status::new(), &[effects]);
+        for event in &events {
+            let before = sim.status;
+            let effects = sim.step(event);
+            sim.check_step(event, before, &effects);
+        }
+        // Whatever happened, an operator who keeps resuming and approving while the devices
+        // finish brings a rollout that was not aborted to completion, with every device assigned.
+        for _ in 0..3 * sim.plan.waves.len() + 3 {
+            let event = match sim.status.state {
+                R::Completed | R::Aborted => break,
+                R::Paused => Event::Cmd(Command::ResumeAck),
+                R::WaitingApproval if (0..sim.status.opened).all(|w| sim.settled(w)) => Event::Cmd(Command::Approve),
+                R::WaitingApproval | R::Running => Event::Settle,
+            };
+            let before = sim.status;
+            let effects = sim.step(&event);
+            sim.check_step(&event, before, &effects);
+        }
+        prop_assert!(sim.status.state.is_terminal(), "stuck in {:?}", sim.status);
+        if sim.status.state == R::Completed {
+            prop_assert!(sim.devices.iter().all(|(_, s)| s.is_final()));
+        }
+    }
+}

@@ -71,26 +71,16 @@ impl Secret {
     /// Checks that `presented` has the shape of a `kind` secret.
     pub fn parse(kind: SecretKind, presented: &str) -> Result<Self, SecretError> {
         let presented = presented.trim();
-        for other in [
-            SecretKind::ApiToken,
-            SecretKind::DeviceCredential,
-            SecretKind::EnrollmentToken,
-        ] {
+        for other in [SecretKind::ApiToken, SecretKind::DeviceCredential, SecretKind::EnrollmentToken] {
             if other != kind && presented.starts_with(other.prefix()) {
-                return Err(SecretError::WrongKind {
-                    found: other.describe(),
-                    expected: kind.describe(),
-                });
+                return Err(SecretError::WrongKind { found: other.describe(), expected: kind.describe() });
             }
         }
         let ok = presented
             .strip_prefix(kind.prefix())
             .is_some_and(|rest| rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
         if !ok {
-            return Err(SecretError::Malformed {
-                expected: kind.describe(),
-                prefix: kind.prefix(),
-            });
+            return Err(SecretError::Malformed { expected: kind.describe(), prefix: kind.prefix() });
         }
         Ok(Self(presented.to_owned()))
     }
@@ -121,10 +111,7 @@ mod tests {
         let s = Secret::from_random(SecretKind::ApiToken, [7; 32]);
         assert_eq!(Secret::parse(SecretKind::ApiToken, s.expose()).unwrap(), s);
         let e = Secret::parse(SecretKind::DeviceCredential, s.expose()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "this is an API token, not a device credential"
-        );
+        assert_eq!(e.to_string(), "this is an API token, not a device credential");
         assert!(Secret::parse(SecretKind::ApiToken, "wct_123").is_err());
         assert!(Secret::parse(SecretKind::ApiToken, "Bearer x").is_err());
         assert!(!format!("{s:?}").contains("wct_"));

@@ -72,15 +72,9 @@ impl BlobStore {
         let tmp = root.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         for d in [root.join("sha256"), tmp] {
-            std::fs::create_dir_all(&d).map_err(|source| BlobError::Io {
-                op: "creating",
-                path: d.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&d).map_err(|source| BlobError::Io { op: "creating", path: d.clone(), source })?;
         }
-        Ok(Self {
-            root: root.to_path_buf(),
-        })
+        Ok(Self { root: root.to_path_buf() })
     }
 
     /// Where the blob with this digest lives (whether or not it exists).
@@ -95,30 +89,18 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let tmp = self.root.join("tmp").join(format!(
-            "upload-{}",
-            hex::encode(crate::install::random_bytes().unwrap_or_default())
-        ));
-        let io = |op, source| BlobError::Io {
-            op,
-            path: tmp.clone(),
-            source,
-        };
-        let mut file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| io("creating", e))?;
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("upload-{}", hex::encode(crate::install::random_bytes().unwrap_or_default())));
+        let io = |op, source| BlobError::Io { op, path: tmp.clone(), source };
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io("creating", e))?;
         // From here on the guard removes the file on every early return.
-        let mut received = Received {
-            tmp: Some(tmp.clone()),
-            sha256: Sha256Digest::from_bytes([0; 32]),
-            length: 0,
-        };
+        let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
         let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| BlobError::Interrupted {
-                received: received.length,
-                reason: e.to_string(),
-            })?;
+            let chunk =
+                chunk.map_err(|e| BlobError::Interrupted { received: received.length, reason: e.to_string() })?;
             received.length += chunk.len() as u64;
             if received.length > max_len {
                 return Err(BlobError::TooLong { expected: max_len });
@@ -137,37 +119,22 @@ impl BlobStore {
         let Some(tmp) = received.tmp.take() else {
             return Ok(dest);
         };
-        let dir = dest
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|source| BlobError::Io {
-                op: "creating",
-                path: dir.clone(),
-                source,
-            })?;
-        if let Err(source) = tokio::fs::rename(&tmp, &dest).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(BlobError::Io {
-                op: "placing",
-                path: dest,
-                source,
-            });
-        }
-        let file = tokio::fs::File::open(&dir)
-            .await
-            .map_err(|source| BlobError::Io {
-                op: "opening",
-                path: dir.clone(),
-                source,
-            })?;
-        file.sync_all().await.map_err(|source| BlobError::Io {
-            op: "syncing",
+        let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        tokio::fs::create_dir_all(&dir).await.map_err(|source| BlobError::Io {
+            op: "creating",
             path: dir.clone(),
             source,
         })?;
+        if let Err(source) = tokio::fs::rename(&tmp, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(BlobError::Io { op: "placing", path: dest, source });
+        }
+        let file = tokio::fs::File::open(&dir).await.map_err(|source| BlobError::Io {
+            op: "opening",
+            path: dir.clone(),
+            source,
+        })?;
+        file.sync_all().await.map_err(|source| BlobError::Io { op: "syncing", path: dir.clone(), source })?;
         Ok(dest)
     }
 }

@@ -150,9 +150,7 @@ pub struct InitReport {
 pub fn random_bytes() -> Result<[u8; 32], InitError> {
     use aws_lc_rs::rand::SecureRandom as _;
     let mut b = [0u8; 32];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| InitError::Random)?;
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut b).map_err(|_| InitError::Random)?;
     Ok(b)
 }
 
@@ -162,23 +160,13 @@ fn mkdir(path: &Path) -> Result<(), InitError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| InitError::Create {
-            path: path.into(),
-            source,
-        })
+        .map_err(|source| InitError::Create { path: path.into(), source })
 }
 
 fn write_public(path: &Path, data: &[u8]) -> Result<(), InitError> {
     use std::io::Write as _;
-    let create = |source| InitError::Create {
-        path: path.into(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(create)?;
+    let create = |source| InitError::Create { path: path.into(), source };
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(create)?;
     f.write_all(data).map_err(create)?;
     f.sync_all().map_err(create)
 }
@@ -188,15 +176,8 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     let layout = Layout::new(dir);
     if let Ok(mut entries) = std::fs::read_dir(dir) {
         if entries.next().is_some() {
-            let hint = if layout.root_json().exists() {
-                " (it holds a wavecast installation)"
-            } else {
-                ""
-            };
-            return Err(InitError::NotEmpty {
-                dir: dir.into(),
-                hint,
-            });
+            let hint = if layout.root_json().exists() { " (it holds a wavecast installation)" } else { "" };
+            return Err(InitError::NotEmpty { dir: dir.into(), hint });
         }
     }
     for d in [
@@ -235,19 +216,12 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     .await?;
     write_public(&layout.root_json(), root.buffer())?;
 
-    let targets = wavecast_tuf::repo::initial_targets(
-        &root.signed().signed,
-        &targets_key,
-        days(TARGETS_LIFETIME_DAYS),
-    )
-    .await?;
+    let targets =
+        wavecast_tuf::repo::initial_targets(&root.signed().signed, &targets_key, days(TARGETS_LIFETIME_DAYS)).await?;
     let one = std::num::NonZeroU64::MIN;
     let online = wavecast_tuf::repo::sign_online(
         &root.signed().signed,
-        &wavecast_tuf::repo::OnlineKeys {
-            snapshot: snapshot_key,
-            timestamp: timestamp_key,
-        },
+        &wavecast_tuf::repo::OnlineKeys { snapshot: snapshot_key, timestamp: timestamp_key },
         &targets,
         wavecast_tuf::repo::OnlinePlan {
             targets_version: one,
@@ -269,34 +243,18 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     }
 
     let admin = Secret::from_random(SecretKind::ApiToken, random_bytes()?);
-    write_secret_file(
-        &layout.admin_token(),
-        format!("{}\n", admin.expose()).as_bytes(),
-    )
-    .map_err(|source| InitError::Create {
-        path: layout.admin_token(),
-        source,
-    })?;
+    write_secret_file(&layout.admin_token(), format!("{}\n", admin.expose()).as_bytes())
+        .map_err(|source| InitError::Create { path: layout.admin_token(), source })?;
     let bootstrap = BootstrapFile {
         created_at: now.to_string(),
         admin_token_sha256: admin.hash().to_hex(),
-        metadata: files
-            .iter()
-            .map(|(role, name, _)| (role.to_string(), 1, name.to_string()))
-            .collect(),
+        metadata: files.iter().map(|(role, name, _)| (role.to_string(), 1, name.to_string())).collect(),
     };
     let json = serde_json::to_vec_pretty(&bootstrap).unwrap_or_default();
-    write_secret_file(&layout.bootstrap_file(), &json).map_err(|source| InitError::Create {
-        path: layout.bootstrap_file(),
-        source,
-    })?;
+    write_secret_file(&layout.bootstrap_file(), &json)
+        .map_err(|source| InitError::Create { path: layout.bootstrap_file(), source })?;
     // Make the new entries durable before reporting success.
-    for d in [
-        layout.offline_dir(),
-        layout.keys_dir(),
-        layout.bootstrap_dir(),
-        layout.dir().to_path_buf(),
-    ] {
+    for d in [layout.offline_dir(), layout.keys_dir(), layout.bootstrap_dir(), layout.dir().to_path_buf()] {
         if let Ok(f) = std::fs::File::open(&d) {
             let _ = f.sync_all();
         }

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The database.
     pub database: DatabaseConfig,
+    /// Policy settings.
+    pub settings: api::Settings,
 }
 
 /// Errors in the settings given.
@@ -53,11 +55,7 @@ pub enum ConfigError {
 
 impl ServerConfig {
     /// Checks and assembles the settings.
-    pub fn new(
-        data_dir: PathBuf,
-        listen: SocketAddr,
-        database_url: Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr, database_url: Option<String>) -> Result<Self, ConfigError> {
         let database = match database_url {
             None => DatabaseConfig::Sqlite(Layout::new(&data_dir).sqlite_db()),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -65,11 +63,7 @@ impl ServerConfig {
             }
             Some(other) => return Err(ConfigError::DatabaseUrl(other)),
         };
-        Ok(Self {
-            data_dir,
-            listen,
-            database,
-        })
+        Ok(Self { data_dir, listen, database, settings: api::Settings::default() })
     }
 }
 
@@ -77,9 +71,7 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The data dir is not an installation.
-    #[error(
-        "{dir} is not a wavecast installation (no root.json); run `wavecast init --dir {dir}` first"
-    )]
+    #[error("{dir} is not a wavecast installation (no root.json); run `wavecast init --dir {dir}` first")]
     NotInstalled {
         /// The directory.
         dir: PathBuf,
@@ -153,19 +145,10 @@ pub enum ServerError {
     },
 }
 
-fn load_key(
-    path: PathBuf,
-    root: &Root,
-    role: RoleType,
-    name: &'static str,
-) -> Result<SigningKey, ServerError> {
+fn load_key(path: PathBuf, root: &Root, role: RoleType, name: &'static str) -> Result<SigningKey, ServerError> {
     let key = SigningKey::load(&path)?;
     let id = key.key_id()?;
-    if !root
-        .roles
-        .get(&role)
-        .is_some_and(|r| r.keyids.contains(&id))
-    {
+    if !root.roles.get(&role).is_some_and(|r| r.keyids.contains(&id)) {
         return Err(ServerError::KeyMismatch { path, role: name });
     }
     Ok(key)
@@ -177,43 +160,21 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
     let layout = Layout::new(&config.data_dir);
     let root_path = layout.root_json();
     if !root_path.exists() {
-        return Err(ServerError::NotInstalled {
-            dir: config.data_dir.clone(),
-        });
+        return Err(ServerError::NotInstalled { dir: config.data_dir.clone() });
     }
-    let root_bytes = std::fs::read(&root_path).map_err(|source| ServerError::Read {
-        path: root_path.clone(),
-        source,
-    })?;
-    let root = wavecast_tuf::root::parse_root(&root_bytes).map_err(|source| ServerError::Root {
-        path: root_path.clone(),
-        source,
-    })?;
+    let root_bytes =
+        std::fs::read(&root_path).map_err(|source| ServerError::Read { path: root_path.clone(), source })?;
+    let root = wavecast_tuf::root::parse_root(&root_bytes)
+        .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
     let online = OnlineKeys {
-        snapshot: load_key(
-            layout.snapshot_key(),
-            &root.signed,
-            RoleType::Snapshot,
-            "snapshot",
-        )?,
-        timestamp: load_key(
-            layout.timestamp_key(),
-            &root.signed,
-            RoleType::Timestamp,
-            "timestamp",
-        )?,
+        snapshot: load_key(layout.snapshot_key(), &root.signed, RoleType::Snapshot, "snapshot")?,
+        timestamp: load_key(layout.timestamp_key(), &root.signed, RoleType::Timestamp, "timestamp")?,
     };
     let director = SigningKey::load(&layout.director_key())?;
-    let director_named =
-        wavecast_tuf::root::director_key(&root.signed).map_err(|source| ServerError::Root {
-            path: root_path.clone(),
-            source,
-        })?;
+    let director_named = wavecast_tuf::root::director_key(&root.signed)
+        .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
     if director.public_bytes() != director_named {
-        return Err(ServerError::KeyMismatch {
-            path: layout.director_key(),
-            role: "director",
-        });
+        return Err(ServerError::KeyMismatch { path: layout.director_key(), role: "director" });
     }
     let root_sha256 = Sha256Digest::of(&root_bytes);
 
@@ -228,39 +189,21 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         }
         Some(_) => {}
         None => {
-            if store
-                .bootstrap(&read_bootstrap(&layout, root_sha256)?)
-                .await?
-            {
+            if store.bootstrap(&read_bootstrap(&layout, root_sha256)?).await? {
                 tracing::info!(database = %config.database.redacted(), "imported the installation into the database");
             }
         }
     }
     let blobs = BlobStore::open(&layout.blobs_dir())?;
-    let state = AppState::new(
-        store,
-        blobs,
-        Trust {
-            root,
-            root_bytes,
-            online,
-            director,
-        },
-    );
+    let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director }, config.settings.clone());
     refresh_online_metadata(&state).await?;
     Ok(state)
 }
 
 fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
     let path = layout.bootstrap_file();
-    let corrupt = |detail: String| ServerError::Bootstrap {
-        path: path.clone(),
-        detail,
-    };
-    let bytes = std::fs::read(&path).map_err(|source| ServerError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let corrupt = |detail: String| ServerError::Bootstrap { path: path.clone(), detail };
+    let bytes = std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
     let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut metadata = Vec::new();
     for (role, version, name) in &file.metadata {
@@ -268,14 +211,11 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
             return Err(corrupt(format!("metadata file name {name:?}")));
         }
         let p = layout.bootstrap_dir().join(name);
-        let body =
-            std::fs::read_to_string(&p).map_err(|source| ServerError::Read { path: p, source })?;
+        let body = std::fs::read_to_string(&p).map_err(|source| ServerError::Read { path: p, source })?;
         metadata.push((role.clone(), *version, body));
     }
-    let admin_hash: Sha256Digest = file
-        .admin_token_sha256
-        .parse()
-        .map_err(|e: wavecast_core::digest::DigestError| corrupt(e.to_string()))?;
+    let admin_hash: Sha256Digest =
+        file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.to_string()))?;
     Ok(Bootstrap {
         now_ms: api_now(),
         root_sha256,
@@ -307,30 +247,17 @@ pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerErr
     let Some((ts_version, ts_body)) = store.latest_metadata("timestamp").await? else {
         return Ok(false);
     };
-    let ts: Signed<Timestamp> =
-        serde_json::from_str(&ts_body).map_err(|e| StoreError::Corrupt {
-            what: "timestamp metadata",
-            detail: e.to_string(),
-        })?;
+    let ts: Signed<Timestamp> = serde_json::from_str(&ts_body)
+        .map_err(|e| StoreError::Corrupt { what: "timestamp metadata", detail: e.to_string() })?;
     let now = jiff::Timestamp::now();
     let half = jiff::SignedDuration::from_hours(24 * install::TIMESTAMP_LIFETIME_DAYS / 2);
     if ts.signed.expires - half > now {
         return Ok(false);
     }
     let (targets_version, targets) =
-        store
-            .latest_metadata("targets")
-            .await?
-            .ok_or(StoreError::NotFound {
-                what: "targets metadata".into(),
-            })?;
+        store.latest_metadata("targets").await?.ok_or(StoreError::NotFound { what: "targets metadata".into() })?;
     let (snapshot_version, _) =
-        store
-            .latest_metadata("snapshot")
-            .await?
-            .ok_or(StoreError::NotFound {
-                what: "snapshot metadata".into(),
-            })?;
+        store.latest_metadata("snapshot").await?.ok_or(StoreError::NotFound { what: "snapshot metadata".into() })?;
     let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
     let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
     let signed = sign_online(
@@ -352,18 +279,12 @@ pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerErr
         timestamp_version: ts_version + 1,
         timestamp: String::from_utf8_lossy(&signed.timestamp).into_owned(),
     };
-    match store
-        .refresh_online_metadata(&m, now.as_millisecond())
-        .await
-    {
+    match store.refresh_online_metadata(&m, now.as_millisecond()).await {
         // Another replica refreshed first; its versions serve just as well.
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e.into()),
         Ok(()) => {
-            tracing::info!(
-                timestamp_version = ts_version + 1,
-                "re-signed snapshot and timestamp"
-            );
+            tracing::info!(timestamp_version = ts_version + 1, "re-signed snapshot and timestamp");
             Ok(true)
         }
     }
@@ -387,13 +308,48 @@ pub async fn serve(
             }
         })
     };
+    let sweeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            // Device timeouts are minutes in production and seconds in tests; a one-second
+            // sweep costs one indexed query per active rollout.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.store().sweep_timeouts(api_now()).await {
+                    tracing::error!(error = %api::error::ErrorChain(&e), "checking device timeouts failed");
+                }
+            }
+        })
+    };
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                flush_last_seen(&state).await;
+            }
+        })
+    };
     let app = api::router(state.clone());
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     refresher.abort();
+    sweeper.abort();
+    flusher.abort();
+    flush_last_seen(&state).await;
     state.store().close().await;
     result
+}
+
+async fn flush_last_seen(state: &AppState) {
+    let seen = state.last_seen().drain();
+    if seen.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store().record_last_seen(&seen).await {
+        tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed");
+    }
 }
 
 /// Opens the installation and serves it until SIGTERM or Ctrl-C.
@@ -401,23 +357,13 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let state = open(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: credentials cross the network in clear text; use this only on loopback or behind a TLS-terminating proxy");
     }
     tracing::info!(%addr, database = %config.database.redacted(), data_dir = %config.data_dir.display(), "wavecast server listening");
-    serve(state, listener, shutdown_signal())
-        .await
-        .map_err(|source| ServerError::Listen { addr, source })?;
+    serve(state, listener, shutdown_signal()).await.map_err(|source| ServerError::Listen { addr, source })?;
     tracing::info!("wavecast server stopped");
     Ok(())
 }

@@ -70,31 +70,18 @@ impl Metrics {
         for (a, api) in APIS.iter().enumerate() {
             for (c, class) in CLASSES.iter().enumerate() {
                 let n = self.requests[a][c].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "wavecast_http_requests_total{{api=\"{api}\",status=\"{class}\"}} {n}"
-                );
+                let _ = writeln!(out, "wavecast_http_requests_total{{api=\"{api}\",status=\"{class}\"}} {n}");
             }
         }
         out.push_str("# HELP wavecast_artifacts_published_total Artifact versions published through this server.\n");
         out.push_str("# TYPE wavecast_artifacts_published_total counter\n");
-        let _ = writeln!(
-            out,
-            "wavecast_artifacts_published_total {}",
-            self.published.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP wavecast_info Static facts about this server.\n# TYPE wavecast_info gauge\n",
-        );
+        let _ = writeln!(out, "wavecast_artifacts_published_total {}", self.published.load(Ordering::Relaxed));
+        out.push_str("# HELP wavecast_info Static facts about this server.\n# TYPE wavecast_info gauge\n");
         let db = match backend {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
         };
-        let _ = writeln!(
-            out,
-            "wavecast_info{{version=\"{}\",database=\"{db}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
+        let _ = writeln!(out, "wavecast_info{{version=\"{}\",database=\"{db}\"}} 1", env!("CARGO_PKG_VERSION"));
         out
     }
 }

@@ -10,8 +10,7 @@ use sqlx::Connection as _;
 
 /// The PostgreSQL server tests use.
 pub fn pg_admin_url() -> String {
-    std::env::var("WAVECAST_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("WAVECAST_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A fresh PostgreSQL database, dropped on `Drop`.
@@ -24,9 +23,7 @@ pub struct PgDatabase {
 fn random_suffix() -> String {
     use aws_lc_rs::rand::SecureRandom as _;
     let mut b = [0u8; 6];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut b)
-        .expect("random");
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut b).expect("random");
     hex::encode(b)
 }
 
@@ -44,13 +41,8 @@ impl PgDatabase {
         let name = format!("wavecast_t_{}", random_suffix());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| {
-                panic!("tests need PostgreSQL at {admin} (set WAVECAST_TEST_PG): {e}")
-            });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("CREATE DATABASE");
+            .unwrap_or_else(|e| panic!("tests need PostgreSQL at {admin} (set WAVECAST_TEST_PG): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("CREATE DATABASE");
         let _ = conn.close().await;
         let url = with_database(&admin, &name);
         Self { name, url }
@@ -67,17 +59,13 @@ impl Drop for PgDatabase {
         let name = self.name.clone();
         // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
                     let _ = conn.close().await;
                 }
             });

@@ -63,57 +63,37 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SigningKey(ed25519 public {})",
-            hex::encode(self.public_bytes())
-        )
+        write!(f, "SigningKey(ed25519 public {})", hex::encode(self.public_bytes()))
     }
 }
 
 impl SigningKey {
     /// Makes a new random key.
     pub fn generate() -> Result<Self, KeyError> {
-        let doc =
-            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
         Self::from_pkcs8(doc.as_ref().to_vec()).ok_or(KeyError::Generate)
     }
 
     fn from_pkcs8(pkcs8: Vec<u8>) -> Option<Self> {
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8).ok()?;
-        Some(Self {
-            pkcs8,
-            pair: std::sync::Arc::new(pair),
-        })
+        Some(Self { pkcs8, pair: std::sync::Arc::new(pair) })
     }
 
     /// Loads a key file written by [`SigningKey::save`], refusing one that others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         use std::os::unix::fs::PermissionsExt as _;
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.into(),
-                mode,
-            });
+            return Err(KeyError::Permissions { path: path.into(), mode });
         }
-        let pkcs8 = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let pkcs8 = std::fs::read(path).map_err(|source| KeyError::Read { path: path.into(), source })?;
         Self::from_pkcs8(pkcs8).ok_or_else(|| KeyError::Parse { path: path.into() })
     }
 
     /// Writes the key to a new file with mode 0600; never overwrites.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        write_secret_file(path, &self.pkcs8).map_err(|source| KeyError::Write {
-            path: path.into(),
-            source,
-        })
+        write_secret_file(path, &self.pkcs8).map_err(|source| KeyError::Write { path: path.into(), source })
     }
 
     /// The raw 32-byte public key.
@@ -150,9 +130,7 @@ impl SigningKey {
 
 #[tough::async_trait]
 impl KeySource for SigningKey {
-    async fn as_sign(
-        &self,
-    ) -> Result<Box<dyn Sign>, Box<dyn std::error::Error + Send + Sync + 'static>> {
+    async fn as_sign(&self) -> Result<Box<dyn Sign>, Box<dyn std::error::Error + Send + Sync + 'static>> {
         Ok(Box::new(parse_keypair(&self.pkcs8)?))
     }
 
@@ -168,11 +146,7 @@ impl KeySource for SigningKey {
 /// Creates `path` with mode 0600 and writes `data`, fsynced; fails if the file exists.
 pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -188,10 +162,7 @@ mod tests {
         let path = dir.path().join("k");
         let key = SigningKey::generate().unwrap();
         key.save(&path).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let loaded = SigningKey::load(&path).unwrap();
         assert_eq!(loaded.public_bytes(), key.public_bytes());
         assert!(key.save(&path).is_err(), "save must not overwrite");

@@ -27,9 +27,7 @@ pub enum PublishError {
         sha256: Sha256Digest,
     },
     /// The target is already published with other bytes.
-    #[error(
-        "{target} is already published with different content (sha256 {existing}); publish a new version instead"
-    )]
+    #[error("{target} is already published with different content (sha256 {existing}); publish a new version instead")]
     Duplicate {
         /// The target.
         target: TargetName,
@@ -40,9 +38,7 @@ pub enum PublishError {
     #[error("reading the publisher key")]
     Key(#[source] KeyError),
     /// The key given is not the targets key that root.json names.
-    #[error(
-        "the key given is not the targets key named by the server's root.json (key id {key_id})"
-    )]
+    #[error("the key given is not the targets key named by the server's root.json (key id {key_id})")]
     NotTargetsKey {
         /// The id of the key that was given.
         key_id: String,
@@ -76,59 +72,37 @@ pub async fn sign_new_targets(
     key: &SigningKey,
     expires: jiff::Timestamp,
 ) -> Result<SignedRole<Targets>, PublishError> {
-    let tough_name = tough::TargetName::new(new.target.to_string())
-        .map_err(|_| PublishError::TargetName(new.target.clone()))?;
+    let tough_name =
+        tough::TargetName::new(new.target.to_string()).map_err(|_| PublishError::TargetName(new.target.clone()))?;
     if let Some(existing) = current.signed.targets.get(&tough_name) {
         let existing_hex = hex::encode(&existing.hashes.sha256);
         if existing_hex == new.sha256.to_hex() && existing.length == new.length {
-            return Err(PublishError::AlreadyPublished {
-                target: new.target.clone(),
-                sha256: new.sha256,
-            });
+            return Err(PublishError::AlreadyPublished { target: new.target.clone(), sha256: new.sha256 });
         }
-        return Err(PublishError::Duplicate {
-            target: new.target.clone(),
-            existing: existing_hex,
-        });
+        return Err(PublishError::Duplicate { target: new.target.clone(), existing: existing_hex });
     }
     let key_id = key.key_id().map_err(PublishError::Key)?;
-    let is_targets_key = root
-        .roles
-        .get(&tough::schema::RoleType::Targets)
-        .is_some_and(|r| r.keyids.contains(&key_id));
+    let is_targets_key = root.roles.get(&tough::schema::RoleType::Targets).is_some_and(|r| r.keyids.contains(&key_id));
     if !is_targets_key {
-        return Err(PublishError::NotTargetsKey {
-            key_id: hex::encode(&key_id),
-        });
+        return Err(PublishError::NotTargetsKey { key_id: hex::encode(&key_id) });
     }
     let mut targets = current.signed.clone();
     targets.version = targets.version.checked_add(1).unwrap_or(NonZeroU64::MAX);
     targets.expires = crate::whole_seconds(expires);
     let mut custom = HashMap::new();
     if let Some(hw) = &new.hardware {
-        custom.insert(
-            HARDWARE_FIELD.to_owned(),
-            serde_json::Value::String(hw.clone()),
-        );
+        custom.insert(HARDWARE_FIELD.to_owned(), serde_json::Value::String(hw.clone()));
     }
     targets.targets.insert(
         tough_name,
         Target {
             length: new.length,
-            hashes: Hashes {
-                sha256: Decoded::from(new.sha256.as_bytes().to_vec()),
-                _extra: HashMap::new(),
-            },
+            hashes: Hashes { sha256: Decoded::from(new.sha256.as_bytes().to_vec()), _extra: HashMap::new() },
             custom,
             _extra: HashMap::new(),
         },
     );
-    SignedRole::new(
-        targets,
-        &KeyHolder::Root(root.clone()),
-        &[key.source()],
-        &SystemRandom::new(),
-    )
-    .await
-    .map_err(PublishError::Sign)
+    SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
+        .await
+        .map_err(PublishError::Sign)
 }

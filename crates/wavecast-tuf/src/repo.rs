@@ -10,9 +10,7 @@ use std::num::NonZeroU64;
 use aws_lc_rs::rand::SystemRandom;
 use tough::editor::signed::SignedRole;
 use tough::schema::decoded::Decoded;
-use tough::schema::{
-    Hashes, KeyHolder, Metafile, Root, Signed, Snapshot, Target, Targets, Timestamp,
-};
+use tough::schema::{Hashes, KeyHolder, Metafile, Root, Signed, Snapshot, Target, Targets, Timestamp};
 use wavecast_core::name::NameError;
 use wavecast_core::{Sha256Digest, TargetName};
 
@@ -49,9 +47,7 @@ pub enum AcceptError {
         name: String,
     },
     /// A published name@version would point at other bytes.
-    #[error(
-        "{name} is already published with different content (sha256 {existing}); publish a new version instead"
-    )]
+    #[error("{name} is already published with different content (sha256 {existing}); publish a new version instead")]
     TargetChanged {
         /// The target.
         name: String,
@@ -91,30 +87,14 @@ pub struct TargetInfo {
 impl TargetInfo {
     /// Reads wavecast's view of a TUF target.
     pub fn from_target(name: &str, target: &Target) -> Result<Self, AcceptError> {
-        let bad = |source| AcceptError::BadTargetName {
-            name: name.to_owned(),
-            source,
-        };
+        let bad = |source| AcceptError::BadTargetName { name: name.to_owned(), source };
         let target_name = TargetName::parse(name).map_err(bad)?;
-        let sha256 = Sha256Digest::from_slice(&target.hashes.sha256).map_err(|_| {
-            AcceptError::BadTargetName {
-                name: name.to_owned(),
-                source: NameError::BadTarget {
-                    target: "sha256 is not 32 bytes".into(),
-                },
-            }
+        let sha256 = Sha256Digest::from_slice(&target.hashes.sha256).map_err(|_| AcceptError::BadTargetName {
+            name: name.to_owned(),
+            source: NameError::BadTarget { target: "sha256 is not 32 bytes".into() },
         })?;
-        let hardware = target
-            .custom
-            .get(HARDWARE_FIELD)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        Ok(Self {
-            target: target_name,
-            length: target.length,
-            sha256,
-            hardware,
-        })
+        let hardware = target.custom.get(HARDWARE_FIELD).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(Self { target: target_name, length: target.length, sha256, hardware })
     }
 }
 
@@ -135,33 +115,21 @@ pub fn accept_targets(
     now: jiff::Timestamp,
 ) -> Result<Accepted, AcceptError> {
     let submitted: Signed<Targets> = serde_json::from_slice(bytes).map_err(AcceptError::Parse)?;
-    root.verify_role(&submitted)
-        .map_err(AcceptError::Signature)?;
+    root.verify_role(&submitted).map_err(AcceptError::Signature)?;
     let new = &submitted.signed;
     if new.expires <= now {
-        return Err(AcceptError::Expired {
-            expires: new.expires,
-        });
+        return Err(AcceptError::Expired { expires: new.expires });
     }
     if new.version.get() != current.version.get().saturating_add(1) {
-        return Err(AcceptError::VersionNotNext {
-            current: current.version.get(),
-            submitted: new.version.get(),
-        });
+        return Err(AcceptError::VersionNotNext { current: current.version.get(), submitted: new.version.get() });
     }
-    if new
-        .delegations
-        .as_ref()
-        .is_some_and(|d| !d.roles.is_empty())
-    {
+    if new.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
         return Err(AcceptError::Delegations);
     }
     for (name, old) in &current.targets {
         match new.targets.get(name) {
             None => {
-                return Err(AcceptError::TargetRemoved {
-                    name: name.raw().to_owned(),
-                });
+                return Err(AcceptError::TargetRemoved { name: name.raw().to_owned() });
             }
             Some(t) if t != old => {
                 return Err(AcceptError::TargetChanged {
@@ -182,10 +150,7 @@ pub fn accept_targets(
         return Err(AcceptError::NothingAdded);
     }
     added.sort_by(|a, b| a.target.cmp(&b.target));
-    Ok(Accepted {
-        targets: submitted,
-        added,
-    })
+    Ok(Accepted { targets: submitted, added })
 }
 
 /// Errors signing with the online keys.
@@ -256,40 +221,19 @@ pub async fn sign_online(
 ) -> Result<OnlineSigned, OnlineSignError> {
     let holder = KeyHolder::Root(root.clone());
     let rng = SystemRandom::new();
-    let mut snapshot = Snapshot::new(
-        SPEC_VERSION.to_owned(),
-        plan.snapshot_version,
-        crate::whole_seconds(plan.snapshot_expires),
-    );
-    snapshot.meta.insert(
-        "targets.json".to_owned(),
-        metafile(targets_bytes, plan.targets_version),
-    );
+    let mut snapshot =
+        Snapshot::new(SPEC_VERSION.to_owned(), plan.snapshot_version, crate::whole_seconds(plan.snapshot_expires));
+    snapshot.meta.insert("targets.json".to_owned(), metafile(targets_bytes, plan.targets_version));
     let snapshot = SignedRole::new(snapshot, &holder, &[keys.snapshot.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign {
-            role: "snapshot",
-            source,
-        })?;
-    let mut timestamp = Timestamp::new(
-        SPEC_VERSION.to_owned(),
-        plan.timestamp_version,
-        crate::whole_seconds(plan.timestamp_expires),
-    );
-    timestamp.meta.insert(
-        "snapshot.json".to_owned(),
-        metafile(snapshot.buffer(), plan.snapshot_version),
-    );
+        .map_err(|source| OnlineSignError::Sign { role: "snapshot", source })?;
+    let mut timestamp =
+        Timestamp::new(SPEC_VERSION.to_owned(), plan.timestamp_version, crate::whole_seconds(plan.timestamp_expires));
+    timestamp.meta.insert("snapshot.json".to_owned(), metafile(snapshot.buffer(), plan.snapshot_version));
     let timestamp = SignedRole::new(timestamp, &holder, &[keys.timestamp.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign {
-            role: "timestamp",
-            source,
-        })?;
-    Ok(OnlineSigned {
-        snapshot: snapshot.buffer().clone(),
-        timestamp: timestamp.buffer().clone(),
-    })
+        .map_err(|source| OnlineSignError::Sign { role: "timestamp", source })?;
+    Ok(OnlineSigned { snapshot: snapshot.buffer().clone(), timestamp: timestamp.buffer().clone() })
 }
 
 /// Signs the first, empty targets file (at `init`, with the offline targets key).
@@ -298,21 +242,9 @@ pub async fn initial_targets(
     key: &SigningKey,
     expires: jiff::Timestamp,
 ) -> Result<Vec<u8>, OnlineSignError> {
-    let targets = Targets::new(
-        SPEC_VERSION.to_owned(),
-        NonZeroU64::MIN,
-        crate::whole_seconds(expires),
-    );
-    let signed = SignedRole::new(
-        targets,
-        &KeyHolder::Root(root.clone()),
-        &[key.source()],
-        &SystemRandom::new(),
-    )
-    .await
-    .map_err(|source| OnlineSignError::Sign {
-        role: "targets",
-        source,
-    })?;
+    let targets = Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, crate::whole_seconds(expires));
+    let signed = SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
+        .await
+        .map_err(|source| OnlineSignError::Sign { role: "targets", source })?;
     Ok(signed.buffer().clone())
 }

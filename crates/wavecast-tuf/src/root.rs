@@ -45,10 +45,7 @@ pub struct RootKeys<'a> {
 }
 
 /// Builds and signs version 1 of a root expiring at `expires`.
-pub async fn build_root(
-    keys: &RootKeys<'_>,
-    expires: jiff::Timestamp,
-) -> Result<SignedRole<Root>, RootError> {
+pub async fn build_root(keys: &RootKeys<'_>, expires: jiff::Timestamp) -> Result<SignedRole<Root>, RootError> {
     let mut tuf_keys = HashMap::new();
     let mut roles = HashMap::new();
     for (role, key) in [
@@ -59,14 +56,7 @@ pub async fn build_root(
     ] {
         let id = key.key_id()?;
         tuf_keys.insert(id.clone(), key.tuf_key());
-        roles.insert(
-            role,
-            RoleKeys {
-                keyids: vec![id],
-                threshold: NonZeroU64::MIN,
-                _extra: HashMap::new(),
-            },
-        );
+        roles.insert(role, RoleKeys { keyids: vec![id], threshold: NonZeroU64::MIN, _extra: HashMap::new() });
     }
     let mut extra = HashMap::new();
     extra.insert(
@@ -83,9 +73,7 @@ pub async fn build_root(
         _extra: extra,
     };
     let holder = KeyHolder::Root(root.clone());
-    SignedRole::new(root, &holder, &[keys.root.source()], &SystemRandom::new())
-        .await
-        .map_err(RootError::Sign)
+    SignedRole::new(root, &holder, &[keys.root.source()], &SystemRandom::new()).await.map_err(RootError::Sign)
 }
 
 /// Parses root.json and checks it is signed by its own root keys.

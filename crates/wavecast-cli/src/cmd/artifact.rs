@@ -26,11 +26,9 @@ use crate::{Client, ClientError, Remote};
 #[derive(Debug, Subcommand)]
 pub enum ArtifactCommand {
     /// Sign an artifact version with the publisher key and upload it.
-    #[command(
-        after_help = "The publisher key (DIR/offline/targets.key from `wavecast init`) never \
+    #[command(after_help = "The publisher key (DIR/offline/targets.key from `wavecast init`) never \
 leaves this machine: only the signed metadata and the file are sent. A name@version can be \
-published once; publish a new version to change the bytes."
-    )]
+published once; publish a new version to change the bytes.")]
     Publish {
         /// Artifact name, like yolo-v8n.
         #[arg(long)]
@@ -84,19 +82,8 @@ pub struct Artifact {
 
 pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ArtifactCommand::Publish {
-            name,
-            artifact_version,
-            file,
-            key,
-            hardware,
-            json,
-            remote,
-        } => {
-            let target = TargetName::new(
-                ArtifactName::new(name)?,
-                ArtifactVersion::new(&artifact_version)?,
-            );
+        ArtifactCommand::Publish { name, artifact_version, file, key, hardware, json, remote } => {
+            let target = TargetName::new(ArtifactName::new(name)?, ArtifactVersion::new(&artifact_version)?);
             if let Some(hw) = &hardware {
                 wavecast_core::name::validate("hardware", hw)?;
             }
@@ -133,10 +120,7 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
                         ]
                     })
                     .collect();
-                output::table(
-                    &["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"],
-                    &rows,
-                );
+                output::table(&["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"], &rows);
             }
         }
     }
@@ -148,11 +132,9 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    let style = ProgressStyle::with_template(
-        "{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .map(|s| s.progress_chars("=> "))
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{msg:>9} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     pb.set_style(style);
     pb.set_message(what.to_owned());
     pb
@@ -160,23 +142,14 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
 
 /// Streams a file through SHA-256.
 async fn hash_file(path: &Path, show: bool) -> anyhow::Result<(u64, Sha256Digest)> {
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))?;
-    let len = f
-        .metadata()
-        .await
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
+    let mut f = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata().await.with_context(|| format!("reading {}", path.display()))?.len();
     let pb = bar(len, "hashing", show);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
+        let n = f.read(&mut buf).await.with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -200,14 +173,8 @@ pub async fn publish(
 ) -> anyhow::Result<Artifact> {
     let (length, sha256) = hash_file(file, show_progress).await?;
     let root_bytes = client.get_bytes("/api/v1/tuf/root.json").await?;
-    let root =
-        wavecast_tuf::root::parse_root(&root_bytes).context("checking the server's root.json")?;
-    let new = NewTarget {
-        target: target.clone(),
-        length,
-        sha256,
-        hardware,
-    };
+    let root = wavecast_tuf::root::parse_root(&root_bytes).context("checking the server's root.json")?;
+    let new = NewTarget { target: target.clone(), length, sha256, hardware };
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -218,24 +185,13 @@ pub async fn publish(
             .verify_role(&current)
             .context("the server's current targets.json is not signed by the targets key in its root.json; refusing to sign on top of it")?;
         let expires = jiff::Timestamp::now()
-            + jiff::SignedDuration::from_hours(
-                24 * wavecast_server::install::TARGETS_LIFETIME_DAYS,
-            );
+            + jiff::SignedDuration::from_hours(24 * wavecast_server::install::TARGETS_LIFETIME_DAYS);
         let signed = match sign_new_targets(&root.signed, &current, &new, key, expires).await {
             Ok(s) => s,
             Err(e @ PublishError::AlreadyPublished { .. }) => bail!("{e}; nothing to do"),
             Err(e) => return Err(e.into()),
         };
-        match upload(
-            client,
-            signed.buffer().clone(),
-            file,
-            length,
-            target,
-            show_progress,
-        )
-        .await
-        {
+        match upload(client, signed.buffer().clone(), file, length, target, show_progress).await {
             Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) && attempts < 3 => {
                 eprintln!("another publish landed first; signing again on top of it");
             }
@@ -253,15 +209,13 @@ async fn upload(
     show_progress: bool,
 ) -> Result<Artifact, ClientError> {
     let path = "/api/v1/artifacts";
-    let f = tokio::fs::File::open(file)
-        .await
-        .map_err(|e| ClientError::Api {
-            method: "POST",
-            path: path.into(),
-            status: reqwest::StatusCode::BAD_REQUEST,
-            code: "local".into(),
-            message: format!("opening {}: {e}", file.display()),
-        })?;
+    let f = tokio::fs::File::open(file).await.map_err(|e| ClientError::Api {
+        method: "POST",
+        path: path.into(),
+        status: reqwest::StatusCode::BAD_REQUEST,
+        code: "local".into(),
+        message: format!("opening {}: {e}", file.display()),
+    })?;
     let pb = bar(length, "uploading", show_progress);
     let pb2 = pb.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 16).inspect(move |chunk| {
@@ -275,24 +229,15 @@ async fn upload(
             reqwest::multipart::Part::bytes(targets)
                 .file_name("targets.json")
                 .mime_str("application/json")
-                .map_err(|e| ClientError::Decode {
-                    path: path.into(),
-                    source: e,
-                })?,
+                .map_err(|e| ClientError::Decode { path: path.into(), source: e })?,
         )
         .part(
             "blob",
-            reqwest::multipart::Part::stream_with_length(
-                reqwest::Body::wrap_stream(stream),
-                length,
-            )
-            .file_name(target.to_string()),
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), length)
+                .file_name(target.to_string()),
         );
     let req = client.request(reqwest::Method::POST, path)?.multipart(form);
     let result = client.send("POST", path, req).await;
     pb.finish_and_clear();
-    result?.json().await.map_err(|source| ClientError::Decode {
-        path: path.into(),
-        source,
-    })
+    result?.json().await.map_err(|source| ClientError::Decode { path: path.into(), source })
 }

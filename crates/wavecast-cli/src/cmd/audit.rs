@@ -28,16 +28,9 @@ pub enum AuditCommand {
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::List {
-            from,
-            limit,
-            json,
-            remote,
-        } => {
-            let events: Vec<AuditEvent> = remote
-                .client()?
-                .get(&format!("/api/v1/audit?from={from}&limit={limit}"))
-                .await?;
+        AuditCommand::List { from, limit, json, remote } => {
+            let events: Vec<AuditEvent> =
+                remote.client()?.get(&format!("/api/v1/audit?from={from}&limit={limit}")).await?;
             if json {
                 output::json(&events)?;
             } else {
@@ -52,15 +45,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 pub fn print_events(events: &[AuditEvent]) {
     let rows: Vec<Vec<String>> = events
         .iter()
-        .map(|e| {
-            vec![
-                e.seq.to_string(),
-                e.at.clone(),
-                e.actor.clone(),
-                e.action.to_string(),
-                e.subject.clone(),
-            ]
-        })
+        .map(|e| vec![e.seq.to_string(), e.at.clone(), e.actor.clone(), e.action.to_string(), e.subject.clone()])
         .collect();
     output::table(&["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT"], &rows);
 }

@@ -11,10 +11,8 @@ use crate::output;
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Mint a token that devices use once to enroll into a group.
-    #[command(
-        after_help = "The token works for any number of devices until it expires. Put it in \
-the agent's config as enrollment_token; each device exchanges it for its own credential."
-    )]
+    #[command(after_help = "The token works for any number of devices until it expires. Put it in \
+the agent's config as enrollment_token; each device exchanges it for its own credential.")]
     EnrollToken {
         /// The group the devices join.
         #[arg(long)]
@@ -63,18 +61,10 @@ struct Device {
 
 pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DeviceCommand::EnrollToken {
-            group,
-            expires_in,
-            json,
-            remote,
-        } => {
+        DeviceCommand::EnrollToken { group, expires_in, json, remote } => {
             wavecast_core::GroupName::new(group.clone())?;
             let body = serde_json::json!({ "group": group, "expires_in_secs": expires_in.as_secs().max(1) });
-            let created: serde_json::Value = remote
-                .client()?
-                .post("/api/v1/enrollment-tokens", &body)
-                .await?;
+            let created: serde_json::Value = remote.client()?.post("/api/v1/enrollment-tokens", &body).await?;
             if json {
                 output::json(&created)?;
             } else {
@@ -85,16 +75,9 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        DeviceCommand::List {
-            group,
-            json,
-            remote,
-        } => {
+        DeviceCommand::List { group, json, remote } => {
             let path = match &group {
-                Some(g) => format!(
-                    "/api/v1/devices?group={}",
-                    wavecast_core::GroupName::new(g.clone())?
-                ),
+                Some(g) => format!("/api/v1/devices?group={}", wavecast_core::GroupName::new(g.clone())?),
                 None => "/api/v1/devices".to_owned(),
             };
             let devices: Vec<Device> = remote.client()?.get(&path).await?;
@@ -108,8 +91,7 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                             d.name.clone(),
                             d.group.clone(),
                             d.hardware.clone(),
-                            d.last_seen_at
-                                .map_or_else(|| "never".to_owned(), output::time),
+                            d.last_seen_at.map_or_else(|| "never".to_owned(), output::time),
                         ]
                     })
                     .collect();
@@ -118,10 +100,7 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
         }
         DeviceCommand::Show { name, json, remote } => {
             wavecast_core::DeviceName::new(name.clone())?;
-            let d: serde_json::Value = remote
-                .client()?
-                .get(&format!("/api/v1/devices/{name}"))
-                .await?;
+            let d: serde_json::Value = remote.client()?.get(&format!("/api/v1/devices/{name}")).await?;
             if json {
                 output::json(&d)?;
             } else {
@@ -130,18 +109,8 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 println!("id        {}", s("id"));
                 println!("group     {}", s("group"));
                 println!("hardware  {}", s("hardware"));
-                println!(
-                    "enrolled  {}",
-                    d["enrolled_at"]
-                        .as_i64()
-                        .map_or_else(|| "-".into(), output::time)
-                );
-                println!(
-                    "last seen {}",
-                    d["last_seen_at"]
-                        .as_i64()
-                        .map_or_else(|| "never".into(), output::time)
-                );
+                println!("enrolled  {}", d["enrolled_at"].as_i64().map_or_else(|| "-".into(), output::time));
+                println!("last seen {}", d["last_seen_at"].as_i64().map_or_else(|| "never".into(), output::time));
                 let artifacts = d["artifacts"].as_array().cloned().unwrap_or_default();
                 if artifacts.is_empty() {
                     println!("artifacts none reported yet");

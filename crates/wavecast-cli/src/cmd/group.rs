@@ -39,10 +39,8 @@ pub async fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GroupCommand::Create { name, remote } => {
             wavecast_core::GroupName::new(name.clone())?;
-            let _: serde_json::Value = remote
-                .client()?
-                .post("/api/v1/groups", &serde_json::json!({ "name": name }))
-                .await?;
+            let _: serde_json::Value =
+                remote.client()?.post("/api/v1/groups", &serde_json::json!({ "name": name })).await?;
             println!("created group {name}");
         }
         GroupCommand::List { json, remote } => {
@@ -53,12 +51,7 @@ pub async fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
                 let rows: Vec<Vec<String>> = groups
                     .iter()
                     .map(|g| {
-                        vec![
-                            g.name.clone(),
-                            g.devices.to_string(),
-                            output::time(g.created_at),
-                            g.created_by.clone(),
-                        ]
+                        vec![g.name.clone(), g.devices.to_string(), output::time(g.created_at), g.created_by.clone()]
                     })
                     .collect();
                 output::table(&["NAME", "DEVICES", "CREATED", "BY"], &rows);

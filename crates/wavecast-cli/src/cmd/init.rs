@@ -8,11 +8,9 @@ use clap::Args;
 
 /// Create keys, the signed TUF trust anchor and an admin token in a new directory.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Refuses to touch a directory that is not empty. Afterwards, move the keys in \
+#[command(after_help = "Refuses to touch a directory that is not empty. Afterwards, move the keys in \
 DIR/offline/ off this machine:\nroot.key is needed only to rotate keys; targets.key signs every \
-publish and belongs on the publisher's machine."
-)]
+publish and belongs on the publisher's machine.")]
 pub struct InitArgs {
     /// The directory to create (or an empty one).
     #[arg(long, value_name = "DIR")]
@@ -32,27 +30,15 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     }
     let d = report.data_dir.display();
     println!("Created a wavecast installation in {d}\n");
-    println!(
-        "  trust anchor      {}   (ship it in device images; agents pin it)",
-        report.root_json.display()
-    );
+    println!("  trust anchor      {}   (ship it in device images; agents pin it)", report.root_json.display());
     println!("  admin API token   {}", report.admin_token_file.display());
     println!("  publisher key     {}", report.publisher_key.display());
     println!("  root key          {}", report.root_key.display());
     println!("\nMove these offline now — the server never needs them:");
-    println!(
-        "  {}  signs root.json; needed only to rotate keys",
-        report.root_key.display()
-    );
-    println!(
-        "  {}  signs every publish; keep it only on the publisher's machine",
-        report.publisher_key.display()
-    );
+    println!("  {}  signs root.json; needed only to rotate keys", report.root_key.display());
+    println!("  {}  signs every publish; keep it only on the publisher's machine", report.publisher_key.display());
     println!("\nNext:");
     println!("  wavecast server --data-dir {d}");
-    println!(
-        "  export WAVECAST_TOKEN=$(cat {})",
-        report.admin_token_file.display()
-    );
+    println!("  export WAVECAST_TOKEN=$(cat {})", report.admin_token_file.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -6,4 +6,5 @@ pub mod demo;
 pub mod device;
 pub mod group;
 pub mod init;
+pub mod rollout;
 pub mod server;

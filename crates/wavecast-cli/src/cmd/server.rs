@@ -8,10 +8,8 @@ use clap::Args;
 
 /// Serve an installation: the operator API, the device API, TUF metadata and artifacts.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Stops gracefully on SIGTERM or Ctrl-C. Logs go to stderr; set RUST_LOG \
-(for example RUST_LOG=debug) for more."
-)]
+#[command(after_help = "Stops gracefully on SIGTERM or Ctrl-C. Logs go to stderr; set RUST_LOG \
+(for example RUST_LOG=debug) for more.")]
 pub struct ServerArgs {
     /// The directory `wavecast init` created.
     #[arg(long, value_name = "DIR")]
@@ -20,18 +18,17 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR", default_value = wavecast_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Use PostgreSQL (postgres://…) instead of the SQLite file in the data dir.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "WAVECAST_DATABASE_URL",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "URL", env = "WAVECAST_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Forbid the creator of a rollout from approving its gates (four-eyes rule).
+    #[arg(long)]
+    require_distinct_approver: bool,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
-    let config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url)?;
+    let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url)?;
+    config.settings.require_distinct_approver = args.require_distinct_approver;
     wavecast_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -40,8 +37,5 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -9,9 +9,7 @@ use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 fn wavecast() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wavecast"));
-    c.env_remove("WAVECAST_SERVER")
-        .env_remove("WAVECAST_TOKEN")
-        .env_remove("WAVECAST_DATABASE_URL");
+    c.env_remove("WAVECAST_SERVER").env_remove("WAVECAST_TOKEN").env_remove("WAVECAST_DATABASE_URL");
     c
 }
 
@@ -41,9 +39,7 @@ impl Server {
         let port = free_port();
         let log = dir.with_extension(format!("server-{port}.log"));
         let mut cmd = wavecast();
-        cmd.args(["server", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")]);
+        cmd.args(["server", "--data-dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}")]);
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
         }
@@ -56,11 +52,7 @@ impl Server {
         let health = format!("{url}/healthz");
         let up = wait_until(Duration::from_secs(30), || {
             let h = health.clone();
-            async move {
-                reqwest::get(&h)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
+            async move { reqwest::get(&h).await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
         let server = Self { child, url, log };
@@ -75,25 +67,11 @@ impl Server {
     /// SIGTERM, then the process must exit cleanly on its own.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "server exited with {status} after SIGTERM:\n{}",
-                    self.log()
-                );
-                assert!(
-                    self.log().contains("wavecast server stopped"),
-                    "{}",
-                    self.log()
-                );
+                assert!(status.success(), "server exited with {status} after SIGTERM:\n{}", self.log());
+                assert!(self.log().contains("wavecast server stopped"), "{}", self.log());
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -111,8 +89,7 @@ impl Drop for Server {
 
 fn op(server: &Server, token: &str) -> Command {
     let mut c = wavecast();
-    c.env("WAVECAST_SERVER", &server.url)
-        .env("WAVECAST_TOKEN", token);
+    c.env("WAVECAST_SERVER", &server.url).env("WAVECAST_TOKEN", token);
     c
 }
 
@@ -128,38 +105,25 @@ fn init_writes_an_installation_once() {
     let dir = tmp.path().join("install");
     let report = init(&dir);
     for key in ["root_json", "publisher_key", "admin_token_file", "data_dir"] {
-        let p = PathBuf::from(
-            report[key]
-                .as_str()
-                .unwrap_or_else(|| panic!("init --json lacks {key}")),
-        );
+        let p = PathBuf::from(report[key].as_str().unwrap_or_else(|| panic!("init --json lacks {key}")));
         assert!(p.exists(), "{key}: {p:?}");
     }
     for secret in ["publisher_key", "admin_token_file"] {
-        let mode = std::fs::metadata(report[secret].as_str().unwrap())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(report[secret].as_str().unwrap()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{secret}");
     }
     let root = std::fs::read(report["root_json"].as_str().unwrap()).unwrap();
     let again = run(wavecast().args(["init", "--dir"]).arg(&dir));
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        err.contains("refusing to overwrite") && err.contains("holds a wavecast installation"),
-        "{err}"
-    );
+    assert!(err.contains("refusing to overwrite") && err.contains("holds a wavecast installation"), "{err}");
     assert_eq!(
         std::fs::read(report["root_json"].as_str().unwrap()).unwrap(),
         root,
         "init must not touch an installation"
     );
 
-    let human = ok(wavecast()
-        .args(["init", "--dir"])
-        .arg(tmp.path().join("second")));
+    let human = ok(wavecast().args(["init", "--dir"]).arg(tmp.path().join("second")));
     assert!(human.contains("Move these offline"), "{human}");
 }
 
@@ -167,10 +131,7 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("install");
     let report = init(&dir);
-    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap())
-        .unwrap()
-        .trim()
-        .to_owned();
+    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
     let key = report["publisher_key"].as_str().unwrap().to_owned();
 
     // 50 MiB that are not all alike.
@@ -200,8 +161,7 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
         ])
         .arg(&model));
     let listed: serde_json::Value =
-        serde_json::from_str(&ok(op(&server, &token).args(["artifact", "list", "--json"])))
-            .unwrap();
+        serde_json::from_str(&ok(op(&server, &token).args(["artifact", "list", "--json"]))).unwrap();
     assert_eq!(listed[0]["name"], "yolo-v8n");
     assert_eq!(listed[0]["version"], "2.1.0");
     assert_eq!(listed[0]["sha256"], sha);
@@ -211,13 +171,8 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
     let http = reqwest::Client::new();
     let blob = format!("{}/api/v1/blobs/{sha}", server.url);
     let (lo, hi) = (10_000_000usize, 30_000_000usize);
-    let resp = http
-        .get(&blob)
-        .bearer_auth(&token)
-        .header("range", format!("bytes={lo}-{}", hi - 1))
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        http.get(&blob).bearer_auth(&token).header("range", format!("bytes={lo}-{}", hi - 1)).send().await.unwrap();
     assert_eq!(resp.status(), reqwest::StatusCode::PARTIAL_CONTENT);
     let got = resp.bytes().await.unwrap();
     assert!(got[..] == bytes[lo..hi], "range bytes differ");
@@ -226,33 +181,15 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
     let other = tmp.path().join("other.onnx");
     std::fs::write(&other, b"something else").unwrap();
     let refused = run(op(&server, &token)
-        .args([
-            "artifact",
-            "publish",
-            "--name",
-            "yolo-v8n",
-            "--version",
-            "2.1.0",
-            "--key",
-            &key,
-            "--file",
-        ])
+        .args(["artifact", "publish", "--name", "yolo-v8n", "--version", "2.1.0", "--key", &key, "--file"])
         .arg(&other));
     assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&refused.stderr)
-            .contains("already published with different content")
-    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already published with different content"));
 
     ok(op(&server, &token).args(["group", "create", "plant-7"]));
-    let minted: serde_json::Value = serde_json::from_str(&ok(op(&server, &token).args([
-        "device",
-        "enroll-token",
-        "--group",
-        "plant-7",
-        "--json",
-    ])))
-    .unwrap();
+    let minted: serde_json::Value =
+        serde_json::from_str(&ok(op(&server, &token).args(["device", "enroll-token", "--group", "plant-7", "--json"])))
+            .unwrap();
     let enroll = http
         .post(format!("{}/device/v1/enroll", server.url))
         .json(&serde_json::json!({ "token": minted["token"], "name": "cam-001", "hardware": "jetson-orin-nano" }))
@@ -277,17 +214,12 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
         ok(op(&server, &token).args(["audit", "list", "--json"])),
     );
     assert_eq!(before, after, "a restart lost something");
-    let show: serde_json::Value = serde_json::from_str(&ok(
-        op(&server, &token).args(["device", "show", "cam-001", "--json"])
-    ))
-    .unwrap();
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(op(&server, &token).args(["device", "show", "cam-001", "--json"]))).unwrap();
     assert_eq!(show["group"], "plant-7");
     let blob = format!("{}/api/v1/blobs/{sha}", server.url);
     let resp = http.get(&blob).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(
-        hex::encode(sha2::Sha256::digest(resp.bytes().await.unwrap())),
-        sha
-    );
+    assert_eq!(hex::encode(sha2::Sha256::digest(resp.bytes().await.unwrap())), sha);
     server.stop();
 }
 
@@ -304,33 +236,16 @@ async fn publish_list_range_restart_postgres() {
 
 #[test]
 fn errors_are_clear_and_exit_1() {
-    let no_server = run(wavecast().args([
-        "artifact",
-        "list",
-        "--server",
-        "http://127.0.0.1:9",
-        "--token",
-        "wct_x",
-    ]));
+    let no_server = run(wavecast().args(["artifact", "list", "--server", "http://127.0.0.1:9", "--token", "wct_x"]));
     assert_eq!(no_server.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&no_server.stderr).contains("cannot reach the wavecast server")
-    );
+    assert!(String::from_utf8_lossy(&no_server.stderr).contains("cannot reach the wavecast server"));
     let no_token = run(wavecast().args(["group", "list"]));
     assert_eq!(no_token.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("no API token"));
     let not_installed = run(wavecast().args(["server", "--data-dir", "/nonexistent-wavecast"]));
     assert_eq!(not_installed.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&not_installed.stderr).contains("is not a wavecast installation")
-    );
-    let bad_url = run(wavecast().args([
-        "server",
-        "--data-dir",
-        "/tmp",
-        "--database-url",
-        "mysql://x",
-    ]));
+    assert!(String::from_utf8_lossy(&not_installed.stderr).contains("is not a wavecast installation"));
+    let bad_url = run(wavecast().args(["server", "--data-dir", "/tmp", "--database-url", "mysql://x"]));
     assert!(String::from_utf8_lossy(&bad_url.stderr).contains("must start with postgres://"));
     let usage = run(wavecast().args(["artifact", "publish"]));
     assert_eq!(usage.status.code(), Some(2));
@@ -340,21 +255,8 @@ fn errors_are_clear_and_exit_1() {
 fn demo_tells_the_story() {
     let out = run(wavecast().arg("demo"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "wavecast init",
-        "artifact publish",
-        "refused",
-        "devices enrolled",
-        "artifact.published",
-    ] {
-        assert!(
-            stdout.contains(needle),
-            "demo output lacks {needle:?}:\n{stdout}"
-        );
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for needle in ["wavecast init", "artifact publish", "refused", "devices enrolled", "artifact.published"] {
+        assert!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");
     }
 }

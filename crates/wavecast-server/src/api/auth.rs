@@ -38,20 +38,13 @@ impl Operator {
 }
 
 fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::Unauthorized(format!(
-                "missing bearer token: send {what} in an Authorization header"
-            ))
-        })?;
-    let value = header
-        .to_str()
-        .map_err(|_| ApiError::Unauthorized("Authorization header is not ASCII".into()))?;
-    let token = value.strip_prefix("Bearer ").ok_or_else(|| {
-        ApiError::Unauthorized("Authorization header must be `Bearer <token>`".into())
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::Unauthorized(format!("missing bearer token: send {what} in an Authorization header"))
     })?;
+    let value = header.to_str().map_err(|_| ApiError::Unauthorized("Authorization header is not ASCII".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <token>`".into()))?;
     Ok(token.trim().to_owned())
 }
 
@@ -60,24 +53,17 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-        let secret = Secret::parse(SecretKind::ApiToken, &presented)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let secret =
+            Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
         let record = state
             .store()
             .token_by_secret(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
         if record.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(format!(
-                "API token {:?} was revoked",
-                record.name
-            )));
+            return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
         }
-        Ok(Operator {
-            token_id: record.id,
-            name: record.name,
-            role: record.role,
-        })
+        Ok(Operator { token_id: record.id, name: record.name, role: record.role })
     }
 }
 

@@ -4,13 +4,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wavecast_core::DeviceName;
+use wavecast_core::assignment::{
+    Assignment, AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments,
+};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName};
 
 use super::{ApiError, ApiJson, AppState, Device, new_id, now_ms};
-use crate::store::{Enrollment, StoreError};
+use crate::store::{DeviceRef, Enrollment, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,8 +36,8 @@ pub async fn enroll(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token)
-        .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+    let token =
+        Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let credential = Secret::from_random(
@@ -59,7 +62,9 @@ pub async fn enroll(
         })
         .await
         .map_err(|e| match e {
-            StoreError::NotFound { .. } => ApiError::Unauthorized("enrollment token is unknown, expired or revoked".into()),
+            StoreError::NotFound { .. } => {
+                ApiError::Unauthorized("enrollment token is unknown, expired or revoked".into())
+            }
             StoreError::Conflict { .. } => ApiError::Conflict(format!("a device named {name} is already enrolled")),
             other => other.into(),
         })?;
@@ -77,4 +82,90 @@ pub async fn enroll(
 /// The calling device's own record.
 pub async fn whoami(Device(device): Device) -> Json<crate::store::DeviceRecord> {
     Json(device)
+}
+
+/// How long a signed assignment doc stays actionable.
+const ASSIGNMENT_LIFETIME_SECS: i64 = 24 * 3600;
+
+/// The device's signed assignments. Answers 304 when the device already holds the current
+/// counter (`If-None-Match`), so an idle fleet's check-ins cost no signing and no body.
+pub async fn assignments(
+    State(state): State<AppState>,
+    Device(device): Device,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
+    state.last_seen().touch(&device.id, now_ms());
+    let (counter, stored) = state.store().assignments(&device.id, &device.group).await?;
+    let etag = format!("\"{counter}\"");
+    if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
+    }
+    let mut assignments = Vec::with_capacity(stored.len());
+    for s in stored {
+        let bad = |e: &dyn std::fmt::Display| ApiError::Internal(format!("stored assignment for {}: {e}", s.artifact));
+        assignments.push(Assignment {
+            rollout_id: s.rollout_id.clone(),
+            action: s.action,
+            artifact: ArtifactName::new(s.artifact.clone()).map_err(|e| bad(&e))?,
+            version: ArtifactVersion::new(&s.version).map_err(|e| bad(&e))?,
+            length: s.length as u64,
+            sha256: s.sha256.parse().map_err(|e: wavecast_core::digest::DigestError| bad(&e))?,
+            probe: s.probe.clone(),
+        });
+    }
+    let doc = AssignmentDoc {
+        device_id: device.id.clone(),
+        counter: counter as u64,
+        expires: jiff::Timestamp::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
+        assignments,
+    };
+    let signature = hex::encode(state.trust().director.sign_bytes(&doc.signing_bytes()));
+    Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
+}
+
+/// Applies a batch of reports, each exactly once, and records what the device runs.
+pub async fn reports(
+    State(state): State<AppState>,
+    Device(device): Device,
+    ApiJson(batch): ApiJson<ReportBatch>,
+) -> Result<Json<ReportAck>, ApiError> {
+    if batch.reports.len() > MAX_REPORTS_PER_BATCH {
+        return Err(ApiError::TooLarge(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
+    }
+    let now = now_ms();
+    state.last_seen().touch(&device.id, now);
+    let who = DeviceRef { id: device.id.clone(), name: device.name.clone() };
+    let mut acked = Vec::with_capacity(batch.reports.len());
+    for report in &batch.reports {
+        if report.id.is_empty()
+            || report.id.len() > 64
+            || !report.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ApiError::BadRequest(format!("report id {:?} must be 1-64 letters, digits or '-'", report.id)));
+        }
+        if state.store().apply_report(&who, report, now).await? {
+            tracing::info!(device = %device.name, rollout = %report.rollout_id, state = %report.state, reason = report.reason.as_deref().unwrap_or(""), "device report");
+        }
+        acked.push(report.id.clone());
+    }
+    if !batch.active.is_empty() {
+        state.store().set_device_artifacts(&device.id, &batch.active, now).await?;
+    }
+    Ok(Json(ReportAck { acked }))
+}
+
+/// Serves an artifact by its consistent-snapshot target path, `<sha256>.<name@version>`,
+/// honouring `Range` so interrupted downloads resume.
+pub async fn target(
+    State(state): State<AppState>,
+    _device: Device,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let (hex, name) = file.split_once('.').ok_or_else(|| ApiError::NotFound(format!("no target {file:?}")))?;
+    wavecast_core::TargetName::parse(name).map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
+    let digest: wavecast_core::Sha256Digest =
+        hex.parse().map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
+    super::operator::serve_blob(&state, &digest, req).await
 }

@@ -59,12 +59,8 @@ impl From<StoreError> for ApiError {
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::TooLong { .. } => {
-                ApiError::Unprocessable(format!("{e}; nothing was stored"))
-            }
-            BlobError::Interrupted { .. } => {
-                ApiError::BadRequest(format!("{e}; nothing was stored"))
-            }
+            BlobError::TooLong { .. } => ApiError::Unprocessable(format!("{e}; nothing was stored")),
+            BlobError::Interrupted { .. } => ApiError::BadRequest(format!("{e}; nothing was stored")),
             io @ BlobError::Io { .. } => ApiError::Blob(io),
         }
     }
@@ -96,16 +92,11 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let mut resp = (
-            status,
-            Json(serde_json::json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response();
+        let mut resp =
+            (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -8,6 +8,7 @@ mod device;
 pub mod error;
 mod operator;
 mod publish;
+mod rollouts;
 mod tuf;
 
 use std::sync::Arc;
@@ -45,11 +46,39 @@ pub struct Trust {
     pub director: SigningKey,
 }
 
+/// Server-wide policy settings.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Forbid the creator of a rollout from approving its gates.
+    pub require_distinct_approver: bool,
+}
+
 struct Inner {
     store: Store,
     blobs: BlobStore,
     trust: Trust,
+    settings: Settings,
     metrics: Metrics,
+    last_seen: LastSeen,
+}
+
+/// Device check-in times, kept in memory and written to the database in batches: a write per
+/// check-in would cap an idle fleet at the database's commit rate.
+#[derive(Debug, Default)]
+pub struct LastSeen(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl LastSeen {
+    /// Notes a check-in.
+    pub fn touch(&self, device_id: &str, now_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(device_id.to_owned(), now_ms);
+        }
+    }
+
+    /// Takes everything noted since the last call.
+    pub fn drain(&self) -> Vec<(String, i64)> {
+        self.0.lock().map(|mut m| m.drain().collect()).unwrap_or_default()
+    }
 }
 
 /// Everything handlers share; cheap to clone.
@@ -58,13 +87,25 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     /// Bundles the server's parts.
-    pub fn new(store: Store, blobs: BlobStore, trust: Trust) -> Self {
+    pub fn new(store: Store, blobs: BlobStore, trust: Trust, settings: Settings) -> Self {
         Self(Arc::new(Inner {
             store,
             blobs,
             trust,
+            settings,
             metrics: Metrics::default(),
+            last_seen: LastSeen::default(),
         }))
+    }
+
+    /// Policy settings.
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// Check-in times not yet written.
+    pub fn last_seen(&self) -> &LastSeen {
+        &self.0.last_seen
     }
 
     /// The database.
@@ -93,29 +134,28 @@ pub fn router(state: AppState) -> Router {
     let operator = Router::new()
         .route("/whoami", get(operator::whoami))
         .route("/artifacts", get(operator::list_artifacts))
-        .route(
-            "/groups",
-            get(operator::list_groups).post(operator::create_group),
-        )
-        .route(
-            "/enrollment-tokens",
-            post(operator::create_enrollment_token),
-        )
+        .route("/groups", get(operator::list_groups).post(operator::create_group))
+        .route("/enrollment-tokens", post(operator::create_enrollment_token))
         .route("/devices", get(operator::list_devices))
         .route("/devices/{name}", get(operator::show_device))
         .route("/audit", get(operator::list_audit))
         .route("/tuf/{file}", get(tuf::operator_metadata))
         .route("/blobs/{sha256}", get(operator::get_blob))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/{id}", get(rollouts::show))
+        .route("/rollouts/{id}/approve", post(rollouts::approve))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
-        .route(
-            "/artifacts",
-            post(publish::publish).layer(DefaultBodyLimit::disable()),
-        );
+        .route("/artifacts", post(publish::publish).layer(DefaultBodyLimit::disable()));
     let device = Router::new()
         .route("/enroll", post(device::enroll))
         .route("/whoami", get(device::whoami))
         .route("/tuf/{file}", get(tuf::device_metadata))
+        .route("/assignments", get(device::assignments))
+        .route("/reports", post(device::reports))
+        .route("/targets/{file}", get(device::target))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     Router::new()
         .route("/healthz", get(healthz))
@@ -123,10 +163,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", operator)
         .nest("/device/v1", device)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
@@ -137,22 +174,11 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics().render(state.store().backend());
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        body,
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.uri().path()
-    ))
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.uri().path()))
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -176,9 +202,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 let status = rejection.status();
                 let msg = rejection.body_text();
                 if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Err(ApiError::TooLarge(format!(
-                        "request body is larger than {JSON_BODY_LIMIT} bytes"
-                    )))
+                    Err(ApiError::TooLarge(format!("request body is larger than {JSON_BODY_LIMIT} bytes")))
                 } else {
                     Err(ApiError::BadRequest(msg))
                 }

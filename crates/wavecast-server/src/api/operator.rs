@@ -45,20 +45,11 @@ pub async fn create_group(
         subject: name.to_string(),
         detail: serde_json::json!({}),
     };
-    state
-        .store()
-        .create_group(name.as_str(), &op.name, now_ms(), event)
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "name": name })),
-    ))
+    state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
 }
 
-pub async fn list_groups(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<GroupRecord>>, ApiError> {
+pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<GroupRecord>>, ApiError> {
     op.require(Permission::Read)?;
     Ok(Json(state.store().list_groups().await?))
 }
@@ -92,9 +83,7 @@ pub async fn create_enrollment_token(
     let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
-        return Err(ApiError::BadRequest(format!(
-            "expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}"
-        )));
+        return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
     }
     let secret = Secret::from_random(SecretKind::EnrollmentToken, random()?);
     let now = now_ms();
@@ -113,17 +102,10 @@ pub async fn create_enrollment_token(
         detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),
     };
     state.store().create_enrollment_token(&t, event).await?;
-    let expires_at = jiff::Timestamp::from_millisecond(t.expires_at)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated {
-            id: t.id,
-            group: t.group,
-            token: secret.expose().to_owned(),
-            expires_at,
-        }),
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
     ))
 }
 
@@ -143,9 +125,7 @@ pub async fn list_devices(
     Query(filter): Query<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
     op.require(Permission::Read)?;
-    Ok(Json(
-        state.store().list_devices(filter.group.as_deref()).await?,
-    ))
+    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
 }
 
 /// One device, with what it runs (filled in by the device loop's reports).
@@ -154,6 +134,7 @@ pub struct DeviceDetail {
     #[serde(flatten)]
     device: DeviceRecord,
     artifacts: Vec<serde_json::Value>,
+    rollouts: Vec<crate::store::RolloutDeviceRecord>,
 }
 
 pub async fn show_device(
@@ -167,10 +148,15 @@ pub async fn show_device(
         .device_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {name:?} not found")))?;
-    Ok(Json(DeviceDetail {
-        device,
-        artifacts: Vec::new(),
-    }))
+    let artifacts = state
+        .store()
+        .device_artifacts(&device.id)
+        .await?
+        .into_iter()
+        .map(|(name, version, sha256)| serde_json::json!({ "name": name, "version": version, "sha256": sha256 }))
+        .collect();
+    let rollouts = state.store().device_rollouts(&device.id).await?;
+    Ok(Json(DeviceDetail { device, artifacts, rollouts }))
 }
 
 #[derive(Deserialize)]
@@ -187,12 +173,7 @@ pub async fn list_audit(
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
     op.require(Permission::Read)?;
     let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
-    Ok(Json(
-        state
-            .store()
-            .audit_events(range.from.unwrap_or(0).max(0), limit)
-            .await?,
-    ))
+    Ok(Json(state.store().audit_events(range.from.unwrap_or(0).max(0), limit).await?))
 }
 
 /// Serves a published blob, honouring `Range` requests.
@@ -203,22 +184,15 @@ pub async fn get_blob(
     req: Request,
 ) -> Result<Response, ApiError> {
     op.require(Permission::Read)?;
-    let digest: Sha256Digest = sha256
-        .parse()
-        .map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
+    let digest: Sha256Digest =
+        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
     serve_blob(&state, &digest, req).await
 }
 
 /// Serves a blob file that a published artifact references.
-pub(super) async fn serve_blob(
-    state: &AppState,
-    digest: &Sha256Digest,
-    req: Request,
-) -> Result<Response, ApiError> {
+pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Request) -> Result<Response, ApiError> {
     if !state.store().blob_referenced(digest).await? {
-        return Err(ApiError::NotFound(format!(
-            "no published artifact has sha256 {digest}"
-        )));
+        return Err(ApiError::NotFound(format!("no published artifact has sha256 {digest}")));
     }
     let path = state.blobs().path(digest);
     let resp = tower_http::services::ServeFile::new(&path)
@@ -226,9 +200,7 @@ pub(super) async fn serve_blob(
         .await
         .map_err(|e| ApiError::Internal(format!("serving blob {digest}: {e}")))?;
     if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::Internal(format!(
-            "blob {digest} is referenced but missing from the blob store"
-        )));
+        return Err(ApiError::Internal(format!("blob {digest} is referenced but missing from the blob store")));
     }
     Ok(resp.map(axum::body::Body::new).into_response())
 }

@@ -29,9 +29,8 @@ pub async fn publish(
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
     op.require(Permission::Publish)?;
-    let bad_multipart = |e: axum::extract::multipart::MultipartError| {
-        ApiError::BadRequest(format!("reading the upload: {e}"))
-    };
+    let bad_multipart =
+        |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {e}"));
 
     // Part 1: the signed targets metadata.
     let mut field = multipart
@@ -40,17 +39,13 @@ pub async fn publish(
         .map_err(bad_multipart)?
         .ok_or_else(|| ApiError::BadRequest("the upload has no `targets` part".into()))?;
     if field.name() != Some("targets") {
-        return Err(ApiError::BadRequest(
-            "the first part of the upload must be `targets`".into(),
-        ));
+        return Err(ApiError::BadRequest("the first part of the upload must be `targets`".into()));
     }
     let mut targets_bytes = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
         targets_bytes.extend_from_slice(&chunk);
         if targets_bytes.len() > MAX_TARGETS_BYTES {
-            return Err(ApiError::TooLarge(format!(
-                "targets metadata is larger than {MAX_TARGETS_BYTES} bytes"
-            )));
+            return Err(ApiError::TooLarge(format!("targets metadata is larger than {MAX_TARGETS_BYTES} bytes")));
         }
     }
     drop(field);
@@ -62,24 +57,17 @@ pub async fn publish(
         .latest_metadata("targets")
         .await?
         .ok_or_else(|| ApiError::Internal("the repository has no targets metadata".into()))?;
-    let current: Signed<Targets> = serde_json::from_str(&current_body).map_err(|e| {
-        ApiError::Internal(format!(
-            "stored targets version {current_version} does not parse: {e}"
-        ))
-    })?;
+    let current: Signed<Targets> = serde_json::from_str(&current_body)
+        .map_err(|e| ApiError::Internal(format!("stored targets version {current_version} does not parse: {e}")))?;
     let now = jiff::Timestamp::now();
-    let accepted = accept_targets(
-        &state.trust().root.signed,
-        &current.signed,
-        targets_text.as_bytes(),
-        now,
-    )
-    .map_err(|e| match e {
-        AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
-            "{e}: another publish landed first; fetch the current targets and sign again"
-        )),
-        other => ApiError::Unprocessable(format!("{other}; nothing was stored")),
-    })?;
+    let accepted = accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now).map_err(
+        |e| match e {
+            AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
+                "{e}: another publish landed first; fetch the current targets and sign again"
+            )),
+            other => ApiError::Unprocessable(format!("{other}; nothing was stored")),
+        },
+    )?;
     let [target] = accepted.added.as_slice() else {
         return Err(ApiError::Unprocessable(format!(
             "targets metadata adds {} targets; publish one artifact at a time; nothing was stored",
@@ -94,9 +82,7 @@ pub async fn publish(
         .map_err(bad_multipart)?
         .ok_or_else(|| ApiError::BadRequest("the upload has no `blob` part".into()))?;
     if field.name() != Some("blob") {
-        return Err(ApiError::BadRequest(
-            "the second part of the upload must be `blob`".into(),
-        ));
+        return Err(ApiError::BadRequest("the second part of the upload must be `blob`".into()));
     }
     let received = state.blobs().receive(field, target.length).await.map_err(|e| match e {
         crate::blobs::BlobError::TooLong { .. } => ApiError::Unprocessable(format!(
@@ -113,18 +99,8 @@ pub async fn publish(
     }
 
     // Online signatures over the publisher's bytes exactly as received.
-    let snapshot_version = state
-        .store()
-        .latest_metadata("snapshot")
-        .await?
-        .map_or(0, |(v, _)| v)
-        + 1;
-    let timestamp_version = state
-        .store()
-        .latest_metadata("timestamp")
-        .await?
-        .map_or(0, |(v, _)| v)
-        + 1;
+    let snapshot_version = state.store().latest_metadata("snapshot").await?.map_or(0, |(v, _)| v) + 1;
+    let timestamp_version = state.store().latest_metadata("timestamp").await?.map_or(0, |(v, _)| v) + 1;
     let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
     let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
     let targets_version = accepted.targets.signed.version.get() as i64;

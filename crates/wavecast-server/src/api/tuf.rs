@@ -37,9 +37,7 @@ async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
         Some((v, role)) => (Some(v.parse::<i64>().map_err(|_| not_found())?), role),
         None => (None, stem),
     };
-    if !matches!(role, "root" | "timestamp" | "snapshot" | "targets")
-        || (role == "timestamp" && version.is_some())
-    {
+    if !matches!(role, "root" | "timestamp" | "snapshot" | "targets") || (role == "timestamp" && version.is_some()) {
         return Err(not_found());
     }
     let body = match version {
@@ -48,17 +46,6 @@ async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
     }
     .ok_or_else(not_found)?;
     // Versioned files never change; unversioned ones must be fetched fresh every time.
-    let cache = if version.is_some() {
-        "public, max-age=31536000, immutable"
-    } else {
-        "no-cache"
-    };
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, cache),
-        ],
-        body,
-    )
-        .into_response())
+    let cache = if version.is_some() { "public, max-age=31536000, immutable" } else { "no-cache" };
+    Ok(([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, cache)], body).into_response())
 }

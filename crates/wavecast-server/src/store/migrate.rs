@@ -15,12 +15,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    common: include_str!("../../migrations/common_0001.sql"),
-    sqlite: include_str!("../../migrations/sqlite/0001_append_only.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_append_only.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        common: include_str!("../../migrations/common_0001.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0001_append_only.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_append_only.sql"),
+    },
+    Migration {
+        version: 2,
+        common: include_str!("../../migrations/common_0002.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0002_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_none.sql"),
+    },
+];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
     let err = |version| move |source| StoreError::Migrate { version, source };
@@ -28,15 +36,14 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
     // together take turns, and the later one finds everything applied.
     let mut tx = store.pool.begin().await.map_err(err(0))?;
     if store.backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7700001)")
-            .execute(&mut *tx)
-            .await
-            .map_err(err(0))?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7700001)").execute(&mut *tx).await.map_err(err(0))?;
     }
-    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        .execute(&mut *tx)
-        .await
-        .map_err(err(0))?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(err(0))?;
     for m in MIGRATIONS {
         let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
             .bind(m.version)
@@ -50,14 +57,8 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
             Backend::Sqlite => m.sqlite,
             Backend::Postgres => m.postgres,
         };
-        sqlx::raw_sql(m.common)
-            .execute(&mut *tx)
-            .await
-            .map_err(err(m.version))?;
-        sqlx::raw_sql(specific)
-            .execute(&mut *tx)
-            .await
-            .map_err(err(m.version))?;
+        sqlx::raw_sql(m.common).execute(&mut *tx).await.map_err(err(m.version))?;
+        sqlx::raw_sql(specific).execute(&mut *tx).await.map_err(err(m.version))?;
         let now = jiff::Timestamp::now().as_millisecond();
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(m.version)

@@ -8,6 +8,7 @@
 
 mod migrate;
 mod records;
+mod rollouts;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -18,6 +19,7 @@ use wavecast_core::audit::{AuditEvent, NewAuditEvent};
 use wavecast_core::{Role, Sha256Digest};
 
 pub use records::*;
+pub use rollouts::*;
 
 /// Which database a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +123,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 /// Maps a unique-key violation to [`StoreError::Conflict`] naming `what`.
-fn conflict_or(
-    op: &'static str,
-    what: impl FnOnce() -> String,
-) -> impl FnOnce(sqlx::Error) -> StoreError {
+fn conflict_or(op: &'static str, what: impl FnOnce() -> String) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| {
         if is_unique_violation(&source) {
             StoreError::Conflict { what: what() }
@@ -146,10 +145,7 @@ impl Store {
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = config.backend();
-        let connect_err = |source| StoreError::Connect {
-            database: config.redacted(),
-            source,
-        };
+        let connect_err = |source| StoreError::Connect { database: config.redacted(), source };
         let pool = match config {
             DatabaseConfig::Sqlite(path) => Self::sqlite_pool(path).await.map_err(connect_err)?,
             DatabaseConfig::Postgres(url) => AnyPoolOptions::new()
@@ -198,8 +194,22 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first and writes later fails with "database
+    /// is locked" when another writer got in between, instead of waiting its turn.
     async fn begin(&self, op: &'static str) -> Result<Transaction<'static, Any>, StoreError> {
-        self.pool.begin().await.map_err(q(op))
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(q(op)),
+            Backend::Postgres => self.pool.begin().await.map_err(q(op)),
+        }
+    }
+
+    /// `FOR UPDATE` where the database has row locks; SQLite's write lock covers it already.
+    fn for_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
     }
 
     // ----- installation ---------------------------------------------------------------------
@@ -235,20 +245,14 @@ impl Store {
             .fetch_optional(&self.pool)
             .await
             .map_err(q("reading the installation"))?
-            .map(|r| {
-                r.try_get::<String, _>(0)
-                    .map_err(q("reading the installation"))
-            })
+            .map(|r| r.try_get::<String, _>(0).map_err(q("reading the installation")))
             .transpose()
     }
 
     // ----- tokens -------------------------------------------------------------------------
 
     /// The unrevoked API token with this secret hash.
-    pub async fn token_by_secret(
-        &self,
-        hash: &Sha256Digest,
-    ) -> Result<Option<TokenRecord>, StoreError> {
+    pub async fn token_by_secret(&self, hash: &Sha256Digest) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, name, role, created_at, created_by, revoked_at FROM api_tokens WHERE secret_sha256 = $1",
         )
@@ -263,18 +267,13 @@ impl Store {
 
     /// The newest version of `role`, with its bytes.
     pub async fn latest_metadata(&self, role: &str) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT version, body FROM tuf_metadata WHERE role = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(role)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("reading TUF metadata"))?;
+        let row = sqlx::query("SELECT version, body FROM tuf_metadata WHERE role = $1 ORDER BY version DESC LIMIT 1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading TUF metadata"))?;
         row.map(|r| {
-            Ok((
-                r.try_get(0).map_err(q("reading TUF metadata"))?,
-                r.try_get(1).map_err(q("reading TUF metadata"))?,
-            ))
+            Ok((r.try_get(0).map_err(q("reading TUF metadata"))?, r.try_get(1).map_err(q("reading TUF metadata"))?))
         })
         .transpose()
     }
@@ -292,21 +291,10 @@ impl Store {
     }
 
     /// Stores a new snapshot and timestamp (the periodic refresh before they expire).
-    pub async fn refresh_online_metadata(
-        &self,
-        m: &OnlineMetadata,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    pub async fn refresh_online_metadata(&self, m: &OnlineMetadata, now_ms: i64) -> Result<(), StoreError> {
         let mut tx = self.begin("refreshing TUF metadata").await?;
         insert_metadata(&mut tx, "snapshot", m.snapshot_version, &m.snapshot, now_ms).await?;
-        insert_metadata(
-            &mut tx,
-            "timestamp",
-            m.timestamp_version,
-            &m.timestamp,
-            now_ms,
-        )
-        .await?;
+        insert_metadata(&mut tx, "timestamp", m.timestamp_version, &m.timestamp, now_ms).await?;
         tx.commit().await.map_err(q("refreshing TUF metadata"))
     }
 
@@ -318,22 +306,8 @@ impl Store {
     pub async fn publish(&self, p: &Publish) -> Result<(), StoreError> {
         let mut tx = self.begin("publishing").await?;
         insert_metadata(&mut tx, "targets", p.targets_version, &p.targets, p.now_ms).await?;
-        insert_metadata(
-            &mut tx,
-            "snapshot",
-            p.online.snapshot_version,
-            &p.online.snapshot,
-            p.now_ms,
-        )
-        .await?;
-        insert_metadata(
-            &mut tx,
-            "timestamp",
-            p.online.timestamp_version,
-            &p.online.timestamp,
-            p.now_ms,
-        )
-        .await?;
+        insert_metadata(&mut tx, "snapshot", p.online.snapshot_version, &p.online.snapshot, p.now_ms).await?;
+        insert_metadata(&mut tx, "timestamp", p.online.timestamp_version, &p.online.timestamp, p.now_ms).await?;
         for a in &p.artifacts {
             sqlx::query(
                 "INSERT INTO artifacts (name, version, length, sha256, hardware, targets_version, published_at, published_by) \
@@ -370,14 +344,12 @@ impl Store {
 
     /// Whether any artifact references the blob with this digest.
     pub async fn blob_referenced(&self, sha256: &Sha256Digest) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 LIMIT 1")
-                .bind(sha256.to_hex())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(q("looking up a blob"))?
-                .is_some(),
-        )
+        Ok(sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 LIMIT 1")
+            .bind(sha256.to_hex())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("looking up a blob"))?
+            .is_some())
     }
 
     // ----- groups and devices ---------------------------------------------------------------
@@ -437,9 +409,7 @@ impl Store {
             .await
             .map_err(q("creating an enrollment token"))?;
         if exists.is_none() {
-            return Err(StoreError::NotFound {
-                what: format!("group {}", t.group),
-            });
+            return Err(StoreError::NotFound { what: format!("group {}", t.group) });
         }
         sqlx::query(
             "INSERT INTO enrollment_tokens (id, group_name, secret_sha256, created_at, expires_at, created_by) \
@@ -466,19 +436,18 @@ impl Store {
         event: impl FnOnce(&str) -> NewAuditEvent,
     ) -> Result<DeviceRecord, StoreError> {
         let mut tx = self.begin("enrolling a device").await?;
-        let row = sqlx::query("SELECT group_name, expires_at, revoked_at FROM enrollment_tokens WHERE secret_sha256 = $1")
-            .bind(e.token_sha256.to_hex())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(q("enrolling a device"))?
-            .ok_or_else(|| StoreError::NotFound { what: "enrollment token".into() })?;
+        let row =
+            sqlx::query("SELECT group_name, expires_at, revoked_at FROM enrollment_tokens WHERE secret_sha256 = $1")
+                .bind(e.token_sha256.to_hex())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("enrolling a device"))?
+                .ok_or_else(|| StoreError::NotFound { what: "enrollment token".into() })?;
         let group: String = row.try_get(0).map_err(q("enrolling a device"))?;
         let expires_at: i64 = row.try_get(1).map_err(q("enrolling a device"))?;
         let revoked_at: Option<i64> = row.try_get(2).map_err(q("enrolling a device"))?;
         if revoked_at.is_some() || expires_at <= e.now_ms {
-            return Err(StoreError::NotFound {
-                what: "enrollment token (expired or revoked)".into(),
-            });
+            return Err(StoreError::NotFound { what: "enrollment token (expired or revoked)".into() });
         }
         sqlx::query(
             "INSERT INTO devices (id, name, group_name, hardware, credential_sha256, enrolled_at) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -529,10 +498,7 @@ impl Store {
     }
 
     /// The device holding this credential.
-    pub async fn device_by_credential(
-        &self,
-        hash: &Sha256Digest,
-    ) -> Result<Option<DeviceRecord>, StoreError> {
+    pub async fn device_by_credential(&self, hash: &Sha256Digest) -> Result<Option<DeviceRecord>, StoreError> {
         sqlx::query(
             "SELECT id, name, group_name, hardware, enrolled_at, last_seen_at FROM devices WHERE credential_sha256 = $1",
         )
@@ -542,6 +508,22 @@ impl Store {
         .map_err(q("authenticating a device"))?
         .map(|r| device_from_row(&r))
         .transpose()
+    }
+
+    /// Writes check-in times noted in memory.
+    pub async fn record_last_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.begin("recording check-ins").await?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
+            )
+            .bind(id)
+            .bind(*at)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording check-ins"))?;
+        }
+        tx.commit().await.map_err(q("recording check-ins"))
     }
 
     // ----- audit ----------------------------------------------------------------------------
@@ -556,22 +538,18 @@ impl Store {
 
     /// Events with `seq >= from`, at most `limit`, oldest first.
     pub async fn audit_events(&self, from: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, body FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
-                .bind(from)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(q("reading the audit log"))?;
+        let rows = sqlx::query("SELECT seq, body FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading the audit log"))?;
         rows.iter()
             .map(|r| {
                 let seq: i64 = r.try_get(0).map_err(q("reading the audit log"))?;
                 let body: String = r.try_get(1).map_err(q("reading the audit log"))?;
-                let e =
-                    AuditEvent::from_bytes(body.as_bytes()).map_err(|e| StoreError::Corrupt {
-                        what: "audit event",
-                        detail: format!("seq {seq}: {e}"),
-                    })?;
+                let e = AuditEvent::from_bytes(body.as_bytes())
+                    .map_err(|e| StoreError::Corrupt { what: "audit event", detail: format!("seq {seq}: {e}") })?;
                 if e.seq != seq as u64 {
                     return Err(StoreError::Corrupt {
                         what: "audit event",
@@ -591,26 +569,18 @@ async fn insert_metadata(
     body: &str,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO tuf_metadata (role, version, body, created_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(role)
-    .bind(version)
-    .bind(body)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await
-    .map_err(conflict_or("writing TUF metadata", || {
-        format!("{role} metadata version {version}")
-    }))?;
+    sqlx::query("INSERT INTO tuf_metadata (role, version, body, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(role)
+        .bind(version)
+        .bind(body)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(conflict_or("writing TUF metadata", || format!("{role} metadata version {version}")))?;
     Ok(())
 }
 
-async fn insert_token(
-    tx: &mut Transaction<'static, Any>,
-    t: &NewToken,
-    now_ms: i64,
-) -> Result<(), StoreError> {
+async fn insert_token(tx: &mut Transaction<'static, Any>, t: &NewToken, now_ms: i64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -632,20 +602,17 @@ async fn append_audit(
     now_ms: i64,
     event: NewAuditEvent,
 ) -> Result<AuditEvent, StoreError> {
-    let size: i64 =
-        sqlx::query("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size")
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(q("writing the audit log"))?
-            .try_get(0)
-            .map_err(q("writing the audit log"))?;
+    let size: i64 = sqlx::query("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(q("writing the audit log"))?
+        .try_get(0)
+        .map_err(q("writing the audit log"))?;
     let seq = size - 1;
     let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     let placed = AuditEvent::place(event, seq as u64, at.to_string());
-    let body = String::from_utf8(placed.canonical_bytes()).map_err(|e| StoreError::Corrupt {
-        what: "audit event",
-        detail: e.to_string(),
-    })?;
+    let body = String::from_utf8(placed.canonical_bytes())
+        .map_err(|e| StoreError::Corrupt { what: "audit event", detail: e.to_string() })?;
     sqlx::query("INSERT INTO audit_log (seq, at, actor, action, subject, body) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(seq)
         .bind(now_ms)
@@ -664,10 +631,7 @@ fn token_from_row(r: &AnyRow) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         id: r.try_get(0).map_err(q("reading a token"))?,
         name: r.try_get(1).map_err(q("reading a token"))?,
-        role: role.parse::<Role>().map_err(|e| StoreError::Corrupt {
-            what: "token role",
-            detail: e.to_string(),
-        })?,
+        role: role.parse::<Role>().map_err(|e| StoreError::Corrupt { what: "token role", detail: e.to_string() })?,
         created_at: r.try_get(3).map_err(q("reading a token"))?,
         created_by: r.try_get(4).map_err(q("reading a token"))?,
         revoked_at: r.try_get(5).map_err(q("reading a token"))?,

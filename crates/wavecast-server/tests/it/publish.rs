@@ -50,13 +50,7 @@ async fn build(env: &Env, case: Bad) -> (Vec<u8>, Vec<u8>) {
         Bad::SignedByUnknownKey => {
             let rogue = SigningKey::generate().unwrap();
             let rogue_root = build_root(
-                &RootKeys {
-                    root: &rogue,
-                    targets: &rogue,
-                    snapshot: &rogue,
-                    timestamp: &rogue,
-                    director: &rogue,
-                },
+                &RootKeys { root: &rogue, targets: &rogue, snapshot: &rogue, timestamp: &rogue, director: &rogue },
                 jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
             )
             .await
@@ -68,16 +62,12 @@ async fn build(env: &Env, case: Bad) -> (Vec<u8>, Vec<u8>) {
                 hardware: None,
             };
             let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-            let signed =
-                sign_new_targets(&rogue_root.signed().signed, &current, &new, &rogue, expires)
-                    .await
-                    .unwrap();
+            let signed = sign_new_targets(&rogue_root.signed().signed, &current, &new, &rogue, expires).await.unwrap();
             (signed.buffer().clone(), blob)
         }
         Bad::Expired => {
             let t = next_targets(&current, |t| {
-                t.expires = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 3600)
-                    .unwrap();
+                t.expires = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 3600).unwrap();
                 t.targets.insert(name("yolo@2.0.0"), target(&blob));
             });
             (sign_raw(&root, t, &env.publisher_key()).await, blob)
@@ -112,15 +102,12 @@ async fn build(env: &Env, case: Bad) -> (Vec<u8>, Vec<u8>) {
                 t.targets.insert(name("xx-evil@1.0.0"), target(&blob));
             });
             let signed = sign_raw(&root, t, &env.publisher_key()).await;
-            let forged = String::from_utf8(signed)
-                .unwrap()
-                .replace("xx-evil@1.0.0", "../evil@1.0.0");
+            let forged = String::from_utf8(signed).unwrap().replace("xx-evil@1.0.0", "../evil@1.0.0");
             (forged.into_bytes(), blob)
         }
         Bad::TraversalNameResolvedByTuf => {
             let t = next_targets(&current, |t| {
-                t.targets
-                    .insert(name("models/../evil@1.0.0"), target(&blob));
+                t.targets.insert(name("models/../evil@1.0.0"), target(&blob));
             });
             (sign_raw(&root, t, &env.publisher_key()).await, blob)
         }
@@ -142,78 +129,29 @@ async fn publish_refusals(db: Db) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
 
     let table: &[(Bad, StatusCode, &str)] = &[
-        (
-            Bad::SignedByUnknownKey,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not signed by the targets key",
-        ),
+        (Bad::SignedByUnknownKey, StatusCode::UNPROCESSABLE_ENTITY, "not signed by the targets key"),
         (Bad::Expired, StatusCode::UNPROCESSABLE_ENTITY, "expired"),
-        (
-            Bad::HashDoesNotMatchBlob,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "do not match the signed target yolo@2.0.0",
-        ),
-        (
-            Bad::BlobLongerThanSigned,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "more than the signed",
-        ),
+        (Bad::HashDoesNotMatchBlob, StatusCode::UNPROCESSABLE_ENTITY, "do not match the signed target yolo@2.0.0"),
+        (Bad::BlobLongerThanSigned, StatusCode::UNPROCESSABLE_ENTITY, "more than the signed"),
         (
             Bad::SameVersionOtherBytes,
             StatusCode::UNPROCESSABLE_ENTITY,
             "yolo@1.0.0 is already published with different content",
         ),
-        (
-            Bad::TraversalName,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "\"../evil@1.0.0\" is refused",
-        ),
-        (
-            Bad::ForgedAfterSigning,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not signed by the targets key",
-        ),
-        (
-            Bad::TraversalNameResolvedByTuf,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "\"models/../evil@1.0.0\" is refused",
-        ),
-        (
-            Bad::SkipsAVersion,
-            StatusCode::CONFLICT,
-            "does not follow the current version",
-        ),
-        (
-            Bad::NotJson,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "does not parse",
-        ),
+        (Bad::TraversalName, StatusCode::UNPROCESSABLE_ENTITY, "\"../evil@1.0.0\" is refused"),
+        (Bad::ForgedAfterSigning, StatusCode::UNPROCESSABLE_ENTITY, "not signed by the targets key"),
+        (Bad::TraversalNameResolvedByTuf, StatusCode::UNPROCESSABLE_ENTITY, "\"models/../evil@1.0.0\" is refused"),
+        (Bad::SkipsAVersion, StatusCode::CONFLICT, "does not follow the current version"),
+        (Bad::NotJson, StatusCode::UNPROCESSABLE_ENTITY, "does not parse"),
     ];
     for &(case, status, needle) in table {
         let before = env.snapshot().await;
         let (targets, blob) = build(&env, case).await;
         let r = env.publish_raw(&targets, &blob).await;
-        assert_eq!(
-            r.status,
-            status,
-            "{case:?}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        assert_eq!(
-            r.json()["error"]["code"].as_str().map(str::is_empty),
-            Some(false),
-            "{case:?}"
-        );
-        assert!(
-            r.message().contains(needle),
-            "{case:?}: message {:?} lacks {needle:?}",
-            r.message()
-        );
-        assert_eq!(
-            env.snapshot().await,
-            before,
-            "{case:?} left something behind"
-        );
+        assert_eq!(r.status, status, "{case:?}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"]["code"].as_str().map(str::is_empty), Some(false), "{case:?}");
+        assert!(r.message().contains(needle), "{case:?}: message {:?} lacks {needle:?}", r.message());
+        assert_eq!(env.snapshot().await, before, "{case:?} left something behind");
     }
     // After all that, the next honest publish still works.
     let r = env.publish("yolo@2.0.0", b"v2").await;
@@ -222,9 +160,7 @@ async fn publish_refusals(db: Db) {
 
 async fn published_blobs_are_served_exactly(db: Db) {
     let env = Env::new(db).await;
-    let blob: Vec<u8> = (0..3 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let blob: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let targets = env.sign_for("detector@1.2.3", &blob).await;
     let r = env.publish_raw(&targets, &blob).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
@@ -242,34 +178,16 @@ async fn published_blobs_are_served_exactly(db: Db) {
     let whole = env.get(&path).await;
     assert_eq!(whole.status, StatusCode::OK);
     assert_eq!(whole.body, blob);
-    for (range, lo, hi) in [
-        ("bytes=1000-1999", 1000, 2000),
-        ("bytes=3145000-", 3145000, blob.len()),
-        ("bytes=0-0", 0, 1),
-    ] {
-        let r = env
-            .request(
-                Method::GET,
-                &path,
-                Some(&env.admin),
-                &[("range", range.into())],
-                Body::empty(),
-            )
-            .await;
+    for (range, lo, hi) in
+        [("bytes=1000-1999", 1000, 2000), ("bytes=3145000-", 3145000, blob.len()), ("bytes=0-0", 0, 1)]
+    {
+        let r = env.request(Method::GET, &path, Some(&env.admin), &[("range", range.into())], Body::empty()).await;
         assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
         assert_eq!(r.body, &blob[lo..hi], "{range}");
     }
-    let unknown = env
-        .get(&format!(
-            "/api/v1/blobs/{}",
-            Sha256Digest::of(b"nope").to_hex()
-        ))
-        .await;
+    let unknown = env.get(&format!("/api/v1/blobs/{}", Sha256Digest::of(b"nope").to_hex())).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        env.get("/api/v1/blobs/..%2F..%2Fetc%2Fpasswd").await.status,
-        StatusCode::BAD_REQUEST
-    );
+    assert_eq!(env.get("/api/v1/blobs/..%2F..%2Fetc%2Fpasswd").await.status, StatusCode::BAD_REQUEST);
 
     // The metadata chain: timestamp names the snapshot, which names the targets the
     // publisher signed, byte for byte; each is signed by its role's key in root.
@@ -278,35 +196,16 @@ async fn published_blobs_are_served_exactly(db: Db) {
     let ts: Signed<Timestamp> = serde_json::from_slice(&ts_bytes).unwrap();
     root.verify_role(&ts).unwrap();
     let snap_meta = &ts.signed.meta["snapshot.json"];
-    let snap_bytes = env
-        .get(&format!("/api/v1/tuf/{}.snapshot.json", snap_meta.version))
-        .await
-        .body;
-    assert_eq!(
-        snap_meta.hashes.as_ref().unwrap().sha256.to_vec(),
-        Sha256Digest::of(&snap_bytes).as_bytes().to_vec()
-    );
+    let snap_bytes = env.get(&format!("/api/v1/tuf/{}.snapshot.json", snap_meta.version)).await.body;
+    assert_eq!(snap_meta.hashes.as_ref().unwrap().sha256.to_vec(), Sha256Digest::of(&snap_bytes).as_bytes().to_vec());
     let snap: Signed<Snapshot> = serde_json::from_slice(&snap_bytes).unwrap();
     root.verify_role(&snap).unwrap();
     let targets_meta = &snap.signed.meta["targets.json"];
-    let served = env
-        .get(&format!(
-            "/api/v1/tuf/{}.targets.json",
-            targets_meta.version
-        ))
-        .await
-        .body;
+    let served = env.get(&format!("/api/v1/tuf/{}.targets.json", targets_meta.version)).await.body;
     assert_eq!(served, targets);
-    assert_eq!(
-        env.get("/api/v1/tuf/1.root.json").await.body,
-        std::fs::read(&env.report.root_json).unwrap()
-    );
+    assert_eq!(env.get("/api/v1/tuf/1.root.json").await.body, std::fs::read(&env.report.root_json).unwrap());
     for missing in ["99.targets.json", "3.timestamp.json", "secret.json", "root"] {
-        assert_eq!(
-            env.get(&format!("/api/v1/tuf/{missing}")).await.status,
-            StatusCode::NOT_FOUND,
-            "{missing}"
-        );
+        assert_eq!(env.get(&format!("/api/v1/tuf/{missing}")).await.status, StatusCode::NOT_FOUND, "{missing}");
     }
 }
 

@@ -10,33 +10,17 @@ use crate::support::{Db, Env};
 
 async fn restart_keeps_everything(db: Db) {
     let env = Env::new(db).await;
-    assert_eq!(
-        env.publish("yolo@1.0.0", b"one").await.status,
-        StatusCode::CREATED
-    );
-    env.post_json(
-        "/api/v1/groups",
-        Some(&env.admin),
-        serde_json::json!({ "name": "plant-7" }),
-    )
-    .await;
+    assert_eq!(env.publish("yolo@1.0.0", b"one").await.status, StatusCode::CREATED);
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "plant-7" })).await;
     let token = env
-        .post_json(
-            "/api/v1/enrollment-tokens",
-            Some(&env.admin),
-            serde_json::json!({ "group": "plant-7" }),
-        )
+        .post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": "plant-7" }))
         .await
         .json()["token"]
         .as_str()
         .unwrap()
         .to_owned();
     let r = env
-        .post_json(
-            "/device/v1/enroll",
-            None,
-            serde_json::json!({ "token": token, "name": "cam-1", "hardware": "x86" }),
-        )
+        .post_json("/device/v1/enroll", None, serde_json::json!({ "token": token, "name": "cam-1", "hardware": "x86" }))
         .await;
     let cred = r.json()["credential"].as_str().unwrap().to_owned();
     let before = env.snapshot().await;
@@ -45,36 +29,17 @@ async fn restart_keeps_everything(db: Db) {
     let env = env.restart().await;
     assert_eq!(env.snapshot().await, before);
     assert_eq!(env.get("/api/v1/groups").await.json(), groups);
-    let me = env
-        .request(
-            axum::http::Method::GET,
-            "/device/v1/whoami",
-            Some(&cred),
-            &[],
-            axum::body::Body::empty(),
-        )
-        .await;
-    assert_eq!(
-        me.status,
-        StatusCode::OK,
-        "device credentials survive a restart"
-    );
+    let me =
+        env.request(axum::http::Method::GET, "/device/v1/whoami", Some(&cred), &[], axum::body::Body::empty()).await;
+    assert_eq!(me.status, StatusCode::OK, "device credentials survive a restart");
     // The next publish continues the version sequence.
-    assert_eq!(
-        env.publish("yolo@1.0.1", b"two").await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(env.publish("yolo@1.0.1", b"two").await.status, StatusCode::CREATED);
     assert_eq!(env.current_targets().await.signed.version.get(), 3);
 }
 
 async fn audit_log_refuses_edits(db: Db) {
     let env = Env::new(db).await;
-    env.post_json(
-        "/api/v1/groups",
-        Some(&env.admin),
-        serde_json::json!({ "name": "g" }),
-    )
-    .await;
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
     let statements = [
         "UPDATE audit_log SET actor = 'mallory' WHERE seq = 0",
         "DELETE FROM audit_log WHERE seq = 1",
@@ -83,10 +48,7 @@ async fn audit_log_refuses_edits(db: Db) {
     for sql in statements {
         let result = match &env.config.database {
             DatabaseConfig::Sqlite(path) => {
-                let mut c =
-                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                        .await
-                        .unwrap();
+                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
                 sqlx::query(sql).execute(&mut c).await.map(|_| ())
             }
             DatabaseConfig::Postgres(url) => {
@@ -97,10 +59,7 @@ async fn audit_log_refuses_edits(db: Db) {
         let err = result.expect_err(sql).to_string();
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
-    assert_eq!(
-        env.get("/api/v1/audit").await.json()[0]["actor"],
-        "wavecast init"
-    );
+    assert_eq!(env.get("/api/v1/audit").await.json()[0]["actor"], "wavecast init");
 }
 
 both!(restart_keeps_everything, audit_log_refuses_edits);
@@ -108,27 +67,13 @@ both!(restart_keeps_everything, audit_log_refuses_edits);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_serves_one_installation_only() {
     let env = Env::new(Db::Postgres).await;
-    let DatabaseConfig::Postgres(url) = env.config.database.clone() else {
-        unreachable!()
-    };
+    let DatabaseConfig::Postgres(url) = env.config.database.clone() else { unreachable!() };
     let other = tempfile::tempdir().unwrap();
-    wavecast_server::install::init(&other.path().join("i"))
-        .await
-        .unwrap();
-    let config = wavecast_server::ServerConfig::new(
-        other.path().join("i"),
-        "127.0.0.1:0".parse().unwrap(),
-        Some(url),
-    )
-    .unwrap();
-    let err = wavecast_server::open(&config)
-        .await
-        .err()
-        .expect("a foreign installation must be refused");
-    assert!(
-        err.to_string().contains("belongs to another installation"),
-        "{err}"
-    );
+    wavecast_server::install::init(&other.path().join("i")).await.unwrap();
+    let config =
+        wavecast_server::ServerConfig::new(other.path().join("i"), "127.0.0.1:0".parse().unwrap(), Some(url)).unwrap();
+    let err = wavecast_server::open(&config).await.err().expect("a foreign installation must be refused");
+    assert!(err.to_string().contains("belongs to another installation"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,10 +48,7 @@ impl Resp {
 
     /// The error message of a JSON error body.
     pub fn message(&self) -> String {
-        self.json()["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["error"]["message"].as_str().unwrap_or_default().to_owned()
     }
 }
 
@@ -64,27 +61,13 @@ impl Env {
             Db::Sqlite => None,
             Db::Postgres => Some(PgDatabase::create().await),
         };
-        let config = ServerConfig::new(
-            install,
-            "127.0.0.1:0".parse().unwrap(),
-            pg.as_ref().map(|p| p.url().to_owned()),
-        )
-        .unwrap();
+        let config =
+            ServerConfig::new(install, "127.0.0.1:0".parse().unwrap(), pg.as_ref().map(|p| p.url().to_owned()))
+                .unwrap();
         let state = wavecast_server::open(&config).await.unwrap();
         let router = api::router(state.clone());
-        let admin = std::fs::read_to_string(&report.admin_token_file)
-            .unwrap()
-            .trim()
-            .to_owned();
-        Self {
-            _dir: dir,
-            report,
-            config,
-            state,
-            router,
-            admin,
-            _pg: pg,
-        }
+        let admin = std::fs::read_to_string(&report.admin_token_file).unwrap().trim().to_owned();
+        Self { _dir: dir, report, config, state, router, admin, _pg: pg }
     }
 
     /// Closes the database and opens everything again from the same data dir and database.
@@ -114,39 +97,18 @@ impl Env {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let resp = self
-            .router
-            .clone()
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
+        let resp = self.router.clone().oneshot(req.body(body).unwrap()).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        Resp { status, headers, body }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
-        self.request(Method::GET, path, Some(&self.admin), &[], Body::empty())
-            .await
+        self.request(Method::GET, path, Some(&self.admin), &[], Body::empty()).await
     }
 
-    pub async fn post_json(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: serde_json::Value,
-    ) -> Resp {
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: serde_json::Value) -> Resp {
         self.request(
             Method::POST,
             path,
@@ -178,27 +140,20 @@ impl Env {
             hardware: None,
         };
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-        sign_new_targets(
-            &self.root().await.signed,
-            &self.current_targets().await,
-            &new,
-            &self.publisher_key(),
-            expires,
-        )
-        .await
-        .unwrap()
-        .buffer()
-        .clone()
+        sign_new_targets(&self.root().await.signed, &self.current_targets().await, &new, &self.publisher_key(), expires)
+            .await
+            .unwrap()
+            .buffer()
+            .clone()
     }
 
     /// Publishes through the API as the publisher CLI would: multipart `targets` then `blob`.
     pub async fn publish_raw(&self, targets: &[u8], blob: &[u8]) -> Resp {
         let boundary = "wavecast-test-boundary-7f3a";
         let mut body = Vec::new();
-        for (name, ctype, data) in [
-            ("targets", "application/json", targets),
-            ("blob", "application/octet-stream", blob),
-        ] {
+        for (name, ctype, data) in
+            [("targets", "application/json", targets), ("blob", "application/octet-stream", blob)]
+        {
             body.extend_from_slice(
                 format!(
                     "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {ctype}\r\n\r\n"
@@ -213,10 +168,7 @@ impl Env {
             Method::POST,
             "/api/v1/artifacts",
             Some(&self.admin),
-            &[(
-                "content-type",
-                format!("multipart/form-data; boundary={boundary}"),
-            )],
+            &[("content-type", format!("multipart/form-data; boundary={boundary}"))],
             Body::from(body),
         )
         .await
@@ -231,13 +183,7 @@ impl Env {
     pub async fn snapshot(&self) -> (serde_json::Value, i64, usize, Vec<String>) {
         let artifacts = self.get("/api/v1/artifacts").await.json();
         let targets_version = self.current_targets().await.signed.version.get() as i64;
-        let audit = self
-            .get("/api/v1/audit")
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .len();
+        let audit = self.get("/api/v1/audit").await.json().as_array().unwrap().len();
         let mut blobs: Vec<String> = walk(&self.layout().blobs_dir());
         blobs.sort();
         (artifacts, targets_version, audit, blobs)
@@ -261,16 +207,11 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 
 /// Signs arbitrary targets metadata with `key`, with `root` deciding which keys count.
 pub async fn sign_raw(root: &Root, targets: Targets, key: &SigningKey) -> Vec<u8> {
-    SignedRole::new(
-        targets,
-        &KeyHolder::Root(root.clone()),
-        &[key.source()],
-        &SystemRandom::new(),
-    )
-    .await
-    .unwrap()
-    .buffer()
-    .clone()
+    SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
+        .await
+        .unwrap()
+        .buffer()
+        .clone()
 }
 
 /// The next version of `current` with `edit` applied.

@@ -1,0 +1,346 @@
+//! `wavecast rollout`: create, inspect, watch and steer rollouts.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::Remote;
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start rolling an artifact version out to a group, in waves.
+    #[command(after_help = "Example (the seed's plan): wavecast rollout create --artifact yolo-v8n@2.1.0 \
+--group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:check-model\n\n\
+Waves are cumulative percentages of the group. A wave opens by itself once the earlier waves \
+are settled and healthy, unless it has a --gate: then it waits for `wavecast rollout approve`. \
+--gate 1 gates the canary itself. When the failures counted since the last acknowledgement \
+reach --halt-after, the rollout pauses fleet-wide.\n\nProbes: exec:NAME [ARGS…] runs the \
+device's allowlisted binary NAME; http(s)://… must answer 2xx; file:/PATH must be written by \
+the application after the swap.")]
+    Create {
+        /// The artifact version, NAME@VERSION.
+        #[arg(long, value_name = "NAME@VERSION")]
+        artifact: String,
+        /// The device group.
+        #[arg(long)]
+        group: String,
+        /// Cumulative wave percentages, comma-separated; the last must be 100.
+        #[arg(long, value_delimiter = ',', default_value = "100")]
+        waves: Vec<u8>,
+        /// Make wave K (1-based) wait for approval. Repeatable.
+        #[arg(long = "gate", value_name = "K")]
+        gates: Vec<usize>,
+        /// Pause after this many failed devices (since the last acknowledgement).
+        #[arg(long, default_value_t = 1)]
+        halt_after: u32,
+        /// A device that does not pick up its assignment in this time is unreachable; one that
+        /// started but does not finish in it is timed out (a failure).
+        #[arg(long, default_value = "10m", value_parser = wavecast_core::duration::parse_duration)]
+        device_timeout: Duration,
+        /// The health probe devices run after the swap.
+        #[arg(long)]
+        probe: String,
+        /// Timeout of one probe attempt.
+        #[arg(long, default_value = "30s", value_parser = wavecast_core::duration::parse_duration)]
+        probe_timeout: Duration,
+        /// Probe attempts; healthy if any passes.
+        #[arg(long, default_value_t = 3)]
+        probe_attempts: u32,
+        /// Pause between probe attempts.
+        #[arg(long, default_value = "5s", value_parser = wavecast_core::duration::parse_duration)]
+        probe_interval: Duration,
+        /// Pause before the first probe attempt (model warm-up).
+        #[arg(long, default_value = "0s", value_parser = wavecast_core::duration::parse_duration)]
+        probe_initial_delay: Duration,
+        /// Print the new rollout as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List rollouts, newest first.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a rollout's plan and live counts.
+    Show {
+        /// Rollout id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a rollout with a progress bar per wave until it ends; exit 0 only if it completed.
+    Watch {
+        /// Rollout id.
+        id: String,
+        /// How often to poll.
+        #[arg(long, default_value = "1s", value_parser = wavecast_core::duration::parse_duration)]
+        interval: Duration,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Open the next wave, which waits at a manual gate.
+    Approve {
+        /// Rollout id.
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Acknowledge the failures counted so far and continue a paused rollout.
+    Resume {
+        /// Rollout id.
+        id: String,
+        /// Acknowledge the counted failures (required: the failed devices stay on their
+        /// previous version).
+        #[arg(long, required = true)]
+        ack: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a rollout: --keep leaves devices as they are; --revert sends every device it
+    /// updated back to its previous version (from the device's local copy).
+    Abort {
+        /// Rollout id.
+        id: String,
+        /// Devices keep what they have.
+        #[arg(long, conflicts_with = "revert", required_unless_present = "revert")]
+        keep: bool,
+        /// Updated devices go back to their previous version.
+        #[arg(long)]
+        revert: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RolloutCommand::Create {
+            artifact,
+            group,
+            waves,
+            gates,
+            halt_after,
+            device_timeout,
+            probe,
+            probe_timeout,
+            probe_attempts,
+            probe_interval,
+            probe_initial_delay,
+            json,
+            remote,
+        } => {
+            wavecast_core::TargetName::parse(&artifact)?;
+            probe.parse::<wavecast_core::probe::ProbeKind>()?;
+            wavecast_core::rollout::Plan::new(&waves, &gates, halt_after, device_timeout.as_millis() as u64)?;
+            let body = serde_json::json!({
+                "artifact": artifact,
+                "group": group,
+                "waves": waves,
+                "gates": gates,
+                "halt_after": halt_after,
+                "device_timeout_ms": device_timeout.as_millis() as u64,
+                "probe": probe,
+                "probe_timeout_ms": probe_timeout.as_millis() as u64,
+                "probe_attempts": probe_attempts,
+                "probe_interval_ms": probe_interval.as_millis() as u64,
+                "probe_initial_delay_ms": probe_initial_delay.as_millis() as u64,
+            });
+            let created: serde_json::Value = remote.client()?.post("/api/v1/rollouts", &body).await?;
+            if json {
+                output::json(&created)?;
+            } else {
+                println!("{}", render(&created));
+            }
+        }
+        RolloutCommand::List { json, remote } => {
+            let list: Vec<serde_json::Value> = remote.client()?.get("/api/v1/rollouts").await?;
+            if json {
+                output::json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            s(r, "id"),
+                            s(r, "artifact"),
+                            s(r, "group"),
+                            s(r, "state"),
+                            format!("{}/{}", r["counts"]["succeeded"], r["device_count"]),
+                            output::time(r["created_at"].as_i64().unwrap_or_default()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "ARTIFACT", "GROUP", "STATE", "SUCCEEDED", "CREATED"], &rows);
+            }
+        }
+        RolloutCommand::Show { id, json, remote } => {
+            let r: serde_json::Value = remote.client()?.get(&format!("/api/v1/rollouts/{}", path_id(&id)?)).await?;
+            if json {
+                output::json(&r)?;
+            } else {
+                println!("{}", render(&r));
+            }
+        }
+        RolloutCommand::Watch { id, interval, remote } => return watch(&remote, &id, interval).await,
+        RolloutCommand::Approve { id, remote } => {
+            let r: serde_json::Value =
+                remote.client()?.post(&format!("/api/v1/rollouts/{}/approve", path_id(&id)?), &serde_json::json!({})).await?;
+            println!("{}", render(&r));
+        }
+        RolloutCommand::Resume { id, ack, remote } => {
+            let r: serde_json::Value = remote
+                .client()?
+                .post(&format!("/api/v1/rollouts/{}/resume", path_id(&id)?), &serde_json::json!({ "ack": ack }))
+                .await?;
+            println!("{}", render(&r));
+        }
+        RolloutCommand::Abort { id, keep: _, revert, remote } => {
+            let mode = if revert { "revert" } else { "keep" };
+            let r: serde_json::Value = remote
+                .client()?
+                .post(&format!("/api/v1/rollouts/{}/abort", path_id(&id)?), &serde_json::json!({ "mode": mode }))
+                .await?;
+            println!("{}", render(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn path_id(id: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        "{id:?} is not a rollout id (like r-7f3a09c2)"
+    );
+    Ok(id)
+}
+
+fn s(v: &serde_json::Value, key: &str) -> String {
+    v[key].as_str().unwrap_or("-").to_owned()
+}
+
+/// One wave's plan, as the seed words it.
+fn describe_wave(i: usize, total: usize, manual: bool) -> String {
+    match (i, manual) {
+        (0, true) => "canary, manual gate".into(),
+        (0, false) => "canary".into(),
+        (_, true) => "manual gate".into(),
+        (_, false) if i + 1 == total => "auto".into(),
+        (_, false) => format!("auto when wave {i} healthy"),
+    }
+}
+
+/// A wave's live counts: "31/48 succeeded · 1 failed · 2 unreachable".
+fn describe_counts(w: &serde_json::Value) -> String {
+    let n = |k: &str| w["counts"][k].as_u64().unwrap_or(0);
+    match w["state"].as_str().unwrap_or("") {
+        "pending" => return "pending".into(),
+        "waiting_approval" => return "waiting for approval".into(),
+        _ => {}
+    }
+    let mut parts = vec![format!("{}/{} succeeded", n("succeeded"), w["devices"].as_u64().unwrap_or(0))];
+    let in_progress = n("assigned") + n("downloading") + n("verifying") + n("installing") + n("probing");
+    for (k, label) in [("failed", "failed"), ("timed_out", "timed out"), ("unreachable", "unreachable"), ("reverted", "reverted")] {
+        if n(k) > 0 {
+            parts.push(format!("{} {label}", n(k)));
+        }
+    }
+    if in_progress > 0 {
+        parts.push(format!("{in_progress} in progress"));
+    }
+    parts.join(" · ")
+}
+
+/// The brief's rendering of a rollout.
+pub fn render(r: &serde_json::Value) -> String {
+    let waves = r["waves"].as_array().cloned().unwrap_or_default();
+    let mut out = format!("rollout {} — {} → {}            {}\n", s(r, "id"), s(r, "artifact"), s(r, "group"), s(r, "state"));
+    for (i, w) in waves.iter().enumerate() {
+        let manual = w["gate"] == "manual";
+        out.push_str(&format!(
+            "  wave {}/{} {:>3}%  {:<24} {}\n",
+            i + 1,
+            waves.len(),
+            w["percent"],
+            describe_wave(i, waves.len(), manual),
+            describe_counts(w)
+        ));
+    }
+    let halt = r["halt_after"].as_u64().unwrap_or(1);
+    out.push_str(&format!(
+        "  halt rule: pause after {halt} failed device{}  ({} counted)",
+        if halt == 1 { "" } else { "s" },
+        r["failures_counted"]
+    ));
+    if let Some(mode) = r["abort_mode"].as_str() {
+        out.push_str(&format!("\n  aborted: {mode}"));
+    }
+    out
+}
+
+async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<ExitCode> {
+    let client = remote.client()?;
+    let path = format!("/api/v1/rollouts/{}", path_id(id)?);
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("  wave {prefix:<5} [{bar:30}] {pos}/{len} settled  {msg}")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let header = multi.add(ProgressBar::new_spinner());
+    let mut bars: Vec<ProgressBar> = Vec::new();
+    loop {
+        let r: serde_json::Value = client.get(&path).await.context("polling the rollout")?;
+        let waves = r["waves"].as_array().cloned().unwrap_or_default();
+        if bars.is_empty() {
+            for (i, w) in waves.iter().enumerate() {
+                let bar = multi.add(ProgressBar::new(w["devices"].as_u64().unwrap_or(0)));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{}/{}", i + 1, waves.len()));
+                bars.push(bar);
+            }
+        }
+        header.set_message(format!(
+            "rollout {} — {} → {}  {}  ({} of {} failures counted)",
+            s(&r, "id"),
+            s(&r, "artifact"),
+            s(&r, "group"),
+            s(&r, "state"),
+            r["failures_counted"],
+            r["halt_after"]
+        ));
+        header.tick();
+        for (bar, w) in bars.iter().zip(&waves) {
+            let n = |k: &str| w["counts"][k].as_u64().unwrap_or(0);
+            bar.set_position(n("succeeded") + n("failed") + n("timed_out") + n("unreachable") + n("reverted"));
+            bar.set_message(describe_counts(w));
+        }
+        let state = s(&r, "state");
+        if state == "completed" || state == "aborted" {
+            for bar in &bars {
+                bar.finish();
+            }
+            header.finish();
+            drop(multi);
+            println!("{}", render(&r));
+            return Ok(if state == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        if state == "paused" || state == "waiting_approval" {
+            header.set_message(format!(
+                "rollout {} is {state}: {}",
+                s(&r, "id"),
+                if state == "paused" { "acknowledge with `wavecast rollout resume --ack` or abort" } else { "approve with `wavecast rollout approve`" }
+            ));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
