@@ -222,10 +222,10 @@ pub struct Report {
     pub id: String,
     /// The rollout.
     pub rollout_id: String,
-    /// Artifact name.
-    pub artifact: ArtifactName,
-    /// The version the rollout is about.
-    pub version: ArtifactVersion,
+    /// Artifact name, as the device read it (informational: the server goes by rollout id).
+    pub artifact: String,
+    /// The version the rollout is about (informational, like `artifact`).
+    pub version: String,
     /// The new state.
     pub state: DeviceState,
     /// Why, for failures and refusals.

@@ -8,9 +8,9 @@
 
 use proptest::prelude::*;
 
+use super::RolloutState as R;
 use super::*;
 use crate::assignment::DeviceState as D;
-use super::RolloutState as R;
 
 /// The server's side of one rollout.
 #[derive(Debug)]
@@ -46,7 +46,11 @@ impl Sim {
         for effect in effects {
             match *effect {
                 Effect::OpenWave { index } => {
-                    assert!(index < self.status.opened, "wave {index} opened but status says {} opened", self.status.opened);
+                    assert!(
+                        index < self.status.opened,
+                        "wave {index} opened but status says {} opened",
+                        self.status.opened
+                    );
                     for (wave, state) in self.devices.iter_mut().filter(|(w, _)| *w == index) {
                         assert_eq!(*state, D::Pending, "wave {index} opened twice");
                         *state = D::Assigned;
@@ -88,7 +92,12 @@ impl Sim {
         let mut recount = vec![WaveCounts::default(); self.plan.waves.len()];
         for (wave, state) in &self.devices {
             recount[*wave].add(*state, 1);
-            assert_eq!(*state == D::Pending, *wave >= self.status.opened, "device in wave {wave} is {state} with {} opened", self.status.opened);
+            assert_eq!(
+                *state == D::Pending,
+                *wave >= self.status.opened,
+                "device in wave {wave} is {state} with {} opened",
+                self.status.opened
+            );
         }
         assert_eq!(self.counts, recount, "counts drifted from the devices");
         let total: u64 = self.counts.iter().map(WaveCounts::total).sum();
@@ -253,7 +262,15 @@ fn gate_on_a_later_wave_waits_after_the_earlier_waves_settle() {
         report(3, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]),
     ];
     rows.extend(all_refused_after_end(R::Completed, 3, 0));
-    run(Case { name: "--gate 2", percents: BRIEF, gates: &[2], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+    run(Case {
+        name: "--gate 2",
+        percents: BRIEF,
+        gates: &[2],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows,
+    });
 }
 
 #[test]
@@ -356,10 +373,13 @@ fn failures_are_counted_while_waiting_at_a_gate() {
         devices: 4,
         created: (R::Running, 1, &[open(0)]),
         rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
             // One failure is below --halt-after 2, so wave 1 counts as healthy.
-            report(0, D::Failed).then(R::Running, 1, 1, &[]),
+            report(0, D::TimedOut).then(R::Running, 1, 1, &[]),
             // Unreachable settles the wave without being a failure.
             report(1, D::Unreachable).then(R::WaitingApproval, 1, 1, &[gate(1)]),
+            // A late outcome while waiting changes nothing: no second wait, no un-counting.
+            report(0, D::Succeeded).then(R::WaitingApproval, 1, 1, &[]),
             // The unreachable device comes back while the rollout waits at the gate.
             report(1, D::Downloading).then(R::WaitingApproval, 1, 1, &[]),
             // Its wave is no longer settled, so approving now would be approving early.
@@ -384,7 +404,15 @@ fn abort_revert_while_a_wave_is_half_done() {
         report(0, D::Reverted).then(R::Aborted, 1, 0, &[]),
     ];
     rows.extend(all_refused_after_end(R::Aborted, 1, 0));
-    run(Case { name: "abort --revert", percents: HALVES, gates: &[], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+    run(Case {
+        name: "abort --revert",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows,
+    });
 }
 
 #[test]
@@ -395,7 +423,15 @@ fn abort_keep_from_waiting_approval_and_from_paused() {
         abort_keep().then(R::Aborted, 1, 0, &[aborted(false)]),
     ];
     rows.extend(all_refused_after_end(R::Aborted, 1, 0));
-    run(Case { name: "abort --keep at a gate", percents: BRIEF, gates: &[2], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+    run(Case {
+        name: "abort --keep at a gate",
+        percents: BRIEF,
+        gates: &[2],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows,
+    });
 
     let mut rows = vec![
         report(0, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
@@ -403,7 +439,15 @@ fn abort_keep_from_waiting_approval_and_from_paused() {
         abort_keep().then(R::Aborted, 1, 1, &[aborted(false)]),
     ];
     rows.extend(all_refused_after_end(R::Aborted, 1, 1));
-    run(Case { name: "abort --keep when paused", percents: HALVES, gates: &[], halt_after: 1, devices: 4, created: (R::Running, 1, &[open(0)]), rows });
+    run(Case {
+        name: "abort --keep when paused",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows,
+    });
 }
 
 #[test]
@@ -560,7 +604,15 @@ fn small_fleets_round_up_and_empty_waves_settle_at_once() {
     let mut rows = vec![report(0, D::Succeeded).then(R::Running, 3, 0, &[open(1), open(2)])];
     rows.extend((1..6).map(|p| report(p, D::Succeeded).then(R::Running, 3, 0, &[])));
     rows.push(report(6, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]));
-    run(Case { name: "7 devices, empty wave 2", percents: &[10, 14, 100], gates: &[], halt_after: 1, devices: 7, created: (R::Running, 1, &[open(0)]), rows });
+    run(Case {
+        name: "7 devices, empty wave 2",
+        percents: &[10, 14, 100],
+        gates: &[],
+        halt_after: 1,
+        devices: 7,
+        created: (R::Running, 1, &[open(0)]),
+        rows,
+    });
     // No devices at all: every wave is empty and the rollout completes on creation.
     run(Case {
         name: "0 devices",
@@ -611,7 +663,9 @@ fn device_order_is_a_stable_hash_of_rollout_and_device() {
 
 #[test]
 fn plan_new_validates_its_input() {
-    let table: &[(&[u8], &[usize], u32, Result<(), PlanError>)] = &[
+    // (percents, gates, halt_after, what Plan::new says)
+    type PlanRow<'a> = (&'a [u8], &'a [usize], u32, Result<(), PlanError>);
+    let table: &[PlanRow<'_>] = &[
         (&[10, 50, 100], &[1, 3], 1, Ok(())),
         (&[100], &[1], 5, Ok(())),
         (&[], &[], 1, Err(PlanError::NoWaves)),
@@ -626,7 +680,11 @@ fn plan_new_validates_its_input() {
     ];
     for (percents, gates, halt_after, expected) in table {
         let got = Plan::new(percents, gates, *halt_after, 600_000);
-        assert_eq!(got.as_ref().map(|_| ()).map_err(Clone::clone), *expected, "{percents:?} gates {gates:?} halt {halt_after}");
+        assert_eq!(
+            got.as_ref().map(|_| ()).map_err(Clone::clone),
+            *expected,
+            "{percents:?} gates {gates:?} halt {halt_after}"
+        );
     }
     // Gates are 1-based wave numbers and every other wave is automatic.
     let plan = Plan::new(&[10, 50, 100], &[1, 3], 2, 600_000).expect("valid");
@@ -654,7 +712,8 @@ fn rollout_states_round_trip_and_classify() {
 /// never picked up may time out as unreachable and come back, a started one may time out
 /// and still report late, and updated devices revert only after an abort with revert.
 fn legal(from: DeviceState, to: DeviceState, serving: bool, reverting: bool) -> bool {
-    let started_or_outcome = matches!(to, D::Downloading | D::Verifying | D::Installing | D::Probing | D::Succeeded | D::Failed);
+    let started_or_outcome =
+        matches!(to, D::Downloading | D::Verifying | D::Installing | D::Probing | D::Succeeded | D::Failed);
     match from {
         D::Pending | D::Failed | D::Reverted => false,
         D::Assigned => to == D::Unreachable || (serving && started_or_outcome),
@@ -673,7 +732,10 @@ fn legal(from: DeviceState, to: DeviceState, serving: bool, reverting: bool) -> 
 #[derive(Debug, Clone)]
 enum Event {
     /// A device of an opened wave (picked modulo those) reports `to`, if the server allows it.
-    Report { pick: usize, to: DeviceState },
+    Report {
+        pick: usize,
+        to: DeviceState,
+    },
     /// Every device of the opened waves reaches an outcome (as far as the server allows).
     Settle,
     Cmd(Command),
@@ -681,10 +743,11 @@ enum Event {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        40 => (any::<usize>(), proptest::sample::select(DeviceState::ALL.to_vec())).prop_map(|(pick, to)| Event::Report { pick, to }),
-        4 => Just(Event::Settle),
-        4 => Just(Event::Cmd(Command::Approve)),
-        4 => Just(Event::Cmd(Command::ResumeAck)),
+        // Aborts are rare so most sequences get far enough to pause, wait and complete.
+        80 => (any::<usize>(), proptest::sample::select(DeviceState::ALL.to_vec())).prop_map(|(pick, to)| Event::Report { pick, to }),
+        8 => Just(Event::Settle),
+        8 => Just(Event::Cmd(Command::Approve)),
+        8 => Just(Event::Cmd(Command::ResumeAck)),
         1 => Just(Event::Cmd(Command::AbortKeep)),
         1 => Just(Event::Cmd(Command::AbortRevert)),
     ]
@@ -692,12 +755,14 @@ fn event() -> impl Strategy<Value = Event> {
 
 /// Percentages (1 to 4 waves, the last 100), 1-based gates, and halt_after.
 fn plan_args() -> impl Strategy<Value = (Vec<u8>, Vec<usize>, u32)> {
-    (proptest::collection::btree_set(1u8..100, 0..4), proptest::collection::vec(any::<bool>(), 4), 1u32..=5).prop_map(|(set, gated, halt)| {
-        let mut percents: Vec<u8> = set.into_iter().collect();
-        percents.push(100);
-        let gates = (1..=percents.len()).filter(|k| gated[k - 1]).collect();
-        (percents, gates, halt)
-    })
+    (proptest::collection::btree_set(1u8..100, 0..4), proptest::collection::vec(any::<bool>(), 4), 1u32..=5).prop_map(
+        |(set, gated, halt)| {
+            let mut percents: Vec<u8> = set.into_iter().collect();
+            percents.push(100);
+            let gates = (1..=percents.len()).filter(|k| gated[k - 1]).collect();
+            (percents, gates, halt)
+        },
+    )
 }
 
 impl Sim {
@@ -735,7 +800,11 @@ impl Sim {
     fn check_step(&self, event: &Event, before: Status, effects: &[Vec<Effect>]) {
         let after = self.status;
         let halt_after = self.plan.halt_after;
-        let opens: Vec<usize> = effects.iter().flatten().filter_map(|e| if let Effect::OpenWave { index } = e { Some(*index) } else { None }).collect();
+        let opens: Vec<usize> = effects
+            .iter()
+            .flatten()
+            .filter_map(|e| if let Effect::OpenWave { index } = e { Some(*index) } else { None })
+            .collect();
         // Waves open once each, in order, and `opened` counts exactly those.
         assert!(after.opened >= before.opened, "opened went back");
         assert_eq!(opens, (before.opened..after.opened).collect::<Vec<_>>(), "opened waves vs OpenWave effects");
@@ -753,16 +822,67 @@ impl Sim {
             for wave in 0..index {
                 assert!(self.settled(wave), "wave {index} opened while wave {wave} was unsettled");
             }
-            assert!(after.failures_counted < halt_after, "wave {index} opened with {} failures counted", after.failures_counted);
+            assert!(
+                after.failures_counted < halt_after,
+                "wave {index} opened with {} failures counted",
+                after.failures_counted
+            );
         }
         match after.state {
-            R::Running | R::WaitingApproval => assert!(after.failures_counted < halt_after, "{} with {} failures", after.state, after.failures_counted),
-            R::Paused => assert!(after.failures_counted >= halt_after, "paused with {} failures", after.failures_counted),
-            R::Completed => assert!(after.opened == self.plan.waves.len() && (0..after.opened).all(|w| self.settled(w)), "completed early"),
+            R::Running | R::WaitingApproval => {
+                assert!(after.failures_counted < halt_after, "{} with {} failures", after.state, after.failures_counted)
+            }
+            R::Paused => {
+                assert!(after.failures_counted >= halt_after, "paused with {} failures", after.failures_counted)
+            }
+            R::Completed => assert!(
+                after.opened == self.plan.waves.len() && (0..after.opened).all(|w| self.settled(w)),
+                "completed early"
+            ),
             R::Aborted => {}
         }
+        // Each announcing effect marks an entry into its state, once, and says what it should.
+        let count = |pred: fn(&Effect) -> bool| effects.iter().flatten().filter(|e| pred(e)).count();
+        let awaits: Vec<usize> = effects
+            .iter()
+            .flatten()
+            .filter_map(|e| if let Effect::AwaitApproval { index } = e { Some(*index) } else { None })
+            .collect();
+        if !awaits.is_empty() {
+            // Approving may open empty waves straight into the next manual gate: a new wait.
+            let entered = before.state != R::WaitingApproval || after.opened > before.opened;
+            assert!(
+                entered && after.state == R::WaitingApproval && awaits == [after.opened],
+                "awaits {awaits:?} from {before:?} to {after:?}"
+            );
+        }
+        let pauses: Vec<u32> = effects
+            .iter()
+            .flatten()
+            .filter_map(|e| if let Effect::Paused { failures } = e { Some(*failures) } else { None })
+            .collect();
+        let entered_pause = before.state != R::Paused && after.state == R::Paused;
+        assert_eq!(
+            pauses,
+            if entered_pause { vec![after.failures_counted] } else { vec![] },
+            "pause effects from {before:?} to {after:?}"
+        );
+        let entered_completion = before.state != R::Completed && after.state == R::Completed;
+        assert_eq!(count(|e| *e == Effect::Completed), usize::from(entered_completion), "completion effects");
+        let expected_resume =
+            if resumed { vec![Effect::Resumed { acknowledged: before.failures_counted }] } else { vec![] };
+        assert_eq!(
+            effects.iter().flatten().filter(|e| matches!(e, Effect::Resumed { .. })).copied().collect::<Vec<_>>(),
+            expected_resume
+        );
+        let reverts = count(|e| *e == Effect::RevertUpdated);
+        let revert_cmd = matches!(event, Event::Cmd(Command::AbortRevert)) && !before.state.is_terminal();
+        assert_eq!(reverts, usize::from(revert_cmd), "revert effects");
         if after.state == R::WaitingApproval {
-            assert!(after.opened < self.plan.waves.len() && self.plan.waves[after.opened].gate == Gate::Manual, "waiting at no gate");
+            assert!(
+                after.opened < self.plan.waves.len() && self.plan.waves[after.opened].gate == Gate::Manual,
+                "waiting at no gate"
+            );
         }
         // Commands are accepted exactly in the states the brief allows them in.
         if let Event::Cmd(cmd) = event {

@@ -195,8 +195,10 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         }
         RolloutCommand::Watch { id, interval, remote } => return watch(&remote, &id, interval).await,
         RolloutCommand::Approve { id, remote } => {
-            let r: serde_json::Value =
-                remote.client()?.post(&format!("/api/v1/rollouts/{}/approve", path_id(&id)?), &serde_json::json!({})).await?;
+            let r: serde_json::Value = remote
+                .client()?
+                .post(&format!("/api/v1/rollouts/{}/approve", path_id(&id)?), &serde_json::json!({}))
+                .await?;
             println!("{}", render(&r));
         }
         RolloutCommand::Resume { id, ack, remote } => {
@@ -251,7 +253,9 @@ fn describe_counts(w: &serde_json::Value) -> String {
     }
     let mut parts = vec![format!("{}/{} succeeded", n("succeeded"), w["devices"].as_u64().unwrap_or(0))];
     let in_progress = n("assigned") + n("downloading") + n("verifying") + n("installing") + n("probing");
-    for (k, label) in [("failed", "failed"), ("timed_out", "timed out"), ("unreachable", "unreachable"), ("reverted", "reverted")] {
+    for (k, label) in
+        [("failed", "failed"), ("timed_out", "timed out"), ("unreachable", "unreachable"), ("reverted", "reverted")]
+    {
         if n(k) > 0 {
             parts.push(format!("{} {label}", n(k)));
         }
@@ -265,7 +269,8 @@ fn describe_counts(w: &serde_json::Value) -> String {
 /// The brief's rendering of a rollout.
 pub fn render(r: &serde_json::Value) -> String {
     let waves = r["waves"].as_array().cloned().unwrap_or_default();
-    let mut out = format!("rollout {} — {} → {}            {}\n", s(r, "id"), s(r, "artifact"), s(r, "group"), s(r, "state"));
+    let mut out =
+        format!("rollout {} — {} → {}            {}\n", s(r, "id"), s(r, "artifact"), s(r, "group"), s(r, "state"));
     for (i, w) in waves.iter().enumerate() {
         let manual = w["gate"] == "manual";
         out.push_str(&format!(
@@ -338,7 +343,11 @@ async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<
             header.set_message(format!(
                 "rollout {} is {state}: {}",
                 s(&r, "id"),
-                if state == "paused" { "acknowledge with `wavecast rollout resume --ack` or abort" } else { "approve with `wavecast rollout approve`" }
+                if state == "paused" {
+                    "acknowledge with `wavecast rollout resume --ack` or abort"
+                } else {
+                    "approve with `wavecast rollout approve`"
+                }
             ));
         }
         tokio::time::sleep(interval).await;

@@ -1,0 +1,246 @@
+//! `agent.toml`: read once, checked once, and carried as a typed [`AgentConfig`].
+//!
+//! Every problem is reported as one error naming the key and what is wrong with it, so a
+//! device that will not start says why in one line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use wavecast_core::duration::parse_duration;
+use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::{ArtifactName, DeviceName};
+
+/// Errors reading `agent.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with the line.
+        message: String,
+    },
+    /// A key's value is not acceptable.
+    #[error("{path}: `{key}`: {problem}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, like `artifacts[0].path`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: String,
+    state_dir: PathBuf,
+    trust_root: PathBuf,
+    enrollment_token: Option<String>,
+    device_name: String,
+    hardware: String,
+    #[serde(default = "default_poll")]
+    poll_interval: String,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    download: RawDownload,
+    #[serde(default)]
+    artifacts: Vec<RawArtifact>,
+    #[serde(default)]
+    probes: BTreeMap<String, PathBuf>,
+}
+
+fn default_poll() -> String {
+    "30s".to_owned()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownload {
+    min_bytes_per_sec: Option<u64>,
+    stall_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifact {
+    name: String,
+    path: PathBuf,
+}
+
+/// One artifact the agent manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactConfig {
+    /// The artifact's name on the server.
+    pub name: ArtifactName,
+    /// The file the application reads.
+    pub path: PathBuf,
+}
+
+/// Download speed guard: abort when slower than `min_bytes_per_sec` over `stall_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadPolicy {
+    /// The floor.
+    pub min_bytes_per_sec: u64,
+    /// The window over which the floor applies.
+    pub stall_timeout: Duration,
+}
+
+impl Default for DownloadPolicy {
+    fn default() -> Self {
+        Self { min_bytes_per_sec: 1024, stall_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// The agent's validated configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The control plane's base URL.
+    pub server: url::Url,
+    /// Where the agent keeps its journal, outbox, credential and TUF metadata.
+    pub state_dir: PathBuf,
+    /// The pinned root.json, as bytes.
+    pub trust_root: Vec<u8>,
+    /// Its path, for messages.
+    pub trust_root_path: PathBuf,
+    /// The director's Ed25519 public key, from the pinned root.
+    pub director_key: [u8; 32],
+    /// Used once, to enroll.
+    pub enrollment_token: Option<Secret>,
+    /// This device's name.
+    pub device_name: DeviceName,
+    /// This device's hardware.
+    pub hardware: String,
+    /// Time between check-ins (jittered by ±20%).
+    pub poll_interval: Duration,
+    /// A CA bundle to trust for an https server, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Download speed guard.
+    pub download: DownloadPolicy,
+    /// The artifacts this device runs.
+    pub artifacts: Vec<ArtifactConfig>,
+    /// The exec-probe allowlist: name → absolute path.
+    pub probes: BTreeMap<String, PathBuf>,
+    /// Test builds only: a step at which the agent kills itself with SIGKILL.
+    pub crash_at: Option<String>,
+}
+
+impl AgentConfig {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks the text of a config file; `path` is for messages and relative lookups.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim().to_owned() })?;
+        let invalid =
+            |key: &str, problem: String| ConfigError::Invalid { path: path.into(), key: key.to_owned(), problem };
+
+        let server = url::Url::parse(&raw.server)
+            .map_err(|e| invalid("server", format!("{:?} is not a URL: {e}", raw.server)))?;
+        if !matches!(server.scheme(), "http" | "https") {
+            return Err(invalid("server", format!("must be an http:// or https:// URL, got {:?}", raw.server)));
+        }
+        let absolute = |key: &str, p: &Path| {
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                Err(invalid(key, format!("{} must be an absolute path", p.display())))
+            }
+        };
+        absolute("state_dir", &raw.state_dir)?;
+        absolute("trust_root", &raw.trust_root)?;
+        let trust_root = std::fs::read(&raw.trust_root)
+            .map_err(|e| invalid("trust_root", format!("cannot read {}: {e}", raw.trust_root.display())))?;
+        let root = wavecast_tuf::root::parse_root(&trust_root).map_err(|e| {
+            invalid("trust_root", format!("{} is not a usable TUF root: {e}", raw.trust_root.display()))
+        })?;
+        let director_key =
+            wavecast_tuf::root::director_key(&root.signed).map_err(|e| invalid("trust_root", e.to_string()))?;
+        let enrollment_token = raw
+            .enrollment_token
+            .as_deref()
+            .map(|t| Secret::parse(SecretKind::EnrollmentToken, t))
+            .transpose()
+            .map_err(|e| invalid("enrollment_token", e.to_string()))?;
+        let device_name = DeviceName::new(raw.device_name).map_err(|e| invalid("device_name", e.to_string()))?;
+        wavecast_core::name::validate("hardware", &raw.hardware).map_err(|e| invalid("hardware", e.to_string()))?;
+        let poll_interval = parse_duration(&raw.poll_interval).map_err(|e| invalid("poll_interval", e.to_string()))?;
+        if poll_interval < Duration::from_millis(100) {
+            return Err(invalid("poll_interval", "must be at least 100ms".into()));
+        }
+        if let Some(ca) = &raw.ca_file {
+            absolute("ca_file", ca)?;
+        }
+        let mut download = DownloadPolicy::default();
+        if let Some(rate) = raw.download.min_bytes_per_sec {
+            download.min_bytes_per_sec = rate;
+        }
+        if let Some(t) = &raw.download.stall_timeout {
+            download.stall_timeout = parse_duration(t).map_err(|e| invalid("download.stall_timeout", e.to_string()))?;
+            if download.stall_timeout.is_zero() {
+                return Err(invalid("download.stall_timeout", "must be more than zero".into()));
+            }
+        }
+        if raw.artifacts.is_empty() {
+            return Err(invalid("artifacts", "list at least one [[artifacts]] entry (name and path)".into()));
+        }
+        let mut artifacts: Vec<ArtifactConfig> = Vec::new();
+        for (i, a) in raw.artifacts.into_iter().enumerate() {
+            let name =
+                ArtifactName::new(a.name).map_err(|e| invalid(&format!("artifacts[{i}].name"), e.to_string()))?;
+            absolute(&format!("artifacts[{i}].path"), &a.path)?;
+            if a.path.file_name().is_none() {
+                return Err(invalid(&format!("artifacts[{i}].path"), "must name a file".into()));
+            }
+            if artifacts.iter().any(|o| o.name == name) {
+                return Err(invalid(&format!("artifacts[{i}].name"), format!("{name} is listed twice")));
+            }
+            if artifacts.iter().any(|o| o.path == a.path) {
+                return Err(invalid(
+                    &format!("artifacts[{i}].path"),
+                    format!("{} is used by another artifact", a.path.display()),
+                ));
+            }
+            artifacts.push(ArtifactConfig { name, path: a.path });
+        }
+        for (name, p) in &raw.probes {
+            wavecast_core::name::validate("probe", name)
+                .map_err(|e| invalid(&format!("probes.{name}"), e.to_string()))?;
+            absolute(&format!("probes.{name}"), p)?;
+        }
+        Ok(Self {
+            server,
+            state_dir: raw.state_dir,
+            trust_root,
+            trust_root_path: raw.trust_root,
+            director_key,
+            enrollment_token,
+            device_name,
+            hardware: raw.hardware,
+            poll_interval,
+            ca_file: raw.ca_file,
+            download,
+            artifacts,
+            probes: raw.probes,
+            crash_at: None,
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! Downloading an artifact: resumable, capped at the signed length, hashed as it arrives, and
+//! abandoned when it crawls.
+//!
+//! Receiving, hashing and writing overlap: the network task hands each chunk to a hashing
+//! thread and a writing thread at once, so the slowest of the three sets the pace instead of
+//! their sum. An interrupted download keeps its partial file; the next attempt hashes what is
+//! there and asks the server for the rest with a `Range` request.
+
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::Digest as _;
+
+use crate::config::DownloadPolicy;
+
+/// Why a download stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// Worth trying again later (network, server, too slow).
+    #[error("{0}")]
+    Transient(String),
+    /// The server sent more than the signed length: refused.
+    #[error("the server sent more than the signed {length} bytes; download refused")]
+    TooLong {
+        /// The signed length.
+        length: u64,
+    },
+    /// Local filesystem trouble.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// A finished download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Bytes in the file.
+    pub length: u64,
+    /// Their SHA-256, hex.
+    pub sha256: String,
+}
+
+enum Chunk {
+    Data(Bytes),
+    Done,
+}
+
+/// Downloads `url` into `dest` (resuming what is there), at most `length` bytes.
+/// `halfway` runs once when at least half the bytes are on disk (a test hook).
+pub async fn fetch(
+    http: &reqwest::Client,
+    url: &reqwest::Url,
+    credential: &str,
+    dest: &Path,
+    length: u64,
+    policy: DownloadPolicy,
+    mut halfway: impl FnMut(),
+) -> Result<Fetched, FetchError> {
+    let io = |op: &'static str| move |source| FetchError::Io { op, path: dest.to_path_buf(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dest)
+        .map_err(io("opening"))?;
+    let mut have = file.metadata().map_err(io("reading"))?.len();
+    if have > length {
+        file.set_len(0).map_err(io("truncating"))?;
+        have = 0;
+    }
+    // Hash what an earlier attempt left, then continue after it.
+    let mut prefix = sha2::Sha256::new();
+    if have > 0 {
+        file.rewind().map_err(io("reading"))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = have;
+        while left > 0 {
+            let n = file.read(&mut buf[..(left.min(1 << 16)) as usize]).map_err(io("reading"))?;
+            if n == 0 {
+                break;
+            }
+            prefix.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+    if have == length {
+        file.sync_all().map_err(io("syncing"))?;
+        return Ok(Fetched { length, sha256: hex::encode(prefix.finalize()) });
+    }
+
+    let mut req = http.get(url.clone()).bearer_auth(credential);
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut resp = req.send().await.map_err(|e| FetchError::Transient(format!("requesting {url}: {e}")))?;
+    match resp.status() {
+        reqwest::StatusCode::PARTIAL_CONTENT if have > 0 => {}
+        reqwest::StatusCode::OK => {
+            // The server ignored the range: start over.
+            if have > 0 {
+                file.set_len(0).map_err(io("truncating"))?;
+                have = 0;
+                prefix = sha2::Sha256::new();
+            }
+        }
+        status => return Err(FetchError::Transient(format!("GET {url} answered {status}"))),
+    }
+    if let Some(len) = resp.content_length() {
+        if have + len > length {
+            return Err(FetchError::TooLong { length });
+        }
+    }
+    file.seek(std::io::SeekFrom::Start(have)).map_err(io("seeking"))?;
+
+    // Two threads: one hashes, one writes; bounded queues keep memory flat.
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(64);
+    let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(64);
+    let hasher = std::thread::spawn(move || {
+        let mut h = prefix;
+        while let Ok(Chunk::Data(b)) = hash_rx.recv() {
+            h.update(&b);
+        }
+        hex::encode(h.finalize())
+    });
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        while let Ok(Chunk::Data(b)) = write_rx.recv() {
+            w.write_all(&b)?;
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    });
+
+    let result = async {
+        let mut total = have;
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        let mut fired = false;
+        loop {
+            let chunk = match tokio::time::timeout(policy.stall_timeout, resp.chunk()).await {
+                Err(_) => {
+                    return Err(FetchError::Transient(format!(
+                        "download stalled: no data for {} s",
+                        policy.stall_timeout.as_secs()
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(FetchError::Transient(format!(
+                        "download interrupted after {total} of {length} bytes: {e}"
+                    )));
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            total += chunk.len() as u64;
+            if total > length {
+                return Err(FetchError::TooLong { length });
+            }
+            window_bytes += chunk.len() as u64;
+            let elapsed = window_start.elapsed();
+            if elapsed >= policy.stall_timeout {
+                let rate = window_bytes as f64 / elapsed.as_secs_f64();
+                if rate < policy.min_bytes_per_sec as f64 {
+                    return Err(FetchError::Transient(format!(
+                        "download too slow: {rate:.0} B/s over {} s, below the floor of {} B/s",
+                        elapsed.as_secs(),
+                        policy.min_bytes_per_sec
+                    )));
+                }
+                window_start = Instant::now();
+                window_bytes = 0;
+            }
+            if hash_tx.send(Chunk::Data(chunk.clone())).is_err() || write_tx.send(Chunk::Data(chunk)).is_err() {
+                return Err(FetchError::Transient("the download's worker threads stopped".into()));
+            }
+            if !fired && total * 2 >= length {
+                fired = true;
+                halfway();
+            }
+        }
+        if total < length {
+            return Err(FetchError::Transient(format!("download ended after {total} of {length} bytes")));
+        }
+        Ok(total)
+    }
+    .await;
+    let _ = hash_tx.send(Chunk::Done);
+    let _ = write_tx.send(Chunk::Done);
+    drop(hash_tx);
+    drop(write_tx);
+    let written = tokio::task::spawn_blocking(move || writer.join()).await;
+    let sha256 = tokio::task::spawn_blocking(move || hasher.join()).await;
+    let total = result?;
+    match written {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(source))) => return Err(FetchError::Io { op: "writing", path: dest.to_path_buf(), source }),
+        _ => return Err(FetchError::Transient("the download's writer thread failed".into())),
+    }
+    let sha256 = sha256
+        .ok()
+        .and_then(|r| r.ok())
+        .ok_or_else(|| FetchError::Transient("the download's hashing thread failed".into()))?;
+    Ok(Fetched { length: total, sha256 })
+}

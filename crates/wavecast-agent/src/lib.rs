@@ -1,0 +1,23 @@
+//! The wavecast device agent.
+//!
+//! It never applies bytes it has not verified: a model reaches the application's path only
+//! after the TUF metadata (pinned root, our own rollback record), the director's signed
+//! assignment and the SHA-256 of the received bytes all agree. It swaps atomically, keeps the
+//! previous version beside the new one, probes the application, rolls back by itself, and
+//! journals every step so a crash at any instant resumes consistently.
+//!
+//! [`config`] reads `agent.toml`; [`agent`] is the loop; [`fetch`], [`tuf`], [`swap`] and
+//! [`probe`] are its steps; [`state`] is everything kept on disk; [`cli`] is the binary.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod fetch;
+pub mod probe;
+pub mod state;
+pub mod status;
+pub mod swap;
+pub mod tuf;
+
+pub use agent::Agent;
+pub use config::AgentConfig;

@@ -1,0 +1,355 @@
+//! The agent's durable state: identity, per-artifact journals, the report outbox, and the
+//! record of the highest metadata versions accepted.
+//!
+//! Every file is replaced atomically (write a temporary, fsync it, rename, fsync the
+//! directory), so after a crash or power loss each holds its old or its new content, never a
+//! mix. A file that does not parse is an error, never silently reset: the agent fails closed.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wavecast_core::assignment::{DeviceState, Report};
+use wavecast_core::probe::ProbeSpec;
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Filesystem trouble.
+    #[error("{op} {path}")]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file does not parse.
+    #[error("{path} is corrupt ({detail}); refusing to guess — move it aside to reset that piece of state")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        detail: String,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+    let path = path.to_path_buf();
+    move |source| StateError::Io { op, path, source }
+}
+
+/// fsyncs a directory so renames and creations in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing directory", dir))
+}
+
+/// Replaces `path` with `bytes` atomically and durably; the file gets `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io("creating", &tmp))?;
+    f.write_all(bytes).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
+    sync_dir(dir)
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading", path)(e)),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() })?;
+    write_atomic(path, &bytes, mode)
+}
+
+/// This device's identity after enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    /// The server's id for this device.
+    pub device_id: String,
+    /// The name it enrolled with.
+    pub name: String,
+    /// The device credential (secret).
+    pub credential: String,
+}
+
+/// The highest TUF metadata versions and director counter ever accepted. Kept apart from
+/// tough's own store, which skips its rollback check when its files are missing or corrupt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trusted {
+    /// root.json version.
+    pub root: u64,
+    /// timestamp.json version.
+    pub timestamp: u64,
+    /// snapshot.json version.
+    pub snapshot: u64,
+    /// targets.json version.
+    pub targets: u64,
+    /// Director assignment counter.
+    pub counter: u64,
+}
+
+/// An installed artifact version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    /// Version.
+    pub version: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+}
+
+/// What the agent is in the middle of for one artifact. Written before each step starts, so
+/// a restarted agent knows where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Nothing in progress.
+    Idle,
+    /// Installing `target` (downloading, verifying, swapping).
+    Installing {
+        /// The work.
+        work: Work,
+    },
+    /// The swap may have happened; `path` holds the old or the new bytes.
+    Swapping {
+        /// The work.
+        work: Work,
+    },
+    /// The new version is in place and being probed.
+    Probing {
+        /// The work.
+        work: Work,
+        /// How many times the agent restarted during this probe.
+        restarts: u32,
+    },
+    /// Putting the previous version back after a failed probe.
+    RollingBack {
+        /// The work.
+        work: Work,
+        /// Why.
+        reason: String,
+    },
+    /// Going back to the previous version for an aborted rollout.
+    Reverting {
+        /// The rollout.
+        rollout_id: String,
+        /// The version being undone.
+        version: String,
+    },
+}
+
+/// One install being carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Work {
+    /// The rollout.
+    pub rollout_id: String,
+    /// Version.
+    pub version: String,
+    /// Signed SHA-256.
+    pub sha256: String,
+    /// Signed length.
+    pub length: u64,
+    /// The probe to run.
+    pub probe: ProbeSpec,
+}
+
+/// The last thing that happened to an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The state reported.
+    pub state: DeviceState,
+    /// Why, when it failed.
+    pub reason: Option<String>,
+    /// The rollout.
+    pub rollout_id: String,
+    /// The version concerned.
+    pub version: String,
+    /// When (Unix ms).
+    pub at_ms: i64,
+}
+
+/// A version a rollout must not try again on this device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// The rollout.
+    pub rollout_id: String,
+    /// SHA-256 of the version.
+    pub sha256: String,
+}
+
+/// Everything the agent knows about one artifact.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// What `path` holds and the application runs.
+    pub active: Option<Installed>,
+    /// What the previous-version file next to `path` holds.
+    pub previous: Option<Installed>,
+    /// Work in progress.
+    #[serde(default = "idle")]
+    pub phase: Phase,
+    /// (rollout, version) pairs that failed or were refused: never retried.
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+    /// Rollouts already reverted here.
+    #[serde(default)]
+    pub reverted: Vec<String>,
+    /// The last outcome.
+    pub last_outcome: Option<Outcome>,
+}
+
+fn idle() -> Phase {
+    Phase::Idle
+}
+
+impl Default for Phase {
+    fn default() -> Self {
+        Phase::Idle
+    }
+}
+
+impl Journal {
+    /// Whether `rollout_id` already refused or failed `sha256` here.
+    pub fn refused(&self, rollout_id: &str, sha256: &str) -> bool {
+        self.refused.iter().any(|r| r.rollout_id == rollout_id && r.sha256 == sha256)
+    }
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// Opens (creating, mode 0700) the state directory.
+    pub fn open(root: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        for d in [root.to_path_buf(), root.join("tuf"), root.join("artifacts"), root.join("outbox")] {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io("creating", &d))?;
+        }
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    /// tough's metadata store.
+    pub fn tuf_dir(&self) -> PathBuf {
+        self.root.join("tuf")
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.root.join("device.json")
+    }
+
+    fn trusted_path(&self) -> PathBuf {
+        self.root.join("trusted.json")
+    }
+
+    fn journal_path(&self, artifact: &str) -> PathBuf {
+        self.root.join("artifacts").join(format!("{artifact}.json"))
+    }
+
+    fn outbox_dir(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+
+    /// The identity, if enrolled.
+    pub fn identity(&self) -> Result<Option<Identity>, StateError> {
+        read_json(&self.identity_path())
+    }
+
+    /// Saves the identity (0600: it holds the credential).
+    pub fn save_identity(&self, id: &Identity) -> Result<(), StateError> {
+        write_json(&self.identity_path(), id, 0o600)
+    }
+
+    /// The accepted-versions record.
+    pub fn trusted(&self) -> Result<Trusted, StateError> {
+        Ok(read_json(&self.trusted_path())?.unwrap_or_default())
+    }
+
+    /// Saves the accepted-versions record.
+    pub fn save_trusted(&self, t: &Trusted) -> Result<(), StateError> {
+        write_json(&self.trusted_path(), t, 0o600)
+    }
+
+    /// An artifact's journal (empty if new).
+    pub fn journal(&self, artifact: &str) -> Result<Journal, StateError> {
+        Ok(read_json(&self.journal_path(artifact))?.unwrap_or_default())
+    }
+
+    /// Saves an artifact's journal.
+    pub fn save_journal(&self, artifact: &str, j: &Journal) -> Result<(), StateError> {
+        write_json(&self.journal_path(artifact), j, 0o600)
+    }
+
+    /// Queues a report for delivery unless one with the same id is queued already.
+    pub fn push_report(&self, report: &Report) -> Result<(), StateError> {
+        let dir = self.outbox_dir();
+        let mut max = 0u64;
+        for (seq, path) in self.outbox_files()? {
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&format!("-{}.json", report.id))) {
+                return Ok(());
+            }
+            max = max.max(seq);
+        }
+        write_json(&dir.join(format!("{:020}-{}.json", max + 1, report.id)), report, 0o600)
+    }
+
+    fn outbox_files(&self) -> Result<Vec<(u64, PathBuf)>, StateError> {
+        let dir = self.outbox_dir();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io("listing", &dir))? {
+            let path = entry.map_err(io("listing", &dir))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            if let Some(seq) = name.split('-').next().and_then(|s| s.parse::<u64>().ok()) {
+                out.push((seq, path));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Queued reports, oldest first.
+    pub fn pending_reports(&self) -> Result<Vec<Report>, StateError> {
+        let mut out = Vec::new();
+        for (_, path) in self.outbox_files()? {
+            if let Some(r) = read_json::<Report>(&path)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops delivered reports.
+    pub fn remove_reports(&self, ids: &[String]) -> Result<(), StateError> {
+        for (_, path) in self.outbox_files()? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            if ids.iter().any(|id| name.ends_with(&format!("-{id}.json"))) {
+                std::fs::remove_file(&path).map_err(io("removing", &path))?;
+            }
+        }
+        sync_dir(&self.outbox_dir())
+    }
+}

@@ -1,0 +1,195 @@
+//! TUF verification against the pinned root, with our own rollback record.
+//!
+//! tough does the TUF work (signatures, thresholds, expiry, snapshot and timestamp
+//! consistency). Around it we add what it lacks: every metadata version accepted is recorded
+//! durably in `trusted.json`, and anything older is refused even if tough's own store was
+//! deleted or corrupted.
+
+use std::path::{Path, PathBuf};
+
+use tough::schema::RoleType;
+use tough::{RepositoryLoader, TransportError, TransportErrorKind, TransportStream};
+use wavecast_core::{Sha256Digest, TargetName};
+
+use crate::state::{StateDir, StateError, Trusted};
+
+/// Why verification did not produce a target.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The server could not be reached: try later.
+    #[error("fetching TUF metadata: {0}")]
+    Unavailable(String),
+    /// The metadata was refused; the reason says why.
+    #[error("{0}")]
+    Refused(String),
+    /// Our own state could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// What the signed targets metadata says about one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTarget {
+    /// Signed length.
+    pub length: u64,
+    /// Signed SHA-256.
+    pub sha256: Sha256Digest,
+    /// Hardware it is built for, if any.
+    pub hardware: Option<String>,
+}
+
+/// Fetches metadata over HTTP with the device credential. Bodies are small (tough caps them),
+/// so each is read whole.
+#[derive(Debug, Clone)]
+pub struct HttpTransport {
+    http: reqwest::Client,
+    bearer: Option<String>,
+}
+
+impl HttpTransport {
+    /// A transport sending `bearer` (if any) with each request.
+    pub fn new(http: reqwest::Client, bearer: Option<String>) -> Self {
+        Self { http, bearer }
+    }
+}
+
+#[tough::async_trait]
+impl tough::Transport for HttpTransport {
+    async fn fetch(&self, url: url::Url) -> Result<TransportStream, TransportError> {
+        if url.scheme() == "file" {
+            return tough::FilesystemTransport.fetch(url).await;
+        }
+        let mut req = self.http.get(url.as_str());
+        if let Some(b) = &self.bearer {
+            req = req.bearer_auth(b);
+        }
+        let resp =
+            req.send().await.map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND || resp.status() == reqwest::StatusCode::FORBIDDEN {
+            return Err(TransportError::new(TransportErrorKind::FileNotFound, url.as_str()));
+        }
+        if !resp.status().is_success() {
+            return Err(TransportError::new_with_cause(
+                TransportErrorKind::Other,
+                url.as_str(),
+                format!("HTTP {}", resp.status()),
+            ));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e))?;
+        Ok(Box::pin(futures_util::stream::once(async move { Ok(body) })))
+    }
+}
+
+fn is_transport(e: &tough::error::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<TransportError>() {
+            return t.kind() == TransportErrorKind::Other;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Full text of an error and its causes.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Loads the repository's metadata against the pinned root and returns what it signs for
+/// `target`. Records accepted versions; refuses any version older than one accepted before.
+pub async fn signed_target(
+    root: &[u8],
+    metadata_url: &url::Url,
+    transport: HttpTransport,
+    state: &StateDir,
+    target: &TargetName,
+) -> Result<SignedTarget, VerifyError> {
+    let repo = load(root, metadata_url, transport, &state.tuf_dir()).await?;
+    check_and_record(state, &repo)?;
+    let name = tough::TargetName::new(target.to_string())
+        .map_err(|e| VerifyError::Refused(format!("target {target}: {e}")))?;
+    let t = repo.targets().signed.find_target(&name, false).map_err(|_| {
+        VerifyError::Refused(format!(
+            "{target} is not in the signed TUF targets metadata (version {})",
+            repo.targets().signed.version
+        ))
+    })?;
+    let sha256 =
+        Sha256Digest::from_slice(&t.hashes.sha256).map_err(|e| VerifyError::Refused(format!("{target}: {e}")))?;
+    let hardware = t.custom.get(wavecast_tuf::HARDWARE_FIELD).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(SignedTarget { length: t.length, sha256, hardware })
+}
+
+/// Loads and verifies metadata with tough, classifying failures.
+pub async fn load(
+    root: &[u8],
+    metadata_url: &url::Url,
+    transport: HttpTransport,
+    datastore: &Path,
+) -> Result<tough::Repository, VerifyError> {
+    // The targets URL is unused: artifacts are downloaded by our own fetcher.
+    let targets_url = metadata_url.join("../targets/").unwrap_or_else(|_| metadata_url.clone());
+    let loaded = RepositoryLoader::new(&root, metadata_url.clone(), targets_url)
+        .transport(transport)
+        .datastore(PathBuf::from(datastore))
+        .load()
+        .await;
+    loaded.map_err(|e| {
+        if is_transport(&e) {
+            VerifyError::Unavailable(chain(&e))
+        } else {
+            let text = chain(&e);
+            let reason = match &e {
+                tough::error::Error::ExpiredMetadata { role, .. } => format!("TUF {role} metadata has expired; new installs wait for fresh metadata ({text})"),
+                tough::error::Error::OlderMetadata { role, current_version, new_version, .. } => format!(
+                    "TUF metadata rollback refused: {role} version {new_version} is older than version {current_version} already accepted"
+                ),
+                _ => format!("TUF verification failed: {text}"),
+            };
+            VerifyError::Refused(reason)
+        }
+    })
+}
+
+/// Refuses metadata older than what was accepted before; records what is accepted now.
+fn check_and_record(state: &StateDir, repo: &tough::Repository) -> Result<(), VerifyError> {
+    let mut t: Trusted = state.trusted()?;
+    let now = [
+        (RoleType::Root, repo.root().signed.version.get(), t.root),
+        (RoleType::Timestamp, repo.timestamp().signed.version.get(), t.timestamp),
+        (RoleType::Snapshot, repo.snapshot().signed.version.get(), t.snapshot),
+        (RoleType::Targets, repo.targets().signed.version.get(), t.targets),
+    ];
+    for (role, got, had) in now {
+        if got < had {
+            return Err(VerifyError::Refused(
+                format!(
+                    "TUF metadata rollback refused: {role:?} version {got} is older than version {had} already accepted"
+                )
+                .to_lowercase()
+                .replacen("tuf", "TUF", 1),
+            ));
+        }
+    }
+    let next =
+        Trusted { root: now[0].1, timestamp: now[1].1, snapshot: now[2].1, targets: now[3].1, counter: t.counter };
+    if next != t {
+        t = next;
+        state.save_trusted(&t)?;
+    }
+    Ok(())
+}
