@@ -1,27 +1,35 @@
-//! The demo's script: every step prints what it does and checks that it happened.
+//! The demo's script: the seed's story, every step printed and checked.
 //!
-//! It runs the real pieces — `init`, the server on SQLite, the publisher's signing, the device
-//! enrollment API — in one process against a temporary directory, so a newcomer can watch the
-//! product work without setting anything up.
+//! It runs the real pieces in one process against a temporary directory — `init`, the server
+//! on SQLite, the publisher's offline signing, 20 real agents from the simulator — so a
+//! newcomer can watch a rollout halt on a bad canary, be acknowledged and resumed, and
+//! complete without waiting for a device that went offline.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::{Context as _, bail, ensure};
 use sha2::Digest as _;
-use wavecast_core::audit::{AuditAction, AuditEvent};
+use wavecast_core::audit::AuditEvent;
 use wavecast_core::{ArtifactName, ArtifactVersion, TargetName};
 
 use crate::Client;
+use crate::cmd::rollout::render;
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m{n}. {text}\x1b[0m");
 }
 
+fn say(text: &str) {
+    for line in text.lines() {
+        println!("   {line}");
+    }
+}
+
 /// A deterministic stand-in for model weights.
-fn fake_model(len: usize) -> Vec<u8> {
+fn fake_model(seed: &str, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
-    let mut block = sha2::Sha256::digest(b"wavecast demo model").to_vec();
+    let mut block = sha2::Sha256::digest(seed.as_bytes()).to_vec();
     while out.len() < len {
         block = sha2::Sha256::digest(&block).to_vec();
         out.extend_from_slice(&block);
@@ -30,100 +38,194 @@ fn fake_model(len: usize) -> Vec<u8> {
     out
 }
 
+async fn wait_for(
+    client: &Client,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r: serde_json::Value = client.get(&format!("/api/v1/rollouts/{id}")).await?;
+        if done(&r) {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            bail!("the rollout did not become {what} within {} s:\n{}", timeout.as_secs(), render(&r));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const DEVICE_TIMEOUT: &str = "8s";
+
+/// Plays the story; `devices` simulated devices (at least 10).
 pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
+    ensure!(devices >= 10, "the demo needs at least 10 devices to make waves of 10%, 50% and 100% worth watching");
     let started = Instant::now();
     let tmp = tempfile::Builder::new().prefix("wavecast-demo-").tempdir().context("creating a temporary directory")?;
     let dir = tmp.path().join("install");
 
     step(1, "wavecast init — keys, the signed TUF trust anchor, an admin token");
     let report = wavecast_server::install::init(&dir).await?;
-    println!("   trust anchor {}", report.root_json.display());
-    println!("   publisher key {} (offline: it signs every publish)", report.publisher_key.display());
+    say(&format!("trust anchor  {}  (every device pins it)", report.root_json.display()));
+    say(&format!("publisher key {}  (offline: it signs every publish)", report.publisher_key.display()));
 
     step(2, "wavecast server — the control plane on SQLite, on a free loopback port");
     let config = wavecast_server::ServerConfig::new(dir.clone(), "127.0.0.1:0".parse()?, None)?;
     let state = wavecast_server::open(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(wavecast_server::serve(state, listener, async {
         let _ = stop_rx.await;
     }));
-    let url = format!("http://{addr}");
-    println!("   listening on {url}");
+    say(&format!("listening on {url}"));
     let token = crate::read_token_file(&report.admin_token_file)?;
     let client = Client::new(&url, Some(token.clone()))?;
 
-    step(3, "wavecast artifact publish yolo-v8n@2.1.0 — signed with the offline key, uploaded, checked by the server");
-    let model_path = tmp.path().join("yolo-v8n.onnx");
-    let model = fake_model(8 << 20);
-    std::fs::write(&model_path, &model)?;
+    step(3, "wavecast artifact publish — yolo-v8n 2.0.0 and 2.1.0, signed on the publisher's side");
     let key = wavecast_tuf::keys::SigningKey::load(&report.publisher_key)?;
-    let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new("2.1.0")?);
-    let published =
-        crate::cmd::artifact::publish(&client, &target, &model_path, &key, Some("jetson-orin-nano".into()), false)
-            .await?;
-    println!("   {}@{}  {} bytes  sha256 {}", published.name, published.version, published.length, published.sha256);
-    let expected = hex::encode(sha2::Sha256::digest(&model));
+    let mut models = Vec::new();
+    for version in ["2.0.0", "2.1.0"] {
+        let bytes = fake_model(version, 1 << 20);
+        let path = tmp.path().join(format!("yolo-v8n-{version}.onnx"));
+        std::fs::write(&path, &bytes)?;
+        let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new(version)?);
+        let p = crate::cmd::artifact::publish(&client, &target, &path, &key, None, false).await?;
+        say(&format!("{}@{}  sha256 {}", p.name, p.version, p.sha256));
+        models.push(bytes);
+    }
+
+    step(
+        4,
+        &format!(
+            "wavecast sim — {devices} real agents in group plant-7; one will reject the new model, one goes offline"
+        ),
+    );
+    let sim = crate::sim::start(
+        &client,
+        &crate::sim::SimOptions {
+            devices,
+            group: "plant-7".into(),
+            trust_root: report.root_json.clone(),
+            fail: 1,
+            offline: 1,
+            dir: tmp.path().join("fleet"),
+            poll_interval: Duration::from_millis(300),
+            hardware: "jetson-orin-nano".into(),
+            artifacts: vec!["yolo-v8n".into()],
+        },
+    )
+    .await?;
+    say(&format!("{} devices enrolled; {} enrolled and then went silent", sim.names.len(), sim.offline.join(", ")));
+
+    step(5, "every device starts on yolo-v8n@2.0.0 (one wave, all at once)");
+    let base = create(&client, "yolo-v8n@2.0.0", &[100], &[]).await?;
+    let base_id = base["id"].as_str().context("no rollout id")?.to_owned();
+    let done = wait_for(&client, &base_id, "completed", Duration::from_secs(60), |r| r["state"] == "completed").await?;
+    say(&render(&done));
+    say(&format!("the silent device became unreachable after {DEVICE_TIMEOUT} and did not hold the rollout up"));
+
+    step(
+        6,
+        "the seed's rollout: wavecast rollout create --artifact yolo-v8n@2.1.0 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:sim-check",
+    );
+    let seed = create(&client, "yolo-v8n@2.1.0", &[10, 50, 100], &[1]).await?;
+    let id = seed["id"].as_str().context("no rollout id")?.to_owned();
+    say(&render(&seed));
     ensure!(
-        published.sha256 == expected,
-        "the server recorded sha256 {} for a file whose sha256 is {expected}",
-        published.sha256
+        seed["state"] == "waiting_approval",
+        "the canary should wait for approval, the rollout is {}",
+        seed["state"]
     );
 
-    step(4, "the same name@version with other bytes is refused — versions are immutable");
-    let tampered = tmp.path().join("tampered.onnx");
-    let mut other = model.clone();
-    other[0] ^= 1;
-    std::fs::write(&tampered, &other)?;
-    match crate::cmd::artifact::publish(&client, &target, &tampered, &key, None, false).await {
-        Ok(_) => anyhow::bail!("the server accepted a second yolo-v8n@2.1.0 with other bytes"),
-        Err(e) => println!("   refused: {e:#}"),
-    }
-
-    step(5, &format!("wavecast group create plant-7, and {devices} devices enroll with a group token"));
-    let _: serde_json::Value = client.post("/api/v1/groups", &serde_json::json!({ "name": "plant-7" })).await?;
-    let minted: serde_json::Value =
-        client.post("/api/v1/enrollment-tokens", &serde_json::json!({ "group": "plant-7" })).await?;
-    let enroll_token = minted["token"].as_str().context("the server minted no token")?.to_owned();
-    let http = reqwest::Client::new();
-    for i in 1..=devices {
-        let resp = http
-            .post(format!("{url}/device/v1/enroll"))
-            .json(&serde_json::json!({ "token": enroll_token, "name": format!("cam-{i:03}"), "hardware": "jetson-orin-nano" }))
-            .send()
-            .await?;
-        ensure!(resp.status().is_success(), "enrolling cam-{i:03}: HTTP {}", resp.status());
-    }
-    let listed: Vec<serde_json::Value> = client.get("/api/v1/devices?group=plant-7").await?;
-    ensure!(
-        listed.len() == devices as usize,
-        "expected {devices} devices in plant-7, the server lists {}",
-        listed.len()
+    step(
+        7,
+        "wavecast rollout approve — the canary goes out; a device rejects 2.1.0, rolls back by itself, and the halt rule pauses the fleet",
     );
-    println!("   {} devices enrolled, each with its own credential (stored hashed)", listed.len());
+    let _: serde_json::Value = client.post(&format!("/api/v1/rollouts/{id}/approve"), &serde_json::json!({})).await?;
+    let paused = wait_for(&client, &id, "paused", Duration::from_secs(60), |r| r["state"] == "paused").await?;
+    say(&render(&paused));
+    let failing = sim.failing();
+    ensure!(failing.len() == 1, "expected one device to reject 2.1.0, saw {failing:?}");
+    let bad = &failing[0];
+    let shown: serde_json::Value = client.get(&format!("/api/v1/devices/{bad}")).await?;
+    let reason = shown["rollouts"][0]["reason"].as_str().unwrap_or("?");
+    say(&format!("{bad}: failed — {reason}"));
+    let on_disk = std::fs::read(sim.artifact_path(bad, "yolo-v8n"))?;
+    ensure!(on_disk == models[0], "{bad} should be back on 2.0.0's bytes");
+    say(&format!("{bad} is back on 2.0.0 from its local copy; no device outside the canary received 2.1.0"));
+    ensure!(
+        paused["waves"][1]["counts"]["pending"].as_u64() == paused["waves"][1]["devices"].as_u64(),
+        "wave 2 must not have opened"
+    );
 
-    step(6, "wavecast audit list — every change, append-only");
-    let events: Vec<AuditEvent> = client.get("/api/v1/audit").await?;
-    crate::cmd::audit::print_events(&events);
-    for action in [
-        AuditAction::InstallationInitialized,
-        AuditAction::ArtifactPublished,
-        AuditAction::GroupCreated,
-        AuditAction::DeviceEnrolled,
-    ] {
-        ensure!(events.iter().any(|e| e.action == action), "the audit trail has no {action} event");
+    step(8, "wavecast rollout resume --ack — the operator acknowledges the failure; waves 2 and 3 open by themselves");
+    let _: serde_json::Value =
+        client.post(&format!("/api/v1/rollouts/{id}/resume"), &serde_json::json!({ "ack": true })).await?;
+    let finished = wait_for(&client, &id, "completed", Duration::from_secs(90), |r| r["state"] == "completed").await?;
+    say(&render(&finished));
+    let counts = &finished["counts"];
+    ensure!(counts["failed"] == 1, "expected exactly one failed device: {counts}");
+    ensure!(counts["unreachable"] == 1, "expected the offline device to be unreachable: {counts}");
+    ensure!(
+        counts["succeeded"].as_u64() == Some(u64::from(devices) - 2),
+        "expected every other device to succeed: {counts}"
+    );
+    for name in &sim.names {
+        if name == bad || sim.offline.contains(name) {
+            continue;
+        }
+        let bytes = std::fs::read(sim.artifact_path(name, "yolo-v8n"))?;
+        ensure!(bytes == models[1], "{name} does not hold 2.1.0's bytes");
     }
+    say(&format!("{} devices run 2.1.0; {bad} stays on 2.0.0; the offline device did not block anyone", devices - 2));
 
+    step(9, "wavecast audit list — every step, append-only");
+    let events: Vec<AuditEvent> = client.get("/api/v1/audit?limit=10000").await?;
+    let relevant: Vec<AuditEvent> = events
+        .into_iter()
+        .filter(|e| e.subject == id || e.detail["rollout"] == id.as_str() || e.action.as_str() == "artifact.published")
+        .filter(|e| e.action.as_str() != "device.updated" || e.subject == sim.names[0])
+        .collect();
+    crate::cmd::audit::print_events(&relevant);
+    say("(device.updated events shown for one device only; `wavecast audit list` has them all)");
+
+    sim.stop().await;
     println!(
-        "\nDone in {:.1}s. Rollouts in waves come next; this build stops at enrollment.",
+        "\nDone in {:.1}s: halt on a bad canary, acknowledge and resume, completion without waiting for the offline device.",
         started.elapsed().as_secs_f64()
     );
     if keep_running {
-        println!("Server still running at {url} (WAVECAST_TOKEN={token}); Ctrl-C to stop.");
-        let _ = tokio::signal::ctrl_c().await;
+        println!(
+            "The server is still running at {url} (WAVECAST_SERVER={url} WAVECAST_TOKEN={token}); Ctrl-C to stop."
+        );
+        crate::cmd::server::shutdown_signal().await;
     }
     let _ = stop_tx.send(());
     server.await.context("the server task failed")??;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn create(client: &Client, artifact: &str, waves: &[u8], gates: &[usize]) -> anyhow::Result<serde_json::Value> {
+    let timeout = wavecast_core::duration::parse_duration(DEVICE_TIMEOUT)?;
+    Ok(client
+        .post(
+            "/api/v1/rollouts",
+            &serde_json::json!({
+                "artifact": artifact,
+                "group": "plant-7",
+                "waves": waves,
+                "gates": gates,
+                "halt_after": 1,
+                "device_timeout_ms": timeout.as_millis() as u64,
+                "probe": "exec:sim-check",
+                "probe_timeout_ms": 10_000,
+                "probe_attempts": 1,
+                "probe_interval_ms": 100,
+            }),
+        )
+        .await?)
 }

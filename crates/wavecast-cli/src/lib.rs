@@ -8,6 +8,7 @@ mod client;
 mod cmd;
 mod demo;
 mod output;
+pub mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Play the whole story on this machine: server, devices, a signed model.
     Demo(cmd::demo::DemoArgs),
+    /// Run N real device agents in this process (tests, demos, benchmarks).
+    Sim(cmd::sim::SimArgs),
     /// Publish and list artifacts (models).
     #[command(subcommand)]
     Artifact(cmd::artifact::ArtifactCommand),
@@ -94,6 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => cmd::init::run(args).await,
         Command::Server(args) => cmd::server::run(args).await,
         Command::Demo(args) => cmd::demo::run(args).await,
+        Command::Sim(args) => cmd::sim::run(args).await,
         Command::Artifact(c) => cmd::artifact::run(c).await,
         Command::Group(c) => cmd::group::run(c).await,
         Command::Device(c) => cmd::device::run(c).await,

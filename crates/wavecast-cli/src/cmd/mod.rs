@@ -8,3 +8,4 @@ pub mod group;
 pub mod init;
 pub mod rollout;
 pub mod server;
+pub mod sim;

@@ -274,10 +274,10 @@ pub fn render(r: &serde_json::Value) -> String {
     for (i, w) in waves.iter().enumerate() {
         let manual = w["gate"] == "manual";
         out.push_str(&format!(
-            "  wave {}/{} {:>3}%  {:<24} {}\n",
+            "  wave {}/{} {:>3}%  {:<24}  {}\n",
             i + 1,
             waves.len(),
-            w["percent"],
+            w["percent"].as_u64().unwrap_or(0),
             describe_wave(i, waves.len(), manual),
             describe_counts(w)
         ));
