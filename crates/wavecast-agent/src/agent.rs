@@ -438,6 +438,10 @@ impl Agent {
         };
         let target = TargetName::new(cfg.name.clone(), version);
         self.queue(cfg, work, DeviceState::Downloading, None)?;
+        // Tell the server at once that the assignment was picked up: the rest of the install
+        // can take longer than the device timeout, and a silent device would be settled as
+        // unreachable.
+        self.deliver().await;
 
         let metadata_url = match self.config.server.join("device/v1/tuf/") {
             Ok(u) => u,

@@ -116,6 +116,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
             poll_interval: Duration::from_millis(300),
             hardware: "jetson-orin-nano".into(),
             artifacts: vec!["yolo-v8n".into()],
+            first: 1,
         },
     )
     .await?;

@@ -76,7 +76,14 @@ enum Command {
 /// 0 for success, 1 for any error (printed with its causes), 2 for bad usage.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Simulated agents journal every step with fsync, which blocks the thread it runs on; with
+    // hundreds of agents in one process, two worker threads would spend the rollout waiting
+    // on the disk while other agents' check-ins starve.
+    let workers = match cli.command {
+        Command::Sim(_) | Command::Demo(_) => 32,
+        _ => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

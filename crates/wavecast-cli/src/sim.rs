@@ -38,6 +38,8 @@ pub struct SimOptions {
     pub hardware: String,
     /// Artifacts each device manages (default: every artifact published when the sim starts).
     pub artifacts: Vec<String>,
+    /// Number of the first device (`sim-0001` by default), so several sims can share a group.
+    pub first: u32,
 }
 
 /// A running simulation.
@@ -143,7 +145,7 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
         .with_context(|| format!("reading --trust-root {}", opts.trust_root.display()))?;
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let names: Vec<String> = (1..=opts.devices).map(|i| format!("sim-{i:04}")).collect();
+    let names: Vec<String> = (opts.first..opts.first + opts.devices).map(|i| format!("sim-{i:04}")).collect();
     let offline: Vec<String> = names[(opts.devices - opts.offline) as usize..].to_vec();
     // Enroll with bounded concurrency: a thousand enrollments at once would only queue on the
     // server's database.

@@ -40,6 +40,9 @@ pub struct SimArgs {
     /// Hardware the devices report.
     #[arg(long, default_value = "sim")]
     hardware: String,
+    /// Number the devices from here (so several sims can share a group without name clashes).
+    #[arg(long, default_value_t = 1)]
+    first: u32,
     /// Artifacts each device manages (default: every artifact already published). Repeatable.
     #[arg(long = "artifact", value_name = "NAME")]
     artifacts: Vec<String>,
@@ -68,6 +71,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         poll_interval: args.poll_interval,
         hardware: args.hardware,
         artifacts: args.artifacts,
+        first: args.first,
     };
     let sim = crate::sim::start(&client, &opts).await?;
     println!(

@@ -7,17 +7,19 @@ use std::time::Duration;
 use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
-fn wavecast() -> Command {
+mod rollouts;
+
+pub(crate) fn wavecast() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wavecast"));
     c.env_remove("WAVECAST_SERVER").env_remove("WAVECAST_TOKEN").env_remove("WAVECAST_DATABASE_URL");
     c
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("running wavecast")
 }
 
-fn ok(cmd: &mut Command) -> String {
+pub(crate) fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(
         out.status.success(),
@@ -28,14 +30,14 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
 impl Server {
-    async fn start(dir: &Path, database_url: Option<&str>) -> Self {
+    pub(crate) async fn start(dir: &Path, database_url: Option<&str>) -> Self {
         let port = free_port();
         let log = dir.with_extension(format!("server-{port}.log"));
         let mut cmd = wavecast();
@@ -60,12 +62,12 @@ impl Server {
         server
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the process must exit cleanly on its own.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         for _ in 0..200 {
@@ -87,13 +89,13 @@ impl Drop for Server {
     }
 }
 
-fn op(server: &Server, token: &str) -> Command {
+pub(crate) fn op(server: &Server, token: &str) -> Command {
     let mut c = wavecast();
     c.env("WAVECAST_SERVER", &server.url).env("WAVECAST_TOKEN", token);
     c
 }
 
-fn init(dir: &Path) -> serde_json::Value {
+pub(crate) fn init(dir: &Path) -> serde_json::Value {
     let out = ok(wavecast().args(["init", "--json", "--dir"]).arg(dir));
     serde_json::from_str(&out).unwrap()
 }

@@ -97,10 +97,7 @@ pub async fn assignments(
     use axum::response::IntoResponse as _;
     state.last_seen().touch(&device.id, now_ms());
     let (counter, stored) = state.store().assignments(&device.id, &device.group).await?;
-    let etag = format!("\"{counter}\"");
-    if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
-    }
+
     let mut assignments = Vec::with_capacity(stored.len());
     for s in stored {
         let bad = |e: &dyn std::fmt::Display| ApiError::Internal(format!("stored assignment for {}: {e}", s.artifact));
@@ -113,6 +110,13 @@ pub async fn assignments(
             sha256: s.sha256.parse().map_err(|e: wavecast_core::digest::DigestError| bad(&e))?,
             probe: s.probe.clone(),
         });
+    }
+    // The ETag covers the content, not just the counter, so a device never keeps a stale
+    // doc because a counter failed to move.
+    let content = serde_json::to_vec(&(counter, &assignments)).unwrap_or_default();
+    let etag = format!("\"{}\"", &wavecast_core::Sha256Digest::of(&content).to_hex()[..32]);
+    if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
     }
     let doc = AssignmentDoc {
         device_id: device.id.clone(),

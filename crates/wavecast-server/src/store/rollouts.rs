@@ -406,6 +406,23 @@ impl Store {
             };
             append_audit(tx, now_ms, NewAuditEvent { actor, action, subject: r.id.clone(), detail }).await?;
         }
+        // What a device is served depends on the rollout's state (a paused rollout serves no
+        // device that has not started; a completed one serves the group). When that changes,
+        // every affected device's counter moves on, so its next check-in gets a new doc
+        // instead of a 304 for the old one.
+        let serving_changed = effects.iter().any(|e| {
+            matches!(e, Effect::Paused { .. } | Effect::Resumed { .. } | Effect::Completed | Effect::Aborted { .. })
+        });
+        if serving_changed {
+            let sql = if effects.contains(&Effect::Completed) {
+                "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
+                 OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)"
+            } else {
+                "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE id IN \
+                 (SELECT device_id FROM rollout_devices WHERE rollout_id = $1) AND $2 = $2"
+            };
+            sqlx::query(sql).bind(&r.id).bind(&r.group).execute(&mut **tx).await.map_err(q(op))?;
+        }
         r.updated_at = now_ms;
         let counts = serde_json::to_string(&r.counts).map_err(|e| corrupt("rollout counts", e))?;
         let key = (!r.status.state.is_terminal()).then(|| active_key(&r.group, &r.artifact));

@@ -1,0 +1,402 @@
+//! Rollouts across a simulated fleet, with real `wavecast server` and `wavecast sim` processes.
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use wavecast_test_support::PgDatabase;
+
+use crate::{Server, init, ok, op, run};
+
+/// A running `wavecast sim`, killed on drop.
+struct Sim {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sim {
+    fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = op(server, token);
+        cmd.args(["sim", "--group", "plant-7", "--trust-root", root, "--dir"]).arg(dir).args(args);
+        if !args.contains(&"--poll-interval") {
+            cmd.args(["--poll-interval", "250ms"]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap();
+        // The sim prints one line once every device is enrolled and running.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("sim:"),
+            "sim did not start: {line:?}\n{}",
+            std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+        );
+        Self { child, dir: dir.to_path_buf() }
+    }
+
+    fn file(&self, device: &str) -> Vec<u8> {
+        std::fs::read(self.dir.join(device).join("app").join("model.bin")).unwrap_or_default()
+    }
+
+    fn failing(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("app").join(".sim-fails").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fleet {
+    _tmp: tempfile::TempDir,
+    server: Server,
+    token: String,
+    root: String,
+    v1: Vec<u8>,
+    v2: Vec<u8>,
+    dir: PathBuf,
+}
+
+async fn fleet(database_url: Option<&str>) -> Fleet {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let report = init(&dir);
+    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
+    let key = report["publisher_key"].as_str().unwrap().to_owned();
+    let server = Server::start(&dir, database_url).await;
+    let (v1, v2) = (b"model one ".repeat(5000), b"model two ".repeat(6000));
+    for (version, bytes) in [("1.0.0", &v1), ("2.0.0", &v2)] {
+        let file = tmp.path().join(format!("m{version}"));
+        std::fs::write(&file, bytes).unwrap();
+        ok(op(&server, &token)
+            .args(["artifact", "publish", "--name", "yolo", "--version", version, "--key", &key, "--file"])
+            .arg(&file));
+    }
+    Fleet {
+        root: report["root_json"].as_str().unwrap().to_owned(),
+        dir: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        server,
+        token,
+        v1,
+        v2,
+    }
+}
+
+fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
+    let mut cmd = op(server, &f.token);
+    cmd.args([
+        "rollout",
+        "create",
+        "--group",
+        "plant-7",
+        "--probe",
+        "exec:sim-check",
+        "--probe-attempts",
+        "1",
+        "--json",
+    ])
+    .args(args);
+    if !args.contains(&"--device-timeout") {
+        // Short, so offline devices settle quickly; tests with a busy fleet pass their own.
+        cmd.args(["--device-timeout", "4s"]);
+    }
+    serde_json::from_str(&ok(&mut cmd)).unwrap()
+}
+
+fn show(f: &Fleet, server: &Server, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(op(server, &f.token).args(["rollout", "show", id, "--json"]))).unwrap()
+}
+
+async fn wait(
+    f: &Fleet,
+    server: &Server,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = show(f, server, id);
+        if done(&r) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} did not become {what} in {timeout:?}: {r:#}\nserver log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn state_is(s: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |r| r["state"] == s
+}
+
+/// Every device starts on 1.0.0.
+async fn baseline(f: &Fleet) {
+    baseline_with(f, "4s").await;
+}
+
+async fn baseline_with(f: &Fleet, device_timeout: &str) {
+    let r = create(f, &f.server, &["--artifact", "yolo@1.0.0", "--waves", "100", "--device-timeout", device_timeout]);
+    wait(f, &f.server, r["id"].as_str().unwrap(), "completed", Duration::from_secs(90), state_is("completed")).await;
+}
+
+fn audit(f: &Fleet, server: &Server) -> Vec<serde_json::Value> {
+    serde_json::from_str::<Vec<serde_json::Value>>(&ok(
+        op(server, &f.token).args(["audit", "list", "--limit", "10000", "--json"])
+    ))
+    .unwrap()
+}
+
+async fn seed_scenario(database_url: Option<&str>) {
+    let f = fleet(database_url).await;
+    let sim = Sim::start(
+        &f.server,
+        &f.token,
+        &f.root,
+        &f.dir.join("fleet"),
+        &["--devices", "20", "--fail", "1", "--offline", "2"],
+    );
+    baseline(&f).await;
+
+    let r = create(
+        &f,
+        &f.server,
+        &["--artifact", "yolo@2.0.0", "--waves", "10,50,100", "--gate", "1", "--halt-after", "1"],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    assert_eq!(r["state"], "waiting_approval", "the gated canary waits: {r:#}");
+    assert_eq!(r["waves"][0]["gate"], "manual");
+    assert_eq!(r["waves"][1]["gate"], "auto");
+    let early = run(op(&f.server, &f.token).args(["rollout", "resume", &id, "--ack"]));
+    assert_eq!(early.status.code(), Some(1), "resume of a rollout that is not paused is refused");
+    let human = ok(op(&f.server, &f.token).args(["rollout", "show", &id]));
+    assert!(
+        human.contains("canary, manual gate") && human.contains("halt rule: pause after 1 failed device"),
+        "{human}"
+    );
+
+    ok(op(&f.server, &f.token).args(["rollout", "approve", &id]));
+    let paused = wait(&f, &f.server, &id, "paused", Duration::from_secs(60), state_is("paused")).await;
+    assert_eq!(paused["failures_counted"], 1);
+    assert_eq!(paused["counts"]["failed"], 1);
+    // The halt is fleet-wide: the last wave has not opened, no device there got 2.0.0.
+    assert_eq!(paused["waves"][2]["state"], "pending", "{paused:#}");
+    let failing = sim.failing();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(sim.file(&failing[0]), f.v1, "the failed device rolled back to 1.0.0 by itself");
+
+    ok(op(&f.server, &f.token).args(["rollout", "resume", &id, "--ack"]));
+    let watch = run(op(&f.server, &f.token).args(["rollout", "watch", &id, "--interval", "250ms"]));
+    assert_eq!(
+        watch.status.code(),
+        Some(0),
+        "watch exits 0 for a completed rollout:\n{}",
+        String::from_utf8_lossy(&watch.stdout)
+    );
+    let done = show(&f, &f.server, &id);
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["counts"]["failed"], 1, "{done:#}");
+    assert_eq!(done["counts"]["unreachable"], 2, "offline devices are reported, not waited for: {done:#}");
+    assert_eq!(done["counts"]["succeeded"], 17, "{done:#}");
+    let total: u64 = done["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 20);
+    for i in 1..=18 {
+        let name = format!("sim-{i:04}");
+        let want = if failing.contains(&name) { &f.v1 } else { &f.v2 };
+        assert!(&sim.file(&name) == want, "{name} holds the wrong bytes");
+    }
+    let events = audit(&f, &f.server);
+    let count = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && (e["subject"] == id.as_str() || e["detail"]["rollout"] == id.as_str()))
+            .count()
+    };
+    assert_eq!(count("wave.opened"), 3);
+    assert_eq!(count("rollout.paused"), 1);
+    assert_eq!(count("rollout.resumed"), 1);
+    assert_eq!(count("device.failed"), 1);
+    assert_eq!(count("device.unreachable"), 2);
+    assert_eq!(count("device.updated"), 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_sqlite() {
+    seed_scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_scenario_postgres() {
+    let db = PgDatabase::create().await;
+    seed_scenario(Some(db.url())).await;
+}
+
+async fn abort(database_url: Option<&str>, revert: bool) {
+    let f = fleet(database_url).await;
+    let sim = Sim::start(&f.server, &f.token, &f.root, &f.dir.join("fleet"), &["--devices", "10"]);
+    baseline(&f).await;
+    let r = create(&f, &f.server, &["--artifact", "yolo@2.0.0", "--waves", "50,100", "--gate", "2"]);
+    let id = r["id"].as_str().unwrap().to_owned();
+    let waiting =
+        wait(&f, &f.server, &id, "waiting at the gate", Duration::from_secs(60), state_is("waiting_approval")).await;
+    assert_eq!(waiting["waves"][0]["counts"]["succeeded"], 5, "{waiting:#}");
+    let before: Vec<Vec<u8>> = (1..=10).map(|i| sim.file(&format!("sim-{i:04}"))).collect();
+    assert_eq!(before.iter().filter(|b| **b == f.v2).count(), 5);
+
+    let mode = if revert { "--revert" } else { "--keep" };
+    let out = ok(op(&f.server, &f.token).args(["rollout", "abort", &id, mode]));
+    assert!(out.contains("aborted"), "{out}");
+    let watch = run(op(&f.server, &f.token).args(["rollout", "watch", &id]));
+    assert_ne!(watch.status.code(), Some(0), "watch exits non-zero for an aborted rollout");
+    let refused = run(op(&f.server, &f.token).args(["rollout", "approve", &id]));
+    assert_eq!(refused.status.code(), Some(1), "an aborted rollout cannot be approved");
+
+    if revert {
+        let r = wait(&f, &f.server, &id, "reverted", Duration::from_secs(60), |r| r["counts"]["reverted"] == 5).await;
+        assert_eq!(r["abort_mode"], "revert");
+        for i in 1..=10 {
+            assert!(sim.file(&format!("sim-{i:04}")) == f.v1, "sim-{i:04} is not back on 1.0.0");
+        }
+        let events = audit(&f, &f.server);
+        assert_eq!(events.iter().filter(|e| e["action"] == "device.reverted").count(), 5);
+    } else {
+        // Give devices several check-ins to (wrongly) change anything.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after: Vec<Vec<u8>> = (1..=10).map(|i| sim.file(&format!("sim-{i:04}"))).collect();
+        assert!(after == before, "abort --keep changed devices");
+        assert_eq!(show(&f, &f.server, &id)["counts"]["reverted"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_keep_sqlite() {
+    abort(None, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_revert_sqlite() {
+    abort(None, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_keep_postgres() {
+    let db = PgDatabase::create().await;
+    abort(Some(db.url()), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_revert_postgres() {
+    let db = PgDatabase::create().await;
+    abort(Some(db.url()), true).await;
+}
+
+/// Two replicas on one PostgreSQL database, half the fleet on each, operator commands sent to
+/// either: every wave opens once, every failure counts once, the counts add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_rollout() {
+    let db = PgDatabase::create().await;
+    let f = fleet(Some(db.url())).await;
+    let second = Server::start(&f.dir.join("install"), Some(db.url())).await;
+    let a = Sim::start(
+        &f.server,
+        &f.token,
+        &f.root,
+        &f.dir.join("fleet-a"),
+        &["--devices", "100", "--fail", "1", "--poll-interval", "500ms"],
+    );
+    let b = Sim::start(
+        &second,
+        &f.token,
+        &f.root,
+        &f.dir.join("fleet-b"),
+        &["--devices", "100", "--first", "101", "--poll-interval", "500ms"],
+    );
+    // 200 agents on 2 cores in a debug build: give every device time to pick its
+    // assignment up, so none is settled as unreachable.
+    baseline_with(&f, "60s").await;
+
+    let r = create(
+        &f,
+        &f.server,
+        &[
+            "--artifact",
+            "yolo@2.0.0",
+            "--waves",
+            "10,50,100",
+            "--gate",
+            "2",
+            "--halt-after",
+            "1",
+            "--device-timeout",
+            "60s",
+        ],
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    let paused = wait(&f, &second, &id, "paused", Duration::from_secs(120), state_is("paused")).await;
+    assert_eq!(paused["failures_counted"], 1, "{paused:#}");
+    ok(op(&second, &f.token).args(["rollout", "resume", &id, "--ack"]));
+    wait(&f, &f.server, &id, "waiting at gate 2", Duration::from_secs(120), state_is("waiting_approval")).await;
+    ok(op(&second, &f.token).args(["rollout", "approve", &id]));
+    let done = wait(&f, &f.server, &id, "completed", Duration::from_secs(180), state_is("completed")).await;
+
+    let total: u64 = done["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 200, "{done:#}");
+    if done["counts"]["unreachable"] != 0 {
+        // Name the devices that never picked their assignment up, with what the server knows.
+        let mut stuck = Vec::new();
+        for i in 1..=200 {
+            let name = format!("sim-{i:04}");
+            let d: serde_json::Value =
+                serde_json::from_str(&ok(op(&f.server, &f.token).args(["device", "show", &name, "--json"]))).unwrap();
+            if d["rollouts"][0]["state"] == "unreachable" {
+                stuck.push(d.to_string());
+            }
+        }
+        panic!("devices settled as unreachable though they kept checking in:\n{}", stuck.join("\n"));
+    }
+    assert_eq!(done["counts"]["failed"], 1, "{done:#}");
+    assert_eq!(done["counts"]["succeeded"], 199, "{done:#}");
+    for (i, w) in done["waves"].as_array().unwrap().iter().enumerate() {
+        let sum: u64 = w["counts"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(sum, w["devices"].as_u64().unwrap(), "wave {i}");
+    }
+    assert_eq!(done["waves"][0]["devices"], 20);
+    assert_eq!(done["waves"][1]["devices"], 80);
+    assert_eq!(done["waves"][2]["devices"], 100);
+    let events = audit(&f, &second);
+    let mine = |action: &str| {
+        events
+            .iter()
+            .filter(|e| e["action"] == action && (e["subject"] == id.as_str() || e["detail"]["rollout"] == id.as_str()))
+            .count()
+    };
+    assert_eq!(mine("wave.opened"), 3, "each wave opened exactly once");
+    assert_eq!(mine("device.failed"), 1, "the failure was counted once");
+    assert_eq!(mine("rollout.paused"), 1);
+    assert_eq!(mine("device.updated"), 199);
+    assert_eq!(a.failing().len() + b.failing().len(), 1);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i, "the audit log has no gaps or duplicates across replicas");
+    }
+    second.stop();
+}
