@@ -141,6 +141,14 @@ pub async fn load(
     transport: HttpTransport,
     datastore: &Path,
 ) -> Result<tough::Repository, VerifyError> {
+    // tough writes into its datastore but never creates it: a store deleted under a running
+    // agent must read as empty (our own record then refuses rollbacks), not fail every install.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(datastore).map_err(|source| {
+            VerifyError::State(StateError::Io { op: "creating", path: datastore.to_path_buf(), source })
+        })?;
+    }
     // The targets URL is unused: artifacts are downloaded by our own fetcher.
     let targets_url = metadata_url.join("../targets/").unwrap_or_else(|_| metadata_url.clone());
     let loaded = RepositoryLoader::new(&root, metadata_url.clone(), targets_url)
