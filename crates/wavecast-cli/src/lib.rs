@@ -67,6 +67,9 @@ enum Command {
     /// Roll an artifact out to a group in waves, and steer it.
     #[command(subcommand)]
     Rollout(cmd::rollout::RolloutCommand),
+    /// Create, list and revoke API tokens with roles.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCommand),
     /// Read the audit trail.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
@@ -109,6 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Group(c) => cmd::group::run(c).await,
         Command::Device(c) => cmd::device::run(c).await,
         Command::Rollout(c) => cmd::rollout::run(c).await,
+        Command::Token(c) => cmd::token::run(c).await,
         Command::Audit(c) => cmd::audit::run(c).await,
     }
 }

@@ -9,3 +9,4 @@ pub mod init;
 pub mod rollout;
 pub mod server;
 pub mod sim;
+pub mod token;

@@ -9,6 +9,7 @@ pub mod error;
 mod operator;
 mod publish;
 mod rollouts;
+mod tokens;
 mod tuf;
 
 use std::sync::Arc;
@@ -141,6 +142,8 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(operator::list_audit))
         .route("/tuf/{file}", get(tuf::operator_metadata))
         .route("/blobs/{sha256}", get(operator::get_blob))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/rollouts", get(rollouts::list).post(rollouts::create))
         .route("/rollouts/{id}", get(rollouts::show))
         .route("/rollouts/{id}/approve", post(rollouts::approve))

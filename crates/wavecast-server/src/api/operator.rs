@@ -35,9 +35,10 @@ pub struct CreateGroup {
 pub async fn create_group(
     State(state): State<AppState>,
     op: Operator,
-    ApiJson(body): ApiJson<CreateGroup>,
+    body: Result<ApiJson<CreateGroup>, ApiError>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     op.require(Permission::ManageFleet)?;
+    let ApiJson(body) = body?;
     let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let event = NewAuditEvent {
         actor: op.name.clone(),
@@ -77,9 +78,10 @@ pub struct EnrollmentTokenCreated {
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
     op: Operator,
-    ApiJson(body): ApiJson<CreateEnrollmentToken>,
+    body: Result<ApiJson<CreateEnrollmentToken>, ApiError>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
     op.require(Permission::ManageFleet)?;
+    let ApiJson(body) = body?;
     let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {

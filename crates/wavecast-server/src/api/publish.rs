@@ -26,9 +26,12 @@ const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
 pub async fn publish(
     State(state): State<AppState>,
     op: Operator,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
+    // Authorization comes before the body is even looked at.
     op.require(Permission::Publish)?;
+    let mut multipart =
+        multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
     let bad_multipart =
         |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {e}"));
 

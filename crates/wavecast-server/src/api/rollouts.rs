@@ -124,9 +124,10 @@ impl From<RolloutRecord> for RolloutView {
 pub async fn create(
     State(state): State<AppState>,
     op: Operator,
-    ApiJson(req): ApiJson<CreateRollout>,
+    req: Result<ApiJson<CreateRollout>, ApiError>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     op.require(Permission::OperateRollouts)?;
+    let ApiJson(req) = req?;
     let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
@@ -221,8 +222,10 @@ pub async fn resume(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ResumeRequest>,
+    req: Result<ApiJson<ResumeRequest>, ApiError>,
 ) -> Result<Json<RolloutView>, ApiError> {
+    op.require(Permission::OperateRollouts)?;
+    let ApiJson(req) = req?;
     if !req.ack {
         return Err(ApiError::BadRequest(
             "resuming requires acknowledging the failures counted so far (ack: true, or --ack on the CLI)".into(),
@@ -248,8 +251,10 @@ pub async fn abort(
     State(state): State<AppState>,
     op: Operator,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<AbortRequest>,
+    req: Result<ApiJson<AbortRequest>, ApiError>,
 ) -> Result<Json<RolloutView>, ApiError> {
+    op.require(Permission::OperateRollouts)?;
+    let ApiJson(req) = req?;
     let cmd = match req.mode {
         AbortMode::Keep => Command::AbortKeep,
         AbortMode::Revert => Command::AbortRevert,

@@ -9,6 +9,7 @@
 mod migrate;
 mod records;
 mod rollouts;
+mod tokens;
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -580,7 +581,7 @@ async fn insert_metadata(
     Ok(())
 }
 
-async fn insert_token(tx: &mut Transaction<'static, Any>, t: &NewToken, now_ms: i64) -> Result<(), StoreError> {
+pub(super) async fn insert_token(tx: &mut Transaction<'static, Any>, t: &NewToken, now_ms: i64) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -597,7 +598,7 @@ async fn insert_token(tx: &mut Transaction<'static, Any>, t: &NewToken, now_ms: 
 }
 
 /// Appends an event inside `tx`, taking the next sequence number under audit_head's row lock.
-async fn append_audit(
+pub(super) async fn append_audit(
     tx: &mut Transaction<'static, Any>,
     now_ms: i64,
     event: NewAuditEvent,
@@ -626,7 +627,7 @@ async fn append_audit(
     Ok(placed)
 }
 
-fn token_from_row(r: &AnyRow) -> Result<TokenRecord, StoreError> {
+pub(super) fn token_from_row(r: &AnyRow) -> Result<TokenRecord, StoreError> {
     let role: String = r.try_get(2).map_err(q("reading a token"))?;
     Ok(TokenRecord {
         id: r.try_get(0).map_err(q("reading a token"))?,

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod authz;
 mod fleet;
 mod publish;
 mod storage;

@@ -1,0 +1,82 @@
+//! Operator API for API tokens: create (the secret is shown once), list, revoke.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::{Permission, Role};
+
+use super::{ApiError, ApiJson, AppState, Operator, new_id, now_ms};
+use crate::store::{NewToken, TokenRecord};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    role: Role,
+    name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenCreated {
+    id: String,
+    name: String,
+    role: Role,
+    token: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    op: Operator,
+    req: Result<ApiJson<CreateToken>, ApiError>,
+) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
+    op.require(Permission::ManageTokens)?;
+    let ApiJson(req) = req?;
+    let id = new_id()?;
+    let name = req.name.unwrap_or_else(|| format!("{}-{}", req.role, &id[..6]));
+    wavecast_core::name::validate("token", &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let secret = Secret::from_random(
+        SecretKind::ApiToken,
+        crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    let token = NewToken {
+        id: id.clone(),
+        name: name.clone(),
+        role: req.role,
+        secret_sha256: secret.hash(),
+        created_by: op.name.clone(),
+    };
+    let event = NewAuditEvent {
+        actor: op.name.clone(),
+        action: AuditAction::TokenCreated,
+        subject: name.clone(),
+        detail: serde_json::json!({ "id": id, "role": req.role }),
+    };
+    state.store().create_token(&token, now_ms(), event).await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
+}
+
+pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<TokenRecord>>, ApiError> {
+    op.require(Permission::ManageTokens)?;
+    Ok(Json(state.store().list_tokens().await?))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<Json<TokenRecord>, ApiError> {
+    op.require(Permission::ManageTokens)?;
+    let actor = op.name.clone();
+    let revoked = state
+        .store()
+        .revoke_token(&id, now_ms(), |t| NewAuditEvent {
+            actor,
+            action: AuditAction::TokenRevoked,
+            subject: t.name.clone(),
+            detail: serde_json::json!({ "id": t.id, "role": t.role }),
+        })
+        .await?;
+    Ok(Json(revoked))
+}

@@ -1,0 +1,261 @@
+//! The authorization matrix: every route × every kind of caller gets exactly the expected
+//! allow or deny; devices can touch only their own assignment and reports.
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use wavecast_core::Permission;
+use wavecast_core::Role;
+
+use crate::both;
+use crate::support::{Db, Env};
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Caller {
+    Nobody,
+    Role(Role),
+    Revoked,
+    Device,
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy)]
+enum Needs {
+    Operator(Option<Permission>),
+    Device,
+}
+
+async fn setup(env: &Env) -> (Vec<(Caller, Option<String>)>, String, String, String) {
+    let mut callers = vec![(Caller::Nobody, None)];
+    for role in Role::ALL {
+        let r = env
+            .post_json(
+                "/api/v1/tokens",
+                Some(&env.admin),
+                serde_json::json!({ "role": role, "name": format!("t-{role}") }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
+        callers.push((Caller::Role(role), Some(r.json()["token"].as_str().unwrap().to_owned())));
+    }
+    let revoked = env
+        .post_json("/api/v1/tokens", Some(&env.admin), serde_json::json!({ "role": "admin", "name": "gone" }))
+        .await
+        .json();
+    let r = env
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{}", revoked["id"].as_str().unwrap()),
+            Some(&env.admin),
+            &[],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["revoked_at"].is_i64());
+    callers.push((Caller::Revoked, Some(revoked["token"].as_str().unwrap().to_owned())));
+
+    for g in ["g1", "g2"] {
+        env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": g })).await;
+    }
+    let enroll = |group: &'static str, name: &'static str| async move {
+        let t = env
+            .post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": group }))
+            .await
+            .json();
+        let r = env
+            .post_json(
+                "/device/v1/enroll",
+                None,
+                serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
+            )
+            .await
+            .json();
+        (r["credential"].as_str().unwrap().to_owned(), r["device_id"].as_str().unwrap().to_owned())
+    };
+    let (cred_a, id_a) = enroll("g2", "dev-a").await;
+    let (_cred_b, _id_b) = enroll("g1", "dev-b").await;
+    callers.push((Caller::Device, Some(cred_a.clone())));
+    assert_eq!(env.publish("m@1.0.0", b"bytes").await.status, StatusCode::CREATED);
+    let rollout = env
+        .post_json(
+            "/api/v1/rollouts",
+            Some(&env.admin),
+            serde_json::json!({ "artifact": "m@1.0.0", "group": "g1", "waves": [100], "probe": "exec:check" }),
+        )
+        .await;
+    assert_eq!(rollout.status, StatusCode::CREATED, "{}", rollout.message());
+    (callers, rollout.json()["id"].as_str().unwrap().to_owned(), cred_a, id_a)
+}
+
+async fn matrix(db: Db) {
+    let env = Env::new(db).await;
+    let (callers, rollout, cred_a, id_a) = setup(&env).await;
+    let sha = wavecast_core::Sha256Digest::of(b"bytes").to_hex();
+    use Needs::*;
+    use Permission::*;
+    let routes: Vec<(Method, String, serde_json::Value, Needs)> = vec![
+        (Method::GET, "/api/v1/whoami".into(), serde_json::Value::Null, Operator(None)),
+        (Method::GET, "/api/v1/artifacts".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::POST, "/api/v1/artifacts".into(), serde_json::json!({}), Operator(Some(Publish))),
+        (Method::GET, "/api/v1/groups".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::POST, "/api/v1/groups".into(), serde_json::json!({ "name": "../bad" }), Operator(Some(ManageFleet))),
+        (
+            Method::POST,
+            "/api/v1/enrollment-tokens".into(),
+            serde_json::json!({ "group": "nope" }),
+            Operator(Some(ManageFleet)),
+        ),
+        (Method::GET, "/api/v1/devices".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/devices/dev-a".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/tuf/timestamp.json".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, format!("/api/v1/blobs/{sha}"), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/tokens".into(), serde_json::Value::Null, Operator(Some(ManageTokens))),
+        (Method::POST, "/api/v1/tokens".into(), serde_json::json!({ "role": "root" }), Operator(Some(ManageTokens))),
+        (Method::DELETE, "/api/v1/tokens/0000".into(), serde_json::Value::Null, Operator(Some(ManageTokens))),
+        (Method::GET, "/api/v1/rollouts".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, format!("/api/v1/rollouts/{rollout}"), serde_json::Value::Null, Operator(Some(Read))),
+        (
+            Method::POST,
+            "/api/v1/rollouts".into(),
+            serde_json::json!({ "artifact": "bad" }),
+            Operator(Some(OperateRollouts)),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/rollouts/{rollout}/approve"),
+            serde_json::json!({}),
+            Operator(Some(ApproveGates)),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/rollouts/{rollout}/resume"),
+            serde_json::json!({ "ack": false }),
+            Operator(Some(OperateRollouts)),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/rollouts/{rollout}/abort"),
+            serde_json::json!({ "mode": "never" }),
+            Operator(Some(OperateRollouts)),
+        ),
+        (Method::GET, "/device/v1/whoami".into(), serde_json::Value::Null, Device),
+        (Method::GET, "/device/v1/assignments".into(), serde_json::Value::Null, Device),
+        (Method::GET, "/device/v1/tuf/timestamp.json".into(), serde_json::Value::Null, Device),
+        (Method::GET, format!("/device/v1/targets/{sha}.m@1.0.0"), serde_json::Value::Null, Device),
+        (Method::POST, "/device/v1/reports".into(), serde_json::json!({ "reports": [], "active": [] }), Device),
+    ];
+    let mut checked = 0;
+    for (method, path, body, needs) in &routes {
+        for (caller, token) in &callers {
+            let body = if body.is_null() { Body::empty() } else { Body::from(body.to_string()) };
+            let r = env
+                .request(method.clone(), path, token.as_deref(), &[("content-type", "application/json".into())], body)
+                .await;
+            let allowed = match (needs, caller) {
+                (Operator(None), Caller::Role(_)) => true,
+                (Operator(Some(p)), Caller::Role(role)) => role.allows(*p),
+                (Device, Caller::Device) => true,
+                _ => false,
+            };
+            let denied_as = match caller {
+                Caller::Role(_) if matches!(needs, Operator(_)) => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            if allowed {
+                assert!(
+                    r.status != StatusCode::UNAUTHORIZED && r.status != StatusCode::FORBIDDEN,
+                    "{method} {path} as {caller:?} must be allowed, got {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
+            } else {
+                assert_eq!(r.status, denied_as, "{method} {path} as {caller:?}: {}", String::from_utf8_lossy(&r.body));
+                assert!(r.json()["error"]["message"].is_string());
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes.len() * callers.len());
+
+    // A device gets its own assignment doc, never another's.
+    let doc = env.request(Method::GET, "/device/v1/assignments", Some(&cred_a), &[], Body::empty()).await.json();
+    assert_eq!(doc["signed"]["device_id"], id_a.as_str());
+    assert!(doc["signed"]["assignments"].as_array().unwrap().is_empty(), "dev-a is in no rollout");
+    // A device posting a report for a rollout it is not in changes nothing (and is not audited).
+    let before = env.get("/api/v1/audit").await.json().as_array().unwrap().len();
+    let forged = serde_json::json!({ "reports": [{
+        "id": "forged-1", "rollout_id": rollout, "artifact": "m", "version": "1.0.0", "state": "failed",
+        "reason": "dev-a pretending to be dev-b", "at_ms": 0
+    }], "active": [] });
+    let r = env
+        .request(
+            Method::POST,
+            "/device/v1/reports",
+            Some(&cred_a),
+            &[("content-type", "application/json".into())],
+            Body::from(forged.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let shown = env.get(&format!("/api/v1/rollouts/{rollout}")).await.json();
+    assert_eq!(shown["counts"]["failed"], 0, "dev-a must not change dev-b's state");
+    assert_eq!(shown["counts"]["assigned"], 1);
+    assert_eq!(env.get("/api/v1/audit").await.json().as_array().unwrap().len(), before);
+    // The audit actor of a token's writes is the token's name.
+    let audit = env.get("/api/v1/audit").await.json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.revoked" && e["actor"] == "admin" && e["subject"] == "gone")
+    );
+}
+
+async fn replayed_report_is_applied_once(db: Db) {
+    let env = Env::new(db).await;
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
+    let t =
+        env.post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": "g" })).await.json();
+    let dev = env
+        .post_json(
+            "/device/v1/enroll",
+            None,
+            serde_json::json!({ "token": t["token"], "name": "d1", "hardware": "hw" }),
+        )
+        .await
+        .json();
+    let cred = dev["credential"].as_str().unwrap().to_owned();
+    env.publish("m@1.0.0", b"one").await;
+    let rollout = env
+        .post_json("/api/v1/rollouts", Some(&env.admin), serde_json::json!({ "artifact": "m@1.0.0", "group": "g", "waves": [100], "probe": "exec:check", "halt_after": 5 }))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = serde_json::json!({ "reports": [{
+        "id": "r-failed-1", "rollout_id": rollout, "artifact": "m", "version": "1.0.0", "state": "failed",
+        "reason": "probe failed", "at_ms": 1
+    }], "active": [] });
+    for _ in 0..3 {
+        let r = env
+            .request(
+                Method::POST,
+                "/device/v1/reports",
+                Some(&cred),
+                &[("content-type", "application/json".into())],
+                Body::from(report.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.json()["acked"][0], "r-failed-1", "a replay is acknowledged so the device stops sending it");
+    }
+    let audit = env.get("/api/v1/audit").await.json();
+    assert_eq!(audit.as_array().unwrap().iter().filter(|e| e["action"] == "device.failed").count(), 1, "audited once");
+    assert_eq!(env.get(&format!("/api/v1/rollouts/{rollout}")).await.json()["failures_counted"], 1, "counted once");
+}
+
+both!(matrix, replayed_report_is_applied_once);
