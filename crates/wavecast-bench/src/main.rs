@@ -1,0 +1,358 @@
+//! `wavecast-bench`: measures wavecast against baselines taken in the same run, on the same
+//! machine and filesystem, and prints ratios (brief, section 8). Never part of the test
+//! suite: numbers belong here, not in timed assertions.
+//!
+//! It drives the release binaries (`wavecast`, `wavecast-agent`) as separate processes so
+//! the memory it reports is theirs alone. Build them first:
+//! `cargo build --release -p wavecast-cli -p wavecast-agent`, then
+//! `cargo run --release -p wavecast-bench -- all`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// Benchmarks with in-run baselines.
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+    /// Where to put the files (must be a real disk, not tmpfs, for the fsync figures to mean anything).
+    #[arg(long, global = true, default_value = ".")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Agent download + verify + durable install of one large artifact over loopback, versus
+    /// `openssl dgst -sha256` plus `dd conv=fsync` of the same file (target ≥ 0.8×).
+    Install {
+        /// Artifact size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
+    /// A 3-wave automatic rollout of a 1 MiB artifact to N simulated devices, versus hashing and
+    /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS.
+    Rollout {
+        /// Simulated devices.
+        #[arg(long, default_value_t = 1000)]
+        devices: u32,
+    },
+    /// The agent binary's size and its idle RSS.
+    Agent,
+    /// Everything above with default sizes.
+    All,
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name(name);
+    ensure!(p.exists(), "{} not found next to the benchmark; run `cargo build --release -p wavecast-cli -p wavecast-agent` first", p.display());
+    Ok(p)
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7799)
+}
+
+struct Installation {
+    dir: PathBuf,
+    url: String,
+    token: String,
+    server: Proc,
+}
+
+fn wavecast(url: &str, token: &str) -> anyhow::Result<Command> {
+    let mut c = Command::new(bin("wavecast")?);
+    c.env("WAVECAST_SERVER", url).env("WAVECAST_TOKEN", token);
+    Ok(c)
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn install(dir: &Path) -> anyhow::Result<Installation> {
+    let inst = dir.join("install");
+    run_ok(Command::new(bin("wavecast")?).args(["init", "--dir"]).arg(&inst))?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = Proc(
+        Command::new(bin("wavecast")?)
+            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&inst)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("server.log"))?)
+            .spawn()?,
+    );
+    for _ in 0..200 {
+        if reqwest::get(format!("{url}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            let token = std::fs::read_to_string(inst.join("admin.token"))?.trim().to_owned();
+            return Ok(Installation { dir: inst, url, token, server });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the server did not start; see {}", dir.join("server.log").display())
+}
+
+fn write_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut block = vec![0u8; 1 << 20];
+    let mut seed = sha2::Sha256::digest_bytes(b"wavecast bench");
+    for chunk in block.chunks_mut(32) {
+        seed = sha2::Sha256::digest_bytes(&seed);
+        chunk.copy_from_slice(&seed[..chunk.len()]);
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..bytes.div_ceil(1 << 20) {
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        let n = (bytes - i * (1 << 20)).min(1 << 20) as usize;
+        f.write_all(&block[..n])?;
+    }
+    f.into_inner()?.sync_all()?;
+    Ok(())
+}
+
+trait DigestBytes {
+    fn digest_bytes(data: &[u8]) -> [u8; 32];
+}
+
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(data: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(data).into()
+    }
+}
+
+fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    ensure!(st.success(), "{cmd:?} failed");
+    Ok(t.elapsed())
+}
+
+fn mbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn agent_config(dir: &Path, inst: &Installation, token: &str, name: &str, probe: &Path) -> anyhow::Result<PathBuf> {
+    let home = dir.join(name);
+    std::fs::create_dir_all(home.join("app"))?;
+    let cfg = home.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server = {:?}\nstate_dir = {:?}\ntrust_root = {:?}\nenrollment_token = {token:?}\ndevice_name = {name:?}\nhardware = \"bench\"\npoll_interval = \"100ms\"\n[[artifacts]]\nname = \"model\"\npath = {:?}\n[probes]\nok = {probe:?}\n",
+            inst.url,
+            std::fs::canonicalize(&home)?.join("state"),
+            std::fs::canonicalize(inst.dir.join("root.json"))?,
+            std::fs::canonicalize(&home)?.join("app").join("model.bin"),
+        ),
+    )?;
+    Ok(cfg)
+}
+
+fn enroll_token(inst: &Installation, group: &str) -> anyhow::Result<String> {
+    run_ok(wavecast(&inst.url, &inst.token)?.args(["group", "create", group]))?;
+    let out = run_ok(wavecast(&inst.url, &inst.token)?.args(["device", "enroll-token", "--group", group, "--json"]))?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["token"].as_str().context("no token")?.to_owned())
+}
+
+fn ok_probe(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = std::fs::canonicalize(dir)?.join("ok.sh");
+    std::fs::write(&p, "#!/bin/sh\nexit 0\n")?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(p)
+}
+
+async fn wait_rollout(inst: &Installation, id: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r: serde_json::Value = http
+            .get(format!("{}/api/v1/rollouts/{id}", inst.url))
+            .bearer_auth(&inst.token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if r["state"] == "completed" || r["state"] == "paused" || r["state"] == "aborted" {
+            return Ok(r);
+        }
+        ensure!(Instant::now() < deadline, "rollout {id} did not finish in {timeout:?}: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
+    let bytes = mib << 20;
+    let file = root.join("artifact.bin");
+    println!("install: writing a {mib} MiB artifact…");
+    write_file(&file, bytes)?;
+    // Baseline: the two physical steps, one after the other, on the same file and filesystem.
+    let hash = timed(Command::new("openssl").args(["dgst", "-sha256"]).arg(&file))?;
+    let copy = timed(
+        Command::new("dd")
+            .arg(format!("if={}", file.display()))
+            .arg(format!("of={}", root.join("copy.bin").display()))
+            .args(["bs=1M", "conv=fsync"]),
+    )?;
+    let _ = std::fs::remove_file(root.join("copy.bin"));
+    let baseline = hash + copy;
+
+    let inst = install(root).await?;
+    let key = inst.dir.join("offline").join("targets.key");
+    let t = Instant::now();
+    run_ok(wavecast(&inst.url, &inst.token)?
+        .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+        .arg(&key)
+        .arg("--file")
+        .arg(&file))?;
+    let publish = t.elapsed();
+    let token = enroll_token(&inst, "bench")?;
+    let probe = ok_probe(root)?;
+    let cfg = agent_config(root, &inst, &token, "device-1", &probe)?;
+    let agent = Proc(
+        Command::new(bin("wavecast-agent")?)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(root.join("agent.log"))?)
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = agent.0.id();
+    let idle_rss = status_kib(pid, "VmRSS:");
+    let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
+        "rollout", "create", "--artifact", "model@1.0.0", "--group", "bench", "--probe", "exec:ok", "--probe-attempts", "1", "--json",
+    ]))?;
+    let t = Instant::now();
+    let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
+    let r = wait_rollout(&inst, &id, Duration::from_secs(600)).await?;
+    let agent_time = t.elapsed();
+    ensure!(r["state"] == "completed", "the install did not succeed: {r}");
+    let peak = status_kib(pid, "VmHWM:");
+    drop(agent);
+    drop(inst.server);
+
+    let base_rate = mbps(bytes, baseline);
+    let agent_rate = mbps(bytes, agent_time);
+    println!("install: baseline openssl sha256 {:.2}s + dd conv=fsync {:.2}s = {:.2}s ({base_rate:.0} MB/s)", hash.as_secs_f64(), copy.as_secs_f64(), baseline.as_secs_f64());
+    println!("install: agent fetch+verify+durable install {:.2}s ({agent_rate:.0} MB/s), includes one check-in interval (≤100 ms) and TUF refresh", agent_time.as_secs_f64());
+    println!("install: ratio agent/baseline = {:.2}x  (target ≥ 0.80x)", agent_rate / base_rate);
+    println!("install: agent RSS idle {idle_rss} KiB, peak during install {peak} KiB; publish of {mib} MiB took {:.2}s", publish.as_secs_f64());
+    Ok(())
+}
+
+async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
+    let bytes = 1u64 << 20;
+    let file = root.join("model-1mib.bin");
+    write_file(&file, bytes)?;
+    // Baseline: hash and durably copy the same bytes once per device, on the same filesystem.
+    let copies = root.join("copies");
+    std::fs::create_dir_all(&copies)?;
+    let data = std::fs::read(&file)?;
+    let t = Instant::now();
+    for i in 0..devices {
+        use std::io::Write as _;
+        let _ = <sha2::Sha256 as DigestBytes>::digest_bytes(&data);
+        let mut f = std::fs::File::create(copies.join(format!("{i}")))?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    let baseline = t.elapsed();
+    let _ = std::fs::remove_dir_all(&copies);
+
+    let inst = install(root).await?;
+    let key = inst.dir.join("offline").join("targets.key");
+    run_ok(wavecast(&inst.url, &inst.token)?
+        .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+        .arg(&key)
+        .arg("--file")
+        .arg(&file))?;
+    println!("rollout: starting {devices} simulated devices…");
+    let mut sim = Proc(
+        wavecast(&inst.url, &inst.token)?
+            .args(["sim", "--devices", &devices.to_string(), "--group", "fleet", "--poll-interval", "1s", "--trust-root"])
+            .arg(inst.dir.join("root.json"))
+            .arg("--dir")
+            .arg(root.join("fleet"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(sim.0.stdout.take().context("sim stdout")?).read_line(&mut line)?;
+        ensure!(line.starts_with("sim:"), "the sim did not start: {line}");
+    }
+    let server_pid = inst.server.0.id();
+    let rss_idle = status_kib(server_pid, "VmRSS:");
+    let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
+        "rollout", "create", "--artifact", "model@1.0.0", "--group", "fleet", "--waves", "10,50,100", "--probe", "exec:sim-check",
+        "--probe-attempts", "1", "--device-timeout", "10m", "--json",
+    ]))?;
+    let t = Instant::now();
+    let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
+    let r = wait_rollout(&inst, &id, Duration::from_secs(3600)).await?;
+    let took = t.elapsed();
+    let peak = status_kib(server_pid, "VmHWM:");
+    drop(sim);
+    ensure!(r["state"] == "completed", "the rollout did not complete: {r}");
+    println!("rollout: baseline sha256 + fsynced copy of 1 MiB x {devices}: {:.2}s", baseline.as_secs_f64());
+    println!("rollout: 3-wave auto rollout to {devices} devices: {:.2}s; ratio {:.2}x (target ≤ 3x)", took.as_secs_f64(), took.as_secs_f64() / baseline.as_secs_f64());
+    println!("rollout: server RSS with {devices} devices registered {rss_idle} KiB before, peak {peak} KiB during ({:.2} KiB per device at peak)", peak as f64 / f64::from(devices));
+    Ok(())
+}
+
+fn bench_agent() -> anyhow::Result<()> {
+    let agent = bin("wavecast-agent")?;
+    let size = std::fs::metadata(&agent)?.len();
+    println!("agent: {} is {:.2} MiB as built (target ≤ 5 MiB stripped; the `agent` profile adds fat LTO, opt-level s, panic=abort)", agent.display(), size as f64 / 1048576.0);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let tmp = tempfile::Builder::new().prefix("wavecast-bench-").tempdir_in(&cli.dir)?;
+    match cli.command {
+        Bench::Install { mib } => bench_install(tmp.path(), mib).await,
+        Bench::Rollout { devices } => bench_rollout(tmp.path(), devices).await,
+        Bench::Agent => bench_agent(),
+        Bench::All => {
+            bench_agent()?;
+            let (a, b) = (tmp.path().join("install-bench"), tmp.path().join("rollout-bench"));
+            std::fs::create_dir_all(&a)?;
+            std::fs::create_dir_all(&b)?;
+            bench_install(&a, 1024).await?;
+            bench_rollout(&b, 1000).await
+        }
+    }
+}
