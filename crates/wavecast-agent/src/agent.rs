@@ -75,6 +75,14 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
             .map_err(|e| AgentError::Http(format!("ca_file {} is not PEM certificates: {e}", ca.display())))?;
         b = b.tls_certs_only(certs);
     }
+    if let Some((cert, key)) = &config.client_identity {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| AgentError::Http(format!("reading {}: {e}", p.display())));
+        let mut pem = read(key)?;
+        pem.extend_from_slice(&read(cert)?);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| AgentError::Http(format!("client_cert {} / client_key {}: {e}", cert.display(), key.display())))?;
+        b = b.identity(identity);
+    }
     b.build().map_err(|e| AgentError::Http(e.to_string()))
 }
 
@@ -116,6 +124,13 @@ impl Agent {
     /// Checks in every poll interval (±20%) until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        // Poll it once now: a signal future installs its handler on first poll, and until then
+        // a SIGTERM during the first (possibly long) tick would kill the process outright.
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            () = std::future::ready(()) => {}
+        }
         loop {
             self.tick().await;
             let pause = jitter(self.config.poll_interval);
@@ -236,26 +251,21 @@ impl Agent {
 
     /// Verifies a signed assignment doc and keeps its assignments.
     fn accept(&mut self, body: &[u8]) -> Result<(), StateError> {
-        let value: serde_json::Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
+        let doc = match crate::director::parse_doc(body) {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "the assignment does not parse; ignored");
                 return Ok(());
             }
         };
-        let signed = &value["signed"];
-        let signature = value["signature"].as_str().and_then(|s| hex::decode(s).ok()).unwrap_or_default();
-        let message = wavecast_core::canonical::to_vec(signed);
         let key =
             aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, self.config.director_key);
-        if key.verify(&message, &signature).is_err() {
+        if key.verify(&doc.message, &doc.signature).is_err() {
             // Unsigned content is not even worth a report: it names nothing we can trust.
             tracing::error!("assignment signature does not verify against the director key in the trust root; ignored");
             return Ok(());
         }
-        let device_id = signed["device_id"].as_str().unwrap_or_default();
-        let expires = signed["expires"].as_i64().unwrap_or(0);
-        let counter = signed["counter"].as_u64().unwrap_or(0);
+        let crate::director::DirectorDoc { device_id, expires, counter, items, .. } = doc;
         let mut trusted = self.state.trusted()?;
         let refusal = if device_id != self.identity.device_id {
             Some(format!(
@@ -275,7 +285,6 @@ impl Agent {
         } else {
             None
         };
-        let items = signed["assignments"].as_array().cloned().unwrap_or_default();
         if let Some(reason) = refusal {
             tracing::error!(%reason, "assignment refused");
             for item in &items {
@@ -289,7 +298,7 @@ impl Agent {
         }
         let mut accepted = Vec::new();
         for item in &items {
-            match serde_json::from_value::<Assignment>(item.clone()) {
+            match crate::director::parse_item(item) {
                 Ok(a) => accepted.push(a),
                 Err(e) => {
                     let reason = format!("assignment refused: {e}");

@@ -56,6 +56,8 @@ struct RawConfig {
     #[serde(default = "default_poll")]
     poll_interval: String,
     ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     #[serde(default)]
     download: RawDownload,
     #[serde(default)]
@@ -129,6 +131,8 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// A CA bundle to trust for an https server, instead of the system's.
     pub ca_file: Option<PathBuf>,
+    /// This device's client certificate and key (PEM), for servers that require mTLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Download speed guard.
     pub download: DownloadPolicy,
     /// The artifacts this device runs.
@@ -189,6 +193,16 @@ impl AgentConfig {
         if let Some(ca) = &raw.ca_file {
             absolute("ca_file", ca)?;
         }
+        let client_identity = match (raw.client_cert, raw.client_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                absolute("client_cert", &cert)?;
+                absolute("client_key", &key)?;
+                Some((cert, key))
+            }
+            (Some(_), None) => return Err(invalid("client_key", "client_cert is set, so client_key must be too".into())),
+            (None, Some(_)) => return Err(invalid("client_cert", "client_key is set, so client_cert must be too".into())),
+        };
         let mut download = DownloadPolicy::default();
         if let Some(rate) = raw.download.min_bytes_per_sec {
             download.min_bytes_per_sec = rate;
@@ -237,10 +251,65 @@ impl AgentConfig {
             hardware: raw.hardware,
             poll_interval,
             ca_file: raw.ca_file,
+            client_identity,
             download,
             artifacts,
             probes: raw.probes,
             crash_at: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_json(dir: &Path) -> PathBuf {
+        let k = wavecast_tuf::keys::SigningKey::generate().unwrap();
+        let keys = wavecast_tuf::root::RootKeys { root: &k, targets: &k, snapshot: &k, timestamp: &k, director: &k, checkpoint: &k };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let root = rt.block_on(wavecast_tuf::root::build_root(&keys, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24))).unwrap();
+        let p = dir.join("root.json");
+        std::fs::write(&p, root.buffer()).unwrap();
+        p
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = root_json(dir.path());
+        let good = format!(
+            "server = \"http://127.0.0.1:7700\"\nstate_dir = \"/var/lib/wavecast\"\ntrust_root = {root:?}\n\
+             device_name = \"cam-001\"\nhardware = \"jetson\"\n[[artifacts]]\nname = \"yolo\"\npath = \"/opt/m/yolo.onnx\"\n\
+             [probes]\ncheck = \"/usr/bin/check\"\n"
+        );
+        let cfg = AgentConfig::parse(Path::new("agent.toml"), &good).unwrap();
+        assert_eq!(cfg.poll_interval, Duration::from_secs(30), "the default poll interval");
+        assert_eq!(cfg.artifacts[0].name.as_str(), "yolo");
+
+        // (edit of the good file, the key the error must name, words it must contain)
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("server = \"http://127.0.0.1:7700\"", "server = \"ftp://x\"", "`server`", "http://"),
+            ("state_dir = \"/var/lib/wavecast\"", "state_dir = \"relative/dir\"", "`state_dir`", "absolute"),
+            ("device_name = \"cam-001\"", "device_name = \"../cam\"", "`device_name`", "'/'"),
+            ("hardware = \"jetson\"", "hardware = \"\"", "`hardware`", "empty"),
+            ("name = \"yolo\"", "name = \"a/b\"", "`artifacts[0].name`", "path separators"),
+            ("path = \"/opt/m/yolo.onnx\"", "path = \"yolo.onnx\"", "`artifacts[0].path`", "absolute"),
+            ("check = \"/usr/bin/check\"", "check = \"check\"", "`probes.check`", "absolute"),
+            ("hardware = \"jetson\"", "hardware = \"jetson\"\npoll_interval = \"soon\"", "`poll_interval`", "duration"),
+            ("hardware = \"jetson\"", "hardware = \"jetson\"\nenrollment_token = \"wct_123\"", "`enrollment_token`", "not an enrollment token"),
+            ("hardware = \"jetson\"", "hardware = \"jetson\"\nclient_cert = \"/etc/c.pem\"", "`client_key`", "must be too"),
+        ];
+        for (from, to, key, words) in cases {
+            let text = good.replacen(from, to, 1);
+            let err = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(words), "{to}: {err}");
+        }
+        let unknown = AgentConfig::parse(Path::new("agent.toml"), &format!("{good}\ncolour = 3\n")).unwrap_err().to_string();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let no_root = AgentConfig::parse(Path::new("agent.toml"), &good.replace(root.to_str().unwrap(), "/nonexistent/root.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(no_root.contains("`trust_root`") && no_root.contains("cannot read"), "{no_root}");
     }
 }

@@ -6,12 +6,14 @@
 //! previous version beside the new one, probes the application, rolls back by itself, and
 //! journals every step so a crash at any instant resumes consistently.
 //!
-//! [`config`] reads `agent.toml`; [`agent`] is the loop; [`fetch`], [`tuf`], [`swap`] and
-//! [`probe`] are its steps; [`state`] is everything kept on disk; [`cli`] is the binary.
+//! [`config`] reads `agent.toml`; [`agent`] is the loop; [`director`] reads the signed
+//! assignment doc; [`fetch`], [`tuf`], [`swap`] and [`probe`] are its steps; [`state`] is
+//! everything kept on disk; [`cli`] is the binary.
 
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod director;
 pub mod fetch;
 pub mod probe;
 pub mod state;

@@ -194,6 +194,12 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     crate::cmd::audit::print_events(&relevant);
     say("(device.updated events shown for one device only; `wavecast audit list` has them all)");
 
+    step(10, "wavecast audit export + verify — the rollout's evidence, checked against the trust anchor");
+    let export = tmp.path().join(format!("audit-{id}.json"));
+    for line in crate::cmd::audit::demo_evidence(&client, &id, &export, &report.root_json).await? {
+        say(&line);
+    }
+
     sim.stop().await;
     println!(
         "\nDone in {:.1}s: halt on a bad canary, acknowledge and resume, completion without waiting for the offline device.",

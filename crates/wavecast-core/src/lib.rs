@@ -7,8 +7,11 @@
 pub mod assignment;
 pub mod audit;
 pub mod canonical;
+pub mod checkpoint;
 pub mod digest;
 pub mod duration;
+pub mod evidence;
+pub mod merkle;
 pub mod name;
 pub mod probe;
 pub mod role;

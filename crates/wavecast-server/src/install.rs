@@ -6,7 +6,8 @@
 //!   admin.token           the first admin API token (secret, 0600)
 //!   offline/root.key      signs root.json — move offline after init
 //!   offline/targets.key   signs artifacts — keep only on the publisher's machine
-//!   keys/                 the server's online keys: snapshot, timestamp, director (0600)
+//!   keys/                 the server's online keys: snapshot, timestamp, director, and the
+//!                         audit checkpoint key (0600; never copied into the database)
 //!   bootstrap/            initial signed metadata and the admin token's hash, imported into
 //!                         the database at the server's first start
 //!   blobs/                content-addressed artifact store
@@ -69,6 +70,9 @@ impl Layout {
     }
     pub fn director_key(&self) -> PathBuf {
         self.keys_dir().join("director.key")
+    }
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.keys_dir().join("checkpoint.key")
     }
     pub fn bootstrap_dir(&self) -> PathBuf {
         self.dir.join("bootstrap")
@@ -195,11 +199,13 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     let snapshot_key = SigningKey::generate()?;
     let timestamp_key = SigningKey::generate()?;
     let director_key = SigningKey::generate()?;
+    let checkpoint_key = SigningKey::generate()?;
     root_key.save(&layout.root_key())?;
     targets_key.save(&layout.targets_key())?;
     snapshot_key.save(&layout.snapshot_key())?;
     timestamp_key.save(&layout.timestamp_key())?;
     director_key.save(&layout.director_key())?;
+    checkpoint_key.save(&layout.checkpoint_key())?;
 
     let now = jiff::Timestamp::now();
     let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
@@ -210,6 +216,7 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
             snapshot: &snapshot_key,
             timestamp: &timestamp_key,
             director: &director_key,
+            checkpoint: &checkpoint_key,
         },
         days(ROOT_LIFETIME_DAYS),
     )

@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod blobs;
+pub mod checkpoints;
 pub mod install;
 pub mod metrics;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     pub database: DatabaseConfig,
     /// Policy settings.
     pub settings: api::Settings,
+    /// HTTPS (and device mTLS), if configured.
+    pub tls: Option<tls::TlsConfig>,
 }
 
 /// Errors in the settings given.
@@ -63,7 +67,7 @@ impl ServerConfig {
             }
             Some(other) => return Err(ConfigError::DatabaseUrl(other)),
         };
-        Ok(Self { data_dir, listen, database, settings: api::Settings::default() })
+        Ok(Self { data_dir, listen, database, settings: api::Settings::default(), tls: None })
     }
 }
 
@@ -134,6 +138,9 @@ pub enum ServerError {
     /// Re-signing metadata failed.
     #[error(transparent)]
     Sign(#[from] wavecast_tuf::repo::OnlineSignError),
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Binding or serving failed.
     #[error("listening on {addr}")]
     Listen {
@@ -176,6 +183,13 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
     if director.public_bytes() != director_named {
         return Err(ServerError::KeyMismatch { path: layout.director_key(), role: "director" });
     }
+    // The checkpoint key lives in keys/ only; root.json names its public half for auditors.
+    let checkpoint = SigningKey::load(&layout.checkpoint_key())?;
+    let checkpoint_named = wavecast_tuf::root::checkpoint_key(&root.signed)
+        .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
+    if checkpoint.public_bytes() != checkpoint_named {
+        return Err(ServerError::KeyMismatch { path: layout.checkpoint_key(), role: "audit checkpoint" });
+    }
     let root_sha256 = Sha256Digest::of(&root_bytes);
 
     let store = Store::open(&config.database).await?;
@@ -195,7 +209,11 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         }
     }
     let blobs = BlobStore::open(&layout.blobs_dir())?;
-    let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director }, config.settings.clone());
+    let settings = api::Settings {
+        device_mtls: config.tls.as_ref().is_some_and(|t| t.device_client_ca.is_some()),
+        ..config.settings.clone()
+    };
+    let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director, checkpoint }, settings);
     refresh_online_metadata(&state).await?;
     Ok(state)
 }
@@ -290,56 +308,74 @@ pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerErr
     }
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Serves `state` over plain HTTP on `listener` until `shutdown` resolves, then finishes
+/// in-flight requests.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let refresher = {
-        let state = state.clone();
+    serve_with(state, listener, None, shutdown).await
+}
+
+/// Serves `state` over HTTPS (or plain HTTP when `tls` is `None`).
+pub async fn serve_with(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let background = spawn_background(&state);
+    let app = api::router(state.clone());
+    let result = tls::serve(listener, tls, app, shutdown).await;
+    for task in background {
+        task.abort();
+    }
+    flush_last_seen(&state).await;
+    // Cover the last burst before stopping, so a clean shutdown leaves no event unsigned.
+    if let Err(e) = checkpoints::checkpoint_now(&state).await {
+        tracing::warn!(error = %api::error::ErrorChain(&e), "signing the final audit checkpoint failed");
+    }
+    state.store().close().await;
+    result
+}
+
+/// The server's periodic work: re-signing TUF metadata, device timeouts, check-in times.
+fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let every = |period: std::time::Duration,
+                 state: AppState,
+                 work: fn(AppState) -> futures_util::future::BoxFuture<'static, ()>| {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
+                work(state.clone()).await;
+            }
+        })
+    };
+    vec![
+        every(std::time::Duration::from_secs(60), state.clone(), |state| {
+            Box::pin(async move {
                 if let Err(e) = refresh_online_metadata(&state).await {
                     tracing::error!(error = %api::error::ErrorChain(&e), "re-signing TUF metadata failed");
                 }
-            }
-        })
-    };
-    let sweeper = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            // Device timeouts are minutes in production and seconds in tests; a one-second
-            // sweep costs one indexed query per active rollout.
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tick.tick().await;
+            })
+        }),
+        // Device timeouts are minutes in production and seconds in tests; a one-second sweep
+        // costs one indexed query per active rollout.
+        every(std::time::Duration::from_secs(1), state.clone(), |state| {
+            Box::pin(async move {
                 if let Err(e) = state.store().sweep_timeouts(api_now()).await {
                     tracing::error!(error = %api::error::ErrorChain(&e), "checking device timeouts failed");
                 }
-            }
-        })
-    };
-    let flusher = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                flush_last_seen(&state).await;
-            }
-        })
-    };
-    let app = api::router(state.clone());
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    refresher.abort();
-    sweeper.abort();
-    flusher.abort();
-    flush_last_seen(&state).await;
-    state.store().close().await;
-    result
+            })
+        }),
+        every(std::time::Duration::from_secs(5), state.clone(), |state| {
+            Box::pin(async move { flush_last_seen(&state).await })
+        }),
+        // Signs audit checkpoints after each write burst; it keeps its own poll loop.
+        tokio::spawn(checkpoints::run(state.clone())),
+    ]
 }
 
 async fn flush_last_seen(state: &AppState) {
@@ -347,8 +383,13 @@ async fn flush_last_seen(state: &AppState) {
     if seen.is_empty() {
         return;
     }
-    if let Err(e) = state.store().record_last_seen(&seen).await {
-        tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed");
+    match state.store().record_last_seen(&seen).await {
+        Ok(skipped) => {
+            for (id, at) in skipped {
+                state.last_seen().touch(&id, at);
+            }
+        }
+        Err(e) => tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed"),
     }
 }
 
@@ -359,11 +400,16 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         .await
         .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: credentials cross the network in clear text; use this only on loopback or behind a TLS-terminating proxy");
-    }
-    tracing::info!(%addr, database = %config.database.redacted(), data_dir = %config.data_dir.display(), "wavecast server listening");
-    serve(state, listener, shutdown_signal()).await.map_err(|source| ServerError::Listen { addr, source })?;
+    let tls = match &config.tls {
+        Some(t) => Some(tls::server_config(t)?),
+        None => {
+            tracing::warn!(%addr, "serving plain HTTP (no --tls-cert): tokens and credentials cross the network in clear text; use this only on loopback or behind a TLS-terminating proxy");
+            None
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(url = %format!("{scheme}://{addr}"), database = %config.database.redacted(), data_dir = %config.data_dir.display(), device_mtls = config.tls.as_ref().is_some_and(|t| t.device_client_ca.is_some()), "wavecast server listening");
+    serve_with(state, listener, tls, shutdown_signal()).await.map_err(|source| ServerError::Listen { addr, source })?;
     tracing::info!("wavecast server stopped");
     Ok(())
 }

@@ -143,6 +143,15 @@ impl KeySource for SigningKey {
     }
 }
 
+/// Checks an Ed25519 signature by the raw 32-byte `public` key over `msg`.
+///
+/// The shape of `wavecast_core::checkpoint::VerifyEd25519`, so verifiers hand it to the pure
+/// checkpoint code without depending on a crypto library themselves.
+pub fn verify_ed25519(public: &[u8; 32], msg: &[u8], signature: &[u8]) -> bool {
+    use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+    UnparsedPublicKey::new(&ED25519, public).verify(msg, signature).is_ok()
+}
+
 /// Creates `path` with mode 0600 and writes `data`, fsynced; fails if the file exists.
 pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -154,6 +163,31 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_ed25519_checks_go_sumdb_notes_and_our_own_signatures() {
+        use wavecast_core::checkpoint::{NoteKey, format_note, open_note};
+        // The example of golang.org/x/mod/sumdb/note: a real Ed25519 signature in a C2SP note.
+        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let text =
+            "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+        let note = format!(
+            "{text}\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+        );
+        let typed = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(vkey.rsplit('+').next().unwrap()).unwrap()
+        };
+        let peter = NoteKey { name: "PeterNeumann".into(), public: typed[1..].try_into().unwrap() };
+        assert_eq!(open_note(&note, &peter, verify_ed25519).unwrap(), text);
+        assert!(open_note(&note.replace("answer", "Answer"), &peter, verify_ed25519).is_err());
+
+        let key = SigningKey::generate().unwrap();
+        let ours = NoteKey { name: "wavecast/test".into(), public: key.public_bytes().try_into().unwrap() };
+        let signed = format_note("hello\n", &ours, &key.sign_bytes(b"hello\n"));
+        assert_eq!(open_note(&signed, &ours, verify_ed25519).unwrap(), "hello\n");
+        assert!(!verify_ed25519(&[0; 32], b"hello\n", &key.sign_bytes(b"hello\n")));
+    }
 
     #[test]
     fn keys_save_with_0600_and_refuse_loose_permissions() {

@@ -1,4 +1,5 @@
-//! The trust anchor: a TUF root naming the four role keys, plus wavecast's director key.
+//! The trust anchor: a TUF root naming the four role keys, plus wavecast's director and audit
+//! checkpoint keys.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -28,6 +29,9 @@ pub enum RootError {
     /// The root does not carry wavecast's director key.
     #[error("root.json has no director key in its {WAVECAST_ROOT_FIELD:?} field")]
     NoDirectorKey,
+    /// The root does not carry the audit log's checkpoint key (it predates signed checkpoints).
+    #[error("root.json has no audit checkpoint key in its {WAVECAST_ROOT_FIELD:?} field")]
+    NoCheckpointKey,
 }
 
 /// The keys a new root names.
@@ -42,6 +46,8 @@ pub struct RootKeys<'a> {
     pub timestamp: &'a SigningKey,
     /// Signs device assignments (online, server).
     pub director: &'a SigningKey,
+    /// Signs audit log checkpoints (online, server; never stored in the database).
+    pub checkpoint: &'a SigningKey,
 }
 
 /// Builds and signs version 1 of a root expiring at `expires`.
@@ -61,7 +67,10 @@ pub async fn build_root(keys: &RootKeys<'_>, expires: jiff::Timestamp) -> Result
     let mut extra = HashMap::new();
     extra.insert(
         WAVECAST_ROOT_FIELD.to_owned(),
-        serde_json::json!({ "director_key": { "keytype": "ed25519", "public": hex::encode(keys.director.public_bytes()) } }),
+        serde_json::json!({
+            "director_key": { "keytype": "ed25519", "public": hex::encode(keys.director.public_bytes()) },
+            "checkpoint_key": { "keytype": "ed25519", "public": hex::encode(keys.checkpoint.public_bytes()) },
+        }),
     );
     let root = Root {
         spec_version: SPEC_VERSION.to_owned(),
@@ -85,14 +94,18 @@ pub fn parse_root(bytes: &[u8]) -> Result<Signed<Root>, RootError> {
 
 /// The director's Ed25519 public key named in a root.
 pub fn director_key(root: &Root) -> Result<[u8; 32], RootError> {
-    let public = root
-        ._extra
-        .get(WAVECAST_ROOT_FIELD)
-        .and_then(|v| v.get("director_key"))
-        .and_then(|v| v.get("public"))
-        .and_then(|v| v.as_str())
-        .ok_or(RootError::NoDirectorKey)?;
+    wavecast_key(root, "director_key").ok_or(RootError::NoDirectorKey)
+}
+
+/// The audit checkpoint key's Ed25519 public key named in a root: auditors take it from the
+/// signed trust anchor, so no one who can write the database can swap it.
+pub fn checkpoint_key(root: &Root) -> Result<[u8; 32], RootError> {
+    wavecast_key(root, "checkpoint_key").ok_or(RootError::NoCheckpointKey)
+}
+
+fn wavecast_key(root: &Root, field: &str) -> Option<[u8; 32]> {
+    let public = root._extra.get(WAVECAST_ROOT_FIELD)?.get(field)?.get("public")?.as_str()?;
     let mut out = [0u8; 32];
-    hex::decode_to_slice(public, &mut out).map_err(|_| RootError::NoDirectorKey)?;
-    Ok(out)
+    hex::decode_to_slice(public, &mut out).ok()?;
+    Some(out)
 }

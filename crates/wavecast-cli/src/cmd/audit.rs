@@ -1,12 +1,29 @@
-//! `wavecast audit`: the audit trail.
+//! `wavecast audit`: the audit trail, its signed checkpoints, exports, and their verification.
+//!
+//! Verification trusts only the trust anchor (root.json, checked against its own root keys):
+//! the checkpoint key comes from its `x-wavecast` field, and everything the server sends is
+//! checked against checkpoints signed by that key.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Subcommand;
+use serde::Serialize;
+use wavecast_core::Sha256Digest;
 use wavecast_core::audit::AuditEvent;
+use wavecast_core::checkpoint::{NoteKey, origin_for_root, peek_checkpoint};
+use wavecast_core::evidence::{
+    ConsistencyProof, Export, ExportVerified, Growth, LeafRow, LogVerified, StoredCheckpoint, VerifyError,
+    verify_export, verify_growth, verify_log,
+};
+use wavecast_tuf::keys::verify_ed25519;
 
-use crate::Remote;
 use crate::output;
+use crate::{Client, Remote, existing_file};
+
+/// Rows or checkpoints fetched per request (the server's maximum).
+const PAGE: usize = 10_000;
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -19,6 +36,45 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the newest signed checkpoint; keep it to prove later that the log only grew.
+    Checkpoint {
+        /// Write it to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write events with their inclusion proofs and the signed checkpoint to a file that
+    /// verifies offline with the trust anchor alone.
+    Export {
+        /// Only the events of this rollout (its own events and its devices' outcomes).
+        #[arg(long)]
+        rollout: Option<String>,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Verify an export file offline, or (without FILE) the live log against its signed
+    /// checkpoints. Exits 1 naming the first event that does not verify.
+    Verify {
+        /// An export file written by `wavecast audit export`.
+        #[arg(value_parser = existing_file)]
+        file: Option<PathBuf>,
+        /// The installation's root.json: the checkpoint key is taken from it.
+        #[arg(long, value_parser = existing_file)]
+        trust_root: PathBuf,
+        /// An older checkpoint note (from `wavecast audit checkpoint`): also prove the log only
+        /// grew since, by a consistency proof from the server.
+        #[arg(long, value_parser = existing_file)]
+        since_checkpoint: Option<PathBuf>,
+        /// Print the verdict as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -37,8 +93,306 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 print_events(&events);
             }
         }
+        AuditCommand::Checkpoint { out, remote } => {
+            let note = String::from_utf8(remote.client()?.get_bytes("/api/v1/audit/checkpoint").await?)
+                .context("the server's checkpoint is not UTF-8")?;
+            match out {
+                Some(path) => write_atomically(&path, note.as_bytes())?,
+                None => print!("{note}"),
+            }
+        }
+        AuditCommand::Export { rollout, out, remote } => {
+            let path = match &rollout {
+                Some(id) => format!("/api/v1/audit/export?rollout={}", url_encode(id)),
+                None => "/api/v1/audit/export".to_owned(),
+            };
+            let export: Export = remote.client()?.get(&path).await?;
+            let size = peek_checkpoint(&export.checkpoint).map(|c| c.size).unwrap_or_default();
+            let json = serde_json::to_vec_pretty(&export)?;
+            write_atomically(&out, &json)?;
+            println!(
+                "wrote {} events to {} with inclusion proofs against the checkpoint of size {size}",
+                export.events.len(),
+                out.display()
+            );
+        }
+        AuditCommand::Verify { file, trust_root, since_checkpoint, json, remote } => {
+            return verify(file.as_deref(), &trust_root, since_checkpoint.as_deref(), json, &remote).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What verification established.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+enum Verified {
+    Export {
+        #[serde(flatten)]
+        summary: ExportVerified,
+        growth: Option<Growth>,
+    },
+    Live {
+        #[serde(flatten)]
+        summary: LogVerified,
+        growth: Option<Growth>,
+    },
+}
+
+/// The checkpoint key named by a trust anchor whose own signatures verify.
+fn trusted_key(trust_root: &Path) -> anyhow::Result<NoteKey> {
+    let bytes = std::fs::read(trust_root).with_context(|| format!("reading {}", trust_root.display()))?;
+    let root = wavecast_tuf::root::parse_root(&bytes)
+        .with_context(|| format!("{} is not a valid trust root", trust_root.display()))?;
+    let public = wavecast_tuf::root::checkpoint_key(&root.signed)
+        .with_context(|| format!("reading the checkpoint key of {}", trust_root.display()))?;
+    Ok(NoteKey { name: origin_for_root(&Sha256Digest::of(&bytes)), public })
+}
+
+async fn verify(
+    file: Option<&Path>,
+    trust_root: &Path,
+    since: Option<&Path>,
+    json: bool,
+    remote: &Remote,
+) -> anyhow::Result<ExitCode> {
+    let key = trusted_key(trust_root)?;
+    let old_note =
+        since.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+    let verdict = match file {
+        Some(path) => verify_file(path, &key, old_note.as_deref(), remote).await?,
+        None => verify_live(&key, old_note.as_deref(), &remote.client()?).await?,
+    };
+    match verdict {
+        Ok(verified) => {
+            if json {
+                output::json(&serde_json::json!({ "ok": true, "verified": verified }))?;
+            } else {
+                print_verified(&verified);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                let problem = match &e {
+                    VerifyError::Event { problem, .. } => serde_json::to_value(problem)?,
+                    _ => serde_json::Value::Null,
+                };
+                output::json(
+                    &serde_json::json!({ "ok": false, "seq": e.seq(), "problem": problem, "error": e.to_string() }),
+                )?;
+            } else {
+                eprintln!("audit verification FAILED: {e}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn verify_file(
+    path: &Path,
+    key: &NoteKey,
+    old_note: Option<&str>,
+    remote: &Remote,
+) -> anyhow::Result<Result<Verified, VerifyError>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let export: Export = match serde_json::from_slice(&bytes) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(VerifyError::Format { detail: format!("{}: {e}", path.display()) })),
+    };
+    let summary = match verify_export(&export, key, verify_ed25519) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let growth = match old_note {
+        None => None,
+        // An export carries no proof about other checkpoints; the server cuts one, and it is
+        // checked against both signed checkpoints, so the server is not trusted for it.
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, &remote.client()?).await? {
+            Ok(g) => Some(g),
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    Ok(Ok(Verified::Export { summary, growth }))
+}
+
+async fn verify_live(
+    key: &NoteKey,
+    old_note: Option<&str>,
+    client: &Client,
+) -> anyhow::Result<Result<Verified, VerifyError>> {
+    // Checkpoints first: every row they cover was committed before the rows are read.
+    let mut checkpoints: Vec<StoredCheckpoint> = Vec::new();
+    loop {
+        let from = checkpoints.last().map_or(0, |c| c.size + 1);
+        let page: Vec<StoredCheckpoint> =
+            client.get(&format!("/api/v1/audit/checkpoints?from={from}&limit={PAGE}")).await?;
+        let done = page.len() < PAGE;
+        checkpoints.extend(page);
+        if done {
+            break;
+        }
+    }
+    let mut leaves: Vec<LeafRow> = Vec::new();
+    loop {
+        let from = leaves.last().map_or(0, |l| l.seq + 1);
+        let page: Vec<LeafRow> = client.get(&format!("/api/v1/audit/leaves?from={from}&limit={PAGE}")).await?;
+        let done = page.len() < PAGE;
+        leaves.extend(page);
+        if done {
+            break;
+        }
+    }
+    let summary = match verify_log(&leaves, &checkpoints, key, verify_ed25519) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let growth = match old_note {
+        None => None,
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, client).await? {
+            Ok(g) => Some(g),
+            Err(e) => return Ok(Err(e)),
+        },
+    };
+    Ok(Ok(Verified::Live { summary, growth }))
+}
+
+/// Proves the log at `size` (root `root`, already verified) extends the older checkpoint.
+async fn prove_growth(
+    old_note: &str,
+    size: u64,
+    root: &Sha256Digest,
+    key: &NoteKey,
+    client: &Client,
+) -> anyhow::Result<Result<Growth, VerifyError>> {
+    let old = match peek_checkpoint(old_note) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(VerifyError::Growth { old: 0, detail: format!("the older checkpoint: {e}") })),
+    };
+    if old.size > size {
+        return Ok(Err(VerifyError::Growth {
+            old: old.size,
+            detail: format!("the verified log has only {size} events: it shrank"),
+        }));
+    }
+    let proof: ConsistencyProof =
+        match client.get(&format!("/api/v1/audit/consistency?from={}&to={size}", old.size)).await {
+            Ok(p) => p,
+            Err(e @ crate::ClientError::Api { .. }) => {
+                return Ok(Err(VerifyError::Growth { old: old.size, detail: format!("the server has no proof: {e}") }));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    let growth = match verify_growth(old_note, &proof, key, verify_ed25519) {
+        Ok(g) => g,
+        Err(e) => return Ok(Err(e)),
+    };
+    if growth.new_size != size || growth.new_root != *root {
+        return Ok(Err(VerifyError::Growth {
+            old: old.size,
+            detail: format!("the proof ends at another checkpoint than the verified one (size {size})"),
+        }));
+    }
+    Ok(Ok(growth))
+}
+
+fn print_verified(v: &Verified) {
+    let growth = match v {
+        Verified::Export { summary: s, growth } => {
+            let what = match &s.rollout {
+                Some(r) => format!("{} events of rollout {r}", s.events),
+                None => format!("all {} events", s.events),
+            };
+            println!(
+                "OK: {what} are in log {} at size {} (root {}), signed by the trust root's checkpoint key",
+                s.origin, s.tree_size, s.root
+            );
+            growth
+        }
+        Verified::Live { summary: s, growth } => {
+            println!(
+                "OK: all {} events of log {} match its {} signed checkpoints (root {}){}",
+                s.tree_size,
+                s.origin,
+                s.checkpoints,
+                s.root,
+                if s.pending > 0 {
+                    format!("; {} newer events await their checkpoint", s.pending)
+                } else {
+                    String::new()
+                }
+            );
+            growth
+        }
+    };
+    if let Some(g) = growth {
+        println!(
+            "OK: the log only grew since the checkpoint of size {} (consistency proof to size {})",
+            g.old_size, g.new_size
+        );
+    }
+}
+
+/// For the demo: waits until a checkpoint covers every event, exports `rollout`'s events to
+/// `out`, and verifies the export offline and the live log. Returns the lines to show.
+pub(crate) async fn demo_evidence(
+    client: &Client,
+    rollout: &str,
+    out: &Path,
+    trust_root: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        // Covered when no row lies past the newest checkpoint's size.
+        let note = String::from_utf8(client.get_bytes("/api/v1/audit/checkpoint").await?)?;
+        let size = peek_checkpoint(&note)?.size;
+        let newer: Vec<LeafRow> = client.get(&format!("/api/v1/audit/leaves?from={size}&limit=1")).await?;
+        if newer.is_empty() {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the server signed no checkpoint covering every event");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let key = trusted_key(trust_root)?;
+    let export: Export = client.get(&format!("/api/v1/audit/export?rollout={}", url_encode(rollout))).await?;
+    write_atomically(out, &serde_json::to_vec_pretty(&export)?)?;
+    let offline = verify_export(&export, &key, verify_ed25519)?;
+    let live = match verify_live(&key, None, client).await? {
+        Ok(Verified::Live { summary, .. }) => summary,
+        Ok(Verified::Export { .. }) => anyhow::bail!("live verification returned an export verdict"),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(vec![
+        format!(
+            "wrote {} ({} events of rollout {rollout}, each with its inclusion proof)",
+            out.display(),
+            offline.events
+        ),
+        format!(
+            "audit verify {}: OK against checkpoint {} of {}, signed by the key root.json names",
+            out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            offline.tree_size,
+            offline.origin
+        ),
+        format!("audit verify (live): all {} events match {} signed checkpoints", live.tree_size, live.checkpoints),
+    ])
+}
+
+/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
+    tmp.write_all(data)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn url_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Prints events as a table.

@@ -23,12 +23,34 @@ pub struct ServerArgs {
     /// Forbid the creator of a rollout from approving its gates (four-eyes rule).
     #[arg(long)]
     require_distinct_approver: bool,
+    /// Serve HTTPS with this certificate chain (PEM). Without it the server speaks plain HTTP
+    /// and warns: keep that on loopback.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require devices to present a client certificate from this CA (PEM) whose common name is
+    /// the device's name (mutual TLS). Operators connect without one.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    device_client_ca: Option<PathBuf>,
+    /// A revocation list for device certificates (PEM). Repeatable.
+    #[arg(long, value_name = "PEM", requires = "device_client_ca")]
+    device_client_crl: Vec<PathBuf>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
     let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url)?;
     config.settings.require_distinct_approver = args.require_distinct_approver;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(wavecast_server::tls::TlsConfig {
+            cert,
+            key,
+            device_client_ca: args.device_client_ca,
+            device_client_crls: args.device_client_crl,
+        });
+    }
     wavecast_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }

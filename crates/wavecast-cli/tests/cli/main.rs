@@ -7,6 +7,7 @@ use std::time::Duration;
 use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
+mod audit;
 mod rollouts;
 
 pub(crate) fn wavecast() -> Command {
@@ -258,7 +259,27 @@ fn demo_tells_the_story() {
     let out = run(wavecast().arg("demo"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for needle in ["wavecast init", "artifact publish", "refused", "devices enrolled", "artifact.published"] {
+    // The story's milestones, in the order the seed tells it.
+    let mut from = 0;
+    for needle in [
+        "wavecast init",
+        "artifact publish",
+        "devices enrolled",
+        "waiting_approval",
+        "rollout approve",
+        "rolls back by itself",
+        "paused",
+        "resume --ack",
+        "completed",
+        "rollout.paused",
+        "audit verify (live): all",
+        "Done in",
+    ] {
+        let at = stdout[from..].find(needle).map(|i| i + from);
+        assert!(at.is_some(), "demo output lacks {needle:?} after byte {from}:\n{stdout}");
+        from = at.unwrap_or(from);
+    }
+    for needle in ["1 failed", "unreachable"] {
         assert!(stdout.contains(needle), "demo output lacks {needle:?}:\n{stdout}");
     }
 }

@@ -83,6 +83,30 @@ impl FromRequestParts<AppState> for Device {
             .device_by_credential(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+        if state.settings().device_mtls {
+            require_certificate_for(parts, &device.name)?;
+        }
+        if !state.device_rate().allow(&device.id) {
+            return Err(ApiError::TooManyRequests(format!(
+                "device {} sent more than {} requests per second; slow down",
+                device.name,
+                super::DeviceRateLimit::RATE
+            )));
+        }
         Ok(Device(device))
+    }
+}
+
+/// With device mTLS on, the connection's client certificate must name `device`.
+pub fn require_certificate_for(parts: &Parts, device: &str) -> Result<(), ApiError> {
+    let cn = parts.extensions.get::<crate::tls::PeerIdentity>().and_then(|p| p.common_name.clone());
+    match cn {
+        None => Err(ApiError::Unauthorized(
+            "this server requires devices to present a client certificate from the device CA".into(),
+        )),
+        Some(cn) if cn != device => Err(ApiError::Unauthorized(format!(
+            "the client certificate names {cn:?}, but the credential belongs to device {device:?}"
+        ))),
+        Some(_) => Ok(()),
     }
 }

@@ -34,11 +34,15 @@ pub struct EnrollResponse {
 /// Exchanges a group enrollment token for a per-device credential.
 pub async fn enroll(
     State(state): State<AppState>,
+    parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
     let token =
         Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if state.settings().device_mtls {
+        super::auth::require_certificate_for(&parts, name.as_str())?;
+    }
     validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let credential = Secret::from_random(
         SecretKind::DeviceCredential,
@@ -164,7 +168,7 @@ pub async fn reports(
 pub async fn target(
     State(state): State<AppState>,
     _device: Device,
-    axum::extract::Path(file): axum::extract::Path<String>,
+    super::ApiPath(file): super::ApiPath<String>,
     req: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
     let (hex, name) = file.split_once('.').ok_or_else(|| ApiError::NotFound(format!("no target {file:?}")))?;

@@ -3,9 +3,11 @@
 //! [`router`] builds the whole service from an [`AppState`], so tests drive it in-process with
 //! `tower::ServiceExt::oneshot` exactly as the network would.
 
+mod audit;
 mod auth;
 mod device;
 pub mod error;
+mod openapi;
 mod operator;
 mod publish;
 mod rollouts;
@@ -15,7 +17,8 @@ mod tuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,6 +48,8 @@ pub struct Trust {
     pub online: OnlineKeys,
     /// Signs device assignments.
     pub director: SigningKey,
+    /// Signs audit log checkpoints; loaded from `keys/`, never stored in the database.
+    pub checkpoint: SigningKey,
 }
 
 /// Server-wide policy settings.
@@ -52,6 +57,8 @@ pub struct Trust {
 pub struct Settings {
     /// Forbid the creator of a rollout from approving its gates.
     pub require_distinct_approver: bool,
+    /// Devices must present a client certificate naming them (set when TLS has a device CA).
+    pub device_mtls: bool,
 }
 
 struct Inner {
@@ -61,6 +68,34 @@ struct Inner {
     settings: Settings,
     metrics: Metrics,
     last_seen: LastSeen,
+    device_rate: DeviceRateLimit,
+}
+
+/// Per-device request budget: a token bucket per device, in memory (each replica keeps its
+/// own; the point is that one misbehaving device cannot starve the others).
+#[derive(Debug, Default)]
+pub struct DeviceRateLimit(std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>);
+
+impl DeviceRateLimit {
+    /// Sustained requests per second per device.
+    pub const RATE: f64 = 50.0;
+    /// Burst size.
+    pub const BURST: f64 = 100.0;
+
+    /// Takes one request from `device`'s budget; false when it is spent.
+    pub fn allow(&self, device: &str) -> bool {
+        let Ok(mut m) = self.0.lock() else { return true };
+        let now = std::time::Instant::now();
+        let entry = m.entry(device.to_owned()).or_insert((Self::BURST, now));
+        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::RATE).min(Self::BURST);
+        entry.1 = now;
+        if entry.0 >= 1.0 {
+            entry.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Device check-in times, kept in memory and written to the database in batches: a write per
@@ -96,12 +131,18 @@ impl AppState {
             settings,
             metrics: Metrics::default(),
             last_seen: LastSeen::default(),
+            device_rate: DeviceRateLimit::default(),
         }))
     }
 
     /// Policy settings.
     pub fn settings(&self) -> &Settings {
         &self.0.settings
+    }
+
+    /// Per-device request budgets.
+    pub fn device_rate(&self) -> &DeviceRateLimit {
+        &self.0.device_rate
     }
 
     /// Check-in times not yet written.
@@ -133,6 +174,7 @@ impl AppState {
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
     let operator = Router::new()
+        .route("/openapi.json", get(openapi::openapi))
         .route("/whoami", get(operator::whoami))
         .route("/artifacts", get(operator::list_artifacts))
         .route("/groups", get(operator::list_groups).post(operator::create_group))
@@ -140,6 +182,11 @@ pub fn router(state: AppState) -> Router {
         .route("/devices", get(operator::list_devices))
         .route("/devices/{name}", get(operator::show_device))
         .route("/audit", get(operator::list_audit))
+        .route("/audit/checkpoint", get(audit::checkpoint))
+        .route("/audit/checkpoints", get(audit::checkpoint_rows))
+        .route("/audit/leaves", get(audit::leaves))
+        .route("/audit/export", get(audit::export))
+        .route("/audit/consistency", get(audit::consistency))
         .route("/tuf/{file}", get(tuf::operator_metadata))
         .route("/blobs/{sha256}", get(operator::get_blob))
         .route("/tokens", get(tokens::list).post(tokens::create))
@@ -210,6 +257,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     Err(ApiError::BadRequest(msg))
                 }
             }
+        }
+    }
+}
+
+/// `Query<T>` whose rejections (a malformed or unknown parameter) are our JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// `Path<T>` whose rejections (say, a segment that is not UTF-8 once decoded) are our JSON errors.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Operator API handlers: artifacts, groups, enrollment tokens, devices, audit, blobs.
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{GroupName, Permission, Sha256Digest};
 
-use super::{ApiError, ApiJson, AppState, Operator, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, new_id, now_ms};
 use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 
 /// Who the token belongs to.
@@ -124,7 +124,7 @@ pub struct DeviceFilter {
 pub async fn list_devices(
     State(state): State<AppState>,
     op: Operator,
-    Query(filter): Query<DeviceFilter>,
+    ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
     op.require(Permission::Read)?;
     Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
@@ -142,7 +142,7 @@ pub struct DeviceDetail {
 pub async fn show_device(
     State(state): State<AppState>,
     op: Operator,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
     op.require(Permission::Read)?;
     let device = state
@@ -171,7 +171,7 @@ pub struct AuditRange {
 pub async fn list_audit(
     State(state): State<AppState>,
     op: Operator,
-    Query(range): Query<AuditRange>,
+    ApiQuery(range): ApiQuery<AuditRange>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
     op.require(Permission::Read)?;
     let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -182,7 +182,7 @@ pub async fn list_audit(
 pub async fn get_blob(
     State(state): State<AppState>,
     op: Operator,
-    Path(sha256): Path<String>,
+    ApiPath(sha256): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     op.require(Permission::Read)?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
@@ -11,7 +11,7 @@ use wavecast_core::probe::{ProbeKind, ProbeSpec};
 use wavecast_core::rollout::{Command, Gate, Plan, RolloutState};
 use wavecast_core::{Permission, TargetName};
 
-use super::{ApiError, ApiJson, AppState, Operator, now_ms};
+use super::{ApiError, ApiJson, ApiPath, AppState, Operator, now_ms};
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
 
 /// Ten minutes, as the brief sets it.
@@ -181,7 +181,7 @@ pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Ve
 pub async fn show(
     State(state): State<AppState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::Read)?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
@@ -207,7 +207,7 @@ async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) ->
 pub async fn approve(
     State(state): State<AppState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     run_command(&state, &op, &id, Command::Approve).await
 }
@@ -221,7 +221,7 @@ pub struct ResumeRequest {
 pub async fn resume(
     State(state): State<AppState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     req: Result<ApiJson<ResumeRequest>, ApiError>,
 ) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::OperateRollouts)?;
@@ -250,7 +250,7 @@ pub struct AbortRequest {
 pub async fn abort(
     State(state): State<AppState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     req: Result<ApiJson<AbortRequest>, ApiError>,
 ) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::OperateRollouts)?;

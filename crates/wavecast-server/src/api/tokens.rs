@@ -1,14 +1,14 @@
 //! Operator API for API tokens: create (the secret is shown once), list, revoke.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
-use super::{ApiError, ApiJson, AppState, Operator, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, AppState, Operator, new_id, now_ms};
 use crate::store::{NewToken, TokenRecord};
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +65,7 @@ pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Ve
 pub async fn revoke(
     State(state): State<AppState>,
     op: Operator,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenRecord>, ApiError> {
     op.require(Permission::ManageTokens)?;
     let actor = op.name.clone();

@@ -4,18 +4,18 @@
 //! `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`. Unversioned
 //! `snapshot.json` and `targets.json` give the newest, for publishers.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use wavecast_core::Permission;
 
-use super::{ApiError, AppState, Device, Operator};
+use super::{ApiError, ApiPath, AppState, Device, Operator};
 
 /// Metadata for operators (the publisher reads root and targets here).
 pub async fn operator_metadata(
     State(state): State<AppState>,
     op: Operator,
-    Path(file): Path<String>,
+    ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     op.require(Permission::Read)?;
     metadata(&state, &file).await
@@ -25,7 +25,7 @@ pub async fn operator_metadata(
 pub async fn device_metadata(
     State(state): State<AppState>,
     _device: Device,
-    Path(file): Path<String>,
+    ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     metadata(&state, &file).await
 }

@@ -28,6 +28,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_none.sql"),
         postgres: include_str!("../../migrations/postgres/0002_none.sql"),
     },
+    Migration {
+        version: 3,
+        common: include_str!("../../migrations/common_0003.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0003_append_only.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_append_only.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 //! advisory locks — is chosen by [`Backend`] in this module and nowhere else, so callers cannot
 //! observe which database they run on.
 
+mod audit;
 mod migrate;
 mod records;
 mod rollouts;
@@ -19,6 +20,7 @@ use sqlx::{Any, AnyPool, Row as _, Transaction};
 use wavecast_core::audit::{AuditEvent, NewAuditEvent};
 use wavecast_core::{Role, Sha256Digest};
 
+pub use audit::{CheckpointRecord, NewCheckpoint};
 pub use records::*;
 pub use rollouts::*;
 
@@ -512,19 +514,50 @@ impl Store {
     }
 
     /// Writes check-in times noted in memory.
-    pub async fn record_last_seen(&self, seen: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut tx = self.begin("recording check-ins").await?;
-        for (id, at) in seen {
-            sqlx::query(
-                "UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)",
-            )
-            .bind(id)
-            .bind(*at)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("recording check-ins"))?;
+    pub async fn record_last_seen(&self, seen: &[(String, i64)]) -> Result<Vec<(String, i64)>, StoreError> {
+        let op = "recording check-ins";
+        let mut seen = seen.to_vec();
+        // One order for every writer, and on PostgreSQL rows another transaction holds are
+        // skipped (and handed back for the next flush) rather than waited for: a flush must
+        // never deadlock with a rollout bumping the same devices' counters.
+        seen.sort();
+        let mut skipped = Vec::new();
+        for chunk in seen.chunks(500) {
+            let mut tx = self.begin(op).await?;
+            let locked: std::collections::BTreeSet<String> = match self.backend {
+                Backend::Sqlite => chunk.iter().map(|(id, _)| id.clone()).collect(),
+                Backend::Postgres => {
+                    let list = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+                    let sql = format!("SELECT id FROM devices WHERE id IN ({list}) ORDER BY id FOR UPDATE SKIP LOCKED");
+                    let mut query = sqlx::query(&sql);
+                    for (id, _) in chunk {
+                        query = query.bind(id);
+                    }
+                    query
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(q(op))?
+                        .iter()
+                        .map(|r| r.try_get::<String, _>(0))
+                        .collect::<Result<_, _>>()
+                        .map_err(q(op))?
+                }
+            };
+            for (id, at) in chunk {
+                if !locked.contains(id) {
+                    skipped.push((id.clone(), *at));
+                    continue;
+                }
+                sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1 AND (last_seen_at IS NULL OR last_seen_at < $2)")
+                    .bind(id)
+                    .bind(*at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q(op))?;
+            }
+            tx.commit().await.map_err(q(op))?;
         }
-        tx.commit().await.map_err(q("recording check-ins"))
+        Ok(skipped)
     }
 
     // ----- audit ----------------------------------------------------------------------------
@@ -581,7 +614,11 @@ async fn insert_metadata(
     Ok(())
 }
 
-pub(super) async fn insert_token(tx: &mut Transaction<'static, Any>, t: &NewToken, now_ms: i64) -> Result<(), StoreError> {
+pub(super) async fn insert_token(
+    tx: &mut Transaction<'static, Any>,
+    t: &NewToken,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
     )

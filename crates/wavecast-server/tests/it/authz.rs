@@ -109,6 +109,11 @@ async fn matrix(db: Db) {
         (Method::GET, "/api/v1/devices".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/devices/dev-a".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/audit".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit/checkpoint".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit/checkpoints".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit/leaves".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit/export".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::GET, "/api/v1/audit/consistency?from=0".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/tuf/timestamp.json".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, format!("/api/v1/blobs/{sha}"), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/tokens".into(), serde_json::Value::Null, Operator(Some(ManageTokens))),
@@ -259,3 +264,41 @@ async fn replayed_report_is_applied_once(db: Db) {
 }
 
 both!(matrix, replayed_report_is_applied_once);
+
+async fn devices_are_rate_limited_one_by_one(db: Db) {
+    let env = Env::new(db).await;
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
+    let t =
+        env.post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": "g" })).await.json();
+    let mut creds = Vec::new();
+    for name in ["noisy", "quiet"] {
+        let d = env
+            .post_json(
+                "/device/v1/enroll",
+                None,
+                serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
+            )
+            .await
+            .json();
+        creds.push(d["credential"].as_str().unwrap().to_owned());
+    }
+    let mut limited = None;
+    for i in 0..300 {
+        let r = env.request(Method::GET, "/device/v1/whoami", Some(&creds[0]), &[], Body::empty()).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(r.headers["retry-after"], "1");
+            assert!(r.message().contains("noisy"), "{}", r.message());
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let at = limited.expect("300 requests at once must hit the per-device limit");
+    assert!(at >= 50, "the burst allowance lets a normal device through ({at})");
+    // Another device, and the operator API, are not affected.
+    let r = env.request(Method::GET, "/device/v1/whoami", Some(&creds[1]), &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(env.get("/api/v1/devices").await.status, StatusCode::OK);
+}
+
+both!(devices_are_rate_limited_one_by_one);

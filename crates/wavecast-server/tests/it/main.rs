@@ -5,10 +5,13 @@
 
 mod support;
 
+mod audit;
 mod authz;
 mod fleet;
+mod openapi;
 mod publish;
 mod storage;
+mod tls;
 
 /// Runs `async fn NAME(db: Db)` as two tests, `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]

@@ -50,7 +50,14 @@ async fn build(env: &Env, case: Bad) -> (Vec<u8>, Vec<u8>) {
         Bad::SignedByUnknownKey => {
             let rogue = SigningKey::generate().unwrap();
             let rogue_root = build_root(
-                &RootKeys { root: &rogue, targets: &rogue, snapshot: &rogue, timestamp: &rogue, director: &rogue },
+                &RootKeys {
+                    root: &rogue,
+                    targets: &rogue,
+                    snapshot: &rogue,
+                    timestamp: &rogue,
+                    director: &rogue,
+                    checkpoint: &rogue,
+                },
                 jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
             )
             .await

@@ -1,0 +1,13 @@
+//! Real-process end-to-end tests of the device agent: a real `wavecast` server on a real port
+//! (in this process, so it can be stopped and restarted), the real `wavecast-agent` binary,
+//! real probes, an attacker proxy, and SIGKILL at every crash point.
+
+#[macro_use]
+mod support;
+
+mod attacker;
+mod bad_artifacts;
+mod crash;
+mod end_to_end;
+mod probes;
+mod server_down;

@@ -1,0 +1,156 @@
+//! Audit evidence: the signed checkpoint, exports with inclusion proofs, consistency proofs,
+//! and the raw rows and checkpoints `wavecast audit verify` recomputes the tree from.
+//!
+//! Nothing here asks the client to trust the server: every answer is checkable against the
+//! checkpoint key in the trust anchor, and the raw rows are served unparsed so damage shows.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use wavecast_core::Permission;
+use wavecast_core::audit::AuditEvent;
+use wavecast_core::evidence::{
+    ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint, concerns_rollout,
+};
+
+use super::{ApiError, ApiQuery, AppState, Operator};
+use crate::checkpoints::{self, CheckpointError, VerifiedCheckpoint};
+
+/// Rows or checkpoints per page, at most.
+const MAX_PAGE: u64 = 10_000;
+
+fn evidence_error(e: CheckpointError) -> ApiError {
+    match e {
+        CheckpointError::Store(e) => e.into(),
+        // The log disagrees with its own checkpoints: the client should run a verification,
+        // which names the damage; a 500 would hide that it is the data, not the server.
+        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(damaged.to_string()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+async fn latest_or_404(state: &AppState) -> Result<VerifiedCheckpoint, ApiError> {
+    checkpoints::latest(state).await.map_err(evidence_error)?.ok_or_else(|| {
+        ApiError::NotFound("no audit checkpoint is signed yet; the server signs one within a second of a write".into())
+    })
+}
+
+/// The newest signed checkpoint, as the C2SP note text (save it to prove growth later).
+pub async fn checkpoint(State(state): State<AppState>, op: Operator) -> Result<impl IntoResponse, ApiError> {
+    op.require(Permission::Read)?;
+    let latest = latest_or_404(&state).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], latest.note))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    rollout: Option<String>,
+}
+
+/// Every event covered by the newest checkpoint (or those of one rollout), each with its
+/// inclusion proof, and the checkpoint: a file that verifies offline.
+pub async fn export(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> Result<Json<Export>, ApiError> {
+    op.require(Permission::Read)?;
+    if query.rollout.as_ref().is_some_and(|r| r.is_empty() || r.len() > 256) {
+        return Err(ApiError::BadRequest("rollout must be a rollout id".into()));
+    }
+    let latest = latest_or_404(&state).await?;
+    let size = latest.checkpoint.size;
+    let rollout = query.rollout;
+    let (tree, kept) = checkpoints::read_tree(&state, size, |body| match &rollout {
+        None => true,
+        Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
+    })
+    .await
+    .map_err(evidence_error)?;
+    let events = kept
+        .into_iter()
+        .map(|(seq, body)| {
+            let inclusion_proof = tree.inclusion_proof(seq, size).map_err(|e| evidence_error(e.into()))?;
+            Ok(ExportedEvent { seq, body, inclusion_proof })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(Export { format: EXPORT_FORMAT.into(), checkpoint: latest.note, rollout, events }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyQuery {
+    from: u64,
+    to: Option<u64>,
+}
+
+/// The consistency proof from size `from` to the checkpoint of size `to` (default: newest).
+pub async fn consistency(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiQuery(query): ApiQuery<ConsistencyQuery>,
+) -> Result<Json<ConsistencyProof>, ApiError> {
+    op.require(Permission::Read)?;
+    let target = match query.to {
+        None => latest_or_404(&state).await?,
+        Some(to) => checkpoints::at_size(&state, to)
+            .await
+            .map_err(evidence_error)?
+            .ok_or_else(|| ApiError::NotFound(format!("no valid audit checkpoint has size {to}")))?,
+    };
+    let to = target.checkpoint.size;
+    if query.from > to {
+        return Err(ApiError::BadRequest(format!(
+            "from {} is past the checkpoint's size {to}: the log is smaller than the older checkpoint says",
+            query.from
+        )));
+    }
+    let (tree, _) = checkpoints::read_tree(&state, to, |_| false).await.map_err(evidence_error)?;
+    let proof = tree.consistency_proof(query.from, to).map_err(|e| evidence_error(e.into()))?;
+    Ok(Json(ConsistencyProof { from: query.from, to, checkpoint: target.note, proof }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    from: Option<u64>,
+    limit: Option<u64>,
+}
+
+impl Page {
+    fn bounds(&self) -> (i64, i64) {
+        let from = self.from.unwrap_or(0).min(i64::MAX as u64) as i64;
+        (from, self.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE) as i64)
+    }
+}
+
+/// Raw stored rows with `seq >= from`, by seq, exactly as stored.
+pub async fn leaves(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Vec<LeafRow>>, ApiError> {
+    op.require(Permission::Read)?;
+    let (from, limit) = page.bounds();
+    let rows = state.store().audit_leaves(from, i64::MAX, limit).await?;
+    Ok(Json(rows.into_iter().map(|(seq, body)| LeafRow { seq: seq.max(0) as u64, body }).collect()))
+}
+
+/// Stored checkpoint rows with `size >= from`, smallest first, unverified: the client checks.
+pub async fn checkpoint_rows(
+    State(state): State<AppState>,
+    op: Operator,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<Json<Vec<StoredCheckpoint>>, ApiError> {
+    op.require(Permission::Read)?;
+    let (from, limit) = page.bounds();
+    let rows = state.store().audit_checkpoints(from, limit).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| StoredCheckpoint { size: r.size.max(0) as u64, note: r.note, created_at: r.created_at })
+            .collect(),
+    ))
+}

@@ -1,0 +1,195 @@
+//! HTTPS with rustls, and optional mutual TLS for devices.
+//!
+//! With `--device-client-ca`, the server asks every client for a certificate but does not
+//! require one at the handshake: operators connect without. A certificate that does not chain
+//! to that CA, or that a CRL revokes, fails the handshake. The certificate's subject common
+//! name travels with each request as a [`PeerIdentity`]; the device API then requires it and
+//! requires it to name the device whose credential was presented.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// TLS settings.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The server's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA whose certificates identify devices (PEM); enables mTLS for devices.
+    pub device_client_ca: Option<PathBuf>,
+    /// Revocation lists for device certificates (PEM).
+    pub device_client_crls: Vec<PathBuf>,
+}
+
+/// Errors loading TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("reading {what} from {path}: {reason}")]
+    Pem {
+        /// What we wanted.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("configuring TLS: {0}")]
+    Config(String),
+}
+
+/// The client certificate's identity, attached to every request of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Subject common name, if the client presented a certificate.
+    pub common_name: Option<String>,
+}
+
+fn pem_err(what: &'static str, path: &Path) -> impl Fn(String) -> TlsError + use<> {
+    let path = path.to_path_buf();
+    move |reason| TlsError::Pem { what, path: path.clone(), reason }
+}
+
+fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_err(what, path)(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(what, path)(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_err(what, path)("no CERTIFICATE blocks".into()));
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls server configuration.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs(&tls.cert, "the server certificate")?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| pem_err("the server key", &tls.key)(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &tls.device_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca, "the device client CA")? {
+                roots.add(c).map_err(|e| pem_err("the device client CA", ca)(e.to_string()))?;
+            }
+            let mut crls = Vec::new();
+            for path in &tls.device_client_crls {
+                for crl in CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| pem_err("a CRL", path)(e.to_string()))?
+                {
+                    crls.push(crl.map_err(|e| pem_err("a CRL", path)(e.to_string()))?);
+                }
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    parsed.subject().iter_common_name().next()?.as_str().ok().map(str::to_owned)
+}
+
+/// How long a client may take to send a request's headers before the connection is closed:
+/// slow-header (slowloris) clients must not pin connections open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Serves `app` until `shutdown`, over TLS when `config` is given and plain HTTP otherwise;
+/// then lets requests in flight finish (for up to 10 s) and closes idle connections.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = config.map(tokio_rustls::TlsAcceptor::from);
+    let mut connections = tokio::task::JoinSet::new();
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let closing = closing.clone();
+        connections.spawn(async move {
+            let Some(acceptor) = acceptor else {
+                return connection(stream, PeerIdentity { common_name: None }, app, closing, peer).await;
+            };
+            // A client that never finishes the handshake must not hold a task forever.
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake refused"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let identity = PeerIdentity {
+                common_name: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(common_name),
+            };
+            connection(tls, identity, app, closing, peer).await
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+    let _ = closing_tx.send(true);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), async { while connections.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+async fn connection<IO>(
+    io: IO,
+    identity: PeerIdentity,
+    app: axum::Router,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(identity.clone());
+        let app = app.clone();
+        async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { closing.wait_for(|c| *c).await.map(|_| ()) } => {
+            // Finish the request in flight, then close instead of idling on keep-alive.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,234 @@
+//! The OpenAPI document (`src/api/openapi.json`, served at `/api/v1/openapi.json`) stays honest:
+//! it is well-formed OpenAPI 3.0 with every `$ref` resolving, it lists exactly the routes
+//! `router()` has, and every operation it lists reaches a real handler.
+//!
+//! Response shapes are checked against a running server by `scripts/schemathesis`.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::both;
+use crate::support::{Db, Env};
+
+const DOCUMENT: &str = include_str!("../../src/api/openapi.json");
+const ROUTER_SOURCE: &str = include_str!("../../src/api/mod.rs");
+
+/// Every (method, path template) that `api::router()` serves. A route added there must be
+/// added here and to the document.
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/whoami"),
+    ("GET", "/api/v1/artifacts"),
+    ("POST", "/api/v1/artifacts"),
+    ("GET", "/api/v1/groups"),
+    ("POST", "/api/v1/groups"),
+    ("POST", "/api/v1/enrollment-tokens"),
+    ("GET", "/api/v1/devices"),
+    ("GET", "/api/v1/devices/{name}"),
+    ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/audit/checkpoint"),
+    ("GET", "/api/v1/audit/checkpoints"),
+    ("GET", "/api/v1/audit/leaves"),
+    ("GET", "/api/v1/audit/export"),
+    ("GET", "/api/v1/audit/consistency"),
+    ("GET", "/api/v1/tuf/{file}"),
+    ("GET", "/api/v1/blobs/{sha256}"),
+    ("GET", "/api/v1/tokens"),
+    ("POST", "/api/v1/tokens"),
+    ("DELETE", "/api/v1/tokens/{id}"),
+    ("GET", "/api/v1/rollouts"),
+    ("POST", "/api/v1/rollouts"),
+    ("GET", "/api/v1/rollouts/{id}"),
+    ("POST", "/api/v1/rollouts/{id}/approve"),
+    ("POST", "/api/v1/rollouts/{id}/resume"),
+    ("POST", "/api/v1/rollouts/{id}/abort"),
+    ("POST", "/device/v1/enroll"),
+    ("GET", "/device/v1/whoami"),
+    ("GET", "/device/v1/tuf/{file}"),
+    ("GET", "/device/v1/assignments"),
+    ("POST", "/device/v1/reports"),
+    ("GET", "/device/v1/targets/{file}"),
+];
+
+const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+fn document() -> Value {
+    serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
+}
+
+/// (METHOD, path template) of every operation in the document.
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths is an object") {
+        for (method, _) in item.as_object().expect("a path item is an object") {
+            if METHODS.contains(&method.as_str()) {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Follows `$ref`s (local ones only, which is all the document uses).
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, doc.pointer(r.strip_prefix('#').expect("local $ref")).expect("$ref resolves")),
+        None => v,
+    }
+}
+
+fn check_refs(doc: &Value, v: &Value, at: &str, count: &mut usize) {
+    match v {
+        Value::Object(map) => {
+            if let Some(r) = map.get("$ref") {
+                let r = r.as_str().unwrap_or_else(|| panic!("{at}: $ref is not a string"));
+                let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{at}: $ref {r} is not local"));
+                assert!(doc.pointer(pointer).is_some(), "{at}: $ref {r} does not resolve");
+                *count += 1;
+            }
+            for (k, child) in map {
+                check_refs(doc, child, &format!("{at}/{k}"), count);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                check_refs(doc, child, &format!("{at}/{i}"), count);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn document_is_openapi_3_with_resolving_refs() {
+    let doc = document();
+    let version = doc["openapi"].as_str().expect("openapi version");
+    assert!(version.starts_with("3.0."), "OpenAPI 3.0.x, got {version}");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let mut refs = 0;
+    check_refs(&doc, &doc, "#", &mut refs);
+    assert!(refs > 50, "only {refs} $refs: is the document complete?");
+
+    let schemes = doc["components"]["securitySchemes"].as_object().expect("security schemes");
+    for (name, scheme) in schemes {
+        assert_eq!((scheme["type"].as_str(), scheme["scheme"].as_str()), (Some("http"), Some("bearer")), "{name}");
+    }
+
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        assert!(path.starts_with('/'), "{path}");
+        let templated: BTreeSet<&str> =
+            path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{} {path}", method.to_uppercase());
+            assert!(METHODS.contains(&method.as_str()), "{at}: not an HTTP method");
+            assert!(op["operationId"].is_string(), "{at}: operationId");
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let in_path: BTreeSet<&str> = params
+                .iter()
+                .map(|p| resolve(&doc, p))
+                .filter(|p| p["in"] == "path")
+                .map(|p| {
+                    assert_eq!(p["required"], true, "{at}: path parameters are required");
+                    p["name"].as_str().unwrap()
+                })
+                .collect();
+            assert_eq!(in_path, templated, "{at}: path parameters and the template disagree");
+
+            let responses = op["responses"].as_object().unwrap_or_else(|| panic!("{at}: responses"));
+            assert!(responses.keys().any(|s| s.starts_with('2')), "{at}: no success response");
+            for (status, resp) in responses {
+                let resp = resolve(&doc, resp);
+                assert!(resp["description"].is_string(), "{at} {status}: description");
+                // Every error is the one JSON error shape (416 is the file server's, bodiless).
+                if status.starts_with('4') && status != "416" || status.starts_with('5') {
+                    let schema = &resp["content"]["application/json"]["schema"];
+                    let refs_error = schema["allOf"][0]["$ref"] == "#/components/schemas/Error"
+                        || schema["$ref"] == "#/components/schemas/Error";
+                    assert!(refs_error, "{at} {status}: error responses use the Error schema");
+                }
+            }
+
+            let security: Vec<String> = op["security"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{at}: say `security` explicitly"))
+                .iter()
+                .flat_map(|s| s.as_object().unwrap().keys().cloned())
+                .collect();
+            for s in &security {
+                assert!(schemes.contains_key(s), "{at}: unknown security scheme {s}");
+            }
+            let open = ["/healthz", "/metrics", "/api/v1/openapi.json", "/device/v1/enroll"];
+            if !open.contains(&path.as_str()) {
+                let (scheme, extra) =
+                    if path.starts_with("/device/") { ("deviceCredential", Some("429")) } else { ("apiToken", None) };
+                assert_eq!(security, [scheme], "{at}: security");
+                assert!(responses.contains_key("401"), "{at}: authenticated routes answer 401");
+                if let Some(extra) = extra {
+                    assert!(responses.contains_key(extra), "{at}: device routes are rate limited ({extra})");
+                }
+            } else {
+                assert!(security.is_empty(), "{at}: needs no credentials");
+            }
+
+            if let Some(body) = op.get("requestBody") {
+                let body = resolve(&doc, body);
+                if let Some(schema) = body["content"].get("application/json").map(|c| resolve(&doc, &c["schema"])) {
+                    // The server refuses unknown fields in every JSON body.
+                    assert_eq!(schema["additionalProperties"], false, "{at}: additionalProperties");
+                    for status in ["400", "413"] {
+                        assert!(responses.contains_key(status), "{at}: JSON bodies can get {status}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn document_lists_exactly_the_routes() {
+    let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(listed.len(), ROUTES.len(), "ROUTES has duplicates");
+    let documented = operations(&document());
+    let missing: Vec<_> = listed.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&listed).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "not documented: {missing:?}; not served: {extra:?}");
+
+    // A route added to router() without updating ROUTES: every path literal there must be the
+    // tail of a listed path (the operator and device routers are nested under their prefixes).
+    for literal in ROUTER_SOURCE.split(".route(\"").skip(1).filter_map(|s| s.split('"').next()) {
+        assert!(
+            ROUTES.iter().any(|(_, p)| p.ends_with(literal)),
+            "router() serves {literal:?}, which ROUTES (and so the document) lacks"
+        );
+    }
+}
+
+async fn every_documented_operation_reaches_a_handler(db: Db) {
+    let env = Env::new(db).await;
+
+    let served = env.request(Method::GET, "/api/v1/openapi.json", None, &[], Body::empty()).await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(served.headers["content-type"], "application/json");
+    assert_eq!(served.body, DOCUMENT.as_bytes(), "served without credentials, byte for byte");
+
+    for (method, path) in operations(&document()) {
+        // Any value will do: a handler answering 404 for it still proves the route exists.
+        let uri = path.split('/').map(|s| if s.starts_with('{') { "sample" } else { s }).collect::<Vec<_>>().join("/");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let token = uri.starts_with("/api/").then_some(env.admin.as_str());
+        let r = env
+            .request(method.clone(), &uri, token, &[("content-type", "application/json".into())], Body::from("{}"))
+            .await;
+        assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: the path exists, the method does not");
+        if r.status == StatusCode::NOT_FOUND {
+            assert!(!r.message().starts_with("no route for"), "{method} {uri} fell through to the fallback");
+        }
+    }
+}
+
+both!(every_documented_operation_reaches_a_handler);
