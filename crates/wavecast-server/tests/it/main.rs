@@ -10,6 +10,7 @@ mod authz;
 mod fleet;
 mod openapi;
 mod publish;
+mod rollouts;
 mod storage;
 mod tls;
 

@@ -54,6 +54,11 @@ impl Resp {
 
 impl Env {
     pub async fn new(db: Db) -> Self {
+        Self::with(db, |_| {}).await
+    }
+
+    /// A fresh installation whose server settings `adjust` changes before it opens.
+    pub async fn with(db: Db, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let install = dir.path().join("install");
         let report = wavecast_server::install::init(&install).await.unwrap();
@@ -61,9 +66,10 @@ impl Env {
             Db::Sqlite => None,
             Db::Postgres => Some(PgDatabase::create().await),
         };
-        let config =
+        let mut config =
             ServerConfig::new(install, "127.0.0.1:0".parse().unwrap(), pg.as_ref().map(|p| p.url().to_owned()))
                 .unwrap();
+        adjust(&mut config);
         let state = wavecast_server::open(&config).await.unwrap();
         let router = api::router(state.clone());
         let admin = std::fs::read_to_string(&report.admin_token_file).unwrap().trim().to_owned();
