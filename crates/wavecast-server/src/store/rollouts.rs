@@ -675,7 +675,10 @@ impl Store {
         let mut settled = 0;
         for row in &rows {
             let r = rollout_from_row(row)?;
-            let cutoff = now_ms - r.plan.device_timeout_ms as i64;
+            // The API takes any u64: a timeout past i64::MAX ms means never, not a wrapped
+            // (negative) timeout that expires every device at once or an overflow panic.
+            let timeout = i64::try_from(r.plan.device_timeout_ms).unwrap_or(i64::MAX);
+            let cutoff = now_ms.saturating_sub(timeout);
             let mut states = vec!["downloading", "verifying", "installing", "probing"];
             if r.status.state.serves_new_devices() {
                 states.push("assigned");
