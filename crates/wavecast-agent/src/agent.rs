@@ -76,11 +76,14 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
         b = b.tls_certs_only(certs);
     }
     if let Some((cert, key)) = &config.client_identity {
-        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| AgentError::Http(format!("reading {}: {e}", p.display())));
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| AgentError::Http(format!("reading {}: {e}", p.display())))
+        };
         let mut pem = read(key)?;
         pem.extend_from_slice(&read(cert)?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|e| AgentError::Http(format!("client_cert {} / client_key {}: {e}", cert.display(), key.display())))?;
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            AgentError::Http(format!("client_cert {} / client_key {}: {e}", cert.display(), key.display()))
+        })?;
         b = b.identity(identity);
     }
     b.build().map_err(|e| AgentError::Http(e.to_string()))

@@ -200,8 +200,12 @@ impl AgentConfig {
                 absolute("client_key", &key)?;
                 Some((cert, key))
             }
-            (Some(_), None) => return Err(invalid("client_key", "client_cert is set, so client_key must be too".into())),
-            (None, Some(_)) => return Err(invalid("client_cert", "client_key is set, so client_cert must be too".into())),
+            (Some(_), None) => {
+                return Err(invalid("client_key", "client_cert is set, so client_key must be too".into()));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("client_cert", "client_key is set, so client_cert must be too".into()));
+            }
         };
         let mut download = DownloadPolicy::default();
         if let Some(rate) = raw.download.min_bytes_per_sec {
@@ -266,9 +270,21 @@ mod tests {
 
     fn root_json(dir: &Path) -> PathBuf {
         let k = wavecast_tuf::keys::SigningKey::generate().unwrap();
-        let keys = wavecast_tuf::root::RootKeys { root: &k, targets: &k, snapshot: &k, timestamp: &k, director: &k, checkpoint: &k };
+        let keys = wavecast_tuf::root::RootKeys {
+            root: &k,
+            targets: &k,
+            snapshot: &k,
+            timestamp: &k,
+            director: &k,
+            checkpoint: &k,
+        };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let root = rt.block_on(wavecast_tuf::root::build_root(&keys, jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24))).unwrap();
+        let root = rt
+            .block_on(wavecast_tuf::root::build_root(
+                &keys,
+                jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
+            ))
+            .unwrap();
         let p = dir.join("root.json");
         std::fs::write(&p, root.buffer()).unwrap();
         p
@@ -297,19 +313,33 @@ mod tests {
             ("path = \"/opt/m/yolo.onnx\"", "path = \"yolo.onnx\"", "`artifacts[0].path`", "absolute"),
             ("check = \"/usr/bin/check\"", "check = \"check\"", "`probes.check`", "absolute"),
             ("hardware = \"jetson\"", "hardware = \"jetson\"\npoll_interval = \"soon\"", "`poll_interval`", "duration"),
-            ("hardware = \"jetson\"", "hardware = \"jetson\"\nenrollment_token = \"wct_123\"", "`enrollment_token`", "not an enrollment token"),
-            ("hardware = \"jetson\"", "hardware = \"jetson\"\nclient_cert = \"/etc/c.pem\"", "`client_key`", "must be too"),
+            (
+                "hardware = \"jetson\"",
+                "hardware = \"jetson\"\nenrollment_token = \"wct_123\"",
+                "`enrollment_token`",
+                "not an enrollment token",
+            ),
+            (
+                "hardware = \"jetson\"",
+                "hardware = \"jetson\"\nclient_cert = \"/etc/c.pem\"",
+                "`client_key`",
+                "must be too",
+            ),
         ];
         for (from, to, key, words) in cases {
             let text = good.replacen(from, to, 1);
             let err = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(words), "{to}: {err}");
         }
-        let unknown = AgentConfig::parse(Path::new("agent.toml"), &format!("{good}\ncolour = 3\n")).unwrap_err().to_string();
+        let unknown =
+            AgentConfig::parse(Path::new("agent.toml"), &format!("{good}\ncolour = 3\n")).unwrap_err().to_string();
         assert!(unknown.contains("colour"), "{unknown}");
-        let no_root = AgentConfig::parse(Path::new("agent.toml"), &good.replace(root.to_str().unwrap(), "/nonexistent/root.json"))
-            .unwrap_err()
-            .to_string();
+        let no_root = AgentConfig::parse(
+            Path::new("agent.toml"),
+            &good.replace(root.to_str().unwrap(), "/nonexistent/root.json"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(no_root.contains("`trust_root`") && no_root.contains("cannot read"), "{no_root}");
     }
 }

@@ -49,7 +49,11 @@ enum Bench {
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me.with_file_name(name);
-    ensure!(p.exists(), "{} not found next to the benchmark; run `cargo build --release -p wavecast-cli -p wavecast-agent` first", p.display());
+    ensure!(
+        p.exists(),
+        "{} not found next to the benchmark; run `cargo build --release -p wavecast-cli -p wavecast-agent` first",
+        p.display()
+    );
     Ok(p)
 }
 
@@ -228,11 +232,13 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let inst = install(root).await?;
     let key = inst.dir.join("offline").join("targets.key");
     let t = Instant::now();
-    run_ok(wavecast(&inst.url, &inst.token)?
-        .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
-        .arg(&key)
-        .arg("--file")
-        .arg(&file))?;
+    run_ok(
+        wavecast(&inst.url, &inst.token)?
+            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+            .arg(&key)
+            .arg("--file")
+            .arg(&file),
+    )?;
     let publish = t.elapsed();
     let token = enroll_token(&inst, "bench")?;
     let probe = ok_probe(root)?;
@@ -249,7 +255,17 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let pid = agent.0.id();
     let idle_rss = status_kib(pid, "VmRSS:");
     let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
-        "rollout", "create", "--artifact", "model@1.0.0", "--group", "bench", "--probe", "exec:ok", "--probe-attempts", "1", "--json",
+        "rollout",
+        "create",
+        "--artifact",
+        "model@1.0.0",
+        "--group",
+        "bench",
+        "--probe",
+        "exec:ok",
+        "--probe-attempts",
+        "1",
+        "--json",
     ]))?;
     let t = Instant::now();
     let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
@@ -262,10 +278,21 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
 
     let base_rate = mbps(bytes, baseline);
     let agent_rate = mbps(bytes, agent_time);
-    println!("install: baseline openssl sha256 {:.2}s + dd conv=fsync {:.2}s = {:.2}s ({base_rate:.0} MB/s)", hash.as_secs_f64(), copy.as_secs_f64(), baseline.as_secs_f64());
-    println!("install: agent fetch+verify+durable install {:.2}s ({agent_rate:.0} MB/s), includes one check-in interval (≤100 ms) and TUF refresh", agent_time.as_secs_f64());
+    println!(
+        "install: baseline openssl sha256 {:.2}s + dd conv=fsync {:.2}s = {:.2}s ({base_rate:.0} MB/s)",
+        hash.as_secs_f64(),
+        copy.as_secs_f64(),
+        baseline.as_secs_f64()
+    );
+    println!(
+        "install: agent fetch+verify+durable install {:.2}s ({agent_rate:.0} MB/s), includes one check-in interval (≤100 ms) and TUF refresh",
+        agent_time.as_secs_f64()
+    );
     println!("install: ratio agent/baseline = {:.2}x  (target ≥ 0.80x)", agent_rate / base_rate);
-    println!("install: agent RSS idle {idle_rss} KiB, peak during install {peak} KiB; publish of {mib} MiB took {:.2}s", publish.as_secs_f64());
+    println!(
+        "install: agent RSS idle {idle_rss} KiB, peak during install {peak} KiB; publish of {mib} MiB took {:.2}s",
+        publish.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -290,15 +317,26 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
 
     let inst = install(root).await?;
     let key = inst.dir.join("offline").join("targets.key");
-    run_ok(wavecast(&inst.url, &inst.token)?
-        .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
-        .arg(&key)
-        .arg("--file")
-        .arg(&file))?;
+    run_ok(
+        wavecast(&inst.url, &inst.token)?
+            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+            .arg(&key)
+            .arg("--file")
+            .arg(&file),
+    )?;
     println!("rollout: starting {devices} simulated devices…");
     let mut sim = Proc(
         wavecast(&inst.url, &inst.token)?
-            .args(["sim", "--devices", &devices.to_string(), "--group", "fleet", "--poll-interval", "1s", "--trust-root"])
+            .args([
+                "sim",
+                "--devices",
+                &devices.to_string(),
+                "--group",
+                "fleet",
+                "--poll-interval",
+                "1s",
+                "--trust-root",
+            ])
             .arg(inst.dir.join("root.json"))
             .arg("--dir")
             .arg(root.join("fleet"))
@@ -315,8 +353,21 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     let server_pid = inst.server.0.id();
     let rss_idle = status_kib(server_pid, "VmRSS:");
     let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
-        "rollout", "create", "--artifact", "model@1.0.0", "--group", "fleet", "--waves", "10,50,100", "--probe", "exec:sim-check",
-        "--probe-attempts", "1", "--device-timeout", "10m", "--json",
+        "rollout",
+        "create",
+        "--artifact",
+        "model@1.0.0",
+        "--group",
+        "fleet",
+        "--waves",
+        "10,50,100",
+        "--probe",
+        "exec:sim-check",
+        "--probe-attempts",
+        "1",
+        "--device-timeout",
+        "10m",
+        "--json",
     ]))?;
     let t = Instant::now();
     let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
@@ -326,15 +377,26 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     drop(sim);
     ensure!(r["state"] == "completed", "the rollout did not complete: {r}");
     println!("rollout: baseline sha256 + fsynced copy of 1 MiB x {devices}: {:.2}s", baseline.as_secs_f64());
-    println!("rollout: 3-wave auto rollout to {devices} devices: {:.2}s; ratio {:.2}x (target ≤ 3x)", took.as_secs_f64(), took.as_secs_f64() / baseline.as_secs_f64());
-    println!("rollout: server RSS with {devices} devices registered {rss_idle} KiB before, peak {peak} KiB during ({:.2} KiB per device at peak)", peak as f64 / f64::from(devices));
+    println!(
+        "rollout: 3-wave auto rollout to {devices} devices: {:.2}s; ratio {:.2}x (target ≤ 3x)",
+        took.as_secs_f64(),
+        took.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "rollout: server RSS with {devices} devices registered {rss_idle} KiB before, peak {peak} KiB during ({:.2} KiB per device at peak)",
+        peak as f64 / f64::from(devices)
+    );
     Ok(())
 }
 
 fn bench_agent() -> anyhow::Result<()> {
     let agent = bin("wavecast-agent")?;
     let size = std::fs::metadata(&agent)?.len();
-    println!("agent: {} is {:.2} MiB as built (target ≤ 5 MiB stripped; the `agent` profile adds fat LTO, opt-level s, panic=abort)", agent.display(), size as f64 / 1048576.0);
+    println!(
+        "agent: {} is {:.2} MiB as built (target ≤ 5 MiB stripped; the `agent` profile adds fat LTO, opt-level s, panic=abort)",
+        agent.display(),
+        size as f64 / 1048576.0
+    );
     Ok(())
 }
 

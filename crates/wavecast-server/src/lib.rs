@@ -389,7 +389,9 @@ async fn flush_last_seen(state: &AppState) {
                 state.last_seen().touch(&id, at);
             }
         }
-        Err(e) => tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed"),
+        Err(e) => {
+            tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed")
+        }
     }
 }
 

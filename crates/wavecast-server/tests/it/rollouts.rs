@@ -8,8 +8,18 @@ use crate::both;
 use crate::support::{Db, Env};
 
 async fn enroll(env: &Env, group: &str, name: &str) -> (String, String) {
-    let t = env.post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": group })).await.json();
-    let d = env.post_json("/device/v1/enroll", None, serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" })).await.json();
+    let t = env
+        .post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": group }))
+        .await
+        .json();
+    let d = env
+        .post_json(
+            "/device/v1/enroll",
+            None,
+            serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
+        )
+        .await
+        .json();
     (d["credential"].as_str().unwrap().to_owned(), d["device_id"].as_str().unwrap().to_owned())
 }
 
@@ -18,7 +28,13 @@ async fn report(env: &Env, cred: &str, rollout: &str, id: &str, state: &str) {
         "id": id, "rollout_id": rollout, "artifact": "m", "version": "1.0.0", "state": state, "at_ms": 1
     }], "active": [] });
     let r = env
-        .request(Method::POST, "/device/v1/reports", Some(cred), &[("content-type", "application/json".into())], Body::from(body.to_string()))
+        .request(
+            Method::POST,
+            "/device/v1/reports",
+            Some(cred),
+            &[("content-type", "application/json".into())],
+            Body::from(body.to_string()),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
@@ -68,8 +84,13 @@ async fn creators_cannot_approve_their_own_gates_when_required(db: Db) {
     let own = env.post_json(&format!("/api/v1/rollouts/{id}/approve"), Some(&env.admin), serde_json::json!({})).await;
     assert_eq!(own.status, StatusCode::FORBIDDEN);
     assert!(own.message().contains("may not approve"), "{}", own.message());
-    let approver = env.post_json("/api/v1/tokens", Some(&env.admin), serde_json::json!({ "role": "approver", "name": "alice" })).await.json();
-    let ok = env.post_json(&format!("/api/v1/rollouts/{id}/approve"), approver["token"].as_str(), serde_json::json!({})).await;
+    let approver = env
+        .post_json("/api/v1/tokens", Some(&env.admin), serde_json::json!({ "role": "approver", "name": "alice" }))
+        .await
+        .json();
+    let ok = env
+        .post_json(&format!("/api/v1/rollouts/{id}/approve"), approver["token"].as_str(), serde_json::json!({}))
+        .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.message());
     let audit = env.get("/api/v1/audit").await.json();
     assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "rollout.approved" && e["actor"] == "alice"));
