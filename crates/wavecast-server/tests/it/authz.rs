@@ -58,23 +58,8 @@ async fn setup(env: &Env) -> (Vec<(Caller, Option<String>)>, String, String, Str
     for g in ["g1", "g2"] {
         env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": g })).await;
     }
-    let enroll = |group: &'static str, name: &'static str| async move {
-        let t = env
-            .post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": group }))
-            .await
-            .json();
-        let r = env
-            .post_json(
-                "/device/v1/enroll",
-                None,
-                serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
-            )
-            .await
-            .json();
-        (r["credential"].as_str().unwrap().to_owned(), r["device_id"].as_str().unwrap().to_owned())
-    };
-    let (cred_a, id_a) = enroll("g2", "dev-a").await;
-    let (_cred_b, _id_b) = enroll("g1", "dev-b").await;
+    let (cred_a, id_a) = env.enroll("g2", "dev-a").await;
+    let (_cred_b, _id_b) = env.enroll("g1", "dev-b").await;
     callers.push((Caller::Device, Some(cred_a.clone())));
     assert_eq!(env.publish("m@1.0.0", b"bytes").await.status, StatusCode::CREATED);
     let rollout = env

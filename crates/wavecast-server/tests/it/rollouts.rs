@@ -7,22 +7,6 @@ use axum::http::{Method, StatusCode};
 use crate::both;
 use crate::support::{Db, Env};
 
-async fn enroll(env: &Env, group: &str, name: &str) -> (String, String) {
-    let t = env
-        .post_json("/api/v1/enrollment-tokens", Some(&env.admin), serde_json::json!({ "group": group }))
-        .await
-        .json();
-    let d = env
-        .post_json(
-            "/device/v1/enroll",
-            None,
-            serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
-        )
-        .await
-        .json();
-    (d["credential"].as_str().unwrap().to_owned(), d["device_id"].as_str().unwrap().to_owned())
-}
-
 async fn report(env: &Env, cred: &str, rollout: &str, id: &str, state: &str) {
     let body = serde_json::json!({ "reports": [{
         "id": id, "rollout_id": rollout, "artifact": "m", "version": "1.0.0", "state": state, "at_ms": 1
@@ -46,7 +30,7 @@ async fn assignments(env: &Env, cred: &str) -> serde_json::Value {
 async fn late_joiners_get_the_group_version(db: Db) {
     let env = Env::new(db).await;
     env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
-    let (early, _) = enroll(&env, "g", "early").await;
+    let (early, _) = env.enroll("g", "early").await;
     env.publish("m@1.0.0", b"one").await;
     let create = serde_json::json!({ "artifact": "m@1.0.0", "group": "g", "waves": [100], "probe": "exec:check" });
     let r = env.post_json("/api/v1/rollouts", Some(&env.admin), create.clone()).await;
@@ -58,7 +42,7 @@ async fn late_joiners_get_the_group_version(db: Db) {
     assert!(again.message().contains(&id), "{}", again.message());
 
     // Before completion a newcomer gets nothing; after, the group's version.
-    let (late, _) = enroll(&env, "g", "late").await;
+    let (late, _) = env.enroll("g", "late").await;
     assert!(assignments(&env, &late).await.as_array().unwrap().is_empty());
     report(&env, &early, &id, "r1", "downloading").await;
     report(&env, &early, &id, "r2", "succeeded").await;
@@ -72,7 +56,7 @@ async fn late_joiners_get_the_group_version(db: Db) {
 async fn creators_cannot_approve_their_own_gates_when_required(db: Db) {
     let env = Env::with(db, |c| c.settings.require_distinct_approver = true).await;
     env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
-    enroll(&env, "g", "d1").await;
+    env.enroll("g", "d1").await;
     env.publish("m@1.0.0", b"one").await;
     let id = env
         .post_json("/api/v1/rollouts", Some(&env.admin), serde_json::json!({ "artifact": "m@1.0.0", "group": "g", "waves": [100], "gates": [1], "probe": "exec:check" }))

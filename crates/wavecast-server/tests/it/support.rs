@@ -76,6 +76,23 @@ impl Env {
         Self { _dir: dir, report, config, state, router, admin, _pg: pg }
     }
 
+    /// Enrolls a device into an existing group; returns its credential and id.
+    pub async fn enroll(&self, group: &str, name: &str) -> (String, String) {
+        let t = self
+            .post_json("/api/v1/enrollment-tokens", Some(&self.admin), serde_json::json!({ "group": group }))
+            .await
+            .json();
+        let d = self
+            .post_json(
+                "/device/v1/enroll",
+                None,
+                serde_json::json!({ "token": t["token"], "name": name, "hardware": "hw" }),
+            )
+            .await
+            .json();
+        (d["credential"].as_str().unwrap().to_owned(), d["device_id"].as_str().unwrap().to_owned())
+    }
+
     /// Closes the database and opens everything again from the same data dir and database.
     pub async fn restart(mut self) -> Self {
         self.state.store().close().await;
