@@ -219,13 +219,14 @@ pub fn verify_export(export: &Export, key: &NoteKey, verify: VerifyEd25519) -> R
                 Problem::Missing { detail: format!("the export skips from event {} to {}", expected, e.seq) },
             ));
         }
-        expected = e.seq + 1;
         if e.seq >= checkpoint.size {
             return Err(event(
                 e.seq,
                 Problem::NotCovered { detail: format!("the checkpoint covers only {} events", checkpoint.size) },
             ));
         }
+        // Below the checkpoint's size, so this cannot overflow (a seq of u64::MAX did).
+        expected = e.seq + 1;
         let leaf = leaf_hash(e.body.as_bytes());
         if let Err(err) = verify_inclusion(e.seq, checkpoint.size, &leaf, &e.inclusion_proof, &checkpoint.root) {
             return Err(event(
@@ -607,5 +608,14 @@ mod tests {
         let shrunk =
             ConsistencyProof { from: 3, to: 2, checkpoint: note(&key(), 2, t.root(2).unwrap()), proof: vec![] };
         assert!(verify_growth(&old, &shrunk, &key(), verify).unwrap_err().to_string().contains("shrank"));
+    }
+
+    #[test]
+    fn an_export_event_at_the_largest_seq_is_not_covered() {
+        // Computing the position after it overflowed (fuzz target audit_export).
+        let mut r1 = export(&rows(8), 8, Some("r-1"));
+        r1.events.last_mut().unwrap().seq = u64::MAX;
+        let e = verify_export(&r1, &key(), verify).unwrap_err();
+        assert!(matches!(e, VerifyError::Event { seq: u64::MAX, problem: Problem::NotCovered { .. } }), "{e}");
     }
 }
