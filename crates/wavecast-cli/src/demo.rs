@@ -1,4 +1,4 @@
-//! The demo's script: the seed's story, every step printed and checked.
+//! The demo's script: a gated three-wave rollout with a failing canary, every step printed and checked.
 //!
 //! It runs the real pieces in one process against a temporary directory — `init`, the server
 //! on SQLite, the publisher's offline signing, 20 real agents from the simulator — so a
@@ -131,15 +131,15 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
 
     step(
         6,
-        "the seed's rollout: wavecast rollout create --artifact yolo-v8n@2.1.0 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:sim-check",
+        "the rollout: wavecast rollout create --artifact yolo-v8n@2.1.0 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:sim-check",
     );
-    let seed = create(&client, "yolo-v8n@2.1.0", &[10, 50, 100], &[1]).await?;
-    let id = seed["id"].as_str().context("no rollout id")?.to_owned();
-    say(&render(&seed));
+    let created = create(&client, "yolo-v8n@2.1.0", &[10, 50, 100], &[1]).await?;
+    let id = created["id"].as_str().context("no rollout id")?.to_owned();
+    say(&render(&created));
     ensure!(
-        seed["state"] == "waiting_approval",
+        created["state"] == "waiting_approval",
         "the canary should wait for approval, the rollout is {}",
-        seed["state"]
+        created["state"]
     );
 
     step(

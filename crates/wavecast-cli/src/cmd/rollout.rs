@@ -13,7 +13,7 @@ use crate::output;
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start rolling an artifact version out to a group, in waves.
-    #[command(after_help = "Example (the seed's plan): wavecast rollout create --artifact yolo-v8n@2.1.0 \
+    #[command(after_help = "Example: a gated canary at 10%, then half the group, then all of it:\n  wavecast rollout create --artifact yolo-v8n@2.1.0 \
 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:check-model\n\n\
 Waves are cumulative percentages of the group. A wave opens by itself once the earlier waves \
 are settled and healthy, unless it has a --gate: then it waits for `wavecast rollout approve`. \
@@ -232,7 +232,7 @@ fn s(v: &serde_json::Value, key: &str) -> String {
     v[key].as_str().unwrap_or("-").to_owned()
 }
 
-/// One wave's plan, as the seed words it.
+/// One wave's plan in words, like "canary, manual gate".
 fn describe_wave(i: usize, total: usize, manual: bool) -> String {
     match (i, manual) {
         (0, true) => "canary, manual gate".into(),
