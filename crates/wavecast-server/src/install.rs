@@ -36,7 +36,6 @@ pub struct Layout {
     dir: PathBuf,
 }
 
-#[allow(missing_docs)]
 impl Layout {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use tough::schema::{RoleType, Root, Signed, Timestamp};
 use wavecast_core::Role;
 use wavecast_core::Sha256Digest;
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_tuf::keys::{KeyError, SigningKey};
 use wavecast_tuf::repo::{OnlineKeys, OnlinePlan, sign_online};
 
@@ -246,7 +246,7 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
             created_by: "wavecast init".into(),
         },
         event: NewAuditEvent {
-            actor: "wavecast init".into(),
+            actor: Actor::Init,
             action: AuditAction::InstallationInitialized,
             subject: "installation".into(),
             detail: serde_json::json!({ "root_sha256": root_sha256.to_hex(), "initialized_at": file.created_at }),

@@ -5,6 +5,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use wavecast_core::audit::Actor;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
@@ -24,6 +25,11 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator as the audit log names them: by the token's name.
+    pub fn actor(&self) -> Actor {
+        Actor::Operator(self.name.clone())
+    }
+
     /// Fails with 403 unless the role grants `permission`.
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {

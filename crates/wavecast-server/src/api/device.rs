@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::{
     Assignment, AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments,
 };
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName};
@@ -59,7 +59,7 @@ pub async fn enroll(
     let device = state
         .store()
         .enroll_device(&enrollment, |group| NewAuditEvent {
-            actor: format!("device:{name}"),
+            actor: Actor::Device(name.clone()),
             action: AuditAction::DeviceEnrolled,
             subject: name.to_string(),
             detail: serde_json::json!({ "group": group, "hardware": req.hardware, "device_id": enrollment.device_id }),

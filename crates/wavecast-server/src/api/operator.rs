@@ -41,7 +41,7 @@ pub async fn create_group(
     let ApiJson(body) = body?;
     let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::GroupCreated,
         subject: name.to_string(),
         detail: serde_json::json!({}),
@@ -98,7 +98,7 @@ pub async fn create_enrollment_token(
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::EnrollmentTokenCreated,
         subject: group.to_string(),
         detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),

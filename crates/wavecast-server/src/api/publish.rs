@@ -146,7 +146,7 @@ pub async fn publish(
         },
         artifacts: vec![record.clone()],
         events: vec![NewAuditEvent {
-            actor: op.name.clone(),
+            actor: op.actor(),
             action: AuditAction::ArtifactPublished,
             subject: target.target.to_string(),
             detail: serde_json::json!({

@@ -256,8 +256,8 @@ pub async fn abort(
     op.require(Permission::OperateRollouts)?;
     let ApiJson(req) = req?;
     let cmd = match req.mode {
-        AbortMode::Keep => Command::AbortKeep,
-        AbortMode::Revert => Command::AbortRevert,
+        AbortMode::Keep => Command::Abort(wavecast_core::rollout::AbortMode::Keep),
+        AbortMode::Revert => Command::Abort(wavecast_core::rollout::AbortMode::Revert),
     };
     run_command(&state, &op, &id, cmd).await
 }

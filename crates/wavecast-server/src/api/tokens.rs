@@ -48,7 +48,7 @@ pub async fn create(
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::TokenCreated,
         subject: name.clone(),
         detail: serde_json::json!({ "id": id, "role": req.role }),
@@ -68,7 +68,7 @@ pub async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenRecord>, ApiError> {
     op.require(Permission::ManageTokens)?;
-    let actor = op.name.clone();
+    let actor = op.actor();
     let revoked = state
         .store()
         .revoke_token(&id, now_ms(), |t| NewAuditEvent {

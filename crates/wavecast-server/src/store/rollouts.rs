@@ -10,7 +10,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row as _, Transaction};
 use wavecast_core::assignment::{Action, DeviceState};
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::DeviceName;
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::probe::ProbeSpec;
 use wavecast_core::rollout::{self, Command, Effect, Plan, RolloutState, Status, WaveCounts};
 
@@ -288,7 +289,7 @@ impl Store {
             &mut tx,
             new.now_ms,
             NewAuditEvent {
-                actor: new.created_by.clone(),
+                actor: Actor::Operator(new.created_by.clone()),
                 action: AuditAction::RolloutCreated,
                 subject: new.id.clone(),
                 detail: serde_json::json!({
@@ -319,7 +320,7 @@ impl Store {
             updated_at: new.now_ms,
         };
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
-        self.apply(&mut tx, &mut record, &effects, &new.created_by, new.now_ms).await?;
+        self.apply(&mut tx, &mut record, &effects, &Actor::Operator(new.created_by.clone()), new.now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(record)
     }
@@ -330,7 +331,7 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         r: &mut RolloutRecord,
         effects: &[Effect],
-        actor: &str,
+        cause: &Actor,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let op = "updating a rollout";
@@ -379,9 +380,8 @@ impl Store {
                 Effect::Resumed { acknowledged } => {
                     (AuditAction::RolloutResumed, serde_json::json!({ "acknowledged_failures": acknowledged }))
                 }
-                Effect::Aborted { revert } => {
-                    let mode = if revert { "revert" } else { "keep" };
-                    r.abort_mode = Some(mode.to_owned());
+                Effect::Aborted { mode } => {
+                    r.abort_mode = Some(mode.as_str().to_owned());
                     (AuditAction::RolloutAborted, serde_json::json!({ "mode": mode }))
                 }
                 Effect::RevertUpdated => {
@@ -397,13 +397,7 @@ impl Store {
                     continue;
                 }
             };
-            let actor = match effect {
-                // Waves opening, pauses and completion follow from device reports; the rollout
-                // itself is the actor unless an operator's command caused them.
-                Effect::Aborted { .. } | Effect::Resumed { .. } => actor.to_owned(),
-                _ if actor.starts_with("device:") || actor == "wavecast" => "wavecast".to_owned(),
-                _ => actor.to_owned(),
-            };
+            let actor = rollout::effect_actor(effect, cause);
             append_audit(tx, now_ms, NewAuditEvent { actor, action, subject: r.id.clone(), detail }).await?;
         }
         // What a device is served depends on the rollout's state (a paused rollout serves no
@@ -477,7 +471,7 @@ impl Store {
                 &mut tx,
                 now_ms,
                 NewAuditEvent {
-                    actor: actor.to_owned(),
+                    actor: Actor::Operator(actor.to_owned()),
                     action: AuditAction::RolloutApproved,
                     subject: r.id.clone(),
                     detail: serde_json::json!({ "wave": wave + 1 }),
@@ -485,7 +479,7 @@ impl Store {
             )
             .await?;
         }
-        self.apply(&mut tx, &mut r, &effects, actor, now_ms).await?;
+        self.apply(&mut tx, &mut r, &effects, &Actor::Operator(actor.to_owned()), now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(r)
     }
@@ -543,6 +537,7 @@ impl Store {
         if to == DeviceState::Reverted && r.abort_mode.as_deref() != Some("revert") {
             return Ok(false);
         }
+        let device_name = DeviceName::new(device.name.clone()).map_err(|e| corrupt("device name", e))?;
         sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_at = $5 WHERE rollout_id = $1 AND device_id = $2")
             .bind(rollout_id)
             .bind(&device.id)
@@ -561,11 +556,7 @@ impl Store {
             _ => None,
         };
         if let Some(action) = audit {
-            let actor = if matches!(to, DeviceState::TimedOut | DeviceState::Unreachable) {
-                "wavecast".to_owned()
-            } else {
-                format!("device:{}", device.name)
-            };
+            let actor = rollout::transition_actor(&device_name, to);
             append_audit(
                 tx,
                 now_ms,
@@ -584,8 +575,7 @@ impl Store {
             .await?;
         }
         let effects = rollout::device_changed(&r.plan, &mut r.status, &mut r.counts, wave as usize, from, to);
-        let actor = format!("device:{}", device.name);
-        self.apply(tx, &mut r, &effects, &actor, now_ms).await?;
+        self.apply(tx, &mut r, &effects, &rollout::transition_actor(&device_name, to), now_ms).await?;
         Ok(true)
     }
 
