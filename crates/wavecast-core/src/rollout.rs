@@ -316,6 +316,13 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
     action.map_or(Served::Nothing, Served::Assigned)
 }
 
+/// Whether a device's move from `from` to `to` applies in a rollout aborted in `abort` mode
+/// (if aborted): the device's own state machine must allow it ([`DeviceState::may_become`]),
+/// and a device becomes reverted only after an abort with revert asked it to.
+pub fn accepts_transition(from: DeviceState, to: DeviceState, abort: Option<AbortMode>) -> bool {
+    from.may_become(to) && (to != DeviceState::Reverted || abort == Some(AbortMode::Revert))
+}
+
 /// The device states the device timeout settles in a rollout in `state`: devices in flight
 /// always; devices that never picked up their assignment only while the rollout still serves
 /// new devices (a paused or ended rollout does not expect them to start).

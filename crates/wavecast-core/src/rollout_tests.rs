@@ -981,6 +981,30 @@ fn an_abort_with_revert_sends_back_what_may_run_the_new_version() {
 }
 
 #[test]
+fn a_device_reverts_only_after_an_abort_with_revert() {
+    use AbortMode::{Keep, Revert};
+    let table = [
+        (D::Succeeded, D::Reverted, Some(Revert), true),
+        (D::Probing, D::Reverted, Some(Revert), true),
+        (D::TimedOut, D::Reverted, Some(Revert), true),
+        (D::Succeeded, D::Reverted, Some(Keep), false),
+        (D::Succeeded, D::Reverted, None, false),
+        (D::Probing, D::Reverted, None, false),
+        // What the device state machine refuses stays refused.
+        (D::Failed, D::Reverted, Some(Revert), false),
+        (D::Succeeded, D::Failed, None, false),
+        // Everything else applies as before, aborted or not.
+        (D::Assigned, D::Downloading, None, true),
+        (D::Probing, D::Failed, None, true),
+        (D::Probing, D::Succeeded, Some(Revert), true),
+        (D::Unreachable, D::Succeeded, Some(Keep), true),
+    ];
+    for (from, to, abort, applies) in table {
+        assert_eq!(accepts_transition(from, to, abort), applies, "{from} → {to} ({abort:?})");
+    }
+}
+
+#[test]
 fn the_device_timeout_settles_in_flight_devices_and_waits_for_new_ones_only_while_serving() {
     let in_flight = DeviceState::IN_FLIGHT.to_vec();
     let with_assigned = [&in_flight[..], &[D::Assigned]].concat();

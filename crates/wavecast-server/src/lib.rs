@@ -194,10 +194,10 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
 
     let store = Store::open(&config.database).await?;
     match store.installation_root().await? {
-        Some(found) if found != root_sha256.to_hex() => {
+        Some(found) if found != root_sha256 => {
             return Err(ServerError::WrongDatabase {
                 database: config.database.redacted(),
-                found,
+                found: found.to_hex(),
                 expected: root_sha256.to_hex(),
             });
         }
@@ -266,7 +266,7 @@ pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerErr
         return Ok(false);
     };
     let ts: Signed<Timestamp> = serde_json::from_str(&ts_body)
-        .map_err(|e| StoreError::Corrupt { what: "timestamp metadata", detail: e.to_string() })?;
+        .map_err(|e| StoreError::Corrupt { what: "timestamp metadata".into(), source: e.into() })?;
     let now = jiff::Timestamp::now();
     let half = jiff::SignedDuration::from_hours(24 * install::TIMESTAMP_LIFETIME_DAYS / 2);
     if ts.signed.expires - half > now {

@@ -90,7 +90,7 @@ impl FromRequestParts<AppState> for Device {
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
         if state.settings().device_mtls {
-            require_certificate_for(parts, &device.name)?;
+            require_certificate_for(parts, device.name.as_str())?;
         }
         if !state.device_rate().allow(&device.id) {
             return Err(ApiError::TooManyRequests(format!(

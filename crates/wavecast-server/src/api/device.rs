@@ -4,13 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wavecast_core::assignment::{
-    Assignment, AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments,
-};
+use wavecast_core::assignment::{AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName};
+use wavecast_core::DeviceName;
 
 use super::{ApiError, ApiJson, AppState, Device, new_id, now_ms};
 use crate::store::{DeviceRef, Enrollment, StoreError};
@@ -51,7 +49,7 @@ pub async fn enroll(
     let enrollment = Enrollment {
         token_sha256: token.hash(),
         device_id: new_id()?,
-        name: name.to_string(),
+        name: name.clone(),
         hardware: req.hardware.clone(),
         credential_sha256: credential.hash(),
         now_ms: now_ms(),
@@ -76,8 +74,8 @@ pub async fn enroll(
         StatusCode::CREATED,
         Json(EnrollResponse {
             device_id: device.id,
-            name: device.name,
-            group: device.group,
+            name: device.name.into(),
+            group: device.group.into(),
             credential: credential.expose().to_owned(),
         }),
     ))
@@ -100,21 +98,7 @@ pub async fn assignments(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     state.last_seen().touch(&device.id, now_ms());
-    let (counter, stored) = state.store().assignments(&device.id, &device.group).await?;
-
-    let mut assignments = Vec::with_capacity(stored.len());
-    for s in stored {
-        let bad = |e: &dyn std::fmt::Display| ApiError::Internal(format!("stored assignment for {}: {e}", s.artifact));
-        assignments.push(Assignment {
-            rollout_id: s.rollout_id.clone(),
-            action: s.action,
-            artifact: ArtifactName::new(s.artifact.clone()).map_err(|e| bad(&e))?,
-            version: ArtifactVersion::new(&s.version).map_err(|e| bad(&e))?,
-            length: s.length as u64,
-            sha256: s.sha256.parse().map_err(|e: wavecast_core::digest::DigestError| bad(&e))?,
-            probe: s.probe.clone(),
-        });
-    }
+    let (counter, assignments) = state.store().assignments(&device.id, &device.group).await?;
     // The ETag covers the content, not just the counter, so a device never keeps a stale
     // doc because a counter failed to move.
     let content = serde_json::to_vec(&(counter, &assignments)).unwrap_or_default();

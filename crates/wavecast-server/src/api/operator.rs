@@ -46,7 +46,7 @@ pub async fn create_group(
         subject: name.to_string(),
         detail: serde_json::json!({}),
     };
-    state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
+    state.store().create_group(&name, &op.name, now_ms(), event).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
 }
 
@@ -91,7 +91,7 @@ pub async fn create_enrollment_token(
     let now = now_ms();
     let t = NewEnrollmentToken {
         id: new_id()?,
-        group: group.to_string(),
+        group: group.clone(),
         secret_sha256: secret.hash(),
         now_ms: now,
         expires_at: now + (secs as i64) * 1000,
@@ -107,7 +107,7 @@ pub async fn create_enrollment_token(
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group.into(), token: secret.expose().to_owned(), expires_at }),
     ))
 }
 
@@ -155,7 +155,7 @@ pub async fn show_device(
         .device_artifacts(&device.id)
         .await?
         .into_iter()
-        .map(|(name, version, sha256)| serde_json::json!({ "name": name, "version": version, "sha256": sha256 }))
+        .map(|a| serde_json::json!({ "name": a.name, "version": a.version, "sha256": a.sha256 }))
         .collect();
     let rollouts = state.store().device_rollouts(&device.id).await?;
     Ok(Json(DeviceDetail { device, artifacts, rollouts }))

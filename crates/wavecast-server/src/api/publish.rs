@@ -126,10 +126,10 @@ pub async fn publish(
     let digest = received.sha256;
     let blob_path = state.blobs().place(received).await?;
     let record = NewArtifact {
-        name: target.target.name().to_string(),
-        version: target.target.version().to_string(),
+        name: target.target.name().clone(),
+        version: target.target.version().clone(),
         length: target.length as i64,
-        sha256: target.sha256.to_hex(),
+        sha256: target.sha256,
         hardware: target.hardware.clone(),
         published_by: op.name.clone(),
     };

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
-use wavecast_core::rollout::{Command, Gate, Plan, RolloutState};
+use wavecast_core::rollout::{AbortMode, Command, Gate, GateApproval, Plan, RolloutState};
 use wavecast_core::{Permission, TargetName};
 
 use super::{ApiError, ApiJson, ApiPath, AppState, Operator, now_ms};
@@ -63,7 +63,7 @@ pub struct RolloutView {
     probe: String,
     probe_spec: ProbeSpec,
     device_count: i64,
-    abort_mode: Option<String>,
+    abort_mode: Option<AbortMode>,
     created_at: i64,
     created_by: String,
     updated_at: i64,
@@ -102,9 +102,9 @@ impl From<RolloutRecord> for RolloutView {
             artifact: format!("{}@{}", r.artifact, r.version),
             id: r.id,
             state: r.status.state,
-            artifact_name: r.artifact,
-            version: r.version,
-            group: r.group,
+            artifact_name: r.artifact.into(),
+            version: r.version.into(),
+            group: r.group.into(),
             halt_after: r.plan.halt_after,
             failures_counted: r.status.failures_counted,
             device_timeout_ms: r.plan.device_timeout_ms,
@@ -156,9 +156,9 @@ pub async fn create(
     let id = format!("r-{}", &super::new_id()?[..8]);
     let new = NewRollout {
         id,
-        artifact: target.name().to_string(),
-        version: target.version().to_string(),
-        group: group.to_string(),
+        artifact: target.name().clone(),
+        version: target.version().clone(),
+        group: group.clone(),
         plan,
         probe,
         created_by: op.name.clone(),
@@ -191,9 +191,14 @@ pub async fn show(
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
     let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
     op.require(permission)?;
+    let approval = if state.settings().require_distinct_approver {
+        GateApproval::DistinctApprover
+    } else {
+        GateApproval::AnyApprover
+    };
     let record = state
         .store()
-        .rollout_command(id, cmd, &op.name, state.settings().require_distinct_approver, now_ms())
+        .rollout_command(id, cmd, &op.name, approval, now_ms())
         .await
         .map_err(|e| match e {
             RolloutCommandError::Store(s) => s.into(),
@@ -235,13 +240,6 @@ pub async fn resume(
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AbortMode {
-    Keep,
-    Revert,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbortRequest {
     mode: AbortMode,
@@ -255,9 +253,5 @@ pub async fn abort(
 ) -> Result<Json<RolloutView>, ApiError> {
     op.require(Permission::OperateRollouts)?;
     let ApiJson(req) = req?;
-    let cmd = match req.mode {
-        AbortMode::Keep => Command::Abort(wavecast_core::rollout::AbortMode::Keep),
-        AbortMode::Revert => Command::Abort(wavecast_core::rollout::AbortMode::Revert),
-    };
-    run_command(&state, &op, &id, cmd).await
+    run_command(&state, &op, &id, Command::Abort(req.mode)).await
 }
