@@ -16,10 +16,11 @@ use wavecast_core::Sha256Digest;
 use wavecast_core::audit::{AuditEvent, leaf_hash};
 use wavecast_core::checkpoint::{Checkpoint, NoteKey, format_note, open_checkpoint, origin_for_root};
 use wavecast_core::merkle::{CompactRange, MerkleError, Tree};
-use wavecast_tuf::keys::verify_ed25519;
+use wavecast_os::error::chain;
+use wavecast_tuf::keys::{SigningKey, verify_ed25519};
 
-use crate::api::{AppState, Trust};
-use crate::store::{CheckpointRecord, NewCheckpoint, StoreError};
+use crate::state::Trust;
+use crate::store::{CheckpointRecord, NewCheckpoint, Store, StoreError};
 
 /// How often the signer looks for new events. A burst ends when a poll finds nothing new.
 const POLL: Duration = Duration::from_millis(250);
@@ -73,6 +74,15 @@ pub fn note_key(trust: &Trust) -> NoteKey {
     NoteKey { name: origin_for_root(&Sha256Digest::of(&trust.root_bytes)), public }
 }
 
+/// Signs audit checkpoints and reads them back: what that takes (the store, the checkpoint
+/// key and the name verifiers know it by), and nothing else of the server's. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    store: Store,
+    signer: SigningKey,
+    key: NoteKey,
+}
+
 /// A stored checkpoint that verified.
 #[derive(Debug, Clone)]
 pub struct VerifiedCheckpoint {
@@ -98,28 +108,6 @@ fn verify_row(row: &CheckpointRecord, key: &NoteKey) -> Result<VerifiedCheckpoin
     Ok(VerifiedCheckpoint { checkpoint, note: row.note.clone(), frontier })
 }
 
-/// The newest stored checkpoint that verifies; rows that do not are skipped with a warning.
-pub async fn latest(state: &AppState) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-    let key = note_key(state.trust());
-    let mut below = i64::MAX;
-    loop {
-        let rows = state.store().audit_checkpoints_before(below, 64).await?;
-        let Some(last) = rows.last() else { return Ok(None) };
-        below = last.size;
-        for row in &rows {
-            match verify_row(row, &key) {
-                Ok(v) => return Ok(Some(v)),
-                Err(why) => tracing::warn!(size = row.size, %why, "skipping an audit checkpoint that does not verify"),
-            }
-        }
-    }
-}
-
-/// The stored checkpoint of exactly `size`, if it verifies.
-pub async fn at_size(state: &AppState, size: u64) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-    let key = note_key(state.trust());
-    Ok(state.store().audit_checkpoint(size as i64).await?.and_then(|row| verify_row(&row, &key).ok()))
-}
 
 /// What [`sign_new`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,14 +129,41 @@ impl Signed {
     }
 }
 
+impl Checkpoints {
+    /// The checkpoint service over `store`, signing with the trust material's checkpoint key.
+    pub fn new(store: Store, trust: &Trust) -> Self {
+        Self { store, signer: trust.checkpoint.clone(), key: note_key(trust) }
+    }
+
+/// The newest stored checkpoint that verifies; rows that do not are skipped with a warning.
+pub async fn latest(&self) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
+    let mut below = i64::MAX;
+    loop {
+        let rows = self.store.audit_checkpoints_before(below, 64).await?;
+        let Some(last) = rows.last() else { return Ok(None) };
+        below = last.size;
+        for row in &rows {
+            match verify_row(row, &self.key) {
+                Ok(v) => return Ok(Some(v)),
+                Err(why) => tracing::warn!(size = row.size, %why, "skipping an audit checkpoint that does not verify"),
+            }
+        }
+    }
+}
+
+/// The stored checkpoint of exactly `size`, if it verifies.
+pub async fn at_size(&self, size: u64) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
+    Ok(self.store.audit_checkpoint(size as i64).await?.and_then(|row| verify_row(&row, &self.key).ok()))
+}
+
 /// Signs a checkpoint covering every event appended since the newest valid checkpoint.
 ///
 /// `seen` is the largest size this process has seen covered (0 if none); a newest valid
 /// checkpoint below it means checkpoints were deleted, and nothing is signed.
-pub async fn sign_new(state: &AppState, seen: u64) -> Result<Signed, CheckpointError> {
-    let store = state.store();
+pub async fn sign_new(&self, seen: u64) -> Result<Signed, CheckpointError> {
+    let store = &self.store;
     let head = store.audit_size().await?.max(0) as u64;
-    let base = latest(state).await?;
+    let base = self.latest().await?;
     let (mut frontier, from) = match base {
         Some(v) => (v.frontier, v.checkpoint.size),
         None => (CompactRange::new(), 0),
@@ -182,10 +197,9 @@ pub async fn sign_new(state: &AppState, seen: u64) -> Result<Signed, CheckpointE
     if next < head {
         return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into() });
     }
-    let key = note_key(state.trust());
-    let checkpoint = Checkpoint { origin: key.name.clone(), size: head, root: frontier.root() };
+    let checkpoint = Checkpoint { origin: self.key.name.clone(), size: head, root: frontier.root() };
     let body = checkpoint.body();
-    let note = format_note(&body, &key, &state.trust().checkpoint.sign_bytes(body.as_bytes()));
+    let note = format_note(&body, &self.key, &self.signer.sign_bytes(body.as_bytes()));
     let hashes: Vec<String> = frontier.hashes().iter().map(Sha256Digest::to_hex).collect();
     let inserted = store
         .insert_audit_checkpoint(&NewCheckpoint {
@@ -193,22 +207,22 @@ pub async fn sign_new(state: &AppState, seen: u64) -> Result<Signed, CheckpointE
             root_sha256: checkpoint.root.to_hex(),
             note,
             frontier: serde_json::to_string(&hashes).unwrap_or_default(),
-            now_ms: jiff::Timestamp::now().as_millisecond(),
+            now_ms: wavecast_os::clock::now_ms(),
         })
         .await?;
     Ok(if inserted { Signed::New(head) } else { Signed::Skipped(head) })
 }
 
 /// Signs whatever is pending, for tests and shutdown.
-pub async fn checkpoint_now(state: &AppState) -> Result<Signed, CheckpointError> {
-    sign_new(state, 0).await
+pub async fn checkpoint_now(&self) -> Result<Signed, CheckpointError> {
+    self.sign_new(0).await
 }
 
 /// The tree of the first `size` stored events, plus the `(seq, body)` of those `keep` selects.
 /// The tree is built from the rows as stored: if they were changed, the proofs cut from it
 /// fail against the signed root, which is how verifiers find out.
 pub async fn read_tree(
-    state: &AppState,
+    &self,
     size: u64,
     mut keep: impl FnMut(&str) -> bool,
 ) -> Result<(Tree, Vec<(u64, String)>), CheckpointError> {
@@ -216,7 +230,7 @@ pub async fn read_tree(
     let mut kept = Vec::new();
     let mut from = 0i64;
     while tree.size() < size {
-        let rows = state.store().audit_leaves(from, i64::MAX, PAGE).await?;
+        let rows = self.store.audit_leaves(from, i64::MAX, PAGE).await?;
         let Some(last) = rows.last() else { break };
         from = last.0 + 1;
         for (_, body) in rows {
@@ -238,7 +252,7 @@ pub async fn read_tree(
 
 /// Signs checkpoints until the task is aborted: after each burst of writes (a poll that finds
 /// the log no longer growing), and at least every minute while it keeps growing.
-pub(crate) async fn run(state: AppState) {
+pub(crate) async fn run(self) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous_head: Option<i64> = None;
@@ -249,10 +263,10 @@ pub(crate) async fn run(state: AppState) {
     let mut failed_at: Option<i64> = None;
     loop {
         tick.tick().await;
-        let head = match state.store().audit_size().await {
+        let head = match self.store.audit_size().await {
             Ok(h) => h,
             Err(e) => {
-                tracing::error!(error = %crate::api::error::ErrorChain(&e), "reading the audit log size failed");
+                tracing::error!(error = %chain(&e), "reading the audit log size failed");
                 continue;
             }
         };
@@ -270,7 +284,7 @@ pub(crate) async fn run(state: AppState) {
             continue;
         }
         last_attempt = tokio::time::Instant::now();
-        match sign_new(&state, seen).await {
+        match self.sign_new(seen).await {
             Ok(signed) => {
                 if let Signed::New(size) = signed {
                     tracing::debug!(size, "signed an audit checkpoint");
@@ -282,7 +296,7 @@ pub(crate) async fn run(state: AppState) {
             }
             Err(e) => {
                 failed_at = Some(head);
-                let message = crate::api::error::ErrorChain(&e).to_string();
+                let message = chain(&e);
                 if message != last_error {
                     tracing::error!(error = %message, "signing an audit checkpoint failed");
                     last_error = message;
@@ -290,4 +304,5 @@ pub(crate) async fn run(state: AppState) {
             }
         }
     }
+}
 }

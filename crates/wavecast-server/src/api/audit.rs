@@ -15,8 +15,9 @@ use wavecast_core::evidence::{
     ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint, concerns_rollout,
 };
 
-use super::{ApiError, ApiQuery, AppState, Operator};
-use crate::checkpoints::{self, CheckpointError, VerifiedCheckpoint};
+use super::{ApiError, ApiQuery, Operator};
+use crate::checkpoints::{CheckpointError, VerifiedCheckpoint};
+use crate::state::AppState;
 
 /// Rows or checkpoints per page, at most.
 const MAX_PAGE: u64 = 10_000;
@@ -32,7 +33,7 @@ fn evidence_error(e: CheckpointError) -> ApiError {
 }
 
 async fn latest_or_404(state: &AppState) -> Result<VerifiedCheckpoint, ApiError> {
-    checkpoints::latest(state).await.map_err(evidence_error)?.ok_or_else(|| {
+    state.checkpoints().latest().await.map_err(evidence_error)?.ok_or_else(|| {
         ApiError::NotFound("no audit checkpoint is signed yet; the server signs one within a second of a write".into())
     })
 }
@@ -64,7 +65,7 @@ pub async fn export(
     let latest = latest_or_404(&state).await?;
     let size = latest.checkpoint.size;
     let rollout = query.rollout;
-    let (tree, kept) = checkpoints::read_tree(&state, size, |body| match &rollout {
+    let (tree, kept) = state.checkpoints().read_tree(size, |body| match &rollout {
         None => true,
         Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
     })
@@ -96,7 +97,9 @@ pub async fn consistency(
     op.require(Permission::Read)?;
     let target = match query.to {
         None => latest_or_404(&state).await?,
-        Some(to) => checkpoints::at_size(&state, to)
+        Some(to) => state
+            .checkpoints()
+            .at_size(to)
             .await
             .map_err(evidence_error)?
             .ok_or_else(|| ApiError::NotFound(format!("no valid audit checkpoint has size {to}")))?,
@@ -108,7 +111,7 @@ pub async fn consistency(
             query.from
         )));
     }
-    let (tree, _) = checkpoints::read_tree(&state, to, |_| false).await.map_err(evidence_error)?;
+    let (tree, _) = state.checkpoints().read_tree(to, |_| false).await.map_err(evidence_error)?;
     let proof = tree.consistency_proof(query.from, to).map_err(|e| evidence_error(e.into()))?;
     Ok(Json(ConsistencyProof { from: query.from, to, checkpoint: target.note, proof }))
 }

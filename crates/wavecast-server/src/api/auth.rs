@@ -9,9 +9,9 @@ use wavecast_core::audit::Actor;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
-use super::AppState;
 use super::error::ApiError;
 use crate::store::DeviceRecord;
+use crate::state::{AppState, DeviceIdentity, DeviceRateLimit};
 
 /// An authenticated operator.
 #[derive(Debug, Clone)]
@@ -89,14 +89,14 @@ impl FromRequestParts<AppState> for Device {
             .device_by_credential(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
-        if state.settings().device_mtls {
+        if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
             require_certificate_for(parts, device.name.as_str())?;
         }
         if !state.device_rate().allow(&device.id) {
             return Err(ApiError::TooManyRequests(format!(
                 "device {} sent more than {} requests per second; slow down",
                 device.name,
-                super::DeviceRateLimit::RATE
+                DeviceRateLimit::RATE
             )));
         }
         Ok(Device(device))

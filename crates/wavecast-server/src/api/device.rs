@@ -9,9 +9,11 @@ use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::DeviceName;
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, AppState, Device, new_id, now_ms};
+use super::{ApiError, ApiJson, Device, new_id};
 use crate::store::{DeviceRef, Enrollment, StoreError};
+use crate::state::{AppState, DeviceIdentity};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +40,7 @@ pub async fn enroll(
     let token =
         Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if state.settings().device_mtls {
+    if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
         super::auth::require_certificate_for(&parts, name.as_str())?;
     }
     validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -109,7 +111,7 @@ pub async fn assignments(
     let doc = AssignmentDoc {
         device_id: device.id.clone(),
         counter: counter as u64,
-        expires: jiff::Timestamp::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
+        expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
         assignments,
     };
     let signature = hex::encode(state.trust().director.sign_bytes(&doc.signing_bytes()));

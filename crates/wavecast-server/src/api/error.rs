@@ -8,6 +8,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use wavecast_os::error::Chain;
+
 use crate::blobs::BlobError;
 use crate::store::StoreError;
 
@@ -91,7 +93,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() {
-            tracing::error!(error = %ErrorChain(&self), "request failed");
+            tracing::error!(error = %Chain(&self), "request failed");
             "internal server error; the server log has details".to_owned()
         } else {
             self.to_string()
@@ -106,20 +108,5 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
-    }
-}
-
-/// Displays an error with its whole `source()` chain, like anyhow's `{:#}`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }

@@ -9,9 +9,11 @@ use tower::ServiceExt as _;
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{GroupName, Permission, Sha256Digest};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, Operator, new_id};
 use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
+use crate::state::AppState;
 
 /// Who the token belongs to.
 pub async fn whoami(op: Operator) -> Json<serde_json::Value> {

@@ -15,10 +15,12 @@ use tough::schema::{Signed, Targets};
 use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, AppState, Operator, now_ms};
+use super::{ApiError, Operator};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
 use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
+use crate::state::AppState;
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -62,7 +64,7 @@ pub async fn publish(
         .ok_or_else(|| ApiError::Internal("the repository has no targets metadata".into()))?;
     let current: Signed<Targets> = serde_json::from_str(&current_body)
         .map_err(|e| ApiError::Internal(format!("stored targets version {current_version} does not parse: {e}")))?;
-    let now = jiff::Timestamp::now();
+    let now = wavecast_os::clock::now();
     let accepted = accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now).map_err(
         |e| match e {
             AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(

@@ -8,11 +8,13 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
-use wavecast_core::rollout::{AbortMode, Command, Gate, GateApproval, Plan, RolloutState};
+use wavecast_core::rollout::{AbortMode, Command, Gate, Plan, RolloutState};
 use wavecast_core::{Permission, TargetName};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, now_ms};
+use super::{ApiError, ApiJson, ApiPath, Operator};
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
+use crate::state::AppState;
 
 /// Ten minutes, as the brief sets it.
 pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
@@ -191,14 +193,9 @@ pub async fn show(
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
     let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
     op.require(permission)?;
-    let approval = if state.settings().require_distinct_approver {
-        GateApproval::DistinctApprover
-    } else {
-        GateApproval::AnyApprover
-    };
     let record = state
         .store()
-        .rollout_command(id, cmd, &op.name, approval, now_ms())
+        .rollout_command(id, cmd, &op.name, state.settings().approval, now_ms())
         .await
         .map_err(|e| match e {
             RolloutCommandError::Store(s) => s.into(),

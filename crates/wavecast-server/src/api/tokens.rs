@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, Operator, new_id};
 use crate::store::{NewToken, TokenRecord};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,7 +9,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use wavecast_core::Permission;
 
-use super::{ApiError, ApiPath, AppState, Device, Operator};
+use super::{ApiError, ApiPath, Device, Operator};
+use crate::state::AppState;
 
 /// Metadata for operators (the publisher reads root and targets here).
 pub async fn operator_metadata(
