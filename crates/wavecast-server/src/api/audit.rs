@@ -9,13 +9,12 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use wavecast_core::Permission;
 use wavecast_core::audit::AuditEvent;
 use wavecast_core::evidence::{
     ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint, concerns_rollout,
 };
 
-use super::{ApiError, ApiQuery, Operator};
+use super::{ApiError, ApiQuery, CanRead};
 use crate::checkpoints::{CheckpointError, VerifiedCheckpoint};
 use crate::state::AppState;
 
@@ -39,8 +38,7 @@ async fn latest_or_404(state: &AppState) -> Result<VerifiedCheckpoint, ApiError>
 }
 
 /// The newest signed checkpoint, as the C2SP note text (save it to prove growth later).
-pub async fn checkpoint(State(state): State<AppState>, op: Operator) -> Result<impl IntoResponse, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn checkpoint(State(state): State<AppState>, _: CanRead) -> Result<impl IntoResponse, ApiError> {
     let latest = latest_or_404(&state).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], latest.note))
 }
@@ -55,10 +53,9 @@ pub struct ExportQuery {
 /// inclusion proof, and the checkpoint: a file that verifies offline.
 pub async fn export(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> Result<Json<Export>, ApiError> {
-    op.require(Permission::Read)?;
     if query.rollout.as_ref().is_some_and(|r| r.is_empty() || r.len() > 256) {
         return Err(ApiError::BadRequest("rollout must be a rollout id".into()));
     }
@@ -91,10 +88,9 @@ pub struct ConsistencyQuery {
 /// The consistency proof from size `from` to the checkpoint of size `to` (default: newest).
 pub async fn consistency(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
-    op.require(Permission::Read)?;
     let target = match query.to {
         None => latest_or_404(&state).await?,
         Some(to) => state
@@ -133,10 +129,9 @@ impl Page {
 /// Raw stored rows with `seq >= from`, by seq, exactly as stored.
 pub async fn leaves(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<LeafRow>>, ApiError> {
-    op.require(Permission::Read)?;
     let (from, limit) = page.bounds();
     let rows = state.store().audit_leaves(from, i64::MAX, limit).await?;
     Ok(Json(rows.into_iter().map(|(seq, body)| LeafRow { seq: seq.max(0) as u64, body }).collect()))
@@ -145,10 +140,9 @@ pub async fn leaves(
 /// Stored checkpoint rows with `size >= from`, smallest first, unverified: the client checks.
 pub async fn checkpoint_rows(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<StoredCheckpoint>>, ApiError> {
-    op.require(Permission::Read)?;
     let (from, limit) = page.bounds();
     let rows = state.store().audit_checkpoints(from, limit).await?;
     Ok(Json(

@@ -2,6 +2,13 @@
 //!
 //! Both are bearer secrets looked up by their SHA-256. The kinds are told apart by prefix, so a
 //! device credential on the operator API is refused as such (and the other way round).
+//!
+//! What an operator may do is decided here too, by type: a handler that needs a permission
+//! takes the extractor named after it ([`CanRead`], [`CanPublish`], …), which authenticates
+//! and checks the role from the request's head. axum runs head extractors before the body
+//! extractor, so a request without the permission is refused before its body is read, let
+//! alone parsed, and a handler cannot forget the check. [`Operator`] alone (authenticated, no
+//! permission) is for the routes every role may call.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -31,7 +38,7 @@ impl Operator {
     }
 
     /// Fails with 403 unless the role grants `permission`.
-    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+    fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {
             Ok(())
         } else {
@@ -41,6 +48,40 @@ impl Operator {
             )))
         }
     }
+}
+
+/// Declares one extractor per permission: an authenticated operator whose role grants it.
+macro_rules! permission_extractors {
+    ($($(#[$doc:meta])* $name:ident => $permission:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Operator);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                let operator = Operator::from_request_parts(parts, state).await?;
+                operator.require(Permission::$permission)?;
+                Ok(Self(operator))
+            }
+        }
+    )*};
+}
+
+permission_extractors! {
+    /// An operator who may read artifacts, groups, devices, rollouts and the audit log.
+    CanRead => Read;
+    /// An operator who may publish artifacts.
+    CanPublish => Publish;
+    /// An operator who may create groups and enrollment tokens.
+    CanManageFleet => ManageFleet;
+    /// An operator who may create, resume and abort rollouts.
+    CanOperateRollouts => OperateRollouts;
+    /// An operator who may approve a rollout's manual gate.
+    CanApproveGates => ApproveGates;
+    /// An operator who may create and revoke API tokens.
+    CanManageTokens => ManageTokens;
 }
 
 fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {

@@ -23,7 +23,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
-pub use auth::{Device, Operator};
+pub use auth::{
+    CanApproveGates, CanManageFleet, CanManageTokens, CanOperateRollouts, CanPublish, CanRead, Device, Operator,
+};
 pub use error::ApiError;
 
 use crate::state::AppState;

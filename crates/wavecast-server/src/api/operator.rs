@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceExt as _;
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{GroupName, Permission, Sha256Digest};
+use wavecast_core::{GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, Operator, new_id};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id};
 use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 use crate::state::AppState;
 
@@ -22,9 +22,8 @@ pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
 
 pub async fn list_artifacts(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
 ) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
-    op.require(Permission::Read)?;
     Ok(Json(state.store().list_artifacts().await?))
 }
 
@@ -36,11 +35,9 @@ pub struct CreateGroup {
 
 pub async fn create_group(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateGroup>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateGroup>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
     let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let event = NewAuditEvent {
         actor: op.actor(),
@@ -52,8 +49,7 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
 }
 
-pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<GroupRecord>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<GroupRecord>>, ApiError> {
     Ok(Json(state.store().list_groups().await?))
 }
 
@@ -79,11 +75,9 @@ pub struct EnrollmentTokenCreated {
 
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateEnrollmentToken>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
     let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
@@ -125,10 +119,9 @@ pub struct DeviceFilter {
 
 pub async fn list_devices(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
-    op.require(Permission::Read)?;
     Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
 }
 
@@ -143,10 +136,9 @@ pub struct DeviceDetail {
 
 pub async fn show_device(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    op.require(Permission::Read)?;
     let device = state
         .store()
         .device_by_name(&name)
@@ -172,10 +164,9 @@ pub struct AuditRange {
 
 pub async fn list_audit(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(range): ApiQuery<AuditRange>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    op.require(Permission::Read)?;
     let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(Json(state.store().audit_events(range.from.unwrap_or(0).max(0), limit).await?))
 }
@@ -183,11 +174,10 @@ pub async fn list_audit(
 /// Serves a published blob, honouring `Range` requests.
 pub async fn get_blob(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(sha256): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    op.require(Permission::Read)?;
     let digest: Sha256Digest =
         sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
     serve_blob(&state, &digest, req).await

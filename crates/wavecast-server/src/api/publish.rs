@@ -12,12 +12,11 @@ use axum::Json;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
-use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, Operator};
+use super::{ApiError, CanPublish};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
 use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
 use crate::state::AppState;
@@ -27,11 +26,10 @@ const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
 
 pub async fn publish(
     State(state): State<AppState>,
-    op: Operator,
+    // Authorization (CanPublish) is decided before the body is even looked at.
+    CanPublish(op): CanPublish,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
-    // Authorization comes before the body is even looked at.
-    op.require(Permission::Publish)?;
     let mut multipart =
         multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
     let bad_multipart =

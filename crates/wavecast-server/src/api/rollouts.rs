@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
 use wavecast_core::rollout::{AbortMode, Command, Gate, Plan, RolloutState};
-use wavecast_core::{Permission, TargetName};
+use wavecast_core::TargetName;
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, Operator};
+use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator};
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
 use crate::state::AppState;
 
@@ -125,11 +125,9 @@ impl From<RolloutRecord> for RolloutView {
 
 pub async fn create(
     State(state): State<AppState>,
-    op: Operator,
-    req: Result<ApiJson<CreateRollout>, ApiError>,
+    CanOperateRollouts(op): CanOperateRollouts,
+    ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
     let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
@@ -175,24 +173,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<RolloutView>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<RolloutView>>, ApiError> {
     Ok(Json(state.store().list_rollouts().await?.into_iter().map(Into::into).collect()))
 }
 
 pub async fn show(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::Read)?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
     Ok(Json(r.into()))
 }
 
+/// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
-    let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
-    op.require(permission)?;
     let record = state
         .store()
         .rollout_command(id, cmd, &op.name, state.settings().approval, now_ms())
@@ -208,7 +203,7 @@ async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) ->
 
 pub async fn approve(
     State(state): State<AppState>,
-    op: Operator,
+    CanApproveGates(op): CanApproveGates,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     run_command(&state, &op, &id, Command::Approve).await
@@ -222,12 +217,10 @@ pub struct ResumeRequest {
 
 pub async fn resume(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<ResumeRequest>, ApiError>,
+    ApiJson(req): ApiJson<ResumeRequest>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
     if !req.ack {
         return Err(ApiError::BadRequest(
             "resuming requires acknowledging the failures counted so far (ack: true, or --ack on the CLI)".into(),
@@ -244,11 +237,9 @@ pub struct AbortRequest {
 
 pub async fn abort(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<AbortRequest>, ApiError>,
+    ApiJson(req): ApiJson<AbortRequest>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
     run_command(&state, &op, &id, Command::Abort(req.mode)).await
 }

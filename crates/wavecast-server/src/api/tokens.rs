@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{Permission, Role};
+use wavecast_core::Role;
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, Operator, new_id};
+use super::{ApiError, ApiJson, ApiPath, CanManageTokens, new_id};
 use crate::store::{NewToken, TokenRecord};
 use crate::state::AppState;
 
@@ -30,11 +30,9 @@ pub struct TokenCreated {
 
 pub async fn create(
     State(state): State<AppState>,
-    op: Operator,
-    req: Result<ApiJson<CreateToken>, ApiError>,
+    CanManageTokens(op): CanManageTokens,
+    ApiJson(req): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    op.require(Permission::ManageTokens)?;
-    let ApiJson(req) = req?;
     let id = new_id()?;
     let name = req.name.unwrap_or_else(|| format!("{}-{}", req.role, &id[..6]));
     wavecast_core::name::validate("token", &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -59,17 +57,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<TokenRecord>>, ApiError> {
-    op.require(Permission::ManageTokens)?;
+pub async fn list(State(state): State<AppState>, _: CanManageTokens) -> Result<Json<Vec<TokenRecord>>, ApiError> {
     Ok(Json(state.store().list_tokens().await?))
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
-    op: Operator,
+    CanManageTokens(op): CanManageTokens,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TokenRecord>, ApiError> {
-    op.require(Permission::ManageTokens)?;
     let actor = op.actor();
     let revoked = state
         .store()
