@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use wavecast_core::Sha256Digest;
-use wavecast_core::audit::{AuditEvent, leaf_hash};
+use wavecast_core::audit::{AuditDecodeError, AuditEvent, leaf_hash};
 use wavecast_core::checkpoint::{Checkpoint, NoteKey, format_note, open_checkpoint, origin_for_root};
 use wavecast_core::merkle::{CompactRange, MerkleError, Tree};
 use wavecast_os::error::chain;
@@ -42,6 +42,9 @@ pub enum CheckpointError {
         seq: u64,
         /// What is wrong.
         detail: String,
+        /// Why the row does not parse, when that is what is wrong.
+        #[source]
+        source: Option<AuditDecodeError>,
     },
     /// The newest valid checkpoint is older than one this process saw: checkpoints were
     /// removed from the database, and extending the older one could sign a rewritten history.
@@ -94,16 +97,30 @@ pub struct VerifiedCheckpoint {
     pub frontier: CompactRange,
 }
 
-fn verify_row(row: &CheckpointRecord, key: &NoteKey) -> Result<VerifiedCheckpoint, String> {
-    let checkpoint = open_checkpoint(&row.note, key, verify_ed25519).map_err(|e| e.to_string())?;
+/// Why a stored checkpoint row is not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("the note does not verify")]
+    Note(#[source] wavecast_core::checkpoint::CheckpointError),
+    #[error("the row says size {row} but its note says {note}")]
+    Size { row: i64, note: u64 },
+    #[error("the frontier does not parse")]
+    FrontierJson(#[source] serde_json::Error),
+    #[error("the frontier does not fit the size")]
+    Frontier(#[source] MerkleError),
+    #[error("the frontier does not hash to the signed root")]
+    Root,
+}
+
+fn verify_row(row: &CheckpointRecord, key: &NoteKey) -> Result<VerifiedCheckpoint, Unusable> {
+    let checkpoint = open_checkpoint(&row.note, key, verify_ed25519).map_err(Unusable::Note)?;
     if checkpoint.size as i64 != row.size {
-        return Err(format!("the row says size {} but its note says {}", row.size, checkpoint.size));
+        return Err(Unusable::Size { row: row.size, note: checkpoint.size });
     }
-    let hashes: Vec<Sha256Digest> =
-        serde_json::from_str(&row.frontier).map_err(|e| format!("the frontier does not parse: {e}"))?;
-    let frontier = CompactRange::from_parts(checkpoint.size, hashes).map_err(|e| e.to_string())?;
+    let hashes: Vec<Sha256Digest> = serde_json::from_str(&row.frontier).map_err(Unusable::FrontierJson)?;
+    let frontier = CompactRange::from_parts(checkpoint.size, hashes).map_err(Unusable::Frontier)?;
     if frontier.root() != checkpoint.root {
-        return Err("the frontier does not hash to the signed root".into());
+        return Err(Unusable::Root);
     }
     Ok(VerifiedCheckpoint { checkpoint, note: row.note.clone(), frontier })
 }
@@ -145,7 +162,9 @@ pub async fn latest(&self) -> Result<Option<VerifiedCheckpoint>, CheckpointError
         for row in &rows {
             match verify_row(row, &self.key) {
                 Ok(v) => return Ok(Some(v)),
-                Err(why) => tracing::warn!(size = row.size, %why, "skipping an audit checkpoint that does not verify"),
+                Err(why) => {
+                    tracing::warn!(size = row.size, why = %chain(&why), "skipping an audit checkpoint that does not verify")
+                }
             }
         }
     }
@@ -181,21 +200,24 @@ pub async fn sign_new(&self, seen: u64) -> Result<Signed, CheckpointError> {
             break;
         }
         for (seq, body) in rows {
-            let tampered = |detail: String| CheckpointError::Tampered { seq: next, detail };
+            let tampered = |detail: String| CheckpointError::Tampered { seq: next, detail, source: None };
             if seq as u64 != next {
                 return Err(tampered(format!("the row is missing (the next row is {seq})")));
             }
             match AuditEvent::from_bytes(body.as_bytes()) {
                 Ok(e) if e.seq == next => {}
                 Ok(e) => return Err(tampered(format!("the row holds event {}", e.seq))),
-                Err(e) => return Err(tampered(e.to_string())),
+                Err(e) => {
+                    let detail = "the row is no audit event".to_owned();
+                    return Err(CheckpointError::Tampered { seq: next, detail, source: Some(e) });
+                }
             }
             frontier.push(leaf_hash(body.as_bytes()));
             next += 1;
         }
     }
     if next < head {
-        return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into() });
+        return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into(), source: None });
     }
     let checkpoint = Checkpoint { origin: self.key.name.clone(), size: head, root: frontier.root() };
     let body = checkpoint.body();

@@ -120,12 +120,13 @@ pub enum ServerError {
         role: &'static str,
     },
     /// bootstrap.json is bad.
-    #[error("{path} is corrupt: {detail}")]
+    #[error("{path} is corrupt")]
     Bootstrap {
         /// The file.
         path: PathBuf,
-        /// Details.
-        detail: String,
+        /// What is wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database belongs to another installation.
     #[error(
@@ -231,20 +232,20 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
 
 fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
     let path = layout.bootstrap_file();
-    let corrupt = |detail: String| ServerError::Bootstrap { path: path.clone(), detail };
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Bootstrap { path: path.clone(), source };
     let bytes = std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
-    let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.into()))?;
     let mut metadata = Vec::new();
     for (role, version, name) in &file.metadata {
         if name.contains('/') || name.contains("..") {
-            return Err(corrupt(format!("metadata file name {name:?}")));
+            return Err(corrupt(format!("metadata file name {name:?}").into()));
         }
         let p = layout.bootstrap_dir().join(name);
         let body = std::fs::read_to_string(&p).map_err(|source| ServerError::Read { path: p, source })?;
         metadata.push((role.clone(), *version, body));
     }
     let admin_hash: Sha256Digest =
-        file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.to_string()))?;
+        file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.into()))?;
     Ok(Bootstrap {
         now_ms: clock::now_ms(),
         root_sha256,

@@ -26,8 +26,8 @@ fn evidence_error(e: CheckpointError) -> ApiError {
         CheckpointError::Store(e) => e.into(),
         // The log disagrees with its own checkpoints: the client should run a verification,
         // which names the damage; a 500 would hide that it is the data, not the server.
-        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(damaged.to_string()),
-        other => ApiError::Internal(other.to_string()),
+        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(wavecast_os::error::chain(&damaged)),
+        other => ApiError::Evidence(other),
     }
 }
 

@@ -101,7 +101,7 @@ impl FromRequestParts<AppState> for Operator {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
         let secret =
-            Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+            Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
         let record = state
             .store()
             .token_by_secret(&secret.hash())
@@ -124,7 +124,7 @@ impl FromRequestParts<AppState> for Device {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "the device credential")?;
         let secret = Secret::parse(SecretKind::DeviceCredential, &presented)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+            .map_err(|e| ApiError::unauthorized(&e))?;
         let device = state
             .store()
             .device_by_credential(&secret.hash())

@@ -11,7 +11,7 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::DeviceName;
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, Device, new_id};
+use super::{ApiError, ApiJson, Device, new_id, random};
 use crate::store::{DeviceRef, Enrollment, StoreError};
 use crate::state::{AppState, DeviceIdentity};
 
@@ -38,16 +38,13 @@ pub async fn enroll(
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
     let token =
-        Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
+    let name = DeviceName::new(req.name).map_err(|e| ApiError::bad_request(&e))?;
     if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
         super::auth::require_certificate_for(&parts, name.as_str())?;
     }
-    validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let credential = Secret::from_random(
-        SecretKind::DeviceCredential,
-        crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    validate("hardware", &req.hardware).map_err(|e| ApiError::bad_request(&e))?;
+    let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
     let enrollment = Enrollment {
         token_sha256: token.hash(),
         device_id: new_id()?,

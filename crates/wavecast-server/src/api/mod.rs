@@ -151,8 +151,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
+/// 32 bytes from the OS random source, for secrets and ids.
+pub(crate) fn random() -> Result<[u8; 32], ApiError> {
+    crate::install::random_bytes().map_err(|e| ApiError::internal_from("reading the system random source", e))
+}
+
 /// A random id, 16 hex digits.
 pub(crate) fn new_id() -> Result<String, ApiError> {
-    let b = crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(hex::encode(&b[..8]))
+    Ok(hex::encode(&random()?[..8]))
 }

@@ -11,7 +11,7 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id, random};
 use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 use crate::state::AppState;
 
@@ -38,7 +38,7 @@ pub async fn create_group(
     CanManageFleet(op): CanManageFleet,
     ApiJson(body): ApiJson<CreateGroup>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let name = GroupName::new(body.name).map_err(|e| ApiError::bad_request(&e))?;
     let event = NewAuditEvent {
         actor: op.actor(),
         action: AuditAction::GroupCreated,
@@ -78,7 +78,7 @@ pub async fn create_enrollment_token(
     CanManageFleet(op): CanManageFleet,
     ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
-    let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let group = GroupName::new(body.group).map_err(|e| ApiError::bad_request(&e))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
         return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
@@ -105,10 +105,6 @@ pub async fn create_enrollment_token(
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated { id: t.id, group: t.group.into(), token: secret.expose().to_owned(), expires_at }),
     ))
-}
-
-fn random() -> Result<[u8; 32], ApiError> {
-    crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -179,7 +175,7 @@ pub async fn get_blob(
     req: Request,
 ) -> Result<Response, ApiError> {
     let digest: Sha256Digest =
-        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
+        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::bad_request(&e))?;
     serve_blob(&state, &digest, req).await
 }
 
@@ -192,9 +188,9 @@ pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Req
     let resp = tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
-        .map_err(|e| ApiError::Internal(format!("serving blob {digest}: {e}")))?;
+        .map_err(|e| ApiError::internal_from(format!("serving blob {digest}"), e))?;
     if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::Internal(format!("blob {digest} is referenced but missing from the blob store")));
+        return Err(ApiError::internal(format!("blob {digest} is referenced but missing from the blob store")));
     }
     Ok(resp.map(axum::body::Body::new).into_response())
 }

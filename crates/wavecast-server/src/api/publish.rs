@@ -15,6 +15,7 @@ use tough::schema::{Signed, Targets};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 
 use super::{ApiError, CanPublish};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
@@ -33,7 +34,7 @@ pub async fn publish(
     let mut multipart =
         multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
     let bad_multipart =
-        |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {e}"));
+        |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {}", chain(&e)));
 
     // Part 1: the signed targets metadata.
     let mut field = multipart
@@ -59,16 +60,17 @@ pub async fn publish(
         .store()
         .latest_metadata("targets")
         .await?
-        .ok_or_else(|| ApiError::Internal("the repository has no targets metadata".into()))?;
+        .ok_or_else(|| ApiError::internal("the repository has no targets metadata"))?;
     let current: Signed<Targets> = serde_json::from_str(&current_body)
-        .map_err(|e| ApiError::Internal(format!("stored targets version {current_version} does not parse: {e}")))?;
+        .map_err(|e| ApiError::internal_from(format!("stored targets version {current_version} does not parse"), e))?;
     let now = wavecast_os::clock::now();
     let accepted = accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now).map_err(
         |e| match e {
             AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
-                "{e}: another publish landed first; fetch the current targets and sign again"
+                "{}: another publish landed first; fetch the current targets and sign again",
+                chain(&e)
             )),
-            other => ApiError::Unprocessable(format!("{other}; nothing was stored")),
+            other => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&other))),
         },
     )?;
     let [target] = accepted.added.as_slice() else {
@@ -120,7 +122,7 @@ pub async fn publish(
         },
     )
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))?;
 
     let already_stored = state.store().blob_referenced(&received.sha256).await?;
     let digest = received.sha256;

@@ -11,6 +11,7 @@ use wavecast_core::probe::{ProbeKind, ProbeSpec};
 use wavecast_core::rollout::{AbortMode, Command, Gate, Plan, RolloutState};
 use wavecast_core::TargetName;
 use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 
 use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator};
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
@@ -128,7 +129,7 @@ pub async fn create(
     CanOperateRollouts(op): CanOperateRollouts,
     ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
-    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
+    let bad = |e: &dyn std::error::Error| ApiError::bad_request(e);
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
     let plan = Plan::new(
@@ -166,8 +167,8 @@ pub async fn create(
     };
     let record = state.store().create_rollout(&new).await.map_err(|e| match e {
         CreateRolloutError::Store(s) => s.into(),
-        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(e.to_string()),
-        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(e.to_string()),
+        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(chain(&e)),
+        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(chain(&e)),
     })?;
     tracing::info!(rollout = %record.id, artifact = %target, group = %group, actor = %op.name, "rollout created");
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -194,8 +195,8 @@ async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) ->
         .await
         .map_err(|e| match e {
             RolloutCommandError::Store(s) => s.into(),
-            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(e.to_string()),
-            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(e.to_string()),
+            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(chain(&e)),
+            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(chain(&e)),
         })?;
     tracing::info!(rollout = %id, command = ?cmd, actor = %op.name, state = %record.status.state, "rollout command");
     Ok(Json(record.into()))

@@ -9,7 +9,7 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::Role;
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, CanManageTokens, new_id};
+use super::{ApiError, ApiJson, ApiPath, CanManageTokens, new_id, random};
 use crate::store::{NewToken, TokenRecord};
 use crate::state::AppState;
 
@@ -35,11 +35,8 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
     let id = new_id()?;
     let name = req.name.unwrap_or_else(|| format!("{}-{}", req.role, &id[..6]));
-    wavecast_core::name::validate("token", &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let secret = Secret::from_random(
-        SecretKind::ApiToken,
-        crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    wavecast_core::name::validate("token", &name).map_err(|e| ApiError::bad_request(&e))?;
+    let secret = Secret::from_random(SecretKind::ApiToken, random()?);
     let token = NewToken {
         id: id.clone(),
         name: name.clone(),
