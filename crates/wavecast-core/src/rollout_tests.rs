@@ -949,12 +949,7 @@ fn what_a_rollout_serves_each_device() {
         (R::WaitingApproval, None, every_reached.clone(), install),
         (R::Completed, None, every_reached.clone(), install),
         // Paused: those that started finish (and those that finished keep their doc); none starts.
-        (
-            R::Paused,
-            None,
-            [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted]].concat(),
-            install,
-        ),
+        (R::Paused, None, [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted]].concat(), install),
         (R::Aborted, Some(Keep), vec![], install),
         (R::Aborted, Some(Revert), [&started[..], &[D::Succeeded, D::Reverted]].concat(), revert),
     ];

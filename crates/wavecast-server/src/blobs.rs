@@ -100,8 +100,7 @@ impl BlobStore {
         let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
         let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| BlobError::Interrupted { received: received.length, source: e.into() })?;
+            let chunk = chunk.map_err(|e| BlobError::Interrupted { received: received.length, source: e.into() })?;
             received.length += chunk.len() as u64;
             if received.length > max_len {
                 return Err(BlobError::TooLong { expected: max_len });

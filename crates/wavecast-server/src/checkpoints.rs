@@ -125,7 +125,6 @@ fn verify_row(row: &CheckpointRecord, key: &NoteKey) -> Result<VerifiedCheckpoin
     Ok(VerifiedCheckpoint { checkpoint, note: row.note.clone(), frontier })
 }
 
-
 /// What [`sign_new`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signed {
@@ -152,179 +151,179 @@ impl Checkpoints {
         Self { store, signer: trust.checkpoint.clone(), key: note_key(trust) }
     }
 
-/// The newest stored checkpoint that verifies; rows that do not are skipped with a warning.
-pub async fn latest(&self) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-    let mut below = i64::MAX;
-    loop {
-        let rows = self.store.audit_checkpoints_before(below, 64).await?;
-        let Some(last) = rows.last() else { return Ok(None) };
-        below = last.size;
-        for row in &rows {
-            match verify_row(row, &self.key) {
-                Ok(v) => return Ok(Some(v)),
-                Err(why) => {
-                    tracing::warn!(size = row.size, why = %chain(&why), "skipping an audit checkpoint that does not verify")
+    /// The newest stored checkpoint that verifies; rows that do not are skipped with a warning.
+    pub async fn latest(&self) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
+        let mut below = i64::MAX;
+        loop {
+            let rows = self.store.audit_checkpoints_before(below, 64).await?;
+            let Some(last) = rows.last() else { return Ok(None) };
+            below = last.size;
+            for row in &rows {
+                match verify_row(row, &self.key) {
+                    Ok(v) => return Ok(Some(v)),
+                    Err(why) => {
+                        tracing::warn!(size = row.size, why = %chain(&why), "skipping an audit checkpoint that does not verify")
+                    }
                 }
             }
         }
     }
-}
 
-/// The stored checkpoint of exactly `size`, if it verifies.
-pub async fn at_size(&self, size: u64) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-    Ok(self.store.audit_checkpoint(size as i64).await?.and_then(|row| verify_row(&row, &self.key).ok()))
-}
+    /// The stored checkpoint of exactly `size`, if it verifies.
+    pub async fn at_size(&self, size: u64) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
+        Ok(self.store.audit_checkpoint(size as i64).await?.and_then(|row| verify_row(&row, &self.key).ok()))
+    }
 
-/// Signs a checkpoint covering every event appended since the newest valid checkpoint.
-///
-/// `seen` is the largest size this process has seen covered (0 if none); a newest valid
-/// checkpoint below it means checkpoints were deleted, and nothing is signed.
-pub async fn sign_new(&self, seen: u64) -> Result<Signed, CheckpointError> {
-    let store = &self.store;
-    let head = store.audit_size().await?.max(0) as u64;
-    let base = self.latest().await?;
-    let (mut frontier, from) = match base {
-        Some(v) => (v.frontier, v.checkpoint.size),
-        None => (CompactRange::new(), 0),
-    };
-    if from < seen {
-        return Err(CheckpointError::RolledBack { found: from, seen });
-    }
-    if head <= from {
-        return Ok(Signed::UpToDate(from));
-    }
-    let mut next = from;
-    while next < head {
-        let rows = store.audit_leaves(next as i64, head as i64, PAGE).await?;
-        if rows.is_empty() {
-            break;
+    /// Signs a checkpoint covering every event appended since the newest valid checkpoint.
+    ///
+    /// `seen` is the largest size this process has seen covered (0 if none); a newest valid
+    /// checkpoint below it means checkpoints were deleted, and nothing is signed.
+    pub async fn sign_new(&self, seen: u64) -> Result<Signed, CheckpointError> {
+        let store = &self.store;
+        let head = store.audit_size().await?.max(0) as u64;
+        let base = self.latest().await?;
+        let (mut frontier, from) = match base {
+            Some(v) => (v.frontier, v.checkpoint.size),
+            None => (CompactRange::new(), 0),
+        };
+        if from < seen {
+            return Err(CheckpointError::RolledBack { found: from, seen });
         }
-        for (seq, body) in rows {
-            let tampered = |detail: String| CheckpointError::Tampered { seq: next, detail, source: None };
-            if seq as u64 != next {
-                return Err(tampered(format!("the row is missing (the next row is {seq})")));
-            }
-            match AuditEvent::from_bytes(body.as_bytes()) {
-                Ok(e) if e.seq == next => {}
-                Ok(e) => return Err(tampered(format!("the row holds event {}", e.seq))),
-                Err(e) => {
-                    let detail = "the row is no audit event".to_owned();
-                    return Err(CheckpointError::Tampered { seq: next, detail, source: Some(e) });
-                }
-            }
-            frontier.push(leaf_hash(body.as_bytes()));
-            next += 1;
+        if head <= from {
+            return Ok(Signed::UpToDate(from));
         }
-    }
-    if next < head {
-        return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into(), source: None });
-    }
-    let checkpoint = Checkpoint { origin: self.key.name.clone(), size: head, root: frontier.root() };
-    let body = checkpoint.body();
-    let note = format_note(&body, &self.key, &self.signer.sign_bytes(body.as_bytes()));
-    let hashes: Vec<String> = frontier.hashes().iter().map(Sha256Digest::to_hex).collect();
-    let inserted = store
-        .insert_audit_checkpoint(&NewCheckpoint {
-            size: head as i64,
-            root_sha256: checkpoint.root.to_hex(),
-            note,
-            frontier: serde_json::to_string(&hashes).unwrap_or_default(),
-            now_ms: wavecast_os::clock::now_ms(),
-        })
-        .await?;
-    Ok(if inserted { Signed::New(head) } else { Signed::Skipped(head) })
-}
-
-/// Signs whatever is pending, for tests and shutdown.
-pub async fn checkpoint_now(&self) -> Result<Signed, CheckpointError> {
-    self.sign_new(0).await
-}
-
-/// The tree of the first `size` stored events, plus the `(seq, body)` of those `keep` selects.
-/// The tree is built from the rows as stored: if they were changed, the proofs cut from it
-/// fail against the signed root, which is how verifiers find out.
-pub async fn read_tree(
-    &self,
-    size: u64,
-    mut keep: impl FnMut(&str) -> bool,
-) -> Result<(Tree, Vec<(u64, String)>), CheckpointError> {
-    let mut tree = Tree::new();
-    let mut kept = Vec::new();
-    let mut from = 0i64;
-    while tree.size() < size {
-        let rows = self.store.audit_leaves(from, i64::MAX, PAGE).await?;
-        let Some(last) = rows.last() else { break };
-        from = last.0 + 1;
-        for (_, body) in rows {
-            if tree.size() == size {
+        let mut next = from;
+        while next < head {
+            let rows = store.audit_leaves(next as i64, head as i64, PAGE).await?;
+            if rows.is_empty() {
                 break;
             }
-            // The leaf index is the position, whatever the row claims.
-            if keep(&body) {
-                kept.push((tree.size(), body.clone()));
+            for (seq, body) in rows {
+                let tampered = |detail: String| CheckpointError::Tampered { seq: next, detail, source: None };
+                if seq as u64 != next {
+                    return Err(tampered(format!("the row is missing (the next row is {seq})")));
+                }
+                match AuditEvent::from_bytes(body.as_bytes()) {
+                    Ok(e) if e.seq == next => {}
+                    Ok(e) => return Err(tampered(format!("the row holds event {}", e.seq))),
+                    Err(e) => {
+                        let detail = "the row is no audit event".to_owned();
+                        return Err(CheckpointError::Tampered { seq: next, detail, source: Some(e) });
+                    }
+                }
+                frontier.push(leaf_hash(body.as_bytes()));
+                next += 1;
             }
-            tree.push(leaf_hash(body.as_bytes()));
         }
+        if next < head {
+            return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into(), source: None });
+        }
+        let checkpoint = Checkpoint { origin: self.key.name.clone(), size: head, root: frontier.root() };
+        let body = checkpoint.body();
+        let note = format_note(&body, &self.key, &self.signer.sign_bytes(body.as_bytes()));
+        let hashes: Vec<String> = frontier.hashes().iter().map(Sha256Digest::to_hex).collect();
+        let inserted = store
+            .insert_audit_checkpoint(&NewCheckpoint {
+                size: head as i64,
+                root_sha256: checkpoint.root.to_hex(),
+                note,
+                frontier: serde_json::to_string(&hashes).unwrap_or_default(),
+                now_ms: wavecast_os::clock::now_ms(),
+            })
+            .await?;
+        Ok(if inserted { Signed::New(head) } else { Signed::Skipped(head) })
     }
-    if tree.size() < size {
-        return Err(CheckpointError::ShortLog { held: tree.size(), size });
-    }
-    Ok((tree, kept))
-}
 
-/// Signs checkpoints until the task is aborted: after each burst of writes (a poll that finds
-/// the log no longer growing), and at least every minute while it keeps growing.
-pub(crate) async fn run(self) {
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut previous_head: Option<i64> = None;
-    let mut covered: Option<u64> = None;
-    let mut seen = 0u64;
-    let mut last_attempt = tokio::time::Instant::now();
-    let mut last_error = String::new();
-    let mut failed_at: Option<i64> = None;
-    loop {
-        tick.tick().await;
-        let head = match self.store.audit_size().await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!(error = %chain(&e), "reading the audit log size failed");
+    /// Signs whatever is pending, for tests and shutdown.
+    pub async fn checkpoint_now(&self) -> Result<Signed, CheckpointError> {
+        self.sign_new(0).await
+    }
+
+    /// The tree of the first `size` stored events, plus the `(seq, body)` of those `keep` selects.
+    /// The tree is built from the rows as stored: if they were changed, the proofs cut from it
+    /// fail against the signed root, which is how verifiers find out.
+    pub async fn read_tree(
+        &self,
+        size: u64,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Result<(Tree, Vec<(u64, String)>), CheckpointError> {
+        let mut tree = Tree::new();
+        let mut kept = Vec::new();
+        let mut from = 0i64;
+        while tree.size() < size {
+            let rows = self.store.audit_leaves(from, i64::MAX, PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            from = last.0 + 1;
+            for (_, body) in rows {
+                if tree.size() == size {
+                    break;
+                }
+                // The leaf index is the position, whatever the row claims.
+                if keep(&body) {
+                    kept.push((tree.size(), body.clone()));
+                }
+                tree.push(leaf_hash(body.as_bytes()));
+            }
+        }
+        if tree.size() < size {
+            return Err(CheckpointError::ShortLog { held: tree.size(), size });
+        }
+        Ok((tree, kept))
+    }
+
+    /// Signs checkpoints until the task is aborted: after each burst of writes (a poll that finds
+    /// the log no longer growing), and at least every minute while it keeps growing.
+    pub(crate) async fn run(self) {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous_head: Option<i64> = None;
+        let mut covered: Option<u64> = None;
+        let mut seen = 0u64;
+        let mut last_attempt = tokio::time::Instant::now();
+        let mut last_error = String::new();
+        let mut failed_at: Option<i64> = None;
+        loop {
+            tick.tick().await;
+            let head = match self.store.audit_size().await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %chain(&e), "reading the audit log size failed");
+                    continue;
+                }
+            };
+            let growing = previous_head.is_some_and(|p| p != head);
+            previous_head = Some(head);
+            if covered.is_some_and(|c| head.max(0) as u64 <= c) {
                 continue;
             }
-        };
-        let growing = previous_head.is_some_and(|p| p != head);
-        previous_head = Some(head);
-        if covered.is_some_and(|c| head.max(0) as u64 <= c) {
-            continue;
-        }
-        if growing && last_attempt.elapsed() < MAX_UNSIGNED {
-            continue;
-        }
-        // A damaged log fails the same way until something changes; retry on growth or once a
-        // minute rather than four times a second.
-        if failed_at == Some(head) && last_attempt.elapsed() < MAX_UNSIGNED {
-            continue;
-        }
-        last_attempt = tokio::time::Instant::now();
-        match self.sign_new(seen).await {
-            Ok(signed) => {
-                if let Signed::New(size) = signed {
-                    tracing::debug!(size, "signed an audit checkpoint");
-                }
-                covered = Some(signed.size());
-                seen = seen.max(signed.size());
-                last_error.clear();
-                failed_at = None;
+            if growing && last_attempt.elapsed() < MAX_UNSIGNED {
+                continue;
             }
-            Err(e) => {
-                failed_at = Some(head);
-                let message = chain(&e);
-                if message != last_error {
-                    tracing::error!(error = %message, "signing an audit checkpoint failed");
-                    last_error = message;
+            // A damaged log fails the same way until something changes; retry on growth or once a
+            // minute rather than four times a second.
+            if failed_at == Some(head) && last_attempt.elapsed() < MAX_UNSIGNED {
+                continue;
+            }
+            last_attempt = tokio::time::Instant::now();
+            match self.sign_new(seen).await {
+                Ok(signed) => {
+                    if let Signed::New(size) = signed {
+                        tracing::debug!(size, "signed an audit checkpoint");
+                    }
+                    covered = Some(signed.size());
+                    seen = seen.max(signed.size());
+                    last_error.clear();
+                    failed_at = None;
+                }
+                Err(e) => {
+                    failed_at = Some(head);
+                    let message = chain(&e);
+                    if message != last_error {
+                        tracing::error!(error = %message, "signing an audit checkpoint failed");
+                        last_error = message;
+                    }
                 }
             }
         }
     }
-}
 }

@@ -232,7 +232,8 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
 
 fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
     let path = layout.bootstrap_file();
-    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Bootstrap { path: path.clone(), source };
+    let corrupt =
+        |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Bootstrap { path: path.clone(), source };
     let bytes = std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
     let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.into()))?;
     let mut metadata = Vec::new();

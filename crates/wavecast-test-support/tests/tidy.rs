@@ -315,9 +315,10 @@ impl Violations {
 }
 
 fn code_hits<'a>(s: &'a Source, needles: &'a [&str]) -> impl Iterator<Item = (usize, &'a str)> + 'a {
-    s.code.iter().enumerate().flat_map(move |(i, line)| {
-        needles.iter().filter(move |n| contains_token(line, n)).map(move |n| (i + 1, *n))
-    })
+    s.code
+        .iter()
+        .enumerate()
+        .flat_map(move |(i, line)| needles.iter().filter(move |n| contains_token(line, n)).map(move |n| (i + 1, *n)))
 }
 
 /// Whether `needle` occurs in `line` not glued to a longer identifier on its left (so
@@ -337,7 +338,8 @@ fn core_does_no_io() {
             v.add(&s.path, line, "wavecast-core does no IO (no files, sockets, clock or randomness)", found);
         }
     }
-    let manifest = std::fs::read_to_string(workspace().join("crates/wavecast-core/Cargo.toml")).expect("core's manifest");
+    let manifest =
+        std::fs::read_to_string(workspace().join("crates/wavecast-core/Cargo.toml")).expect("core's manifest");
     let mut section = "";
     for (i, line) in manifest.lines().enumerate() {
         let line = line.trim();
@@ -351,7 +353,12 @@ fn core_does_no_io() {
         }
         let name = line.split(['=', '.', ' ']).next().unwrap_or_default();
         if CORE_FORBIDDEN_DEPS.contains(&name) {
-            v.add("crates/wavecast-core/Cargo.toml", i + 1, "wavecast-core depends on no IO, runtime or randomness crate", name);
+            v.add(
+                "crates/wavecast-core/Cargo.toml",
+                i + 1,
+                "wavecast-core depends on no IO, runtime or randomness crate",
+                name,
+            );
         }
     }
     v.check("core does no IO");

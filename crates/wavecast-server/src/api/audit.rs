@@ -62,12 +62,14 @@ pub async fn export(
     let latest = latest_or_404(&state).await?;
     let size = latest.checkpoint.size;
     let rollout = query.rollout;
-    let (tree, kept) = state.checkpoints().read_tree(size, |body| match &rollout {
-        None => true,
-        Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
-    })
-    .await
-    .map_err(evidence_error)?;
+    let (tree, kept) = state
+        .checkpoints()
+        .read_tree(size, |body| match &rollout {
+            None => true,
+            Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
+        })
+        .await
+        .map_err(evidence_error)?;
     let events = kept
         .into_iter()
         .map(|(seq, body)| {

@@ -17,8 +17,8 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
 use super::error::ApiError;
-use crate::store::DeviceRecord;
 use crate::state::{AppState, DeviceIdentity, DeviceRateLimit};
+use crate::store::DeviceRecord;
 
 /// An authenticated operator.
 #[derive(Debug, Clone)]
@@ -100,8 +100,7 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-        let secret =
-            Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
+        let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
         let record = state
             .store()
             .token_by_secret(&secret.hash())
@@ -123,8 +122,7 @@ impl FromRequestParts<AppState> for Device {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "the device credential")?;
-        let secret = Secret::parse(SecretKind::DeviceCredential, &presented)
-            .map_err(|e| ApiError::unauthorized(&e))?;
+        let secret = Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::unauthorized(&e))?;
         let device = state
             .store()
             .device_by_credential(&secret.hash())

@@ -4,16 +4,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wavecast_core::DeviceName;
 use wavecast_core::assignment::{AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::DeviceName;
 use wavecast_os::clock::now_ms;
 
 use super::{ApiError, ApiJson, Device, new_id, random};
-use crate::store::{DeviceRef, Enrollment, StoreError};
 use crate::state::{AppState, DeviceIdentity};
+use crate::store::{DeviceRef, Enrollment, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,8 +37,7 @@ pub async fn enroll(
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token =
-        Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
+    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::bad_request(&e))?;
     if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
         super::auth::require_certificate_for(&parts, name.as_str())?;

@@ -79,7 +79,10 @@ impl ApiError {
     }
 
     /// Something on our side failed while doing `context`, because of `source`.
-    pub fn internal_from(context: impl Into<String>, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+    pub fn internal_from(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         ApiError::Internal { context: context.into(), source: Some(source.into()) }
     }
 }

@@ -12,18 +12,15 @@ use wavecast_core::{GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id, random};
-use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 use crate::state::AppState;
+use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 
 /// Who the token belongs to.
 pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "id": op.token_id, "name": op.name, "role": op.role }))
 }
 
-pub async fn list_artifacts(
-    State(state): State<AppState>,
-    _: CanRead,
-) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
+pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
     Ok(Json(state.store().list_artifacts().await?))
 }
 

@@ -13,14 +13,14 @@ use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
-use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
+use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 
 use super::{ApiError, CanPublish};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
-use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
 use crate::state::AppState;
+use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -33,8 +33,9 @@ pub async fn publish(
 ) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
     let mut multipart =
         multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
-    let bad_multipart =
-        |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {}", chain(&e)));
+    let bad_multipart = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest(format!("reading the upload: {}", chain(&e)))
+    };
 
     // Part 1: the signed targets metadata.
     let mut field = multipart

@@ -6,16 +6,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wavecast_core::TargetName;
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
 use wavecast_core::rollout::{AbortMode, Command, Gate, Plan, RolloutState};
-use wavecast_core::TargetName;
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
 
 use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator};
-use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
 use crate::state::AppState;
+use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
 
 /// Ten minutes, as the brief sets it.
 pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
@@ -189,15 +189,13 @@ pub async fn show(
 
 /// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
-    let record = state
-        .store()
-        .rollout_command(id, cmd, &op.name, state.settings().approval, now_ms())
-        .await
-        .map_err(|e| match e {
+    let record = state.store().rollout_command(id, cmd, &op.name, state.settings().approval, now_ms()).await.map_err(
+        |e| match e {
             RolloutCommandError::Store(s) => s.into(),
             e @ RolloutCommandError::Refused(_) => ApiError::Conflict(chain(&e)),
             e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(chain(&e)),
-        })?;
+        },
+    )?;
     tracing::info!(rollout = %id, command = ?cmd, actor = %op.name, state = %record.status.state, "rollout command");
     Ok(Json(record.into()))
 }

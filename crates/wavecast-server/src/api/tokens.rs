@@ -4,14 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wavecast_core::Role;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::Role;
 use wavecast_os::clock::now_ms;
 
 use super::{ApiError, ApiJson, ApiPath, CanManageTokens, new_id, random};
-use crate::store::{NewToken, TokenRecord};
 use crate::state::AppState;
+use crate::store::{NewToken, TokenRecord};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,8 +7,7 @@ use wavecast_core::{GroupName, Sha256Digest};
 use super::audit::append_audit;
 use super::row::{Row, read_all};
 use super::{
-    Backend, DeviceRecord, Enrollment, GroupRecord, NewEnrollmentToken, Store, StoreError, conflict_or,
-    placeholders, q,
+    Backend, DeviceRecord, Enrollment, GroupRecord, NewEnrollmentToken, Store, StoreError, conflict_or, placeholders, q,
 };
 
 const DEVICE_COLUMNS: &str = "id, name, group_name, hardware, enrolled_at, last_seen_at";

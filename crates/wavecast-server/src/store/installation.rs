@@ -6,7 +6,7 @@ use super::audit::append_audit;
 use super::metadata::insert_metadata;
 use super::row::Row;
 use super::tokens::insert_token;
-use super::{Bootstrap, Store, StoreError, q};
+use super::{Bootstrap, Store, StoreError, changed, q};
 
 impl Store {
     /// Imports what `wavecast init` prepared, once per database. Returns false when the
@@ -14,16 +14,12 @@ impl Store {
     pub async fn bootstrap(&self, b: &Bootstrap) -> Result<bool, StoreError> {
         let op = "importing the installation";
         let mut tx = self.begin(op).await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO installation (id, created_at, root_sha256) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
         )
         .bind(b.now_ms)
-        .bind(b.root_sha256.to_hex())
-        .execute(&mut *tx)
-        .await
-        .map_err(q(op))?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(b.root_sha256.to_hex());
+        if changed(&mut tx, insert, op).await? == 0 {
             return Ok(false);
         }
         for (role, version, body) in &b.metadata {

@@ -154,6 +154,15 @@ fn conflict_or(op: &'static str, what: impl FnOnce() -> String) -> impl FnOnce(s
     }
 }
 
+/// Runs a statement inside `tx`; returns how many rows it changed.
+async fn changed<'q>(
+    tx: &mut Transaction<'static, Any>,
+    statement: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    op: &'static str,
+) -> Result<u64, StoreError> {
+    Ok(statement.execute(&mut **tx).await.map_err(q(op))?.rows_affected())
+}
+
 /// `$first, $first+1, …` for `n` bound values: lists in SQL are parameters, never literals.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")

@@ -20,7 +20,7 @@ use wavecast_core::{ArtifactName, ArtifactVersion, GroupName};
 
 use super::audit::append_audit;
 use super::row::{Row, read_all};
-use super::{DeviceRef, Store, StoreError, conflict_or, corrupt, placeholders, q};
+use super::{DeviceRef, Store, StoreError, changed, conflict_or, corrupt, placeholders, q};
 
 /// A rollout to create.
 #[derive(Debug, Clone)]
@@ -158,7 +158,6 @@ pub enum RolloutCommandError {
     #[error("{0} created this rollout and may not approve its gates (the server requires a distinct approver)")]
     SameApprover(String),
 }
-
 
 impl Store {
     /// Creates a rollout over the group's current devices and opens what its plan allows.
@@ -316,7 +315,7 @@ impl Store {
         for effect in effects {
             let (action, detail) = match *effect {
                 Effect::OpenWave { index } => {
-                    let opened = sqlx::query(
+                    let assign = sqlx::query(
                         "UPDATE rollout_devices SET state = $4, assigned_at = $3, updated_at = $3 \
                          WHERE rollout_id = $1 AND wave = $2 AND state = $5",
                     )
@@ -324,11 +323,8 @@ impl Store {
                     .bind(index as i64)
                     .bind(now_ms)
                     .bind(DeviceState::Assigned.as_str())
-                    .bind(DeviceState::Pending.as_str())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(q(op))?
-                    .rows_affected();
+                    .bind(DeviceState::Pending.as_str());
+                    let opened = changed(tx, assign, op).await?;
                     if let Some(c) = r.counts.get_mut(index) {
                         let pending = c.get(DeviceState::Pending).min(opened);
                         c.by_state[rollout::state_index(DeviceState::Pending)] -= pending;
@@ -577,18 +573,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let op = "recording a device report";
         let mut tx = self.begin(op).await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO device_reports (device_id, report_id, received_at) VALUES ($1, $2, $3) \
              ON CONFLICT (device_id, report_id) DO NOTHING",
         )
         .bind(&device.id)
         .bind(&report.id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(q(op))?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(now_ms);
+        if changed(&mut tx, insert, op).await? == 0 {
             return Ok(false);
         }
         self.transition_in(&mut tx, &report.rollout_id, device, None, report.state, report.reason.as_deref(), now_ms)
@@ -728,7 +720,11 @@ impl Store {
             if decided.contains(&artifact) {
                 continue;
             }
-            let served = rollout::served(r.parse(3, "rollout state")?, r.parse(6, "device state")?, r.parse_opt(5, "rollout abort mode")?);
+            let served = rollout::served(
+                r.parse(3, "rollout state")?,
+                r.parse(6, "device state")?,
+                r.parse_opt(5, "rollout abort mode")?,
+            );
             match served {
                 Served::NotReached => {}
                 Served::Nothing => {

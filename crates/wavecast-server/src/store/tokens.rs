@@ -6,7 +6,7 @@ use wavecast_core::audit::NewAuditEvent;
 
 use super::audit::append_audit;
 use super::row::{Row, read_all};
-use super::{NewToken, Store, StoreError, TokenRecord, conflict_or, q};
+use super::{NewToken, Store, StoreError, TokenRecord, changed, conflict_or, q};
 
 const TOKEN_COLUMNS: &str = "id, name, role, created_at, created_by, revoked_at";
 
@@ -80,14 +80,10 @@ impl Store {
         if token.revoked_at.is_some() {
             return Ok(token);
         }
-        let changed = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        let revoke = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(op))?
-            .rows_affected();
-        if changed == 1 {
+            .bind(now_ms);
+        if changed(&mut tx, revoke, op).await? == 1 {
             append_audit(&mut tx, now_ms, event(&token)).await?;
         }
         tx.commit().await.map_err(q(op))?;

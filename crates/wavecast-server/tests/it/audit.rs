@@ -142,7 +142,11 @@ async fn an_untouched_log_verifies(db: Db) {
     build_log(&env).await;
     let ok = verify_live(&env).await.unwrap();
     assert_eq!((ok.tree_size, ok.checkpoints, ok.pending), (8, 4, 0));
-    assert_eq!(env.state.checkpoints().checkpoint_now().await.unwrap(), Signed::UpToDate(8), "nothing new, nothing signed");
+    assert_eq!(
+        env.state.checkpoints().checkpoint_now().await.unwrap(),
+        Signed::UpToDate(8),
+        "nothing new, nothing signed"
+    );
 
     // The newest checkpoint is served as the note itself, signed by the key root.json names.
     let r = env.get("/api/v1/audit/checkpoint").await;
