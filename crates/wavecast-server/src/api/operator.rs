@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use tower::ServiceExt as _;
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{GroupName, Permission, Sha256Digest};
+use wavecast_core::{GroupName, Sha256Digest};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id, random};
+use crate::state::AppState;
 use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
 
 /// Who the token belongs to.
@@ -18,11 +20,7 @@ pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "id": op.token_id, "name": op.name, "role": op.role }))
 }
 
-pub async fn list_artifacts(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
     Ok(Json(state.store().list_artifacts().await?))
 }
 
@@ -34,24 +32,21 @@ pub struct CreateGroup {
 
 pub async fn create_group(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateGroup>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateGroup>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
-    let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let name = GroupName::new(body.name).map_err(|e| ApiError::bad_request(&e))?;
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::GroupCreated,
         subject: name.to_string(),
         detail: serde_json::json!({}),
     };
-    state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
+    state.store().create_group(&name, &op.name, now_ms(), event).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
 }
 
-pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<GroupRecord>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<GroupRecord>>, ApiError> {
     Ok(Json(state.store().list_groups().await?))
 }
 
@@ -77,12 +72,10 @@ pub struct EnrollmentTokenCreated {
 
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateEnrollmentToken>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
-    let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let group = GroupName::new(body.group).map_err(|e| ApiError::bad_request(&e))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
         return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
@@ -91,14 +84,14 @@ pub async fn create_enrollment_token(
     let now = now_ms();
     let t = NewEnrollmentToken {
         id: new_id()?,
-        group: group.to_string(),
+        group: group.clone(),
         secret_sha256: secret.hash(),
         now_ms: now,
         expires_at: now + (secs as i64) * 1000,
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::EnrollmentTokenCreated,
         subject: group.to_string(),
         detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),
@@ -107,12 +100,8 @@ pub async fn create_enrollment_token(
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group.into(), token: secret.expose().to_owned(), expires_at }),
     ))
-}
-
-fn random() -> Result<[u8; 32], ApiError> {
-    crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -123,10 +112,9 @@ pub struct DeviceFilter {
 
 pub async fn list_devices(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
-    op.require(Permission::Read)?;
     Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
 }
 
@@ -141,10 +129,9 @@ pub struct DeviceDetail {
 
 pub async fn show_device(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    op.require(Permission::Read)?;
     let device = state
         .store()
         .device_by_name(&name)
@@ -155,7 +142,7 @@ pub async fn show_device(
         .device_artifacts(&device.id)
         .await?
         .into_iter()
-        .map(|(name, version, sha256)| serde_json::json!({ "name": name, "version": version, "sha256": sha256 }))
+        .map(|a| serde_json::json!({ "name": a.name, "version": a.version, "sha256": a.sha256 }))
         .collect();
     let rollouts = state.store().device_rollouts(&device.id).await?;
     Ok(Json(DeviceDetail { device, artifacts, rollouts }))
@@ -170,10 +157,9 @@ pub struct AuditRange {
 
 pub async fn list_audit(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(range): ApiQuery<AuditRange>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    op.require(Permission::Read)?;
     let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(Json(state.store().audit_events(range.from.unwrap_or(0).max(0), limit).await?))
 }
@@ -181,13 +167,12 @@ pub async fn list_audit(
 /// Serves a published blob, honouring `Range` requests.
 pub async fn get_blob(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(sha256): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    op.require(Permission::Read)?;
     let digest: Sha256Digest =
-        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
+        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::bad_request(&e))?;
     serve_blob(&state, &digest, req).await
 }
 
@@ -200,9 +185,9 @@ pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Req
     let resp = tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
-        .map_err(|e| ApiError::Internal(format!("serving blob {digest}: {e}")))?;
+        .map_err(|e| ApiError::internal_from(format!("serving blob {digest}"), e))?;
     if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::Internal(format!("blob {digest} is referenced but missing from the blob store")));
+        return Err(ApiError::internal(format!("blob {digest} is referenced but missing from the blob store")));
     }
     Ok(resp.map(axum::body::Body::new).into_response())
 }

@@ -6,12 +6,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wavecast_core::TargetName;
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
-use wavecast_core::rollout::{Command, Gate, Plan, RolloutState};
-use wavecast_core::{Permission, TargetName};
+use wavecast_core::rollout::{AbortMode, Command, Gate, Plan, RolloutState};
+use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, now_ms};
+use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator};
+use crate::state::AppState;
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
 
 /// Ten minutes, as the brief sets it.
@@ -63,7 +66,7 @@ pub struct RolloutView {
     probe: String,
     probe_spec: ProbeSpec,
     device_count: i64,
-    abort_mode: Option<String>,
+    abort_mode: Option<AbortMode>,
     created_at: i64,
     created_by: String,
     updated_at: i64,
@@ -102,9 +105,9 @@ impl From<RolloutRecord> for RolloutView {
             artifact: format!("{}@{}", r.artifact, r.version),
             id: r.id,
             state: r.status.state,
-            artifact_name: r.artifact,
-            version: r.version,
-            group: r.group,
+            artifact_name: r.artifact.into(),
+            version: r.version.into(),
+            group: r.group.into(),
             halt_after: r.plan.halt_after,
             failures_counted: r.status.failures_counted,
             device_timeout_ms: r.plan.device_timeout_ms,
@@ -123,12 +126,10 @@ impl From<RolloutRecord> for RolloutView {
 
 pub async fn create(
     State(state): State<AppState>,
-    op: Operator,
-    req: Result<ApiJson<CreateRollout>, ApiError>,
+    CanOperateRollouts(op): CanOperateRollouts,
+    ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
-    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
+    let bad = |e: &dyn std::error::Error| ApiError::bad_request(e);
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
     let plan = Plan::new(
@@ -156,9 +157,9 @@ pub async fn create(
     let id = format!("r-{}", &super::new_id()?[..8]);
     let new = NewRollout {
         id,
-        artifact: target.name().to_string(),
-        version: target.version().to_string(),
-        group: group.to_string(),
+        artifact: target.name().clone(),
+        version: target.version().clone(),
+        group: group.clone(),
         plan,
         probe,
         created_by: op.name.clone(),
@@ -166,47 +167,42 @@ pub async fn create(
     };
     let record = state.store().create_rollout(&new).await.map_err(|e| match e {
         CreateRolloutError::Store(s) => s.into(),
-        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(e.to_string()),
-        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(e.to_string()),
+        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(chain(&e)),
+        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(chain(&e)),
     })?;
     tracing::info!(rollout = %record.id, artifact = %target, group = %group, actor = %op.name, "rollout created");
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<RolloutView>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<RolloutView>>, ApiError> {
     Ok(Json(state.store().list_rollouts().await?.into_iter().map(Into::into).collect()))
 }
 
 pub async fn show(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::Read)?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
     Ok(Json(r.into()))
 }
 
+/// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
-    let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
-    op.require(permission)?;
-    let record = state
-        .store()
-        .rollout_command(id, cmd, &op.name, state.settings().require_distinct_approver, now_ms())
-        .await
-        .map_err(|e| match e {
+    let record = state.store().rollout_command(id, cmd, &op.name, state.settings().approval, now_ms()).await.map_err(
+        |e| match e {
             RolloutCommandError::Store(s) => s.into(),
-            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(e.to_string()),
-            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(e.to_string()),
-        })?;
+            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(chain(&e)),
+            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(chain(&e)),
+        },
+    )?;
     tracing::info!(rollout = %id, command = ?cmd, actor = %op.name, state = %record.status.state, "rollout command");
     Ok(Json(record.into()))
 }
 
 pub async fn approve(
     State(state): State<AppState>,
-    op: Operator,
+    CanApproveGates(op): CanApproveGates,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RolloutView>, ApiError> {
     run_command(&state, &op, &id, Command::Approve).await
@@ -220,25 +216,16 @@ pub struct ResumeRequest {
 
 pub async fn resume(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<ResumeRequest>, ApiError>,
+    ApiJson(req): ApiJson<ResumeRequest>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
     if !req.ack {
         return Err(ApiError::BadRequest(
             "resuming requires acknowledging the failures counted so far (ack: true, or --ack on the CLI)".into(),
         ));
     }
     run_command(&state, &op, &id, Command::ResumeAck).await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AbortMode {
-    Keep,
-    Revert,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,15 +236,9 @@ pub struct AbortRequest {
 
 pub async fn abort(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<AbortRequest>, ApiError>,
+    ApiJson(req): ApiJson<AbortRequest>,
 ) -> Result<Json<RolloutView>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
-    let cmd = match req.mode {
-        AbortMode::Keep => Command::AbortKeep,
-        AbortMode::Revert => Command::AbortRevert,
-    };
-    run_command(&state, &op, &id, cmd).await
+    run_command(&state, &op, &id, Command::Abort(req.mode)).await
 }
