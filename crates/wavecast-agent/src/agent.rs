@@ -15,6 +15,8 @@ use sha2::Digest as _;
 use wavecast_core::assignment::{Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch};
 use wavecast_core::probe::ProbeKind;
 use wavecast_core::{ArtifactVersion, TargetName};
+use wavecast_os::clock;
+use wavecast_os::error::chain;
 
 use crate::config::{AgentConfig, ArtifactConfig};
 use crate::fetch::{FetchError, fetch};
@@ -89,10 +91,6 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
     b.build().map_err(|e| AgentError::Http(e.to_string()))
 }
 
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 impl Agent {
     /// Opens the state dir and enrolls if this device has no identity yet.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
@@ -148,7 +146,7 @@ impl Agent {
     pub async fn tick(&mut self) {
         for cfg in self.config.artifacts.clone() {
             if let Err(e) = self.recover(&cfg).await {
-                tracing::error!(artifact = %cfg.name, error = %tuf::chain(&e), "resuming interrupted work failed");
+                tracing::error!(artifact = %cfg.name, error = %chain(&e), "resuming interrupted work failed");
             }
         }
         self.deliver().await;
@@ -157,7 +155,7 @@ impl Agent {
             let assignment = self.assignments.iter().find(|a| a.artifact == cfg.name).cloned();
             if let Some(a) = assignment {
                 if let Err(e) = self.act(&cfg, &a).await {
-                    tracing::error!(artifact = %cfg.name, error = %tuf::chain(&e), "acting on the assignment failed");
+                    tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
                 }
             }
         }
@@ -197,7 +195,7 @@ impl Agent {
             version: version.to_owned(),
             state,
             reason,
-            at_ms: now_ms(),
+            at_ms: clock::now_ms(),
         }
     }
 
@@ -220,13 +218,13 @@ impl Agent {
             Err(e) => return tracing::error!(error = %e, "bad server URL"),
         };
         let mut req = self.http.get(url).bearer_auth(&self.identity.credential).timeout(Duration::from_secs(30));
-        let fresh = jiff::Timestamp::now().as_second() < self.doc_expires;
+        let fresh = clock::now().as_second() < self.doc_expires;
         if let (Some(etag), true) = (&self.etag, fresh) {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return tracing::warn!(error = %tuf::chain(&e), "cannot reach the server; will retry"),
+            Err(e) => return tracing::warn!(error = %chain(&e), "cannot reach the server; will retry"),
         };
         match resp.status() {
             reqwest::StatusCode::NOT_MODIFIED => {}
@@ -235,7 +233,7 @@ impl Agent {
                 match resp.bytes().await {
                     Ok(body) => {
                         if let Err(e) = self.accept(&body) {
-                            tracing::error!(error = %tuf::chain(&e), "processing the assignment failed");
+                            tracing::error!(error = %chain(&e), "processing the assignment failed");
                         } else {
                             self.etag = etag;
                         }
@@ -275,7 +273,7 @@ impl Agent {
                 "assignment refused: it is for device {device_id}, not this device ({})",
                 self.identity.device_id
             ))
-        } else if expires <= jiff::Timestamp::now().as_second() {
+        } else if expires <= clock::now().as_second() {
             Some(format!(
                 "assignment refused: it expired at {}",
                 jiff::Timestamp::from_second(expires).map(|t| t.to_string()).unwrap_or_default()
@@ -394,7 +392,7 @@ impl Agent {
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
                 self.state.save_journal(cfg.name.as_str(), &j)?;
-                self.probe_and_finish(cfg, work, SystemTime::now()).await
+                self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::Probing { work, restarts } => {
                 if restarts >= 2 {
@@ -407,7 +405,7 @@ impl Agent {
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: restarts + 1 };
                 self.state.save_journal(cfg.name.as_str(), &j)?;
-                self.probe_and_finish(cfg, work, SystemTime::now()).await
+                self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::RollingBack { work, reason } => self.roll_back(cfg, work, reason).await,
             Phase::Reverting { rollout_id, version } => self.revert(cfg, &rollout_id, &version).await,
@@ -433,7 +431,7 @@ impl Agent {
         j.phase = Phase::Swapping { work: work.clone() };
         self.state.save_journal(cfg.name.as_str(), &j)?;
         slots.swap_in(&slots.partial(&work.sha256), || self.crash("between-renames"))?;
-        let swapped_at = SystemTime::now();
+        let swapped_at = SystemTime::from(clock::now());
         j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
         self.state.save_journal(cfg.name.as_str(), &j)?;
         self.probe_and_finish(cfg, work, swapped_at).await
@@ -599,7 +597,7 @@ impl Agent {
             reason: None,
             rollout_id: rollout_id.to_owned(),
             version: version.to_owned(),
-            at_ms: now_ms(),
+            at_ms: clock::now_ms(),
         });
         j.phase = Phase::Idle;
         self.state.save_journal(cfg.name.as_str(), &j)
@@ -611,7 +609,7 @@ impl Agent {
     pub async fn deliver(&self) {
         let pending = match self.state.pending_reports() {
             Ok(p) => p,
-            Err(e) => return tracing::error!(error = %tuf::chain(&e), "reading the outbox failed"),
+            Err(e) => return tracing::error!(error = %chain(&e), "reading the outbox failed"),
         };
         if pending.is_empty() {
             return;
@@ -637,7 +635,7 @@ impl Agent {
                 Err(e) => return tracing::debug!(error = %e, "server unreachable; reports stay queued"),
             };
             if let Err(e) = self.state.remove_reports(&ack.acked) {
-                tracing::error!(error = %tuf::chain(&e), "clearing delivered reports failed");
+                tracing::error!(error = %chain(&e), "clearing delivered reports failed");
             }
         }
     }
@@ -657,7 +655,13 @@ impl Agent {
 }
 
 fn outcome_of(work: &Work, state: DeviceState, reason: Option<String>) -> Outcome {
-    Outcome { state, reason, rollout_id: work.rollout_id.clone(), version: work.version.clone(), at_ms: now_ms() }
+    Outcome {
+        state,
+        reason,
+        rollout_id: work.rollout_id.clone(),
+        version: work.version.clone(),
+        at_ms: clock::now_ms(),
+    }
 }
 
 /// `base` ± 20%, from the OS random source.
@@ -686,7 +690,7 @@ async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity
         .json(&serde_json::json!({ "token": token.expose(), "name": config.device_name, "hardware": config.hardware }))
         .send()
         .await
-        .map_err(|e| fail(tuf::chain(&e)))?;
+        .map_err(|e| fail(chain(&e)))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {

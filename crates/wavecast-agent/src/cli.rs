@@ -71,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(async move {
                 let agent = crate::Agent::start(config).await?;
                 tracing::info!(device_id = %agent.device_id(), "agent running");
-                agent.run(shutdown()).await;
+                agent.run(wavecast_os::signal::shutdown()).await;
                 tracing::info!("agent stopped");
                 anyhow::Ok(())
             })?;
@@ -106,20 +106,5 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TufClient { args } => Ok(crate::tuf_client::main(args)),
-    }
-}
-
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
     }
 }

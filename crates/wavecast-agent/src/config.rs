@@ -282,7 +282,7 @@ mod tests {
         let root = rt
             .block_on(wavecast_tuf::root::build_root(
                 &keys,
-                jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
+                wavecast_os::clock::now() + jiff::SignedDuration::from_hours(24),
             ))
             .unwrap();
         let p = dir.join("root.json");

@@ -5,7 +5,6 @@
 //! directory), so after a crash or power loss each holds its old or its new content, never a
 //! mix. A file that does not parse is an error, never silently reset: the agent fails closed.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -37,33 +36,20 @@ pub enum StateError {
     },
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+/// Maps an IO error to [`StateError::Io`] naming the operation and the path.
+pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
     let path = path.to_path_buf();
     move |source| StateError::Io { op, path, source }
 }
 
 /// fsyncs a directory so renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing directory", dir))
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    wavecast_os::fs::sync_dir(dir).map_err(io("syncing directory", dir))
 }
 
 /// Replaces `path` with `bytes` atomically and durably; the file gets `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-    sync_dir(dir)
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    wavecast_os::fs::write_atomic(path, bytes, mode).map_err(io("writing", path))
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {

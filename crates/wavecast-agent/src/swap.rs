@@ -15,12 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::state::{StateError, sync_dir};
-
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
-    let path = path.to_path_buf();
-    move |source| StateError::Io { op, path, source }
-}
+use crate::state::{StateError, io, sync_dir};
 
 /// The files of one artifact.
 #[derive(Debug, Clone)]

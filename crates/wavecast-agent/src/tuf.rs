@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use tough::schema::RoleType;
 use tough::{RepositoryLoader, TransportError, TransportErrorKind, TransportStream};
 use wavecast_core::{Sha256Digest, TargetName};
+use wavecast_os::error::chain;
 
 use crate::state::{StateDir, StateError, Trusted};
 
@@ -92,21 +93,6 @@ fn is_transport(e: &tough::error::Error) -> bool {
         cur = err.source();
     }
     false
-}
-
-/// Full text of an error and its causes.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Loads the repository's metadata against the pinned root and returns what it signs for

@@ -36,15 +36,14 @@
 //!   tough's types and `Delegations::verify_role` for the signatures. A role reached again
 //!   through another delegator is verified again against that delegator's keys.
 //!
-//! Time comes from `jiff::Timestamp::now()` (here and inside tough), i.e. `clock_gettime`
-//! through libc, so `faketime` works.
+//! Time comes from `wavecast_os::clock::now()` here and from jiff inside tough, both
+//! `clock_gettime` through libc, so `faketime` works.
 //!
 //! Known limitation (tough 0.24): a target listing no `sha256` hash cannot be parsed by tough's
 //! schema, so targets metadata holding one is refused as a whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,7 +57,9 @@ use tough::schema::{
 };
 use tough::{IntoVec as _, RepositoryLoader, Transport as _, TransportError, TransportErrorKind, TransportStream};
 
-use crate::tuf::{HttpTransport, chain};
+use wavecast_os::error::chain;
+
+use crate::tuf::HttpTransport;
 
 /// Most delegated roles visited in one target search (python-tuf's default).
 const MAX_DELEGATIONS: usize = 32;
@@ -338,7 +339,7 @@ impl Client {
                 .map_err(|e| anyhow!("role {role:?} is not signed as delegated by {parent:?}: {}", chain(&e)))?;
             return Ok(known.clone());
         }
-        let now = jiff::Timestamp::now();
+        let now = wavecast_os::clock::now();
         let meta = top
             .snapshot
             .signed
@@ -456,7 +457,7 @@ impl Session {
     fn new(root: &[u8], timestamp: Option<Vec<u8>>, snapshot: Option<Vec<u8>>, targets: Option<Vec<u8>>) -> Self {
         Self {
             phase: Phase::Root,
-            now: jiff::Timestamp::now(),
+            now: wavecast_os::clock::now(),
             root: parse::<Root>(root).ok(),
             roots: BTreeMap::new(),
             local_timestamp: timestamp,
@@ -789,21 +790,9 @@ fn rewritten(path: &Path) -> bool {
     }
 }
 
-/// Temp file in the same directory (hidden, not `*.json`), fsync, rename.
+/// Replaces `path` durably (a hidden temporary beside it, never read as metadata, then a rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no directory")?;
-    let name = path.file_name().context("path has no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    wavecast_os::fs::write_atomic(path, bytes, 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 fn with_slash(mut url: url::Url) -> url::Url {
@@ -828,7 +817,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> anyhow::Result<Self> {
         let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = wavecast_os::clock::now().as_nanosecond();
         for n in 0..100u32 {
             let p = base.join(format!("wavecast-tuf-client-{}-{nanos}-{n}", std::process::id()));
             match std::fs::create_dir(&p) {
