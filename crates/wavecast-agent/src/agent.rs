@@ -19,6 +19,7 @@ use wavecast_os::clock;
 use wavecast_os::error::chain;
 
 use crate::config::{AgentConfig, ArtifactConfig};
+use crate::director;
 use crate::fetch::{FetchError, fetch};
 use crate::probe::{self, ProbeOutcome};
 use crate::state::{Identity, Installed, Journal, Outcome, Phase, Refused, StateDir, StateError, Work};
@@ -252,7 +253,7 @@ impl Agent {
 
     /// Verifies a signed assignment doc and keeps its assignments.
     fn accept(&mut self, body: &[u8]) -> Result<(), StateError> {
-        let doc = match crate::director::parse_doc(body) {
+        let doc = match director::parse_doc(body) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "the assignment does not parse; ignored");
@@ -266,40 +267,25 @@ impl Agent {
             tracing::error!("assignment signature does not verify against the director key in the trust root; ignored");
             return Ok(());
         }
-        let crate::director::DirectorDoc { device_id, expires, counter, items, .. } = doc;
         let mut trusted = self.state.trusted()?;
-        let refusal = if device_id != self.identity.device_id {
-            Some(format!(
-                "assignment refused: it is for device {device_id}, not this device ({})",
-                self.identity.device_id
-            ))
-        } else if expires <= clock::now().as_second() {
-            Some(format!(
-                "assignment refused: it expired at {}",
-                jiff::Timestamp::from_second(expires).map(|t| t.to_string()).unwrap_or_default()
-            ))
-        } else if counter < trusted.counter {
-            Some(format!(
-                "assignment refused as a replay: counter {counter} is older than {} already accepted",
-                trusted.counter
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            tracing::error!(%reason, "assignment refused");
-            for item in &items {
-                self.report_refused_item(item, &reason)?;
+        match director::check(&doc, &self.identity.device_id, clock::now(), trusted.counter) {
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                tracing::error!(%reason, "assignment refused");
+                for item in &doc.items {
+                    self.report_refused_item(item, &reason)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if counter > trusted.counter {
-            trusted.counter = counter;
-            self.state.save_trusted(&trusted)?;
+            Ok(director::Accepted { new_counter: Some(counter) }) => {
+                trusted.counter = counter;
+                self.state.save_trusted(&trusted)?;
+            }
+            Ok(director::Accepted { new_counter: None }) => {}
         }
         let mut accepted = Vec::new();
-        for item in &items {
-            match crate::director::parse_item(item) {
+        for item in &doc.items {
+            match director::parse_item(item) {
                 Ok(a) => accepted.push(a),
                 Err(e) => {
                     let reason = format!("assignment refused: {e}");
@@ -309,7 +295,7 @@ impl Agent {
             }
         }
         self.assignments = accepted;
-        self.doc_expires = expires;
+        self.doc_expires = doc.expires;
         Ok(())
     }
 
