@@ -207,7 +207,7 @@ impl Agent {
         state: DeviceState,
         reason: Option<String>,
     ) -> Result<(), StateError> {
-        let r = self.report(&work.rollout_id, cfg.name.as_str(), &work.version, state, reason);
+        let r = self.report(&work.rollout_id, cfg.name.as_str(), &work.version.to_string(), state, reason);
         self.state.push_report(&r)
     }
 
@@ -312,21 +312,20 @@ impl Agent {
     // ----- acting -------------------------------------------------------------------------
 
     async fn act(&mut self, cfg: &ArtifactConfig, a: &Assignment) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         if j.phase != Phase::Idle {
             return Ok(());
         }
-        let sha = a.sha256.to_hex();
         let work = Work {
             rollout_id: a.rollout_id.clone(),
-            version: a.version.to_string(),
-            sha256: sha.clone(),
+            version: a.version.clone(),
+            sha256: a.sha256,
             length: a.length,
             probe: a.probe.clone(),
         };
         match a.action {
             Action::Install => {
-                if j.active.as_ref().is_some_and(|x| x.sha256 == sha) {
+                if j.active.as_ref().is_some_and(|x| x.sha256 == a.sha256) {
                     let told = j.last_outcome.as_ref().is_some_and(|o| {
                         o.rollout_id == a.rollout_id && matches!(o.state, DeviceState::Succeeded | DeviceState::Failed)
                     });
@@ -335,15 +334,15 @@ impl Agent {
                         // crash): the rollout still needs to hear so.
                         self.queue(cfg, &work, DeviceState::Succeeded, None)?;
                         j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
-                        self.state.save_journal(cfg.name.as_str(), &j)?;
+                        self.state.save_journal(&cfg.name, &j)?;
                     }
                     return Ok(());
                 }
-                if j.refused(&a.rollout_id, &sha) {
+                if j.refused(&a.rollout_id, &a.sha256) {
                     return Ok(());
                 }
                 j.phase = Phase::Installing { work: work.clone() };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.install(cfg, work).await
             }
             Action::Revert => {
@@ -351,7 +350,7 @@ impl Agent {
                     return Ok(());
                 }
                 j.phase = Phase::Reverting { rollout_id: a.rollout_id.clone(), version: work.version.clone() };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.revert(cfg, &a.rollout_id, &work.version).await
             }
         }
@@ -359,25 +358,25 @@ impl Agent {
 
     /// Finishes whatever an earlier run of the agent left half done.
     async fn recover(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         match j.phase.clone() {
             Phase::Idle => Ok(()),
             Phase::Installing { work } => self.install(cfg, work).await,
             Phase::Swapping { work } => {
                 let slots = Slots::new(&cfg.path);
-                if sha256_file(slots.path()).as_deref() != Some(work.sha256.as_str()) {
+                if sha256_file(slots.path()) != Some(work.sha256) {
                     let staged = slots.partial(&work.sha256);
-                    if sha256_file(&staged).as_deref() == Some(work.sha256.as_str()) {
+                    if sha256_file(&staged) == Some(work.sha256) {
                         slots.swap_in(&staged, || {})?;
                     } else {
                         // Neither in place nor staged: start the install over.
                         j.phase = Phase::Installing { work: work.clone() };
-                        self.state.save_journal(cfg.name.as_str(), &j)?;
+                        self.state.save_journal(&cfg.name, &j)?;
                         return self.install(cfg, work).await;
                     }
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::Probing { work, restarts } => {
@@ -390,7 +389,7 @@ impl Agent {
                     return self.roll_back(cfg, work, reason).await;
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: restarts + 1 };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::RollingBack { work, reason } => self.roll_back(cfg, work, reason).await,
@@ -413,13 +412,13 @@ impl Agent {
             // A readiness file left from the old version must not pass the new one's probe.
             let _ = std::fs::remove_file(path);
         }
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::Swapping { work: work.clone() };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         slots.swap_in(&slots.partial(&work.sha256), || self.crash("between-renames"))?;
         let swapped_at = SystemTime::from(clock::now());
         j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         self.probe_and_finish(cfg, work, swapped_at).await
     }
 
@@ -428,11 +427,7 @@ impl Agent {
     async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
         let slots = Slots::new(&cfg.path);
         slots.prepare()?;
-        let version = match ArtifactVersion::new(&work.version) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(Stop::Refuse(e.to_string()))),
-        };
-        let target = TargetName::new(cfg.name.clone(), version);
+        let target = TargetName::new(cfg.name.clone(), work.version.clone());
         self.queue(cfg, work, DeviceState::Downloading, None)?;
         // Tell the server at once that the assignment was picked up: the rest of the install
         // can take longer than the device timeout, and a silent device would be settled as
@@ -451,7 +446,7 @@ impl Agent {
                 Err(VerifyError::Refused(reason)) => return Ok(Err(Stop::Refuse(reason))),
                 Err(VerifyError::State(e)) => return Err(e),
             };
-        if signed.sha256.to_hex() != work.sha256 || signed.length != work.length {
+        if signed.sha256 != work.sha256 || signed.length != work.length {
             return Ok(Err(Stop::Refuse(format!(
                 "director and TUF disagree on {target}: the assignment says sha256 {} ({} bytes), the signed targets say sha256 {} ({} bytes)",
                 work.sha256, work.length, signed.sha256, signed.length
@@ -512,18 +507,18 @@ impl Agent {
         .await;
         match outcome {
             ProbeOutcome::Healthy => {
-                let mut j = self.state.journal(cfg.name.as_str())?;
+                let mut j = self.state.journal(&cfg.name)?;
                 // The report goes to the outbox before the journal says "done": a crash in
                 // between re-runs the probe and queues the same report id again.
                 self.queue(cfg, &work, DeviceState::Succeeded, None)?;
-                let new = Installed { version: work.version.clone(), sha256: work.sha256.clone() };
+                let new = Installed { version: work.version.clone(), sha256: work.sha256 };
                 if j.active.as_ref() != Some(&new) {
                     j.previous = j.active.take();
                     j.active = Some(new);
                 }
                 j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
                 j.phase = Phase::Idle;
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 tracing::info!(artifact = %cfg.name, version = %work.version, "installed and healthy");
                 self.crash("before-report");
                 Ok(())
@@ -534,9 +529,9 @@ impl Agent {
     }
 
     async fn roll_back(&mut self, cfg: &ArtifactConfig, work: Work, reason: String) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone() };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         let slots = Slots::new(&cfg.path);
         slots.restore_previous()?;
         tracing::warn!(artifact = %cfg.name, version = %work.version, %reason, "rolled back to the previous version");
@@ -547,7 +542,7 @@ impl Agent {
         let slots = Slots::new(&cfg.path);
         let _ = std::fs::remove_file(slots.partial(&work.sha256));
         tracing::error!(artifact = %cfg.name, version = %work.version, %reason, "refused; nothing was applied");
-        let j = self.state.journal(cfg.name.as_str())?;
+        let j = self.state.journal(&cfg.name)?;
         self.finish_failed(cfg, work, reason, j)
     }
 
@@ -560,33 +555,38 @@ impl Agent {
     ) -> Result<(), StateError> {
         self.queue(cfg, &work, DeviceState::Failed, Some(reason.clone()))?;
         if !j.refused(&work.rollout_id, &work.sha256) {
-            j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256.clone() });
+            j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256 });
         }
         j.last_outcome = Some(outcome_of(&work, DeviceState::Failed, Some(reason)));
         j.phase = Phase::Idle;
-        self.state.save_journal(cfg.name.as_str(), &j)
+        self.state.save_journal(&cfg.name, &j)
     }
 
-    async fn revert(&mut self, cfg: &ArtifactConfig, rollout_id: &str, version: &str) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+    async fn revert(
+        &mut self,
+        cfg: &ArtifactConfig,
+        rollout_id: &str,
+        version: &ArtifactVersion,
+    ) -> Result<(), StateError> {
+        let mut j = self.state.journal(&cfg.name)?;
         let slots = Slots::new(&cfg.path);
-        if j.active.as_ref().is_some_and(|a| a.version == version) && j.previous.is_some() {
+        if j.active.as_ref().is_some_and(|a| a.version == *version) && j.previous.is_some() {
             slots.restore_previous()?;
             j.active = j.previous.clone();
             tracing::info!(artifact = %cfg.name, undone = %version, "reverted to the previous version");
         }
-        let r = self.report(rollout_id, cfg.name.as_str(), version, DeviceState::Reverted, None);
+        let r = self.report(rollout_id, cfg.name.as_str(), &version.to_string(), DeviceState::Reverted, None);
         self.state.push_report(&r)?;
         j.reverted.push(rollout_id.to_owned());
         j.last_outcome = Some(Outcome {
             state: DeviceState::Reverted,
             reason: None,
             rollout_id: rollout_id.to_owned(),
-            version: version.to_owned(),
+            version: version.clone(),
             at_ms: clock::now_ms(),
         });
         j.phase = Phase::Idle;
-        self.state.save_journal(cfg.name.as_str(), &j)
+        self.state.save_journal(&cfg.name, &j)
     }
 
     // ----- reporting ----------------------------------------------------------------------
@@ -629,11 +629,9 @@ impl Agent {
     fn active(&self) -> Vec<ActiveArtifact> {
         let mut out = Vec::new();
         for cfg in &self.config.artifacts {
-            let Ok(j) = self.state.journal(cfg.name.as_str()) else { continue };
+            let Ok(j) = self.state.journal(&cfg.name) else { continue };
             if let Some(a) = j.active {
-                if let (Ok(version), Ok(sha256)) = (ArtifactVersion::new(&a.version), a.sha256.parse()) {
-                    out.push(ActiveArtifact { name: cfg.name.clone(), version, sha256 });
-                }
+                out.push(ActiveArtifact { name: cfg.name.clone(), version: a.version, sha256: a.sha256 });
             }
         }
         out

@@ -90,7 +90,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(i) => println!("  active    {}  sha256 {}", i.version, i.sha256),
                     None => println!("  active    none installed by wavecast yet"),
                 }
-                println!("  previous  {}", a.previous.as_ref().map_or("none", |p| p.version.as_str()));
+                match &a.previous {
+                    Some(p) => println!("  previous  {}", p.version),
+                    None => println!("  previous  none"),
+                }
                 if let Some(w) = &a.in_progress {
                     println!("  now       {w}");
                 }

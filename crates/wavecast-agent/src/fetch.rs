@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sha2::Digest as _;
+use wavecast_core::Sha256Digest;
 
 use crate::config::DownloadPolicy;
 
@@ -45,8 +46,8 @@ pub enum FetchError {
 pub struct Fetched {
     /// Bytes in the file.
     pub length: u64,
-    /// Their SHA-256, hex.
-    pub sha256: String,
+    /// Their SHA-256.
+    pub sha256: Sha256Digest,
 }
 
 enum Chunk {
@@ -95,7 +96,7 @@ pub async fn fetch(
     }
     if have == length {
         file.sync_all().map_err(io("syncing"))?;
-        return Ok(Fetched { length, sha256: hex::encode(prefix.finalize()) });
+        return Ok(Fetched { length, sha256: Sha256Digest::from_bytes(prefix.finalize().into()) });
     }
 
     let mut req = http.get(url.clone()).bearer_auth(credential);
@@ -130,7 +131,7 @@ pub async fn fetch(
         while let Ok(Chunk::Data(b)) = hash_rx.recv() {
             h.update(&b);
         }
-        hex::encode(h.finalize())
+        Sha256Digest::from_bytes(h.finalize().into())
     });
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::{DeviceState, Report};
 use wavecast_core::probe::ProbeSpec;
+use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +100,9 @@ pub struct Trusted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installed {
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// SHA-256 of the file.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
 }
 
 /// What the agent is in the middle of for one artifact. Written before each step starts, so
@@ -140,7 +141,7 @@ pub enum Phase {
         /// The rollout.
         rollout_id: String,
         /// The version being undone.
-        version: String,
+        version: ArtifactVersion,
     },
 }
 
@@ -150,9 +151,9 @@ pub struct Work {
     /// The rollout.
     pub rollout_id: String,
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Signed SHA-256.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     /// Signed length.
     pub length: u64,
     /// The probe to run.
@@ -169,7 +170,7 @@ pub struct Outcome {
     /// The rollout.
     pub rollout_id: String,
     /// The version concerned.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// When (Unix ms).
     pub at_ms: i64,
 }
@@ -180,7 +181,7 @@ pub struct Refused {
     /// The rollout.
     pub rollout_id: String,
     /// SHA-256 of the version.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
 }
 
 /// Everything the agent knows about one artifact.
@@ -215,8 +216,8 @@ impl Default for Phase {
 
 impl Journal {
     /// Whether `rollout_id` already refused or failed `sha256` here.
-    pub fn refused(&self, rollout_id: &str, sha256: &str) -> bool {
-        self.refused.iter().any(|r| r.rollout_id == rollout_id && r.sha256 == sha256)
+    pub fn refused(&self, rollout_id: &str, sha256: &Sha256Digest) -> bool {
+        self.refused.iter().any(|r| r.rollout_id == rollout_id && r.sha256 == *sha256)
     }
 }
 
@@ -249,7 +250,7 @@ impl StateDir {
         self.root.join("trusted.json")
     }
 
-    fn journal_path(&self, artifact: &str) -> PathBuf {
+    fn journal_path(&self, artifact: &ArtifactName) -> PathBuf {
         self.root.join("artifacts").join(format!("{artifact}.json"))
     }
 
@@ -278,12 +279,12 @@ impl StateDir {
     }
 
     /// An artifact's journal (empty if new).
-    pub fn journal(&self, artifact: &str) -> Result<Journal, StateError> {
+    pub fn journal(&self, artifact: &ArtifactName) -> Result<Journal, StateError> {
         Ok(read_json(&self.journal_path(artifact))?.unwrap_or_default())
     }
 
     /// Saves an artifact's journal.
-    pub fn save_journal(&self, artifact: &str, j: &Journal) -> Result<(), StateError> {
+    pub fn save_journal(&self, artifact: &ArtifactName, j: &Journal) -> Result<(), StateError> {
         write_json(&self.journal_path(artifact), j, 0o600)
     }
 
@@ -337,5 +338,82 @@ impl StateDir {
             }
         }
         sync_dir(&self.outbox_dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal as the agent wrote it before its versions and digests were typed (plain
+    /// strings then): it must read back and be written again byte for byte, so an upgraded
+    /// agent resumes from the files an older one left.
+    const JOURNAL: &str = r#"{
+  "active": {
+    "version": "1.0.0",
+    "sha256": "1111111111111111111111111111111111111111111111111111111111111111"
+  },
+  "previous": null,
+  "phase": {
+    "phase": "probing",
+    "work": {
+      "rollout_id": "r-2",
+      "version": "2.0.0-rc.1+build.5",
+      "sha256": "2222222222222222222222222222222222222222222222222222222222222222",
+      "length": 42,
+      "probe": {
+        "kind": "exec",
+        "name": "check",
+        "args": [
+          "--quick"
+        ],
+        "timeout_ms": 5000,
+        "attempts": 1,
+        "interval_ms": 100,
+        "initial_delay_ms": 0
+      }
+    },
+    "restarts": 1
+  },
+  "refused": [
+    {
+      "rollout_id": "r-1",
+      "sha256": "3333333333333333333333333333333333333333333333333333333333333333"
+    }
+  ],
+  "reverted": [
+    "r-0"
+  ],
+  "last_outcome": {
+    "state": "failed",
+    "reason": "probe failed: attempt 1/1: exec:check exited with status 1",
+    "rollout_id": "r-1",
+    "version": "1.5.0",
+    "at_ms": 1800000000000
+  }
+}"#;
+
+    #[test]
+    fn journal_files_keep_their_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let name = ArtifactName::new("model").unwrap();
+        std::fs::write(dir.path().join("artifacts/model.json"), JOURNAL).unwrap();
+        let j = state.journal(&name).unwrap();
+        assert_eq!(j.active.as_ref().map(|a| a.version.to_string()).as_deref(), Some("1.0.0"));
+        assert!(j.refused("r-1", &"33".repeat(32).parse().unwrap()));
+        state.save_journal(&name, &j).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("artifacts/model.json")).unwrap(), JOURNAL);
+    }
+
+    #[test]
+    fn a_journal_with_a_bad_digest_is_corrupt_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let name = ArtifactName::new("model").unwrap();
+        let bad = JOURNAL.replace(&"11".repeat(32), "not-a-digest");
+        std::fs::write(dir.path().join("artifacts/model.json"), bad).unwrap();
+        let err = state.journal(&name).unwrap_err().to_string();
+        assert!(err.contains("is corrupt") && err.contains("not-a-digest"), "{err}");
     }
 }
