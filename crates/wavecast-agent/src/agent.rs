@@ -33,18 +33,72 @@ pub enum AgentError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Enrollment failed.
-    #[error("enrolling {device} with {server}: {reason}")]
+    #[error("enrolling {device} with {server}")]
     Enroll {
         /// Device name.
         device: String,
         /// Server.
         server: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: EnrollError,
     },
     /// The HTTP client could not be built.
-    #[error("setting up HTTPS: {0}")]
-    Http(String),
+    #[error("setting up HTTPS")]
+    Http(#[source] HttpSetupError),
+}
+
+/// Why enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Not enrolled, and nothing to enroll with.
+    #[error("this device is not enrolled yet and agent.toml has no enrollment_token")]
+    NoToken,
+    /// The enrollment URL could not be formed from `server`.
+    #[error(transparent)]
+    Url(url::ParseError),
+    /// The server could not be reached or did not answer.
+    #[error(transparent)]
+    Request(reqwest::Error),
+    /// The server refused the enrollment.
+    #[error("HTTP {status}: {message}")]
+    Refused {
+        /// The status.
+        status: reqwest::StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server's answer lacks a field.
+    #[error("the answer lacks {0}")]
+    Incomplete(&'static str),
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    /// `ca_file` could not be read.
+    #[error("reading ca_file {}", .0.display())]
+    ReadCa(std::path::PathBuf, #[source] std::io::Error),
+    /// `ca_file` does not hold PEM certificates.
+    #[error("ca_file {} is not PEM certificates", .0.display())]
+    CaPem(std::path::PathBuf, #[source] reqwest::Error),
+    /// `client_cert` or `client_key` could not be read.
+    #[error("reading {}", .0.display())]
+    ReadIdentity(std::path::PathBuf, #[source] std::io::Error),
+    /// `client_cert` and `client_key` do not make an identity.
+    #[error("client_cert {} / client_key {}", .cert.display(), .key.display())]
+    Identity {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// reqwest refused the settings.
+    #[error(transparent)]
+    Build(reqwest::Error),
 }
 
 /// How an install step ended when it did not succeed.
@@ -73,23 +127,23 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("wavecast-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &config.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| AgentError::Http(format!("reading ca_file {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| AgentError::Http(HttpSetupError::ReadCa(ca.clone(), e)))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| AgentError::Http(format!("ca_file {} is not PEM certificates: {e}", ca.display())))?;
+            .map_err(|e| AgentError::Http(HttpSetupError::CaPem(ca.clone(), e)))?;
         b = b.tls_certs_only(certs);
     }
     if let Some((cert, key)) = &config.client_identity {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| AgentError::Http(format!("reading {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| AgentError::Http(HttpSetupError::ReadIdentity(p.to_path_buf(), e)))
         };
         let mut pem = read(key)?;
         pem.extend_from_slice(&read(cert)?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            AgentError::Http(format!("client_cert {} / client_key {}: {e}", cert.display(), key.display()))
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|source| {
+            AgentError::Http(HttpSetupError::Identity { cert: cert.clone(), key: key.clone(), source })
         })?;
         b = b.identity(identity);
     }
-    b.build().map_err(|e| AgentError::Http(e.to_string()))
+    b.build().map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
 }
 
 impl Agent {
@@ -442,9 +496,9 @@ impl Agent {
         let signed =
             match tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target).await {
                 Ok(s) => s,
-                Err(VerifyError::Unavailable(why)) => return Ok(Err(Stop::Later(why))),
-                Err(VerifyError::Refused(reason)) => return Ok(Err(Stop::Refuse(reason))),
                 Err(VerifyError::State(e)) => return Err(e),
+                Err(e @ VerifyError::Unavailable(_)) => return Ok(Err(Stop::Later(chain(&e)))),
+                Err(e) => return Ok(Err(Stop::Refuse(chain(&e)))),
             };
         if signed.sha256 != work.sha256 || signed.length != work.length {
             return Ok(Err(Stop::Refuse(format!(
@@ -474,12 +528,12 @@ impl Agent {
             .await;
         let fetched = match fetched {
             Ok(f) => f,
-            Err(FetchError::Transient(why)) => return Ok(Err(Stop::Later(why))),
             Err(e @ FetchError::TooLong { .. }) => {
                 let _ = std::fs::remove_file(&partial);
                 return Ok(Err(Stop::Refuse(e.to_string())));
             }
             Err(FetchError::Io { op, path, source }) => return Err(StateError::Io { op, path, source }),
+            Err(e) => return Ok(Err(Stop::Later(chain(&e)))),
         };
         self.queue(cfg, work, DeviceState::Verifying, None)?;
         if fetched.sha256 != work.sha256 || fetched.length != work.length {
@@ -658,29 +712,26 @@ fn jitter(base: Duration) -> Duration {
 }
 
 async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity, AgentError> {
-    let fail = |reason: String| AgentError::Enroll {
+    let fail = |source: EnrollError| AgentError::Enroll {
         device: config.device_name.to_string(),
         server: config.server.to_string(),
-        reason,
+        source,
     };
-    let token = config
-        .enrollment_token
-        .as_ref()
-        .ok_or_else(|| fail("this device is not enrolled yet and agent.toml has no enrollment_token".into()))?;
-    let url = config.server.join("device/v1/enroll").map_err(|e| fail(e.to_string()))?;
+    let token = config.enrollment_token.as_ref().ok_or_else(|| fail(EnrollError::NoToken))?;
+    let url = config.server.join("device/v1/enroll").map_err(|e| fail(EnrollError::Url(e)))?;
     let resp = http
         .post(url)
         .timeout(Duration::from_secs(30))
         .json(&serde_json::json!({ "token": token.expose(), "name": config.device_name, "hardware": config.hardware }))
         .send()
         .await
-        .map_err(|e| fail(chain(&e)))?;
+        .map_err(|e| fail(EnrollError::Request(e)))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        let msg = body["error"]["message"].as_str().unwrap_or("no reason given");
-        return Err(fail(format!("HTTP {status}: {msg}")));
+        let message = body["error"]["message"].as_str().unwrap_or("no reason given").to_owned();
+        return Err(fail(EnrollError::Refused { status, message }));
     }
-    let get = |k: &str| body[k].as_str().map(str::to_owned).ok_or_else(|| fail(format!("the answer lacks {k}")));
+    let get = |k: &'static str| body[k].as_str().map(str::to_owned).ok_or_else(|| fail(EnrollError::Incomplete(k)));
     Ok(Identity { device_id: get("device_id")?, name: get("name")?, credential: get("credential")? })
 }

@@ -17,12 +17,65 @@ use wavecast_core::Sha256Digest;
 
 use crate::config::DownloadPolicy;
 
-/// Why a download stopped.
+/// Why a download stopped. [`FetchError::TooLong`] refuses the artifact and
+/// [`FetchError::Io`] is local trouble; every other variant is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Worth trying again later (network, server, too slow).
-    #[error("{0}")]
-    Transient(String),
+    /// The request could not be sent or answered.
+    #[error("requesting {url}")]
+    Request {
+        /// The artifact's URL.
+        url: reqwest::Url,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with a status that is not the content.
+    #[error("GET {url} answered {status}")]
+    Status {
+        /// The artifact's URL.
+        url: reqwest::Url,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// No data arrived for a whole stall window.
+    #[error("download stalled: no data for {} s", .window.as_secs())]
+    Stalled {
+        /// The stall window.
+        window: std::time::Duration,
+    },
+    /// The connection broke off.
+    #[error("download interrupted after {total} of {length} bytes")]
+    Interrupted {
+        /// Bytes on disk.
+        total: u64,
+        /// The signed length.
+        length: u64,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Data arrived, but slower than the configured floor.
+    #[error("download too slow: {rate:.0} B/s over {} s, below the floor of {floor} B/s", .window.as_secs())]
+    TooSlow {
+        /// Bytes per second over the window.
+        rate: f64,
+        /// The window.
+        window: std::time::Duration,
+        /// The floor, bytes per second.
+        floor: u64,
+    },
+    /// The server ended the body before the signed length.
+    #[error("download ended after {total} of {length} bytes")]
+    Ended {
+        /// Bytes on disk.
+        total: u64,
+        /// The signed length.
+        length: u64,
+    },
+    /// The hashing or writing thread stopped or panicked.
+    #[error("the download's {0}")]
+    Worker(&'static str),
     /// The server sent more than the signed length: refused.
     #[error("the server sent more than the signed {length} bytes; download refused")]
     TooLong {
@@ -30,13 +83,14 @@ pub enum FetchError {
         length: u64,
     },
     /// Local filesystem trouble.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         /// What.
         op: &'static str,
         /// Where.
         path: PathBuf,
         /// Cause.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -103,7 +157,7 @@ pub async fn fetch(
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req.send().await.map_err(|e| FetchError::Transient(format!("requesting {url}: {e}")))?;
+    let mut resp = req.send().await.map_err(|source| FetchError::Request { url: url.clone(), source })?;
     match resp.status() {
         reqwest::StatusCode::PARTIAL_CONTENT if have > 0 => {}
         reqwest::StatusCode::OK => {
@@ -114,7 +168,7 @@ pub async fn fetch(
                 prefix = sha2::Sha256::new();
             }
         }
-        status => return Err(FetchError::Transient(format!("GET {url} answered {status}"))),
+        status => return Err(FetchError::Status { url: url.clone(), status }),
     }
     if let Some(len) = resp.content_length() {
         if have + len > length {
@@ -149,17 +203,8 @@ pub async fn fetch(
         let mut fired = false;
         loop {
             let chunk = match tokio::time::timeout(policy.stall_timeout, resp.chunk()).await {
-                Err(_) => {
-                    return Err(FetchError::Transient(format!(
-                        "download stalled: no data for {} s",
-                        policy.stall_timeout.as_secs()
-                    )));
-                }
-                Ok(Err(e)) => {
-                    return Err(FetchError::Transient(format!(
-                        "download interrupted after {total} of {length} bytes: {e}"
-                    )));
-                }
+                Err(_) => return Err(FetchError::Stalled { window: policy.stall_timeout }),
+                Ok(Err(source)) => return Err(FetchError::Interrupted { total, length, source }),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
@@ -172,17 +217,13 @@ pub async fn fetch(
             if elapsed >= policy.stall_timeout {
                 let rate = window_bytes as f64 / elapsed.as_secs_f64();
                 if rate < policy.min_bytes_per_sec as f64 {
-                    return Err(FetchError::Transient(format!(
-                        "download too slow: {rate:.0} B/s over {} s, below the floor of {} B/s",
-                        elapsed.as_secs(),
-                        policy.min_bytes_per_sec
-                    )));
+                    return Err(FetchError::TooSlow { rate, window: elapsed, floor: policy.min_bytes_per_sec });
                 }
                 window_start = Instant::now();
                 window_bytes = 0;
             }
             if hash_tx.send(Chunk::Data(chunk.clone())).is_err() || write_tx.send(Chunk::Data(chunk)).is_err() {
-                return Err(FetchError::Transient("the download's worker threads stopped".into()));
+                return Err(FetchError::Worker("worker threads stopped"));
             }
             if !fired && total * 2 >= length {
                 fired = true;
@@ -190,7 +231,7 @@ pub async fn fetch(
             }
         }
         if total < length {
-            return Err(FetchError::Transient(format!("download ended after {total} of {length} bytes")));
+            return Err(FetchError::Ended { total, length });
         }
         Ok(total)
     }
@@ -205,11 +246,8 @@ pub async fn fetch(
     match written {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(source))) => return Err(FetchError::Io { op: "writing", path: dest.to_path_buf(), source }),
-        _ => return Err(FetchError::Transient("the download's writer thread failed".into())),
+        _ => return Err(FetchError::Worker("writer thread failed")),
     }
-    let sha256 = sha256
-        .ok()
-        .and_then(|r| r.ok())
-        .ok_or_else(|| FetchError::Transient("the download's hashing thread failed".into()))?;
+    let sha256 = sha256.ok().and_then(|r| r.ok()).ok_or(FetchError::Worker("hashing thread failed"))?;
     Ok(Fetched { length: total, sha256 })
 }

@@ -28,12 +28,13 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// A state file does not parse.
-    #[error("{path} is corrupt ({detail}); refusing to guess — move it aside to reset that piece of state")]
+    #[error("{path} is corrupt; refusing to guess — move it aside to reset that piece of state")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What the parser said.
-        detail: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
@@ -55,17 +56,16 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> 
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|source| StateError::Corrupt { path: path.into(), source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("reading", path)(e)),
     }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt { path: path.into(), source })?;
     write_atomic(path, &bytes, mode)
 }
 
@@ -413,7 +413,7 @@ mod tests {
         let name = ArtifactName::new("model").unwrap();
         let bad = JOURNAL.replace(&"11".repeat(32), "not-a-digest");
         std::fs::write(dir.path().join("artifacts/model.json"), bad).unwrap();
-        let err = state.journal(&name).unwrap_err().to_string();
+        let err = wavecast_os::error::chain(&state.journal(&name).unwrap_err());
         assert!(err.contains("is corrupt") && err.contains("not-a-digest"), "{err}");
     }
 }
