@@ -208,10 +208,10 @@ impl Agent {
         self.poll().await;
         for cfg in self.config.artifacts.clone() {
             let assignment = self.assignments.iter().find(|a| a.artifact == cfg.name).cloned();
-            if let Some(a) = assignment {
-                if let Err(e) = self.act(&cfg, &a).await {
-                    tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
-                }
+            if let Some(a) = assignment
+                && let Err(e) = self.act(&cfg, &a).await
+            {
+                tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
             }
         }
         self.deliver().await;
@@ -506,13 +506,13 @@ impl Agent {
                 work.sha256, work.length, signed.sha256, signed.length
             ))));
         }
-        if let Some(hw) = &signed.hardware {
-            if hw != &self.config.hardware {
-                return Ok(Err(Stop::Refuse(format!(
-                    "{target} is built for hardware {hw}; this device is {}",
-                    self.config.hardware
-                ))));
-            }
+        if let Some(hw) = &signed.hardware
+            && hw != &self.config.hardware
+        {
+            return Ok(Err(Stop::Refuse(format!(
+                "{target} is built for hardware {hw}; this device is {}",
+                self.config.hardware
+            ))));
         }
 
         let partial = slots.partial(&work.sha256);

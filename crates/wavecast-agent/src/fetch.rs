@@ -170,10 +170,10 @@ pub async fn fetch(
         }
         status => return Err(FetchError::Status { url: url.clone(), status }),
     }
-    if let Some(len) = resp.content_length() {
-        if have + len > length {
-            return Err(FetchError::TooLong { length });
-        }
+    if let Some(len) = resp.content_length()
+        && have + len > length
+    {
+        return Err(FetchError::TooLong { length });
     }
     file.seek(std::io::SeekFrom::Start(have)).map_err(io("seeking"))?;
 

@@ -107,10 +107,11 @@ pub struct Installed {
 
 /// What the agent is in the middle of for one artifact. Written before each step starts, so
 /// a restarted agent knows where it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// Nothing in progress.
+    #[default]
     Idle,
     /// Installing `target` (downloading, verifying, swapping).
     Installing {
@@ -192,7 +193,7 @@ pub struct Journal {
     /// What the previous-version file next to `path` holds.
     pub previous: Option<Installed>,
     /// Work in progress.
-    #[serde(default = "idle")]
+    #[serde(default)]
     pub phase: Phase,
     /// (rollout, version) pairs that failed or were refused: never retried.
     #[serde(default)]
@@ -202,16 +203,6 @@ pub struct Journal {
     pub reverted: Vec<String>,
     /// The last outcome.
     pub last_outcome: Option<Outcome>,
-}
-
-fn idle() -> Phase {
-    Phase::Idle
-}
-
-impl Default for Phase {
-    fn default() -> Self {
-        Phase::Idle
-    }
 }
 
 impl Journal {
