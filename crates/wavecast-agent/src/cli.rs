@@ -33,13 +33,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// TUF client for the tuf-conformance suite: init, refresh, download (see `tuf-client --help`).
-    #[command(disable_help_flag = true)]
-    TufClient {
-        /// The suite's client protocol, e.g. `--metadata-dir DIR init ROOT`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
-        args: Vec<std::ffi::OsString>,
-    },
 }
 
 /// Runs the command line; exit code 0 on success, 1 on error, 2 on bad usage.
@@ -108,6 +101,5 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::TufClient { args } => Ok(crate::tuf_client::main(args)),
     }
 }

@@ -20,7 +20,6 @@ pub mod state;
 pub mod status;
 pub mod swap;
 pub mod tuf;
-pub mod tuf_client;
 
 pub use agent::Agent;
 pub use config::AgentConfig;

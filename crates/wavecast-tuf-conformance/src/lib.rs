@@ -1,5 +1,5 @@
-//! `wavecast-agent tuf-client`: the client-under-test command line of the public TUF conformance
-//! suite (github.com/theupdateframework/tuf-conformance, `CLIENT-CLI.md`):
+//! `wavecast-tuf-client`: the client-under-test command line of the public TUF conformance suite
+//! (github.com/theupdateframework/tuf-conformance, `CLIENT-CLI.md`):
 //!
 //! ```text
 //! tuf-client --metadata-dir DIR init TRUSTED_ROOT
@@ -9,12 +9,13 @@
 //! ```
 //!
 //! Exit code 0 on success, 1 on any failure (bad usage included). `scripts/tuf-conformance`
-//! runs the suite against it.
+//! runs the suite against it. It is a crate of its own so that the agent devices run ships
+//! without it: nothing here is part of `wavecast-agent`'s binary.
 //!
 //! It is built on the agent's own verification: the top-level roles (root chain, timestamp,
 //! snapshot, targets) are verified by tough's `RepositoryLoader` over the agent's
-//! [`HttpTransport`] (wrapped, see below), as in [`crate::tuf::load`]. Around that it adds what
-//! the conformance protocol needs and tough does not do:
+//! [`HttpTransport`] (wrapped, see below), as in [`wavecast_agent::tuf::load`]. Around that it
+//! adds what the conformance protocol needs and tough does not do:
 //!
 //! * **The metadata directory holds only verified metadata, as the exact bytes the server sent,
 //!   under plain role names.** tough's datastore re-serializes what it stores, so it lives in a
@@ -49,7 +50,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sha2::Digest as _;
 use tough::schema::{
@@ -57,9 +58,8 @@ use tough::schema::{
 };
 use tough::{IntoVec as _, RepositoryLoader, Transport as _, TransportError, TransportErrorKind, TransportStream};
 
+use wavecast_agent::tuf::HttpTransport;
 use wavecast_os::error::chain;
-
-use crate::tuf::HttpTransport;
 
 /// Most delegated roles visited in one target search (python-tuf's default).
 const MAX_DELEGATIONS: usize = 32;
@@ -74,7 +74,7 @@ const TOP_LEVEL: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 /// The conformance suite's client-under-test protocol.
 #[derive(Debug, Parser)]
 #[command(
-    name = "wavecast-agent tuf-client",
+    name = "wavecast-tuf-client",
     about = "TUF client for the tuf-conformance suite, on the agent's tough-based verification",
     after_help = "Exit code 0 on success, 1 on any failure."
 )]
@@ -111,13 +111,13 @@ enum Op {
     Download,
 }
 
-/// Runs `tuf-client` with `args` (everything after `tuf-client`): exit code 0 or 1.
+/// Runs the client with `args` (everything after the program name): exit code 0 or 1.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     if succeeds(args) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn succeeds(args: Vec<OsString>) -> bool {
-    let argv = std::iter::once(OsString::from("wavecast-agent tuf-client")).chain(args);
+    let argv = std::iter::once(OsString::from("wavecast-tuf-client")).chain(args);
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {
@@ -289,7 +289,7 @@ impl Client {
     /// Finds `name` by a pre-order depth-first search of the delegation graph, loading delegated
     /// roles as it goes.
     async fn find_target(&mut self, name: &str) -> anyhow::Result<Target> {
-        let target_name = tough::TargetName::new(name).map_err(|e| anyhow!("target {name:?}: {e}"))?;
+        let target_name = tough::TargetName::new(name).with_context(|| format!("target {name:?}"))?;
         let mut to_visit = vec![("targets".to_owned(), "root".to_owned())];
         let mut visited = HashSet::new();
         while visited.len() <= MAX_DELEGATIONS {
@@ -336,7 +336,7 @@ impl Client {
             // Reached again, maybe through another delegator: its keys must sign it too.
             delegations
                 .verify_role(known, role)
-                .map_err(|e| anyhow!("role {role:?} is not signed as delegated by {parent:?}: {}", chain(&e)))?;
+                .with_context(|| format!("role {role:?} is not signed as delegated by {parent:?}"))?;
             return Ok(known.clone());
         }
         let now = wavecast_os::clock::now();
@@ -360,7 +360,7 @@ impl Client {
         let version = if top.root.signed.consistent_snapshot { format!("{}.", meta.version) } else { String::new() };
         let url = url::Url::parse(&format!("{}{version}{}.json", self.metadata_url, quote(role)))?;
         let max = meta.length.unwrap_or(MAX_TARGETS_SIZE);
-        let bytes = get(&self.transport, &url).await.map_err(|e| anyhow!("fetching role {role:?}: {}", chain(&e)))?;
+        let bytes = get(&self.transport, &url).await.with_context(|| format!("fetching role {role:?}"))?;
         if bytes.len() as u64 > max {
             bail!("role {role:?}: {url} sent more than {max} bytes");
         }
@@ -640,7 +640,7 @@ fn verify_delegated(
         verify_hashes(bytes, &h.sha256, &h._extra)?;
     }
     let t = parse::<Targets>(bytes)?;
-    delegations.verify_role(&t, role).map_err(|e| anyhow!("{}", chain(&e)))?;
+    delegations.verify_role(&t, role)?;
     if t.signed.version != meta.version {
         bail!("version {} differs from version {} that snapshot lists", t.signed.version, meta.version);
     }
@@ -770,7 +770,7 @@ fn quote(s: &str) -> String {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<Signed<T>> {
-    serde_json::from_slice(bytes).map_err(|e| anyhow!("metadata does not parse: {e}"))
+    serde_json::from_slice(bytes).context("metadata does not parse")
 }
 
 /// Writes a trusted copy into tough's datastore, marked so that a rewrite by tough shows.
