@@ -54,7 +54,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sha2::Digest as _;
 use tough::schema::{
-    DelegatedRole, Delegations, Metafile, PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp,
+    DelegatedRole, Delegations, Metafile, PathSet, Role, Root, Signed, Snapshot, Target, Targets, Timestamp,
 };
 use tough::{IntoVec as _, RepositoryLoader, Transport as _, TransportError, TransportErrorKind, TransportStream};
 
@@ -523,26 +523,26 @@ impl Session {
 
     /// Our trusted snapshot, when it is still the one the (verified) timestamp lists.
     fn current_local_snapshot(&self) -> Option<Vec<u8>> {
-        let root = self.root.as_ref()?;
         let meta = self.timestamp.as_ref()?.1.signed.meta.get("snapshot.json")?;
-        let bytes = self.local_snapshot.as_ref()?;
-        let local = parse::<Snapshot>(bytes).ok()?;
-        root.signed.verify_role(&local).ok()?;
-        let usable =
-            local.signed.version == meta.version && matches_metafile(bytes, meta) && self.now <= local.signed.expires;
-        usable.then(|| bytes.clone())
+        self.still_current::<Snapshot>(self.local_snapshot.as_ref()?, meta)
     }
 
     /// Our trusted targets, when it is still the one the (verified) snapshot lists.
     fn current_local_targets(&self) -> Option<Vec<u8>> {
-        let root = self.root.as_ref()?;
         let meta = self.snapshot.as_ref()?.1.signed.meta.get("targets.json")?;
-        let bytes = self.local_targets.as_ref()?;
-        let local = parse::<Targets>(bytes).ok()?;
+        self.still_current::<Targets>(self.local_targets.as_ref()?, meta)
+    }
+
+    /// `bytes`, our trusted copy of a role, when it is still what `meta` (from the newer role)
+    /// lists: signed under the current root, the same version, length and hashes, not expired.
+    fn still_current<T: Role + serde::de::DeserializeOwned>(&self, bytes: &[u8], meta: &Metafile) -> Option<Vec<u8>> {
+        let root = self.root.as_ref()?;
+        let local = parse::<T>(bytes).ok()?;
         root.signed.verify_role(&local).ok()?;
-        let usable =
-            local.signed.version == meta.version && matches_metafile(bytes, meta) && self.now <= local.signed.expires;
-        usable.then(|| bytes.clone())
+        let usable = local.signed.version() == meta.version
+            && matches_metafile(bytes, meta)
+            && self.now <= local.signed.expires();
+        usable.then(|| bytes.to_vec())
     }
 }
 
