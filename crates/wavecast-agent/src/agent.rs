@@ -532,7 +532,7 @@ impl Agent {
                 let _ = std::fs::remove_file(&partial);
                 return Ok(Err(Stop::Refuse(e.to_string())));
             }
-            Err(FetchError::Io { op, path, source }) => return Err(StateError::Io { op, path, source }),
+            Err(FetchError::Local(e)) => return Err(e),
             Err(e) => return Ok(Err(Stop::Later(chain(&e)))),
         };
         self.queue(cfg, work, DeviceState::Verifying, None)?;

@@ -7,7 +7,7 @@
 //! there and asks the server for the rest with a `Range` request.
 
 use std::io::{Read as _, Seek as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -16,9 +16,10 @@ use sha2::Digest as _;
 use wavecast_core::Sha256Digest;
 
 use crate::config::DownloadPolicy;
+use crate::state::{StateError, io};
 
 /// Why a download stopped. [`FetchError::TooLong`] refuses the artifact and
-/// [`FetchError::Io`] is local trouble; every other variant is worth trying again later.
+/// [`FetchError::Local`] is local trouble; every other variant is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The request could not be sent or answered.
@@ -82,17 +83,9 @@ pub enum FetchError {
         /// The signed length.
         length: u64,
     },
-    /// Local filesystem trouble.
-    #[error("{op} {path}")]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// Local filesystem trouble with the partial file.
+    #[error(transparent)]
+    Local(StateError),
 }
 
 /// A finished download.
@@ -120,27 +113,30 @@ pub async fn fetch(
     policy: DownloadPolicy,
     mut halfway: impl FnMut(),
 ) -> Result<Fetched, FetchError> {
-    let io = |op: &'static str| move |source| FetchError::Io { op, path: dest.to_path_buf(), source };
+    let local = |op: &'static str| {
+        let to_state = io(op, dest);
+        move |source| FetchError::Local(to_state(source))
+    };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(dest)
-        .map_err(io("opening"))?;
-    let mut have = file.metadata().map_err(io("reading"))?.len();
+        .map_err(local("opening"))?;
+    let mut have = file.metadata().map_err(local("reading"))?.len();
     if have > length {
-        file.set_len(0).map_err(io("truncating"))?;
+        file.set_len(0).map_err(local("truncating"))?;
         have = 0;
     }
     // Hash what an earlier attempt left, then continue after it.
     let mut prefix = sha2::Sha256::new();
     if have > 0 {
-        file.rewind().map_err(io("reading"))?;
+        file.rewind().map_err(local("reading"))?;
         let mut buf = vec![0u8; 1 << 16];
         let mut left = have;
         while left > 0 {
-            let n = file.read(&mut buf[..(left.min(1 << 16)) as usize]).map_err(io("reading"))?;
+            let n = file.read(&mut buf[..(left.min(1 << 16)) as usize]).map_err(local("reading"))?;
             if n == 0 {
                 break;
             }
@@ -149,7 +145,7 @@ pub async fn fetch(
         }
     }
     if have == length {
-        file.sync_all().map_err(io("syncing"))?;
+        file.sync_all().map_err(local("syncing"))?;
         return Ok(Fetched { length, sha256: Sha256Digest::from_bytes(prefix.finalize().into()) });
     }
 
@@ -163,7 +159,7 @@ pub async fn fetch(
         reqwest::StatusCode::OK => {
             // The server ignored the range: start over.
             if have > 0 {
-                file.set_len(0).map_err(io("truncating"))?;
+                file.set_len(0).map_err(local("truncating"))?;
                 have = 0;
                 prefix = sha2::Sha256::new();
             }
@@ -175,7 +171,7 @@ pub async fn fetch(
     {
         return Err(FetchError::TooLong { length });
     }
-    file.seek(std::io::SeekFrom::Start(have)).map_err(io("seeking"))?;
+    file.seek(std::io::SeekFrom::Start(have)).map_err(local("seeking"))?;
 
     // Two threads: one hashes, one writes; bounded queues keep memory flat.
     let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(64);
@@ -245,7 +241,7 @@ pub async fn fetch(
     let total = result?;
     match written {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(source))) => return Err(FetchError::Io { op: "writing", path: dest.to_path_buf(), source }),
+        Ok(Ok(Err(source))) => return Err(FetchError::Local(io("writing", dest)(source))),
         _ => return Err(FetchError::Worker("writer thread failed")),
     }
     let sha256 = sha256.ok().and_then(|r| r.ok()).ok_or(FetchError::Worker("hashing thread failed"))?;
