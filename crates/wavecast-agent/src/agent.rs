@@ -15,8 +15,11 @@ use sha2::Digest as _;
 use wavecast_core::assignment::{Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch};
 use wavecast_core::probe::ProbeKind;
 use wavecast_core::{ArtifactVersion, TargetName};
+use wavecast_os::clock;
+use wavecast_os::error::chain;
 
 use crate::config::{AgentConfig, ArtifactConfig};
+use crate::director;
 use crate::fetch::{FetchError, fetch};
 use crate::probe::{self, ProbeOutcome};
 use crate::state::{Identity, Installed, Journal, Outcome, Phase, Refused, StateDir, StateError, Work};
@@ -30,18 +33,72 @@ pub enum AgentError {
     #[error(transparent)]
     State(#[from] StateError),
     /// Enrollment failed.
-    #[error("enrolling {device} with {server}: {reason}")]
+    #[error("enrolling {device} with {server}")]
     Enroll {
         /// Device name.
         device: String,
         /// Server.
         server: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: EnrollError,
     },
     /// The HTTP client could not be built.
-    #[error("setting up HTTPS: {0}")]
-    Http(String),
+    #[error("setting up HTTPS")]
+    Http(#[source] HttpSetupError),
+}
+
+/// Why enrollment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Not enrolled, and nothing to enroll with.
+    #[error("this device is not enrolled yet and agent.toml has no enrollment_token")]
+    NoToken,
+    /// The enrollment URL could not be formed from `server`.
+    #[error(transparent)]
+    Url(url::ParseError),
+    /// The server could not be reached or did not answer.
+    #[error(transparent)]
+    Request(reqwest::Error),
+    /// The server refused the enrollment.
+    #[error("HTTP {status}: {message}")]
+    Refused {
+        /// The status.
+        status: reqwest::StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The server's answer lacks a field.
+    #[error("the answer lacks {0}")]
+    Incomplete(&'static str),
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    /// `ca_file` could not be read.
+    #[error("reading ca_file {}", .0.display())]
+    ReadCa(std::path::PathBuf, #[source] std::io::Error),
+    /// `ca_file` does not hold PEM certificates.
+    #[error("ca_file {} is not PEM certificates", .0.display())]
+    CaPem(std::path::PathBuf, #[source] reqwest::Error),
+    /// `client_cert` or `client_key` could not be read.
+    #[error("reading {}", .0.display())]
+    ReadIdentity(std::path::PathBuf, #[source] std::io::Error),
+    /// `client_cert` and `client_key` do not make an identity.
+    #[error("client_cert {} / client_key {}", .cert.display(), .key.display())]
+    Identity {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// reqwest refused the settings.
+    #[error(transparent)]
+    Build(reqwest::Error),
 }
 
 /// How an install step ended when it did not succeed.
@@ -70,27 +127,23 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("wavecast-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &config.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| AgentError::Http(format!("reading ca_file {}: {e}", ca.display())))?;
+        let pem = std::fs::read(ca).map_err(|e| AgentError::Http(HttpSetupError::ReadCa(ca.clone(), e)))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| AgentError::Http(format!("ca_file {} is not PEM certificates: {e}", ca.display())))?;
+            .map_err(|e| AgentError::Http(HttpSetupError::CaPem(ca.clone(), e)))?;
         b = b.tls_certs_only(certs);
     }
     if let Some((cert, key)) = &config.client_identity {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| AgentError::Http(format!("reading {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| AgentError::Http(HttpSetupError::ReadIdentity(p.to_path_buf(), e)))
         };
         let mut pem = read(key)?;
         pem.extend_from_slice(&read(cert)?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            AgentError::Http(format!("client_cert {} / client_key {}: {e}", cert.display(), key.display()))
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|source| {
+            AgentError::Http(HttpSetupError::Identity { cert: cert.clone(), key: key.clone(), source })
         })?;
         b = b.identity(identity);
     }
-    b.build().map_err(|e| AgentError::Http(e.to_string()))
-}
-
-fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+    b.build().map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
 }
 
 impl Agent {
@@ -148,17 +201,17 @@ impl Agent {
     pub async fn tick(&mut self) {
         for cfg in self.config.artifacts.clone() {
             if let Err(e) = self.recover(&cfg).await {
-                tracing::error!(artifact = %cfg.name, error = %tuf::chain(&e), "resuming interrupted work failed");
+                tracing::error!(artifact = %cfg.name, error = %chain(&e), "resuming interrupted work failed");
             }
         }
         self.deliver().await;
         self.poll().await;
         for cfg in self.config.artifacts.clone() {
             let assignment = self.assignments.iter().find(|a| a.artifact == cfg.name).cloned();
-            if let Some(a) = assignment {
-                if let Err(e) = self.act(&cfg, &a).await {
-                    tracing::error!(artifact = %cfg.name, error = %tuf::chain(&e), "acting on the assignment failed");
-                }
+            if let Some(a) = assignment
+                && let Err(e) = self.act(&cfg, &a).await
+            {
+                tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
             }
         }
         self.deliver().await;
@@ -197,7 +250,7 @@ impl Agent {
             version: version.to_owned(),
             state,
             reason,
-            at_ms: now_ms(),
+            at_ms: clock::now_ms(),
         }
     }
 
@@ -208,7 +261,7 @@ impl Agent {
         state: DeviceState,
         reason: Option<String>,
     ) -> Result<(), StateError> {
-        let r = self.report(&work.rollout_id, cfg.name.as_str(), &work.version, state, reason);
+        let r = self.report(&work.rollout_id, cfg.name.as_str(), &work.version.to_string(), state, reason);
         self.state.push_report(&r)
     }
 
@@ -220,13 +273,13 @@ impl Agent {
             Err(e) => return tracing::error!(error = %e, "bad server URL"),
         };
         let mut req = self.http.get(url).bearer_auth(&self.identity.credential).timeout(Duration::from_secs(30));
-        let fresh = jiff::Timestamp::now().as_second() < self.doc_expires;
+        let fresh = clock::now().as_second() < self.doc_expires;
         if let (Some(etag), true) = (&self.etag, fresh) {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return tracing::warn!(error = %tuf::chain(&e), "cannot reach the server; will retry"),
+            Err(e) => return tracing::warn!(error = %chain(&e), "cannot reach the server; will retry"),
         };
         match resp.status() {
             reqwest::StatusCode::NOT_MODIFIED => {}
@@ -235,7 +288,7 @@ impl Agent {
                 match resp.bytes().await {
                     Ok(body) => {
                         if let Err(e) = self.accept(&body) {
-                            tracing::error!(error = %tuf::chain(&e), "processing the assignment failed");
+                            tracing::error!(error = %chain(&e), "processing the assignment failed");
                         } else {
                             self.etag = etag;
                         }
@@ -254,7 +307,7 @@ impl Agent {
 
     /// Verifies a signed assignment doc and keeps its assignments.
     fn accept(&mut self, body: &[u8]) -> Result<(), StateError> {
-        let doc = match crate::director::parse_doc(body) {
+        let doc = match director::parse_doc(body) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "the assignment does not parse; ignored");
@@ -268,40 +321,25 @@ impl Agent {
             tracing::error!("assignment signature does not verify against the director key in the trust root; ignored");
             return Ok(());
         }
-        let crate::director::DirectorDoc { device_id, expires, counter, items, .. } = doc;
         let mut trusted = self.state.trusted()?;
-        let refusal = if device_id != self.identity.device_id {
-            Some(format!(
-                "assignment refused: it is for device {device_id}, not this device ({})",
-                self.identity.device_id
-            ))
-        } else if expires <= jiff::Timestamp::now().as_second() {
-            Some(format!(
-                "assignment refused: it expired at {}",
-                jiff::Timestamp::from_second(expires).map(|t| t.to_string()).unwrap_or_default()
-            ))
-        } else if counter < trusted.counter {
-            Some(format!(
-                "assignment refused as a replay: counter {counter} is older than {} already accepted",
-                trusted.counter
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            tracing::error!(%reason, "assignment refused");
-            for item in &items {
-                self.report_refused_item(item, &reason)?;
+        match director::check(&doc, &self.identity.device_id, clock::now(), trusted.counter) {
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                tracing::error!(%reason, "assignment refused");
+                for item in &doc.items {
+                    self.report_refused_item(item, &reason)?;
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        if counter > trusted.counter {
-            trusted.counter = counter;
-            self.state.save_trusted(&trusted)?;
+            Ok(director::Accepted { new_counter: Some(counter) }) => {
+                trusted.counter = counter;
+                self.state.save_trusted(&trusted)?;
+            }
+            Ok(director::Accepted { new_counter: None }) => {}
         }
         let mut accepted = Vec::new();
-        for item in &items {
-            match crate::director::parse_item(item) {
+        for item in &doc.items {
+            match director::parse_item(item) {
                 Ok(a) => accepted.push(a),
                 Err(e) => {
                     let reason = format!("assignment refused: {e}");
@@ -311,7 +349,7 @@ impl Agent {
             }
         }
         self.assignments = accepted;
-        self.doc_expires = expires;
+        self.doc_expires = doc.expires;
         Ok(())
     }
 
@@ -328,21 +366,20 @@ impl Agent {
     // ----- acting -------------------------------------------------------------------------
 
     async fn act(&mut self, cfg: &ArtifactConfig, a: &Assignment) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         if j.phase != Phase::Idle {
             return Ok(());
         }
-        let sha = a.sha256.to_hex();
         let work = Work {
             rollout_id: a.rollout_id.clone(),
-            version: a.version.to_string(),
-            sha256: sha.clone(),
+            version: a.version.clone(),
+            sha256: a.sha256,
             length: a.length,
             probe: a.probe.clone(),
         };
         match a.action {
             Action::Install => {
-                if j.active.as_ref().is_some_and(|x| x.sha256 == sha) {
+                if j.active.as_ref().is_some_and(|x| x.sha256 == a.sha256) {
                     let told = j.last_outcome.as_ref().is_some_and(|o| {
                         o.rollout_id == a.rollout_id && matches!(o.state, DeviceState::Succeeded | DeviceState::Failed)
                     });
@@ -351,15 +388,15 @@ impl Agent {
                         // crash): the rollout still needs to hear so.
                         self.queue(cfg, &work, DeviceState::Succeeded, None)?;
                         j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
-                        self.state.save_journal(cfg.name.as_str(), &j)?;
+                        self.state.save_journal(&cfg.name, &j)?;
                     }
                     return Ok(());
                 }
-                if j.refused(&a.rollout_id, &sha) {
+                if j.refused(&a.rollout_id, &a.sha256) {
                     return Ok(());
                 }
                 j.phase = Phase::Installing { work: work.clone() };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.install(cfg, work).await
             }
             Action::Revert => {
@@ -367,7 +404,7 @@ impl Agent {
                     return Ok(());
                 }
                 j.phase = Phase::Reverting { rollout_id: a.rollout_id.clone(), version: work.version.clone() };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 self.revert(cfg, &a.rollout_id, &work.version).await
             }
         }
@@ -375,26 +412,26 @@ impl Agent {
 
     /// Finishes whatever an earlier run of the agent left half done.
     async fn recover(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         match j.phase.clone() {
             Phase::Idle => Ok(()),
             Phase::Installing { work } => self.install(cfg, work).await,
             Phase::Swapping { work } => {
                 let slots = Slots::new(&cfg.path);
-                if sha256_file(slots.path()).as_deref() != Some(work.sha256.as_str()) {
+                if sha256_file(slots.path()) != Some(work.sha256) {
                     let staged = slots.partial(&work.sha256);
-                    if sha256_file(&staged).as_deref() == Some(work.sha256.as_str()) {
+                    if sha256_file(&staged) == Some(work.sha256) {
                         slots.swap_in(&staged, || {})?;
                     } else {
                         // Neither in place nor staged: start the install over.
                         j.phase = Phase::Installing { work: work.clone() };
-                        self.state.save_journal(cfg.name.as_str(), &j)?;
+                        self.state.save_journal(&cfg.name, &j)?;
                         return self.install(cfg, work).await;
                     }
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
-                self.probe_and_finish(cfg, work, SystemTime::now()).await
+                self.state.save_journal(&cfg.name, &j)?;
+                self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::Probing { work, restarts } => {
                 if restarts >= 2 {
@@ -406,8 +443,8 @@ impl Agent {
                     return self.roll_back(cfg, work, reason).await;
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: restarts + 1 };
-                self.state.save_journal(cfg.name.as_str(), &j)?;
-                self.probe_and_finish(cfg, work, SystemTime::now()).await
+                self.state.save_journal(&cfg.name, &j)?;
+                self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::RollingBack { work, reason } => self.roll_back(cfg, work, reason).await,
             Phase::Reverting { rollout_id, version } => self.revert(cfg, &rollout_id, &version).await,
@@ -429,13 +466,13 @@ impl Agent {
             // A readiness file left from the old version must not pass the new one's probe.
             let _ = std::fs::remove_file(path);
         }
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::Swapping { work: work.clone() };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         slots.swap_in(&slots.partial(&work.sha256), || self.crash("between-renames"))?;
-        let swapped_at = SystemTime::now();
+        let swapped_at = SystemTime::from(clock::now());
         j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         self.probe_and_finish(cfg, work, swapped_at).await
     }
 
@@ -444,11 +481,7 @@ impl Agent {
     async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
         let slots = Slots::new(&cfg.path);
         slots.prepare()?;
-        let version = match ArtifactVersion::new(&work.version) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(Stop::Refuse(e.to_string()))),
-        };
-        let target = TargetName::new(cfg.name.clone(), version);
+        let target = TargetName::new(cfg.name.clone(), work.version.clone());
         self.queue(cfg, work, DeviceState::Downloading, None)?;
         // Tell the server at once that the assignment was picked up: the rest of the install
         // can take longer than the device timeout, and a silent device would be settled as
@@ -463,23 +496,23 @@ impl Agent {
         let signed =
             match tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target).await {
                 Ok(s) => s,
-                Err(VerifyError::Unavailable(why)) => return Ok(Err(Stop::Later(why))),
-                Err(VerifyError::Refused(reason)) => return Ok(Err(Stop::Refuse(reason))),
                 Err(VerifyError::State(e)) => return Err(e),
+                Err(e @ VerifyError::Unavailable(_)) => return Ok(Err(Stop::Later(chain(&e)))),
+                Err(e) => return Ok(Err(Stop::Refuse(chain(&e)))),
             };
-        if signed.sha256.to_hex() != work.sha256 || signed.length != work.length {
+        if signed.sha256 != work.sha256 || signed.length != work.length {
             return Ok(Err(Stop::Refuse(format!(
                 "director and TUF disagree on {target}: the assignment says sha256 {} ({} bytes), the signed targets say sha256 {} ({} bytes)",
                 work.sha256, work.length, signed.sha256, signed.length
             ))));
         }
-        if let Some(hw) = &signed.hardware {
-            if hw != &self.config.hardware {
-                return Ok(Err(Stop::Refuse(format!(
-                    "{target} is built for hardware {hw}; this device is {}",
-                    self.config.hardware
-                ))));
-            }
+        if let Some(hw) = &signed.hardware
+            && hw != &self.config.hardware
+        {
+            return Ok(Err(Stop::Refuse(format!(
+                "{target} is built for hardware {hw}; this device is {}",
+                self.config.hardware
+            ))));
         }
 
         let partial = slots.partial(&work.sha256);
@@ -495,12 +528,12 @@ impl Agent {
             .await;
         let fetched = match fetched {
             Ok(f) => f,
-            Err(FetchError::Transient(why)) => return Ok(Err(Stop::Later(why))),
             Err(e @ FetchError::TooLong { .. }) => {
                 let _ = std::fs::remove_file(&partial);
                 return Ok(Err(Stop::Refuse(e.to_string())));
             }
-            Err(FetchError::Io { op, path, source }) => return Err(StateError::Io { op, path, source }),
+            Err(FetchError::Local(e)) => return Err(e),
+            Err(e) => return Ok(Err(Stop::Later(chain(&e)))),
         };
         self.queue(cfg, work, DeviceState::Verifying, None)?;
         if fetched.sha256 != work.sha256 || fetched.length != work.length {
@@ -528,18 +561,18 @@ impl Agent {
         .await;
         match outcome {
             ProbeOutcome::Healthy => {
-                let mut j = self.state.journal(cfg.name.as_str())?;
+                let mut j = self.state.journal(&cfg.name)?;
                 // The report goes to the outbox before the journal says "done": a crash in
                 // between re-runs the probe and queues the same report id again.
                 self.queue(cfg, &work, DeviceState::Succeeded, None)?;
-                let new = Installed { version: work.version.clone(), sha256: work.sha256.clone() };
+                let new = Installed { version: work.version.clone(), sha256: work.sha256 };
                 if j.active.as_ref() != Some(&new) {
                     j.previous = j.active.take();
                     j.active = Some(new);
                 }
                 j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
                 j.phase = Phase::Idle;
-                self.state.save_journal(cfg.name.as_str(), &j)?;
+                self.state.save_journal(&cfg.name, &j)?;
                 tracing::info!(artifact = %cfg.name, version = %work.version, "installed and healthy");
                 self.crash("before-report");
                 Ok(())
@@ -550,9 +583,9 @@ impl Agent {
     }
 
     async fn roll_back(&mut self, cfg: &ArtifactConfig, work: Work, reason: String) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+        let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone() };
-        self.state.save_journal(cfg.name.as_str(), &j)?;
+        self.state.save_journal(&cfg.name, &j)?;
         let slots = Slots::new(&cfg.path);
         slots.restore_previous()?;
         tracing::warn!(artifact = %cfg.name, version = %work.version, %reason, "rolled back to the previous version");
@@ -563,7 +596,7 @@ impl Agent {
         let slots = Slots::new(&cfg.path);
         let _ = std::fs::remove_file(slots.partial(&work.sha256));
         tracing::error!(artifact = %cfg.name, version = %work.version, %reason, "refused; nothing was applied");
-        let j = self.state.journal(cfg.name.as_str())?;
+        let j = self.state.journal(&cfg.name)?;
         self.finish_failed(cfg, work, reason, j)
     }
 
@@ -576,33 +609,38 @@ impl Agent {
     ) -> Result<(), StateError> {
         self.queue(cfg, &work, DeviceState::Failed, Some(reason.clone()))?;
         if !j.refused(&work.rollout_id, &work.sha256) {
-            j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256.clone() });
+            j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256 });
         }
         j.last_outcome = Some(outcome_of(&work, DeviceState::Failed, Some(reason)));
         j.phase = Phase::Idle;
-        self.state.save_journal(cfg.name.as_str(), &j)
+        self.state.save_journal(&cfg.name, &j)
     }
 
-    async fn revert(&mut self, cfg: &ArtifactConfig, rollout_id: &str, version: &str) -> Result<(), StateError> {
-        let mut j = self.state.journal(cfg.name.as_str())?;
+    async fn revert(
+        &mut self,
+        cfg: &ArtifactConfig,
+        rollout_id: &str,
+        version: &ArtifactVersion,
+    ) -> Result<(), StateError> {
+        let mut j = self.state.journal(&cfg.name)?;
         let slots = Slots::new(&cfg.path);
-        if j.active.as_ref().is_some_and(|a| a.version == version) && j.previous.is_some() {
+        if j.active.as_ref().is_some_and(|a| a.version == *version) && j.previous.is_some() {
             slots.restore_previous()?;
             j.active = j.previous.clone();
             tracing::info!(artifact = %cfg.name, undone = %version, "reverted to the previous version");
         }
-        let r = self.report(rollout_id, cfg.name.as_str(), version, DeviceState::Reverted, None);
+        let r = self.report(rollout_id, cfg.name.as_str(), &version.to_string(), DeviceState::Reverted, None);
         self.state.push_report(&r)?;
         j.reverted.push(rollout_id.to_owned());
         j.last_outcome = Some(Outcome {
             state: DeviceState::Reverted,
             reason: None,
             rollout_id: rollout_id.to_owned(),
-            version: version.to_owned(),
-            at_ms: now_ms(),
+            version: version.clone(),
+            at_ms: clock::now_ms(),
         });
         j.phase = Phase::Idle;
-        self.state.save_journal(cfg.name.as_str(), &j)
+        self.state.save_journal(&cfg.name, &j)
     }
 
     // ----- reporting ----------------------------------------------------------------------
@@ -611,7 +649,7 @@ impl Agent {
     pub async fn deliver(&self) {
         let pending = match self.state.pending_reports() {
             Ok(p) => p,
-            Err(e) => return tracing::error!(error = %tuf::chain(&e), "reading the outbox failed"),
+            Err(e) => return tracing::error!(error = %chain(&e), "reading the outbox failed"),
         };
         if pending.is_empty() {
             return;
@@ -637,7 +675,7 @@ impl Agent {
                 Err(e) => return tracing::debug!(error = %e, "server unreachable; reports stay queued"),
             };
             if let Err(e) = self.state.remove_reports(&ack.acked) {
-                tracing::error!(error = %tuf::chain(&e), "clearing delivered reports failed");
+                tracing::error!(error = %chain(&e), "clearing delivered reports failed");
             }
         }
     }
@@ -645,11 +683,9 @@ impl Agent {
     fn active(&self) -> Vec<ActiveArtifact> {
         let mut out = Vec::new();
         for cfg in &self.config.artifacts {
-            let Ok(j) = self.state.journal(cfg.name.as_str()) else { continue };
+            let Ok(j) = self.state.journal(&cfg.name) else { continue };
             if let Some(a) = j.active {
-                if let (Ok(version), Ok(sha256)) = (ArtifactVersion::new(&a.version), a.sha256.parse()) {
-                    out.push(ActiveArtifact { name: cfg.name.clone(), version, sha256 });
-                }
+                out.push(ActiveArtifact { name: cfg.name.clone(), version: a.version, sha256: a.sha256 });
             }
         }
         out
@@ -657,7 +693,13 @@ impl Agent {
 }
 
 fn outcome_of(work: &Work, state: DeviceState, reason: Option<String>) -> Outcome {
-    Outcome { state, reason, rollout_id: work.rollout_id.clone(), version: work.version.clone(), at_ms: now_ms() }
+    Outcome {
+        state,
+        reason,
+        rollout_id: work.rollout_id.clone(),
+        version: work.version.clone(),
+        at_ms: clock::now_ms(),
+    }
 }
 
 /// `base` ± 20%, from the OS random source.
@@ -670,29 +712,26 @@ fn jitter(base: Duration) -> Duration {
 }
 
 async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity, AgentError> {
-    let fail = |reason: String| AgentError::Enroll {
+    let fail = |source: EnrollError| AgentError::Enroll {
         device: config.device_name.to_string(),
         server: config.server.to_string(),
-        reason,
+        source,
     };
-    let token = config
-        .enrollment_token
-        .as_ref()
-        .ok_or_else(|| fail("this device is not enrolled yet and agent.toml has no enrollment_token".into()))?;
-    let url = config.server.join("device/v1/enroll").map_err(|e| fail(e.to_string()))?;
+    let token = config.enrollment_token.as_ref().ok_or_else(|| fail(EnrollError::NoToken))?;
+    let url = config.server.join("device/v1/enroll").map_err(|e| fail(EnrollError::Url(e)))?;
     let resp = http
         .post(url)
         .timeout(Duration::from_secs(30))
         .json(&serde_json::json!({ "token": token.expose(), "name": config.device_name, "hardware": config.hardware }))
         .send()
         .await
-        .map_err(|e| fail(tuf::chain(&e)))?;
+        .map_err(|e| fail(EnrollError::Request(e)))?;
     let status = resp.status();
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     if !status.is_success() {
-        let msg = body["error"]["message"].as_str().unwrap_or("no reason given");
-        return Err(fail(format!("HTTP {status}: {msg}")));
+        let message = body["error"]["message"].as_str().unwrap_or("no reason given").to_owned();
+        return Err(fail(EnrollError::Refused { status, message }));
     }
-    let get = |k: &str| body[k].as_str().map(str::to_owned).ok_or_else(|| fail(format!("the answer lacks {k}")));
+    let get = |k: &'static str| body[k].as_str().map(str::to_owned).ok_or_else(|| fail(EnrollError::Incomplete(k)));
     Ok(Identity { device_id: get("device_id")?, name: get("name")?, credential: get("credential")? })
 }

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::AgentConfig;
 
@@ -33,13 +36,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// TUF client for the tuf-conformance suite: init, refresh, download (see `tuf-client --help`).
-    #[command(disable_help_flag = true)]
-    TufClient {
-        /// The suite's client protocol, e.g. `--metadata-dir DIR init ROOT`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
-        args: Vec<std::ffi::OsString>,
-    },
 }
 
 /// Runs the command line; exit code 0 on success, 1 on error, 2 on bad usage.
@@ -64,14 +60,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Test builds only: the crash-safety tests pick a step to die at.
                 config.crash_at = std::env::var("WAVECAST_AGENT_CRASH_AT").ok();
             }
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+            let _ = tracing_subscriber::registry()
+                .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async move {
                 let agent = crate::Agent::start(config).await?;
                 tracing::info!(device_id = %agent.device_id(), "agent running");
-                agent.run(shutdown()).await;
+                agent.run(wavecast_os::signal::shutdown()).await;
                 tracing::info!("agent stopped");
                 anyhow::Ok(())
             })?;
@@ -90,7 +87,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(i) => println!("  active    {}  sha256 {}", i.version, i.sha256),
                     None => println!("  active    none installed by wavecast yet"),
                 }
-                println!("  previous  {}", a.previous.as_ref().map_or("none", |p| p.version.as_str()));
+                match &a.previous {
+                    Some(p) => println!("  previous  {}", p.version),
+                    None => println!("  previous  none"),
+                }
                 if let Some(w) = &a.in_progress {
                     println!("  now       {w}");
                 }
@@ -105,21 +105,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::TufClient { args } => Ok(crate::tuf_client::main(args)),
     }
 }
 
-async fn shutdown() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The log filter from `RUST_LOG`: a default level and per-target levels, as in
+/// `debug` or `info,tough=warn,wavecast_agent=debug`. Empty, unset or not understood means
+/// `info`. Span and field filters (`target[span{field}]=level`) are not supported: the agent
+/// logs little, and the parser that supports them (tracing-subscriber's env-filter) brings a
+/// regex engine into the binary devices run.
+fn log_filter(rust_log: Option<&str>) -> Targets {
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    let directives: Vec<&str> =
+        rust_log.unwrap_or_default().split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return info();
+    }
+    directives.join(",").parse().unwrap_or_else(|_| info())
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn rust_log_sets_the_levels() {
+        use Level as L;
+        // (RUST_LOG, target, level, logged?)
+        let cases: &[(Option<&str>, &str, Level, bool)] = &[
+            (None, "wavecast_agent::agent", L::INFO, true),
+            (None, "wavecast_agent::agent", L::DEBUG, false),
+            (Some(""), "tough", L::INFO, true),
+            (Some(" , "), "tough", L::DEBUG, false),
+            (Some("debug"), "wavecast_agent::agent", L::DEBUG, true),
+            (Some("debug"), "tough", L::TRACE, false),
+            (Some("warn"), "wavecast_agent::agent", L::INFO, false),
+            (Some("warn"), "wavecast_agent::agent", L::WARN, true),
+            (Some("info,tough=warn"), "tough::repository", L::INFO, false),
+            (Some("info,tough=warn"), "wavecast_agent::fetch", L::INFO, true),
+            (Some("wavecast_agent=debug"), "wavecast_agent::fetch", L::DEBUG, true),
+            (Some("wavecast_agent=debug"), "hyper", L::ERROR, false),
+            (Some("info,"), "tough", L::DEBUG, false),
+            (Some("off"), "wavecast_agent::agent", L::ERROR, false),
+            // Not understood: the default, rather than nothing or everything.
+            (Some("a=b=c"), "wavecast_agent::agent", L::INFO, true),
+            (Some("a=b=c"), "wavecast_agent::agent", L::DEBUG, false),
+            (Some("x[span{f=1}]=debug"), "x", L::DEBUG, false),
+        ];
+        for &(rust_log, target, level, logged) in cases {
+            assert_eq!(log_filter(rust_log).would_enable(target, &level), logged, "{rust_log:?} {target} {level}");
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
     }
 }

@@ -42,6 +42,17 @@ pub enum ConfigError {
         /// What is wrong.
         problem: String,
     },
+    /// A key's value does not parse as what it names (a name, a duration, a token).
+    #[error("{path}: `{key}`")]
+    Unparsable {
+        /// The file.
+        path: PathBuf,
+        /// The key, like `artifacts[0].name`.
+        key: String,
+        /// What the parser said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +167,11 @@ impl AgentConfig {
             .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim().to_owned() })?;
         let invalid =
             |key: &str, problem: String| ConfigError::Invalid { path: path.into(), key: key.to_owned(), problem };
+        let unparsable = |key: &str, e: Box<dyn std::error::Error + Send + Sync>| ConfigError::Unparsable {
+            path: path.into(),
+            key: key.to_owned(),
+            source: e,
+        };
 
         let server = url::Url::parse(&raw.server)
             .map_err(|e| invalid("server", format!("{:?} is not a URL: {e}", raw.server)))?;
@@ -177,16 +193,16 @@ impl AgentConfig {
             invalid("trust_root", format!("{} is not a usable TUF root: {e}", raw.trust_root.display()))
         })?;
         let director_key =
-            wavecast_tuf::root::director_key(&root.signed).map_err(|e| invalid("trust_root", e.to_string()))?;
+            wavecast_tuf::root::director_key(&root.signed).map_err(|e| unparsable("trust_root", e.into()))?;
         let enrollment_token = raw
             .enrollment_token
             .as_deref()
             .map(|t| Secret::parse(SecretKind::EnrollmentToken, t))
             .transpose()
-            .map_err(|e| invalid("enrollment_token", e.to_string()))?;
-        let device_name = DeviceName::new(raw.device_name).map_err(|e| invalid("device_name", e.to_string()))?;
-        wavecast_core::name::validate("hardware", &raw.hardware).map_err(|e| invalid("hardware", e.to_string()))?;
-        let poll_interval = parse_duration(&raw.poll_interval).map_err(|e| invalid("poll_interval", e.to_string()))?;
+            .map_err(|e| unparsable("enrollment_token", e.into()))?;
+        let device_name = DeviceName::new(raw.device_name).map_err(|e| unparsable("device_name", e.into()))?;
+        wavecast_core::name::validate("hardware", &raw.hardware).map_err(|e| unparsable("hardware", e.into()))?;
+        let poll_interval = parse_duration(&raw.poll_interval).map_err(|e| unparsable("poll_interval", e.into()))?;
         if poll_interval < Duration::from_millis(100) {
             return Err(invalid("poll_interval", "must be at least 100ms".into()));
         }
@@ -212,7 +228,7 @@ impl AgentConfig {
             download.min_bytes_per_sec = rate;
         }
         if let Some(t) = &raw.download.stall_timeout {
-            download.stall_timeout = parse_duration(t).map_err(|e| invalid("download.stall_timeout", e.to_string()))?;
+            download.stall_timeout = parse_duration(t).map_err(|e| unparsable("download.stall_timeout", e.into()))?;
             if download.stall_timeout.is_zero() {
                 return Err(invalid("download.stall_timeout", "must be more than zero".into()));
             }
@@ -222,8 +238,7 @@ impl AgentConfig {
         }
         let mut artifacts: Vec<ArtifactConfig> = Vec::new();
         for (i, a) in raw.artifacts.into_iter().enumerate() {
-            let name =
-                ArtifactName::new(a.name).map_err(|e| invalid(&format!("artifacts[{i}].name"), e.to_string()))?;
+            let name = ArtifactName::new(a.name).map_err(|e| unparsable(&format!("artifacts[{i}].name"), e.into()))?;
             absolute(&format!("artifacts[{i}].path"), &a.path)?;
             if a.path.file_name().is_none() {
                 return Err(invalid(&format!("artifacts[{i}].path"), "must name a file".into()));
@@ -241,7 +256,7 @@ impl AgentConfig {
         }
         for (name, p) in &raw.probes {
             wavecast_core::name::validate("probe", name)
-                .map_err(|e| invalid(&format!("probes.{name}"), e.to_string()))?;
+                .map_err(|e| unparsable(&format!("probes.{name}"), e.into()))?;
             absolute(&format!("probes.{name}"), p)?;
         }
         Ok(Self {
@@ -282,7 +297,7 @@ mod tests {
         let root = rt
             .block_on(wavecast_tuf::root::build_root(
                 &keys,
-                jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24),
+                wavecast_os::clock::now() + jiff::SignedDuration::from_hours(24),
             ))
             .unwrap();
         let p = dir.join("root.json");
@@ -328,7 +343,7 @@ mod tests {
         ];
         for (from, to, key, words) in cases {
             let text = good.replacen(from, to, 1);
-            let err = AgentConfig::parse(Path::new("agent.toml"), &text).unwrap_err().to_string();
+            let err = wavecast_os::error::chain(&AgentConfig::parse(Path::new("agent.toml"), &text).unwrap_err());
             assert!(err.contains(key) && err.contains(words), "{to}: {err}");
         }
         let unknown =

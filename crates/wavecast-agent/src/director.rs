@@ -1,8 +1,11 @@
-//! The director's signed assignment doc as it arrives, before anything in it is trusted.
+//! The director's signed assignment doc as it arrives, before anything in it is trusted, and
+//! the rules that decide whether a signed doc may be acted on.
 //!
 //! Pure: bytes in, out the exact message the director's signature must cover and the fields the
-//! agent checks. [`crate::agent`] verifies the signature over [`DirectorDoc::message`] before it
-//! acts on anything here. Kept apart from the IO so the parsing can be fuzzed on its own.
+//! agent checks; [`check`] then decides on those fields with the time and the last accepted
+//! counter passed in. [`crate::agent`] verifies the signature over [`DirectorDoc::message`],
+//! calls [`check`], and does the writes (the counter, the reports). Kept apart from the IO so the
+//! parsing can be fuzzed and the rules table-tested on their own.
 
 use wavecast_core::assignment::Assignment;
 
@@ -37,6 +40,63 @@ pub fn parse_doc(body: &[u8]) -> Result<DirectorDoc, serde_json::Error> {
     })
 }
 
+/// Why a doc whose signature verified is still not acted on. Its text is the reason reported
+/// for each of the doc's items.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The doc names another device (the server or a proxy mixed devices up).
+    #[error("assignment refused: it is for device {doc_device}, not this device ({me})")]
+    OtherDevice {
+        /// The device the doc names.
+        doc_device: String,
+        /// This device.
+        me: String,
+    },
+    /// The doc's expiry has passed (a doc held back and replayed later).
+    #[error("assignment refused: it expired at {}", expiry_text(*expires))]
+    Expired {
+        /// `signed.expires`, Unix seconds.
+        expires: i64,
+    },
+    /// The doc's counter is older than one already accepted (a replay of an older doc).
+    #[error("assignment refused as a replay: counter {counter} is older than {accepted} already accepted")]
+    Replay {
+        /// The doc's counter.
+        counter: u64,
+        /// The highest counter accepted before.
+        accepted: u64,
+    },
+}
+
+fn expiry_text(expires: i64) -> String {
+    jiff::Timestamp::from_second(expires).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// What the caller must record for a doc that passed [`check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The doc's counter when it is newer than the one accepted before; the caller records it
+    /// before acting on the doc, so older docs are refused as replays from then on.
+    pub new_counter: Option<u64>,
+}
+
+/// Decides whether a signed doc may be acted on by device `me` at `now`, given the highest
+/// counter `accepted_counter` accepted before. A doc expires at its `expires` second (a doc
+/// exactly at expiry is refused); a doc with the same counter as the last accepted one is the
+/// same assignment sent again and is accepted.
+pub fn check(doc: &DirectorDoc, me: &str, now: jiff::Timestamp, accepted_counter: u64) -> Result<Accepted, Refusal> {
+    if doc.device_id != me {
+        return Err(Refusal::OtherDevice { doc_device: doc.device_id.clone(), me: me.to_owned() });
+    }
+    if doc.expires <= now.as_second() {
+        return Err(Refusal::Expired { expires: doc.expires });
+    }
+    if doc.counter < accepted_counter {
+        return Err(Refusal::Replay { counter: doc.counter, accepted: accepted_counter });
+    }
+    Ok(Accepted { new_counter: (doc.counter > accepted_counter).then_some(doc.counter) })
+}
+
 /// Reads one item of `assignments` as a typed assignment.
 pub fn parse_item(item: &serde_json::Value) -> Result<Assignment, serde_json::Error> {
     serde_json::from_value(item.clone())
@@ -68,6 +128,59 @@ mod tests {
         assert_eq!(parsed.signature, [0xab, 0xcd]);
         assert_eq!((parsed.device_id.as_str(), parsed.counter, parsed.expires), ("d1", 7, 1_800_000_000));
         assert_eq!(parsed.items.iter().map(|i| parse_item(i).unwrap()).collect::<Vec<_>>(), doc.assignments);
+    }
+
+    #[test]
+    fn check_refuses_other_devices_expired_docs_and_replays() {
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let doc = |device: &str, expires: i64, counter: u64| DirectorDoc {
+            message: Vec::new(),
+            signature: Vec::new(),
+            device_id: device.to_owned(),
+            expires,
+            counter,
+            items: Vec::new(),
+        };
+        let at = now.as_second();
+        let other = |d: &str| Err(Refusal::OtherDevice { doc_device: d.to_owned(), me: "d1".into() });
+        let expired = |expires| Err(Refusal::Expired { expires });
+        // (case, doc, counter accepted before, verdict)
+        let cases = [
+            ("another device's doc", doc("d2", at + 60, 5), 4, other("d2")),
+            ("an empty device id", doc("", at + 60, 5), 4, other("")),
+            ("expired a second ago", doc("d1", at - 1, 5), 4, expired(at - 1)),
+            ("exactly at expiry", doc("d1", at, 5), 4, expired(at)),
+            ("expiry missing (read as 0)", doc("d1", 0, 5), 4, expired(0)),
+            ("a replayed older counter", doc("d1", at + 1, 3), 4, Err(Refusal::Replay { counter: 3, accepted: 4 })),
+            ("the same counter again", doc("d1", at + 1, 4), 4, Ok(Accepted { new_counter: None })),
+            ("a newer counter", doc("d1", at + 1, 5), 4, Ok(Accepted { new_counter: Some(5) })),
+            ("the first doc ever", doc("d1", at + 1, 0), 0, Ok(Accepted { new_counter: None })),
+            // The device is checked first, then expiry, then the counter: the reason names the
+            // most basic problem.
+            ("everything wrong", doc("d2", at, 3), 4, other("d2")),
+            ("an expired replay", doc("d1", at, 3), 4, expired(at)),
+        ];
+        for (case, doc, accepted, want) in cases {
+            assert_eq!(check(&doc, "d1", now, accepted), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_why_in_the_reported_words() {
+        let texts = [
+            (
+                Refusal::OtherDevice { doc_device: "d2".into(), me: "d1".into() },
+                "assignment refused: it is for device d2, not this device (d1)",
+            ),
+            (Refusal::Expired { expires: 1_800_000_000 }, "assignment refused: it expired at 2027-01-15T08:00:00Z"),
+            (
+                Refusal::Replay { counter: 3, accepted: 4 },
+                "assignment refused as a replay: counter 3 is older than 4 already accepted",
+            ),
+        ];
+        for (refusal, text) in texts {
+            assert_eq!(refusal.to_string(), text);
+        }
     }
 
     #[test]

@@ -7,37 +7,85 @@
 //! there and asks the server for the rest with a `Range` request.
 
 use std::io::{Read as _, Seek as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use sha2::Digest as _;
+use wavecast_core::Sha256Digest;
 
 use crate::config::DownloadPolicy;
+use crate::state::{StateError, io};
 
-/// Why a download stopped.
+/// Why a download stopped. [`FetchError::TooLong`] refuses the artifact and
+/// [`FetchError::Local`] is local trouble; every other variant is worth trying again later.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// Worth trying again later (network, server, too slow).
-    #[error("{0}")]
-    Transient(String),
+    /// The request could not be sent or answered.
+    #[error("requesting {url}")]
+    Request {
+        /// The artifact's URL.
+        url: reqwest::Url,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with a status that is not the content.
+    #[error("GET {url} answered {status}")]
+    Status {
+        /// The artifact's URL.
+        url: reqwest::Url,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// No data arrived for a whole stall window.
+    #[error("download stalled: no data for {} s", .window.as_secs())]
+    Stalled {
+        /// The stall window.
+        window: std::time::Duration,
+    },
+    /// The connection broke off.
+    #[error("download interrupted after {total} of {length} bytes")]
+    Interrupted {
+        /// Bytes on disk.
+        total: u64,
+        /// The signed length.
+        length: u64,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Data arrived, but slower than the configured floor.
+    #[error("download too slow: {rate:.0} B/s over {} s, below the floor of {floor} B/s", .window.as_secs())]
+    TooSlow {
+        /// Bytes per second over the window.
+        rate: f64,
+        /// The window.
+        window: std::time::Duration,
+        /// The floor, bytes per second.
+        floor: u64,
+    },
+    /// The server ended the body before the signed length.
+    #[error("download ended after {total} of {length} bytes")]
+    Ended {
+        /// Bytes on disk.
+        total: u64,
+        /// The signed length.
+        length: u64,
+    },
+    /// The hashing or writing thread stopped or panicked.
+    #[error("the download's {0}")]
+    Worker(&'static str),
     /// The server sent more than the signed length: refused.
     #[error("the server sent more than the signed {length} bytes; download refused")]
     TooLong {
         /// The signed length.
         length: u64,
     },
-    /// Local filesystem trouble.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What.
-        op: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// Local filesystem trouble with the partial file.
+    #[error(transparent)]
+    Local(StateError),
 }
 
 /// A finished download.
@@ -45,8 +93,8 @@ pub enum FetchError {
 pub struct Fetched {
     /// Bytes in the file.
     pub length: u64,
-    /// Their SHA-256, hex.
-    pub sha256: String,
+    /// Their SHA-256.
+    pub sha256: Sha256Digest,
 }
 
 enum Chunk {
@@ -65,27 +113,30 @@ pub async fn fetch(
     policy: DownloadPolicy,
     mut halfway: impl FnMut(),
 ) -> Result<Fetched, FetchError> {
-    let io = |op: &'static str| move |source| FetchError::Io { op, path: dest.to_path_buf(), source };
+    let local = |op: &'static str| {
+        let to_state = io(op, dest);
+        move |source| FetchError::Local(to_state(source))
+    };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(dest)
-        .map_err(io("opening"))?;
-    let mut have = file.metadata().map_err(io("reading"))?.len();
+        .map_err(local("opening"))?;
+    let mut have = file.metadata().map_err(local("reading"))?.len();
     if have > length {
-        file.set_len(0).map_err(io("truncating"))?;
+        file.set_len(0).map_err(local("truncating"))?;
         have = 0;
     }
     // Hash what an earlier attempt left, then continue after it.
     let mut prefix = sha2::Sha256::new();
     if have > 0 {
-        file.rewind().map_err(io("reading"))?;
+        file.rewind().map_err(local("reading"))?;
         let mut buf = vec![0u8; 1 << 16];
         let mut left = have;
         while left > 0 {
-            let n = file.read(&mut buf[..(left.min(1 << 16)) as usize]).map_err(io("reading"))?;
+            let n = file.read(&mut buf[..(left.min(1 << 16)) as usize]).map_err(local("reading"))?;
             if n == 0 {
                 break;
             }
@@ -94,33 +145,33 @@ pub async fn fetch(
         }
     }
     if have == length {
-        file.sync_all().map_err(io("syncing"))?;
-        return Ok(Fetched { length, sha256: hex::encode(prefix.finalize()) });
+        file.sync_all().map_err(local("syncing"))?;
+        return Ok(Fetched { length, sha256: Sha256Digest::from_bytes(prefix.finalize().into()) });
     }
 
     let mut req = http.get(url.clone()).bearer_auth(credential);
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
-    let mut resp = req.send().await.map_err(|e| FetchError::Transient(format!("requesting {url}: {e}")))?;
+    let mut resp = req.send().await.map_err(|source| FetchError::Request { url: url.clone(), source })?;
     match resp.status() {
         reqwest::StatusCode::PARTIAL_CONTENT if have > 0 => {}
         reqwest::StatusCode::OK => {
             // The server ignored the range: start over.
             if have > 0 {
-                file.set_len(0).map_err(io("truncating"))?;
+                file.set_len(0).map_err(local("truncating"))?;
                 have = 0;
                 prefix = sha2::Sha256::new();
             }
         }
-        status => return Err(FetchError::Transient(format!("GET {url} answered {status}"))),
+        status => return Err(FetchError::Status { url: url.clone(), status }),
     }
-    if let Some(len) = resp.content_length() {
-        if have + len > length {
-            return Err(FetchError::TooLong { length });
-        }
+    if let Some(len) = resp.content_length()
+        && have + len > length
+    {
+        return Err(FetchError::TooLong { length });
     }
-    file.seek(std::io::SeekFrom::Start(have)).map_err(io("seeking"))?;
+    file.seek(std::io::SeekFrom::Start(have)).map_err(local("seeking"))?;
 
     // Two threads: one hashes, one writes; bounded queues keep memory flat.
     let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(64);
@@ -130,7 +181,7 @@ pub async fn fetch(
         while let Ok(Chunk::Data(b)) = hash_rx.recv() {
             h.update(&b);
         }
-        hex::encode(h.finalize())
+        Sha256Digest::from_bytes(h.finalize().into())
     });
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -148,17 +199,8 @@ pub async fn fetch(
         let mut fired = false;
         loop {
             let chunk = match tokio::time::timeout(policy.stall_timeout, resp.chunk()).await {
-                Err(_) => {
-                    return Err(FetchError::Transient(format!(
-                        "download stalled: no data for {} s",
-                        policy.stall_timeout.as_secs()
-                    )));
-                }
-                Ok(Err(e)) => {
-                    return Err(FetchError::Transient(format!(
-                        "download interrupted after {total} of {length} bytes: {e}"
-                    )));
-                }
+                Err(_) => return Err(FetchError::Stalled { window: policy.stall_timeout }),
+                Ok(Err(source)) => return Err(FetchError::Interrupted { total, length, source }),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
@@ -171,17 +213,13 @@ pub async fn fetch(
             if elapsed >= policy.stall_timeout {
                 let rate = window_bytes as f64 / elapsed.as_secs_f64();
                 if rate < policy.min_bytes_per_sec as f64 {
-                    return Err(FetchError::Transient(format!(
-                        "download too slow: {rate:.0} B/s over {} s, below the floor of {} B/s",
-                        elapsed.as_secs(),
-                        policy.min_bytes_per_sec
-                    )));
+                    return Err(FetchError::TooSlow { rate, window: elapsed, floor: policy.min_bytes_per_sec });
                 }
                 window_start = Instant::now();
                 window_bytes = 0;
             }
             if hash_tx.send(Chunk::Data(chunk.clone())).is_err() || write_tx.send(Chunk::Data(chunk)).is_err() {
-                return Err(FetchError::Transient("the download's worker threads stopped".into()));
+                return Err(FetchError::Worker("worker threads stopped"));
             }
             if !fired && total * 2 >= length {
                 fired = true;
@@ -189,7 +227,7 @@ pub async fn fetch(
             }
         }
         if total < length {
-            return Err(FetchError::Transient(format!("download ended after {total} of {length} bytes")));
+            return Err(FetchError::Ended { total, length });
         }
         Ok(total)
     }
@@ -203,12 +241,9 @@ pub async fn fetch(
     let total = result?;
     match written {
         Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(source))) => return Err(FetchError::Io { op: "writing", path: dest.to_path_buf(), source }),
-        _ => return Err(FetchError::Transient("the download's writer thread failed".into())),
+        Ok(Ok(Err(source))) => return Err(FetchError::Local(io("writing", dest)(source))),
+        _ => return Err(FetchError::Worker("writer thread failed")),
     }
-    let sha256 = sha256
-        .ok()
-        .and_then(|r| r.ok())
-        .ok_or_else(|| FetchError::Transient("the download's hashing thread failed".into()))?;
+    let sha256 = sha256.ok().and_then(|r| r.ok()).ok_or(FetchError::Worker("hashing thread failed"))?;
     Ok(Fetched { length: total, sha256 })
 }

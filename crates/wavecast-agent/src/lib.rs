@@ -6,7 +6,7 @@
 //! previous version beside the new one, probes the application, rolls back by itself, and
 //! journals every step so a crash at any instant resumes consistently.
 //!
-//! [`config`] reads `agent.toml`; [`agent`] is the loop; [`director`] reads the signed
+//! [`config`] reads `agent.toml`; [`agent`] is the loop; [`director`] reads and checks the signed
 //! assignment doc; [`fetch`], [`tuf`], [`swap`] and [`probe`] are its steps; [`state`] is
 //! everything kept on disk; [`cli`] is the binary.
 
@@ -20,7 +20,6 @@ pub mod state;
 pub mod status;
 pub mod swap;
 pub mod tuf;
-pub mod tuf_client;
 
 pub use agent::Agent;
 pub use config::AgentConfig;

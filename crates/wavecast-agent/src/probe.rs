@@ -35,12 +35,12 @@ pub async fn run(
 ) -> ProbeOutcome {
     // Resolve exec probes before waiting: a name that is not allowed is refused at once and
     // nothing runs.
-    if let ProbeKind::Exec { name, .. } = &spec.kind {
-        if !allowlist.contains_key(name) {
-            return ProbeOutcome::CouldNotRun(format!(
-                "probe exec:{name} is not on this device's allowlist ([probes] in agent.toml); nothing was run"
-            ));
-        }
+    if let ProbeKind::Exec { name, .. } = &spec.kind
+        && !allowlist.contains_key(name)
+    {
+        return ProbeOutcome::CouldNotRun(format!(
+            "probe exec:{name} is not on this device's allowlist ([probes] in agent.toml); nothing was run"
+        ));
     }
     tokio::time::sleep(Duration::from_millis(spec.initial_delay_ms)).await;
     let timeout = Duration::from_millis(spec.timeout_ms);

@@ -5,13 +5,13 @@
 //! directory), so after a crash or power loss each holds its old or its new content, never a
 //! mix. A file that does not parse is an error, never silently reset: the agent fails closed.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::{DeviceState, Report};
 use wavecast_core::probe::ProbeSpec;
+use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -28,57 +28,44 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// A state file does not parse.
-    #[error("{path} is corrupt ({detail}); refusing to guess — move it aside to reset that piece of state")]
+    #[error("{path} is corrupt; refusing to guess — move it aside to reset that piece of state")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What the parser said.
-        detail: String,
+        #[source]
+        source: serde_json::Error,
     },
 }
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
+/// Maps an IO error to [`StateError::Io`] naming the operation and the path.
+pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
     let path = path.to_path_buf();
     move |source| StateError::Io { op, path, source }
 }
 
 /// fsyncs a directory so renames and creations in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing directory", dir))
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    wavecast_os::fs::sync_dir(dir).map_err(io("syncing directory", dir))
 }
 
 /// Replaces `path` with `bytes` atomically and durably; the file gets `mode`.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    f.write_all(bytes).map_err(io("writing", &tmp))?;
-    f.sync_all().map_err(io("syncing", &tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-    sync_dir(dir)
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    wavecast_os::fs::write_atomic(path, bytes, mode).map_err(io("writing", path))
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map(Some).map_err(|source| StateError::Corrupt { path: path.into(), source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io("reading", path)(e)),
     }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T, mode: u32) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| StateError::Corrupt { path: path.into(), detail: e.to_string() })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt { path: path.into(), source })?;
     write_atomic(path, &bytes, mode)
 }
 
@@ -113,17 +100,18 @@ pub struct Trusted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Installed {
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// SHA-256 of the file.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
 }
 
 /// What the agent is in the middle of for one artifact. Written before each step starts, so
 /// a restarted agent knows where it was.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// Nothing in progress.
+    #[default]
     Idle,
     /// Installing `target` (downloading, verifying, swapping).
     Installing {
@@ -154,7 +142,7 @@ pub enum Phase {
         /// The rollout.
         rollout_id: String,
         /// The version being undone.
-        version: String,
+        version: ArtifactVersion,
     },
 }
 
@@ -164,9 +152,9 @@ pub struct Work {
     /// The rollout.
     pub rollout_id: String,
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Signed SHA-256.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
     /// Signed length.
     pub length: u64,
     /// The probe to run.
@@ -183,7 +171,7 @@ pub struct Outcome {
     /// The rollout.
     pub rollout_id: String,
     /// The version concerned.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// When (Unix ms).
     pub at_ms: i64,
 }
@@ -194,7 +182,7 @@ pub struct Refused {
     /// The rollout.
     pub rollout_id: String,
     /// SHA-256 of the version.
-    pub sha256: String,
+    pub sha256: Sha256Digest,
 }
 
 /// Everything the agent knows about one artifact.
@@ -205,7 +193,7 @@ pub struct Journal {
     /// What the previous-version file next to `path` holds.
     pub previous: Option<Installed>,
     /// Work in progress.
-    #[serde(default = "idle")]
+    #[serde(default)]
     pub phase: Phase,
     /// (rollout, version) pairs that failed or were refused: never retried.
     #[serde(default)]
@@ -217,20 +205,10 @@ pub struct Journal {
     pub last_outcome: Option<Outcome>,
 }
 
-fn idle() -> Phase {
-    Phase::Idle
-}
-
-impl Default for Phase {
-    fn default() -> Self {
-        Phase::Idle
-    }
-}
-
 impl Journal {
     /// Whether `rollout_id` already refused or failed `sha256` here.
-    pub fn refused(&self, rollout_id: &str, sha256: &str) -> bool {
-        self.refused.iter().any(|r| r.rollout_id == rollout_id && r.sha256 == sha256)
+    pub fn refused(&self, rollout_id: &str, sha256: &Sha256Digest) -> bool {
+        self.refused.iter().any(|r| r.rollout_id == rollout_id && r.sha256 == *sha256)
     }
 }
 
@@ -263,7 +241,7 @@ impl StateDir {
         self.root.join("trusted.json")
     }
 
-    fn journal_path(&self, artifact: &str) -> PathBuf {
+    fn journal_path(&self, artifact: &ArtifactName) -> PathBuf {
         self.root.join("artifacts").join(format!("{artifact}.json"))
     }
 
@@ -292,12 +270,12 @@ impl StateDir {
     }
 
     /// An artifact's journal (empty if new).
-    pub fn journal(&self, artifact: &str) -> Result<Journal, StateError> {
+    pub fn journal(&self, artifact: &ArtifactName) -> Result<Journal, StateError> {
         Ok(read_json(&self.journal_path(artifact))?.unwrap_or_default())
     }
 
     /// Saves an artifact's journal.
-    pub fn save_journal(&self, artifact: &str, j: &Journal) -> Result<(), StateError> {
+    pub fn save_journal(&self, artifact: &ArtifactName, j: &Journal) -> Result<(), StateError> {
         write_json(&self.journal_path(artifact), j, 0o600)
     }
 
@@ -351,5 +329,82 @@ impl StateDir {
             }
         }
         sync_dir(&self.outbox_dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal as the agent wrote it before its versions and digests were typed (plain
+    /// strings then): it must read back and be written again byte for byte, so an upgraded
+    /// agent resumes from the files an older one left.
+    const JOURNAL: &str = r#"{
+  "active": {
+    "version": "1.0.0",
+    "sha256": "1111111111111111111111111111111111111111111111111111111111111111"
+  },
+  "previous": null,
+  "phase": {
+    "phase": "probing",
+    "work": {
+      "rollout_id": "r-2",
+      "version": "2.0.0-rc.1+build.5",
+      "sha256": "2222222222222222222222222222222222222222222222222222222222222222",
+      "length": 42,
+      "probe": {
+        "kind": "exec",
+        "name": "check",
+        "args": [
+          "--quick"
+        ],
+        "timeout_ms": 5000,
+        "attempts": 1,
+        "interval_ms": 100,
+        "initial_delay_ms": 0
+      }
+    },
+    "restarts": 1
+  },
+  "refused": [
+    {
+      "rollout_id": "r-1",
+      "sha256": "3333333333333333333333333333333333333333333333333333333333333333"
+    }
+  ],
+  "reverted": [
+    "r-0"
+  ],
+  "last_outcome": {
+    "state": "failed",
+    "reason": "probe failed: attempt 1/1: exec:check exited with status 1",
+    "rollout_id": "r-1",
+    "version": "1.5.0",
+    "at_ms": 1800000000000
+  }
+}"#;
+
+    #[test]
+    fn journal_files_keep_their_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let name = ArtifactName::new("model").unwrap();
+        std::fs::write(dir.path().join("artifacts/model.json"), JOURNAL).unwrap();
+        let j = state.journal(&name).unwrap();
+        assert_eq!(j.active.as_ref().map(|a| a.version.to_string()).as_deref(), Some("1.0.0"));
+        assert!(j.refused("r-1", &"33".repeat(32).parse().unwrap()));
+        state.save_journal(&name, &j).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("artifacts/model.json")).unwrap(), JOURNAL);
+    }
+
+    #[test]
+    fn a_journal_with_a_bad_digest_is_corrupt_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let name = ArtifactName::new("model").unwrap();
+        let bad = JOURNAL.replace(&"11".repeat(32), "not-a-digest");
+        std::fs::write(dir.path().join("artifacts/model.json"), bad).unwrap();
+        let err = wavecast_os::error::chain(&state.journal(&name).unwrap_err());
+        assert!(err.contains("is corrupt") && err.contains("not-a-digest"), "{err}");
     }
 }

@@ -30,7 +30,7 @@ pub fn read(config: &AgentConfig) -> Result<Vec<ArtifactStatus>, StateError> {
     let state = StateDir::open(&config.state_dir)?;
     let mut out = Vec::new();
     for a in &config.artifacts {
-        let j = state.journal(a.name.as_str())?;
+        let j = state.journal(&a.name)?;
         let in_progress = match &j.phase {
             Phase::Idle => None,
             Phase::Installing { work } => Some(format!("installing {}", work.version)),

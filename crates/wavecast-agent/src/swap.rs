@@ -15,12 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::state::{StateError, sync_dir};
+use wavecast_core::Sha256Digest;
 
-fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
-    let path = path.to_path_buf();
-    move |source| StateError::Io { op, path, source }
-}
+use crate::state::{StateError, io, sync_dir};
 
 /// The files of one artifact.
 #[derive(Debug, Clone)]
@@ -44,8 +41,8 @@ impl Slots {
     }
 
     /// Where a download of the version with this digest goes.
-    pub fn partial(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!(".{}.wavecast-{}.partial", self.file, &sha256[..sha256.len().min(16)]))
+    pub fn partial(&self, sha256: &Sha256Digest) -> PathBuf {
+        self.dir.join(format!(".{}.wavecast-{}.partial", self.file, &sha256.to_hex()[..16]))
     }
 
     /// The previous version.
@@ -110,7 +107,7 @@ impl Slots {
 }
 
 /// SHA-256 of a file, streaming (for recovery checks only; downloads hash as they arrive).
-pub fn sha256_file(path: &Path) -> Option<String> {
+pub fn sha256_file(path: &Path) -> Option<Sha256Digest> {
     use sha2::Digest as _;
     use std::io::Read as _;
     let mut f = std::fs::File::open(path).ok()?;
@@ -123,5 +120,5 @@ pub fn sha256_file(path: &Path) -> Option<String> {
         }
         h.update(&buf[..n]);
     }
-    Some(hex::encode(h.finalize()))
+    Some(Sha256Digest::from_bytes(h.finalize().into()))
 }

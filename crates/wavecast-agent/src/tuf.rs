@@ -13,15 +13,62 @@ use wavecast_core::{Sha256Digest, TargetName};
 
 use crate::state::{StateDir, StateError, Trusted};
 
-/// Why verification did not produce a target.
+/// Why verification did not produce a target. Every variant but [`VerifyError::Unavailable`]
+/// and [`VerifyError::State`] refuses the target; its text (with its causes) is the reason
+/// reported.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The server could not be reached: try later.
-    #[error("fetching TUF metadata: {0}")]
-    Unavailable(String),
-    /// The metadata was refused; the reason says why.
-    #[error("{0}")]
-    Refused(String),
+    #[error("fetching TUF metadata")]
+    Unavailable(#[source] Box<tough::error::Error>),
+    /// A role's metadata has expired.
+    #[error("TUF {role} metadata has expired; new installs wait for fresh metadata")]
+    Expired {
+        /// The expired role.
+        role: RoleType,
+        /// tough's error.
+        #[source]
+        source: Box<tough::error::Error>,
+    },
+    /// A role's version is older than one accepted before (by tough's store or our record).
+    #[error("TUF metadata rollback refused: {role} version {got} is older than version {had} already accepted")]
+    Rollback {
+        /// The role.
+        role: RoleType,
+        /// The version offered now.
+        got: u64,
+        /// The version accepted before.
+        had: u64,
+    },
+    /// Any other failure of the TUF checks (signatures, thresholds, hashes, consistency).
+    #[error("TUF verification failed")]
+    Invalid(#[source] Box<tough::error::Error>),
+    /// Our target name is not one tough accepts.
+    #[error("target {target}")]
+    TargetName {
+        /// The target.
+        target: TargetName,
+        /// tough's error.
+        #[source]
+        source: Box<tough::error::Error>,
+    },
+    /// The signed targets metadata does not list the target.
+    #[error("{target} is not in the signed TUF targets metadata (version {version})")]
+    NotSigned {
+        /// The target.
+        target: TargetName,
+        /// The targets metadata's version.
+        version: u64,
+    },
+    /// The target's signed SHA-256 is not 32 bytes.
+    #[error("{target}")]
+    Digest {
+        /// The target.
+        target: TargetName,
+        /// What is wrong with the digest.
+        #[source]
+        source: wavecast_core::digest::DigestError,
+    },
     /// Our own state could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
@@ -94,21 +141,6 @@ fn is_transport(e: &tough::error::Error) -> bool {
     false
 }
 
-/// Full text of an error and its causes.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// Loads the repository's metadata against the pinned root and returns what it signs for
 /// `target`. Records accepted versions; refuses any version older than one accepted before.
 pub async fn signed_target(
@@ -121,15 +153,14 @@ pub async fn signed_target(
     let repo = load(root, metadata_url, transport, &state.tuf_dir()).await?;
     check_and_record(state, &repo)?;
     let name = tough::TargetName::new(target.to_string())
-        .map_err(|e| VerifyError::Refused(format!("target {target}: {e}")))?;
-    let t = repo.targets().signed.find_target(&name, false).map_err(|_| {
-        VerifyError::Refused(format!(
-            "{target} is not in the signed TUF targets metadata (version {})",
-            repo.targets().signed.version
-        ))
-    })?;
-    let sha256 =
-        Sha256Digest::from_slice(&t.hashes.sha256).map_err(|e| VerifyError::Refused(format!("{target}: {e}")))?;
+        .map_err(|e| VerifyError::TargetName { target: target.clone(), source: Box::new(e) })?;
+    let t = repo
+        .targets()
+        .signed
+        .find_target(&name, false)
+        .map_err(|_| VerifyError::NotSigned { target: target.clone(), version: repo.targets().signed.version.get() })?;
+    let sha256 = Sha256Digest::from_slice(&t.hashes.sha256)
+        .map_err(|source| VerifyError::Digest { target: target.clone(), source })?;
     let hardware = t.custom.get(wavecast_tuf::HARDWARE_FIELD).and_then(|v| v.as_str()).map(str::to_owned);
     Ok(SignedTarget { length: t.length, sha256, hardware })
 }
@@ -156,20 +187,13 @@ pub async fn load(
         .datastore(PathBuf::from(datastore))
         .load()
         .await;
-    loaded.map_err(|e| {
-        if is_transport(&e) {
-            VerifyError::Unavailable(chain(&e))
-        } else {
-            let text = chain(&e);
-            let reason = match &e {
-                tough::error::Error::ExpiredMetadata { role, .. } => format!("TUF {role} metadata has expired; new installs wait for fresh metadata ({text})"),
-                tough::error::Error::OlderMetadata { role, current_version, new_version, .. } => format!(
-                    "TUF metadata rollback refused: {role} version {new_version} is older than version {current_version} already accepted"
-                ),
-                _ => format!("TUF verification failed: {text}"),
-            };
-            VerifyError::Refused(reason)
+    loaded.map_err(|e| match e {
+        e if is_transport(&e) => VerifyError::Unavailable(Box::new(e)),
+        tough::error::Error::ExpiredMetadata { role, .. } => VerifyError::Expired { role, source: Box::new(e) },
+        tough::error::Error::OlderMetadata { role, current_version, new_version, .. } => {
+            VerifyError::Rollback { role, got: new_version, had: current_version }
         }
+        e => VerifyError::Invalid(Box::new(e)),
     })
 }
 
@@ -184,13 +208,7 @@ fn check_and_record(state: &StateDir, repo: &tough::Repository) -> Result<(), Ve
     ];
     for (role, got, had) in now {
         if got < had {
-            return Err(VerifyError::Refused(
-                format!(
-                    "TUF metadata rollback refused: {role:?} version {got} is older than version {had} already accepted"
-                )
-                .to_lowercase()
-                .replacen("tuf", "TUF", 1),
-            ));
+            return Err(VerifyError::Rollback { role, got, had });
         }
     }
     let next =

@@ -5,7 +5,8 @@
 //! It drives the release binaries (`wavecast`, `wavecast-agent`) as separate processes so
 //! the memory it reports is theirs alone. Build them first:
 //! `cargo build --release -p wavecast-cli -p wavecast-agent`, then
-//! `cargo run --release -p wavecast-bench -- all`.
+//! `cargo run --release -p wavecast-bench -- all`. `agent` measures the agent as devices get it:
+//! it builds it with the `agent` profile itself (or takes `--binary`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,8 +41,15 @@ enum Bench {
         #[arg(long, default_value_t = 1000)]
         devices: u32,
     },
-    /// The agent binary's size and its idle RSS.
-    Agent,
+    /// The shipped agent: its size stripped, built with the `agent` profile (target ≤ 5 MiB), and
+    /// the resident memory of a running agent, enrolled with a real server and checking in with
+    /// nothing to do.
+    Agent {
+        /// The agent binary to measure; by default `cargo build --profile agent -p
+        /// wavecast-agent` builds it in this checkout.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<PathBuf>,
+    },
     /// Everything above with default sizes.
     All,
 }
@@ -389,14 +397,89 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bench_agent() -> anyhow::Result<()> {
-    let agent = bin("wavecast-agent")?;
-    let size = std::fs::metadata(&agent)?.len();
+/// Builds the agent as devices get it and returns the executable's path, as cargo reports it.
+fn build_shipped_agent() -> anyhow::Result<PathBuf> {
+    let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    println!("agent: building it with `cargo build --profile agent -p wavecast-agent` (minutes: fat LTO)…");
+    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&checkout)
+        .args(["build", "--locked", "--profile", "agent", "-p", "wavecast-agent", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo in {}; or pass --binary", checkout.display()))?;
+    ensure!(out.status.success(), "building the agent failed");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] == "compiler-artifact"
+            && msg["target"]["name"] == "wavecast-agent"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo did not report where it put wavecast-agent")
+}
+
+/// Waits until the server has recorded a check-in of device `name` later than `after`; returns
+/// its time (Unix ms). The server writes check-in times in batches every few seconds.
+async fn wait_checked_in(inst: &Installation, name: &str, after: Option<i64>) -> anyhow::Result<i64> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let devices: serde_json::Value =
+            http.get(format!("{}/api/v1/devices", inst.url)).bearer_auth(&inst.token).send().await?.json().await?;
+        let seen = devices
+            .as_array()
+            .and_then(|all| all.iter().find(|d| d["name"] == name))
+            .and_then(|d| d["last_seen_at"].as_i64());
+        if let Some(at) = seen.filter(|&at| after.is_none_or(|a| at > a)) {
+            return Ok(at);
+        }
+        ensure!(Instant::now() < deadline, "{name} did not check in within a minute");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn bench_agent(root: &Path, binary: Option<&Path>) -> anyhow::Result<()> {
+    let agent = match binary {
+        Some(p) => p.to_path_buf(),
+        None => build_shipped_agent()?,
+    };
+    // The size a device stores: the profile already strips symbols; strip(1) takes off what
+    // is left (section names, notes), if it is installed.
+    let as_built = std::fs::metadata(&agent).with_context(|| format!("reading {}", agent.display()))?.len();
+    let stripped = root.join("wavecast-agent.stripped");
+    std::fs::copy(&agent, &stripped)?;
+    let strip = Command::new("strip").arg(&stripped).stderr(Stdio::null()).status();
+    let size = std::fs::metadata(&stripped)?.len();
+    let how = if strip.is_ok_and(|s| s.success()) { "stripped" } else { "as built (no strip(1) here)" };
     println!(
-        "agent: {} is {:.2} MiB as built (target ≤ 5 MiB stripped; the `agent` profile adds fat LTO, opt-level s, panic=abort)",
+        "agent: {} is {:.2} MiB {how} ({size} bytes; {as_built} as built); target ≤ 5 MiB",
         agent.display(),
         size as f64 / 1048576.0
     );
+
+    // Idle: enrolled with a real server and checking in every 100 ms with nothing assigned.
+    let inst = install(root).await?;
+    let token = enroll_token(&inst, "idle")?;
+    let probe = ok_probe(root)?;
+    let cfg = agent_config(root, &inst, &token, "idle-device", &probe)?;
+    let log = root.join("idle-agent.log");
+    let mut proc =
+        Proc(Command::new(&agent).args(["run", "--config"]).arg(&cfg).stderr(std::fs::File::create(&log)?).spawn()?);
+    let started = Instant::now();
+    let first = wait_checked_in(&inst, "idle-device", None).await?;
+    wait_checked_in(&inst, "idle-device", Some(first)).await?;
+    ensure!(proc.0.try_wait()?.is_none(), "the agent exited; see {}", log.display());
+    let pid = proc.0.id();
+    let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+    println!(
+        "agent: idle RSS {rss} KiB ({:.1} MiB), peak {peak} KiB, after {:.0} s enrolled and checking in every 100 ms with nothing to do",
+        rss as f64 / 1024.0,
+        started.elapsed().as_secs_f64()
+    );
+    drop(proc);
+    drop(inst.server);
     Ok(())
 }
 
@@ -407,12 +490,14 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Bench::Install { mib } => bench_install(tmp.path(), mib).await,
         Bench::Rollout { devices } => bench_rollout(tmp.path(), devices).await,
-        Bench::Agent => bench_agent(),
+        Bench::Agent { binary } => bench_agent(tmp.path(), binary.as_deref()).await,
         Bench::All => {
-            bench_agent()?;
-            let (a, b) = (tmp.path().join("install-bench"), tmp.path().join("rollout-bench"));
+            let (a, b, c) =
+                (tmp.path().join("install-bench"), tmp.path().join("rollout-bench"), tmp.path().join("agent-bench"));
             std::fs::create_dir_all(&a)?;
             std::fs::create_dir_all(&b)?;
+            std::fs::create_dir_all(&c)?;
+            bench_agent(&c, None).await?;
             bench_install(&a, 1024).await?;
             bench_rollout(&b, 1000).await
         }

@@ -1,5 +1,5 @@
-//! `wavecast-agent tuf-client`: the client-under-test command line of the public TUF conformance
-//! suite (github.com/theupdateframework/tuf-conformance, `CLIENT-CLI.md`):
+//! `wavecast-tuf-client`: the client-under-test command line of the public TUF conformance suite
+//! (github.com/theupdateframework/tuf-conformance, `CLIENT-CLI.md`):
 //!
 //! ```text
 //! tuf-client --metadata-dir DIR init TRUSTED_ROOT
@@ -9,12 +9,13 @@
 //! ```
 //!
 //! Exit code 0 on success, 1 on any failure (bad usage included). `scripts/tuf-conformance`
-//! runs the suite against it.
+//! runs the suite against it. It is a crate of its own so that the agent devices run ships
+//! without it: nothing here is part of `wavecast-agent`'s binary.
 //!
 //! It is built on the agent's own verification: the top-level roles (root chain, timestamp,
 //! snapshot, targets) are verified by tough's `RepositoryLoader` over the agent's
-//! [`HttpTransport`] (wrapped, see below), as in [`crate::tuf::load`]. Around that it adds what
-//! the conformance protocol needs and tough does not do:
+//! [`HttpTransport`] (wrapped, see below), as in [`wavecast_agent::tuf::load`]. Around that it
+//! adds what the conformance protocol needs and tough does not do:
 //!
 //! * **The metadata directory holds only verified metadata, as the exact bytes the server sent,
 //!   under plain role names.** tough's datastore re-serializes what it stores, so it lives in a
@@ -36,29 +37,29 @@
 //!   tough's types and `Delegations::verify_role` for the signatures. A role reached again
 //!   through another delegator is verified again against that delegator's keys.
 //!
-//! Time comes from `jiff::Timestamp::now()` (here and inside tough), i.e. `clock_gettime`
-//! through libc, so `faketime` works.
+//! Time comes from `wavecast_os::clock::now()` here and from jiff inside tough, both
+//! `clock_gettime` through libc, so `faketime` works.
 //!
 //! Known limitation (tough 0.24): a target listing no `sha256` hash cannot be parsed by tough's
 //! schema, so targets metadata holding one is refused as a whole.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sha2::Digest as _;
 use tough::schema::{
-    DelegatedRole, Delegations, Metafile, PathSet, Root, Signed, Snapshot, Target, Targets, Timestamp,
+    DelegatedRole, Delegations, Metafile, PathSet, Role, Root, Signed, Snapshot, Target, Targets, Timestamp,
 };
 use tough::{IntoVec as _, RepositoryLoader, Transport as _, TransportError, TransportErrorKind, TransportStream};
 
-use crate::tuf::{HttpTransport, chain};
+use wavecast_agent::tuf::HttpTransport;
+use wavecast_os::error::chain;
 
 /// Most delegated roles visited in one target search (python-tuf's default).
 const MAX_DELEGATIONS: usize = 32;
@@ -73,7 +74,7 @@ const TOP_LEVEL: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
 /// The conformance suite's client-under-test protocol.
 #[derive(Debug, Parser)]
 #[command(
-    name = "wavecast-agent tuf-client",
+    name = "wavecast-tuf-client",
     about = "TUF client for the tuf-conformance suite, on the agent's tough-based verification",
     after_help = "Exit code 0 on success, 1 on any failure."
 )]
@@ -110,13 +111,13 @@ enum Op {
     Download,
 }
 
-/// Runs `tuf-client` with `args` (everything after `tuf-client`): exit code 0 or 1.
+/// Runs the client with `args` (everything after the program name): exit code 0 or 1.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     if succeeds(args) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn succeeds(args: Vec<OsString>) -> bool {
-    let argv = std::iter::once(OsString::from("wavecast-agent tuf-client")).chain(args);
+    let argv = std::iter::once(OsString::from("wavecast-tuf-client")).chain(args);
     let args = match Args::try_parse_from(argv) {
         Ok(a) => a,
         Err(e) => {
@@ -288,7 +289,7 @@ impl Client {
     /// Finds `name` by a pre-order depth-first search of the delegation graph, loading delegated
     /// roles as it goes.
     async fn find_target(&mut self, name: &str) -> anyhow::Result<Target> {
-        let target_name = tough::TargetName::new(name).map_err(|e| anyhow!("target {name:?}: {e}"))?;
+        let target_name = tough::TargetName::new(name).with_context(|| format!("target {name:?}"))?;
         let mut to_visit = vec![("targets".to_owned(), "root".to_owned())];
         let mut visited = HashSet::new();
         while visited.len() <= MAX_DELEGATIONS {
@@ -335,10 +336,10 @@ impl Client {
             // Reached again, maybe through another delegator: its keys must sign it too.
             delegations
                 .verify_role(known, role)
-                .map_err(|e| anyhow!("role {role:?} is not signed as delegated by {parent:?}: {}", chain(&e)))?;
+                .with_context(|| format!("role {role:?} is not signed as delegated by {parent:?}"))?;
             return Ok(known.clone());
         }
-        let now = jiff::Timestamp::now();
+        let now = wavecast_os::clock::now();
         let meta = top
             .snapshot
             .signed
@@ -359,7 +360,7 @@ impl Client {
         let version = if top.root.signed.consistent_snapshot { format!("{}.", meta.version) } else { String::new() };
         let url = url::Url::parse(&format!("{}{version}{}.json", self.metadata_url, quote(role)))?;
         let max = meta.length.unwrap_or(MAX_TARGETS_SIZE);
-        let bytes = get(&self.transport, &url).await.map_err(|e| anyhow!("fetching role {role:?}: {}", chain(&e)))?;
+        let bytes = get(&self.transport, &url).await.with_context(|| format!("fetching role {role:?}"))?;
         if bytes.len() as u64 > max {
             bail!("role {role:?}: {url} sent more than {max} bytes");
         }
@@ -456,7 +457,7 @@ impl Session {
     fn new(root: &[u8], timestamp: Option<Vec<u8>>, snapshot: Option<Vec<u8>>, targets: Option<Vec<u8>>) -> Self {
         Self {
             phase: Phase::Root,
-            now: jiff::Timestamp::now(),
+            now: wavecast_os::clock::now(),
             root: parse::<Root>(root).ok(),
             roots: BTreeMap::new(),
             local_timestamp: timestamp,
@@ -522,26 +523,26 @@ impl Session {
 
     /// Our trusted snapshot, when it is still the one the (verified) timestamp lists.
     fn current_local_snapshot(&self) -> Option<Vec<u8>> {
-        let root = self.root.as_ref()?;
         let meta = self.timestamp.as_ref()?.1.signed.meta.get("snapshot.json")?;
-        let bytes = self.local_snapshot.as_ref()?;
-        let local = parse::<Snapshot>(bytes).ok()?;
-        root.signed.verify_role(&local).ok()?;
-        let usable =
-            local.signed.version == meta.version && matches_metafile(bytes, meta) && self.now <= local.signed.expires;
-        usable.then(|| bytes.clone())
+        self.still_current::<Snapshot>(self.local_snapshot.as_ref()?, meta)
     }
 
     /// Our trusted targets, when it is still the one the (verified) snapshot lists.
     fn current_local_targets(&self) -> Option<Vec<u8>> {
-        let root = self.root.as_ref()?;
         let meta = self.snapshot.as_ref()?.1.signed.meta.get("targets.json")?;
-        let bytes = self.local_targets.as_ref()?;
-        let local = parse::<Targets>(bytes).ok()?;
+        self.still_current::<Targets>(self.local_targets.as_ref()?, meta)
+    }
+
+    /// `bytes`, our trusted copy of a role, when it is still what `meta` (from the newer role)
+    /// lists: signed under the current root, the same version, length and hashes, not expired.
+    fn still_current<T: Role + serde::de::DeserializeOwned>(&self, bytes: &[u8], meta: &Metafile) -> Option<Vec<u8>> {
+        let root = self.root.as_ref()?;
+        let local = parse::<T>(bytes).ok()?;
         root.signed.verify_role(&local).ok()?;
-        let usable =
-            local.signed.version == meta.version && matches_metafile(bytes, meta) && self.now <= local.signed.expires;
-        usable.then(|| bytes.clone())
+        let usable = local.signed.version() == meta.version
+            && matches_metafile(bytes, meta)
+            && self.now <= local.signed.expires();
+        usable.then(|| bytes.to_vec())
     }
 }
 
@@ -639,7 +640,7 @@ fn verify_delegated(
         verify_hashes(bytes, &h.sha256, &h._extra)?;
     }
     let t = parse::<Targets>(bytes)?;
-    delegations.verify_role(&t, role).map_err(|e| anyhow!("{}", chain(&e)))?;
+    delegations.verify_role(&t, role)?;
     if t.signed.version != meta.version {
         bail!("version {} differs from version {} that snapshot lists", t.signed.version, meta.version);
     }
@@ -769,7 +770,7 @@ fn quote(s: &str) -> String {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> anyhow::Result<Signed<T>> {
-    serde_json::from_slice(bytes).map_err(|e| anyhow!("metadata does not parse: {e}"))
+    serde_json::from_slice(bytes).context("metadata does not parse")
 }
 
 /// Writes a trusted copy into tough's datastore, marked so that a rewrite by tough shows.
@@ -789,21 +790,9 @@ fn rewritten(path: &Path) -> bool {
     }
 }
 
-/// Temp file in the same directory (hidden, not `*.json`), fsync, rename.
+/// Replaces `path` durably (a hidden temporary beside it, never read as metadata, then a rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("path has no directory")?;
-    let name = path.file_name().context("path has no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    wavecast_os::fs::write_atomic(path, bytes, 0o644).with_context(|| format!("writing {}", path.display()))
 }
 
 fn with_slash(mut url: url::Url) -> url::Url {
@@ -828,7 +817,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> anyhow::Result<Self> {
         let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = wavecast_os::clock::now().as_nanosecond();
         for n in 0..100u32 {
             let p = base.join(format!("wavecast-tuf-client-{}-{nanos}-{n}", std::process::id()));
             match std::fs::create_dir(&p) {
