@@ -19,7 +19,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         _ => Path::new("."),
     };
     let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    // A fixed name, not a per-process one: a write killed half-way leaves one hidden file that
+    // the next write of the same path truncates and reuses, instead of one more per crash on a
+    // device's small disk. Writers of one path are one process in wavecast.
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;

@@ -18,13 +18,10 @@ use std::path::{Path, PathBuf};
 
 /// Files allowed to read the clock directly for now, each with why.
 ///
-/// The agent is moving to `wavecast_os::clock` on the `h9-agent` branch and the CLI's publish
-/// expiry on `h9-cli`; delete these entries when those branches are merged.
+/// The CLI's publish expiry is moving to `wavecast_os::clock` on the `h9-cli` branch; delete
+/// its entry when that branch is merged.
 const CLOCK_ALLOWED: &[(&str, &str)] = &[
     ("crates/wavecast-os/src/clock.rs", "the one place that reads the wall clock"),
-    ("crates/wavecast-agent/src/agent.rs", "moves to wavecast_os::clock on h9-agent"),
-    ("crates/wavecast-agent/src/config.rs", "moves to wavecast_os::clock on h9-agent"),
-    ("crates/wavecast-agent/src/tuf_client.rs", "moves to wavecast_os::clock on h9-agent"),
     ("crates/wavecast-cli/src/cmd/artifact.rs", "moves to wavecast_os::clock on h9-cli"),
 ];
 
