@@ -108,11 +108,15 @@ pub enum DeviceState {
     Unreachable,
     /// Went back to its previous version because the rollout was aborted with revert.
     Reverted,
+    /// The rollout was aborted with revert, but the device had no earlier version to go back
+    /// to (its first managed install replaced nothing); it keeps what it runs, and says so.
+    RevertSkipped,
 }
 
 impl DeviceState {
     /// Every state, in lifecycle order.
-    pub const ALL: [DeviceState; 11] = [
+    /// New states go at the end: stored per-wave counts are arrays in this order.
+    pub const ALL: [DeviceState; 12] = [
         DeviceState::Pending,
         DeviceState::Assigned,
         DeviceState::Downloading,
@@ -124,6 +128,7 @@ impl DeviceState {
         DeviceState::TimedOut,
         DeviceState::Unreachable,
         DeviceState::Reverted,
+        DeviceState::RevertSkipped,
     ];
 
     /// The snake_case name.
@@ -140,6 +145,7 @@ impl DeviceState {
             DeviceState::TimedOut => "timed_out",
             DeviceState::Unreachable => "unreachable",
             DeviceState::Reverted => "reverted",
+            DeviceState::RevertSkipped => "revert_skipped",
         }
     }
 
@@ -162,6 +168,7 @@ impl DeviceState {
                 | DeviceState::TimedOut
                 | DeviceState::Unreachable
                 | DeviceState::Reverted
+                | DeviceState::RevertSkipped
         )
     }
 
@@ -183,10 +190,10 @@ impl DeviceState {
             (_, Pending | Assigned) => false,
             (Pending, _) => false,
             (Assigned | Unreachable, _) => to != Unreachable || self == Assigned,
-            (Downloading | Verifying | Installing | Probing, Reverted) => true,
+            (Downloading | Verifying | Installing | Probing, Reverted | RevertSkipped) => true,
             (Downloading | Verifying | Installing | Probing, _) => rank(to) > rank(self),
-            (TimedOut, Succeeded | Failed | Reverted) => true,
-            (Succeeded, Reverted) => true,
+            (TimedOut, Succeeded | Failed | Reverted | RevertSkipped) => true,
+            (Succeeded, Reverted | RevertSkipped) => true,
             _ => false,
         }
     }

@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod merkle;
 pub mod name;
 pub mod probe;
+pub mod progress;
 pub mod role;
 pub mod rollout;
 pub mod secret;

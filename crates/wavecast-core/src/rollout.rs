@@ -310,8 +310,9 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
             (device != DeviceState::Assigned && device != DeviceState::Unreachable).then_some(Action::Install)
         }
         RolloutState::Aborted => (abort == Some(AbortMode::Revert)
-            && (REVERTED_BY_ABORT.contains(&device) || device == DeviceState::Reverted))
-            .then_some(Action::Revert),
+            && (REVERTED_BY_ABORT.contains(&device)
+                || matches!(device, DeviceState::Reverted | DeviceState::RevertSkipped)))
+        .then_some(Action::Revert),
     };
     action.map_or(Served::Nothing, Served::Assigned)
 }
@@ -320,7 +321,8 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
 /// (if aborted): the device's own state machine must allow it ([`DeviceState::may_become`]),
 /// and a device becomes reverted only after an abort with revert asked it to.
 pub fn accepts_transition(from: DeviceState, to: DeviceState, abort: Option<AbortMode>) -> bool {
-    from.may_become(to) && (to != DeviceState::Reverted || abort == Some(AbortMode::Revert))
+    let reverting = matches!(to, DeviceState::Reverted | DeviceState::RevertSkipped);
+    from.may_become(to) && (!reverting || abort == Some(AbortMode::Revert))
 }
 
 /// The device states the device timeout settles in a rollout in `state`: devices in flight
@@ -394,8 +396,20 @@ impl Default for Status {
 /// Devices per state among those one wave added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct WaveCounts {
-    /// Indexed by the position of the state in [`DeviceState::ALL`].
-    pub by_state: [u64; 11],
+    /// Indexed by the position of the state in [`DeviceState::ALL`]. Counts stored before a
+    /// state was added are shorter; they read with zeros for the newer states.
+    #[serde(deserialize_with = "counts_padded")]
+    pub by_state: [u64; DeviceState::ALL.len()],
+}
+
+fn counts_padded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u64; DeviceState::ALL.len()], D::Error> {
+    let stored = Vec::<u64>::deserialize(d)?;
+    let mut out = [0u64; DeviceState::ALL.len()];
+    if stored.len() > out.len() {
+        return Err(serde::de::Error::invalid_length(stored.len(), &"at most one count per device state"));
+    }
+    out[..stored.len()].copy_from_slice(&stored);
+    Ok(out)
 }
 
 impl WaveCounts {

@@ -715,17 +715,17 @@ fn legal(from: DeviceState, to: DeviceState, serving: bool, reverting: bool) -> 
     let started_or_outcome =
         matches!(to, D::Downloading | D::Verifying | D::Installing | D::Probing | D::Succeeded | D::Failed);
     match from {
-        D::Pending | D::Failed | D::Reverted => false,
+        D::Pending | D::Failed | D::Reverted | D::RevertSkipped => false,
         D::Assigned => to == D::Unreachable || (serving && started_or_outcome),
         D::Unreachable => serving && started_or_outcome,
         D::Downloading | D::Verifying | D::Installing | D::Probing => match to {
             D::Verifying | D::Installing | D::Probing => state_index(to) > state_index(from),
             D::Succeeded | D::Failed | D::TimedOut => true,
-            D::Reverted => reverting,
+            D::Reverted | D::RevertSkipped => reverting,
             _ => false,
         },
         D::TimedOut => matches!(to, D::Succeeded | D::Failed),
-        D::Succeeded => reverting && to == D::Reverted,
+        D::Succeeded => reverting && matches!(to, D::Reverted | D::RevertSkipped),
     }
 }
 
@@ -949,9 +949,16 @@ fn what_a_rollout_serves_each_device() {
         (R::WaitingApproval, None, every_reached.clone(), install),
         (R::Completed, None, every_reached.clone(), install),
         // Paused: those that started finish (and those that finished keep their doc); none starts.
-        (R::Paused, None, [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted]].concat(), install),
+        (
+            R::Paused,
+            None,
+            [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted, D::RevertSkipped]].concat(),
+            install,
+        ),
         (R::Aborted, Some(Keep), vec![], install),
-        (R::Aborted, Some(Revert), [&started[..], &[D::Succeeded, D::Reverted]].concat(), revert),
+        // Those that went back (or had nothing to go back to) keep their doc, so it does not
+        // change under them.
+        (R::Aborted, Some(Revert), [&started[..], &[D::Succeeded, D::Reverted, D::RevertSkipped]].concat(), revert),
     ];
     for (rollout, abort, served_to, what) in table {
         for device in DeviceState::ALL {
@@ -1074,4 +1081,18 @@ fn abort_modes_round_trip() {
         assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
     }
     assert!("never".parse::<AbortMode>().is_err());
+}
+
+#[test]
+fn counts_stored_before_revert_skipped_still_load() {
+    // A wave's counts as stored before `revert_skipped` existed: eleven states.
+    let old = r#"{"by_state":[0,1,2,3,4,5,6,7,8,9,10]}"#;
+    let c: WaveCounts = serde_json::from_str(old).unwrap();
+    assert_eq!(c.get(DeviceState::Assigned), 1);
+    assert_eq!(c.get(DeviceState::Reverted), 10);
+    assert_eq!(c.get(DeviceState::RevertSkipped), 0);
+    let round: WaveCounts = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(round, c);
+    let too_long = format!("{{\"by_state\":{:?}}}", vec![1u64; DeviceState::ALL.len() + 1]);
+    assert!(serde_json::from_str::<WaveCounts>(&too_long).is_err(), "counts for unknown states are refused");
 }

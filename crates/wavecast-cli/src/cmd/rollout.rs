@@ -13,14 +13,16 @@ use crate::output;
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Start rolling an artifact version out to a group, in waves.
-    #[command(after_help = "Example: a gated canary at 10%, then half the group, then all of it:\n  wavecast rollout create --artifact yolo-v8n@2.1.0 \
+    #[command(
+        after_help = "Example: a gated canary at 10%, then half the group, then all of it:\n  wavecast rollout create --artifact yolo-v8n@2.1.0 \
 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:check-model\n\n\
 Waves are cumulative percentages of the group. A wave opens by itself once the earlier waves \
 are settled and healthy, unless it has a --gate: then it waits for `wavecast rollout approve`. \
 --gate 1 gates the canary itself. When the failures counted since the last acknowledgement \
 reach --halt-after, the rollout pauses fleet-wide.\n\nProbes: exec:NAME [ARGS…] runs the \
 device's allowlisted binary NAME; http(s)://… must answer 2xx; file:/PATH must be written by \
-the application after the swap.")]
+the application after the swap."
+    )]
     Create {
         /// The artifact version, NAME@VERSION.
         #[arg(long, value_name = "NAME@VERSION")]
