@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod bodies;
 mod device;
 pub mod error;
 mod openapi;

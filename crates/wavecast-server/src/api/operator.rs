@@ -4,39 +4,34 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tower::ServiceExt as _;
+use wavecast_api::{
+    Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, EnrollmentTokenCreated, Group, GroupCreated,
+    Whoami,
+};
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{GroupName, Permission, Sha256Digest};
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, new_id, now_ms};
-use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, bodies, new_id, now_ms};
+use crate::store::NewEnrollmentToken;
 
 /// Who the token belongs to.
-pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "id": op.token_id, "name": op.name, "role": op.role }))
+pub async fn whoami(op: Operator) -> Json<Whoami> {
+    Json(Whoami { id: op.token_id, name: op.name, role: op.role })
 }
 
-pub async fn list_artifacts(
-    State(state): State<AppState>,
-    op: Operator,
-) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
+pub async fn list_artifacts(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Artifact>>, ApiError> {
     op.require(Permission::Read)?;
-    Ok(Json(state.store().list_artifacts().await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGroup {
-    name: String,
+    Ok(Json(bodies::all(state.store().list_artifacts().await?, bodies::artifact)?))
 }
 
 pub async fn create_group(
     State(state): State<AppState>,
     op: Operator,
     body: Result<ApiJson<CreateGroup>, ApiError>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<GroupCreated>), ApiError> {
     op.require(Permission::ManageFleet)?;
     let ApiJson(body) = body?;
     let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -47,33 +42,18 @@ pub async fn create_group(
         detail: serde_json::json!({}),
     };
     state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
+    Ok((StatusCode::CREATED, Json(GroupCreated { name })))
 }
 
-pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<GroupRecord>>, ApiError> {
+pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Group>>, ApiError> {
     op.require(Permission::Read)?;
-    Ok(Json(state.store().list_groups().await?))
+    Ok(Json(bodies::all(state.store().list_groups().await?, bodies::group)?))
 }
 
 /// The longest an enrollment token may live.
 const MAX_ENROLLMENT_SECS: u64 = 365 * 24 * 3600;
 /// How long one lives unless asked otherwise.
 const DEFAULT_ENROLLMENT_SECS: u64 = 7 * 24 * 3600;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnrollmentToken {
-    group: String,
-    expires_in_secs: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct EnrollmentTokenCreated {
-    id: String,
-    group: String,
-    token: String,
-    expires_at: String,
-}
 
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
@@ -107,7 +87,7 @@ pub async fn create_enrollment_token(
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated { id: t.id, group, token: secret.expose().to_owned(), expires_at }),
     ))
 }
 
@@ -125,18 +105,9 @@ pub async fn list_devices(
     State(state): State<AppState>,
     op: Operator,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
-) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
+) -> Result<Json<Vec<Device>>, ApiError> {
     op.require(Permission::Read)?;
-    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
-}
-
-/// One device, with what it runs (filled in by the device loop's reports).
-#[derive(Serialize)]
-pub struct DeviceDetail {
-    #[serde(flatten)]
-    device: DeviceRecord,
-    artifacts: Vec<serde_json::Value>,
-    rollouts: Vec<crate::store::RolloutDeviceRecord>,
+    Ok(Json(bodies::all(state.store().list_devices(filter.group.as_deref()).await?, bodies::device)?))
 }
 
 pub async fn show_device(
@@ -150,15 +121,10 @@ pub async fn show_device(
         .device_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {name:?} not found")))?;
-    let artifacts = state
-        .store()
-        .device_artifacts(&device.id)
-        .await?
-        .into_iter()
-        .map(|(name, version, sha256)| serde_json::json!({ "name": name, "version": version, "sha256": sha256 }))
-        .collect();
-    let rollouts = state.store().device_rollouts(&device.id).await?;
-    Ok(Json(DeviceDetail { device, artifacts, rollouts }))
+    // What it runs, filled in by the device loop's reports.
+    let artifacts = bodies::all(state.store().device_artifacts(&device.id).await?, bodies::device_artifact)?;
+    let rollouts = bodies::all(state.store().device_rollouts(&device.id).await?, bodies::device_rollout)?;
+    Ok(Json(DeviceDetail { device: bodies::device(device)?, artifacts, rollouts }))
 }
 
 #[derive(Deserialize)]

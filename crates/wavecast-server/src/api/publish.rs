@@ -12,13 +12,14 @@ use axum::Json;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
+use wavecast_api::Artifact;
 use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 
 use super::{ApiError, AppState, Operator, now_ms};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
-use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
+use crate::store::{NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -27,7 +28,7 @@ pub async fn publish(
     State(state): State<AppState>,
     op: Operator,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
+) -> Result<(StatusCode, Json<Artifact>), ApiError> {
     // Authorization comes before the body is even looked at.
     op.require(Permission::Publish)?;
     let mut multipart =
@@ -174,11 +175,11 @@ pub async fn publish(
     tracing::info!(target = %target.target, sha256 = %target.sha256, length = target.length, actor = %op.name, "published");
     Ok((
         StatusCode::CREATED,
-        Json(ArtifactRecord {
-            name: record.name,
-            version: record.version,
-            length: record.length,
-            sha256: record.sha256,
+        Json(Artifact {
+            name: target.target.name().clone(),
+            version: target.target.version().clone(),
+            length: target.length,
+            sha256: target.sha256,
             hardware: record.hardware,
             published_at: now_ms,
             published_by: record.published_by,

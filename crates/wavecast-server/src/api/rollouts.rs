@@ -1,131 +1,24 @@
 //! Operator API for rollouts: create, list, show, approve, resume, abort.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use wavecast_core::assignment::DeviceState;
+use wavecast_api::{AbortMode, AbortRequest, CreateRollout, ResumeRequest, Rollout};
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
-use wavecast_core::rollout::{Command, Gate, Plan, RolloutState};
+use wavecast_core::rollout::{Command, Plan};
 use wavecast_core::{Permission, TargetName};
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, now_ms};
-use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutRecord};
+use super::{ApiError, ApiJson, ApiPath, AppState, Operator, bodies, now_ms};
+use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError};
 
 /// Ten minutes, as the brief sets it.
 pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRollout {
-    artifact: String,
-    group: String,
-    waves: Vec<u8>,
-    #[serde(default)]
-    gates: Vec<usize>,
-    halt_after: Option<u32>,
-    device_timeout_ms: Option<u64>,
-    probe: String,
-    probe_timeout_ms: Option<u64>,
-    probe_attempts: Option<u32>,
-    probe_interval_ms: Option<u64>,
-    probe_initial_delay_ms: Option<u64>,
-}
-
-/// Devices per state, every state present.
-fn state_map(get: impl Fn(DeviceState) -> u64) -> BTreeMap<&'static str, u64> {
-    DeviceState::ALL.iter().map(|s| (s.as_str(), get(*s))).collect()
-}
-
-#[derive(Debug, Serialize)]
-pub struct WaveView {
-    number: usize,
-    percent: u8,
-    gate: Gate,
-    state: &'static str,
-    devices: u64,
-    counts: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RolloutView {
-    id: String,
-    state: RolloutState,
-    artifact: String,
-    artifact_name: String,
-    version: String,
-    group: String,
-    halt_after: u32,
-    failures_counted: u32,
-    device_timeout_ms: u64,
-    probe: String,
-    probe_spec: ProbeSpec,
-    device_count: i64,
-    abort_mode: Option<String>,
-    created_at: i64,
-    created_by: String,
-    updated_at: i64,
-    counts: BTreeMap<&'static str, u64>,
-    waves: Vec<WaveView>,
-}
-
-impl From<RolloutRecord> for RolloutView {
-    fn from(r: RolloutRecord) -> Self {
-        let waves = r
-            .plan
-            .waves
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let c = r.counts.get(i).copied().unwrap_or_default();
-                let state = if i < r.status.opened {
-                    if c.settled() { "settled" } else { "open" }
-                } else if i == r.status.opened && r.status.state == RolloutState::WaitingApproval {
-                    "waiting_approval"
-                } else {
-                    "pending"
-                };
-                WaveView {
-                    number: i + 1,
-                    percent: w.percent,
-                    gate: w.gate,
-                    state,
-                    devices: c.total(),
-                    counts: state_map(|s| c.get(s)),
-                }
-            })
-            .collect();
-        let counts = state_map(|s| r.counts.iter().map(|c| c.get(s)).sum());
-        RolloutView {
-            artifact: format!("{}@{}", r.artifact, r.version),
-            id: r.id,
-            state: r.status.state,
-            artifact_name: r.artifact,
-            version: r.version,
-            group: r.group,
-            halt_after: r.plan.halt_after,
-            failures_counted: r.status.failures_counted,
-            device_timeout_ms: r.plan.device_timeout_ms,
-            probe: r.probe.kind.to_string(),
-            probe_spec: r.probe,
-            device_count: r.device_count,
-            abort_mode: r.abort_mode,
-            created_at: r.created_at,
-            created_by: r.created_by,
-            updated_at: r.updated_at,
-            counts,
-            waves,
-        }
-    }
-}
 
 pub async fn create(
     State(state): State<AppState>,
     op: Operator,
     req: Result<ApiJson<CreateRollout>, ApiError>,
-) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+) -> Result<(StatusCode, Json<Rollout>), ApiError> {
     op.require(Permission::OperateRollouts)?;
     let ApiJson(req) = req?;
     let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
@@ -170,25 +63,25 @@ pub async fn create(
         e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(e.to_string()),
     })?;
     tracing::info!(rollout = %record.id, artifact = %target, group = %group, actor = %op.name, "rollout created");
-    Ok((StatusCode::CREATED, Json(record.into())))
+    Ok((StatusCode::CREATED, Json(bodies::rollout(record)?)))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<RolloutView>>, ApiError> {
+pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Rollout>>, ApiError> {
     op.require(Permission::Read)?;
-    Ok(Json(state.store().list_rollouts().await?.into_iter().map(Into::into).collect()))
+    Ok(Json(bodies::all(state.store().list_rollouts().await?, bodies::rollout)?))
 }
 
 pub async fn show(
     State(state): State<AppState>,
     op: Operator,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<RolloutView>, ApiError> {
+) -> Result<Json<Rollout>, ApiError> {
     op.require(Permission::Read)?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
-    Ok(Json(r.into()))
+    Ok(Json(bodies::rollout(r)?))
 }
 
-async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<RolloutView>, ApiError> {
+async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<Rollout>, ApiError> {
     let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
     op.require(permission)?;
     let record = state
@@ -201,21 +94,15 @@ async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) ->
             e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(e.to_string()),
         })?;
     tracing::info!(rollout = %id, command = ?cmd, actor = %op.name, state = %record.status.state, "rollout command");
-    Ok(Json(record.into()))
+    Ok(Json(bodies::rollout(record)?))
 }
 
 pub async fn approve(
     State(state): State<AppState>,
     op: Operator,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<RolloutView>, ApiError> {
+) -> Result<Json<Rollout>, ApiError> {
     run_command(&state, &op, &id, Command::Approve).await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResumeRequest {
-    ack: bool,
 }
 
 pub async fn resume(
@@ -223,7 +110,7 @@ pub async fn resume(
     op: Operator,
     ApiPath(id): ApiPath<String>,
     req: Result<ApiJson<ResumeRequest>, ApiError>,
-) -> Result<Json<RolloutView>, ApiError> {
+) -> Result<Json<Rollout>, ApiError> {
     op.require(Permission::OperateRollouts)?;
     let ApiJson(req) = req?;
     if !req.ack {
@@ -234,25 +121,12 @@ pub async fn resume(
     run_command(&state, &op, &id, Command::ResumeAck).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AbortMode {
-    Keep,
-    Revert,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AbortRequest {
-    mode: AbortMode,
-}
-
 pub async fn abort(
     State(state): State<AppState>,
     op: Operator,
     ApiPath(id): ApiPath<String>,
     req: Result<ApiJson<AbortRequest>, ApiError>,
-) -> Result<Json<RolloutView>, ApiError> {
+) -> Result<Json<Rollout>, ApiError> {
     op.require(Permission::OperateRollouts)?;
     let ApiJson(req) = req?;
     let cmd = match req.mode {

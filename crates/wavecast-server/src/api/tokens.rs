@@ -3,28 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use wavecast_api::{CreateToken, Token, TokenCreated};
+use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{Permission, Role};
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, new_id, now_ms};
-use crate::store::{NewToken, TokenRecord};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    role: Role,
-    name: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TokenCreated {
-    id: String,
-    name: String,
-    role: Role,
-    token: String,
-}
+use super::{ApiError, ApiJson, ApiPath, AppState, Operator, bodies, new_id, now_ms};
+use crate::store::NewToken;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -57,16 +42,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<TokenRecord>>, ApiError> {
+pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Token>>, ApiError> {
     op.require(Permission::ManageTokens)?;
-    Ok(Json(state.store().list_tokens().await?))
+    Ok(Json(state.store().list_tokens().await?.into_iter().map(bodies::token).collect()))
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
     op: Operator,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<TokenRecord>, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     op.require(Permission::ManageTokens)?;
     let actor = op.name.clone();
     let revoked = state
@@ -78,5 +63,5 @@ pub async fn revoke(
             detail: serde_json::json!({ "id": t.id, "role": t.role }),
         })
         .await?;
-    Ok(Json(revoked))
+    Ok(Json(bodies::token(revoked)))
 }
