@@ -39,7 +39,7 @@ pub fn time(ms: i64) -> String {
 }
 
 /// Formats a byte count for people.
-pub fn bytes(n: i64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
