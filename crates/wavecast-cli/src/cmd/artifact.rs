@@ -77,24 +77,16 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
         }
         ArtifactCommand::List(JsonRemote { json, remote }) => {
             let artifacts: Vec<Artifact> = remote.client()?.get("/api/v1/artifacts").await?;
-            if json {
-                output::json(&artifacts)?;
-            } else {
-                let rows: Vec<Vec<String>> = artifacts
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.name.to_string(),
-                            a.version.to_string(),
-                            output::bytes(a.length),
-                            a.hardware.clone().unwrap_or_else(|| "any".into()),
-                            a.sha256.to_string(),
-                            output::time(a.published_at),
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"], &rows);
-            }
+            output::list(json, &artifacts, &["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"], |a| {
+                vec![
+                    a.name.to_string(),
+                    a.version.to_string(),
+                    output::bytes(a.length),
+                    a.hardware.clone().unwrap_or_else(|| "any".into()),
+                    a.sha256.to_string(),
+                    output::time(a.published_at),
+                ]
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -81,11 +81,7 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::List { from, limit, args: JsonRemote { json, remote } } => {
             let events: Vec<AuditEvent> =
                 remote.client()?.get(&format!("/api/v1/audit?from={from}&limit={limit}")).await?;
-            if json {
-                output::json(&events)?;
-            } else {
-                print_events(&events);
-            }
+            output::list(json, &events, &EVENT_HEADERS, event_row)?;
         }
         AuditCommand::Checkpoint { out, remote } => {
             let note = String::from_utf8(remote.client()?.get_bytes("/api/v1/audit/checkpoint").await?)
@@ -383,11 +379,13 @@ fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+const EVENT_HEADERS: [&str; 5] = ["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT"];
+
+fn event_row(e: &AuditEvent) -> Vec<String> {
+    vec![e.seq.to_string(), e.at.clone(), e.actor.clone(), e.action.to_string(), e.subject.clone()]
+}
+
 /// Prints events as a table.
 pub fn print_events(events: &[AuditEvent]) {
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| vec![e.seq.to_string(), e.at.clone(), e.actor.clone(), e.action.to_string(), e.subject.clone()])
-        .collect();
-    output::table(&["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT"], &rows);
+    output::table(&EVENT_HEADERS, &events.iter().map(event_row).collect::<Vec<_>>());
 }

@@ -63,22 +63,14 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 None => "/api/v1/devices".to_owned(),
             };
             let devices: Vec<Device> = remote.client()?.get(&path).await?;
-            if json {
-                output::json(&devices)?;
-            } else {
-                let rows: Vec<Vec<String>> = devices
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            d.name.to_string(),
-                            d.group.to_string(),
-                            d.hardware.clone(),
-                            d.last_seen_at.map_or_else(|| "never".to_owned(), output::time),
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "GROUP", "HARDWARE", "LAST SEEN"], &rows);
-            }
+            output::list(json, &devices, &["NAME", "GROUP", "HARDWARE", "LAST SEEN"], |d| {
+                vec![
+                    d.name.to_string(),
+                    d.group.to_string(),
+                    d.hardware.clone(),
+                    d.last_seen_at.map_or_else(|| "never".to_owned(), output::time),
+                ]
+            })?;
         }
         DeviceCommand::Show { name, args: JsonRemote { json, remote } } => {
             wavecast_core::DeviceName::new(name.clone())?;

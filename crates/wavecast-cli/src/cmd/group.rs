@@ -30,22 +30,9 @@ pub async fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
         }
         GroupCommand::List(JsonRemote { json, remote }) => {
             let groups: Vec<Group> = remote.client()?.get("/api/v1/groups").await?;
-            if json {
-                output::json(&groups)?;
-            } else {
-                let rows: Vec<Vec<String>> = groups
-                    .iter()
-                    .map(|g| {
-                        vec![
-                            g.name.to_string(),
-                            g.devices.to_string(),
-                            output::time(g.created_at),
-                            g.created_by.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "DEVICES", "CREATED", "BY"], &rows);
-            }
+            output::list(json, &groups, &["NAME", "DEVICES", "CREATED", "BY"], |g| {
+                vec![g.name.to_string(), g.devices.to_string(), output::time(g.created_at), g.created_by.clone()]
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

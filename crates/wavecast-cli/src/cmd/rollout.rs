@@ -158,24 +158,16 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         }
         RolloutCommand::List(JsonRemote { json, remote }) => {
             let list: Vec<Rollout> = remote.client()?.get("/api/v1/rollouts").await?;
-            if json {
-                output::json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.id.clone(),
-                            r.artifact.to_string(),
-                            r.group.to_string(),
-                            r.state.to_string(),
-                            format!("{}/{}", r.counts.succeeded, r.device_count),
-                            output::time(r.created_at),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "ARTIFACT", "GROUP", "STATE", "SUCCEEDED", "CREATED"], &rows);
-            }
+            output::list(json, &list, &["ID", "ARTIFACT", "GROUP", "STATE", "SUCCEEDED", "CREATED"], |r| {
+                vec![
+                    r.id.clone(),
+                    r.artifact.to_string(),
+                    r.group.to_string(),
+                    r.state.to_string(),
+                    format!("{}/{}", r.counts.succeeded, r.device_count),
+                    output::time(r.created_at),
+                ]
+            })?;
         }
         RolloutCommand::Show { id, args: JsonRemote { json, remote } } => {
             let r: Rollout = remote.client()?.get(&format!("/api/v1/rollouts/{}", path_id(&id)?)).await?;

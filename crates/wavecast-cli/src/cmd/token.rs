@@ -54,24 +54,15 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List(JsonRemote { json, remote }) => {
             let tokens: Vec<Token> = remote.client()?.get("/api/v1/tokens").await?;
-            if json {
-                output::json(&tokens)?;
-            } else {
-                let rows: Vec<Vec<String>> = tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.name.clone(),
-                            t.role.to_string(),
-                            output::time(t.created_at),
-                            t.revoked_at
-                                .map_or_else(|| "active".to_owned(), |r| format!("revoked {}", output::time(r))),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "ROLE", "CREATED", "STATUS"], &rows);
-            }
+            output::list(json, &tokens, &["ID", "NAME", "ROLE", "CREATED", "STATUS"], |t| {
+                vec![
+                    t.id.clone(),
+                    t.name.clone(),
+                    t.role.to_string(),
+                    output::time(t.created_at),
+                    t.revoked_at.map_or_else(|| "active".to_owned(), |r| format!("revoked {}", output::time(r))),
+                ]
+            })?;
         }
         TokenCommand::Revoke { id, remote } => {
             anyhow::ensure!(
