@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail, ensure};
 use sha2::Digest as _;
 use wavecast_api::audit::AuditEvent;
 use wavecast_api::{CreateRollout, DeviceDetail, ResumeRequest, Rollout};
+use wavecast_core::audit::AuditAction;
 use wavecast_core::rollout::RolloutState;
 use wavecast_core::{ArtifactName, ArtifactVersion, TargetName};
 
@@ -186,8 +187,8 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     let events: Vec<AuditEvent> = client.get("/api/v1/audit?limit=10000").await?;
     let relevant: Vec<AuditEvent> = events
         .into_iter()
-        .filter(|e| e.subject == id || e.detail["rollout"] == id.as_str() || e.action.as_str() == "artifact.published")
-        .filter(|e| e.action.as_str() != "device.updated" || e.subject == sim.names[0])
+        .filter(|e| e.subject == id || e.detail["rollout"] == id.as_str() || e.action == AuditAction::ArtifactPublished)
+        .filter(|e| e.action != AuditAction::DeviceUpdated || e.subject == sim.names[0])
         .collect();
     crate::cmd::audit::print_events(&relevant);
     say("(device.updated events shown for one device only; `wavecast audit list` has them all)");
