@@ -7,7 +7,7 @@ use std::path::Path;
 use wavecast_core::assignment::{
     Action, ActiveArtifact, Assignment, AssignmentDoc, DeviceState, Report, ReportBatch, SignedAssignments,
 };
-use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
+use wavecast_core::audit::{Actor, AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::evidence::{ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint};
 use wavecast_core::merkle::Tree;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
@@ -105,7 +105,7 @@ pub(crate) fn write(f: &Fixture, dir: &Path) -> std::io::Result<()> {
     .into_iter()
     .zip(0u64..)
     .map(|((action, subject, detail), seq)| {
-        let new = NewAuditEvent { actor: "admin".into(), action, subject: subject.into(), detail };
+        let new = NewAuditEvent { actor: Actor::Operator("admin".into()), action, subject: subject.into(), detail };
         AuditEvent::place(new, seq, format!("2026-01-01T00:00:0{seq}Z"))
     })
     .collect();

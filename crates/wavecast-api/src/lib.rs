@@ -22,10 +22,10 @@ pub use fleet::{
     CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRollout, EnrollmentTokenCreated,
     Group, GroupCreated,
 };
-pub use rollouts::{
-    AbortMode, AbortModeError, AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState,
-};
+pub use rollouts::{AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState};
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
+/// How an aborted rollout leaves its devices: the core's type, which the engine decides by.
+pub use wavecast_core::rollout::AbortMode;
 
 /// The audit endpoints' bodies, which the core defines because verifying them is domain logic:
 /// events (`/audit`), raw rows and checkpoints (`/audit/leaves`, `/audit/checkpoints`), exports

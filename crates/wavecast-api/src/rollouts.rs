@@ -1,12 +1,9 @@
 //! Rollouts: the plan an operator sends, and the plan with live counts the server answers.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::ProbeSpec;
-use wavecast_core::rollout::{Gate, RolloutState};
+use wavecast_core::rollout::{AbortMode, Gate, RolloutState};
 use wavecast_core::{ArtifactName, ArtifactVersion, GroupName, TargetName};
 
 /// `POST /rollouts`. Values the server validates travel as plain strings and numbers, so a bad
@@ -53,54 +50,6 @@ pub struct ResumeRequest {
 pub struct AbortRequest {
     /// What happens to devices the rollout already updated.
     pub mode: AbortMode,
-}
-
-/// How a rollout was stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AbortMode {
-    /// Devices keep what they have.
-    Keep,
-    /// Devices the rollout updated go back to their previous version.
-    Revert,
-}
-
-impl AbortMode {
-    /// The lowercase name, as on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AbortMode::Keep => "keep",
-            AbortMode::Revert => "revert",
-        }
-    }
-}
-
-impl fmt::Display for AbortMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An abort mode name we do not know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AbortModeError(pub String);
-
-impl fmt::Display for AbortModeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown abort mode {:?} (keep or revert)", self.0)
-    }
-}
-
-impl std::error::Error for AbortModeError {}
-
-impl FromStr for AbortMode {
-    type Err = AbortModeError;
-    fn from_str(s: &str) -> Result<Self, AbortModeError> {
-        [AbortMode::Keep, AbortMode::Revert]
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| AbortModeError(s.into()))
-    }
 }
 
 /// A rollout's plan and live counts, as every rollout endpoint answers.

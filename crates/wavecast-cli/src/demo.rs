@@ -76,7 +76,8 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     say(&format!("publisher key {}  (offline: it signs every publish)", report.publisher_key.display()));
 
     step(2, "wavecast server — the control plane on SQLite, on a free loopback port");
-    let config = wavecast_server::ServerConfig::new(dir.clone(), "127.0.0.1:0".parse()?, None)?;
+    let approval = wavecast_core::rollout::GateApproval::AnyApprover;
+    let config = wavecast_server::ServerConfig::new(dir.clone(), "127.0.0.1:0".parse()?, None, approval)?;
     let state = wavecast_server::open(&config).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

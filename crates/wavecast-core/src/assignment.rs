@@ -143,12 +143,14 @@ impl DeviceState {
         }
     }
 
-    /// Whether the device has started working on the update (picked up its assignment).
+    /// The states of a device that has picked up its assignment and not yet reported an
+    /// outcome: it is working on the update.
+    pub const IN_FLIGHT: [DeviceState; 4] =
+        [DeviceState::Downloading, DeviceState::Verifying, DeviceState::Installing, DeviceState::Probing];
+
+    /// Whether the device has started working on the update (one of [`DeviceState::IN_FLIGHT`]).
     pub fn started(self) -> bool {
-        matches!(
-            self,
-            DeviceState::Downloading | DeviceState::Verifying | DeviceState::Installing | DeviceState::Probing
-        )
+        Self::IN_FLIGHT.contains(&self)
     }
 
     /// Whether this is an end state for the device in this rollout.

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::Sha256Digest;
+use crate::{DeviceName, Sha256Digest};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,11 +111,38 @@ impl fmt::Display for AuditAction {
     }
 }
 
+/// Who an audit event is attributed to. Its text is the event's `actor`, byte for byte as
+/// it has always been stored: a token's name, `device:NAME`, `wavecast` for the server's own
+/// decisions, `wavecast init` for the installation. Token names never contain `:` or spaces,
+/// so the forms cannot be mistaken for one another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// An operator, by the name of the API token used.
+    Operator(String),
+    /// A device, for what it reported about itself.
+    Device(DeviceName),
+    /// wavecast itself: the rollout engine's own decisions and the device timeout.
+    System,
+    /// `wavecast init`, which created the installation.
+    Init,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Operator(name) => f.write_str(name),
+            Actor::Device(name) => write!(f, "device:{name}"),
+            Actor::System => f.write_str("wavecast"),
+            Actor::Init => f.write_str("wavecast init"),
+        }
+    }
+}
+
 /// An event before it has a place in the log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEvent {
-    /// Who did it: a token's name, `device:NAME`, or `wavecast` for the system itself.
-    pub actor: String,
+    /// Who did it.
+    pub actor: Actor,
     /// What happened.
     pub action: AuditAction,
     /// What it happened to (`yolo-v8n@2.1.0`, `plant-7`, …).
@@ -152,7 +179,7 @@ pub struct AuditDecodeError {
 impl AuditEvent {
     /// Places `new` at `seq`, happening `at`.
     pub fn place(new: NewAuditEvent, seq: u64, at: String) -> Self {
-        Self { seq, at, actor: new.actor, action: new.action, subject: new.subject, detail: new.detail }
+        Self { seq, at, actor: new.actor.to_string(), action: new.action, subject: new.subject, detail: new.detail }
     }
 
     /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
@@ -194,7 +221,7 @@ mod tests {
     fn event() -> AuditEvent {
         AuditEvent::place(
             NewAuditEvent {
-                actor: "admin".into(),
+                actor: Actor::Operator("admin".into()),
                 action: AuditAction::GroupCreated,
                 subject: "plant-7".into(),
                 detail: serde_json::json!({"z": 1, "a": {"y": [true, null], "b": "x"}}),
@@ -213,6 +240,20 @@ mod tests {
             r#"{"action":"group.created","actor":"admin","at":"2026-11-28T10:00:00Z","detail":{"a":{"b":"x","y":[true,null]},"z":1},"seq":3,"subject":"plant-7"}"#
         );
         assert_eq!(AuditEvent::from_bytes(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn actors_render_as_they_always_were_stored() {
+        let cases = [
+            (Actor::Operator("admin".into()), "admin"),
+            (Actor::Operator("ci-publisher".into()), "ci-publisher"),
+            (Actor::Device(DeviceName::new("cam-001").unwrap()), "device:cam-001"),
+            (Actor::System, "wavecast"),
+            (Actor::Init, "wavecast init"),
+        ];
+        for (actor, text) in cases {
+            assert_eq!(actor.to_string(), text, "{actor:?}");
+        }
     }
 
     #[test]

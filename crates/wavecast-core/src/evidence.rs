@@ -447,7 +447,7 @@ mod tests {
             .map(|seq| {
                 let e = AuditEvent::place(
                     NewAuditEvent {
-                        actor: "admin".into(),
+                        actor: crate::audit::Actor::Operator("admin".into()),
                         action: crate::audit::AuditAction::GroupCreated,
                         subject: format!("g{seq}"),
                         detail: serde_json::json!({ "rollout": if seq % 3 == 0 { "r-1" } else { "r-2" } }),

@@ -4,6 +4,10 @@
 //! random bytes in. That keeps the rules of the domain testable as plain functions and lets the
 //! agent depend on it without pulling in a runtime.
 
+// The domain's public API is what every other crate builds on: every item says what it is
+// for. (Other crates document where it adds something, not by rule.)
+#![warn(missing_docs)]
+
 pub mod assignment;
 pub mod audit;
 pub mod canonical;

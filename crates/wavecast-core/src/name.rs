@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAME_LEN: usize = 64;
 
 /// Why a name was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum NameError {
     /// The name was empty.
     #[error("{kind} name is empty")]
@@ -50,12 +50,13 @@ pub enum NameError {
         name: String,
     },
     /// The version is not semantic versioning.
-    #[error("version {version:?} is not a semantic version (like 2.1.0): {reason}")]
+    #[error("version {version:?} is not a semantic version (like 2.1.0)")]
     BadVersion {
         /// The refused version.
         version: String,
         /// What the semver parser said.
-        reason: String,
+        #[source]
+        source: semver::Error,
     },
     /// A target name is not `NAME@VERSION`.
     #[error("target {target:?} is not of the form NAME@VERSION")]
@@ -158,7 +159,7 @@ impl ArtifactVersion {
     pub fn new(version: &str) -> Result<Self, NameError> {
         semver::Version::parse(version)
             .map(Self)
-            .map_err(|e| NameError::BadVersion { version: version.to_owned(), reason: e.to_string() })
+            .map_err(|source| NameError::BadVersion { version: version.to_owned(), source })
     }
 }
 

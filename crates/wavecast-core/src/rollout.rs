@@ -12,6 +12,12 @@
 //!   acknowledgement are below the halt threshold.
 //! - When counted failures reach `halt_after`, the rollout pauses, gates included.
 //! - `resume --ack` clears the count and continues; `abort` keeps or reverts.
+//!
+//! The rules that follow from a rollout's state live here too, so the server only stores and
+//! applies them: what a device is served ([`served`]), which devices the device timeout
+//! settles and how ([`awaited_states`], [`on_timeout`]), which devices an abort sends back
+//! ([`REVERTED_BY_ABORT`]), who may approve a gate ([`GateApproval`]), and to whom the audit
+//! log attributes each decision ([`effect_actor`], [`transition_actor`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,7 +25,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::assignment::DeviceState;
+use crate::DeviceName;
+use crate::assignment::{Action, DeviceState};
+use crate::audit::Actor;
 
 /// How a wave opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +208,165 @@ impl FromStr for RolloutState {
     }
 }
 
+/// How an aborted rollout leaves the devices it reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AbortMode {
+    /// Devices keep whatever they run now.
+    Keep,
+    /// Devices that run the new version, or may have started to swap it in, go back to their
+    /// previous version.
+    Revert,
+}
+
+impl AbortMode {
+    /// The lowercase name used on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortMode::Keep => "keep",
+            AbortMode::Revert => "revert",
+        }
+    }
+}
+
+impl fmt::Display for AbortMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An abort mode name we do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown abort mode {0:?}; expected keep or revert")]
+pub struct AbortModeError(pub String);
+
+impl FromStr for AbortMode {
+    type Err = AbortModeError;
+    fn from_str(s: &str) -> Result<Self, AbortModeError> {
+        [AbortMode::Keep, AbortMode::Revert]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| AbortModeError(s.to_owned()))
+    }
+}
+
+/// Whether the operator who created a rollout may approve its manual gates. A server policy,
+/// chosen explicitly when the server starts (`--require-distinct-approver`): there is no
+/// default, so the permissive choice is never made by omission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateApproval {
+    /// Any token allowed to approve gates may approve, the creator's included.
+    AnyApprover,
+    /// Only a token other than the one that created the rollout may approve (four eyes).
+    DistinctApprover,
+}
+
+impl GateApproval {
+    /// Whether `approver` may approve a gate of a rollout `creator` created (both token names).
+    pub fn permits(self, creator: &str, approver: &str) -> bool {
+        match self {
+            GateApproval::AnyApprover => true,
+            GateApproval::DistinctApprover => creator != approver,
+        }
+    }
+}
+
+/// What one rollout tells one of its devices about the rollout's artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The device's wave has not opened: this rollout says nothing yet, and an older rollout
+    /// of the same artifact still decides what the device runs.
+    NotReached,
+    /// This rollout decides, and the device has nothing to do.
+    Nothing,
+    /// This rollout decides: the device is assigned this action.
+    Assigned(Action),
+}
+
+/// The devices an abort with revert sends back: those in flight (they may have swapped the
+/// new version in already) and those that run it.
+pub const REVERTED_BY_ABORT: [DeviceState; 5] = [
+    DeviceState::Downloading,
+    DeviceState::Verifying,
+    DeviceState::Installing,
+    DeviceState::Probing,
+    DeviceState::Succeeded,
+];
+
+/// What a rollout in `rollout` state (aborted in `abort` mode, if aborted) serves a device in
+/// `device` state.
+///
+/// A running, waiting or completed rollout serves its version to every device it reached. A
+/// paused one lets devices that have started finish, and starts none. An aborted one serves a
+/// revert to the devices an abort with revert sends back (and keeps serving it to those that
+/// reverted, so their doc does not change under them); after an abort that keeps, nothing.
+pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMode>) -> Served {
+    if device == DeviceState::Pending {
+        return Served::NotReached;
+    }
+    let action = match rollout {
+        RolloutState::Running | RolloutState::WaitingApproval | RolloutState::Completed => Some(Action::Install),
+        RolloutState::Paused => {
+            (device != DeviceState::Assigned && device != DeviceState::Unreachable).then_some(Action::Install)
+        }
+        RolloutState::Aborted => (abort == Some(AbortMode::Revert)
+            && (REVERTED_BY_ABORT.contains(&device) || device == DeviceState::Reverted))
+            .then_some(Action::Revert),
+    };
+    action.map_or(Served::Nothing, Served::Assigned)
+}
+
+/// Whether a device's move from `from` to `to` applies in a rollout aborted in `abort` mode
+/// (if aborted): the device's own state machine must allow it ([`DeviceState::may_become`]),
+/// and a device becomes reverted only after an abort with revert asked it to.
+pub fn accepts_transition(from: DeviceState, to: DeviceState, abort: Option<AbortMode>) -> bool {
+    from.may_become(to) && (to != DeviceState::Reverted || abort == Some(AbortMode::Revert))
+}
+
+/// The device states the device timeout settles in a rollout in `state`: devices in flight
+/// always; devices that never picked up their assignment only while the rollout still serves
+/// new devices (a paused or ended rollout does not expect them to start).
+pub fn awaited_states(state: RolloutState) -> Vec<DeviceState> {
+    let mut states = DeviceState::IN_FLIGHT.to_vec();
+    if state.serves_new_devices() {
+        states.push(DeviceState::Assigned);
+    }
+    states
+}
+
+/// What a device in `from` becomes when the device timeout (`timeout_ms`) passes, and why: a
+/// device that never picked up its assignment is unreachable (settled, not a failure); one
+/// that started and went silent timed out (a failure).
+pub fn on_timeout(from: DeviceState, timeout_ms: u64) -> (DeviceState, String) {
+    let secs = timeout_ms / 1000;
+    if from == DeviceState::Assigned {
+        (DeviceState::Unreachable, format!("did not pick up its assignment within {secs} s"))
+    } else {
+        (DeviceState::TimedOut, format!("started but sent no outcome within {secs} s (last: {from})"))
+    }
+}
+
+/// Who a device's move to `to` is attributed to: wavecast for what the device timeout
+/// decides (timed out, unreachable), the device for everything it reports.
+pub fn transition_actor(device: &DeviceName, to: DeviceState) -> Actor {
+    match to {
+        DeviceState::TimedOut | DeviceState::Unreachable => Actor::System,
+        _ => Actor::Device(device.clone()),
+    }
+}
+
+/// Who an engine effect is attributed to, given who caused the change that produced it. An
+/// operator's abort and resume are theirs; waves opening, pauses and completion that follow
+/// from an operator's command (create, approve) are the operator's too, while those that
+/// follow from device reports or timeouts are the rollout's own (wavecast's).
+pub fn effect_actor(effect: &Effect, cause: &Actor) -> Actor {
+    match (effect, cause) {
+        (Effect::Aborted { .. } | Effect::Resumed { .. }, _) => cause.clone(),
+        (_, Actor::Device(_) | Actor::System) => Actor::System,
+        _ => cause.clone(),
+    }
+}
+
 /// What the server persists about a rollout besides its plan and device rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -289,8 +456,8 @@ pub enum Effect {
     RevertUpdated,
     /// An operator aborted.
     Aborted {
-        /// Whether devices revert.
-        revert: bool,
+        /// Whether devices keep what they run or revert.
+        mode: AbortMode,
     },
     /// An operator resumed after acknowledging failures.
     Resumed {
@@ -306,10 +473,8 @@ pub enum Command {
     Approve,
     /// Acknowledge counted failures and continue.
     ResumeAck,
-    /// Stop; devices keep what they have.
-    AbortKeep,
-    /// Stop; updated devices go back to their previous version.
-    AbortRevert,
+    /// Stop; devices keep what they have, or updated devices go back to their previous version.
+    Abort(AbortMode),
 }
 
 /// A command refused in the current state.
@@ -397,11 +562,10 @@ pub fn command(
             effects.extend(advance(plan, status, counts));
             Ok(effects)
         }
-        Command::AbortKeep | Command::AbortRevert => {
-            let revert = cmd == Command::AbortRevert;
+        Command::Abort(mode) => {
             status.state = RolloutState::Aborted;
-            let mut effects = vec![Effect::Aborted { revert }];
-            if revert {
+            let mut effects = vec![Effect::Aborted { mode }];
+            if mode == AbortMode::Revert {
                 effects.push(Effect::RevertUpdated);
             }
             Ok(effects)

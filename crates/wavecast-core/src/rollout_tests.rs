@@ -148,10 +148,10 @@ fn resume() -> Step {
     Step::Cmd(Command::ResumeAck)
 }
 fn abort_keep() -> Step {
-    Step::Cmd(Command::AbortKeep)
+    Step::Cmd(Command::Abort(AbortMode::Keep))
 }
 fn abort_revert() -> Step {
-    Step::Cmd(Command::AbortRevert)
+    Step::Cmd(Command::Abort(AbortMode::Revert))
 }
 fn open(index: usize) -> Effect {
     Effect::OpenWave { index }
@@ -166,7 +166,7 @@ fn resumed(acknowledged: u32) -> Effect {
     Effect::Resumed { acknowledged }
 }
 fn aborted(revert: bool) -> Effect {
-    Effect::Aborted { revert }
+    Effect::Aborted { mode: if revert { AbortMode::Revert } else { AbortMode::Keep } }
 }
 
 const EARLY: &str = "the earlier waves have not all settled healthy yet";
@@ -748,8 +748,8 @@ fn event() -> impl Strategy<Value = Event> {
         8 => Just(Event::Settle),
         8 => Just(Event::Cmd(Command::Approve)),
         8 => Just(Event::Cmd(Command::ResumeAck)),
-        1 => Just(Event::Cmd(Command::AbortKeep)),
-        1 => Just(Event::Cmd(Command::AbortRevert)),
+        1 => Just(Event::Cmd(Command::Abort(AbortMode::Keep))),
+        1 => Just(Event::Cmd(Command::Abort(AbortMode::Revert))),
     ]
 }
 
@@ -876,7 +876,7 @@ impl Sim {
             expected_resume
         );
         let reverts = count(|e| *e == Effect::RevertUpdated);
-        let revert_cmd = matches!(event, Event::Cmd(Command::AbortRevert)) && !before.state.is_terminal();
+        let revert_cmd = matches!(event, Event::Cmd(Command::Abort(AbortMode::Revert))) && !before.state.is_terminal();
         assert_eq!(reverts, usize::from(revert_cmd), "revert effects");
         if after.state == R::WaitingApproval {
             assert!(
@@ -890,7 +890,7 @@ impl Sim {
             let expected = match cmd {
                 Command::Approve => before.state == R::WaitingApproval && (0..before.opened).all(|w| self.settled(w)),
                 Command::ResumeAck => before.state == R::Paused,
-                Command::AbortKeep | Command::AbortRevert => !before.state.is_terminal(),
+                Command::Abort(AbortMode::Keep) | Command::Abort(AbortMode::Revert) => !before.state.is_terminal(),
             };
             assert_eq!(accepted, expected, "{cmd:?} from {before:?}");
         }
@@ -931,4 +931,147 @@ proptest! {
             prop_assert!(sim.devices.iter().all(|(_, s)| s.is_final()));
         }
     }
+}
+
+// ----- the rules the server applies around the engine ----------------------------------------
+
+#[test]
+fn what_a_rollout_serves_each_device() {
+    use AbortMode::{Keep, Revert};
+    let install = Served::Assigned(Action::Install);
+    let revert = Served::Assigned(Action::Revert);
+    let started = [D::Downloading, D::Verifying, D::Installing, D::Probing];
+    let every_reached: Vec<D> = DeviceState::ALL.into_iter().filter(|s| *s != D::Pending).collect();
+    // (rollout state, abort mode, the reached devices served something, and what). Every other
+    // reached device is served nothing; a pending device is never reached.
+    let table: &[(R, Option<AbortMode>, Vec<D>, Served)] = &[
+        (R::Running, None, every_reached.clone(), install),
+        (R::WaitingApproval, None, every_reached.clone(), install),
+        (R::Completed, None, every_reached.clone(), install),
+        // Paused: those that started finish (and those that finished keep their doc); none starts.
+        (R::Paused, None, [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted]].concat(), install),
+        (R::Aborted, Some(Keep), vec![], install),
+        (R::Aborted, Some(Revert), [&started[..], &[D::Succeeded, D::Reverted]].concat(), revert),
+    ];
+    for (rollout, abort, served_to, what) in table {
+        for device in DeviceState::ALL {
+            let expected = if device == D::Pending {
+                Served::NotReached
+            } else if served_to.contains(&device) {
+                *what
+            } else {
+                Served::Nothing
+            };
+            assert_eq!(served(*rollout, device, *abort), expected, "{rollout} ({abort:?}) to a device {device}");
+        }
+    }
+}
+
+#[test]
+fn an_abort_with_revert_sends_back_what_may_run_the_new_version() {
+    assert_eq!(REVERTED_BY_ABORT.to_vec(), [&DeviceState::IN_FLIGHT[..], &[D::Succeeded]].concat());
+    for device in REVERTED_BY_ABORT {
+        assert_eq!(served(R::Aborted, device, Some(AbortMode::Revert)), Served::Assigned(Action::Revert), "{device}");
+    }
+}
+
+#[test]
+fn a_device_reverts_only_after_an_abort_with_revert() {
+    use AbortMode::{Keep, Revert};
+    let table = [
+        (D::Succeeded, D::Reverted, Some(Revert), true),
+        (D::Probing, D::Reverted, Some(Revert), true),
+        (D::TimedOut, D::Reverted, Some(Revert), true),
+        (D::Succeeded, D::Reverted, Some(Keep), false),
+        (D::Succeeded, D::Reverted, None, false),
+        (D::Probing, D::Reverted, None, false),
+        // What the device state machine refuses stays refused.
+        (D::Failed, D::Reverted, Some(Revert), false),
+        (D::Succeeded, D::Failed, None, false),
+        // Everything else applies as before, aborted or not.
+        (D::Assigned, D::Downloading, None, true),
+        (D::Probing, D::Failed, None, true),
+        (D::Probing, D::Succeeded, Some(Revert), true),
+        (D::Unreachable, D::Succeeded, Some(Keep), true),
+    ];
+    for (from, to, abort, applies) in table {
+        assert_eq!(accepts_transition(from, to, abort), applies, "{from} → {to} ({abort:?})");
+    }
+}
+
+#[test]
+fn the_device_timeout_settles_in_flight_devices_and_waits_for_new_ones_only_while_serving() {
+    let in_flight = DeviceState::IN_FLIGHT.to_vec();
+    let with_assigned = [&in_flight[..], &[D::Assigned]].concat();
+    let table = [
+        (R::Running, with_assigned.clone()),
+        (R::WaitingApproval, with_assigned),
+        (R::Paused, in_flight.clone()),
+        (R::Completed, in_flight.clone()),
+        (R::Aborted, in_flight),
+    ];
+    for (rollout, states) in table {
+        assert_eq!(awaited_states(rollout), states, "{rollout}");
+    }
+    let table = [
+        (D::Assigned, D::Unreachable, "did not pick up its assignment within 90 s"),
+        (D::Downloading, D::TimedOut, "started but sent no outcome within 90 s (last: downloading)"),
+        (D::Verifying, D::TimedOut, "started but sent no outcome within 90 s (last: verifying)"),
+        (D::Installing, D::TimedOut, "started but sent no outcome within 90 s (last: installing)"),
+        (D::Probing, D::TimedOut, "started but sent no outcome within 90 s (last: probing)"),
+    ];
+    for (from, to, reason) in table {
+        assert_eq!(on_timeout(from, 90_500), (to, reason.to_owned()), "{from}");
+    }
+}
+
+#[test]
+fn the_audit_log_attributes_each_decision() {
+    let op = || Actor::Operator("alice".into());
+    let dev = || Actor::Device(DeviceName::new("cam-1").unwrap());
+    let effects = [
+        Effect::OpenWave { index: 0 },
+        Effect::AwaitApproval { index: 1 },
+        Effect::Paused { failures: 1 },
+        Effect::Completed,
+        Effect::RevertUpdated,
+    ];
+    // Decisions that follow from a change are the operator's when an operator made the change,
+    // and wavecast's when a device report or a timeout did.
+    for effect in &effects {
+        assert_eq!(effect_actor(effect, &op()), op(), "{effect:?}");
+        assert_eq!(effect_actor(effect, &dev()), Actor::System, "{effect:?}");
+        assert_eq!(effect_actor(effect, &Actor::System), Actor::System, "{effect:?}");
+    }
+    // An operator's own commands are always theirs.
+    for effect in [Effect::Aborted { mode: AbortMode::Keep }, Effect::Resumed { acknowledged: 2 }] {
+        assert_eq!(effect_actor(&effect, &op()), op(), "{effect:?}");
+    }
+    let name = DeviceName::new("cam-1").unwrap();
+    for to in DeviceState::ALL {
+        let expected = if matches!(to, D::TimedOut | D::Unreachable) { Actor::System } else { dev() };
+        assert_eq!(transition_actor(&name, to), expected, "{to}");
+    }
+}
+
+#[test]
+fn gate_approval_policies() {
+    let table = [
+        (GateApproval::AnyApprover, "alice", "alice", true),
+        (GateApproval::AnyApprover, "alice", "bob", true),
+        (GateApproval::DistinctApprover, "alice", "alice", false),
+        (GateApproval::DistinctApprover, "alice", "bob", true),
+    ];
+    for (policy, creator, approver, permitted) in table {
+        assert_eq!(policy.permits(creator, approver), permitted, "{policy:?}: {creator} → {approver}");
+    }
+}
+
+#[test]
+fn abort_modes_round_trip() {
+    for mode in [AbortMode::Keep, AbortMode::Revert] {
+        assert_eq!(mode.as_str().parse::<AbortMode>().unwrap(), mode);
+        assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+    }
+    assert!("never".parse::<AbortMode>().is_err());
 }

@@ -33,12 +33,13 @@ pub enum BlobError {
         expected: u64,
     },
     /// The upload stream broke.
-    #[error("the upload was interrupted after {received} bytes: {reason}")]
+    #[error("the upload was interrupted after {received} bytes")]
     Interrupted {
         /// Bytes received.
         received: u64,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -87,7 +88,7 @@ impl BlobStore {
     pub async fn receive<S, E>(&self, mut body: S, max_len: u64) -> Result<Received, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let tmp = self
             .root
@@ -99,8 +100,7 @@ impl BlobStore {
         let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
         let mut hasher = Sha256::new();
         while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| BlobError::Interrupted { received: received.length, reason: e.to_string() })?;
+            let chunk = chunk.map_err(|e| BlobError::Interrupted { received: received.length, source: e.into() })?;
             received.length += chunk.len() as u64;
             if received.length > max_len {
                 return Err(BlobError::TooLong { expected: max_len });

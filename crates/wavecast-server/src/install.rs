@@ -36,7 +36,6 @@ pub struct Layout {
     dir: PathBuf,
 }
 
-#[allow(missing_docs)]
 impl Layout {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
@@ -207,7 +206,7 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     director_key.save(&layout.director_key())?;
     checkpoint_key.save(&layout.checkpoint_key())?;
 
-    let now = jiff::Timestamp::now();
+    let now = wavecast_os::clock::now();
     let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
     let root = build_root(
         &RootKeys {

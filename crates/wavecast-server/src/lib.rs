@@ -3,13 +3,14 @@
 //!
 //! This is the only crate that knows SQL ([`store`]) and HTTP routing ([`api`]). The `wavecast`
 //! binary calls [`init`](install::init) and [`run`]; tests call [`open`] and drive
-//! [`api::router`] in-process.
+//! [`api::router`] in-process. The application state both share is in [`state`].
 
 pub mod api;
 pub mod blobs;
 pub mod checkpoints;
 pub mod install;
 pub mod metrics;
+pub mod state;
 pub mod store;
 pub mod tls;
 
@@ -20,13 +21,16 @@ use std::path::PathBuf;
 use tough::schema::{RoleType, Root, Signed, Timestamp};
 use wavecast_core::Role;
 use wavecast_core::Sha256Digest;
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
+use wavecast_core::rollout::GateApproval;
+use wavecast_os::clock;
+use wavecast_os::error::Chain;
 use wavecast_tuf::keys::{KeyError, SigningKey};
 use wavecast_tuf::repo::{OnlineKeys, OnlinePlan, sign_online};
 
-use crate::api::{AppState, Trust};
 use crate::blobs::{BlobError, BlobStore};
 use crate::install::{BootstrapFile, Layout};
+use crate::state::{AppState, DeviceIdentity, LastSeen, Settings, Trust};
 use crate::store::{Bootstrap, DatabaseConfig, NewToken, OnlineMetadata, Store, StoreError};
 
 /// The default address: loopback only, since plain HTTP must not leave the machine.
@@ -41,8 +45,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The database.
     pub database: DatabaseConfig,
-    /// Policy settings.
-    pub settings: api::Settings,
+    /// Whether a rollout's creator may approve its gates.
+    pub approval: GateApproval,
     /// HTTPS (and device mTLS), if configured.
     pub tls: Option<tls::TlsConfig>,
 }
@@ -58,8 +62,14 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
-    /// Checks and assembles the settings.
-    pub fn new(data_dir: PathBuf, listen: SocketAddr, database_url: Option<String>) -> Result<Self, ConfigError> {
+    /// Checks and assembles the settings. The gate approval policy has no default: the
+    /// caller chooses it.
+    pub fn new(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        database_url: Option<String>,
+        approval: GateApproval,
+    ) -> Result<Self, ConfigError> {
         let database = match database_url {
             None => DatabaseConfig::Sqlite(Layout::new(&data_dir).sqlite_db()),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -67,7 +77,7 @@ impl ServerConfig {
             }
             Some(other) => return Err(ConfigError::DatabaseUrl(other)),
         };
-        Ok(Self { data_dir, listen, database, settings: api::Settings::default(), tls: None })
+        Ok(Self { data_dir, listen, database, approval, tls: None })
     }
 }
 
@@ -110,12 +120,13 @@ pub enum ServerError {
         role: &'static str,
     },
     /// bootstrap.json is bad.
-    #[error("{path} is corrupt: {detail}")]
+    #[error("{path} is corrupt")]
     Bootstrap {
         /// The file.
         path: PathBuf,
-        /// Details.
-        detail: String,
+        /// What is wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database belongs to another installation.
     #[error(
@@ -194,10 +205,10 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
 
     let store = Store::open(&config.database).await?;
     match store.installation_root().await? {
-        Some(found) if found != root_sha256.to_hex() => {
+        Some(found) if found != root_sha256 => {
             return Err(ServerError::WrongDatabase {
                 database: config.database.redacted(),
-                found,
+                found: found.to_hex(),
                 expected: root_sha256.to_hex(),
             });
         }
@@ -209,33 +220,35 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         }
     }
     let blobs = BlobStore::open(&layout.blobs_dir())?;
-    let settings = api::Settings {
-        device_mtls: config.tls.as_ref().is_some_and(|t| t.device_client_ca.is_some()),
-        ..config.settings.clone()
+    let devices = match config.tls.as_ref().and_then(|t| t.device_client_ca.as_ref()) {
+        Some(_) => DeviceIdentity::CredentialAndCertificate,
+        None => DeviceIdentity::Credential,
     };
+    let settings = Settings { approval: config.approval, devices };
     let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director, checkpoint }, settings);
-    refresh_online_metadata(&state).await?;
+    refresh_online_metadata(state.store(), state.trust()).await?;
     Ok(state)
 }
 
 fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
     let path = layout.bootstrap_file();
-    let corrupt = |detail: String| ServerError::Bootstrap { path: path.clone(), detail };
+    let corrupt =
+        |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Bootstrap { path: path.clone(), source };
     let bytes = std::fs::read(&path).map_err(|source| ServerError::Read { path: path.clone(), source })?;
-    let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file: BootstrapFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.into()))?;
     let mut metadata = Vec::new();
     for (role, version, name) in &file.metadata {
         if name.contains('/') || name.contains("..") {
-            return Err(corrupt(format!("metadata file name {name:?}")));
+            return Err(corrupt(format!("metadata file name {name:?}").into()));
         }
         let p = layout.bootstrap_dir().join(name);
         let body = std::fs::read_to_string(&p).map_err(|source| ServerError::Read { path: p, source })?;
         metadata.push((role.clone(), *version, body));
     }
     let admin_hash: Sha256Digest =
-        file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.to_string()))?;
+        file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.into()))?;
     Ok(Bootstrap {
-        now_ms: api_now(),
+        now_ms: clock::now_ms(),
         root_sha256,
         metadata,
         admin_token: NewToken {
@@ -246,7 +259,7 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
             created_by: "wavecast init".into(),
         },
         event: NewAuditEvent {
-            actor: "wavecast init".into(),
+            actor: Actor::Init,
             action: AuditAction::InstallationInitialized,
             subject: "installation".into(),
             detail: serde_json::json!({ "root_sha256": root_sha256.to_hex(), "initialized_at": file.created_at }),
@@ -254,20 +267,15 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
     })
 }
 
-fn api_now() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 /// Re-signs snapshot and timestamp when less than half the timestamp's lifetime remains, so
 /// devices never see expired metadata while a server is running.
-pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerError> {
-    let store = state.store();
+pub async fn refresh_online_metadata(store: &Store, trust: &Trust) -> Result<bool, ServerError> {
     let Some((ts_version, ts_body)) = store.latest_metadata("timestamp").await? else {
         return Ok(false);
     };
     let ts: Signed<Timestamp> = serde_json::from_str(&ts_body)
-        .map_err(|e| StoreError::Corrupt { what: "timestamp metadata", detail: e.to_string() })?;
-    let now = jiff::Timestamp::now();
+        .map_err(|e| StoreError::Corrupt { what: "timestamp metadata".into(), source: e.into() })?;
+    let now = clock::now();
     let half = jiff::SignedDuration::from_hours(24 * install::TIMESTAMP_LIFETIME_DAYS / 2);
     if ts.signed.expires - half > now {
         return Ok(false);
@@ -279,8 +287,8 @@ pub async fn refresh_online_metadata(state: &AppState) -> Result<bool, ServerErr
     let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
     let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
     let signed = sign_online(
-        &state.trust().root.signed,
-        &state.trust().online,
+        &trust.root.signed,
+        &trust.online,
         targets.as_bytes(),
         OnlinePlan {
             targets_version: nz(targets_version),
@@ -331,10 +339,10 @@ pub async fn serve_with(
     for task in background {
         task.abort();
     }
-    flush_last_seen(&state).await;
+    flush_last_seen(state.store(), state.last_seen()).await;
     // Cover the last burst before stopping, so a clean shutdown leaves no event unsigned.
-    if let Err(e) = checkpoints::checkpoint_now(&state).await {
-        tracing::warn!(error = %api::error::ErrorChain(&e), "signing the final audit checkpoint failed");
+    if let Err(e) = state.checkpoints().checkpoint_now().await {
+        tracing::warn!(error = %Chain(&e), "signing the final audit checkpoint failed");
     }
     state.store().close().await;
     result
@@ -356,8 +364,8 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         every(std::time::Duration::from_secs(60), state.clone(), |state| {
             Box::pin(async move {
-                if let Err(e) = refresh_online_metadata(&state).await {
-                    tracing::error!(error = %api::error::ErrorChain(&e), "re-signing TUF metadata failed");
+                if let Err(e) = refresh_online_metadata(state.store(), state.trust()).await {
+                    tracing::error!(error = %Chain(&e), "re-signing TUF metadata failed");
                 }
             })
         }),
@@ -365,32 +373,32 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         // costs one indexed query per active rollout.
         every(std::time::Duration::from_secs(1), state.clone(), |state| {
             Box::pin(async move {
-                if let Err(e) = state.store().sweep_timeouts(api_now()).await {
-                    tracing::error!(error = %api::error::ErrorChain(&e), "checking device timeouts failed");
+                if let Err(e) = state.store().sweep_timeouts(clock::now_ms()).await {
+                    tracing::error!(error = %Chain(&e), "checking device timeouts failed");
                 }
             })
         }),
         every(std::time::Duration::from_secs(5), state.clone(), |state| {
-            Box::pin(async move { flush_last_seen(&state).await })
+            Box::pin(async move { flush_last_seen(state.store(), state.last_seen()).await })
         }),
         // Signs audit checkpoints after each write burst; it keeps its own poll loop.
-        tokio::spawn(checkpoints::run(state.clone())),
+        tokio::spawn(state.checkpoints().clone().run()),
     ]
 }
 
-async fn flush_last_seen(state: &AppState) {
-    let seen = state.last_seen().drain();
+async fn flush_last_seen(store: &Store, last_seen: &LastSeen) {
+    let seen = last_seen.drain();
     if seen.is_empty() {
         return;
     }
-    match state.store().record_last_seen(&seen).await {
+    match store.record_last_seen(&seen).await {
         Ok(skipped) => {
             for (id, at) in skipped {
-                state.last_seen().touch(&id, at);
+                last_seen.touch(&id, at);
             }
         }
         Err(e) => {
-            tracing::warn!(error = %api::error::ErrorChain(&e), devices = seen.len(), "recording check-in times failed")
+            tracing::warn!(error = %Chain(&e), devices = seen.len(), "recording check-in times failed")
         }
     }
 }
@@ -417,21 +425,6 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
 }
 
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    wavecast_os::signal::shutdown().await;
     tracing::info!("shutdown requested; finishing in-flight requests");
 }

@@ -31,18 +31,19 @@ pub struct TlsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A PEM file could not be read or holds nothing usable.
-    #[error("reading {what} from {path}: {reason}")]
+    #[error("reading {what} from {path}")]
     Pem {
         /// What we wanted.
         what: &'static str,
         /// The file.
         path: PathBuf,
         /// Why not.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// rustls refused the configuration.
-    #[error("configuring TLS: {0}")]
-    Config(String),
+    #[error("configuring TLS")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The client certificate's identity, attached to every request of the connection.
@@ -52,18 +53,25 @@ pub struct PeerIdentity {
     pub common_name: Option<String>,
 }
 
-fn pem_err(what: &'static str, path: &Path) -> impl Fn(String) -> TlsError + use<> {
+fn pem_err<E>(what: &'static str, path: &Path) -> impl FnOnce(E) -> TlsError + use<E>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let path = path.to_path_buf();
-    move |reason| TlsError::Pem { what, path: path.clone(), reason }
+    move |e| TlsError::Pem { what, path, source: e.into() }
+}
+
+fn config_err<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> TlsError {
+    TlsError::Config(e.into())
 }
 
 fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_err(what, path)(e.to_string()))?
+        .map_err(pem_err(what, path))?
         .collect::<Result<_, _>>()
-        .map_err(|e| pem_err(what, path)(e.to_string()))?;
+        .map_err(pem_err(what, path))?;
     if certs.is_empty() {
-        return Err(pem_err(what, path)("no CERTIFICATE blocks".into()));
+        return Err(pem_err(what, path)("no CERTIFICATE blocks"));
     }
     Ok(certs)
 }
@@ -71,35 +79,33 @@ fn certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>
 /// Builds the rustls server configuration.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let chain = certs(&tls.cert, "the server certificate")?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| pem_err("the server key", &tls.key)(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem_err("the server key", &tls.key))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(config_err)?;
     let builder = match &tls.device_client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in certs(ca, "the device client CA")? {
-                roots.add(c).map_err(|e| pem_err("the device client CA", ca)(e.to_string()))?;
+                roots.add(c).map_err(pem_err("the device client CA", ca))?;
             }
             let mut crls = Vec::new();
             for path in &tls.device_client_crls {
-                for crl in CertificateRevocationListDer::pem_file_iter(path)
-                    .map_err(|e| pem_err("a CRL", path)(e.to_string()))?
-                {
-                    crls.push(crl.map_err(|e| pem_err("a CRL", path)(e.to_string()))?);
+                for crl in CertificateRevocationListDer::pem_file_iter(path).map_err(pem_err("a CRL", path))? {
+                    crls.push(crl.map_err(pem_err("a CRL", path))?);
                 }
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .with_crls(crls)
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+                .map_err(config_err)?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(config_err)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -5,6 +5,8 @@
 //! `WAVECAST_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/test`) and dropped when the
 //! guard goes out of scope, so tests run in parallel and leave nothing behind.
 
+pub mod proxy;
+
 use std::time::Duration;
 
 use sqlx::Connection as _;

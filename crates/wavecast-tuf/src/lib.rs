@@ -6,6 +6,10 @@
 //! over its exact bytes. [`keys`] makes and loads keys; [`root`] builds the trust anchor.
 //! All of it sits on `tough`'s schema types, so what we sign is what any TUF client verifies.
 
+// The public API of the trust crates is read by people deciding what to trust: every item
+// says what it is for. (Other crates document where it adds something, not by rule.)
+#![warn(missing_docs)]
+
 pub mod keys;
 pub mod publish;
 pub mod repo;

@@ -190,7 +190,9 @@ impl Env {
         let install = dir.path().join("install");
         wavecast_server::install::init(&install).await.expect("init");
         let port = wavecast_test_support::free_port();
-        let config = ServerConfig::new(install.clone(), format!("127.0.0.1:{port}").parse().unwrap(), None).unwrap();
+        let approval = wavecast_core::rollout::GateApproval::AnyApprover;
+        let config =
+            ServerConfig::new(install.clone(), format!("127.0.0.1:{port}").parse().unwrap(), None, approval).unwrap();
         let server = Server::start(&config).await;
         let admin = std::fs::read_to_string(install.join("admin.token")).unwrap().trim().to_owned();
         let http = reqwest::Client::builder().no_proxy().build().unwrap();

@@ -41,8 +41,12 @@ pub struct ServerArgs {
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     init_logging();
-    let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url)?;
-    config.settings.require_distinct_approver = args.require_distinct_approver;
+    let approval = if args.require_distinct_approver {
+        wavecast_core::rollout::GateApproval::DistinctApprover
+    } else {
+        wavecast_core::rollout::GateApproval::AnyApprover
+    };
+    let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url, approval)?;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(wavecast_server::tls::TlsConfig {
             cert,

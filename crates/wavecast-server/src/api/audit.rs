@@ -9,14 +9,14 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use wavecast_core::Permission;
 use wavecast_core::audit::AuditEvent;
 use wavecast_core::evidence::{
     ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint, concerns_rollout,
 };
 
-use super::{ApiError, ApiQuery, AppState, Operator};
-use crate::checkpoints::{self, CheckpointError, VerifiedCheckpoint};
+use super::{ApiError, ApiQuery, CanRead};
+use crate::checkpoints::{CheckpointError, VerifiedCheckpoint};
+use crate::state::AppState;
 
 /// Rows or checkpoints per page, at most.
 const MAX_PAGE: u64 = 10_000;
@@ -26,20 +26,19 @@ fn evidence_error(e: CheckpointError) -> ApiError {
         CheckpointError::Store(e) => e.into(),
         // The log disagrees with its own checkpoints: the client should run a verification,
         // which names the damage; a 500 would hide that it is the data, not the server.
-        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(damaged.to_string()),
-        other => ApiError::Internal(other.to_string()),
+        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(wavecast_os::error::chain(&damaged)),
+        other => ApiError::Evidence(other),
     }
 }
 
 async fn latest_or_404(state: &AppState) -> Result<VerifiedCheckpoint, ApiError> {
-    checkpoints::latest(state).await.map_err(evidence_error)?.ok_or_else(|| {
+    state.checkpoints().latest().await.map_err(evidence_error)?.ok_or_else(|| {
         ApiError::NotFound("no audit checkpoint is signed yet; the server signs one within a second of a write".into())
     })
 }
 
 /// The newest signed checkpoint, as the C2SP note text (save it to prove growth later).
-pub async fn checkpoint(State(state): State<AppState>, op: Operator) -> Result<impl IntoResponse, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn checkpoint(State(state): State<AppState>, _: CanRead) -> Result<impl IntoResponse, ApiError> {
     let latest = latest_or_404(&state).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], latest.note))
 }
@@ -54,22 +53,23 @@ pub struct ExportQuery {
 /// inclusion proof, and the checkpoint: a file that verifies offline.
 pub async fn export(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> Result<Json<Export>, ApiError> {
-    op.require(Permission::Read)?;
     if query.rollout.as_ref().is_some_and(|r| r.is_empty() || r.len() > 256) {
         return Err(ApiError::BadRequest("rollout must be a rollout id".into()));
     }
     let latest = latest_or_404(&state).await?;
     let size = latest.checkpoint.size;
     let rollout = query.rollout;
-    let (tree, kept) = checkpoints::read_tree(&state, size, |body| match &rollout {
-        None => true,
-        Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
-    })
-    .await
-    .map_err(evidence_error)?;
+    let (tree, kept) = state
+        .checkpoints()
+        .read_tree(size, |body| match &rollout {
+            None => true,
+            Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
+        })
+        .await
+        .map_err(evidence_error)?;
     let events = kept
         .into_iter()
         .map(|(seq, body)| {
@@ -90,13 +90,14 @@ pub struct ConsistencyQuery {
 /// The consistency proof from size `from` to the checkpoint of size `to` (default: newest).
 pub async fn consistency(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ConsistencyProof>, ApiError> {
-    op.require(Permission::Read)?;
     let target = match query.to {
         None => latest_or_404(&state).await?,
-        Some(to) => checkpoints::at_size(&state, to)
+        Some(to) => state
+            .checkpoints()
+            .at_size(to)
             .await
             .map_err(evidence_error)?
             .ok_or_else(|| ApiError::NotFound(format!("no valid audit checkpoint has size {to}")))?,
@@ -108,7 +109,7 @@ pub async fn consistency(
             query.from
         )));
     }
-    let (tree, _) = checkpoints::read_tree(&state, to, |_| false).await.map_err(evidence_error)?;
+    let (tree, _) = state.checkpoints().read_tree(to, |_| false).await.map_err(evidence_error)?;
     let proof = tree.consistency_proof(query.from, to).map_err(|e| evidence_error(e.into()))?;
     Ok(Json(ConsistencyProof { from: query.from, to, checkpoint: target.note, proof }))
 }
@@ -130,10 +131,9 @@ impl Page {
 /// Raw stored rows with `seq >= from`, by seq, exactly as stored.
 pub async fn leaves(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<LeafRow>>, ApiError> {
-    op.require(Permission::Read)?;
     let (from, limit) = page.bounds();
     let rows = state.store().audit_leaves(from, i64::MAX, limit).await?;
     Ok(Json(rows.into_iter().map(|(seq, body)| LeafRow { seq: seq.max(0) as u64, body }).collect()))
@@ -142,10 +142,9 @@ pub async fn leaves(
 /// Stored checkpoint rows with `size >= from`, smallest first, unverified: the client checks.
 pub async fn checkpoint_rows(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Json<Vec<StoredCheckpoint>>, ApiError> {
-    op.require(Permission::Read)?;
     let (from, limit) = page.bounds();
     let rows = state.store().audit_checkpoints(from, limit).await?;
     Ok(Json(

@@ -2,14 +2,22 @@
 //!
 //! Both are bearer secrets looked up by their SHA-256. The kinds are told apart by prefix, so a
 //! device credential on the operator API is refused as such (and the other way round).
+//!
+//! What an operator may do is decided here too, by type: a handler that needs a permission
+//! takes the extractor named after it ([`CanRead`], [`CanPublish`], …), which authenticates
+//! and checks the role from the request's head. axum runs head extractors before the body
+//! extractor, so a request without the permission is refused before its body is read, let
+//! alone parsed, and a handler cannot forget the check. [`Operator`] alone (authenticated, no
+//! permission) is for the routes every role may call.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use wavecast_core::audit::Actor;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
-use super::AppState;
 use super::error::ApiError;
+use crate::state::{AppState, DeviceIdentity, DeviceRateLimit};
 use crate::store::DeviceRecord;
 
 /// An authenticated operator.
@@ -24,8 +32,13 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator as the audit log names them: by the token's name.
+    pub fn actor(&self) -> Actor {
+        Actor::Operator(self.name.clone())
+    }
+
     /// Fails with 403 unless the role grants `permission`.
-    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+    fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {
             Ok(())
         } else {
@@ -35,6 +48,40 @@ impl Operator {
             )))
         }
     }
+}
+
+/// Declares one extractor per permission: an authenticated operator whose role grants it.
+macro_rules! permission_extractors {
+    ($($(#[$doc:meta])* $name:ident => $permission:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Operator);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+                let operator = Operator::from_request_parts(parts, state).await?;
+                operator.require(Permission::$permission)?;
+                Ok(Self(operator))
+            }
+        }
+    )*};
+}
+
+permission_extractors! {
+    /// An operator who may read artifacts, groups, devices, rollouts and the audit log.
+    CanRead => Read;
+    /// An operator who may publish artifacts.
+    CanPublish => Publish;
+    /// An operator who may create groups and enrollment tokens.
+    CanManageFleet => ManageFleet;
+    /// An operator who may create, resume and abort rollouts.
+    CanOperateRollouts => OperateRollouts;
+    /// An operator who may approve a rollout's manual gate.
+    CanApproveGates => ApproveGates;
+    /// An operator who may create and revoke API tokens.
+    CanManageTokens => ManageTokens;
 }
 
 fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
@@ -53,8 +100,7 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-        let secret =
-            Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
         let record = state
             .store()
             .token_by_secret(&secret.hash())
@@ -76,21 +122,20 @@ impl FromRequestParts<AppState> for Device {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = bearer(parts, "the device credential")?;
-        let secret = Secret::parse(SecretKind::DeviceCredential, &presented)
-            .map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        let secret = Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::unauthorized(&e))?;
         let device = state
             .store()
             .device_by_credential(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
-        if state.settings().device_mtls {
-            require_certificate_for(parts, &device.name)?;
+        if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
+            require_certificate_for(parts, device.name.as_str())?;
         }
         if !state.device_rate().allow(&device.id) {
             return Err(ApiError::TooManyRequests(format!(
                 "device {} sent more than {} requests per second; slow down",
                 device.name,
-                super::DeviceRateLimit::RATE
+                DeviceRateLimit::RATE
             )));
         }
         Ok(Device(device))

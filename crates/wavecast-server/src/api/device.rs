@@ -4,15 +4,15 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wavecast_core::assignment::{
-    Assignment, AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments,
-};
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_core::DeviceName;
+use wavecast_core::assignment::{AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments};
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, AppState, Device, new_id, now_ms};
+use super::{ApiError, ApiJson, Device, new_id, random};
+use crate::state::{AppState, DeviceIdentity};
 use crate::store::{DeviceRef, Enrollment, StoreError};
 
 #[derive(Deserialize)]
@@ -37,21 +37,17 @@ pub async fn enroll(
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token =
-        Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
-    let name = DeviceName::new(req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if state.settings().device_mtls {
+    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
+    let name = DeviceName::new(req.name).map_err(|e| ApiError::bad_request(&e))?;
+    if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
         super::auth::require_certificate_for(&parts, name.as_str())?;
     }
-    validate("hardware", &req.hardware).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let credential = Secret::from_random(
-        SecretKind::DeviceCredential,
-        crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    validate("hardware", &req.hardware).map_err(|e| ApiError::bad_request(&e))?;
+    let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
     let enrollment = Enrollment {
         token_sha256: token.hash(),
         device_id: new_id()?,
-        name: name.to_string(),
+        name: name.clone(),
         hardware: req.hardware.clone(),
         credential_sha256: credential.hash(),
         now_ms: now_ms(),
@@ -59,7 +55,7 @@ pub async fn enroll(
     let device = state
         .store()
         .enroll_device(&enrollment, |group| NewAuditEvent {
-            actor: format!("device:{name}"),
+            actor: Actor::Device(name.clone()),
             action: AuditAction::DeviceEnrolled,
             subject: name.to_string(),
             detail: serde_json::json!({ "group": group, "hardware": req.hardware, "device_id": enrollment.device_id }),
@@ -76,8 +72,8 @@ pub async fn enroll(
         StatusCode::CREATED,
         Json(EnrollResponse {
             device_id: device.id,
-            name: device.name,
-            group: device.group,
+            name: device.name.into(),
+            group: device.group.into(),
             credential: credential.expose().to_owned(),
         }),
     ))
@@ -100,21 +96,7 @@ pub async fn assignments(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     state.last_seen().touch(&device.id, now_ms());
-    let (counter, stored) = state.store().assignments(&device.id, &device.group).await?;
-
-    let mut assignments = Vec::with_capacity(stored.len());
-    for s in stored {
-        let bad = |e: &dyn std::fmt::Display| ApiError::Internal(format!("stored assignment for {}: {e}", s.artifact));
-        assignments.push(Assignment {
-            rollout_id: s.rollout_id.clone(),
-            action: s.action,
-            artifact: ArtifactName::new(s.artifact.clone()).map_err(|e| bad(&e))?,
-            version: ArtifactVersion::new(&s.version).map_err(|e| bad(&e))?,
-            length: s.length as u64,
-            sha256: s.sha256.parse().map_err(|e: wavecast_core::digest::DigestError| bad(&e))?,
-            probe: s.probe.clone(),
-        });
-    }
+    let (counter, assignments) = state.store().assignments(&device.id, &device.group).await?;
     // The ETag covers the content, not just the counter, so a device never keeps a stale
     // doc because a counter failed to move.
     let content = serde_json::to_vec(&(counter, &assignments)).unwrap_or_default();
@@ -125,7 +107,7 @@ pub async fn assignments(
     let doc = AssignmentDoc {
         device_id: device.id.clone(),
         counter: counter as u64,
-        expires: jiff::Timestamp::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
+        expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
         assignments,
     };
     let signature = hex::encode(state.trust().director.sign_bytes(&doc.signing_bytes()));

@@ -1,15 +1,19 @@
 //! The API's one error type and how each variant becomes an HTTP status and a JSON body.
 //!
-//! The body is always `{"error": {"code": "...", "message": "..."}}`. Internal causes (database,
-//! filesystem) are logged with their full chain and answered with a generic message, so
-//! nothing about the server's insides leaks to a client.
+//! The body is always `{"error": {"code": "...", "message": "..."}}`. A client's mistake is
+//! answered with the error and its causes on one line ([`ApiError::bad_request`] and the
+//! like); internal causes (database, filesystem) keep their `source()` chain, are logged with
+//! it, and are answered with a generic message, so nothing about the server's insides leaks
+//! to a client.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use wavecast_api::{ErrorBody, ErrorCode, ErrorDetail};
+use wavecast_os::error::{Chain, chain};
 
 use crate::blobs::BlobError;
+use crate::checkpoints::CheckpointError;
 use crate::store::StoreError;
 
 /// Everything a handler can fail with.
@@ -45,9 +49,43 @@ pub enum ApiError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(BlobError),
+    /// Reading or proving audit evidence failed.
+    #[error(transparent)]
+    Evidence(CheckpointError),
     /// Anything else on our side.
-    #[error("{0}")]
-    Internal(String),
+    #[error("{context}")]
+    Internal {
+        /// What we were doing, or what is wrong.
+        context: String,
+        /// The cause, if another error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl ApiError {
+    /// The request is malformed, as `e` (and its causes) say.
+    pub fn bad_request(e: &dyn std::error::Error) -> Self {
+        ApiError::BadRequest(chain(e))
+    }
+
+    /// The credentials are bad, as `e` (and its causes) say.
+    pub fn unauthorized(e: &dyn std::error::Error) -> Self {
+        ApiError::Unauthorized(chain(e))
+    }
+
+    /// Something on our side is wrong, with no other error behind it.
+    pub fn internal(context: impl Into<String>) -> Self {
+        ApiError::Internal { context: context.into(), source: None }
+    }
+
+    /// Something on our side failed while doing `context`, because of `source`.
+    pub fn internal_from(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        ApiError::Internal { context: context.into(), source: Some(source.into()) }
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -63,8 +101,8 @@ impl From<StoreError> for ApiError {
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::TooLong { .. } => ApiError::Unprocessable(format!("{e}; nothing was stored")),
-            BlobError::Interrupted { .. } => ApiError::BadRequest(format!("{e}; nothing was stored")),
+            BlobError::TooLong { .. } => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&e))),
+            BlobError::Interrupted { .. } => ApiError::BadRequest(format!("{}; nothing was stored", chain(&e))),
             io @ BlobError::Io { .. } => ApiError::Blob(io),
         }
     }
@@ -81,7 +119,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
-            ApiError::Store(_) | ApiError::Blob(_) | ApiError::Internal(_) => {
+            ApiError::Store(_) | ApiError::Blob(_) | ApiError::Evidence(_) | ApiError::Internal { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
         }
@@ -92,7 +130,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() {
-            tracing::error!(error = %ErrorChain(&self), "request failed");
+            tracing::error!(error = %Chain(&self), "request failed");
             "internal server error; the server log has details".to_owned()
         } else {
             self.to_string()
@@ -106,20 +144,5 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
         resp
-    }
-}
-
-/// Displays an error with its whole `source()` chain, like anyhow's `{:#}`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! HTTP: the operator API (`/api/v1`), the device API (`/device/v1`), health and metrics.
 //!
 //! [`router`] builds the whole service from an [`AppState`], so tests drive it in-process with
-//! `tower::ServiceExt::oneshot` exactly as the network would.
+//! `tower::ServiceExt::oneshot` exactly as the network would. Who may call what is decided by
+//! the extractors in `auth`, before any handler (or body extractor) runs.
 
 mod audit;
 mod auth;
@@ -15,8 +16,6 @@ mod rollouts;
 mod tokens;
 mod tuf;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -24,153 +23,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
-use tough::schema::{Root, Signed};
-use wavecast_tuf::keys::SigningKey;
-use wavecast_tuf::repo::OnlineKeys;
 
-pub use auth::{Device, Operator};
+pub use auth::{
+    CanApproveGates, CanManageFleet, CanManageTokens, CanOperateRollouts, CanPublish, CanRead, Device, Operator,
+};
 pub use error::ApiError;
 
-use crate::blobs::BlobStore;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::state::AppState;
 
 /// Request bodies other than artifact uploads are small JSON documents.
 const JSON_BODY_LIMIT: usize = 1024 * 1024;
-
-/// The trust material the server holds.
-#[derive(Debug)]
-pub struct Trust {
-    /// The root, parsed and self-verified.
-    pub root: Signed<Root>,
-    /// The root exactly as init wrote it.
-    pub root_bytes: Vec<u8>,
-    /// Snapshot and timestamp keys.
-    pub online: OnlineKeys,
-    /// Signs device assignments.
-    pub director: SigningKey,
-    /// Signs audit log checkpoints; loaded from `keys/`, never stored in the database.
-    pub checkpoint: SigningKey,
-}
-
-/// Server-wide policy settings.
-#[derive(Debug, Clone, Default)]
-pub struct Settings {
-    /// Forbid the creator of a rollout from approving its gates.
-    pub require_distinct_approver: bool,
-    /// Devices must present a client certificate naming them (set when TLS has a device CA).
-    pub device_mtls: bool,
-}
-
-struct Inner {
-    store: Store,
-    blobs: BlobStore,
-    trust: Trust,
-    settings: Settings,
-    metrics: Metrics,
-    last_seen: LastSeen,
-    device_rate: DeviceRateLimit,
-}
-
-/// Per-device request budget: a token bucket per device, in memory (each replica keeps its
-/// own; the point is that one misbehaving device cannot starve the others).
-#[derive(Debug, Default)]
-pub struct DeviceRateLimit(std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>);
-
-impl DeviceRateLimit {
-    /// Sustained requests per second per device.
-    pub const RATE: f64 = 50.0;
-    /// Burst size.
-    pub const BURST: f64 = 100.0;
-
-    /// Takes one request from `device`'s budget; false when it is spent.
-    pub fn allow(&self, device: &str) -> bool {
-        let Ok(mut m) = self.0.lock() else { return true };
-        let now = std::time::Instant::now();
-        let entry = m.entry(device.to_owned()).or_insert((Self::BURST, now));
-        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::RATE).min(Self::BURST);
-        entry.1 = now;
-        if entry.0 >= 1.0 {
-            entry.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Device check-in times, kept in memory and written to the database in batches: a write per
-/// check-in would cap an idle fleet at the database's commit rate.
-#[derive(Debug, Default)]
-pub struct LastSeen(std::sync::Mutex<std::collections::HashMap<String, i64>>);
-
-impl LastSeen {
-    /// Notes a check-in.
-    pub fn touch(&self, device_id: &str, now_ms: i64) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(device_id.to_owned(), now_ms);
-        }
-    }
-
-    /// Takes everything noted since the last call.
-    pub fn drain(&self) -> Vec<(String, i64)> {
-        self.0.lock().map(|mut m| m.drain().collect()).unwrap_or_default()
-    }
-}
-
-/// Everything handlers share; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-impl AppState {
-    /// Bundles the server's parts.
-    pub fn new(store: Store, blobs: BlobStore, trust: Trust, settings: Settings) -> Self {
-        Self(Arc::new(Inner {
-            store,
-            blobs,
-            trust,
-            settings,
-            metrics: Metrics::default(),
-            last_seen: LastSeen::default(),
-            device_rate: DeviceRateLimit::default(),
-        }))
-    }
-
-    /// Policy settings.
-    pub fn settings(&self) -> &Settings {
-        &self.0.settings
-    }
-
-    /// Per-device request budgets.
-    pub fn device_rate(&self) -> &DeviceRateLimit {
-        &self.0.device_rate
-    }
-
-    /// Check-in times not yet written.
-    pub fn last_seen(&self) -> &LastSeen {
-        &self.0.last_seen
-    }
-
-    /// The database.
-    pub fn store(&self) -> &Store {
-        &self.0.store
-    }
-
-    /// The blob store.
-    pub fn blobs(&self) -> &BlobStore {
-        &self.0.blobs
-    }
-
-    /// Keys and root.
-    pub fn trust(&self) -> &Trust {
-        &self.0.trust
-    }
-
-    /// Counters for `/metrics`.
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
-    }
-}
 
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
@@ -290,13 +152,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
+/// 32 bytes from the OS random source, for secrets and ids.
+pub(crate) fn random() -> Result<[u8; 32], ApiError> {
+    crate::install::random_bytes().map_err(|e| ApiError::internal_from("reading the system random source", e))
 }
 
 /// A random id, 16 hex digits.
 pub(crate) fn new_id() -> Result<String, ApiError> {
-    let b = crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(hex::encode(&b[..8]))
+    Ok(hex::encode(&random()?[..8]))
 }

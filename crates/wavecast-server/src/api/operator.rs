@@ -12,9 +12,11 @@ use wavecast_api::{
 };
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{GroupName, Permission, Sha256Digest};
+use wavecast_core::{GroupName, Sha256Digest};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Operator, bodies, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, bodies, new_id, random};
+use crate::state::AppState;
 use crate::store::NewEnrollmentToken;
 
 /// Who the token belongs to.
@@ -22,31 +24,27 @@ pub async fn whoami(op: Operator) -> Json<Whoami> {
     Json(Whoami { id: op.token_id, name: op.name, role: op.role })
 }
 
-pub async fn list_artifacts(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Artifact>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Artifact>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_artifacts().await?, bodies::artifact)?))
 }
 
 pub async fn create_group(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateGroup>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateGroup>,
 ) -> Result<(StatusCode, Json<GroupCreated>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
-    let name = GroupName::new(body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let name = GroupName::new(body.name).map_err(|e| ApiError::bad_request(&e))?;
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::GroupCreated,
         subject: name.to_string(),
         detail: serde_json::json!({}),
     };
-    state.store().create_group(name.as_str(), &op.name, now_ms(), event).await?;
+    state.store().create_group(&name, &op.name, now_ms(), event).await?;
     Ok((StatusCode::CREATED, Json(GroupCreated { name })))
 }
 
-pub async fn list_groups(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Group>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Group>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_groups().await?, bodies::group)?))
 }
 
@@ -57,12 +55,10 @@ const DEFAULT_ENROLLMENT_SECS: u64 = 7 * 24 * 3600;
 
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
-    op: Operator,
-    body: Result<ApiJson<CreateEnrollmentToken>, ApiError>,
+    CanManageFleet(op): CanManageFleet,
+    ApiJson(body): ApiJson<CreateEnrollmentToken>,
 ) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
-    op.require(Permission::ManageFleet)?;
-    let ApiJson(body) = body?;
-    let group = GroupName::new(body.group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let group = GroupName::new(body.group).map_err(|e| ApiError::bad_request(&e))?;
     let secs = body.expires_in_secs.unwrap_or(DEFAULT_ENROLLMENT_SECS);
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
         return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
@@ -71,14 +67,14 @@ pub async fn create_enrollment_token(
     let now = now_ms();
     let t = NewEnrollmentToken {
         id: new_id()?,
-        group: group.to_string(),
+        group: group.clone(),
         secret_sha256: secret.hash(),
         now_ms: now,
         expires_at: now + (secs as i64) * 1000,
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::EnrollmentTokenCreated,
         subject: group.to_string(),
         detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),
@@ -87,12 +83,8 @@ pub async fn create_enrollment_token(
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group, token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
     ))
-}
-
-fn random() -> Result<[u8; 32], ApiError> {
-    crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -103,28 +95,27 @@ pub struct DeviceFilter {
 
 pub async fn list_devices(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    op.require(Permission::Read)?;
-    Ok(Json(bodies::all(state.store().list_devices(filter.group.as_deref()).await?, bodies::device)?))
+    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?.into_iter().map(bodies::device).collect()))
 }
 
 pub async fn show_device(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    op.require(Permission::Read)?;
     let device = state
         .store()
         .device_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {name:?} not found")))?;
     // What it runs, filled in by the device loop's reports.
-    let artifacts = bodies::all(state.store().device_artifacts(&device.id).await?, bodies::device_artifact)?;
+    let artifacts =
+        state.store().device_artifacts(&device.id).await?.into_iter().map(bodies::device_artifact).collect();
     let rollouts = bodies::all(state.store().device_rollouts(&device.id).await?, bodies::device_rollout)?;
-    Ok(Json(DeviceDetail { device: bodies::device(device)?, artifacts, rollouts }))
+    Ok(Json(DeviceDetail { device: bodies::device(device), artifacts, rollouts }))
 }
 
 #[derive(Deserialize)]
@@ -136,10 +127,9 @@ pub struct AuditRange {
 
 pub async fn list_audit(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiQuery(range): ApiQuery<AuditRange>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    op.require(Permission::Read)?;
     let limit = range.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(Json(state.store().audit_events(range.from.unwrap_or(0).max(0), limit).await?))
 }
@@ -147,13 +137,12 @@ pub async fn list_audit(
 /// Serves a published blob, honouring `Range` requests.
 pub async fn get_blob(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(sha256): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    op.require(Permission::Read)?;
     let digest: Sha256Digest =
-        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::BadRequest(e.to_string()))?;
+        sha256.parse().map_err(|e: wavecast_core::digest::DigestError| ApiError::bad_request(&e))?;
     serve_blob(&state, &digest, req).await
 }
 
@@ -166,9 +155,9 @@ pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Req
     let resp = tower_http::services::ServeFile::new(&path)
         .oneshot(req)
         .await
-        .map_err(|e| ApiError::Internal(format!("serving blob {digest}: {e}")))?;
+        .map_err(|e| ApiError::internal_from(format!("serving blob {digest}"), e))?;
     if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::Internal(format!("blob {digest} is referenced but missing from the blob store")));
+        return Err(ApiError::internal(format!("blob {digest} is referenced but missing from the blob store")));
     }
     Ok(resp.map(axum::body::Body::new).into_response())
 }

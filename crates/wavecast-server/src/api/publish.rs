@@ -13,12 +13,14 @@ use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
 use wavecast_api::Artifact;
-use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
+use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 
-use super::{ApiError, AppState, Operator, now_ms};
+use super::{ApiError, CanPublish};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
+use crate::state::AppState;
 use crate::store::{NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
@@ -26,15 +28,15 @@ const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
 
 pub async fn publish(
     State(state): State<AppState>,
-    op: Operator,
+    // Authorization (CanPublish) is decided before the body is even looked at.
+    CanPublish(op): CanPublish,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<Artifact>), ApiError> {
-    // Authorization comes before the body is even looked at.
-    op.require(Permission::Publish)?;
     let mut multipart =
         multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
-    let bad_multipart =
-        |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("reading the upload: {e}"));
+    let bad_multipart = |e: axum::extract::multipart::MultipartError| {
+        ApiError::BadRequest(format!("reading the upload: {}", chain(&e)))
+    };
 
     // Part 1: the signed targets metadata.
     let mut field = multipart
@@ -60,16 +62,17 @@ pub async fn publish(
         .store()
         .latest_metadata("targets")
         .await?
-        .ok_or_else(|| ApiError::Internal("the repository has no targets metadata".into()))?;
+        .ok_or_else(|| ApiError::internal("the repository has no targets metadata"))?;
     let current: Signed<Targets> = serde_json::from_str(&current_body)
-        .map_err(|e| ApiError::Internal(format!("stored targets version {current_version} does not parse: {e}")))?;
-    let now = jiff::Timestamp::now();
+        .map_err(|e| ApiError::internal_from(format!("stored targets version {current_version} does not parse"), e))?;
+    let now = wavecast_os::clock::now();
     let accepted = accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now).map_err(
         |e| match e {
             AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
-                "{e}: another publish landed first; fetch the current targets and sign again"
+                "{}: another publish landed first; fetch the current targets and sign again",
+                chain(&e)
             )),
-            other => ApiError::Unprocessable(format!("{other}; nothing was stored")),
+            other => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&other))),
         },
     )?;
     let [target] = accepted.added.as_slice() else {
@@ -121,16 +124,16 @@ pub async fn publish(
         },
     )
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))?;
 
     let already_stored = state.store().blob_referenced(&received.sha256).await?;
     let digest = received.sha256;
     let blob_path = state.blobs().place(received).await?;
     let record = NewArtifact {
-        name: target.target.name().to_string(),
-        version: target.target.version().to_string(),
+        name: target.target.name().clone(),
+        version: target.target.version().clone(),
         length: target.length as i64,
-        sha256: target.sha256.to_hex(),
+        sha256: target.sha256,
         hardware: target.hardware.clone(),
         published_by: op.name.clone(),
     };
@@ -147,7 +150,7 @@ pub async fn publish(
         },
         artifacts: vec![record.clone()],
         events: vec![NewAuditEvent {
-            actor: op.name.clone(),
+            actor: op.actor(),
             action: AuditAction::ArtifactPublished,
             subject: target.target.to_string(),
             detail: serde_json::json!({
@@ -176,10 +179,10 @@ pub async fn publish(
     Ok((
         StatusCode::CREATED,
         Json(Artifact {
-            name: target.target.name().clone(),
-            version: target.target.version().clone(),
+            name: record.name,
+            version: record.version,
             length: target.length,
-            sha256: target.sha256,
+            sha256: record.sha256,
             hardware: record.hardware,
             published_at: now_ms,
             published_by: record.published_by,

@@ -3,12 +3,15 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use wavecast_api::{AbortMode, AbortRequest, CreateRollout, ResumeRequest, Rollout};
+use wavecast_api::{AbortRequest, CreateRollout, ResumeRequest, Rollout};
+use wavecast_core::TargetName;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
 use wavecast_core::rollout::{Command, Plan};
-use wavecast_core::{Permission, TargetName};
+use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, bodies, now_ms};
+use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator, bodies};
+use crate::state::AppState;
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError};
 
 /// Ten minutes, as the brief sets it.
@@ -16,12 +19,10 @@ pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 pub async fn create(
     State(state): State<AppState>,
-    op: Operator,
-    req: Result<ApiJson<CreateRollout>, ApiError>,
+    CanOperateRollouts(op): CanOperateRollouts,
+    ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
-    let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(e.to_string());
+    let bad = |e: &dyn std::error::Error| ApiError::bad_request(e);
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
     let plan = Plan::new(
@@ -49,9 +50,9 @@ pub async fn create(
     let id = format!("r-{}", &super::new_id()?[..8]);
     let new = NewRollout {
         id,
-        artifact: target.name().to_string(),
-        version: target.version().to_string(),
-        group: group.to_string(),
+        artifact: target.name().clone(),
+        version: target.version().clone(),
+        group: group.clone(),
         plan,
         probe,
         created_by: op.name.clone(),
@@ -59,47 +60,42 @@ pub async fn create(
     };
     let record = state.store().create_rollout(&new).await.map_err(|e| match e {
         CreateRolloutError::Store(s) => s.into(),
-        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(e.to_string()),
-        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(e.to_string()),
+        e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(chain(&e)),
+        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(chain(&e)),
     })?;
     tracing::info!(rollout = %record.id, artifact = %target, group = %group, actor = %op.name, "rollout created");
     Ok((StatusCode::CREATED, Json(bodies::rollout(record)?)))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Rollout>>, ApiError> {
-    op.require(Permission::Read)?;
+pub async fn list(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Rollout>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_rollouts().await?, bodies::rollout)?))
 }
 
 pub async fn show(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
-    op.require(Permission::Read)?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
     Ok(Json(bodies::rollout(r)?))
 }
 
+/// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
 async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<Rollout>, ApiError> {
-    let permission = if cmd == Command::Approve { Permission::ApproveGates } else { Permission::OperateRollouts };
-    op.require(permission)?;
-    let record = state
-        .store()
-        .rollout_command(id, cmd, &op.name, state.settings().require_distinct_approver, now_ms())
-        .await
-        .map_err(|e| match e {
+    let record = state.store().rollout_command(id, cmd, &op.name, state.settings().approval, now_ms()).await.map_err(
+        |e| match e {
             RolloutCommandError::Store(s) => s.into(),
-            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(e.to_string()),
-            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(e.to_string()),
-        })?;
+            e @ RolloutCommandError::Refused(_) => ApiError::Conflict(chain(&e)),
+            e @ RolloutCommandError::SameApprover(_) => ApiError::Forbidden(chain(&e)),
+        },
+    )?;
     tracing::info!(rollout = %id, command = ?cmd, actor = %op.name, state = %record.status.state, "rollout command");
     Ok(Json(bodies::rollout(record)?))
 }
 
 pub async fn approve(
     State(state): State<AppState>,
-    op: Operator,
+    CanApproveGates(op): CanApproveGates,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
     run_command(&state, &op, &id, Command::Approve).await
@@ -107,12 +103,10 @@ pub async fn approve(
 
 pub async fn resume(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<ResumeRequest>, ApiError>,
+    ApiJson(req): ApiJson<ResumeRequest>,
 ) -> Result<Json<Rollout>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
     if !req.ack {
         return Err(ApiError::BadRequest(
             "resuming requires acknowledging the failures counted so far (ack: true, or --ack on the CLI)".into(),
@@ -123,15 +117,9 @@ pub async fn resume(
 
 pub async fn abort(
     State(state): State<AppState>,
-    op: Operator,
+    CanOperateRollouts(op): CanOperateRollouts,
     ApiPath(id): ApiPath<String>,
-    req: Result<ApiJson<AbortRequest>, ApiError>,
+    ApiJson(req): ApiJson<AbortRequest>,
 ) -> Result<Json<Rollout>, ApiError> {
-    op.require(Permission::OperateRollouts)?;
-    let ApiJson(req) = req?;
-    let cmd = match req.mode {
-        AbortMode::Keep => Command::AbortKeep,
-        AbortMode::Revert => Command::AbortRevert,
-    };
-    run_command(&state, &op, &id, cmd).await
+    run_command(&state, &op, &id, Command::Abort(req.mode)).await
 }

@@ -4,27 +4,23 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use wavecast_api::{CreateToken, Token, TokenCreated};
-use wavecast_core::Permission;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, AppState, Operator, bodies, new_id, now_ms};
+use super::{ApiError, ApiJson, ApiPath, CanManageTokens, bodies, new_id, random};
+use crate::state::AppState;
 use crate::store::NewToken;
 
 pub async fn create(
     State(state): State<AppState>,
-    op: Operator,
-    req: Result<ApiJson<CreateToken>, ApiError>,
+    CanManageTokens(op): CanManageTokens,
+    ApiJson(req): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<TokenCreated>), ApiError> {
-    op.require(Permission::ManageTokens)?;
-    let ApiJson(req) = req?;
     let id = new_id()?;
     let name = req.name.unwrap_or_else(|| format!("{}-{}", req.role, &id[..6]));
-    wavecast_core::name::validate("token", &name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let secret = Secret::from_random(
-        SecretKind::ApiToken,
-        crate::install::random_bytes().map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
+    wavecast_core::name::validate("token", &name).map_err(|e| ApiError::bad_request(&e))?;
+    let secret = Secret::from_random(SecretKind::ApiToken, random()?);
     let token = NewToken {
         id: id.clone(),
         name: name.clone(),
@@ -33,7 +29,7 @@ pub async fn create(
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
-        actor: op.name.clone(),
+        actor: op.actor(),
         action: AuditAction::TokenCreated,
         subject: name.clone(),
         detail: serde_json::json!({ "id": id, "role": req.role }),
@@ -42,18 +38,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
 }
 
-pub async fn list(State(state): State<AppState>, op: Operator) -> Result<Json<Vec<Token>>, ApiError> {
-    op.require(Permission::ManageTokens)?;
+pub async fn list(State(state): State<AppState>, _: CanManageTokens) -> Result<Json<Vec<Token>>, ApiError> {
     Ok(Json(state.store().list_tokens().await?.into_iter().map(bodies::token).collect()))
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
-    op: Operator,
+    CanManageTokens(op): CanManageTokens,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Token>, ApiError> {
-    op.require(Permission::ManageTokens)?;
-    let actor = op.name.clone();
+    let actor = op.actor();
     let revoked = state
         .store()
         .revoke_token(&id, now_ms(), |t| NewAuditEvent {

@@ -7,17 +7,16 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use wavecast_core::Permission;
 
-use super::{ApiError, ApiPath, AppState, Device, Operator};
+use super::{ApiError, ApiPath, CanRead, Device};
+use crate::state::AppState;
 
 /// Metadata for operators (the publisher reads root and targets here).
 pub async fn operator_metadata(
     State(state): State<AppState>,
-    op: Operator,
+    _: CanRead,
     ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    op.require(Permission::Read)?;
     metadata(&state, &file).await
 }
 

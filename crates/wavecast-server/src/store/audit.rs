@@ -1,12 +1,15 @@
-//! The audit log's raw rows and its signed checkpoints.
+//! The audit log: appending events under a gap-free sequence, reading them back, and the raw
+//! rows and signed checkpoints that evidence is built from.
 //!
-//! Rows are returned exactly as stored, unparsed: verification must see damage as it is, and
-//! a row that no longer parses must not make the evidence about every other row unreadable.
+//! Raw rows are returned exactly as stored, unparsed: verification must see damage as it is,
+//! and a row that no longer parses must not make the evidence about every other row
+//! unreadable.
 
-use sqlx::Row as _;
-use sqlx::any::AnyRow;
+use sqlx::{Any, Transaction};
+use wavecast_core::audit::{AuditEvent, NewAuditEvent};
 
-use super::{Store, StoreError, q};
+use super::row::{Row, read_all};
+use super::{Store, StoreError, corrupt, q};
 
 /// A stored checkpoint row. Only its note is evidence; the other columns are for queries and
 /// for extending the tree, and are checked against the note before use.
@@ -41,26 +44,80 @@ pub struct NewCheckpoint {
 
 const CHECKPOINT_COLUMNS: &str = "size, root_sha256, note, frontier, created_at";
 
-fn checkpoint_from_row(r: &AnyRow) -> Result<CheckpointRecord, StoreError> {
-    let e = || q("reading audit checkpoints");
+fn checkpoint(r: &Row<'_>) -> Result<CheckpointRecord, StoreError> {
     Ok(CheckpointRecord {
-        size: r.try_get(0).map_err(e())?,
-        root_sha256: r.try_get(1).map_err(e())?,
-        note: r.try_get(2).map_err(e())?,
-        frontier: r.try_get(3).map_err(e())?,
-        created_at: r.try_get(4).map_err(e())?,
+        size: r.get(0)?,
+        root_sha256: r.get(1)?,
+        note: r.get(2)?,
+        frontier: r.get(3)?,
+        created_at: r.get(4)?,
     })
 }
 
+/// Appends an event inside `tx`, taking the next sequence number under audit_head's row lock.
+pub(super) async fn append_audit(
+    tx: &mut Transaction<'static, Any>,
+    now_ms: i64,
+    event: NewAuditEvent,
+) -> Result<AuditEvent, StoreError> {
+    let op = "writing the audit log";
+    let head = sqlx::query("UPDATE audit_head SET size = size + 1 WHERE id = 1 RETURNING size")
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(q(op))?;
+    let size: i64 = Row::new(&head, op).get(0)?;
+    let seq = size - 1;
+    let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let placed = AuditEvent::place(event, seq as u64, at.to_string());
+    let body = String::from_utf8(placed.canonical_bytes()).map_err(corrupt("audit event"))?;
+    sqlx::query("INSERT INTO audit_log (seq, at, actor, action, subject, body) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(seq)
+        .bind(now_ms)
+        .bind(&placed.actor)
+        .bind(placed.action.as_str())
+        .bind(&placed.subject)
+        .bind(body)
+        .execute(&mut **tx)
+        .await
+        .map_err(q(op))?;
+    Ok(placed)
+}
+
 impl Store {
+    /// Appends one event on its own.
+    pub async fn audit(&self, now_ms: i64, event: NewAuditEvent) -> Result<AuditEvent, StoreError> {
+        let op = "writing the audit log";
+        let mut tx = self.begin(op).await?;
+        let placed = append_audit(&mut tx, now_ms, event).await?;
+        tx.commit().await.map_err(q(op))?;
+        Ok(placed)
+    }
+
+    /// Events with `seq >= from`, at most `limit`, oldest first.
+    pub async fn audit_events(&self, from: i64, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let op = "reading the audit log";
+        let rows = sqlx::query("SELECT seq, body FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
+            .bind(from)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q(op))?;
+        read_all(&rows, op, |r| {
+            let seq: i64 = r.get(0)?;
+            let body: String = r.get(1)?;
+            let e = AuditEvent::from_bytes(body.as_bytes()).map_err(corrupt(format!("audit event {seq}")))?;
+            if e.seq != seq as u64 {
+                return Err(corrupt(format!("audit event {seq}"))(format!("row {seq} holds event {}", e.seq)));
+            }
+            Ok(e)
+        })
+    }
+
     /// The number of events appended so far (the next sequence number).
     pub async fn audit_size(&self) -> Result<i64, StoreError> {
-        sqlx::query("SELECT size FROM audit_head WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(q("reading the audit log size"))?
-            .try_get(0)
-            .map_err(q("reading the audit log size"))
+        let op = "reading the audit log size";
+        let row = sqlx::query("SELECT size FROM audit_head WHERE id = 1").fetch_one(&self.pool).await.map_err(q(op))?;
+        Row::new(&row, op).get(0)
     }
 
     /// Raw rows `(seq, body)` with `from <= seq < until`, at most `limit`, by seq.
@@ -73,11 +130,12 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(q(op))?;
-        rows.iter().map(|r| Ok((r.try_get(0).map_err(q(op))?, r.try_get(1).map_err(q(op))?))).collect()
+        read_all(&rows, op, |r| Ok((r.get(0)?, r.get(1)?)))
     }
 
     /// Checkpoint rows with `size >= from`, at most `limit`, smallest first.
     pub async fn audit_checkpoints(&self, from: i64, limit: i64) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let op = "reading audit checkpoints";
         let rows = sqlx::query(&format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE size >= $1 ORDER BY size LIMIT $2"
         ))
@@ -85,13 +143,14 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(q("reading audit checkpoints"))?;
-        rows.iter().map(checkpoint_from_row).collect()
+        .map_err(q(op))?;
+        read_all(&rows, op, checkpoint)
     }
 
     /// Checkpoint rows with `size < below`, at most `limit`, largest first: for finding the
     /// newest one that verifies.
     pub async fn audit_checkpoints_before(&self, below: i64, limit: i64) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let op = "reading audit checkpoints";
         let rows = sqlx::query(&format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE size < $1 ORDER BY size DESC LIMIT $2"
         ))
@@ -99,18 +158,19 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(q("reading audit checkpoints"))?;
-        rows.iter().map(checkpoint_from_row).collect()
+        .map_err(q(op))?;
+        read_all(&rows, op, checkpoint)
     }
 
     /// The checkpoint row of exactly `size`.
     pub async fn audit_checkpoint(&self, size: i64) -> Result<Option<CheckpointRecord>, StoreError> {
+        let op = "reading audit checkpoints";
         sqlx::query(&format!("SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE size = $1"))
             .bind(size)
             .fetch_optional(&self.pool)
             .await
-            .map_err(q("reading audit checkpoints"))?
-            .map(|r| checkpoint_from_row(&r))
+            .map_err(q(op))?
+            .map(|r| checkpoint(&Row::new(&r, op)))
             .transpose()
     }
 

@@ -65,7 +65,7 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
         };
         sqlx::raw_sql(m.common).execute(&mut *tx).await.map_err(err(m.version))?;
         sqlx::raw_sql(specific).execute(&mut *tx).await.map_err(err(m.version))?;
-        let now = jiff::Timestamp::now().as_millisecond();
+        let now = wavecast_os::clock::now_ms();
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(m.version)
             .bind(now)

@@ -1,8 +1,10 @@
-//! Plain rows going into and coming out of the store.
+//! Plain rows going into and coming out of the store, typed as the domain types them: names
+//! and digests are validated newtypes (they serialize as the same strings), so what was
+//! checked at the edge stays checked where decisions are made.
 
 use serde::Serialize;
 use wavecast_core::audit::NewAuditEvent;
-use wavecast_core::{Role, Sha256Digest};
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Role, Sha256Digest};
 
 /// What the server's first start imports from `wavecast init`'s output.
 #[derive(Debug, Clone)]
@@ -68,13 +70,13 @@ pub struct OnlineMetadata {
 #[derive(Debug, Clone)]
 pub struct NewArtifact {
     /// Artifact name.
-    pub name: String,
+    pub name: ArtifactName,
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Size in bytes.
     pub length: i64,
-    /// SHA-256, hex.
-    pub sha256: String,
+    /// SHA-256.
+    pub sha256: Sha256Digest,
     /// Hardware, if specific.
     pub hardware: Option<String>,
     /// Actor.
@@ -102,13 +104,13 @@ pub struct Publish {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ArtifactRecord {
     /// Name.
-    pub name: String,
+    pub name: ArtifactName,
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Size in bytes.
     pub length: i64,
-    /// SHA-256, hex.
-    pub sha256: String,
+    /// SHA-256.
+    pub sha256: Sha256Digest,
     /// Hardware, if specific.
     pub hardware: Option<String>,
     /// Publish time (ms).
@@ -121,7 +123,7 @@ pub struct ArtifactRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupRecord {
     /// Name.
-    pub name: String,
+    pub name: GroupName,
     /// Creation time (ms).
     pub created_at: i64,
     /// Creator.
@@ -136,7 +138,7 @@ pub struct NewEnrollmentToken {
     /// Public id.
     pub id: String,
     /// Group.
-    pub group: String,
+    pub group: GroupName,
     /// Hash of the secret.
     pub secret_sha256: Sha256Digest,
     /// Now (ms).
@@ -155,7 +157,7 @@ pub struct Enrollment {
     /// New device id.
     pub device_id: String,
     /// Device name.
-    pub name: String,
+    pub name: DeviceName,
     /// Hardware.
     pub hardware: String,
     /// Hash of the new device credential.
@@ -170,13 +172,22 @@ pub struct DeviceRecord {
     /// Id.
     pub id: String,
     /// Name.
-    pub name: String,
+    pub name: DeviceName,
     /// Group.
-    pub group: String,
+    pub group: GroupName,
     /// Hardware.
     pub hardware: String,
     /// Enrollment time (ms).
     pub enrolled_at: i64,
     /// Last check-in (ms).
     pub last_seen_at: Option<i64>,
+}
+
+/// A device as the rollout code needs it.
+#[derive(Debug, Clone)]
+pub struct DeviceRef {
+    /// Id.
+    pub id: String,
+    /// Name (for audit events).
+    pub name: DeviceName,
 }

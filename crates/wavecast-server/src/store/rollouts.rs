@@ -7,14 +7,20 @@
 //! replicas therefore never open a wave twice or lose a failure. Nothing here scans the fleet:
 //! counts live in the rollout row, and a device's assignment is found through its own rows.
 
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row as _, Transaction};
-use wavecast_core::assignment::{Action, DeviceState};
-use wavecast_core::audit::{AuditAction, NewAuditEvent};
-use wavecast_core::probe::ProbeSpec;
-use wavecast_core::rollout::{self, Command, Effect, Plan, RolloutState, Status, WaveCounts};
+use std::collections::BTreeSet;
 
-use super::{Store, StoreError, append_audit, q};
+use sqlx::{Any, Transaction};
+use wavecast_core::assignment::{Action, Assignment, DeviceState};
+use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
+use wavecast_core::probe::ProbeSpec;
+use wavecast_core::rollout::{
+    self, AbortMode, Command, Effect, GateApproval, Plan, RolloutState, Served, Status, WaveCounts,
+};
+use wavecast_core::{ArtifactName, ArtifactVersion, GroupName};
+
+use super::audit::append_audit;
+use super::row::{Row, read_all};
+use super::{DeviceRef, Store, StoreError, changed, conflict_or, corrupt, placeholders, q};
 
 /// A rollout to create.
 #[derive(Debug, Clone)]
@@ -22,11 +28,11 @@ pub struct NewRollout {
     /// Id (`r-…`).
     pub id: String,
     /// Artifact name.
-    pub artifact: String,
+    pub artifact: ArtifactName,
     /// Artifact version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Target group.
-    pub group: String,
+    pub group: GroupName,
     /// Waves, gates, halt rule, timeout.
     pub plan: Plan,
     /// The probe devices run.
@@ -43,11 +49,11 @@ pub struct RolloutRecord {
     /// Id.
     pub id: String,
     /// Artifact name.
-    pub artifact: String,
+    pub artifact: ArtifactName,
     /// Artifact version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Group.
-    pub group: String,
+    pub group: GroupName,
     /// Plan.
     pub plan: Plan,
     /// Probe.
@@ -58,8 +64,8 @@ pub struct RolloutRecord {
     pub counts: Vec<WaveCounts>,
     /// Devices in the rollout.
     pub device_count: i64,
-    /// `keep` or `revert` once aborted.
-    pub abort_mode: Option<String>,
+    /// How it was aborted, once aborted.
+    pub abort_mode: Option<AbortMode>,
     /// Creation time (ms).
     pub created_at: i64,
     /// Creator.
@@ -74,9 +80,9 @@ pub struct RolloutDeviceRecord {
     /// Rollout id.
     pub rollout_id: String,
     /// Artifact name.
-    pub artifact: String,
+    pub artifact: ArtifactName,
     /// Version.
-    pub version: String,
+    pub version: ArtifactVersion,
     /// Wave (1-based).
     pub wave: i64,
     /// State.
@@ -87,65 +93,32 @@ pub struct RolloutDeviceRecord {
     pub updated_at: i64,
 }
 
-/// One artifact assignment as stored (the API signs these).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredAssignment {
-    /// Rollout id.
-    pub rollout_id: String,
-    /// Install or revert.
-    pub action: Action,
-    /// Artifact name.
-    pub artifact: String,
-    /// Version.
-    pub version: String,
-    /// Length.
-    pub length: i64,
-    /// SHA-256 hex.
-    pub sha256: String,
-    /// Probe JSON.
-    pub probe: ProbeSpec,
-}
-
 const ROLLOUT_COLUMNS: &str = "id, artifact_name, artifact_version, group_name, plan, probe, state, opened, failures_counted, \
      counts, device_count, abort_mode, created_at, created_by, updated_at";
 
-fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { what, detail: e.to_string() }
-}
-
-fn rollout_from_row(r: &AnyRow) -> Result<RolloutRecord, StoreError> {
-    let e = q("reading a rollout");
-    let text = |i: usize| r.try_get::<String, _>(i);
-    let plan: Plan =
-        serde_json::from_str(&text(4).map_err(q("reading a rollout"))?).map_err(|e| corrupt("rollout plan", e))?;
-    let probe: ProbeSpec =
-        serde_json::from_str(&text(5).map_err(q("reading a rollout"))?).map_err(|e| corrupt("rollout probe", e))?;
-    let state: RolloutState =
-        text(6).map_err(q("reading a rollout"))?.parse().map_err(|e| corrupt("rollout state", e))?;
-    let counts: Vec<WaveCounts> =
-        serde_json::from_str(&text(9).map_err(q("reading a rollout"))?).map_err(|e| corrupt("rollout counts", e))?;
+fn rollout(r: &Row<'_>) -> Result<RolloutRecord, StoreError> {
     Ok(RolloutRecord {
-        id: text(0).map_err(q("reading a rollout"))?,
-        artifact: text(1).map_err(q("reading a rollout"))?,
-        version: text(2).map_err(q("reading a rollout"))?,
-        group: text(3).map_err(q("reading a rollout"))?,
-        plan,
-        probe,
+        id: r.get(0)?,
+        artifact: r.parse(1, "rollout artifact")?,
+        version: r.parse(2, "rollout version")?,
+        group: r.parse(3, "rollout group")?,
+        plan: r.json(4, "rollout plan")?,
+        probe: r.json(5, "rollout probe")?,
         status: Status {
-            state,
-            opened: r.try_get::<i64, _>(7).map_err(q("reading a rollout"))? as usize,
-            failures_counted: r.try_get::<i64, _>(8).map_err(q("reading a rollout"))? as u32,
+            state: r.parse(6, "rollout state")?,
+            opened: r.get::<i64>(7)? as usize,
+            failures_counted: r.get::<i64>(8)? as u32,
         },
-        counts,
-        device_count: r.try_get(10).map_err(q("reading a rollout"))?,
-        abort_mode: r.try_get(11).map_err(q("reading a rollout"))?,
-        created_at: r.try_get(12).map_err(q("reading a rollout"))?,
-        created_by: text(13).map_err(q("reading a rollout"))?,
-        updated_at: r.try_get(14).map_err(e)?,
+        counts: r.json(9, "rollout counts")?,
+        device_count: r.get(10)?,
+        abort_mode: r.parse_opt(11, "rollout abort mode")?,
+        created_at: r.get(12)?,
+        created_by: r.get(13)?,
+        updated_at: r.get(14)?,
     })
 }
 
-fn active_key(group: &str, artifact: &str) -> String {
+fn active_key(group: &GroupName, artifact: &ArtifactName) -> String {
     format!("{group}/{artifact}")
 }
 
@@ -161,15 +134,15 @@ pub enum CreateRolloutError {
         /// The active rollout.
         existing: String,
         /// Its state.
-        state: String,
+        state: RolloutState,
         /// Artifact.
-        artifact: String,
+        artifact: ArtifactName,
         /// Group.
-        group: String,
+        group: GroupName,
     },
     /// The group has no devices.
     #[error("group {0} has no devices to roll out to")]
-    EmptyGroup(String),
+    EmptyGroup(GroupName),
 }
 
 /// Why an operator command was refused.
@@ -198,16 +171,17 @@ impl Store {
             .await
             .map_err(q(op))?
         {
+            let row = Row::new(&row, op);
             return Err(CreateRolloutError::AlreadyActive {
-                existing: row.try_get(0).map_err(q(op))?,
-                state: row.try_get(1).map_err(q(op))?,
+                existing: row.get(0)?,
+                state: row.parse(1, "rollout state")?,
                 artifact: new.artifact.clone(),
                 group: new.group.clone(),
             });
         }
         let artifact = sqlx::query("SELECT 1 FROM artifacts WHERE name = $1 AND version = $2")
-            .bind(&new.artifact)
-            .bind(&new.version)
+            .bind(new.artifact.as_str())
+            .bind(new.version.to_string())
             .fetch_optional(&mut *tx)
             .await
             .map_err(q(op))?;
@@ -215,22 +189,19 @@ impl Store {
             return Err(StoreError::NotFound { what: format!("artifact {}@{}", new.artifact, new.version) }.into());
         }
         let group = sqlx::query("SELECT 1 FROM device_groups WHERE name = $1")
-            .bind(&new.group)
+            .bind(new.group.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(q(op))?;
         if group.is_none() {
             return Err(StoreError::NotFound { what: format!("group {}", new.group) }.into());
         }
-        let ids: Vec<String> = sqlx::query("SELECT id FROM devices WHERE group_name = $1")
-            .bind(&new.group)
+        let rows = sqlx::query("SELECT id FROM devices WHERE group_name = $1")
+            .bind(new.group.as_str())
             .fetch_all(&mut *tx)
             .await
-            .map_err(q(op))?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()
             .map_err(q(op))?;
+        let ids: Vec<String> = read_all(&rows, op, |r| r.get(0))?;
         if ids.is_empty() {
             return Err(CreateRolloutError::EmptyGroup(new.group.clone()));
         }
@@ -247,27 +218,32 @@ impl Store {
             })
             .collect();
 
-        let plan_json = serde_json::to_string(&new.plan).map_err(|e| corrupt("rollout plan", e))?;
-        let probe_json = serde_json::to_string(&new.probe).map_err(|e| corrupt("rollout probe", e))?;
+        let plan_json = serde_json::to_string(&new.plan).map_err(corrupt("rollout plan"))?;
+        let probe_json = serde_json::to_string(&new.probe).map_err(corrupt("rollout probe"))?;
+        let status = Status::new();
         sqlx::query(
             "INSERT INTO rollouts (id, artifact_name, artifact_version, group_name, plan, probe, state, opened, failures_counted, \
              counts, device_count, active_key, created_at, created_by, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', 0, 0, '[]', $7, $8, $9, $10, $9)",
+             VALUES ($1, $2, $3, $4, $5, $6, $11, $12, $13, '[]', $7, $8, $9, $10, $9)",
         )
         .bind(&new.id)
-        .bind(&new.artifact)
-        .bind(&new.version)
-        .bind(&new.group)
+        .bind(new.artifact.as_str())
+        .bind(new.version.to_string())
+        .bind(new.group.as_str())
         .bind(&plan_json)
         .bind(&probe_json)
         .bind(order.len() as i64)
         .bind(&key)
         .bind(new.now_ms)
         .bind(&new.created_by)
+        .bind(status.state.as_str())
+        .bind(status.opened as i64)
+        .bind(i64::from(status.failures_counted))
         .execute(&mut *tx)
         .await
-        .map_err(super::conflict_or(op, || format!("an active rollout of {} to group {}", new.artifact, new.group)))?;
+        .map_err(conflict_or(op, || format!("an active rollout of {} to group {}", new.artifact, new.group)))?;
         for chunk in placed.chunks(200) {
+            // $1 the rollout, $2 the state every device starts in, then four per device.
             let mut sql = String::from(
                 "INSERT INTO rollout_devices (rollout_id, device_id, position, wave, state, updated_at) VALUES ",
             );
@@ -276,19 +252,20 @@ impl Store {
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("($1, ${}, ${}, ${}, 'pending', ${})", b + 2, b + 3, b + 4, b + 5));
+                sql.push_str(&format!("($1, ${}, ${}, ${}, $2, ${})", b + 3, b + 4, b + 5, b + 6));
             }
-            let mut query = sqlx::query(&sql).bind(&new.id);
+            let mut query = sqlx::query(&sql).bind(&new.id).bind(DeviceState::Pending.as_str());
             for (id, pos, wave) in chunk {
                 query = query.bind(*id).bind(*pos as i64).bind(*wave as i64).bind(new.now_ms);
             }
             query.execute(&mut *tx).await.map_err(q(op))?;
         }
+        let creator = Actor::Operator(new.created_by.clone());
         append_audit(
             &mut tx,
             new.now_ms,
             NewAuditEvent {
-                actor: new.created_by.clone(),
+                actor: creator.clone(),
                 action: AuditAction::RolloutCreated,
                 subject: new.id.clone(),
                 detail: serde_json::json!({
@@ -310,7 +287,7 @@ impl Store {
             group: new.group.clone(),
             plan: new.plan.clone(),
             probe: new.probe.clone(),
-            status: Status::new(),
+            status,
             counts,
             device_count: order.len() as i64,
             abort_mode: None,
@@ -319,35 +296,35 @@ impl Store {
             updated_at: new.now_ms,
         };
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
-        self.apply(&mut tx, &mut record, &effects, &new.created_by, new.now_ms).await?;
+        self.apply(&mut tx, &mut record, &effects, &creator, new.now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(record)
     }
 
-    /// Applies engine effects inside `tx` and writes the rollout row back.
+    /// Applies engine effects inside `tx` and writes the rollout row back. `cause` is who made
+    /// the change the effects follow from.
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,
         r: &mut RolloutRecord,
         effects: &[Effect],
-        actor: &str,
+        cause: &Actor,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let op = "updating a rollout";
         for effect in effects {
             let (action, detail) = match *effect {
                 Effect::OpenWave { index } => {
-                    let opened = sqlx::query(
-                        "UPDATE rollout_devices SET state = 'assigned', assigned_at = $3, updated_at = $3 \
-                         WHERE rollout_id = $1 AND wave = $2 AND state = 'pending'",
+                    let assign = sqlx::query(
+                        "UPDATE rollout_devices SET state = $4, assigned_at = $3, updated_at = $3 \
+                         WHERE rollout_id = $1 AND wave = $2 AND state = $5",
                     )
                     .bind(&r.id)
                     .bind(index as i64)
                     .bind(now_ms)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(q(op))?
-                    .rows_affected();
+                    .bind(DeviceState::Assigned.as_str())
+                    .bind(DeviceState::Pending.as_str());
+                    let opened = changed(tx, assign, op).await?;
                     if let Some(c) = r.counts.get_mut(index) {
                         let pending = c.get(DeviceState::Pending).min(opened);
                         c.by_state[rollout::state_index(DeviceState::Pending)] -= pending;
@@ -379,31 +356,26 @@ impl Store {
                 Effect::Resumed { acknowledged } => {
                     (AuditAction::RolloutResumed, serde_json::json!({ "acknowledged_failures": acknowledged }))
                 }
-                Effect::Aborted { revert } => {
-                    let mode = if revert { "revert" } else { "keep" };
-                    r.abort_mode = Some(mode.to_owned());
+                Effect::Aborted { mode } => {
+                    r.abort_mode = Some(mode);
                     (AuditAction::RolloutAborted, serde_json::json!({ "mode": mode }))
                 }
                 Effect::RevertUpdated => {
-                    sqlx::query(
+                    let states = rollout::REVERTED_BY_ABORT;
+                    let sql = format!(
                         "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE id IN \
-                         (SELECT device_id FROM rollout_devices WHERE rollout_id = $1 \
-                          AND state IN ('succeeded', 'installing', 'probing', 'verifying', 'downloading'))",
-                    )
-                    .bind(&r.id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(q(op))?;
+                         (SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND state IN ({}))",
+                        placeholders(2, states.len())
+                    );
+                    let mut query = sqlx::query(&sql).bind(&r.id);
+                    for state in states {
+                        query = query.bind(state.as_str());
+                    }
+                    query.execute(&mut **tx).await.map_err(q(op))?;
                     continue;
                 }
             };
-            let actor = match effect {
-                // Waves opening, pauses and completion follow from device reports; the rollout
-                // itself is the actor unless an operator's command caused them.
-                Effect::Aborted { .. } | Effect::Resumed { .. } => actor.to_owned(),
-                _ if actor.starts_with("device:") || actor == "wavecast" => "wavecast".to_owned(),
-                _ => actor.to_owned(),
-            };
+            let actor = rollout::effect_actor(effect, cause);
             append_audit(tx, now_ms, NewAuditEvent { actor, action, subject: r.id.clone(), detail }).await?;
         }
         // What a device is served depends on the rollout's state (a paused rollout serves no
@@ -414,17 +386,24 @@ impl Store {
             matches!(e, Effect::Paused { .. } | Effect::Resumed { .. } | Effect::Completed | Effect::Aborted { .. })
         });
         if serving_changed {
-            let sql = if effects.contains(&Effect::Completed) {
-                "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
-                 OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)"
+            let query = if effects.contains(&Effect::Completed) {
+                sqlx::query(
+                    "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
+                     OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)",
+                )
+                .bind(&r.id)
+                .bind(r.group.as_str())
             } else {
-                "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE id IN \
-                 (SELECT device_id FROM rollout_devices WHERE rollout_id = $1) AND $2 = $2"
+                sqlx::query(
+                    "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE id IN \
+                     (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)",
+                )
+                .bind(&r.id)
             };
-            sqlx::query(sql).bind(&r.id).bind(&r.group).execute(&mut **tx).await.map_err(q(op))?;
+            query.execute(&mut **tx).await.map_err(q(op))?;
         }
         r.updated_at = now_ms;
-        let counts = serde_json::to_string(&r.counts).map_err(|e| corrupt("rollout counts", e))?;
+        let counts = serde_json::to_string(&r.counts).map_err(corrupt("rollout counts"))?;
         let key = (!r.status.state.is_terminal()).then(|| active_key(&r.group, &r.artifact));
         sqlx::query(
             "UPDATE rollouts SET state = $2, opened = $3, failures_counted = $4, counts = $5, abort_mode = $6, \
@@ -433,9 +412,9 @@ impl Store {
         .bind(&r.id)
         .bind(r.status.state.as_str())
         .bind(r.status.opened as i64)
-        .bind(r.status.failures_counted as i64)
+        .bind(i64::from(r.status.failures_counted))
         .bind(counts)
-        .bind(r.abort_mode.clone())
+        .bind(r.abort_mode.map(|m| m.as_str()))
         .bind(key)
         .bind(now_ms)
         .execute(&mut **tx)
@@ -445,39 +424,42 @@ impl Store {
     }
 
     async fn lock_rollout(&self, tx: &mut Transaction<'static, Any>, id: &str) -> Result<RolloutRecord, StoreError> {
+        let op = "locking a rollout";
         let sql = format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1{}", self.for_update());
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(q("locking a rollout"))?
+            .map_err(q(op))?
             .ok_or_else(|| StoreError::NotFound { what: format!("rollout {id}") })?;
-        rollout_from_row(&row)
+        rollout(&Row::new(&row, op))
     }
 
-    /// Applies an operator command.
+    /// Applies an operator command; `actor` is the operator's token name, and `approval` the
+    /// server's policy on creators approving their own gates.
     pub async fn rollout_command(
         &self,
         id: &str,
         cmd: Command,
         actor: &str,
-        require_distinct_approver: bool,
+        approval: GateApproval,
         now_ms: i64,
     ) -> Result<RolloutRecord, RolloutCommandError> {
         let op = "changing a rollout";
         let mut tx = self.begin(op).await?;
         let mut r = self.lock_rollout(&mut tx, id).await?;
-        if cmd == Command::Approve && require_distinct_approver && r.created_by == actor {
+        if cmd == Command::Approve && !approval.permits(&r.created_by, actor) {
             return Err(RolloutCommandError::SameApprover(actor.to_owned()));
         }
         let wave = r.status.opened;
         let effects = rollout::command(&r.plan, &mut r.status, &r.counts, cmd)?;
+        let operator = Actor::Operator(actor.to_owned());
         if cmd == Command::Approve {
             append_audit(
                 &mut tx,
                 now_ms,
                 NewAuditEvent {
-                    actor: actor.to_owned(),
+                    actor: operator.clone(),
                     action: AuditAction::RolloutApproved,
                     subject: r.id.clone(),
                     detail: serde_json::json!({ "wave": wave + 1 }),
@@ -485,7 +467,7 @@ impl Store {
             )
             .await?;
         }
-        self.apply(&mut tx, &mut r, &effects, actor, now_ms).await?;
+        self.apply(&mut tx, &mut r, &effects, &operator, now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(r)
     }
@@ -534,13 +516,10 @@ impl Store {
         else {
             return Ok(false);
         };
-        let wave: i64 = row.try_get(0).map_err(q(op))?;
-        let from: DeviceState =
-            row.try_get::<String, _>(1).map_err(q(op))?.parse().map_err(|e| corrupt("device state", e))?;
-        if expected.is_some_and(|e| e != from) || !from.may_become(to) {
-            return Ok(false);
-        }
-        if to == DeviceState::Reverted && r.abort_mode.as_deref() != Some("revert") {
+        let row = Row::new(&row, op);
+        let wave: i64 = row.get(0)?;
+        let from: DeviceState = row.parse(1, "device state")?;
+        if expected.is_some_and(|e| e != from) || !rollout::accepts_transition(from, to, r.abort_mode) {
             return Ok(false);
         }
         sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_at = $5 WHERE rollout_id = $1 AND device_id = $2")
@@ -560,19 +539,15 @@ impl Store {
             DeviceState::Unreachable => Some(AuditAction::DeviceUnreachable),
             _ => None,
         };
+        let actor = rollout::transition_actor(&device.name, to);
         if let Some(action) = audit {
-            let actor = if matches!(to, DeviceState::TimedOut | DeviceState::Unreachable) {
-                "wavecast".to_owned()
-            } else {
-                format!("device:{}", device.name)
-            };
             append_audit(
                 tx,
                 now_ms,
                 NewAuditEvent {
-                    actor,
+                    actor: actor.clone(),
                     action,
-                    subject: device.name.clone(),
+                    subject: device.name.to_string(),
                     detail: serde_json::json!({
                         "rollout": rollout_id,
                         "artifact": format!("{}@{}", r.artifact, r.version),
@@ -584,7 +559,6 @@ impl Store {
             .await?;
         }
         let effects = rollout::device_changed(&r.plan, &mut r.status, &mut r.counts, wave as usize, from, to);
-        let actor = format!("device:{}", device.name);
         self.apply(tx, &mut r, &effects, &actor, now_ms).await?;
         Ok(true)
     }
@@ -599,18 +573,14 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let op = "recording a device report";
         let mut tx = self.begin(op).await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO device_reports (device_id, report_id, received_at) VALUES ($1, $2, $3) \
              ON CONFLICT (device_id, report_id) DO NOTHING",
         )
         .bind(&device.id)
         .bind(&report.id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(q(op))?
-        .rows_affected();
-        if inserted == 0 {
+        .bind(now_ms);
+        if changed(&mut tx, insert, op).await? == 0 {
             return Ok(false);
         }
         self.transition_in(&mut tx, &report.rollout_id, device, None, report.state, report.reason.as_deref(), now_ms)
@@ -619,53 +589,8 @@ impl Store {
         Ok(true)
     }
 
-    /// Records what a device runs now.
-    pub async fn set_device_artifacts(
-        &self,
-        device_id: &str,
-        active: &[wavecast_core::assignment::ActiveArtifact],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let op = "recording a device's artifacts";
-        let mut tx = self.begin(op).await?;
-        for a in active {
-            sqlx::query(
-                "INSERT INTO device_artifacts (device_id, name, version, sha256, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (device_id, name) DO UPDATE SET version = excluded.version, sha256 = excluded.sha256, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(device_id)
-            .bind(a.name.as_str())
-            .bind(a.version.to_string())
-            .bind(a.sha256.to_hex())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(q(op))?;
-        }
-        tx.commit().await.map_err(q(op))
-    }
-
-    /// What a device last reported running.
-    pub async fn device_artifacts(&self, device_id: &str) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT name, version, sha256 FROM device_artifacts WHERE device_id = $1 ORDER BY name")
-            .bind(device_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q("reading a device's artifacts"))?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0).map_err(q("reading a device's artifacts"))?,
-                    r.try_get(1).map_err(q("reading a device's artifacts"))?,
-                    r.try_get(2).map_err(q("reading a device's artifacts"))?,
-                ))
-            })
-            .collect()
-    }
-
-    /// Settles devices past the device timeout: never started → unreachable (only while the
-    /// rollout still serves new devices), started but silent → timed out. Returns how many.
+    /// Settles devices past the device timeout (see [`rollout::awaited_states`] and
+    /// [`rollout::on_timeout`]). Returns how many.
     pub async fn sweep_timeouts(&self, now_ms: i64) -> Result<usize, StoreError> {
         let op = "checking device timeouts";
         let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE active_key IS NOT NULL"))
@@ -673,44 +598,27 @@ impl Store {
             .await
             .map_err(q(op))?;
         let mut settled = 0;
-        for row in &rows {
-            let r = rollout_from_row(row)?;
+        for r in read_all(&rows, op, rollout)? {
             // The API takes any u64: a timeout past i64::MAX ms means never, not a wrapped
             // (negative) timeout that expires every device at once or an overflow panic.
             let timeout = i64::try_from(r.plan.device_timeout_ms).unwrap_or(i64::MAX);
             let cutoff = now_ms.saturating_sub(timeout);
-            let mut states = vec!["downloading", "verifying", "installing", "probing"];
-            if r.status.state.serves_new_devices() {
-                states.push("assigned");
-            }
-            let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-            let stale = sqlx::query(&format!(
+            let states = rollout::awaited_states(r.status.state);
+            let sql = format!(
                 "SELECT rd.device_id, d.name, rd.state FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id \
-                 WHERE rd.rollout_id = $1 AND rd.state IN ({list}) AND rd.updated_at < $2 LIMIT 1000"
-            ))
-            .bind(&r.id)
-            .bind(cutoff)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q(op))?;
-            for s in &stale {
-                let device = DeviceRef { id: s.try_get(0).map_err(q(op))?, name: s.try_get(1).map_err(q(op))? };
-                let from: DeviceState =
-                    s.try_get::<String, _>(2).map_err(q(op))?.parse().map_err(|e| corrupt("device state", e))?;
-                let (to, reason) = if from == DeviceState::Assigned {
-                    (
-                        DeviceState::Unreachable,
-                        format!("did not pick up its assignment within {} s", r.plan.device_timeout_ms / 1000),
-                    )
-                } else {
-                    (
-                        DeviceState::TimedOut,
-                        format!(
-                            "started but sent no outcome within {} s (last: {from})",
-                            r.plan.device_timeout_ms / 1000
-                        ),
-                    )
-                };
+                 WHERE rd.rollout_id = $1 AND rd.updated_at < $2 AND rd.state IN ({}) LIMIT 1000",
+                placeholders(3, states.len())
+            );
+            let mut query = sqlx::query(&sql).bind(&r.id).bind(cutoff);
+            for state in &states {
+                query = query.bind(state.as_str());
+            }
+            let stale = query.fetch_all(&self.pool).await.map_err(q(op))?;
+            let stale = read_all(&stale, op, |s| {
+                Ok((DeviceRef { id: s.get(0)?, name: s.parse(1, "device name")? }, s.parse(2, "device state")?))
+            })?;
+            for (device, from) in stale {
+                let (to, reason) = rollout::on_timeout(from, r.plan.device_timeout_ms);
                 if self.device_transition(&r.id, &device, Some(from), to, Some(&reason), now_ms).await? {
                     settled += 1;
                 }
@@ -721,22 +629,24 @@ impl Store {
 
     /// One rollout.
     pub async fn rollout(&self, id: &str) -> Result<Option<RolloutRecord>, StoreError> {
+        let op = "reading a rollout";
         sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await
-            .map_err(q("reading a rollout"))?
-            .map(|r| rollout_from_row(&r))
+            .map_err(q(op))?
+            .map(|r| rollout(&Row::new(&r, op)))
             .transpose()
     }
 
     /// All rollouts, newest first.
     pub async fn list_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError> {
+        let op = "listing rollouts";
         let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id"))
             .fetch_all(&self.pool)
             .await
-            .map_err(q("listing rollouts"))?;
-        rows.iter().map(rollout_from_row).collect()
+            .map_err(q(op))?;
+        read_all(&rows, op, rollout)
     }
 
     /// A device's rows in every rollout, newest first.
@@ -751,34 +661,32 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(q(op))?;
-        rows.iter()
-            .map(|r| {
-                Ok(RolloutDeviceRecord {
-                    rollout_id: r.try_get(0).map_err(q(op))?,
-                    artifact: r.try_get(1).map_err(q(op))?,
-                    version: r.try_get(2).map_err(q(op))?,
-                    wave: r.try_get::<i64, _>(3).map_err(q(op))? + 1,
-                    state: r.try_get::<String, _>(4).map_err(q(op))?.parse().map_err(|e| corrupt("device state", e))?,
-                    reason: r.try_get(5).map_err(q(op))?,
-                    updated_at: r.try_get(6).map_err(q(op))?,
-                })
+        read_all(&rows, op, |r| {
+            Ok(RolloutDeviceRecord {
+                rollout_id: r.get(0)?,
+                artifact: r.parse(1, "rollout artifact")?,
+                version: r.parse(2, "rollout version")?,
+                wave: r.get::<i64>(3)? + 1,
+                state: r.parse(4, "device state")?,
+                reason: r.get(5)?,
+                updated_at: r.get(6)?,
             })
-            .collect()
+        })
     }
 
-    /// The device's assignment counter and what it should run, per artifact. Reads only the
-    /// device's own rows (indexed), never the fleet.
-    pub async fn assignments(&self, device_id: &str, group: &str) -> Result<(i64, Vec<StoredAssignment>), StoreError> {
+    /// The device's assignment counter and what it should run, per artifact (see
+    /// [`rollout::served`]). Reads only the device's own rows (indexed), never the fleet.
+    pub async fn assignments(&self, device_id: &str, group: &GroupName) -> Result<(i64, Vec<Assignment>), StoreError> {
         let op = "computing a device's assignments";
-        let counter: i64 = sqlx::query("SELECT assignment_counter FROM devices WHERE id = $1")
+        let counter: i64 = match sqlx::query("SELECT assignment_counter FROM devices WHERE id = $1")
             .bind(device_id)
             .fetch_optional(&self.pool)
             .await
             .map_err(q(op))?
-            .map(|r| r.try_get(0))
-            .transpose()
-            .map_err(q(op))?
-            .unwrap_or(0);
+        {
+            Some(row) => Row::new(&row, op).get(0)?,
+            None => 0,
+        };
         let rows = sqlx::query(
             "SELECT r.id, r.artifact_name, r.artifact_version, r.state, r.probe, r.abort_mode, rd.state, a.length, a.sha256 \
              FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
@@ -789,59 +697,43 @@ impl Store {
         .fetch_all(&self.pool)
         .await
         .map_err(q(op))?;
-        let mut seen = std::collections::BTreeSet::new();
+        // (rollout, artifact, version, probe, length, sha256) → an assignment of `action`.
+        let assignment = |r: &Row<'_>, action: Action, [id, version, probe, length, sha256]: [usize; 5]| {
+            Ok::<_, StoreError>(Assignment {
+                rollout_id: r.get(id)?,
+                action,
+                artifact: r.parse(1, "rollout artifact")?,
+                version: r.parse(version, "rollout version")?,
+                length: u64::try_from(r.get::<i64>(length)?).map_err(corrupt("artifact length"))?,
+                sha256: r.parse(sha256, "artifact digest")?,
+                probe: r.json(probe, "rollout probe")?,
+            })
+        };
+        // Newest rollout first: the first one that reached the device decides for its artifact.
+        let mut decided = BTreeSet::new();
+        let mut has_row = BTreeSet::new();
         let mut out = Vec::new();
         for row in &rows {
-            let artifact: String = row.try_get(1).map_err(q(op))?;
-            if seen.contains(&artifact) {
+            let r = Row::new(row, op);
+            let artifact: ArtifactName = r.parse(1, "rollout artifact")?;
+            has_row.insert(artifact.clone());
+            if decided.contains(&artifact) {
                 continue;
             }
-            let rollout_state: RolloutState =
-                row.try_get::<String, _>(3).map_err(q(op))?.parse().map_err(|e| corrupt("rollout state", e))?;
-            let device_state: DeviceState =
-                row.try_get::<String, _>(6).map_err(q(op))?.parse().map_err(|e| corrupt("device state", e))?;
-            let abort_mode: Option<String> = row.try_get(5).map_err(q(op))?;
-            if device_state == DeviceState::Pending {
-                // Its wave has not opened: an older rollout of this artifact may still apply.
-                continue;
-            }
-            seen.insert(artifact.clone());
-            let action = match rollout_state {
-                RolloutState::Running | RolloutState::WaitingApproval | RolloutState::Completed => {
-                    Some(Action::Install)
+            let served = rollout::served(
+                r.parse(3, "rollout state")?,
+                r.parse(6, "device state")?,
+                r.parse_opt(5, "rollout abort mode")?,
+            );
+            match served {
+                Served::NotReached => {}
+                Served::Nothing => {
+                    decided.insert(artifact);
                 }
-                // Paused: devices that have started finish; none that has not starts.
-                RolloutState::Paused => (device_state != DeviceState::Assigned
-                    && device_state != DeviceState::Unreachable)
-                    .then_some(Action::Install),
-                RolloutState::Aborted => match abort_mode.as_deref() {
-                    Some("revert")
-                        if matches!(
-                            device_state,
-                            DeviceState::Succeeded
-                                | DeviceState::Reverted
-                                | DeviceState::Installing
-                                | DeviceState::Probing
-                                | DeviceState::Verifying
-                                | DeviceState::Downloading
-                        ) =>
-                    {
-                        Some(Action::Revert)
-                    }
-                    _ => None,
-                },
-            };
-            if let Some(action) = action {
-                out.push(StoredAssignment {
-                    rollout_id: row.try_get(0).map_err(q(op))?,
-                    action,
-                    artifact,
-                    version: row.try_get(2).map_err(q(op))?,
-                    length: row.try_get(7).map_err(q(op))?,
-                    sha256: row.try_get(8).map_err(q(op))?,
-                    probe: serde_json::from_str(&row.try_get::<String, _>(4).map_err(q(op))?)
-                        .map_err(|e| corrupt("rollout probe", e))?,
-                });
+                Served::Assigned(action) => {
+                    decided.insert(artifact);
+                    out.push(assignment(&r, action, [0, 2, 4, 7, 8])?);
+                }
             }
         }
         // Artifacts this device has no rollout row for: the group's version, i.e. the newest
@@ -849,42 +741,22 @@ impl Store {
         let group_rows = sqlx::query(
             "SELECT r.id, r.artifact_name, r.artifact_version, r.probe, a.length, a.sha256 FROM rollouts r \
              JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
-             WHERE r.group_name = $1 AND r.state = 'completed' ORDER BY r.created_at DESC, r.id",
+             WHERE r.group_name = $1 AND r.state = $2 ORDER BY r.created_at DESC, r.id",
         )
-        .bind(group)
+        .bind(group.as_str())
+        .bind(RolloutState::Completed.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(q(op))?;
-        let mut has_row: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-        for row in &rows {
-            has_row.insert(row.try_get(1).map_err(q(op))?);
-        }
         for row in &group_rows {
-            let artifact: String = row.try_get(1).map_err(q(op))?;
-            if has_row.contains(&artifact) || seen.contains(&artifact) {
+            let r = Row::new(row, op);
+            let artifact: ArtifactName = r.parse(1, "rollout artifact")?;
+            if has_row.contains(&artifact) || decided.contains(&artifact) {
                 continue;
             }
-            seen.insert(artifact.clone());
-            out.push(StoredAssignment {
-                rollout_id: row.try_get(0).map_err(q(op))?,
-                action: Action::Install,
-                artifact,
-                version: row.try_get(2).map_err(q(op))?,
-                length: row.try_get(4).map_err(q(op))?,
-                sha256: row.try_get(5).map_err(q(op))?,
-                probe: serde_json::from_str(&row.try_get::<String, _>(3).map_err(q(op))?)
-                    .map_err(|e| corrupt("rollout probe", e))?,
-            });
+            decided.insert(artifact);
+            out.push(assignment(&r, Action::Install, [0, 2, 3, 4, 5])?);
         }
         Ok((counter, out))
     }
-}
-
-/// A device as the rollout code needs it.
-#[derive(Debug, Clone)]
-pub struct DeviceRef {
-    /// Id.
-    pub id: String,
-    /// Name (for audit events).
-    pub name: String,
 }

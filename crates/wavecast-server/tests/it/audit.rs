@@ -11,7 +11,7 @@ use wavecast_core::evidence::{
     verify_growth, verify_log,
 };
 use wavecast_core::merkle::{CompactRange, Tree};
-use wavecast_server::checkpoints::{CheckpointError, Signed, checkpoint_now, sign_new};
+use wavecast_server::checkpoints::{CheckpointError, Signed};
 use wavecast_server::store::DatabaseConfig;
 use wavecast_tuf::keys::{SigningKey, verify_ed25519};
 
@@ -34,13 +34,13 @@ async fn group(env: &Env, name: &str) {
 }
 
 async fn sign(env: &Env) -> u64 {
-    checkpoint_now(&env.state).await.unwrap().size()
+    env.state.checkpoints().checkpoint_now().await.unwrap().size()
 }
 
 /// Eight events in four bursts, each followed by a checkpoint: sizes 1, 3, 6 and 8.
 /// Event 0 is the installation; events 1..=7 create groups g1..g7.
 async fn build_log(env: &Env) {
-    assert_eq!(checkpoint_now(&env.state).await.unwrap(), Signed::New(1));
+    assert_eq!(env.state.checkpoints().checkpoint_now().await.unwrap(), Signed::New(1));
     for burst in [&["g1", "g2"][..], &["g3", "g4", "g5"], &["g6", "g7"]] {
         for g in burst {
             group(env, g).await;
@@ -142,7 +142,11 @@ async fn an_untouched_log_verifies(db: Db) {
     build_log(&env).await;
     let ok = verify_live(&env).await.unwrap();
     assert_eq!((ok.tree_size, ok.checkpoints, ok.pending), (8, 4, 0));
-    assert_eq!(checkpoint_now(&env.state).await.unwrap(), Signed::UpToDate(8), "nothing new, nothing signed");
+    assert_eq!(
+        env.state.checkpoints().checkpoint_now().await.unwrap(),
+        Signed::UpToDate(8),
+        "nothing new, nothing signed"
+    );
 
     // The newest checkpoint is served as the note itself, signed by the key root.json names.
     let r = env.get("/api/v1/audit/checkpoint").await;
@@ -287,7 +291,7 @@ async fn a_consistent_forgery_under_another_key_is_found(db: Db) {
 
     // The server does not adopt the forgery: the forged rows do not verify with its key, and a
     // server that had seen size 8 signed refuses to start over from scratch.
-    match sign_new(&env.state, 8).await {
+    match env.state.checkpoints().sign_new(8).await {
         Err(CheckpointError::RolledBack { found: 0, seen: 8 }) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -299,7 +303,7 @@ async fn the_signer_refuses_damaged_new_rows(db: Db) {
     group(&env, "g8").await;
     group(&env, "g9").await;
     Attacker::connect(&env, db).await.exec("DELETE FROM audit_log WHERE seq = 8").await;
-    match checkpoint_now(&env.state).await {
+    match env.state.checkpoints().checkpoint_now().await {
         Err(CheckpointError::Tampered { seq: 8, .. }) => {}
         other => panic!("expected a refusal to sign over a gap, got {other:?}"),
     }

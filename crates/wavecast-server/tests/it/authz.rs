@@ -287,3 +287,54 @@ async fn devices_are_rate_limited_one_by_one(db: Db) {
 }
 
 both!(devices_are_rate_limited_one_by_one);
+
+/// A JSON body that notes whether anyone read it.
+fn watched_body(bytes: &'static [u8]) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = read.clone();
+    let stream = futures_util::stream::once(async move {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(bytes))
+    });
+    (Body::from_stream(stream), read)
+}
+
+/// Authorization is decided from the request's head: a caller without the permission is
+/// refused before the body is read, let alone parsed, so a malformed body earns a 403 and is
+/// never looked at; a caller with the permission gets the body read and refused as malformed.
+async fn permission_is_checked_before_the_body_is_read(db: Db) {
+    let env = Env::new(db).await;
+    let viewer = env
+        .post_json("/api/v1/tokens", Some(&env.admin), serde_json::json!({ "role": "viewer", "name": "v" }))
+        .await
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let json_routes = [
+        "/api/v1/groups",
+        "/api/v1/enrollment-tokens",
+        "/api/v1/tokens",
+        "/api/v1/rollouts",
+        "/api/v1/rollouts/r-0000/resume",
+        "/api/v1/rollouts/r-0000/abort",
+    ];
+    for path in json_routes {
+        for (token, status, read) in [
+            (None, StatusCode::UNAUTHORIZED, false),
+            (Some(viewer.as_str()), StatusCode::FORBIDDEN, false),
+            (Some(env.admin.as_str()), StatusCode::BAD_REQUEST, true),
+        ] {
+            let (body, was_read) = watched_body(b"{not json");
+            let r = env.request(Method::POST, path, token, &[("content-type", "application/json".into())], body).await;
+            assert_eq!(r.status, status, "POST {path} with {token:?}: {}", String::from_utf8_lossy(&r.body));
+            assert_eq!(
+                was_read.load(std::sync::atomic::Ordering::SeqCst),
+                read,
+                "POST {path} with {token:?}: the body must be read only once the caller may act"
+            );
+        }
+    }
+}
+
+both!(permission_is_checked_before_the_body_is_read);

@@ -54,7 +54,7 @@ async fn late_joiners_get_the_group_version(db: Db) {
 }
 
 async fn creators_cannot_approve_their_own_gates_when_required(db: Db) {
-    let env = Env::with(db, |c| c.settings.require_distinct_approver = true).await;
+    let env = Env::with(db, |c| c.approval = wavecast_core::rollout::GateApproval::DistinctApprover).await;
     env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
     env.enroll("g", "d1").await;
     env.publish("m@1.0.0", b"one").await;

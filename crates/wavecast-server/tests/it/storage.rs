@@ -70,8 +70,10 @@ async fn a_database_serves_one_installation_only() {
     let DatabaseConfig::Postgres(url) = env.config.database.clone() else { unreachable!() };
     let other = tempfile::tempdir().unwrap();
     wavecast_server::install::init(&other.path().join("i")).await.unwrap();
+    let any = wavecast_core::rollout::GateApproval::AnyApprover;
     let config =
-        wavecast_server::ServerConfig::new(other.path().join("i"), "127.0.0.1:0".parse().unwrap(), Some(url)).unwrap();
+        wavecast_server::ServerConfig::new(other.path().join("i"), "127.0.0.1:0".parse().unwrap(), Some(url), any)
+            .unwrap();
     let err = wavecast_server::open(&config).await.err().expect("a foreign installation must be refused");
     assert!(err.to_string().contains("belongs to another installation"), "{err}");
 }

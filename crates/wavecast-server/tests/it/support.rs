@@ -10,9 +10,10 @@ use http_body_util::BodyExt as _;
 use tough::editor::signed::SignedRole;
 use tough::schema::{KeyHolder, Root, Signed, Targets};
 use tower::ServiceExt as _;
+use wavecast_core::rollout::GateApproval;
 use wavecast_core::{Sha256Digest, TargetName};
-use wavecast_server::api::AppState;
 use wavecast_server::install::{InitReport, Layout};
+use wavecast_server::state::AppState;
 use wavecast_server::{ServerConfig, api};
 use wavecast_test_support::{MultipartForm, PgDatabase};
 use wavecast_tuf::keys::SigningKey;
@@ -66,9 +67,13 @@ impl Env {
             Db::Sqlite => None,
             Db::Postgres => Some(PgDatabase::create().await),
         };
-        let mut config =
-            ServerConfig::new(install, "127.0.0.1:0".parse().unwrap(), pg.as_ref().map(|p| p.url().to_owned()))
-                .unwrap();
+        let mut config = ServerConfig::new(
+            install,
+            "127.0.0.1:0".parse().unwrap(),
+            pg.as_ref().map(|p| p.url().to_owned()),
+            GateApproval::AnyApprover,
+        )
+        .unwrap();
         adjust(&mut config);
         let state = wavecast_server::open(&config).await.unwrap();
         let router = api::router(state.clone());

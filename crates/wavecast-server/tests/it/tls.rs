@@ -79,7 +79,13 @@ async fn https_and_device_mtls() {
     let install = dir.join("install");
     let report = wavecast_server::install::init(&install).await.unwrap();
     let admin = std::fs::read_to_string(&report.admin_token_file).unwrap().trim().to_owned();
-    let mut config = wavecast_server::ServerConfig::new(install, "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let mut config = wavecast_server::ServerConfig::new(
+        install,
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        wavecast_core::rollout::GateApproval::AnyApprover,
+    )
+    .unwrap();
     config.tls = Some(TlsConfig {
         cert: write(dir, "server.pem", &server_cert),
         key: write(dir, "server.key", &server_key),

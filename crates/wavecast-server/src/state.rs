@@ -1,0 +1,172 @@
+//! The server's application state: the store, the blob store, the trust material, the policy
+//! settings, and what it keeps in memory between requests.
+//!
+//! Both the HTTP layer ([`crate::api`]) and the services ([`crate::checkpoints`], the
+//! background tasks in `lib.rs`) use this module; it uses neither, so there is no cycle. The
+//! services take the parts they need ([`AppState::checkpoints`], the store), not the whole
+//! state.
+
+use std::sync::Arc;
+
+use tough::schema::{Root, Signed};
+use wavecast_core::rollout::GateApproval;
+use wavecast_tuf::keys::SigningKey;
+use wavecast_tuf::repo::OnlineKeys;
+
+use crate::blobs::BlobStore;
+use crate::checkpoints::Checkpoints;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The trust material the server holds.
+#[derive(Debug)]
+pub struct Trust {
+    /// The root, parsed and self-verified.
+    pub root: Signed<Root>,
+    /// The root exactly as init wrote it.
+    pub root_bytes: Vec<u8>,
+    /// Snapshot and timestamp keys.
+    pub online: OnlineKeys,
+    /// Signs device assignments.
+    pub director: SigningKey,
+    /// Signs audit log checkpoints; loaded from `keys/`, never stored in the database.
+    pub checkpoint: SigningKey,
+}
+
+/// How devices prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceIdentity {
+    /// By their credential alone (no device CA is configured).
+    Credential,
+    /// By their credential and a client certificate from the device CA naming the same
+    /// device (mutual TLS).
+    CredentialAndCertificate,
+}
+
+/// Server-wide policy. There is no default: whoever starts a server says what it enforces,
+/// so the permissive choice is never made by omission.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Whether a rollout's creator may approve its gates.
+    pub approval: GateApproval,
+    /// What devices must present.
+    pub devices: DeviceIdentity,
+}
+
+/// Per-device request budget: a token bucket per device, in memory (each replica keeps its
+/// own; the point is that one misbehaving device cannot starve the others).
+#[derive(Debug, Default)]
+pub struct DeviceRateLimit(std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>);
+
+impl DeviceRateLimit {
+    /// Sustained requests per second per device.
+    pub const RATE: f64 = 50.0;
+    /// Burst size.
+    pub const BURST: f64 = 100.0;
+
+    /// Takes one request from `device`'s budget; false when it is spent.
+    pub fn allow(&self, device: &str) -> bool {
+        let Ok(mut m) = self.0.lock() else { return true };
+        let now = std::time::Instant::now();
+        let entry = m.entry(device.to_owned()).or_insert((Self::BURST, now));
+        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::RATE).min(Self::BURST);
+        entry.1 = now;
+        if entry.0 >= 1.0 {
+            entry.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Device check-in times, kept in memory and written to the database in batches: a write per
+/// check-in would cap an idle fleet at the database's commit rate.
+#[derive(Debug, Default)]
+pub struct LastSeen(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl LastSeen {
+    /// Notes a check-in.
+    pub fn touch(&self, device_id: &str, now_ms: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(device_id.to_owned(), now_ms);
+        }
+    }
+
+    /// Takes everything noted since the last call.
+    pub fn drain(&self) -> Vec<(String, i64)> {
+        self.0.lock().map(|mut m| m.drain().collect()).unwrap_or_default()
+    }
+}
+
+struct Inner {
+    store: Store,
+    blobs: BlobStore,
+    trust: Trust,
+    checkpoints: Checkpoints,
+    settings: Settings,
+    metrics: Metrics,
+    last_seen: LastSeen,
+    device_rate: DeviceRateLimit,
+}
+
+/// Everything handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Bundles the server's parts.
+    pub fn new(store: Store, blobs: BlobStore, trust: Trust, settings: Settings) -> Self {
+        let checkpoints = Checkpoints::new(store.clone(), &trust);
+        Self(Arc::new(Inner {
+            store,
+            blobs,
+            trust,
+            checkpoints,
+            settings,
+            metrics: Metrics::default(),
+            last_seen: LastSeen::default(),
+            device_rate: DeviceRateLimit::default(),
+        }))
+    }
+
+    /// Policy settings.
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// Per-device request budgets.
+    pub fn device_rate(&self) -> &DeviceRateLimit {
+        &self.0.device_rate
+    }
+
+    /// Check-in times not yet written.
+    pub fn last_seen(&self) -> &LastSeen {
+        &self.0.last_seen
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.0.blobs
+    }
+
+    /// Keys and root.
+    pub fn trust(&self) -> &Trust {
+        &self.0.trust
+    }
+
+    /// The audit checkpoint service.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.0.checkpoints
+    }
+
+    /// Counters for `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
