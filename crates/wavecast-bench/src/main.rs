@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
+use wavecast_api::{EnrollmentTokenCreated, Rollout};
+use wavecast_core::rollout::RolloutState;
+use wavecast_test_support::free_port;
 
 /// Benchmarks with in-run baselines.
 #[derive(Debug, Parser)]
@@ -79,10 +82,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(7799)
 }
 
 struct Installation {
@@ -190,8 +189,7 @@ fn agent_config(dir: &Path, inst: &Installation, token: &str, name: &str, probe:
 fn enroll_token(inst: &Installation, group: &str) -> anyhow::Result<String> {
     run_ok(wavecast(&inst.url, &inst.token)?.args(["group", "create", group]))?;
     let out = run_ok(wavecast(&inst.url, &inst.token)?.args(["device", "enroll-token", "--group", group, "--json"]))?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v["token"].as_str().context("no token")?.to_owned())
+    Ok(serde_json::from_str::<EnrollmentTokenCreated>(&out)?.token)
 }
 
 fn ok_probe(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -202,21 +200,45 @@ fn ok_probe(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-async fn wait_rollout(inst: &Installation, id: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+/// Publishes `file` as `model@1.0.0` with the CLI.
+fn publish(inst: &Installation, file: &Path) -> anyhow::Result<()> {
+    let key = inst.dir.join("offline").join("targets.key");
+    run_ok(
+        wavecast(&inst.url, &inst.token)?
+            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+            .arg(&key)
+            .arg("--file")
+            .arg(file),
+    )?;
+    Ok(())
+}
+
+/// Creates a rollout of `model@1.0.0` with the CLI; `args` add to the group, probe and attempts.
+fn create_rollout(inst: &Installation, group: &str, probe: &str, args: &[&str]) -> anyhow::Result<Rollout> {
+    let out = run_ok(
+        wavecast(&inst.url, &inst.token)?
+            .args(["rollout", "create", "--artifact", "model@1.0.0", "--group", group, "--probe", probe])
+            .args(["--probe-attempts", "1", "--json"])
+            .args(args),
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+async fn wait_rollout(inst: &Installation, id: &str, timeout: Duration) -> anyhow::Result<Rollout> {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + timeout;
     loop {
-        let r: serde_json::Value = http
+        let r: Rollout = http
             .get(format!("{}/api/v1/rollouts/{id}", inst.url))
             .bearer_auth(&inst.token)
             .send()
             .await?
             .json()
             .await?;
-        if r["state"] == "completed" || r["state"] == "paused" || r["state"] == "aborted" {
+        if r.state.is_terminal() || r.state == RolloutState::Paused {
             return Ok(r);
         }
-        ensure!(Instant::now() < deadline, "rollout {id} did not finish in {timeout:?}: {r}");
+        ensure!(Instant::now() < deadline, "rollout {id} did not finish in {timeout:?}: {r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -238,15 +260,8 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let baseline = hash + copy;
 
     let inst = install(root).await?;
-    let key = inst.dir.join("offline").join("targets.key");
     let t = Instant::now();
-    run_ok(
-        wavecast(&inst.url, &inst.token)?
-            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
-            .arg(&key)
-            .arg("--file")
-            .arg(&file),
-    )?;
+    publish(&inst, &file)?;
     let publish = t.elapsed();
     let token = enroll_token(&inst, "bench")?;
     let probe = ok_probe(root)?;
@@ -262,24 +277,11 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = agent.0.id();
     let idle_rss = status_kib(pid, "VmRSS:");
-    let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
-        "rollout",
-        "create",
-        "--artifact",
-        "model@1.0.0",
-        "--group",
-        "bench",
-        "--probe",
-        "exec:ok",
-        "--probe-attempts",
-        "1",
-        "--json",
-    ]))?;
+    let created = create_rollout(&inst, "bench", "exec:ok", &[])?;
     let t = Instant::now();
-    let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
-    let r = wait_rollout(&inst, &id, Duration::from_secs(600)).await?;
+    let r = wait_rollout(&inst, &created.id, Duration::from_secs(600)).await?;
     let agent_time = t.elapsed();
-    ensure!(r["state"] == "completed", "the install did not succeed: {r}");
+    ensure!(r.state == RolloutState::Completed, "the install did not succeed: {r:?}");
     let peak = status_kib(pid, "VmHWM:");
     drop(agent);
     drop(inst.server);
@@ -324,14 +326,7 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&copies);
 
     let inst = install(root).await?;
-    let key = inst.dir.join("offline").join("targets.key");
-    run_ok(
-        wavecast(&inst.url, &inst.token)?
-            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
-            .arg(&key)
-            .arg("--file")
-            .arg(&file),
-    )?;
+    publish(&inst, &file)?;
     println!("rollout: starting {devices} simulated devices…");
     let mut sim = Proc(
         wavecast(&inst.url, &inst.token)?
@@ -360,30 +355,14 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     }
     let server_pid = inst.server.0.id();
     let rss_idle = status_kib(server_pid, "VmRSS:");
-    let out = run_ok(wavecast(&inst.url, &inst.token)?.args([
-        "rollout",
-        "create",
-        "--artifact",
-        "model@1.0.0",
-        "--group",
-        "fleet",
-        "--waves",
-        "10,50,100",
-        "--probe",
-        "exec:sim-check",
-        "--probe-attempts",
-        "1",
-        "--device-timeout",
-        "10m",
-        "--json",
-    ]))?;
+    let created =
+        create_rollout(&inst, "fleet", "exec:sim-check", &["--waves", "10,50,100", "--device-timeout", "10m"])?;
     let t = Instant::now();
-    let id = serde_json::from_str::<serde_json::Value>(&out)?["id"].as_str().context("no id")?.to_owned();
-    let r = wait_rollout(&inst, &id, Duration::from_secs(3600)).await?;
+    let r = wait_rollout(&inst, &created.id, Duration::from_secs(3600)).await?;
     let took = t.elapsed();
     let peak = status_kib(server_pid, "VmHWM:");
     drop(sim);
-    ensure!(r["state"] == "completed", "the rollout did not complete: {r}");
+    ensure!(r.state == RolloutState::Completed, "the rollout did not complete: {r:?}");
     println!("rollout: baseline sha256 + fsynced copy of 1 MiB x {devices}: {:.2}s", baseline.as_secs_f64());
     println!(
         "rollout: 3-wave auto rollout to {devices} devices: {:.2}s; ratio {:.2}x (target ≤ 3x)",

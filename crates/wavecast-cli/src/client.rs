@@ -1,9 +1,12 @@
 //! A small HTTP client for the operator API: base URL, bearer token, and errors that say what
 //! to do next.
 
+use std::path::PathBuf;
+
 use reqwest::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wavecast_api::{ErrorBody, ErrorCode};
 
 /// Errors talking to the server.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +43,29 @@ pub enum ClientError {
         path: String,
         /// Status.
         status: StatusCode,
-        /// The server's error code.
-        code: String,
+        /// The server's error code; `None` when the body was not the API's error (a proxy's page,
+        /// say).
+        code: Option<ErrorCode>,
         /// The server's message.
         message: String,
+    },
+    /// A local file that goes into a request could not be opened.
+    #[error("opening {}", path.display())]
+    OpenFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request could not be put together.
+    #[error("building the request to {path}")]
+    Request {
+        /// Path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
     },
     /// The answer did not parse.
     #[error("{path}: unexpected answer from the server")]
@@ -110,20 +132,17 @@ impl Client {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let code = body["error"]["code"].as_str().unwrap_or("unknown").to_owned();
-        let message = body["error"]["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        let (code, message) = match resp.json::<ErrorBody>().await {
+            Ok(body) => (Some(body.error.code), body.error.message),
+            Err(_) => (None, status.canonical_reason().unwrap_or("error").to_owned()),
+        };
         Err(ClientError::Api { method, path: path.to_owned(), status, code, message })
     }
 
     /// GET a JSON document.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::GET, path)?;
-        let resp = self.send("GET", path, req).await?;
-        resp.json().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })
+        decode(path, self.send("GET", path, req).await?).await
     }
 
     /// GET raw bytes.
@@ -136,7 +155,17 @@ impl Client {
     /// POST a JSON document, reading a JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::POST, path)?.json(body);
-        let resp = self.send("POST", path, req).await?;
-        resp.json().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })
+        decode(path, self.send("POST", path, req).await?).await
     }
+
+    /// DELETE, reading a JSON answer.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let req = self.request(reqwest::Method::DELETE, path)?;
+        decode(path, self.send("DELETE", path, req).await?).await
+    }
+}
+
+/// Reads a successful answer to `path` as `T`.
+pub async fn decode<T: DeserializeOwned>(path: &str, resp: reqwest::Response) -> Result<T, ClientError> {
+    resp.json().await.map_err(|source| ClientError::Decode { path: path.to_owned(), source })
 }

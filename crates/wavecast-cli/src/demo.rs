@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use sha2::Digest as _;
-use wavecast_core::audit::AuditEvent;
+use wavecast_api::audit::AuditEvent;
+use wavecast_api::{CreateRollout, DeviceDetail, ResumeRequest, Rollout};
+use wavecast_core::audit::AuditAction;
+use wavecast_core::rollout::RolloutState;
 use wavecast_core::{ArtifactName, ArtifactVersion, TargetName};
 
 use crate::Client;
@@ -43,11 +46,11 @@ async fn wait_for(
     id: &str,
     what: &str,
     timeout: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> anyhow::Result<serde_json::Value> {
+    done: impl Fn(&Rollout) -> bool,
+) -> anyhow::Result<Rollout> {
     let deadline = Instant::now() + timeout;
     loop {
-        let r: serde_json::Value = client.get(&format!("/api/v1/rollouts/{id}")).await?;
+        let r: Rollout = client.get(&format!("/api/v1/rollouts/{id}")).await?;
         if done(&r) {
             return Ok(r);
         }
@@ -125,8 +128,9 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
 
     step(5, "every device starts on yolo-v8n@2.0.0 (one wave, all at once)");
     let base = create(&client, "yolo-v8n@2.0.0", &[100], &[]).await?;
-    let base_id = base["id"].as_str().context("no rollout id")?.to_owned();
-    let done = wait_for(&client, &base_id, "completed", Duration::from_secs(60), |r| r["state"] == "completed").await?;
+    let done =
+        wait_for(&client, &base.id, "completed", Duration::from_secs(60), |r| r.state == RolloutState::Completed)
+            .await?;
     say(&render(&done));
     say(&format!("the silent device became unreachable after {DEVICE_TIMEOUT} and did not hold the rollout up"));
 
@@ -135,47 +139,42 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         "the rollout: wavecast rollout create --artifact yolo-v8n@2.1.0 --group plant-7 --waves 10,50,100 --gate 1 --halt-after 1 --probe exec:sim-check",
     );
     let created = create(&client, "yolo-v8n@2.1.0", &[10, 50, 100], &[1]).await?;
-    let id = created["id"].as_str().context("no rollout id")?.to_owned();
+    let id = created.id.clone();
     say(&render(&created));
     ensure!(
-        created["state"] == "waiting_approval",
+        created.state == RolloutState::WaitingApproval,
         "the canary should wait for approval, the rollout is {}",
-        created["state"]
+        created.state
     );
 
     step(
         7,
         "wavecast rollout approve — the canary goes out; a device rejects 2.1.0, rolls back by itself, and the halt rule pauses the fleet",
     );
-    let _: serde_json::Value = client.post(&format!("/api/v1/rollouts/{id}/approve"), &serde_json::json!({})).await?;
-    let paused = wait_for(&client, &id, "paused", Duration::from_secs(60), |r| r["state"] == "paused").await?;
+    let _: Rollout = client.post(&format!("/api/v1/rollouts/{id}/approve"), &serde_json::json!({})).await?;
+    let paused = wait_for(&client, &id, "paused", Duration::from_secs(60), |r| r.state == RolloutState::Paused).await?;
     say(&render(&paused));
     let failing = sim.failing();
     ensure!(failing.len() == 1, "expected one device to reject 2.1.0, saw {failing:?}");
     let bad = &failing[0];
-    let shown: serde_json::Value = client.get(&format!("/api/v1/devices/{bad}")).await?;
-    let reason = shown["rollouts"][0]["reason"].as_str().unwrap_or("?");
+    let shown: DeviceDetail = client.get(&format!("/api/v1/devices/{bad}")).await?;
+    let reason = shown.rollouts.first().and_then(|r| r.reason.as_deref()).unwrap_or("?");
     say(&format!("{bad}: failed — {reason}"));
     let on_disk = std::fs::read(sim.artifact_path(bad, "yolo-v8n"))?;
     ensure!(on_disk == models[0], "{bad} should be back on 2.0.0's bytes");
     say(&format!("{bad} is back on 2.0.0 from its local copy; no device outside the canary received 2.1.0"));
-    ensure!(
-        paused["waves"][1]["counts"]["pending"].as_u64() == paused["waves"][1]["devices"].as_u64(),
-        "wave 2 must not have opened"
-    );
+    let wave2 = paused.waves.get(1).context("the rollout has no second wave")?;
+    ensure!(wave2.counts.pending == wave2.devices, "wave 2 must not have opened");
 
     step(8, "wavecast rollout resume --ack — the operator acknowledges the failure; waves 2 and 3 open by themselves");
-    let _: serde_json::Value =
-        client.post(&format!("/api/v1/rollouts/{id}/resume"), &serde_json::json!({ "ack": true })).await?;
-    let finished = wait_for(&client, &id, "completed", Duration::from_secs(90), |r| r["state"] == "completed").await?;
+    let _: Rollout = client.post(&format!("/api/v1/rollouts/{id}/resume"), &ResumeRequest { ack: true }).await?;
+    let finished =
+        wait_for(&client, &id, "completed", Duration::from_secs(90), |r| r.state == RolloutState::Completed).await?;
     say(&render(&finished));
-    let counts = &finished["counts"];
-    ensure!(counts["failed"] == 1, "expected exactly one failed device: {counts}");
-    ensure!(counts["unreachable"] == 1, "expected the offline device to be unreachable: {counts}");
-    ensure!(
-        counts["succeeded"].as_u64() == Some(u64::from(devices) - 2),
-        "expected every other device to succeed: {counts}"
-    );
+    let counts = &finished.counts;
+    ensure!(counts.failed == 1, "expected exactly one failed device: {counts:?}");
+    ensure!(counts.unreachable == 1, "expected the offline device to be unreachable: {counts:?}");
+    ensure!(counts.succeeded == u64::from(devices) - 2, "expected every other device to succeed: {counts:?}");
     for name in &sim.names {
         if name == bad || sim.offline.contains(name) {
             continue;
@@ -189,8 +188,8 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     let events: Vec<AuditEvent> = client.get("/api/v1/audit?limit=10000").await?;
     let relevant: Vec<AuditEvent> = events
         .into_iter()
-        .filter(|e| e.subject == id || e.detail["rollout"] == id.as_str() || e.action.as_str() == "artifact.published")
-        .filter(|e| e.action.as_str() != "device.updated" || e.subject == sim.names[0])
+        .filter(|e| e.subject == id || e.detail["rollout"] == id.as_str() || e.action == AuditAction::ArtifactPublished)
+        .filter(|e| e.action != AuditAction::DeviceUpdated || e.subject == sim.names[0])
         .collect();
     crate::cmd::audit::print_events(&relevant);
     say("(device.updated events shown for one device only; `wavecast audit list` has them all)");
@@ -210,30 +209,27 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         println!(
             "The server is still running at {url} (WAVECAST_SERVER={url} WAVECAST_TOKEN={token}); Ctrl-C to stop."
         );
-        crate::cmd::server::shutdown_signal().await;
+        wavecast_os::signal::shutdown().await;
     }
     let _ = stop_tx.send(());
     server.await.context("the server task failed")??;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn create(client: &Client, artifact: &str, waves: &[u8], gates: &[usize]) -> anyhow::Result<serde_json::Value> {
+async fn create(client: &Client, artifact: &str, waves: &[u8], gates: &[usize]) -> anyhow::Result<Rollout> {
     let timeout = wavecast_core::duration::parse_duration(DEVICE_TIMEOUT)?;
-    Ok(client
-        .post(
-            "/api/v1/rollouts",
-            &serde_json::json!({
-                "artifact": artifact,
-                "group": "plant-7",
-                "waves": waves,
-                "gates": gates,
-                "halt_after": 1,
-                "device_timeout_ms": timeout.as_millis() as u64,
-                "probe": "exec:sim-check",
-                "probe_timeout_ms": 10_000,
-                "probe_attempts": 1,
-                "probe_interval_ms": 100,
-            }),
-        )
-        .await?)
+    let body = CreateRollout {
+        artifact: artifact.to_owned(),
+        group: "plant-7".to_owned(),
+        waves: waves.to_vec(),
+        gates: gates.to_vec(),
+        halt_after: Some(1),
+        device_timeout_ms: Some(timeout.as_millis() as u64),
+        probe: "exec:sim-check".to_owned(),
+        probe_timeout_ms: Some(10_000),
+        probe_attempts: Some(1),
+        probe_interval_ms: Some(100),
+        probe_initial_delay_ms: None,
+    };
+    Ok(client.post("/api/v1/rollouts", &body).await?)
 }

@@ -45,6 +45,18 @@ impl Remote {
     }
 }
 
+/// The arguments of every command that asks the server something and prints the answer:
+/// `--json` and where the server is. A command whose JSON deserves a word of its own says so
+/// with `mut_arg("json", …)`.
+#[derive(Debug, Clone, Args)]
+pub struct JsonRemote {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    remote: Remote,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a new installation: keys, the TUF trust anchor, an admin token.

@@ -8,6 +8,20 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints what a list command got: JSON with `--json`, else a table of one `row` per item.
+pub fn list<T: Serialize>(
+    json: bool,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return self::json(&items);
+    }
+    table(headers, &items.iter().map(row).collect::<Vec<_>>());
+    Ok(())
+}
+
 /// Prints rows under headers, columns padded to their widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -39,7 +53,7 @@ pub fn time(ms: i64) -> String {
 }
 
 /// Formats a byte count for people.
-pub fn bytes(n: i64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use wavecast_agent::{Agent, AgentConfig};
+use wavecast_api::{Artifact, CreateEnrollmentToken, CreateGroup, EnrollmentTokenCreated, GroupCreated};
 
 use crate::Client;
 
@@ -111,8 +112,8 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
     anyhow::ensure!(opts.offline + opts.fail <= opts.devices, "--fail plus --offline cannot exceed --devices");
     wavecast_core::GroupName::new(opts.group.clone())?;
     let artifacts = if opts.artifacts.is_empty() {
-        let listed: Vec<serde_json::Value> = client.get("/api/v1/artifacts").await.context("listing artifacts")?;
-        let mut names: Vec<String> = listed.iter().filter_map(|a| a["name"].as_str().map(str::to_owned)).collect();
+        let listed: Vec<Artifact> = client.get("/api/v1/artifacts").await.context("listing artifacts")?;
+        let mut names: Vec<String> = listed.into_iter().map(|a| a.name.into()).collect();
         names.sort();
         names.dedup();
         anyhow::ensure!(
@@ -131,16 +132,19 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755))?;
     }
-    match client.post::<_, serde_json::Value>("/api/v1/groups", &serde_json::json!({ "name": opts.group })).await {
+    match client.post::<_, GroupCreated>("/api/v1/groups", &CreateGroup { name: opts.group.clone() }).await {
         Ok(_) => {}
         Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) => {}
         Err(e) => return Err(e).context("creating the group"),
     }
-    let minted: serde_json::Value = client
-        .post("/api/v1/enrollment-tokens", &serde_json::json!({ "group": opts.group, "expires_in_secs": 3600 }))
+    let minted: EnrollmentTokenCreated = client
+        .post(
+            "/api/v1/enrollment-tokens",
+            &CreateEnrollmentToken { group: opts.group.clone(), expires_in_secs: Some(3600) },
+        )
         .await
         .context("minting an enrollment token")?;
-    let token = minted["token"].as_str().context("the server minted no token")?.to_owned();
+    let token = minted.token;
     let trust_root = std::fs::canonicalize(&opts.trust_root)
         .with_context(|| format!("reading --trust-root {}", opts.trust_root.display()))?;
 

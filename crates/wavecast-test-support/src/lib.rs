@@ -1,4 +1,5 @@
-//! Helpers shared by wavecast's test suites.
+//! Helpers shared by wavecast's test suites (and the benchmark): fresh PostgreSQL databases,
+//! free ports, waiting for a condition, and hand-built upload bodies.
 //!
 //! Tests that need PostgreSQL get a database of their own, created on the server at
 //! `WAVECAST_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/test`) and dropped when the
@@ -73,6 +74,45 @@ impl Drop for PgDatabase {
             });
         })
         .join();
+    }
+}
+
+/// A hand-written `multipart/form-data` body, for tests that upload to the server without a
+/// client library deciding the bytes for them.
+#[derive(Debug, Clone)]
+pub struct MultipartForm {
+    /// The `Content-Type` header, with the boundary.
+    pub content_type: String,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl MultipartForm {
+    const BOUNDARY: &'static str = "wavecast-test-boundary-7f3a";
+
+    /// A form of `(name, content type, bytes)` parts in this order; each part's file name is
+    /// its name.
+    pub fn new(parts: &[(&str, &str, &[u8])]) -> Self {
+        let boundary = Self::BOUNDARY;
+        let mut body = Vec::new();
+        for (name, ctype, data) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {ctype}\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        Self { content_type: format!("multipart/form-data; boundary={boundary}"), body }
+    }
+
+    /// What `POST /api/v1/artifacts` takes, as the publisher CLI sends it: the signed targets
+    /// metadata, then the artifact's bytes.
+    pub fn publish(targets: &[u8], blob: &[u8]) -> Self {
+        Self::new(&[("targets", "application/json", targets), ("blob", "application/octet-stream", blob)])
     }
 }
 

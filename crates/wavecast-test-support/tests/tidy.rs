@@ -16,13 +16,11 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Files allowed to read the clock directly for now, each with why.
+/// Files allowed to read the wall clock directly.
 ///
-/// The CLI's publish expiry is moving to `wavecast_os::clock` on the `h9-cli` branch; delete
-/// its entry when that branch is merged.
+/// Every entry must say why; an entry whose file no longer reads the clock fails the test.
 const CLOCK_ALLOWED: &[(&str, &str)] = &[
     ("crates/wavecast-os/src/clock.rs", "the one place that reads the wall clock"),
-    ("crates/wavecast-cli/src/cmd/artifact.rs", "moves to wavecast_os::clock on h9-cli"),
 ];
 
 /// What reads the wall clock.

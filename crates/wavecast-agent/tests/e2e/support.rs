@@ -15,6 +15,7 @@ use sha2::Digest as _;
 use tough::schema::{Signed, Targets};
 use wavecast_core::{Sha256Digest, TargetName};
 use wavecast_server::ServerConfig;
+use wavecast_test_support::MultipartForm;
 use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, sign_new_targets};
 
@@ -284,27 +285,13 @@ impl Env {
             .unwrap()
             .buffer()
             .clone();
-        let boundary = "wavecast-e2e-boundary-5d1c";
-        let mut body = Vec::new();
-        for (name, ctype, data) in
-            [("targets", "application/json", targets.as_slice()), ("blob", "application/octet-stream", bytes)]
-        {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {ctype}\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            body.extend_from_slice(data);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let form = MultipartForm::publish(&targets, bytes);
         let resp = self
             .http
             .post(format!("{}/api/v1/artifacts", self.url))
             .bearer_auth(&self.admin)
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-            .body(body)
+            .header("content-type", form.content_type)
+            .body(form.body)
             .send()
             .await
             .unwrap();

@@ -12,16 +12,16 @@ use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
+use wavecast_api::Artifact;
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, PublishError, sign_new_targets};
 use wavecast_tuf::tough::schema::{Signed, Targets};
 
 use crate::output;
-use crate::{Client, ClientError, Remote};
+use crate::{Client, ClientError, JsonRemote};
 
 #[derive(Debug, Subcommand)]
 pub enum ArtifactCommand {
@@ -29,6 +29,7 @@ pub enum ArtifactCommand {
     #[command(after_help = "The publisher key (DIR/offline/targets.key from `wavecast init`) never \
 leaves this machine: only the signed metadata and the file are sent. A name@version can be \
 published once; publish a new version to change the bytes.")]
+    #[command(mut_arg("json", |a| a.help("Print the published artifact as JSON")))]
     Publish {
         /// Artifact name, like yolo-v8n.
         #[arg(long)]
@@ -45,44 +46,16 @@ published once; publish a new version to change the bytes.")]
         /// Only devices with this hardware may install it.
         #[arg(long, value_name = "HW")]
         hardware: Option<String>,
-        /// Print the published artifact as JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
     /// List published artifacts.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        remote: Remote,
-    },
-}
-
-/// A published artifact as the server reports it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Artifact {
-    /// Name.
-    pub name: String,
-    /// Version.
-    pub version: String,
-    /// Size in bytes.
-    pub length: i64,
-    /// SHA-256.
-    pub sha256: String,
-    /// Hardware, if specific.
-    pub hardware: Option<String>,
-    /// Publish time (ms).
-    pub published_at: i64,
-    /// Publisher.
-    pub published_by: String,
+    List(JsonRemote),
 }
 
 pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ArtifactCommand::Publish { name, artifact_version, file, key, hardware, json, remote } => {
+        ArtifactCommand::Publish { name, artifact_version, file, key, hardware, args: JsonRemote { json, remote } } => {
             let target = TargetName::new(ArtifactName::new(name)?, ArtifactVersion::new(&artifact_version)?);
             if let Some(hw) = &hardware {
                 wavecast_core::name::validate("hardware", hw)?;
@@ -102,26 +75,18 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        ArtifactCommand::List { json, remote } => {
+        ArtifactCommand::List(JsonRemote { json, remote }) => {
             let artifacts: Vec<Artifact> = remote.client()?.get("/api/v1/artifacts").await?;
-            if json {
-                output::json(&artifacts)?;
-            } else {
-                let rows: Vec<Vec<String>> = artifacts
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            a.name.clone(),
-                            a.version.clone(),
-                            output::bytes(a.length),
-                            a.hardware.clone().unwrap_or_else(|| "any".into()),
-                            a.sha256.clone(),
-                            output::time(a.published_at),
-                        ]
-                    })
-                    .collect();
-                output::table(&["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"], &rows);
-            }
+            output::list(json, &artifacts, &["NAME", "VERSION", "SIZE", "HARDWARE", "SHA256", "PUBLISHED"], |a| {
+                vec![
+                    a.name.to_string(),
+                    a.version.to_string(),
+                    output::bytes(a.length),
+                    a.hardware.clone().unwrap_or_else(|| "any".into()),
+                    a.sha256.to_string(),
+                    output::time(a.published_at),
+                ]
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -184,7 +149,7 @@ pub async fn publish(
         root.signed
             .verify_role(&current)
             .context("the server's current targets.json is not signed by the targets key in its root.json; refusing to sign on top of it")?;
-        let expires = jiff::Timestamp::now()
+        let expires = wavecast_os::clock::now()
             + jiff::SignedDuration::from_hours(24 * wavecast_server::install::TARGETS_LIFETIME_DAYS);
         let signed = match sign_new_targets(&root.signed, &current, &new, key, expires).await {
             Ok(s) => s,
@@ -209,13 +174,9 @@ async fn upload(
     show_progress: bool,
 ) -> Result<Artifact, ClientError> {
     let path = "/api/v1/artifacts";
-    let f = tokio::fs::File::open(file).await.map_err(|e| ClientError::Api {
-        method: "POST",
-        path: path.into(),
-        status: reqwest::StatusCode::BAD_REQUEST,
-        code: "local".into(),
-        message: format!("opening {}: {e}", file.display()),
-    })?;
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|source| ClientError::OpenFile { path: file.to_path_buf(), source })?;
     let pb = bar(length, "uploading", show_progress);
     let pb2 = pb.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 16).inspect(move |chunk| {
@@ -229,7 +190,7 @@ async fn upload(
             reqwest::multipart::Part::bytes(targets)
                 .file_name("targets.json")
                 .mime_str("application/json")
-                .map_err(|e| ClientError::Decode { path: path.into(), source: e })?,
+                .map_err(|source| ClientError::Request { path: path.into(), source })?,
         )
         .part(
             "blob",
@@ -239,5 +200,5 @@ async fn upload(
     let req = client.request(reqwest::Method::POST, path)?.multipart(form);
     let result = client.send("POST", path, req).await;
     pb.finish_and_clear();
-    result?.json().await.map_err(|source| ClientError::Decode { path: path.into(), source })
+    crate::client::decode(path, result?).await
 }

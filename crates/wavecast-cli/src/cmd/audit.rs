@@ -10,17 +10,16 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use serde::Serialize;
+use wavecast_api::audit::{AuditEvent, ConsistencyProof, Export, LeafRow, StoredCheckpoint};
 use wavecast_core::Sha256Digest;
-use wavecast_core::audit::AuditEvent;
 use wavecast_core::checkpoint::{NoteKey, origin_for_root, peek_checkpoint};
 use wavecast_core::evidence::{
-    ConsistencyProof, Export, ExportVerified, Growth, LeafRow, LogVerified, StoredCheckpoint, VerifyError,
-    verify_export, verify_growth, verify_log,
+    ExportVerified, Growth, LogVerified, VerifyError, verify_export, verify_growth, verify_log,
 };
 use wavecast_tuf::keys::verify_ed25519;
 
 use crate::output;
-use crate::{Client, Remote, existing_file};
+use crate::{Client, JsonRemote, Remote, existing_file};
 
 /// Rows or checkpoints fetched per request (the server's maximum).
 const PAGE: usize = 10_000;
@@ -35,11 +34,8 @@ pub enum AuditCommand {
         /// At most this many events.
         #[arg(long, default_value_t = 1000)]
         limit: i64,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
     /// Print the newest signed checkpoint; keep it to prove later that the log only grew.
     Checkpoint {
@@ -63,6 +59,7 @@ pub enum AuditCommand {
     },
     /// Verify an export file offline, or (without FILE) the live log against its signed
     /// checkpoints. Exits 1 naming the first event that does not verify.
+    #[command(mut_arg("json", |a| a.help("Print the verdict as JSON")))]
     Verify {
         /// An export file written by `wavecast audit export`.
         #[arg(value_parser = existing_file)]
@@ -74,30 +71,23 @@ pub enum AuditCommand {
         /// grew since, by a consistency proof from the server.
         #[arg(long, value_parser = existing_file)]
         since_checkpoint: Option<PathBuf>,
-        /// Print the verdict as JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::List { from, limit, json, remote } => {
+        AuditCommand::List { from, limit, args: JsonRemote { json, remote } } => {
             let events: Vec<AuditEvent> =
                 remote.client()?.get(&format!("/api/v1/audit?from={from}&limit={limit}")).await?;
-            if json {
-                output::json(&events)?;
-            } else {
-                print_events(&events);
-            }
+            output::list(json, &events, &EVENT_HEADERS, event_row)?;
         }
         AuditCommand::Checkpoint { out, remote } => {
             let note = String::from_utf8(remote.client()?.get_bytes("/api/v1/audit/checkpoint").await?)
                 .context("the server's checkpoint is not UTF-8")?;
             match out {
-                Some(path) => write_atomically(&path, note.as_bytes())?,
+                Some(path) => write_file(&path, note.as_bytes())?,
                 None => print!("{note}"),
             }
         }
@@ -109,14 +99,14 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let export: Export = remote.client()?.get(&path).await?;
             let size = peek_checkpoint(&export.checkpoint).map(|c| c.size).unwrap_or_default();
             let json = serde_json::to_vec_pretty(&export)?;
-            write_atomically(&out, &json)?;
+            write_file(&out, &json)?;
             println!(
                 "wrote {} events to {} with inclusion proofs against the checkpoint of size {size}",
                 export.events.len(),
                 out.display()
             );
         }
-        AuditCommand::Verify { file, trust_root, since_checkpoint, json, remote } => {
+        AuditCommand::Verify { file, trust_root, since_checkpoint, args: JsonRemote { json, remote } } => {
             return verify(file.as_deref(), &trust_root, since_checkpoint.as_deref(), json, &remote).await;
         }
     }
@@ -355,7 +345,7 @@ pub(crate) async fn demo_evidence(
     }
     let key = trusted_key(trust_root)?;
     let export: Export = client.get(&format!("/api/v1/audit/export?rollout={}", url_encode(rollout))).await?;
-    write_atomically(out, &serde_json::to_vec_pretty(&export)?)?;
+    write_file(out, &serde_json::to_vec_pretty(&export)?)?;
     let offline = verify_export(&export, &key, verify_ed25519)?;
     let live = match verify_live(&key, None, client).await? {
         Ok(Verified::Live { summary, .. }) => summary,
@@ -378,16 +368,10 @@ pub(crate) async fn demo_evidence(
     ])
 }
 
-/// Writes `data` to a temporary file beside `path`, then renames it over `path`.
-fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
-    tmp.write_all(data)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+/// Writes a checkpoint or an export so that a crash never leaves half a file; owner-only, as
+/// the temporary file it used to be renamed from was.
+fn write_file(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    wavecast_os::fs::write_atomic(path, data, 0o600).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Percent-encodes a query value.
@@ -395,11 +379,13 @@ fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+const EVENT_HEADERS: [&str; 5] = ["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT"];
+
+fn event_row(e: &AuditEvent) -> Vec<String> {
+    vec![e.seq.to_string(), e.at.clone(), e.actor.clone(), e.action.to_string(), e.subject.clone()]
+}
+
 /// Prints events as a table.
 pub fn print_events(events: &[AuditEvent]) {
-    let rows: Vec<Vec<String>> = events
-        .iter()
-        .map(|e| vec![e.seq.to_string(), e.at.clone(), e.actor.clone(), e.action.to_string(), e.subject.clone()])
-        .collect();
-    output::table(&["SEQ", "AT", "ACTOR", "ACTION", "SUBJECT"], &rows);
+    output::table(&EVENT_HEADERS, &events.iter().map(event_row).collect::<Vec<_>>());
 }

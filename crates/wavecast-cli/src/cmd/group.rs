@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use serde::Deserialize;
+use wavecast_api::{CreateGroup, Group, GroupCreated};
 
-use crate::Remote;
 use crate::output;
+use crate::{JsonRemote, Remote};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
@@ -18,44 +18,21 @@ pub enum GroupCommand {
         remote: Remote,
     },
     /// List groups with their device counts.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        remote: Remote,
-    },
-}
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Group {
-    name: String,
-    created_at: i64,
-    created_by: String,
-    devices: i64,
+    List(JsonRemote),
 }
 
 pub async fn run(cmd: GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GroupCommand::Create { name, remote } => {
             wavecast_core::GroupName::new(name.clone())?;
-            let _: serde_json::Value =
-                remote.client()?.post("/api/v1/groups", &serde_json::json!({ "name": name })).await?;
-            println!("created group {name}");
+            let created: GroupCreated = remote.client()?.post("/api/v1/groups", &CreateGroup { name }).await?;
+            println!("created group {}", created.name);
         }
-        GroupCommand::List { json, remote } => {
+        GroupCommand::List(JsonRemote { json, remote }) => {
             let groups: Vec<Group> = remote.client()?.get("/api/v1/groups").await?;
-            if json {
-                output::json(&groups)?;
-            } else {
-                let rows: Vec<Vec<String>> = groups
-                    .iter()
-                    .map(|g| {
-                        vec![g.name.clone(), g.devices.to_string(), output::time(g.created_at), g.created_by.clone()]
-                    })
-                    .collect();
-                output::table(&["NAME", "DEVICES", "CREATED", "BY"], &rows);
-            }
+            output::list(json, &groups, &["NAME", "DEVICES", "CREATED", "BY"], |g| {
+                vec![g.name.to_string(), g.devices.to_string(), output::time(g.created_at), g.created_by.clone()]
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use wavecast_api::{AbortMode, AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState};
+use wavecast_core::rollout::{Gate, RolloutState};
 
-use crate::Remote;
 use crate::output;
+use crate::{JsonRemote, Remote};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -23,6 +25,7 @@ reach --halt-after, the rollout pauses fleet-wide.\n\nProbes: exec:NAME [ARGS…
 device's allowlisted binary NAME; http(s)://… must answer 2xx; file:/PATH must be written by \
 the application after the swap."
     )]
+    #[command(mut_arg("json", |a| a.help("Print the new rollout as JSON")))]
     Create {
         /// The artifact version, NAME@VERSION.
         #[arg(long, value_name = "NAME@VERSION")]
@@ -58,29 +61,17 @@ the application after the swap."
         /// Pause before the first probe attempt (model warm-up).
         #[arg(long, default_value = "0s", value_parser = wavecast_core::duration::parse_duration)]
         probe_initial_delay: Duration,
-        /// Print the new rollout as JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
     /// List rollouts, newest first.
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    List(JsonRemote),
     /// Show a rollout's plan and live counts.
     Show {
         /// Rollout id.
         id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
     /// Follow a rollout with a progress bar per wave until it ends; exit 0 only if it completed.
     Watch {
@@ -140,55 +131,46 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
             probe_attempts,
             probe_interval,
             probe_initial_delay,
-            json,
-            remote,
+            args: JsonRemote { json, remote },
         } => {
             wavecast_core::TargetName::parse(&artifact)?;
             probe.parse::<wavecast_core::probe::ProbeKind>()?;
             wavecast_core::rollout::Plan::new(&waves, &gates, halt_after, device_timeout.as_millis() as u64)?;
-            let body = serde_json::json!({
-                "artifact": artifact,
-                "group": group,
-                "waves": waves,
-                "gates": gates,
-                "halt_after": halt_after,
-                "device_timeout_ms": device_timeout.as_millis() as u64,
-                "probe": probe,
-                "probe_timeout_ms": probe_timeout.as_millis() as u64,
-                "probe_attempts": probe_attempts,
-                "probe_interval_ms": probe_interval.as_millis() as u64,
-                "probe_initial_delay_ms": probe_initial_delay.as_millis() as u64,
-            });
-            let created: serde_json::Value = remote.client()?.post("/api/v1/rollouts", &body).await?;
+            let body = CreateRollout {
+                artifact,
+                group,
+                waves,
+                gates,
+                halt_after: Some(halt_after),
+                device_timeout_ms: Some(device_timeout.as_millis() as u64),
+                probe,
+                probe_timeout_ms: Some(probe_timeout.as_millis() as u64),
+                probe_attempts: Some(probe_attempts),
+                probe_interval_ms: Some(probe_interval.as_millis() as u64),
+                probe_initial_delay_ms: Some(probe_initial_delay.as_millis() as u64),
+            };
+            let created: Rollout = remote.client()?.post("/api/v1/rollouts", &body).await?;
             if json {
                 output::json(&created)?;
             } else {
                 println!("{}", render(&created));
             }
         }
-        RolloutCommand::List { json, remote } => {
-            let list: Vec<serde_json::Value> = remote.client()?.get("/api/v1/rollouts").await?;
-            if json {
-                output::json(&list)?;
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            s(r, "id"),
-                            s(r, "artifact"),
-                            s(r, "group"),
-                            s(r, "state"),
-                            format!("{}/{}", r["counts"]["succeeded"], r["device_count"]),
-                            output::time(r["created_at"].as_i64().unwrap_or_default()),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "ARTIFACT", "GROUP", "STATE", "SUCCEEDED", "CREATED"], &rows);
-            }
+        RolloutCommand::List(JsonRemote { json, remote }) => {
+            let list: Vec<Rollout> = remote.client()?.get("/api/v1/rollouts").await?;
+            output::list(json, &list, &["ID", "ARTIFACT", "GROUP", "STATE", "SUCCEEDED", "CREATED"], |r| {
+                vec![
+                    r.id.clone(),
+                    r.artifact.to_string(),
+                    r.group.to_string(),
+                    r.state.to_string(),
+                    format!("{}/{}", r.counts.succeeded, r.device_count),
+                    output::time(r.created_at),
+                ]
+            })?;
         }
-        RolloutCommand::Show { id, json, remote } => {
-            let r: serde_json::Value = remote.client()?.get(&format!("/api/v1/rollouts/{}", path_id(&id)?)).await?;
+        RolloutCommand::Show { id, args: JsonRemote { json, remote } } => {
+            let r: Rollout = remote.client()?.get(&format!("/api/v1/rollouts/{}", path_id(&id)?)).await?;
             if json {
                 output::json(&r)?;
             } else {
@@ -197,24 +179,24 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         }
         RolloutCommand::Watch { id, interval, remote } => return watch(&remote, &id, interval).await,
         RolloutCommand::Approve { id, remote } => {
-            let r: serde_json::Value = remote
+            let r: Rollout = remote
                 .client()?
                 .post(&format!("/api/v1/rollouts/{}/approve", path_id(&id)?), &serde_json::json!({}))
                 .await?;
             println!("{}", render(&r));
         }
         RolloutCommand::Resume { id, ack, remote } => {
-            let r: serde_json::Value = remote
+            let r: Rollout = remote
                 .client()?
-                .post(&format!("/api/v1/rollouts/{}/resume", path_id(&id)?), &serde_json::json!({ "ack": ack }))
+                .post(&format!("/api/v1/rollouts/{}/resume", path_id(&id)?), &ResumeRequest { ack })
                 .await?;
             println!("{}", render(&r));
         }
         RolloutCommand::Abort { id, keep: _, revert, remote } => {
-            let mode = if revert { "revert" } else { "keep" };
-            let r: serde_json::Value = remote
+            let mode = if revert { AbortMode::Revert } else { AbortMode::Keep };
+            let r: Rollout = remote
                 .client()?
-                .post(&format!("/api/v1/rollouts/{}/abort", path_id(&id)?), &serde_json::json!({ "mode": mode }))
+                .post(&format!("/api/v1/rollouts/{}/abort", path_id(&id)?), &AbortRequest { mode })
                 .await?;
             println!("{}", render(&r));
         }
@@ -230,10 +212,6 @@ fn path_id(id: &str) -> anyhow::Result<&str> {
     Ok(id)
 }
 
-fn s(v: &serde_json::Value, key: &str) -> String {
-    v[key].as_str().unwrap_or("-").to_owned()
-}
-
 /// One wave's plan in words, like "canary, manual gate".
 fn describe_wave(i: usize, total: usize, manual: bool) -> String {
     match (i, manual) {
@@ -246,22 +224,22 @@ fn describe_wave(i: usize, total: usize, manual: bool) -> String {
 }
 
 /// A wave's live counts: "31/48 succeeded · 1 failed · 2 unreachable".
-fn describe_counts(w: &serde_json::Value) -> String {
-    let n = |k: &str| w["counts"][k].as_u64().unwrap_or(0);
-    match w["state"].as_str().unwrap_or("") {
-        "pending" => return "pending".into(),
-        "waiting_approval" => return "waiting for approval".into(),
-        _ => {}
+fn describe_counts(w: &Wave) -> String {
+    match w.state {
+        WaveState::Pending => return "pending".into(),
+        WaveState::WaitingApproval => return "waiting for approval".into(),
+        WaveState::Open | WaveState::Settled => {}
     }
-    let mut parts = vec![format!("{}/{} succeeded", n("succeeded"), w["devices"].as_u64().unwrap_or(0))];
-    let in_progress = n("assigned") + n("downloading") + n("verifying") + n("installing") + n("probing");
-    for (k, label) in
-        [("failed", "failed"), ("timed_out", "timed out"), ("unreachable", "unreachable"), ("reverted", "reverted")]
+    let c: &StateCounts = &w.counts;
+    let mut parts = vec![format!("{}/{} succeeded", c.succeeded, w.devices)];
+    for (n, label) in
+        [(c.failed, "failed"), (c.timed_out, "timed out"), (c.unreachable, "unreachable"), (c.reverted, "reverted")]
     {
-        if n(k) > 0 {
-            parts.push(format!("{} {label}", n(k)));
+        if n > 0 {
+            parts.push(format!("{n} {label}"));
         }
     }
+    let in_progress = c.in_progress();
     if in_progress > 0 {
         parts.push(format!("{in_progress} in progress"));
     }
@@ -269,28 +247,25 @@ fn describe_counts(w: &serde_json::Value) -> String {
 }
 
 /// The brief's rendering of a rollout.
-pub fn render(r: &serde_json::Value) -> String {
-    let waves = r["waves"].as_array().cloned().unwrap_or_default();
-    let mut out =
-        format!("rollout {} — {} → {}            {}\n", s(r, "id"), s(r, "artifact"), s(r, "group"), s(r, "state"));
-    for (i, w) in waves.iter().enumerate() {
-        let manual = w["gate"] == "manual";
+pub fn render(r: &Rollout) -> String {
+    let mut out = format!("rollout {} — {} → {}            {}\n", r.id, r.artifact, r.group, r.state);
+    for (i, w) in r.waves.iter().enumerate() {
         out.push_str(&format!(
             "  wave {}/{} {:>3}%  {:<24}  {}\n",
             i + 1,
-            waves.len(),
-            w["percent"].as_u64().unwrap_or(0),
-            describe_wave(i, waves.len(), manual),
+            r.waves.len(),
+            w.percent,
+            describe_wave(i, r.waves.len(), w.gate == Gate::Manual),
             describe_counts(w)
         ));
     }
-    let halt = r["halt_after"].as_u64().unwrap_or(1);
+    let halt = r.halt_after;
     out.push_str(&format!(
         "  halt rule: pause after {halt} failed device{}  ({} counted)",
         if halt == 1 { "" } else { "s" },
-        r["failures_counted"]
+        r.failures_counted
     ));
-    if let Some(mode) = r["abort_mode"].as_str() {
+    if let Some(mode) = r.abort_mode {
         out.push_str(&format!("\n  aborted: {mode}"));
     }
     out
@@ -306,51 +281,40 @@ async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<
     let header = multi.add(ProgressBar::new_spinner());
     let mut bars: Vec<ProgressBar> = Vec::new();
     loop {
-        let r: serde_json::Value = client.get(&path).await.context("polling the rollout")?;
-        let waves = r["waves"].as_array().cloned().unwrap_or_default();
+        let r: Rollout = client.get(&path).await.context("polling the rollout")?;
         if bars.is_empty() {
-            for (i, w) in waves.iter().enumerate() {
-                let bar = multi.add(ProgressBar::new(w["devices"].as_u64().unwrap_or(0)));
+            for (i, w) in r.waves.iter().enumerate() {
+                let bar = multi.add(ProgressBar::new(w.devices));
                 bar.set_style(style.clone());
-                bar.set_prefix(format!("{}/{}", i + 1, waves.len()));
+                bar.set_prefix(format!("{}/{}", i + 1, r.waves.len()));
                 bars.push(bar);
             }
         }
         header.set_message(format!(
             "rollout {} — {} → {}  {}  ({} of {} failures counted)",
-            s(&r, "id"),
-            s(&r, "artifact"),
-            s(&r, "group"),
-            s(&r, "state"),
-            r["failures_counted"],
-            r["halt_after"]
+            r.id, r.artifact, r.group, r.state, r.failures_counted, r.halt_after
         ));
         header.tick();
-        for (bar, w) in bars.iter().zip(&waves) {
-            let n = |k: &str| w["counts"][k].as_u64().unwrap_or(0);
-            bar.set_position(n("succeeded") + n("failed") + n("timed_out") + n("unreachable") + n("reverted"));
+        for (bar, w) in bars.iter().zip(&r.waves) {
+            bar.set_position(w.counts.settled());
             bar.set_message(describe_counts(w));
         }
-        let state = s(&r, "state");
-        if state == "completed" || state == "aborted" {
+        if r.state.is_terminal() {
             for bar in &bars {
                 bar.finish();
             }
             header.finish();
             drop(multi);
             println!("{}", render(&r));
-            return Ok(if state == "completed" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if r.state == RolloutState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        if state == "paused" || state == "waiting_approval" {
-            header.set_message(format!(
-                "rollout {} is {state}: {}",
-                s(&r, "id"),
-                if state == "paused" {
-                    "acknowledge with `wavecast rollout resume --ack` or abort"
-                } else {
-                    "approve with `wavecast rollout approve`"
-                }
-            ));
+        let next = match r.state {
+            RolloutState::Paused => Some("acknowledge with `wavecast rollout resume --ack` or abort"),
+            RolloutState::WaitingApproval => Some("approve with `wavecast rollout approve`"),
+            _ => None,
+        };
+        if let Some(next) = next {
+            header.set_message(format!("rollout {} is {}: {next}", r.id, r.state));
         }
         tokio::time::sleep(interval).await;
     }

@@ -83,7 +83,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         if sim.offline.is_empty() { "none".to_owned() } else { sim.offline.join(", ") },
         dir.display()
     );
-    crate::cmd::server::shutdown_signal().await;
+    wavecast_os::signal::shutdown().await;
     sim.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use wavecast_api::{CreateToken, Token, TokenCreated};
+use wavecast_core::Role;
 
-use crate::Remote;
 use crate::output;
+use crate::{JsonRemote, Remote};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -13,6 +15,7 @@ pub enum TokenCommand {
     #[command(after_help = "Roles: admin (everything, including tokens), publisher (publish artifacts), \
 operator (groups, enrollment, create/resume/abort rollouts), approver (approve gates), viewer \
 (read only). The token's name is the actor in every audit event it causes.")]
+    #[command(mut_arg("json", |a| a.help("Print JSON (fields `id` and `token`)")))]
     Create {
         /// The role.
         #[arg(long, value_parser = ["admin", "publisher", "operator", "approver", "viewer"])]
@@ -20,20 +23,11 @@ operator (groups, enrollment, create/resume/abort rollouts), approver (approve g
         /// A name for it (default: ROLE-<id>).
         #[arg(long)]
         name: Option<String>,
-        /// Print JSON (fields `id` and `token`).
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        remote: Remote,
+        args: JsonRemote,
     },
     /// List tokens (never their secrets).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    List(JsonRemote),
     /// Revoke a token by id; it stops working at once.
     Revoke {
         /// The token's id (from `token create` or `token list`).
@@ -45,53 +39,38 @@ operator (groups, enrollment, create/resume/abort rollouts), approver (approve g
 
 pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TokenCommand::Create { role, name, json, remote } => {
-            let created: serde_json::Value =
-                remote.client()?.post("/api/v1/tokens", &serde_json::json!({ "role": role, "name": name })).await?;
+        TokenCommand::Create { role, name, args: JsonRemote { json, remote } } => {
+            let role: Role = role.parse()?;
+            let created: TokenCreated = remote.client()?.post("/api/v1/tokens", &CreateToken { role, name }).await?;
             if json {
                 output::json(&created)?;
             } else {
-                println!("{}", created["token"].as_str().unwrap_or_default());
+                println!("{}", created.token);
                 eprintln!(
                     "token {} (id {}, role {}); shown once, keep it secret",
-                    created["name"].as_str().unwrap_or("?"),
-                    created["id"].as_str().unwrap_or("?"),
-                    created["role"].as_str().unwrap_or("?")
+                    created.name, created.id, created.role
                 );
             }
         }
-        TokenCommand::List { json, remote } => {
-            let tokens: Vec<serde_json::Value> = remote.client()?.get("/api/v1/tokens").await?;
-            if json {
-                output::json(&tokens)?;
-            } else {
-                let rows: Vec<Vec<String>> = tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t["id"].as_str().unwrap_or("-").to_owned(),
-                            t["name"].as_str().unwrap_or("-").to_owned(),
-                            t["role"].as_str().unwrap_or("-").to_owned(),
-                            output::time(t["created_at"].as_i64().unwrap_or_default()),
-                            t["revoked_at"]
-                                .as_i64()
-                                .map_or_else(|| "active".to_owned(), |r| format!("revoked {}", output::time(r))),
-                        ]
-                    })
-                    .collect();
-                output::table(&["ID", "NAME", "ROLE", "CREATED", "STATUS"], &rows);
-            }
+        TokenCommand::List(JsonRemote { json, remote }) => {
+            let tokens: Vec<Token> = remote.client()?.get("/api/v1/tokens").await?;
+            output::list(json, &tokens, &["ID", "NAME", "ROLE", "CREATED", "STATUS"], |t| {
+                vec![
+                    t.id.clone(),
+                    t.name.clone(),
+                    t.role.to_string(),
+                    output::time(t.created_at),
+                    t.revoked_at.map_or_else(|| "active".to_owned(), |r| format!("revoked {}", output::time(r))),
+                ]
+            })?;
         }
         TokenCommand::Revoke { id, remote } => {
             anyhow::ensure!(
                 id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
                 "{id:?} is not a token id"
             );
-            let client = remote.client()?;
-            let req = client.request(reqwest::Method::DELETE, &format!("/api/v1/tokens/{id}"))?;
-            let resp = client.send("DELETE", &format!("/api/v1/tokens/{id}"), req).await?;
-            let t: serde_json::Value = resp.json().await?;
-            println!("revoked token {} ({})", t["name"].as_str().unwrap_or("?"), id);
+            let t: Token = remote.client()?.delete(&format!("/api/v1/tokens/{id}")).await?;
+            println!("revoked token {} ({})", t.name, id);
         }
     }
     Ok(ExitCode::SUCCESS)

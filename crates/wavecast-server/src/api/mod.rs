@@ -6,6 +6,7 @@
 
 mod audit;
 mod auth;
+mod bodies;
 mod device;
 pub mod error;
 mod openapi;

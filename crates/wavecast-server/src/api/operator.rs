@@ -4,37 +4,35 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tower::ServiceExt as _;
+use wavecast_api::{
+    Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, EnrollmentTokenCreated, Group, GroupCreated,
+    Whoami,
+};
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, new_id, random};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, bodies, new_id, random};
 use crate::state::AppState;
-use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, NewEnrollmentToken};
+use crate::store::NewEnrollmentToken;
 
 /// Who the token belongs to.
-pub async fn whoami(op: Operator) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "id": op.token_id, "name": op.name, "role": op.role }))
+pub async fn whoami(op: Operator) -> Json<Whoami> {
+    Json(Whoami { id: op.token_id, name: op.name, role: op.role })
 }
 
-pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<ArtifactRecord>>, ApiError> {
-    Ok(Json(state.store().list_artifacts().await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateGroup {
-    name: String,
+pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Artifact>>, ApiError> {
+    Ok(Json(bodies::all(state.store().list_artifacts().await?, bodies::artifact)?))
 }
 
 pub async fn create_group(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
     ApiJson(body): ApiJson<CreateGroup>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<GroupCreated>), ApiError> {
     let name = GroupName::new(body.name).map_err(|e| ApiError::bad_request(&e))?;
     let event = NewAuditEvent {
         actor: op.actor(),
@@ -43,32 +41,17 @@ pub async fn create_group(
         detail: serde_json::json!({}),
     };
     state.store().create_group(&name, &op.name, now_ms(), event).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": name }))))
+    Ok((StatusCode::CREATED, Json(GroupCreated { name })))
 }
 
-pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<GroupRecord>>, ApiError> {
-    Ok(Json(state.store().list_groups().await?))
+pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Group>>, ApiError> {
+    Ok(Json(bodies::all(state.store().list_groups().await?, bodies::group)?))
 }
 
 /// The longest an enrollment token may live.
 const MAX_ENROLLMENT_SECS: u64 = 365 * 24 * 3600;
 /// How long one lives unless asked otherwise.
 const DEFAULT_ENROLLMENT_SECS: u64 = 7 * 24 * 3600;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateEnrollmentToken {
-    group: String,
-    expires_in_secs: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct EnrollmentTokenCreated {
-    id: String,
-    group: String,
-    token: String,
-    expires_at: String,
-}
 
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
@@ -100,7 +83,7 @@ pub async fn create_enrollment_token(
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group: t.group.into(), token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
     ))
 }
 
@@ -114,17 +97,8 @@ pub async fn list_devices(
     State(state): State<AppState>,
     _: CanRead,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
-) -> Result<Json<Vec<DeviceRecord>>, ApiError> {
-    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?))
-}
-
-/// One device, with what it runs (filled in by the device loop's reports).
-#[derive(Serialize)]
-pub struct DeviceDetail {
-    #[serde(flatten)]
-    device: DeviceRecord,
-    artifacts: Vec<serde_json::Value>,
-    rollouts: Vec<crate::store::RolloutDeviceRecord>,
+) -> Result<Json<Vec<Device>>, ApiError> {
+    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?.into_iter().map(bodies::device).collect()))
 }
 
 pub async fn show_device(
@@ -137,15 +111,11 @@ pub async fn show_device(
         .device_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("device {name:?} not found")))?;
-    let artifacts = state
-        .store()
-        .device_artifacts(&device.id)
-        .await?
-        .into_iter()
-        .map(|a| serde_json::json!({ "name": a.name, "version": a.version, "sha256": a.sha256 }))
-        .collect();
-    let rollouts = state.store().device_rollouts(&device.id).await?;
-    Ok(Json(DeviceDetail { device, artifacts, rollouts }))
+    // What it runs, filled in by the device loop's reports.
+    let artifacts =
+        state.store().device_artifacts(&device.id).await?.into_iter().map(bodies::device_artifact).collect();
+    let rollouts = bodies::all(state.store().device_rollouts(&device.id).await?, bodies::device_rollout)?;
+    Ok(Json(DeviceDetail { device: bodies::device(device), artifacts, rollouts }))
 }
 
 #[derive(Deserialize)]

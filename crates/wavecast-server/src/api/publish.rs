@@ -12,6 +12,7 @@ use axum::Json;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
+use wavecast_api::Artifact;
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
@@ -20,7 +21,7 @@ use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
 use super::{ApiError, CanPublish};
 use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
 use crate::state::AppState;
-use crate::store::{ArtifactRecord, NewArtifact, OnlineMetadata, Publish, StoreError};
+use crate::store::{NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -30,7 +31,7 @@ pub async fn publish(
     // Authorization (CanPublish) is decided before the body is even looked at.
     CanPublish(op): CanPublish,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<(StatusCode, Json<ArtifactRecord>), ApiError> {
+) -> Result<(StatusCode, Json<Artifact>), ApiError> {
     let mut multipart =
         multipart.map_err(|e| ApiError::BadRequest(format!("expected a multipart upload: {}", e.body_text())))?;
     let bad_multipart = |e: axum::extract::multipart::MultipartError| {
@@ -177,10 +178,10 @@ pub async fn publish(
     tracing::info!(target = %target.target, sha256 = %target.sha256, length = target.length, actor = %op.name, "published");
     Ok((
         StatusCode::CREATED,
-        Json(ArtifactRecord {
+        Json(Artifact {
             name: record.name,
             version: record.version,
-            length: record.length,
+            length: target.length,
             sha256: record.sha256,
             hardware: record.hardware,
             published_at: now_ms,

@@ -3,30 +3,14 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use wavecast_core::Role;
+use wavecast_api::{CreateToken, Token, TokenCreated};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_os::clock::now_ms;
 
-use super::{ApiError, ApiJson, ApiPath, CanManageTokens, new_id, random};
+use super::{ApiError, ApiJson, ApiPath, CanManageTokens, bodies, new_id, random};
 use crate::state::AppState;
-use crate::store::{NewToken, TokenRecord};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    role: Role,
-    name: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TokenCreated {
-    id: String,
-    name: String,
-    role: Role,
-    token: String,
-}
+use crate::store::NewToken;
 
 pub async fn create(
     State(state): State<AppState>,
@@ -54,15 +38,15 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
 }
 
-pub async fn list(State(state): State<AppState>, _: CanManageTokens) -> Result<Json<Vec<TokenRecord>>, ApiError> {
-    Ok(Json(state.store().list_tokens().await?))
+pub async fn list(State(state): State<AppState>, _: CanManageTokens) -> Result<Json<Vec<Token>>, ApiError> {
+    Ok(Json(state.store().list_tokens().await?.into_iter().map(bodies::token).collect()))
 }
 
 pub async fn revoke(
     State(state): State<AppState>,
     CanManageTokens(op): CanManageTokens,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<TokenRecord>, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     let actor = op.actor();
     let revoked = state
         .store()
@@ -73,5 +57,5 @@ pub async fn revoke(
             detail: serde_json::json!({ "id": t.id, "role": t.role }),
         })
         .await?;
-    Ok(Json(revoked))
+    Ok(Json(bodies::token(revoked)))
 }

@@ -15,7 +15,7 @@ use wavecast_core::{Sha256Digest, TargetName};
 use wavecast_server::install::{InitReport, Layout};
 use wavecast_server::state::AppState;
 use wavecast_server::{ServerConfig, api};
-use wavecast_test_support::PgDatabase;
+use wavecast_test_support::{MultipartForm, PgDatabase};
 use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, sign_new_targets};
 
@@ -177,27 +177,13 @@ impl Env {
 
     /// Publishes through the API as the publisher CLI would: multipart `targets` then `blob`.
     pub async fn publish_raw(&self, targets: &[u8], blob: &[u8]) -> Resp {
-        let boundary = "wavecast-test-boundary-7f3a";
-        let mut body = Vec::new();
-        for (name, ctype, data) in
-            [("targets", "application/json", targets), ("blob", "application/octet-stream", blob)]
-        {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: {ctype}\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            body.extend_from_slice(data);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let form = MultipartForm::publish(targets, blob);
         self.request(
             Method::POST,
             "/api/v1/artifacts",
             Some(&self.admin),
-            &[("content-type", format!("multipart/form-data; boundary={boundary}"))],
-            Body::from(body),
+            &[("content-type", form.content_type)],
+            Body::from(form.body),
         )
         .await
     }

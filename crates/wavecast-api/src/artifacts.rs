@@ -1,0 +1,23 @@
+//! Artifacts: what `GET /artifacts` lists and `POST /artifacts` answers.
+
+use serde::{Deserialize, Serialize};
+use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
+
+/// A published artifact version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Artifact name.
+    pub name: ArtifactName,
+    /// Version.
+    pub version: ArtifactVersion,
+    /// Size in bytes.
+    pub length: u64,
+    /// SHA-256 of the bytes.
+    pub sha256: Sha256Digest,
+    /// Only devices with this hardware may install it; `null` for any.
+    pub hardware: Option<String>,
+    /// Publish time (Unix ms).
+    pub published_at: i64,
+    /// The token name that published it.
+    pub published_by: String,
+}

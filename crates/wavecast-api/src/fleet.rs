@@ -1,0 +1,116 @@
+//! Groups, enrollment tokens and devices.
+
+use serde::{Deserialize, Serialize};
+use wavecast_core::assignment::DeviceState;
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Sha256Digest};
+
+/// `POST /groups`. Names travel as strings in requests so the server, not the JSON decoder,
+/// says what is wrong with one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    /// Group name.
+    pub name: String,
+}
+
+/// What `POST /groups` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCreated {
+    /// The new group.
+    pub name: GroupName,
+}
+
+/// A device group as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// Name.
+    pub name: GroupName,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// The token name that created it.
+    pub created_by: String,
+    /// Enrolled devices.
+    pub devices: u64,
+}
+
+/// `POST /enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    /// The group the devices join.
+    pub group: String,
+    /// Lifetime in seconds (the server's default when `null`).
+    pub expires_in_secs: Option<u64>,
+}
+
+/// What `POST /enrollment-tokens` answers: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentTokenCreated {
+    /// Public id.
+    pub id: String,
+    /// The group.
+    pub group: GroupName,
+    /// The secret.
+    pub token: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: DeviceName,
+    /// Group.
+    pub group: GroupName,
+    /// Hardware it reported when enrolling.
+    pub hardware: String,
+    /// Enrollment time (Unix ms).
+    pub enrolled_at: i64,
+    /// Last check-in (Unix ms); `null` if never.
+    pub last_seen_at: Option<i64>,
+}
+
+/// `GET /devices/{name}`: one device, with what it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    /// The device's own fields, inline.
+    #[serde(flatten)]
+    pub device: Device,
+    /// What the device last reported running.
+    pub artifacts: Vec<DeviceArtifact>,
+    /// Its place in each rollout that included it.
+    pub rollouts: Vec<DeviceRollout>,
+}
+
+/// An artifact a device reported running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceArtifact {
+    /// Artifact name.
+    pub name: ArtifactName,
+    /// Version.
+    pub version: ArtifactVersion,
+    /// SHA-256 of the active file.
+    pub sha256: Sha256Digest,
+}
+
+/// A device's place in one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRollout {
+    /// Rollout id.
+    pub rollout_id: String,
+    /// Artifact name.
+    pub artifact: ArtifactName,
+    /// Version.
+    pub version: ArtifactVersion,
+    /// Wave number, 1-based.
+    pub wave: u64,
+    /// Where the device is.
+    pub state: DeviceState,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// Last change (Unix ms).
+    pub updated_at: i64,
+}

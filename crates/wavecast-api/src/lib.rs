@@ -1,0 +1,36 @@
+//! The operator API's request and response bodies (`/api/v1`), shared by the server, which
+//! builds them, and the `wavecast` CLI, which reads them.
+//!
+//! One definition on both sides means a renamed or retyped field is a compile error rather than
+//! a `null` the CLI prints months later. The types are plain serde structs whose JSON is the
+//! wire format documented in the server's `openapi.json`, field for field and in the same
+//! order; validated values travel as the core's newtypes (`ArtifactName`, `Sha256Digest`, …),
+//! which serialize as the same strings. Request bodies refuse unknown fields, as the server
+//! always has; response bodies accept them, so an older CLI keeps working against a newer
+//! server. The device API's bodies live in `wavecast_core::assignment`, next to the rules
+//! that check them.
+
+mod artifacts;
+mod error;
+mod fleet;
+mod rollouts;
+mod tokens;
+
+pub use artifacts::Artifact;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use fleet::{
+    CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRollout, EnrollmentTokenCreated,
+    Group, GroupCreated,
+};
+pub use rollouts::{AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState};
+pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
+/// How an aborted rollout leaves its devices: the core's type, which the engine decides by.
+pub use wavecast_core::rollout::AbortMode;
+
+/// The audit endpoints' bodies, which the core defines because verifying them is domain logic:
+/// events (`/audit`), raw rows and checkpoints (`/audit/leaves`, `/audit/checkpoints`), exports
+/// and consistency proofs.
+pub mod audit {
+    pub use wavecast_core::audit::AuditEvent;
+    pub use wavecast_core::evidence::{ConsistencyProof, Export, ExportedEvent, LeafRow, StoredCheckpoint};
+}

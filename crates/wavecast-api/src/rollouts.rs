@@ -1,0 +1,191 @@
+//! Rollouts: the plan an operator sends, and the plan with live counts the server answers.
+
+use serde::{Deserialize, Serialize};
+use wavecast_core::assignment::DeviceState;
+use wavecast_core::probe::ProbeSpec;
+use wavecast_core::rollout::{AbortMode, Gate, RolloutState};
+use wavecast_core::{ArtifactName, ArtifactVersion, GroupName, TargetName};
+
+/// `POST /rollouts`. Values the server validates travel as plain strings and numbers, so a bad
+/// one is refused with the server's own message; absent options take the server's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    /// `NAME@VERSION`.
+    pub artifact: String,
+    /// The device group.
+    pub group: String,
+    /// Cumulative wave percentages; the last is 100.
+    pub waves: Vec<u8>,
+    /// 1-based waves that wait for approval.
+    #[serde(default)]
+    pub gates: Vec<usize>,
+    /// Pause after this many failed devices since the last acknowledgement.
+    pub halt_after: Option<u32>,
+    /// How long a device may take to pick up and finish its assignment.
+    pub device_timeout_ms: Option<u64>,
+    /// The probe as an operator writes it (`exec:NAME`, `https://…`, `file:/PATH`).
+    pub probe: String,
+    /// Timeout of one probe attempt.
+    pub probe_timeout_ms: Option<u64>,
+    /// Probe attempts; healthy if any passes.
+    pub probe_attempts: Option<u32>,
+    /// Pause between probe attempts.
+    pub probe_interval_ms: Option<u64>,
+    /// Pause before the first probe attempt.
+    pub probe_initial_delay_ms: Option<u64>,
+}
+
+/// `POST /rollouts/{id}/resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// Acknowledges the failures counted so far; the server refuses `false`.
+    pub ack: bool,
+}
+
+/// `POST /rollouts/{id}/abort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortRequest {
+    /// What happens to devices the rollout already updated.
+    pub mode: AbortMode,
+}
+
+/// A rollout's plan and live counts, as every rollout endpoint answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Id, like `r-7f3a09c2`.
+    pub id: String,
+    /// Where the rollout is.
+    pub state: RolloutState,
+    /// `NAME@VERSION`.
+    pub artifact: TargetName,
+    /// The artifact's name alone.
+    pub artifact_name: ArtifactName,
+    /// The version alone.
+    pub version: ArtifactVersion,
+    /// The device group.
+    pub group: GroupName,
+    /// Pause after this many failed devices since the last acknowledgement.
+    pub halt_after: u32,
+    /// Failures counted since the last acknowledgement.
+    pub failures_counted: u32,
+    /// How long a device may take.
+    pub device_timeout_ms: u64,
+    /// The probe as the operator wrote it.
+    pub probe: String,
+    /// The probe with its timing, as devices receive it.
+    pub probe_spec: ProbeSpec,
+    /// Devices in the rollout.
+    pub device_count: u64,
+    /// How it was aborted; `null` unless it was.
+    pub abort_mode: Option<AbortMode>,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// The token name that created it.
+    pub created_by: String,
+    /// Last change (Unix ms).
+    pub updated_at: i64,
+    /// Devices per state over every wave.
+    pub counts: StateCounts,
+    /// The waves, in order.
+    pub waves: Vec<Wave>,
+}
+
+/// One wave of a rollout, with its devices' states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    /// 1-based.
+    pub number: usize,
+    /// Cumulative percentage of the group.
+    pub percent: u8,
+    /// How it opens.
+    pub gate: Gate,
+    /// Where it is.
+    pub state: WaveState,
+    /// Devices the wave added.
+    pub devices: u64,
+    /// Those devices per state.
+    pub counts: StateCounts,
+}
+
+/// Where a wave is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveState {
+    /// Not opened yet.
+    Pending,
+    /// Next to open, at a manual gate.
+    WaitingApproval,
+    /// Opened; some of its devices are not in an end state yet.
+    Open,
+    /// Opened, and every device is in an end state.
+    Settled,
+}
+
+/// Devices per state; every state is present.
+///
+/// The fields are in alphabetical order because that is the order the server has always sent
+/// them in (it used to build this object as a sorted map).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // each field is the count of devices in the `DeviceState` of its name
+pub struct StateCounts {
+    pub assigned: u64,
+    pub downloading: u64,
+    pub failed: u64,
+    pub installing: u64,
+    pub pending: u64,
+    pub probing: u64,
+    pub revert_skipped: u64,
+    pub reverted: u64,
+    pub succeeded: u64,
+    pub timed_out: u64,
+    pub unreachable: u64,
+    pub verifying: u64,
+}
+
+impl StateCounts {
+    /// Counts built from a function of the state.
+    pub fn from_fn(count: impl Fn(DeviceState) -> u64) -> Self {
+        let mut c = Self::default();
+        for s in DeviceState::ALL {
+            *c.get_mut(s) = count(s);
+        }
+        c
+    }
+
+    /// Devices in `state`.
+    pub fn get(&self, state: DeviceState) -> u64 {
+        let mut c = *self;
+        *c.get_mut(state)
+    }
+
+    /// The devices in end states: those a wave no longer waits for.
+    pub fn settled(&self) -> u64 {
+        DeviceState::ALL.into_iter().filter(|s| s.is_final()).map(|s| self.get(s)).sum()
+    }
+
+    /// The devices between picking up their assignment and an end state.
+    pub fn in_progress(&self) -> u64 {
+        DeviceState::ALL.into_iter().filter(|s| !s.is_final() && *s != DeviceState::Pending).map(|s| self.get(s)).sum()
+    }
+
+    // One exhaustive match, so a new device state cannot be forgotten here.
+    fn get_mut(&mut self, state: DeviceState) -> &mut u64 {
+        match state {
+            DeviceState::Pending => &mut self.pending,
+            DeviceState::Assigned => &mut self.assigned,
+            DeviceState::Downloading => &mut self.downloading,
+            DeviceState::Verifying => &mut self.verifying,
+            DeviceState::Installing => &mut self.installing,
+            DeviceState::Probing => &mut self.probing,
+            DeviceState::Succeeded => &mut self.succeeded,
+            DeviceState::Failed => &mut self.failed,
+            DeviceState::TimedOut => &mut self.timed_out,
+            DeviceState::Unreachable => &mut self.unreachable,
+            DeviceState::Reverted => &mut self.reverted,
+            DeviceState::RevertSkipped => &mut self.revert_skipped,
+        }
+    }
+}

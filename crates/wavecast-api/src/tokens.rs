@@ -1,0 +1,55 @@
+//! API tokens and the caller's own identity.
+
+use serde::{Deserialize, Serialize};
+use wavecast_core::Role;
+
+/// `GET /whoami`: the token the request was made with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Whoami {
+    /// Token id.
+    pub id: String,
+    /// Token name: the actor in the audit events it causes.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// `POST /tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// The role.
+    pub role: Role,
+    /// A name (the server picks `ROLE-<id>` when absent); checked by the server.
+    pub name: Option<String>,
+}
+
+/// What `POST /tokens` answers: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// Public id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// The secret.
+    pub token: String,
+}
+
+/// An API token as listed (never its secret), and as `DELETE /tokens/{id}` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Public id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// The token name that created it.
+    pub created_by: String,
+    /// Revocation time (Unix ms); `null` while valid.
+    pub revoked_at: Option<i64>,
+}

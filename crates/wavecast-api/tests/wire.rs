@@ -1,0 +1,222 @@
+//! The JSON these types make is the operator API's wire format, which the OpenAPI document,
+//! scripts reading `wavecast … --json`, and older CLIs depend on: these cases pin it byte for
+//! byte (field names, order, and `null` for absent options) and check that it reads back.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wavecast_api::*;
+use wavecast_core::assignment::DeviceState;
+use wavecast_core::probe::{ProbeKind, ProbeSpec};
+use wavecast_core::rollout::{Gate, RolloutState};
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Role, Sha256Digest, TargetName};
+
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// Serializes `value`, compares with `wire`, and reads `wire` back into an equal value.
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T, wire: &str) {
+    let wire: String = wire.split_whitespace().collect();
+    assert_eq!(serde_json::to_string(value).unwrap(), wire);
+    assert_eq!(&serde_json::from_str::<T>(&wire).unwrap(), value, "{wire}");
+}
+
+fn name(s: &str) -> ArtifactName {
+    ArtifactName::new(s).unwrap()
+}
+
+fn version(s: &str) -> ArtifactVersion {
+    ArtifactVersion::new(s).unwrap()
+}
+
+fn group(s: &str) -> GroupName {
+    GroupName::new(s).unwrap()
+}
+
+#[test]
+fn artifacts_groups_and_tokens() {
+    let sha: Sha256Digest = SHA.parse().unwrap();
+    check(
+        &Artifact {
+            name: name("yolo-v8n"),
+            version: version("2.1.0"),
+            length: 52_428_800,
+            sha256: sha,
+            hardware: None,
+            published_at: 1_700_000_000_000,
+            published_by: "admin".into(),
+        },
+        &format!(
+            r#"{{"name":"yolo-v8n","version":"2.1.0","length":52428800,"sha256":"{SHA}","hardware":null,
+                 "published_at":1700000000000,"published_by":"admin"}}"#
+        ),
+    );
+    check(
+        &Group { name: group("plant-7"), created_at: 5, created_by: "admin".into(), devices: 20 },
+        r#"{"name":"plant-7","created_at":5,"created_by":"admin","devices":20}"#,
+    );
+    check(&GroupCreated { name: group("plant-7") }, r#"{"name":"plant-7"}"#);
+    check(
+        &EnrollmentTokenCreated {
+            id: "0a1b".into(),
+            group: group("plant-7"),
+            token: "wce_00".into(),
+            expires_at: "2024-01-01T00:00:00Z".into(),
+        },
+        r#"{"id":"0a1b","group":"plant-7","token":"wce_00","expires_at":"2024-01-01T00:00:00Z"}"#,
+    );
+    check(
+        &Whoami { id: "1".into(), name: "ci".into(), role: Role::Viewer },
+        r#"{"id":"1","name":"ci","role":"viewer"}"#,
+    );
+    check(
+        &TokenCreated { id: "1".into(), name: "ci".into(), role: Role::Publisher, token: "wct_00".into() },
+        r#"{"id":"1","name":"ci","role":"publisher","token":"wct_00"}"#,
+    );
+    check(
+        &Token {
+            id: "1".into(),
+            name: "ci".into(),
+            role: Role::Admin,
+            created_at: 1,
+            created_by: "wavecast".into(),
+            revoked_at: Some(2),
+        },
+        r#"{"id":"1","name":"ci","role":"admin","created_at":1,"created_by":"wavecast","revoked_at":2}"#,
+    );
+}
+
+#[test]
+fn a_device_shows_its_own_fields_inline() {
+    let sha: Sha256Digest = SHA.parse().unwrap();
+    check(
+        &DeviceDetail {
+            device: Device {
+                id: "d1".into(),
+                name: DeviceName::new("cam-001").unwrap(),
+                group: group("plant-7"),
+                hardware: "jetson".into(),
+                enrolled_at: 3,
+                last_seen_at: None,
+            },
+            artifacts: vec![DeviceArtifact { name: name("yolo"), version: version("1.0.0"), sha256: sha }],
+            rollouts: vec![DeviceRollout {
+                rollout_id: "r-1".into(),
+                artifact: name("yolo"),
+                version: version("1.0.0"),
+                wave: 1,
+                state: DeviceState::TimedOut,
+                reason: None,
+                updated_at: 4,
+            }],
+        },
+        &format!(
+            r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":null,
+                 "artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
+                 "rollouts":[{{"rollout_id":"r-1","artifact":"yolo","version":"1.0.0","wave":1,"state":"timed_out",
+                               "reason":null,"updated_at":4}}]}}"#
+        ),
+    );
+}
+
+#[test]
+fn a_rollout_with_its_waves_and_counts() {
+    let counts = StateCounts::from_fn(|s| DeviceState::ALL.iter().position(|x| *x == s).unwrap() as u64);
+    let wave =
+        Wave { number: 1, percent: 10, gate: Gate::Manual, state: WaveState::WaitingApproval, devices: 2, counts };
+    let rollout = Rollout {
+        id: "r-7f3a09c2".into(),
+        state: RolloutState::WaitingApproval,
+        artifact: TargetName::parse("yolo@2.0.0").unwrap(),
+        artifact_name: name("yolo"),
+        version: version("2.0.0"),
+        group: group("plant-7"),
+        halt_after: 1,
+        failures_counted: 0,
+        device_timeout_ms: u64::MAX,
+        probe: "exec:sim-check".into(),
+        probe_spec: ProbeSpec::new(ProbeKind::Exec { name: "sim-check".into(), args: vec![] }),
+        device_count: 20,
+        abort_mode: Some(AbortMode::Revert),
+        created_at: 1,
+        created_by: "admin".into(),
+        updated_at: 2,
+        counts,
+        waves: vec![wave],
+    };
+    // Counts are in alphabetical order, as the server's sorted map always sent them.
+    let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"revert_skipped":11,"reverted":10,
+                     "succeeded":6,"timed_out":8,"unreachable":9,"verifying":3}"#;
+    check(
+        &rollout,
+        &format!(
+            r#"{{"id":"r-7f3a09c2","state":"waiting_approval","artifact":"yolo@2.0.0","artifact_name":"yolo",
+                 "version":"2.0.0","group":"plant-7","halt_after":1,"failures_counted":0,
+                 "device_timeout_ms":18446744073709551615,"probe":"exec:sim-check",
+                 "probe_spec":{{"kind":"exec","name":"sim-check","args":[],"timeout_ms":30000,"attempts":3,
+                                "interval_ms":5000,"initial_delay_ms":0}},
+                 "device_count":20,"abort_mode":"revert","created_at":1,"created_by":"admin","updated_at":2,
+                 "counts":{counts},
+                 "waves":[{{"number":1,"percent":10,"gate":"manual","state":"waiting_approval","devices":2,
+                            "counts":{counts}}}]}}"#
+        ),
+    );
+    let running = Rollout { abort_mode: None, ..rollout };
+    assert_eq!(serde_json::to_value(&running).unwrap()["abort_mode"], serde_json::Value::Null);
+}
+
+#[test]
+fn state_counts_name_every_state() {
+    let counts = StateCounts::from_fn(|s| 1 << DeviceState::ALL.iter().position(|x| *x == s).unwrap());
+    let json = serde_json::to_value(counts).unwrap();
+    for s in DeviceState::ALL {
+        let bit = 1u64 << DeviceState::ALL.iter().position(|x| *x == s).unwrap();
+        assert_eq!(counts.get(s), bit, "{s}");
+        assert_eq!(json[s.as_str()], bit, "{s} is on the wire under its own name");
+    }
+    assert_eq!(json.as_object().unwrap().len(), DeviceState::ALL.len());
+    let settled: u64 = DeviceState::ALL.iter().filter(|s| s.is_final()).map(|s| counts.get(*s)).sum();
+    let total: u64 = DeviceState::ALL.iter().map(|s| counts.get(*s)).sum();
+    assert_eq!(counts.settled(), settled);
+    assert_eq!(counts.settled() + counts.in_progress() + counts.pending, total);
+}
+
+#[test]
+fn requests_refuse_unknown_fields_and_keep_the_servers_defaults() {
+    let create: CreateRollout =
+        serde_json::from_str(r#"{"artifact":"m@1.0.0","group":"g","waves":[100],"probe":"exec:c"}"#).unwrap();
+    assert_eq!((create.gates.clone(), create.halt_after, create.device_timeout_ms), (vec![], None, None));
+    let extra = r#"{"artifact":"m@1.0.0","group":"g","waves":[100],"probe":"exec:c","extra":1}"#;
+    assert!(serde_json::from_str::<CreateRollout>(extra).is_err());
+    assert!(serde_json::from_str::<CreateGroup>(r#"{"name":"plant-7","x":1}"#).is_err());
+    assert!(serde_json::from_str::<AbortRequest>(r#"{"mode":"sideways"}"#).is_err());
+    check(&CreateToken { role: Role::Viewer, name: None }, r#"{"role":"viewer","name":null}"#);
+    check(&ResumeRequest { ack: true }, r#"{"ack":true}"#);
+    check(
+        &CreateEnrollmentToken { group: "plant-7".into(), expires_in_secs: Some(60) },
+        r#"{"group":"plant-7","expires_in_secs":60}"#,
+    );
+}
+
+#[test]
+fn error_codes_and_abort_modes_by_name() {
+    for (code, wire) in [
+        (ErrorCode::Unauthorized, "unauthorized"),
+        (ErrorCode::Forbidden, "forbidden"),
+        (ErrorCode::NotFound, "not_found"),
+        (ErrorCode::Conflict, "conflict"),
+        (ErrorCode::BadRequest, "bad_request"),
+        (ErrorCode::Refused, "refused"),
+        (ErrorCode::TooLarge, "too_large"),
+        (ErrorCode::RateLimited, "rate_limited"),
+        (ErrorCode::Internal, "internal"),
+    ] {
+        check(
+            &ErrorBody { error: ErrorDetail { code, message: "m".into() } },
+            &format!(r#"{{"error":{{"code":"{wire}","message":"m"}}}}"#),
+        );
+    }
+    for mode in [AbortMode::Keep, AbortMode::Revert] {
+        assert_eq!(mode.to_string().parse::<AbortMode>(), Ok(mode));
+        check(&AbortRequest { mode }, &format!(r#"{{"mode":"{mode}"}}"#));
+    }
+    assert!("sideways".parse::<AbortMode>().is_err());
+}

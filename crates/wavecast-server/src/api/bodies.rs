@@ -1,0 +1,136 @@
+//! Store records as the operator API's response bodies, the types in `wavecast_api` that the
+//! CLI reads too.
+//!
+//! Each body is built in one place, so the wire format follows the shared types rather than
+//! whatever a store record happens to derive. The records already carry the core's newtypes;
+//! what is left to check is that the counts the database keeps as signed integers are not
+//! negative, which would be damage: it is answered as an internal error, whose log line names
+//! it, rather than passed on to a client.
+
+use wavecast_api::{
+    Artifact, Device, DeviceArtifact, DeviceRollout, Group, Rollout, StateCounts, Token, Wave, WaveState,
+};
+use wavecast_core::TargetName;
+use wavecast_core::assignment::ActiveArtifact;
+use wavecast_core::rollout::RolloutState;
+
+use super::ApiError;
+use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, RolloutDeviceRecord, RolloutRecord, TokenRecord};
+
+/// A count or size the database stores as a signed integer.
+fn unsigned(what: &str, n: i64) -> Result<u64, ApiError> {
+    u64::try_from(n).map_err(|e| ApiError::internal_from(format!("stored {what} {n} is negative"), e))
+}
+
+/// Converts every row, failing on the first that does not convert.
+pub(super) fn all<R, B>(rows: Vec<R>, body: impl Fn(R) -> Result<B, ApiError>) -> Result<Vec<B>, ApiError> {
+    rows.into_iter().map(body).collect()
+}
+
+pub(super) fn artifact(r: ArtifactRecord) -> Result<Artifact, ApiError> {
+    Ok(Artifact {
+        length: unsigned("artifact length", r.length)?,
+        name: r.name,
+        version: r.version,
+        sha256: r.sha256,
+        hardware: r.hardware,
+        published_at: r.published_at,
+        published_by: r.published_by,
+    })
+}
+
+pub(super) fn group(r: GroupRecord) -> Result<Group, ApiError> {
+    Ok(Group {
+        devices: unsigned("group device count", r.devices)?,
+        name: r.name,
+        created_at: r.created_at,
+        created_by: r.created_by,
+    })
+}
+
+pub(super) fn device(r: DeviceRecord) -> Device {
+    Device {
+        id: r.id,
+        name: r.name,
+        group: r.group,
+        hardware: r.hardware,
+        enrolled_at: r.enrolled_at,
+        last_seen_at: r.last_seen_at,
+    }
+}
+
+/// What a device last reported running.
+pub(super) fn device_artifact(a: ActiveArtifact) -> DeviceArtifact {
+    DeviceArtifact { name: a.name, version: a.version, sha256: a.sha256 }
+}
+
+pub(super) fn device_rollout(r: RolloutDeviceRecord) -> Result<DeviceRollout, ApiError> {
+    Ok(DeviceRollout {
+        wave: unsigned("device wave", r.wave)?,
+        rollout_id: r.rollout_id,
+        artifact: r.artifact,
+        version: r.version,
+        state: r.state,
+        reason: r.reason,
+        updated_at: r.updated_at,
+    })
+}
+
+pub(super) fn token(r: TokenRecord) -> Token {
+    Token {
+        id: r.id,
+        name: r.name,
+        role: r.role,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        revoked_at: r.revoked_at,
+    }
+}
+
+pub(super) fn rollout(r: RolloutRecord) -> Result<Rollout, ApiError> {
+    let waves = r
+        .plan
+        .waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let c = r.counts.get(i).copied().unwrap_or_default();
+            let state = if i < r.status.opened {
+                if c.settled() { WaveState::Settled } else { WaveState::Open }
+            } else if i == r.status.opened && r.status.state == RolloutState::WaitingApproval {
+                WaveState::WaitingApproval
+            } else {
+                WaveState::Pending
+            };
+            Wave {
+                number: i + 1,
+                percent: w.percent,
+                gate: w.gate,
+                state,
+                devices: c.total(),
+                counts: StateCounts::from_fn(|s| c.get(s)),
+            }
+        })
+        .collect();
+    let counts = StateCounts::from_fn(|s| r.counts.iter().map(|c| c.get(s)).sum());
+    Ok(Rollout {
+        artifact: TargetName::new(r.artifact.clone(), r.version.clone()),
+        artifact_name: r.artifact,
+        version: r.version,
+        id: r.id,
+        state: r.status.state,
+        group: r.group,
+        halt_after: r.plan.halt_after,
+        failures_counted: r.status.failures_counted,
+        device_timeout_ms: r.plan.device_timeout_ms,
+        probe: r.probe.kind.to_string(),
+        probe_spec: r.probe,
+        device_count: unsigned("rollout device count", r.device_count)?,
+        abort_mode: r.abort_mode,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        updated_at: r.updated_at,
+        counts,
+        waves,
+    })
+}
