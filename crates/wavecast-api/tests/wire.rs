@@ -2,6 +2,9 @@
 //! scripts reading `wavecast … --json`, and older CLIs depend on: these cases pin it byte for
 //! byte (field names, order, and `null` for absent options) and check that it reads back.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wavecast_api::*;

@@ -64,6 +64,30 @@ pub struct NewTarget {
     pub hardware: Option<String>,
 }
 
+fn check_targets_key(root: &Root, key: &SigningKey) -> Result<(), PublishError> {
+    let key_id = key.key_id().map_err(PublishError::Key)?;
+    let is_targets_key = root.roles.get(&tough::schema::RoleType::Targets).is_some_and(|r| r.keyids.contains(&key_id));
+    if is_targets_key { Ok(()) } else { Err(PublishError::NotTargetsKey { key_id: hex::encode(&key_id) }) }
+}
+
+/// Signs `current`'s targets again, unchanged, as the next version expiring at `expires`:
+/// renewal before expiry, or after the targets key was rotated (the new root names the new
+/// key, and devices accept targets signed by it only). No artifact changes.
+pub async fn resign_targets(
+    root: &Root,
+    current: &Signed<Targets>,
+    key: &SigningKey,
+    expires: jiff::Timestamp,
+) -> Result<SignedRole<Targets>, PublishError> {
+    check_targets_key(root, key)?;
+    let mut targets = current.signed.clone();
+    targets.version = targets.version.saturating_add(1);
+    targets.expires = crate::whole_seconds(expires);
+    SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
+        .await
+        .map_err(PublishError::Sign)
+}
+
 /// Adds `new` to `current`, bumps the version, sets `expires`, and signs with `key`.
 pub async fn sign_new_targets(
     root: &Root,
@@ -81,11 +105,7 @@ pub async fn sign_new_targets(
         }
         return Err(PublishError::Duplicate { target: new.target.clone(), existing: existing_hex });
     }
-    let key_id = key.key_id().map_err(PublishError::Key)?;
-    let is_targets_key = root.roles.get(&tough::schema::RoleType::Targets).is_some_and(|r| r.keyids.contains(&key_id));
-    if !is_targets_key {
-        return Err(PublishError::NotTargetsKey { key_id: hex::encode(&key_id) });
-    }
+    check_targets_key(root, key)?;
     let mut targets = current.signed.clone();
     targets.version = targets.version.checked_add(1).unwrap_or(NonZeroU64::MAX);
     targets.expires = crate::whole_seconds(expires);

@@ -69,6 +69,12 @@ pub enum AcceptError {
     /// Nothing was added.
     #[error("targets metadata adds no target")]
     NothingAdded,
+    /// A re-signing must not add targets; publishing does that.
+    #[error("re-signed targets metadata must not add targets, but it adds {}", names.join(", "))]
+    ResignAdds {
+        /// The targets it would add.
+        names: Vec<String>,
+    },
 }
 
 /// A target as wavecast reads it.
@@ -107,12 +113,34 @@ pub struct Accepted {
     pub added: Vec<TargetInfo>,
 }
 
+/// What a submitted targets file is meant to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submission {
+    /// Add at least one new target (a publish).
+    Publish,
+    /// Change nothing but the version and expiry (a renewal, or re-signing with a rotated key).
+    Resign,
+}
+
 /// Checks a submitted targets file against `root` and the current targets.
 pub fn accept_targets(
     root: &Root,
     current: &Targets,
     bytes: &[u8],
     now: jiff::Timestamp,
+) -> Result<Accepted, AcceptError> {
+    accept_submission(root, current, bytes, now, Submission::Publish)
+}
+
+/// Checks a submitted targets file against `root` and the current targets, for `kind`: every
+/// rule of a publish holds for a re-signing too (signature by the root's targets key, next
+/// version, not expired, nothing removed or changed), and a re-signing adds nothing.
+pub fn accept_submission(
+    root: &Root,
+    current: &Targets,
+    bytes: &[u8],
+    now: jiff::Timestamp,
+    kind: Submission,
 ) -> Result<Accepted, AcceptError> {
     let submitted: Signed<Targets> = serde_json::from_slice(bytes).map_err(AcceptError::Parse)?;
     root.verify_role(&submitted).map_err(AcceptError::Signature)?;
@@ -146,8 +174,12 @@ pub fn accept_targets(
             added.push(TargetInfo::from_target(name.raw(), target)?);
         }
     }
-    if added.is_empty() {
-        return Err(AcceptError::NothingAdded);
+    match kind {
+        Submission::Publish if added.is_empty() => return Err(AcceptError::NothingAdded),
+        Submission::Resign if !added.is_empty() => {
+            return Err(AcceptError::ResignAdds { names: added.iter().map(|a| a.target.to_string()).collect() });
+        }
+        _ => {}
     }
     added.sort_by(|a, b| a.target.cmp(&b.target));
     Ok(Accepted { targets: submitted, added })

@@ -32,6 +32,35 @@ pub enum RootError {
     /// The root does not carry the audit log's checkpoint key (it predates signed checkpoints).
     #[error("root.json has no audit checkpoint key in its {WAVECAST_ROOT_FIELD:?} field")]
     NoCheckpointKey,
+    /// The key given to sign a new root is not a root key of the current one.
+    #[error(
+        "the key given (key id {key_id}) is not a root key of root.json version {version}; sign with the current root key"
+    )]
+    NotRootKey {
+        /// The key given.
+        key_id: String,
+        /// The current root's version.
+        version: u64,
+    },
+    /// A root in a chain does not follow the one before it.
+    #[error("root.json version {got} does not follow version {current}: each new root must be the next version")]
+    ChainVersion {
+        /// The version trusted so far.
+        current: u64,
+        /// The version offered next.
+        got: u64,
+    },
+    /// A root in a chain is not signed by the root keys of the one before it (or of itself).
+    #[error("root.json version {version} is not signed by {by}")]
+    ChainSignature {
+        /// The version offered.
+        version: u64,
+        /// Whose keys are missing: the previous root's or its own.
+        by: &'static str,
+        /// The cause.
+        #[source]
+        source: tough::schema::Error,
+    },
 }
 
 /// The keys a new root names.
@@ -83,6 +112,108 @@ pub async fn build_root(keys: &RootKeys<'_>, expires: jiff::Timestamp) -> Result
     };
     let holder = KeyHolder::Root(root.clone());
     SignedRole::new(root, &holder, &[keys.root.source()], &SystemRandom::new()).await.map_err(RootError::Sign)
+}
+
+/// The keys a new root version names instead of the current ones; `None` keeps a role's key.
+///
+/// Only public halves go into root.json, but each is given as the key itself: the new root key
+/// must sign, and whoever rotates an online key (snapshot, timestamp, director, checkpoint)
+/// hands its private half to the server next.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyChanges<'a> {
+    /// A new root key; it signs the new root together with the current one.
+    pub root: Option<&'a SigningKey>,
+    /// A new targets (publisher) key.
+    pub targets: Option<&'a SigningKey>,
+    /// A new snapshot key.
+    pub snapshot: Option<&'a SigningKey>,
+    /// A new timestamp key.
+    pub timestamp: Option<&'a SigningKey>,
+    /// A new director key.
+    pub director: Option<&'a SigningKey>,
+    /// A new audit checkpoint key.
+    pub checkpoint: Option<&'a SigningKey>,
+}
+
+/// Builds and signs the root that follows `current`: version + 1, `expires`, and the keys
+/// `changes` names. It is signed by `current_root_key` (a root key of `current`) and by the
+/// new root key if there is one, as TUF requires of a rotation: devices that trust `current`
+/// accept it, and it stands on its own keys afterwards.
+pub async fn next_root(
+    current: &Signed<Root>,
+    current_root_key: &SigningKey,
+    changes: &KeyChanges<'_>,
+    expires: jiff::Timestamp,
+) -> Result<SignedRole<Root>, RootError> {
+    let old = &current.signed;
+    let signer_id = current_root_key.key_id()?;
+    if !old.roles.get(&RoleType::Root).is_some_and(|r| r.keyids.contains(&signer_id)) {
+        return Err(RootError::NotRootKey { key_id: hex::encode(&signer_id), version: old.version.get() });
+    }
+    let mut next = old.clone();
+    next.version = old.version.saturating_add(1);
+    next.expires = crate::whole_seconds(expires);
+    for (role, key) in [
+        (RoleType::Root, changes.root),
+        (RoleType::Targets, changes.targets),
+        (RoleType::Snapshot, changes.snapshot),
+        (RoleType::Timestamp, changes.timestamp),
+    ] {
+        let Some(key) = key else { continue };
+        let id = key.key_id()?;
+        next.keys.insert(id.clone(), key.tuf_key());
+        next.roles.insert(role, RoleKeys { keyids: vec![id], threshold: NonZeroU64::MIN, _extra: HashMap::new() });
+    }
+    // A key no role names any more leaves the root, so nothing can be signed with it.
+    let named: Vec<_> = next.roles.values().flat_map(|r| r.keyids.iter().cloned()).collect();
+    next.keys.retain(|id, _| named.contains(id));
+    for (field, key) in [("director_key", changes.director), ("checkpoint_key", changes.checkpoint)] {
+        let Some(key) = key else { continue };
+        let ours = next._extra.entry(WAVECAST_ROOT_FIELD.to_owned()).or_insert_with(|| serde_json::json!({}));
+        ours[field] = serde_json::json!({ "keytype": "ed25519", "public": hex::encode(key.public_bytes()) });
+    }
+    let rng = SystemRandom::new();
+    let new_root_key = changes.root.unwrap_or(current_root_key);
+    let by_new = SignedRole::new(next.clone(), &KeyHolder::Root(next.clone()), &[new_root_key.source()], &rng)
+        .await
+        .map_err(RootError::Sign)?;
+    // tough signs a role only with keys its holder lists for that role; the current root lists
+    // the current root key, so this is the current key's signature over the new root.
+    let by_old = SignedRole::new(next, &KeyHolder::Root(old.clone()), &[current_root_key.source()], &rng)
+        .await
+        .map_err(RootError::Sign)?;
+    by_new.add_old_signatures(by_old.signed().signatures.clone()).map_err(RootError::Sign)
+}
+
+/// Checks that `next` follows `current` as TUF's root rotation requires: the next version,
+/// signed by a threshold of `current`'s root keys and of its own. Expiry is not checked here:
+/// a chain is walked through expired roots to reach the newest.
+pub fn verify_next(current: &Root, next: &[u8]) -> Result<Signed<Root>, RootError> {
+    let root: Signed<Root> = serde_json::from_slice(next).map_err(RootError::Parse)?;
+    let (have, got) = (current.version.get(), root.signed.version.get());
+    if got != have.saturating_add(1) {
+        return Err(RootError::ChainVersion { current: have, got });
+    }
+    current.verify_role(&root).map_err(|source| RootError::ChainSignature {
+        version: got,
+        by: "the previous root's keys",
+        source,
+    })?;
+    root.signed.verify_role(&root).map_err(|source| RootError::ChainSignature {
+        version: got,
+        by: "its own root keys",
+        source,
+    })?;
+    Ok(root)
+}
+
+/// Walks from the trust anchor through each later root in order and returns the newest.
+pub fn verify_chain<B: AsRef<[u8]>>(anchor: &[u8], later: &[B]) -> Result<Signed<Root>, RootError> {
+    let mut newest = parse_root(anchor)?;
+    for next in later {
+        newest = verify_next(&newest.signed, next.as_ref())?;
+    }
+    Ok(newest)
 }
 
 /// Parses root.json and checks it is signed by its own root keys.

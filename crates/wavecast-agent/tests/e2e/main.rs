@@ -2,6 +2,9 @@
 //! (in this process, so it can be stopped and restarted), the real `wavecast-agent` binary,
 //! real probes, an attacker proxy, and SIGKILL at every crash point.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod support;
 

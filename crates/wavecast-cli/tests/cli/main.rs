@@ -1,5 +1,8 @@
 //! Real-process tests of the `wavecast` binary: init, server, publish, list, restart.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;

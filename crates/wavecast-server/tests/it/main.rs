@@ -3,6 +3,9 @@
 //! Every test body is an `async fn(Db)`; [`both!`] runs it once per backend, each run in a
 //! fresh installation and a fresh database.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod audit;
