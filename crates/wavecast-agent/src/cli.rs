@@ -62,7 +62,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let _ = tracing_subscriber::registry()
                 .with(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(wavecast_os::term::stderr_color()),
+                )
                 .try_init();
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async move {

@@ -20,7 +20,11 @@ use crate::Client;
 use crate::cmd::rollout::render;
 
 fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    if wavecast_os::term::stdout_color() {
+        println!("\n\x1b[1m{n}. {text}\x1b[0m");
+    } else {
+        println!("\n{n}. {text}");
+    }
 }
 
 fn say(text: &str) {

@@ -115,6 +115,47 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     parsed.subject().iter_common_name().next()?.as_str().ok().map(str::to_owned)
 }
 
+/// A run of failing `accept()` calls: how long to pause before the next one, and one log line
+/// when the run starts and one when it ends, rather than one per attempt.
+#[derive(Debug, Default)]
+struct AcceptTrouble {
+    /// Failures since the last successful accept.
+    failures: u64,
+    /// When the run started.
+    since: Option<std::time::Instant>,
+}
+
+impl AcceptTrouble {
+    /// The first pause after a failure, doubled on each further one up to [`Self::MAX_PAUSE`].
+    const FIRST_PAUSE: Duration = Duration::from_millis(5);
+    /// The longest pause: a second, as hyper's and axum's own accept loops use.
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        // A connection that died between the kernel's accept and ours says nothing about the
+        // listener: no pause, no alarm.
+        if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+            tracing::debug!(error = %e, "a connection closed before it was accepted");
+            return Duration::ZERO;
+        }
+        if self.failures == 0 {
+            self.since = Some(std::time::Instant::now());
+            tracing::warn!(error = %e, "accepting connections fails; retrying with growing pauses until it works again");
+        }
+        self.failures += 1;
+        let doublings = u32::try_from(self.failures - 1).unwrap_or(u32::MAX).min(8);
+        Self::FIRST_PAUSE.saturating_mul(1 << doublings).min(Self::MAX_PAUSE)
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            let secs = self.since.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            tracing::warn!(failures = self.failures, seconds = secs, "accepting connections works again");
+            *self = Self::default();
+        }
+    }
+}
+
 /// How long a client may take to send a request's headers before the connection is closed:
 /// slow-header (slowloris) clients must not pin connections open.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -130,14 +171,25 @@ pub async fn serve(
     let acceptor = config.map(tokio_rustls::TlsAcceptor::from);
     let mut connections = tokio::task::JoinSet::new();
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let mut trouble = AcceptTrouble::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    trouble.recovered();
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    let pause = trouble.failed(&e);
+                    // Out of descriptors or memory, accept fails at once, every time: retrying
+                    // without a pause would burn a core until something frees up. Connections
+                    // in progress keep being served meanwhile.
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },
@@ -197,5 +249,22 @@ async fn connection<IO>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_to_a_second_and_connection_errors_do_not() {
+        let mut t = AcceptTrouble::default();
+        let emfile = std::io::Error::from_raw_os_error(24); // EMFILE: too many open files
+        let pauses: Vec<u64> = (0..12).map(|_| t.failed(&emfile).as_millis() as u64).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000]);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(t.failed(&reset), Duration::ZERO);
+        t.recovered();
+        assert_eq!(t.failed(&emfile), AcceptTrouble::FIRST_PAUSE, "a new run starts from the first pause");
     }
 }

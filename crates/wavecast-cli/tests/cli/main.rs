@@ -11,6 +11,7 @@ use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
+mod limits;
 mod rollouts;
 
 pub(crate) fn wavecast() -> Command {
@@ -64,6 +65,10 @@ impl Server {
         let server = Self { child, url, log };
         assert!(up, "server did not come up:\n{}", server.log());
         server
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn log(&self) -> String {
