@@ -9,6 +9,7 @@ mod audit;
 mod authz;
 mod fleet;
 mod openapi;
+mod progress;
 mod publish;
 mod rollouts;
 mod storage;
