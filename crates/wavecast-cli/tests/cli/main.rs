@@ -8,6 +8,7 @@ use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
+mod publish;
 mod rollouts;
 
 pub(crate) fn wavecast() -> Command {
