@@ -3,9 +3,8 @@
 use std::process::Stdio;
 
 use sha2::Digest as _;
-use wavecast_test_support::PgDatabase;
 
-use crate::{Server, init, op};
+use crate::{Installation, Server, installation, op};
 
 /// Two publishers upload the same bytes under two names at the same moment, round after
 /// round: both succeed (the CLI signs again on top of the other's publish) or one is refused
@@ -16,9 +15,7 @@ use crate::{Server, init, op};
 async fn same_bytes_under_two_names_at_once(database_url: Option<&str>) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("install");
-    let report = init(&dir);
-    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
-    let key = report["publisher_key"].as_str().unwrap().to_owned();
+    let Installation { token, key, .. } = installation(&dir);
     let server = Server::start(&dir, database_url).await;
     let http = reqwest::Client::new();
     let mut refused = 0;
@@ -95,13 +92,4 @@ impl Watcher {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_bytes_under_two_names_at_once_sqlite() {
-    same_bytes_under_two_names_at_once(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_bytes_under_two_names_at_once_postgres() {
-    let db = PgDatabase::create().await;
-    same_bytes_under_two_names_at_once(Some(db.url())).await;
-}
+crate::both!(same_bytes_under_two_names_at_once);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wavecast_test_support::PgDatabase;
 
-use crate::{Server, init, ok, op, run};
+use crate::{Installation, Server, installation, ok, op, run};
 
 /// A running `wavecast sim`, killed on drop.
 struct Sim {
@@ -75,9 +75,7 @@ struct Fleet {
 async fn fleet(database_url: Option<&str>) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("install");
-    let report = init(&dir);
-    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
-    let key = report["publisher_key"].as_str().unwrap().to_owned();
+    let Installation { report, token, key } = installation(&dir);
     let server = Server::start(&dir, database_url).await;
     let (v1, v2) = (b"model one ".repeat(5000), b"model two ".repeat(6000));
     for (version, bytes) in [("1.0.0", &v1), ("2.0.0", &v2)] {
@@ -372,16 +370,7 @@ async fn abort_revert_of_a_first_install(database_url: Option<&str>) {
     assert!(device.contains(&format!("rollout   {id} yolo@2.0.0 wave 1 revert_skipped — ")), "{device}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_revert_of_a_first_install_sqlite() {
-    abort_revert_of_a_first_install(None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_revert_of_a_first_install_postgres() {
-    let db = PgDatabase::create().await;
-    abort_revert_of_a_first_install(Some(db.url())).await;
-}
+crate::both!(abort_revert_of_a_first_install);
 
 /// `rollout show` lists the devices a rollout waits for, with what the server last heard;
 /// `--json` has them under `in_progress`.
