@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Sha256Digest};
 
+use crate::DeviceProgress;
+
 /// `POST /groups`. Names travel as strings in requests so the server, not the JSON decoder,
 /// says what is wrong with one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,4 +115,6 @@ pub struct DeviceRollout {
     pub reason: Option<String>,
     /// Last change (Unix ms).
     pub updated_at: i64,
+    /// Its latest heartbeat while it works on the update; `null` otherwise.
+    pub progress: Option<DeviceProgress>,
 }

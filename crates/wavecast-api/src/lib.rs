@@ -22,8 +22,14 @@ pub use fleet::{
     CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRollout, EnrollmentTokenCreated,
     Group, GroupCreated,
 };
-pub use rollouts::{AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState};
+pub use rollouts::{
+    AbortRequest, CreateRollout, DeviceAtWork, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
+    WaveState,
+};
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
+/// What a working device waits out, as its heartbeat says: the core's type, which the device
+/// API carries.
+pub use wavecast_core::progress::{WaitClass, Waiting};
 /// How an aborted rollout leaves its devices: the core's type, which the engine decides by.
 pub use wavecast_core::rollout::AbortMode;
 

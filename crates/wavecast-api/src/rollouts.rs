@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::ProbeSpec;
+use wavecast_core::progress::Waiting;
 use wavecast_core::rollout::{AbortMode, Gate, RolloutState};
-use wavecast_core::{ArtifactName, ArtifactVersion, GroupName, TargetName};
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};
 
 /// `POST /rollouts`. Values the server validates travel as plain strings and numbers, so a bad
 /// one is refused with the server's own message; absent options take the server's defaults.
@@ -91,6 +92,52 @@ pub struct Rollout {
     pub counts: StateCounts,
     /// The waves, in order.
     pub waves: Vec<Wave>,
+    /// The devices the rollout waits for, with their progress: only in `GET /rollouts/{id}`
+    /// (absent from lists and from the answers to commands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<InProgress>,
+}
+
+/// The devices a rollout waits for (picked up their assignment, no outcome yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InProgress {
+    /// How many there are.
+    pub total: u64,
+    /// The first of them (at most 100), by wave then rollout order.
+    pub devices: Vec<DeviceAtWork>,
+}
+
+/// A device a rollout waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceAtWork {
+    /// The device.
+    pub device: DeviceName,
+    /// Its wave, 1-based.
+    pub wave: u64,
+    /// Where it is, as its reports say.
+    pub state: DeviceState,
+    /// When the server last heard from it (a report or a heartbeat) or opened its wave (Unix
+    /// ms): its silence counts from here while the rollout runs.
+    pub last_heard_at: i64,
+    /// Its latest heartbeat since its last state change; `null` if none.
+    pub progress: Option<DeviceProgress>,
+}
+
+/// A working device's latest heartbeat: how far it got, or what it waits out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceProgress {
+    /// When the server received it (Unix ms).
+    pub at: i64,
+    /// Where the device said it was (the report of getting there may still be on its way).
+    pub state: DeviceState,
+    /// Bytes of the artifact it holds so far.
+    pub bytes_done: u64,
+    /// The artifact's signed length.
+    pub bytes_total: u64,
+    /// Its recent download rate, bytes per second.
+    pub bytes_per_sec: u64,
+    /// The transient problem it waits out; `null` while it makes progress.
+    pub waiting: Option<Waiting>,
 }
 
 /// One wave of a rollout, with its devices' states.
@@ -168,7 +215,7 @@ impl StateCounts {
 
     /// The devices between picking up their assignment and an end state.
     pub fn in_progress(&self) -> u64 {
-        DeviceState::ALL.into_iter().filter(|s| !s.is_final() && *s != DeviceState::Pending).map(|s| self.get(s)).sum()
+        DeviceState::IN_PROGRESS.into_iter().map(|s| self.get(s)).sum()
     }
 
     // One exhaustive match, so a new device state cannot be forgotten here.

@@ -109,13 +109,14 @@ fn a_device_shows_its_own_fields_inline() {
                 state: DeviceState::TimedOut,
                 reason: None,
                 updated_at: 4,
+                progress: None,
             }],
         },
         &format!(
             r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":null,
                  "artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
                  "rollouts":[{{"rollout_id":"r-1","artifact":"yolo","version":"1.0.0","wave":1,"state":"timed_out",
-                               "reason":null,"updated_at":4}}]}}"#
+                               "reason":null,"updated_at":4,"progress":null}}]}}"#
         ),
     );
 }
@@ -144,6 +145,7 @@ fn a_rollout_with_its_waves_and_counts() {
         updated_at: 2,
         counts,
         waves: vec![wave],
+        in_progress: None,
     };
     // Counts are in alphabetical order, as the server's sorted map always sent them.
     let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"revert_skipped":11,"reverted":10,
@@ -164,6 +166,60 @@ fn a_rollout_with_its_waves_and_counts() {
     );
     let running = Rollout { abort_mode: None, ..rollout };
     assert_eq!(serde_json::to_value(&running).unwrap()["abort_mode"], serde_json::Value::Null);
+}
+
+#[test]
+fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
+    let at_work = InProgress {
+        total: 3,
+        devices: vec![
+            DeviceAtWork {
+                device: DeviceName::new("cam-001").unwrap(),
+                wave: 1,
+                state: DeviceState::Downloading,
+                last_heard_at: 9,
+                progress: Some(DeviceProgress {
+                    at: 9,
+                    state: DeviceState::Downloading,
+                    bytes_done: 100,
+                    bytes_total: 400,
+                    bytes_per_sec: 50,
+                    waiting: None,
+                }),
+            },
+            DeviceAtWork {
+                device: DeviceName::new("cam-002").unwrap(),
+                wave: 2,
+                state: DeviceState::Assigned,
+                last_heard_at: 7,
+                progress: Some(DeviceProgress {
+                    at: 8,
+                    state: DeviceState::Downloading,
+                    bytes_done: 0,
+                    bytes_total: 400,
+                    bytes_per_sec: 0,
+                    waiting: Some(Waiting { class: WaitClass::Disk, reason: "needs_400_B,_10_B_free".into() }),
+                }),
+            },
+            DeviceAtWork {
+                device: DeviceName::new("cam-003").unwrap(),
+                wave: 2,
+                state: DeviceState::Assigned,
+                last_heard_at: 7,
+                progress: None,
+            },
+        ],
+    };
+    check(
+        &at_work,
+        r#"{"total":3,"devices":[
+             {"device":"cam-001","wave":1,"state":"downloading","last_heard_at":9,
+              "progress":{"at":9,"state":"downloading","bytes_done":100,"bytes_total":400,"bytes_per_sec":50,"waiting":null}},
+             {"device":"cam-002","wave":2,"state":"assigned","last_heard_at":7,
+              "progress":{"at":8,"state":"downloading","bytes_done":0,"bytes_total":400,"bytes_per_sec":0,
+                          "waiting":{"class":"disk","reason":"needs_400_B,_10_B_free"}}},
+             {"device":"cam-003","wave":2,"state":"assigned","last_heard_at":7,"progress":null}]}"#,
+    );
 }
 
 #[test]

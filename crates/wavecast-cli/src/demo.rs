@@ -120,6 +120,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
             trust_root: report.root_json.clone(),
             fail: 1,
             offline: 1,
+            preexisting: 0,
             dir: tmp.path().join("fleet"),
             poll_interval: Duration::from_millis(300),
             hardware: "jetson-orin-nano".into(),

@@ -7,7 +7,9 @@
 //! with"); with `--fail N`, the first N devices to try any later version fail its probe, and
 //! keep failing later versions. Taking the first N in time (rather than N fixed names) puts
 //! the failures where a canary would meet them. `--offline N` devices enroll and then never
-//! check in again.
+//! check in again. `--preexisting N` devices start with a file at their application path that
+//! wavecast did not put there (a "factory" model, [`factory_content`]), so their first managed
+//! install replaces something an abort with revert can restore.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +33,8 @@ pub struct SimOptions {
     pub fail: u32,
     /// How many devices go silent after enrolling.
     pub offline: u32,
+    /// How many devices (the first ones) start with a factory file at their application path.
+    pub preexisting: u32,
     /// Where the devices live.
     pub dir: PathBuf,
     /// Check-in interval.
@@ -81,6 +85,12 @@ impl Sim {
     }
 }
 
+/// What a device started with `--preexisting` holds at its application path before wavecast
+/// installs anything there.
+pub fn factory_content(device: &str, artifact: &str) -> String {
+    format!("factory {artifact} model of {device}\n")
+}
+
 fn probe_script(dir: &Path, fail: u32) -> String {
     format!(
         r#"#!/bin/sh
@@ -110,6 +120,7 @@ exit 0
 /// Enrolls the devices and starts their agents.
 pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
     anyhow::ensure!(opts.offline + opts.fail <= opts.devices, "--fail plus --offline cannot exceed --devices");
+    anyhow::ensure!(opts.preexisting <= opts.devices, "--preexisting cannot exceed --devices");
     wavecast_core::GroupName::new(opts.group.clone())?;
     let artifacts = if opts.artifacts.is_empty() {
         let listed: Vec<Artifact> = client.get("/api/v1/artifacts").await.context("listing artifacts")?;
@@ -155,9 +166,10 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
     // server's database.
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut starting = tokio::task::JoinSet::new();
-    for name in &names {
+    for (i, name) in names.iter().enumerate() {
         let home = dir.join(name);
         std::fs::create_dir_all(home.join("app"))?;
+        let factory = (i as u32) < opts.preexisting;
         let mut toml = format!(
             "server = {server:?}\nstate_dir = {state:?}\ntrust_root = {root:?}\nenrollment_token = {token:?}\n\
              device_name = {name:?}\nhardware = {hw:?}\npoll_interval = \"{poll}ms\"\n",
@@ -169,7 +181,13 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
         );
         for a in &artifacts {
             let file = if artifacts.len() == 1 { "model.bin".to_owned() } else { format!("{a}.bin") };
-            toml.push_str(&format!("[[artifacts]]\nname = {a:?}\npath = {:?}\n", home.join("app").join(file)));
+            let path = home.join("app").join(file);
+            // A restarted sim keeps what its devices hold.
+            if factory && !path.exists() {
+                std::fs::write(&path, factory_content(name, a))
+                    .with_context(|| format!("writing the factory file {}", path.display()))?;
+            }
+            toml.push_str(&format!("[[artifacts]]\nname = {a:?}\npath = {path:?}\n"));
         }
         toml.push_str(&format!("[probes]\nsim-check = {probe:?}\n"));
         let limit = limit.clone();

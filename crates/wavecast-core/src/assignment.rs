@@ -159,6 +159,16 @@ impl DeviceState {
         Self::IN_FLIGHT.contains(&self)
     }
 
+    /// The states of a device whose wave has opened and that has no outcome yet: the rollout
+    /// waits for it. (Pending devices are not reached yet; the rest are end states.)
+    pub const IN_PROGRESS: [DeviceState; 5] = [
+        DeviceState::Assigned,
+        DeviceState::Downloading,
+        DeviceState::Verifying,
+        DeviceState::Installing,
+        DeviceState::Probing,
+    ];
+
     /// Whether this is an end state for the device in this rollout.
     pub fn is_final(self) -> bool {
         matches!(
@@ -313,6 +323,9 @@ mod tests {
             assert_eq!(s.as_str().parse::<DeviceState>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+        let waited_for: Vec<_> =
+            DeviceState::ALL.into_iter().filter(|s| *s != DeviceState::Pending && !s.is_final()).collect();
+        assert_eq!(waited_for, DeviceState::IN_PROGRESS);
         let failures: Vec<_> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
         assert_eq!(failures, [DeviceState::Failed, DeviceState::TimedOut]);
         assert!(!DeviceState::Unreachable.is_failure() && DeviceState::Unreachable.is_final());

@@ -69,6 +69,10 @@ pub enum AuditAction {
     /// A device went back to its previous version after an abort with revert.
     #[serde(rename = "device.reverted")]
     DeviceReverted,
+    /// An abort with revert asked a device to go back, but it had no earlier version to go
+    /// back to (its first managed install replaced nothing); it kept what it runs.
+    #[serde(rename = "device.revert_skipped")]
+    DeviceRevertSkipped,
     /// A device started but went silent past the device timeout.
     #[serde(rename = "device.timed_out")]
     DeviceTimedOut,
@@ -99,6 +103,7 @@ impl AuditAction {
             AuditAction::DeviceUpdated => "device.updated",
             AuditAction::DeviceFailed => "device.failed",
             AuditAction::DeviceReverted => "device.reverted",
+            AuditAction::DeviceRevertSkipped => "device.revert_skipped",
             AuditAction::DeviceTimedOut => "device.timed_out",
             AuditAction::DeviceUnreachable => "device.unreachable",
         }

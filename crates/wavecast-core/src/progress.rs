@@ -30,6 +30,10 @@ pub enum WaitClass {
 }
 
 impl WaitClass {
+    /// Every class.
+    pub const ALL: [WaitClass; 5] =
+        [WaitClass::Clock, WaitClass::Disk, WaitClass::Metadata, WaitClass::Network, WaitClass::Server];
+
     /// The snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -48,6 +52,18 @@ impl std::fmt::Display for WaitClass {
     }
 }
 
+/// A wait class name we do not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown wait class {0:?}")]
+pub struct WaitClassError(pub String);
+
+impl std::str::FromStr for WaitClass {
+    type Err = WaitClassError;
+    fn from_str(s: &str) -> Result<Self, WaitClassError> {
+        WaitClass::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| WaitClassError(s.to_owned()))
+    }
+}
+
 /// A transient problem a device is waiting out, in words an operator can act on
 /// (`waiting: disk — needs 812 MiB, 120 MiB free in /opt/models`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +77,18 @@ pub struct Waiting {
 
 /// The longest `Waiting::reason` the server keeps; longer ones are cut.
 pub const MAX_REASON_LEN: usize = 1024;
+
+impl Waiting {
+    /// The reason as the server keeps it: at most [`MAX_REASON_LEN`] bytes, cut at a character
+    /// boundary.
+    pub fn kept_reason(&self) -> &str {
+        let mut end = self.reason.len().min(MAX_REASON_LEN);
+        while !self.reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        &self.reason[..end]
+    }
+}
 
 /// A working device's heartbeat (`POST /device/v1/progress`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +116,24 @@ pub struct Progress {
     pub waiting: Option<Waiting>,
 }
 
+impl Progress {
+    /// Whether the heartbeat makes sense: it comes from a device at work, so its state is one of
+    /// [`DeviceState::IN_FLIGHT`].
+    pub fn check(&self) -> Result<(), ProgressError> {
+        if self.state.started() { Ok(()) } else { Err(ProgressError::State(self.state)) }
+    }
+}
+
+/// A heartbeat that does not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProgressError {
+    /// A heartbeat names a state a working device cannot be in.
+    #[error(
+        "a heartbeat comes from a device at work (downloading, verifying, installing or probing), not one that is {0}"
+    )]
+    State(DeviceState),
+}
+
 /// The server's answer to a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressAck {
@@ -102,6 +148,12 @@ pub struct ProgressAck {
 
 /// The heartbeat interval before the server has said one, and its upper bound.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 30_000;
+
+impl ProgressAck {
+    /// The answer about a rollout the server does not know, or that does not include the
+    /// device: stop, and wait for the next assignment doc.
+    pub const NOT_ASSIGNED: ProgressAck = ProgressAck { proceed: false, heartbeat_ms: DEFAULT_HEARTBEAT_MS };
+}
 
 /// The shortest interval a device ever heart-beats at.
 pub const MIN_HEARTBEAT_MS: u64 = 1_000;
@@ -129,6 +181,39 @@ mod tests {
         ] {
             assert_eq!(heartbeat_ms(timeout), want, "device timeout {timeout} ms");
         }
+    }
+
+    #[test]
+    fn wait_classes_round_trip() {
+        for class in WaitClass::ALL {
+            assert_eq!(class.as_str().parse::<WaitClass>(), Ok(class));
+            assert_eq!(serde_json::to_value(class).expect("serializes"), class.as_str());
+        }
+        assert!("weather".parse::<WaitClass>().is_err());
+    }
+
+    #[test]
+    fn only_working_devices_heartbeat_and_long_reasons_are_cut_on_a_character() {
+        let mut p = Progress {
+            rollout_id: "r-1".into(),
+            artifact: "yolo".into(),
+            version: "2.1.0".into(),
+            state: DeviceState::Downloading,
+            bytes_done: 0,
+            bytes_total: 0,
+            bytes_per_sec: 0,
+            waiting: None,
+        };
+        for state in DeviceState::ALL {
+            p.state = state;
+            assert_eq!(p.check().is_ok(), DeviceState::IN_FLIGHT.contains(&state), "{state}");
+        }
+        let w = |reason: String| Waiting { class: WaitClass::Network, reason };
+        assert_eq!(w("short".into()).kept_reason(), "short");
+        assert_eq!(w("a".repeat(MAX_REASON_LEN + 5)).kept_reason().len(), MAX_REASON_LEN);
+        // 'é' is two bytes: a cut in its middle moves back before it.
+        let odd = format!("{}é", "a".repeat(MAX_REASON_LEN - 1));
+        assert_eq!(w(odd).kept_reason(), "a".repeat(MAX_REASON_LEN - 1));
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //! - `resume --ack` clears the count and continues; `abort` keeps or reverts.
 //!
 //! The rules that follow from a rollout's state live here too, so the server only stores and
-//! applies them: what a device is served ([`served`]), which devices the device timeout
-//! settles and how ([`awaited_states`], [`on_timeout`]), which devices an abort sends back
-//! ([`REVERTED_BY_ABORT`]), who may approve a gate ([`GateApproval`]), and to whom the audit
-//! log attributes each decision ([`effect_actor`], [`transition_actor`]).
+//! applies them: what a device is served ([`served`]) and what a working device's heartbeat
+//! is answered ([`heartbeat_ack`]), when a device has been silent too long and what it becomes
+//! ([`silence`], [`awaited_states`], [`on_timeout`], [`restarts_clocks`]), which devices an
+//! abort sends back ([`REVERTED_BY_ABORT`]), who may approve a gate ([`GateApproval`]), and what
+//! the audit log records and attributes to whom ([`transition_audit`], [`effect_actor`],
+//! [`transition_actor`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,7 +29,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::DeviceName;
 use crate::assignment::{Action, DeviceState};
-use crate::audit::Actor;
+use crate::audit::{Actor, AuditAction};
+use crate::progress::{ProgressAck, heartbeat_ms};
 
 /// How a wave opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,9 +300,11 @@ pub const REVERTED_BY_ABORT: [DeviceState; 5] = [
 /// `device` state.
 ///
 /// A running, waiting or completed rollout serves its version to every device it reached. A
-/// paused one lets devices that have started finish, and starts none. An aborted one serves a
-/// revert to the devices an abort with revert sends back (and keeps serving it to those that
-/// reverted, so their doc does not change under them); after an abort that keeps, nothing.
+/// paused one lets devices past their download (verifying, installing, probing) finish, and
+/// starts none: a download stops, to continue from its partial file once the rollout resumes.
+/// An aborted one serves a revert to the devices an abort with revert sends back (and keeps
+/// serving it to those that reverted, so their doc does not change under them); after an
+/// abort that keeps, nothing.
 pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMode>) -> Served {
     if device == DeviceState::Pending {
         return Served::NotReached;
@@ -307,7 +312,8 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
     let action = match rollout {
         RolloutState::Running | RolloutState::WaitingApproval | RolloutState::Completed => Some(Action::Install),
         RolloutState::Paused => {
-            (device != DeviceState::Assigned && device != DeviceState::Unreachable).then_some(Action::Install)
+            (!matches!(device, DeviceState::Assigned | DeviceState::Downloading | DeviceState::Unreachable))
+                .then_some(Action::Install)
         }
         RolloutState::Aborted => (abort == Some(AbortMode::Revert)
             && (REVERTED_BY_ABORT.contains(&device)
@@ -325,15 +331,55 @@ pub fn accepts_transition(from: DeviceState, to: DeviceState, abort: Option<Abor
     from.may_become(to) && (!reverting || abort == Some(AbortMode::Revert))
 }
 
-/// The device states the device timeout settles in a rollout in `state`: devices in flight
-/// always; devices that never picked up their assignment only while the rollout still serves
-/// new devices (a paused or ended rollout does not expect them to start).
-pub fn awaited_states(state: RolloutState) -> Vec<DeviceState> {
-    let mut states = DeviceState::IN_FLIGHT.to_vec();
-    if state.serves_new_devices() {
-        states.push(DeviceState::Assigned);
+/// Whether a device in `device` state of a rollout in `rollout` state has been silent too
+/// long, and if so what it becomes and why (see [`on_timeout`]).
+///
+/// `last_heard_ms` is when the server last heard from the device (a report or a heartbeat) or
+/// opened its wave; `active_since_ms` when the rollout last (re)started serving devices (see
+/// [`restarts_clocks`]). A device that has not got past its download (`assigned`,
+/// `downloading`) can only act while the rollout serves it, so it is silent only then, and
+/// its clock counts from the later of the two: a pause or a gate is never the device's
+/// silence. A device past its download finishes on its own even while the rollout is paused,
+/// so its clock always runs from `last_heard_ms`. Nothing is silent in an ended rollout.
+pub fn silence(
+    rollout: RolloutState,
+    device: DeviceState,
+    last_heard_ms: i64,
+    active_since_ms: i64,
+    now_ms: i64,
+    timeout_ms: u64,
+) -> Option<(DeviceState, String)> {
+    if rollout.is_terminal() || device == DeviceState::Pending || device.is_final() {
+        return None;
     }
-    states
+    let before_download_ends = matches!(device, DeviceState::Assigned | DeviceState::Downloading);
+    if before_download_ends && !rollout.serves_new_devices() {
+        return None;
+    }
+    let since = if before_download_ends { last_heard_ms.max(active_since_ms) } else { last_heard_ms };
+    // The API takes any u64: a timeout past i64::MAX ms means never, not a wrapped (negative)
+    // timeout that expires every device at once or an overflow panic.
+    let timeout = i64::try_from(timeout_ms).unwrap_or(i64::MAX);
+    (now_ms.saturating_sub(since) > timeout).then(|| on_timeout(device, timeout_ms))
+}
+
+/// The device states in which a device last heard from long enough ago is [`silence`]d, for a
+/// rollout in `state` that became active at `active_since_ms`, at `now_ms`: what the server's
+/// sweep looks for (rows of those states last heard before `now_ms - timeout_ms`), so it never
+/// reads rows that `silence` would let be.
+pub fn awaited_states(state: RolloutState, active_since_ms: i64, now_ms: i64, timeout_ms: u64) -> Vec<DeviceState> {
+    DeviceState::ALL
+        .into_iter()
+        .filter(|d| silence(state, *d, i64::MIN, active_since_ms, now_ms, timeout_ms).is_some())
+        .collect()
+}
+
+/// Whether `effect` restarts the silence clocks of devices that wait for the rollout (the
+/// rollout's `active_since`): it serves devices again after a pause (resume) or starts serving
+/// a wave (creation, approval, or an automatic wave). Time spent paused or at a gate is the
+/// operator's, not the devices'.
+pub fn restarts_clocks(effect: &Effect) -> bool {
+    matches!(effect, Effect::Resumed { .. } | Effect::OpenWave { .. })
 }
 
 /// What a device in `from` becomes when the device timeout (`timeout_ms`) passes, and why: a
@@ -346,6 +392,47 @@ pub fn on_timeout(from: DeviceState, timeout_ms: u64) -> (DeviceState, String) {
     } else {
         (DeviceState::TimedOut, format!("started but sent no outcome within {secs} s (last: {from})"))
     }
+}
+
+/// The audit event a device's move to `to` records: outcomes and what the device timeout
+/// decides, each as what it is (a device that had nothing to revert to is never recorded as
+/// reverted); steps on the way (downloading, verifying, …) are not audited.
+pub fn transition_audit(to: DeviceState) -> Option<AuditAction> {
+    match to {
+        DeviceState::Succeeded => Some(AuditAction::DeviceUpdated),
+        DeviceState::Failed => Some(AuditAction::DeviceFailed),
+        DeviceState::Reverted => Some(AuditAction::DeviceReverted),
+        DeviceState::RevertSkipped => Some(AuditAction::DeviceRevertSkipped),
+        DeviceState::TimedOut => Some(AuditAction::DeviceTimedOut),
+        DeviceState::Unreachable => Some(AuditAction::DeviceUnreachable),
+        DeviceState::Pending
+        | DeviceState::Assigned
+        | DeviceState::Downloading
+        | DeviceState::Verifying
+        | DeviceState::Installing
+        | DeviceState::Probing => None,
+    }
+}
+
+/// What the server answers a working device's heartbeat about a rollout in `rollout` state
+/// (aborted in `abort` mode, if aborted) whose device timeout is `device_timeout_ms`, where
+/// the device's row says `recorded` and the device says it is `reported` (one of
+/// [`DeviceState::IN_FLIGHT`]; its reports of getting there may still be on their way).
+///
+/// The device goes on while the rollout still serves it the install for what it is doing now
+/// ([`served`] for `reported`): not after an abort, and not while paused if it is still
+/// downloading. A device the rollout has not reached is told to stop. (A device not in the
+/// rollout at all gets [`ProgressAck::NOT_ASSIGNED`].)
+pub fn heartbeat_ack(
+    rollout: RolloutState,
+    abort: Option<AbortMode>,
+    recorded: DeviceState,
+    reported: DeviceState,
+    device_timeout_ms: u64,
+) -> ProgressAck {
+    let reached = recorded != DeviceState::Pending;
+    let proceed = reached && served(rollout, reported, abort) == Served::Assigned(Action::Install);
+    ProgressAck { proceed, heartbeat_ms: heartbeat_ms(device_timeout_ms) }
 }
 
 /// Who a device's move to `to` is attributed to: wavecast for what the device timeout

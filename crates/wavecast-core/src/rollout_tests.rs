@@ -948,11 +948,12 @@ fn what_a_rollout_serves_each_device() {
         (R::Running, None, every_reached.clone(), install),
         (R::WaitingApproval, None, every_reached.clone(), install),
         (R::Completed, None, every_reached.clone(), install),
-        // Paused: those that started finish (and those that finished keep their doc); none starts.
+        // Paused: those past their download finish (and those that finished keep their doc);
+        // none starts, and a download stops until the rollout resumes.
         (
             R::Paused,
             None,
-            [&started[..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted, D::RevertSkipped]].concat(),
+            [&started[1..], &[D::Succeeded, D::Failed, D::TimedOut, D::Reverted, D::RevertSkipped]].concat(),
             install,
         ),
         (R::Aborted, Some(Keep), vec![], install),
@@ -992,6 +993,15 @@ fn a_device_reverts_only_after_an_abort_with_revert() {
         (D::Succeeded, D::Reverted, Some(Keep), false),
         (D::Succeeded, D::Reverted, None, false),
         (D::Probing, D::Reverted, None, false),
+        // Having had nothing to revert to is said the same way, and only then.
+        (D::Succeeded, D::RevertSkipped, Some(Revert), true),
+        (D::Downloading, D::RevertSkipped, Some(Revert), true),
+        (D::TimedOut, D::RevertSkipped, Some(Revert), true),
+        (D::Succeeded, D::RevertSkipped, Some(Keep), false),
+        (D::Succeeded, D::RevertSkipped, None, false),
+        (D::Failed, D::RevertSkipped, Some(Revert), false),
+        (D::Reverted, D::RevertSkipped, Some(Revert), false),
+        (D::RevertSkipped, D::Reverted, Some(Revert), false),
         // What the device state machine refuses stays refused.
         (D::Failed, D::Reverted, Some(Revert), false),
         (D::Succeeded, D::Failed, None, false),
@@ -1008,17 +1018,21 @@ fn a_device_reverts_only_after_an_abort_with_revert() {
 
 #[test]
 fn the_device_timeout_settles_in_flight_devices_and_waits_for_new_ones_only_while_serving() {
+    // Long active, so only the states matter here (the clocks are the next test's).
+    let awaited = |rollout| awaited_states(rollout, 0, 10_000_000, 90_500);
     let in_flight = DeviceState::IN_FLIGHT.to_vec();
-    let with_assigned = [&in_flight[..], &[D::Assigned]].concat();
+    let with_assigned = [&[D::Assigned][..], &in_flight[..]].concat();
     let table = [
         (R::Running, with_assigned.clone()),
         (R::WaitingApproval, with_assigned),
-        (R::Paused, in_flight.clone()),
-        (R::Completed, in_flight.clone()),
-        (R::Aborted, in_flight),
+        // Paused: a download waits for the resume; what is past its download finishes.
+        (R::Paused, in_flight[1..].to_vec()),
+        // Ended: nothing is waited for.
+        (R::Completed, vec![]),
+        (R::Aborted, vec![]),
     ];
     for (rollout, states) in table {
-        assert_eq!(awaited_states(rollout), states, "{rollout}");
+        assert_eq!(awaited(rollout), states, "{rollout}");
     }
     let table = [
         (D::Assigned, D::Unreachable, "did not pick up its assignment within 90 s"),
@@ -1029,7 +1043,136 @@ fn the_device_timeout_settles_in_flight_devices_and_waits_for_new_ones_only_whil
     ];
     for (from, to, reason) in table {
         assert_eq!(on_timeout(from, 90_500), (to, reason.to_owned()), "{from}");
+        assert_eq!(silence(R::Running, from, 0, 0, 90_501, 90_500), Some((to, reason.to_owned())), "{from}");
     }
+}
+
+#[test]
+fn silence_counts_only_time_in_which_the_device_could_act() {
+    const T: u64 = 1_000;
+    // (rollout, device, last heard, rollout active since, now, silent?)
+    let table: &[(R, D, i64, i64, i64, bool)] = &[
+        // Running: silent once heard from longer ago than the timeout, and not at the timeout.
+        (R::Running, D::Assigned, 0, 0, 1_000, false),
+        (R::Running, D::Assigned, 0, 0, 1_001, true),
+        (R::Running, D::Downloading, 0, 0, 1_001, true),
+        (R::Running, D::Probing, 0, 0, 1_001, true),
+        // A heartbeat or report restarts the clock.
+        (R::Running, D::Downloading, 900, 0, 1_500, false),
+        // A resume (or approval) restarts the clock of devices that have not got past their
+        // download: the pause was not their silence.
+        (R::Running, D::Assigned, 0, 5_000, 5_500, false),
+        (R::Running, D::Downloading, 0, 5_000, 5_500, false),
+        (R::Running, D::Assigned, 0, 5_000, 6_001, true),
+        // Past the download, the device went on through the pause: its own clock counts.
+        (R::Running, D::Verifying, 0, 5_000, 5_500, true),
+        (R::Running, D::Installing, 0, 5_000, 5_500, true),
+        // At a gate the rollout still serves the opened waves.
+        (R::WaitingApproval, D::Downloading, 0, 0, 1_001, true),
+        // Paused: nothing that waits for its download to be allowed is silent, however long.
+        (R::Paused, D::Assigned, 0, 0, 1_000_000, false),
+        (R::Paused, D::Downloading, 0, 0, 1_000_000, false),
+        (R::Paused, D::Verifying, 0, 0, 1_001, true),
+        (R::Paused, D::Probing, 0, 0, 1_001, true),
+        // Ended rollouts wait for nobody; end states and unopened waves are never silent.
+        (R::Completed, D::Probing, 0, 0, 1_000_000, false),
+        (R::Aborted, D::Downloading, 0, 0, 1_000_000, false),
+        (R::Running, D::Pending, 0, 0, 1_000_000, false),
+        (R::Running, D::Succeeded, 0, 0, 1_000_000, false),
+        (R::Running, D::Unreachable, 0, 0, 1_000_000, false),
+        (R::Running, D::TimedOut, 0, 0, 1_000_000, false),
+        (R::Running, D::RevertSkipped, 0, 0, 1_000_000, false),
+    ];
+    for &(rollout, device, heard, active, now, silent) in table {
+        let expected = silent.then(|| on_timeout(device, T));
+        let got = silence(rollout, device, heard, active, now, T);
+        assert_eq!(got, expected, "{rollout}, {device} heard at {heard}, active since {active}, at {now}");
+    }
+    // A timeout past i64::MAX ms never expires, and nothing overflows.
+    assert_eq!(silence(R::Running, D::Assigned, i64::MIN, i64::MIN, i64::MAX, u64::MAX), None);
+    // The sweep's states agree with the rule, whatever the clocks.
+    for rollout in [R::Running, R::WaitingApproval, R::Paused, R::Completed, R::Aborted] {
+        for (active, now) in [(0, 0), (0, 5_000), (5_000, 5_500), (5_000, 6_001)] {
+            let states = awaited_states(rollout, active, now, T);
+            for device in DeviceState::ALL {
+                let ever = silence(rollout, device, i64::MIN, active, now, T).is_some();
+                assert_eq!(states.contains(&device), ever, "{rollout} {device} active {active} now {now}");
+            }
+        }
+    }
+}
+
+#[test]
+fn clocks_restart_when_the_rollout_serves_devices_again() {
+    let effects = [
+        (Effect::OpenWave { index: 0 }, true),
+        (Effect::Resumed { acknowledged: 1 }, true),
+        (Effect::AwaitApproval { index: 1 }, false),
+        (Effect::Paused { failures: 1 }, false),
+        (Effect::Completed, false),
+        (Effect::RevertUpdated, false),
+        (Effect::Aborted { mode: AbortMode::Keep }, false),
+    ];
+    for (effect, restarts) in effects {
+        assert_eq!(restarts_clocks(&effect), restarts, "{effect:?}");
+    }
+}
+
+#[test]
+fn heartbeats_are_told_whether_the_assignment_still_stands() {
+    use AbortMode::{Keep, Revert};
+    const TIMEOUT: u64 = 600_000;
+    let go = ProgressAck { proceed: true, heartbeat_ms: 30_000 };
+    let stop = ProgressAck { proceed: false, heartbeat_ms: 30_000 };
+    // (rollout, abort, recorded, reported, answer)
+    let table: &[(R, Option<AbortMode>, D, D, ProgressAck)] = &[
+        (R::Running, None, D::Downloading, D::Downloading, go),
+        // Its report of starting may still be on its way.
+        (R::Running, None, D::Assigned, D::Downloading, go),
+        // It came back after it was given up on.
+        (R::Running, None, D::Unreachable, D::Downloading, go),
+        (R::Running, None, D::TimedOut, D::Probing, go),
+        (R::WaitingApproval, None, D::Downloading, D::Downloading, go),
+        (R::Completed, None, D::Downloading, D::Downloading, go),
+        // A pause stops downloads and lets what is past its download finish.
+        (R::Paused, None, D::Downloading, D::Downloading, stop),
+        (R::Paused, None, D::Assigned, D::Downloading, stop),
+        (R::Paused, None, D::Downloading, D::Verifying, go),
+        (R::Paused, None, D::Probing, D::Probing, go),
+        // An abort stops everything: nothing more, or a revert, is in the next doc.
+        (R::Aborted, Some(Keep), D::Downloading, D::Downloading, stop),
+        (R::Aborted, Some(Revert), D::Probing, D::Probing, stop),
+        // A device whose wave has not opened has nothing to work on.
+        (R::Running, None, D::Pending, D::Downloading, stop),
+    ];
+    for &(rollout, abort, recorded, reported, answer) in table {
+        assert_eq!(
+            heartbeat_ack(rollout, abort, recorded, reported, TIMEOUT),
+            answer,
+            "{rollout} ({abort:?}), recorded {recorded}, reported {reported}"
+        );
+    }
+    // The interval follows the rollout's device timeout.
+    assert_eq!(heartbeat_ack(R::Running, None, D::Downloading, D::Downloading, 4_000).heartbeat_ms, 1_000);
+}
+
+#[test]
+fn the_audit_log_records_each_outcome_as_what_it_is() {
+    use AuditAction as A;
+    let table = [
+        (D::Succeeded, Some(A::DeviceUpdated)),
+        (D::Failed, Some(A::DeviceFailed)),
+        (D::Reverted, Some(A::DeviceReverted)),
+        (D::RevertSkipped, Some(A::DeviceRevertSkipped)),
+        (D::TimedOut, Some(A::DeviceTimedOut)),
+        (D::Unreachable, Some(A::DeviceUnreachable)),
+    ];
+    for to in DeviceState::ALL {
+        let expected = table.iter().find(|(s, _)| *s == to).and_then(|(_, a)| *a);
+        assert_eq!(transition_audit(to), expected, "{to}");
+    }
+    assert_eq!(A::DeviceRevertSkipped.as_str(), "device.revert_skipped");
+    assert_eq!(serde_json::to_value(A::DeviceRevertSkipped).expect("serializes"), "device.revert_skipped");
 }
 
 #[test]
@@ -1095,4 +1238,192 @@ fn counts_stored_before_revert_skipped_still_load() {
     assert_eq!(round, c);
     let too_long = format!("{{\"by_state\":{:?}}}", vec![1u64; DeviceState::ALL.len() + 1]);
     assert!(serde_json::from_str::<WaveCounts>(&too_long).is_err(), "counts for unknown states are refused");
+}
+
+// ----- the engine with a clock: pauses, gates and heartbeats ---------------------------------
+
+/// [`Sim`] with time, as the server keeps it: when each device was last heard from (a report,
+/// a heartbeat, or its wave opening), when the rollout last restarted the clocks, and the
+/// sweep as [`silence`] over every device at a chosen instant.
+struct Clocked {
+    sim: Sim,
+    now: i64,
+    active_since: i64,
+    heard: Vec<i64>,
+}
+
+/// The device timeout of [`Sim`]'s plans.
+const TIMEOUT: i64 = 600_000;
+
+impl Clocked {
+    fn create(percents: &[u8], gates: &[usize], n: usize) -> Self {
+        let (sim, _) = Sim::create(percents, gates, 1, n);
+        assert_eq!(sim.plan.device_timeout_ms, TIMEOUT as u64);
+        Self { heard: vec![0; n], sim, now: 0, active_since: 0 }
+    }
+
+    /// What the server does after every engine decision: opened waves' devices start their
+    /// clocks, and the rollout's clock restarts when it serves devices again.
+    fn clocks(&mut self, effects: &[Effect]) {
+        for effect in effects {
+            if restarts_clocks(effect) {
+                self.active_since = self.now;
+            }
+            if let Effect::OpenWave { index } = *effect {
+                for (p, (wave, _)) in self.sim.devices.iter().enumerate() {
+                    if *wave == index {
+                        self.heard[p] = self.now;
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, ms: i64) {
+        self.now += ms;
+    }
+
+    fn report(&mut self, position: usize, to: DeviceState) {
+        self.heard[position] = self.now;
+        let effects = self.sim.report(position, to);
+        self.clocks(&effects);
+    }
+
+    /// A heartbeat: the device is heard from; its state does not change.
+    fn heartbeat(&mut self, position: usize) {
+        self.heard[position] = self.now;
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let effects = self.sim.command(cmd).unwrap_or_else(|e| panic!("{cmd:?} refused: {e}"));
+        self.clocks(&effects);
+    }
+
+    /// One sweep of the device timeout; returns the devices it settled, and how.
+    fn sweep(&mut self) -> Vec<(usize, DeviceState)> {
+        let mut settled = Vec::new();
+        for p in 0..self.sim.devices.len() {
+            let state = self.sim.devices[p].1;
+            let timeout = self.sim.plan.device_timeout_ms;
+            if let Some((to, _)) =
+                silence(self.sim.status.state, state, self.heard[p], self.active_since, self.now, timeout)
+            {
+                let effects = self.sim.report(p, to);
+                self.clocks(&effects);
+                settled.push((p, to));
+            }
+        }
+        settled
+    }
+
+    /// Sweeps every `step` ms for `total` ms; nothing may be settled.
+    fn sweep_quietly_for(&mut self, total: i64, step: i64) {
+        let until = self.now + total;
+        while self.now < until {
+            self.wait(step);
+            assert_eq!(self.sweep(), [], "settled at {} ms while {}", self.now, self.sim.status.state);
+        }
+    }
+
+    fn status(&self) -> (RolloutState, usize) {
+        (self.sim.status.state, self.sim.status.opened)
+    }
+}
+
+#[test]
+fn a_long_halt_does_not_turn_waiting_devices_unreachable_or_open_waves_at_once() {
+    // 10 devices over 10,50,100: device 0, then 1-4, then 5-9.
+    let mut c = Clocked::create(BRIEF, &[], 10);
+    c.wait(1_000);
+    c.report(0, D::Succeeded);
+    assert_eq!(c.status(), (R::Running, 2));
+    // Wave 2: device 1 fails and halts the rollout while 2 downloads, 3 verifies, and 4 has
+    // not picked its assignment up yet.
+    c.wait(1_000);
+    c.report(2, D::Downloading);
+    c.report(3, D::Verifying);
+    c.report(1, D::Failed);
+    assert_eq!(c.status(), (R::Paused, 2));
+
+    // The device past its download finishes on its own, so its clock runs through the pause.
+    c.wait(TIMEOUT);
+    assert_eq!(c.sweep(), []);
+    c.wait(1);
+    assert_eq!(c.sweep(), [(3, D::TimedOut)]);
+    // The operator answers ten device timeouts later; a sweep every half timeout settles
+    // nobody: the pause is not the waiting devices' silence.
+    c.sweep_quietly_for(10 * TIMEOUT, TIMEOUT / 2);
+    assert_eq!(c.status(), (R::Paused, 2));
+
+    c.command(Command::ResumeAck);
+    assert_eq!(c.status(), (R::Running, 2), "wave 2 is not settled, so wave 3 waits");
+    assert_eq!(c.sweep(), []);
+    // The waiting devices get a whole timeout from the resume, not from their last word.
+    c.wait(TIMEOUT);
+    assert_eq!(c.sweep(), []);
+    c.report(2, D::Succeeded);
+    assert_eq!(c.status(), (R::Running, 2));
+    c.report(4, D::Succeeded);
+    assert_eq!(c.status(), (R::Running, 3), "the last wave opens once wave 2 settled, not before");
+
+    // Once the rollout runs, silence counts again: one device of wave 3 never shows up.
+    for p in 5..9 {
+        c.report(p, D::Succeeded);
+    }
+    c.wait(TIMEOUT);
+    assert_eq!(c.sweep(), []);
+    c.wait(1);
+    assert_eq!(c.sweep(), [(9, D::Unreachable)]);
+    assert_eq!(c.status(), (R::Completed, 3));
+}
+
+#[test]
+fn a_gate_held_for_long_is_not_device_silence() {
+    let mut c = Clocked::create(BRIEF, &[2], 10);
+    c.report(0, D::Succeeded);
+    assert_eq!(c.status(), (R::WaitingApproval, 1));
+    c.sweep_quietly_for(10 * TIMEOUT, TIMEOUT / 2);
+    c.command(Command::Approve);
+    assert_eq!(c.status(), (R::Running, 2));
+    assert_eq!(c.sweep(), []);
+    c.wait(TIMEOUT / 2);
+    for p in 1..5 {
+        c.report(p, D::Downloading);
+    }
+    assert_eq!(c.sweep(), []);
+    for p in 1..5 {
+        c.report(p, D::Succeeded);
+    }
+    assert_eq!(c.status(), (R::Running, 3), "the waves open one by one, as before");
+    for p in 5..10 {
+        c.report(p, D::Succeeded);
+    }
+    assert_eq!(c.status(), (R::Completed, 3));
+}
+
+#[test]
+fn a_device_that_keeps_heart_beating_is_never_timed_out_and_one_that_stops_is() {
+    let mut c = Clocked::create(&[100], &[], 2);
+    c.report(0, D::Downloading);
+    c.report(1, D::Downloading);
+    // A heartbeat every quarter timeout for three timeouts; device 1 stops after the first.
+    let quarter = TIMEOUT / 4;
+    c.wait(quarter);
+    c.heartbeat(0);
+    c.heartbeat(1);
+    let last_heard_from_1 = c.now;
+    while c.now < 3 * TIMEOUT {
+        c.wait(quarter);
+        c.heartbeat(0);
+        let settled = c.sweep();
+        assert!(!settled.iter().any(|(p, _)| *p == 0), "device 0 timed out at {} ms though it kept going", c.now);
+        let expected: &[(usize, DeviceState)] =
+            if c.now == last_heard_from_1 + TIMEOUT + quarter { &[(1, D::TimedOut)] } else { &[] };
+        assert_eq!(settled, expected, "at {} ms", c.now);
+    }
+    assert_eq!(c.sim.devices[1].1, D::TimedOut);
+    c.report(0, D::Verifying);
+    c.report(0, D::Succeeded);
+    // The timed-out device counted as a failure, which pauses rather than completes.
+    assert_eq!(c.status(), (R::Paused, 1));
 }

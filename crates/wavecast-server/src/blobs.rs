@@ -2,7 +2,8 @@
 //!
 //! A blob lives at `blobs/sha256/<first two hex>/<hex>`. Uploads stream into `blobs/tmp/`,
 //! hashed and length-capped on the way in, and are renamed into place only after the bytes
-//! matched the signed target; a refused or abandoned upload leaves nothing behind.
+//! matched the signed target; a refused or abandoned upload leaves nothing behind. Placing
+//! says whether it created the file, because only the publish that did may remove it again.
 
 use std::path::{Path, PathBuf};
 
@@ -113,11 +114,17 @@ impl BlobStore {
         Ok(received)
     }
 
-    /// Moves a verified upload into place under its digest, durably.
-    pub async fn place(&self, mut received: Received) -> Result<PathBuf, BlobError> {
+    /// Moves a verified upload into place under its digest, durably, and says whether this
+    /// call created the file. When one is there already (another publish of the same bytes,
+    /// committed or not yet), the verified upload replaces it in one rename, so the path never
+    /// goes missing; but the file is not this publish's to remove if it fails.
+    ///
+    /// Call it holding the blob's lock (`Store::lock_blob`): whether the file exists and
+    /// who placed it only mean something under it.
+    pub async fn place(&self, mut received: Received) -> Result<Placed, BlobError> {
         let dest = self.path(&received.sha256);
         let Some(tmp) = received.tmp.take() else {
-            return Ok(dest);
+            return Ok(Placed { created: false });
         };
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
         tokio::fs::create_dir_all(&dir).await.map_err(|source| BlobError::Io {
@@ -125,16 +132,45 @@ impl BlobStore {
             path: dir.clone(),
             source,
         })?;
+        let existed = tokio::fs::try_exists(&dest).await.map_err(|source| BlobError::Io {
+            op: "looking for",
+            path: dest.clone(),
+            source,
+        })?;
         if let Err(source) = tokio::fs::rename(&tmp, &dest).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(BlobError::Io { op: "placing", path: dest, source });
         }
-        let file = tokio::fs::File::open(&dir).await.map_err(|source| BlobError::Io {
-            op: "opening",
-            path: dir.clone(),
-            source,
-        })?;
-        file.sync_all().await.map_err(|source| BlobError::Io { op: "syncing", path: dir.clone(), source })?;
-        Ok(dest)
+        sync_dir(&dir).await?;
+        Ok(Placed { created: !existed })
     }
+
+    /// Removes the blob with this digest. Call it only holding the blob's lock, for a file
+    /// this process [`place`](Self::place)d and no committed artifact refers to.
+    pub async fn remove(&self, digest: &Sha256Digest) -> Result<(), BlobError> {
+        let path = self.path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(BlobError::Io { op: "removing", path, source }),
+        }
+        sync_dir(path.parent().unwrap_or(&self.root)).await
+    }
+}
+
+/// What [`BlobStore::place`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "only the publish that created a blob's file may remove it"]
+pub struct Placed {
+    /// The file was not there before: if the publish fails, it is this publish's to remove.
+    pub created: bool,
+}
+
+/// Makes a rename or removal in `dir` durable.
+async fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    let path = dir.to_path_buf();
+    let synced = tokio::task::spawn_blocking(move || wavecast_os::fs::sync_dir(&path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    synced.map_err(|source| BlobError::Io { op: "syncing", path: dir.to_path_buf(), source })
 }

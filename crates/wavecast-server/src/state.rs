@@ -55,21 +55,41 @@ pub struct Settings {
 
 /// Per-device request budget: a token bucket per device, in memory (each replica keeps its
 /// own; the point is that one misbehaving device cannot starve the others).
-#[derive(Debug, Default)]
-pub struct DeviceRateLimit(std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>);
+#[derive(Debug)]
+pub struct DeviceRateLimit {
+    per_second: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
 
 impl DeviceRateLimit {
-    /// Sustained requests per second per device.
-    pub const RATE: f64 = 50.0;
-    /// Burst size.
-    pub const BURST: f64 = 100.0;
+    /// Any device request: 50 a second sustained, bursts of 100.
+    pub fn requests() -> Self {
+        Self::new(50.0, 100.0)
+    }
+
+    /// Heartbeats, on top of that: one a second sustained (the most a device is ever asked
+    /// for), bursts of five (a few that queued up behind a slow link). Each one is a database
+    /// write, so a device that sends more is refused rather than let through.
+    pub fn heartbeats() -> Self {
+        Self::new(1.0, 5.0)
+    }
+
+    fn new(per_second: f64, burst: f64) -> Self {
+        Self { per_second, burst, buckets: Default::default() }
+    }
+
+    /// The sustained rate allowed.
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
 
     /// Takes one request from `device`'s budget; false when it is spent.
     pub fn allow(&self, device: &str) -> bool {
-        let Ok(mut m) = self.0.lock() else { return true };
+        let Ok(mut m) = self.buckets.lock() else { return true };
         let now = std::time::Instant::now();
-        let entry = m.entry(device.to_owned()).or_insert((Self::BURST, now));
-        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::RATE).min(Self::BURST);
+        let entry = m.entry(device.to_owned()).or_insert((self.burst, now));
+        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * self.per_second).min(self.burst);
         entry.1 = now;
         if entry.0 >= 1.0 {
             entry.0 -= 1.0;
@@ -108,6 +128,7 @@ struct Inner {
     metrics: Metrics,
     last_seen: LastSeen,
     device_rate: DeviceRateLimit,
+    heartbeat_rate: DeviceRateLimit,
 }
 
 /// Everything handlers share; cheap to clone.
@@ -126,7 +147,8 @@ impl AppState {
             settings,
             metrics: Metrics::default(),
             last_seen: LastSeen::default(),
-            device_rate: DeviceRateLimit::default(),
+            device_rate: DeviceRateLimit::requests(),
+            heartbeat_rate: DeviceRateLimit::heartbeats(),
         }))
     }
 
@@ -138,6 +160,11 @@ impl AppState {
     /// Per-device request budgets.
     pub fn device_rate(&self) -> &DeviceRateLimit {
         &self.0.device_rate
+    }
+
+    /// Per-device heartbeat budgets.
+    pub fn heartbeat_rate(&self) -> &DeviceRateLimit {
+        &self.0.heartbeat_rate
     }
 
     /// Check-in times not yet written.

@@ -32,7 +32,7 @@ the agent's config as enrollment_token; each device exchanges it for its own cre
         #[command(flatten)]
         args: JsonRemote,
     },
-    /// Show one device: identity, group, and what it runs.
+    /// Show one device: identity, group, what it runs, and where it is in each rollout.
     Show {
         /// The device's name.
         name: String,
@@ -90,6 +90,17 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                     for a in &d.artifacts {
                         println!("artifact  {}@{} sha256 {}", a.name, a.version, a.sha256);
                     }
+                }
+                for r in &d.rollouts {
+                    let mut line =
+                        format!("rollout   {} {}@{} wave {} {}", r.rollout_id, r.artifact, r.version, r.wave, r.state);
+                    if let Some(p) = &r.progress {
+                        line.push_str(&format!(" — {}", super::rollout::describe_progress(p)));
+                    }
+                    if let Some(reason) = &r.reason {
+                        line.push_str(&format!(" — {reason}"));
+                    }
+                    println!("{line}");
                 }
             }
         }

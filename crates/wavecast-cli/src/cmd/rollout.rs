@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Subcommand;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use wavecast_api::{AbortMode, AbortRequest, CreateRollout, ResumeRequest, Rollout, StateCounts, Wave, WaveState};
+use wavecast_api::{
+    AbortMode, AbortRequest, CreateRollout, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
+    WaveState,
+};
 use wavecast_core::rollout::{Gate, RolloutState};
 
 use crate::output;
@@ -66,7 +69,7 @@ the application after the swap."
     },
     /// List rollouts, newest first.
     List(JsonRemote),
-    /// Show a rollout's plan and live counts.
+    /// Show a rollout's plan, live counts, and the devices it waits for with their progress.
     Show {
         /// Rollout id.
         id: String,
@@ -232,9 +235,13 @@ fn describe_counts(w: &Wave) -> String {
     }
     let c: &StateCounts = &w.counts;
     let mut parts = vec![format!("{}/{} succeeded", c.succeeded, w.devices)];
-    for (n, label) in
-        [(c.failed, "failed"), (c.timed_out, "timed out"), (c.unreachable, "unreachable"), (c.reverted, "reverted")]
-    {
+    for (n, label) in [
+        (c.failed, "failed"),
+        (c.timed_out, "timed out"),
+        (c.unreachable, "unreachable"),
+        (c.reverted, "reverted"),
+        (c.revert_skipped, "revert skipped"),
+    ] {
         if n > 0 {
             parts.push(format!("{n} {label}"));
         }
@@ -267,6 +274,49 @@ pub fn render(r: &Rollout) -> String {
     ));
     if let Some(mode) = r.abort_mode {
         out.push_str(&format!("\n  aborted: {mode}"));
+    }
+    if let Some(at_work) = &r.in_progress {
+        out.push_str(&render_in_progress(at_work));
+    }
+    out
+}
+
+/// The devices a rollout waits for, one line each: where they are, how far they got or what
+/// they wait out, and when they were last heard from.
+fn render_in_progress(at_work: &InProgress) -> String {
+    if at_work.total == 0 {
+        return String::new();
+    }
+    let mut out = format!("\n  in progress: {} device{}", at_work.total, if at_work.total == 1 { "" } else { "s" });
+    let width = at_work.devices.iter().map(|d| d.device.as_str().len()).max().unwrap_or(0);
+    for d in &at_work.devices {
+        out.push_str(&format!("\n    {:<width$}  wave {}  {:<11}", d.device.as_str(), d.wave, d.state.as_str()));
+        if let Some(p) = &d.progress {
+            out.push_str(&format!("  {}", describe_progress(p)));
+        }
+        out.push_str(&format!("  (heard {})", output::time(d.last_heard_at)));
+    }
+    let unlisted = at_work.total.saturating_sub(at_work.devices.len() as u64);
+    if unlisted > 0 {
+        out.push_str(&format!("\n    … and {unlisted} more"));
+    }
+    out
+}
+
+/// A working device's latest heartbeat in words: "waiting: disk — needs 812 MiB, …" or
+/// "downloading 120.0 MiB of 812.0 MiB (14%), 1.2 MiB/s".
+pub(crate) fn describe_progress(p: &DeviceProgress) -> String {
+    if let Some(w) = &p.waiting {
+        return format!("waiting: {} — {}", w.class, w.reason);
+    }
+    if p.bytes_total == 0 {
+        return p.state.to_string();
+    }
+    let percent = p.bytes_done.saturating_mul(100) / p.bytes_total;
+    let mut out =
+        format!("{} {} of {} ({percent}%)", p.state, output::bytes(p.bytes_done), output::bytes(p.bytes_total));
+    if p.bytes_per_sec > 0 {
+        out.push_str(&format!(", {}/s", output::bytes(p.bytes_per_sec)));
     }
     out
 }
@@ -317,5 +367,64 @@ async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<
             header.set_message(format!("rollout {} is {}: {next}", r.id, r.state));
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wavecast_api::{DeviceAtWork, WaitClass, Waiting};
+    use wavecast_core::DeviceName;
+    use wavecast_core::assignment::DeviceState;
+
+    use super::*;
+
+    fn progress(done: u64, total: u64, rate: u64, waiting: Option<Waiting>) -> DeviceProgress {
+        DeviceProgress {
+            at: 0,
+            state: DeviceState::Downloading,
+            bytes_done: done,
+            bytes_total: total,
+            bytes_per_sec: rate,
+            waiting,
+        }
+    }
+
+    #[test]
+    fn progress_reads_as_how_far_or_what_is_waited_out() {
+        let disk = Waiting { class: WaitClass::Disk, reason: "needs 812.0 MiB, 120.0 MiB free".into() };
+        let table = [
+            (progress(120 << 20, 812 << 20, 3 << 19, None), "downloading 120.0 MiB of 812.0 MiB (14%), 1.5 MiB/s"),
+            (progress(0, 812 << 20, 0, None), "downloading 0 B of 812.0 MiB (0%)"),
+            (progress(0, 0, 0, None), "downloading"),
+            (progress(5, 10, 1, Some(disk)), "waiting: disk — needs 812.0 MiB, 120.0 MiB free"),
+        ];
+        for (p, words) in table {
+            assert_eq!(describe_progress(&p), words);
+        }
+    }
+
+    #[test]
+    fn devices_at_work_are_listed_with_the_rest_counted() {
+        let device = |name: &str, progress| DeviceAtWork {
+            device: DeviceName::new(name).expect("valid name"),
+            wave: 2,
+            state: DeviceState::Downloading,
+            last_heard_at: 0,
+            progress,
+        };
+        let at_work = InProgress {
+            total: 5,
+            devices: vec![device("cam-1", Some(progress(1, 4, 0, None))), device("camera-22", None)],
+        };
+        let text = render_in_progress(&at_work);
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines[0], "  in progress: 5 devices");
+        assert_eq!(
+            lines[1],
+            "    cam-1      wave 2  downloading  downloading 1 B of 4 B (25%)  (heard 1970-01-01T00:00:00Z)"
+        );
+        assert_eq!(lines[2], "    camera-22  wave 2  downloading  (heard 1970-01-01T00:00:00Z)");
+        assert_eq!(lines[3], "    … and 3 more");
+        assert_eq!(render_in_progress(&InProgress { total: 0, devices: vec![] }), "");
     }
 }

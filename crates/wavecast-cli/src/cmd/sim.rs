@@ -14,7 +14,10 @@ use crate::Remote;
 #[command(after_help = "Each device is named sim-0001, sim-0002, … and allowlists an exec probe named \
 sim-check, so roll out to them with --probe exec:sim-check. A device is healthy with the first \
 version it installs; with --fail N, the first N devices to try any later version fail its probe \
-(and keep failing later ones). --offline N: the last N devices enroll, then never check in.")]
+(and keep failing later ones). --offline N: the last N devices enroll, then never check in. \
+--preexisting N: the first N devices start with a file wavecast did not put at their application \
+path (\"factory <artifact> model of <device>\"), which their first managed install replaces and an \
+abort with revert puts back.")]
 pub struct SimArgs {
     /// How many devices.
     #[arg(long)]
@@ -31,6 +34,9 @@ pub struct SimArgs {
     /// How many devices go silent after enrolling.
     #[arg(long, default_value_t = 0)]
     offline: u32,
+    /// How many devices start with a factory file at their application path.
+    #[arg(long, default_value_t = 0)]
+    preexisting: u32,
     /// Where the devices keep their state and files (default: a temporary directory, removed at exit).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -67,6 +73,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         trust_root: args.trust_root,
         fail: args.fail,
         offline: args.offline,
+        preexisting: args.preexisting,
         dir: dir.clone(),
         poll_interval: args.poll_interval,
         hardware: args.hardware,

@@ -12,7 +12,27 @@ use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
 mod limits;
+mod publish;
 mod rollouts;
+
+/// Runs `async fn NAME(database_url: Option<&str>)` as two tests, `NAME::sqlite` and
+/// `NAME::postgres` (on a fresh database).
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(None).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let db = wavecast_test_support::PgDatabase::create().await;
+                super::$name(Some(db.url())).await
+            }
+        }
+    )*};
+}
 
 pub(crate) fn wavecast() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wavecast"));
@@ -107,6 +127,23 @@ pub(crate) fn op(server: &Server, token: &str) -> Command {
 pub(crate) fn init(dir: &Path) -> serde_json::Value {
     let out = ok(wavecast().args(["init", "--json", "--dir"]).arg(dir));
     serde_json::from_str(&out).unwrap()
+}
+
+/// A fresh installation at `dir`, as `wavecast init --json` reports it.
+pub(crate) struct Installation {
+    /// The report.
+    pub(crate) report: serde_json::Value,
+    /// The admin API token.
+    pub(crate) token: String,
+    /// The publisher key file.
+    pub(crate) key: String,
+}
+
+pub(crate) fn installation(dir: &Path) -> Installation {
+    let report = init(dir);
+    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
+    let key = report["publisher_key"].as_str().unwrap().to_owned();
+    Installation { report, token, key }
 }
 
 #[test]

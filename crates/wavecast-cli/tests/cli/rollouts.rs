@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wavecast_test_support::PgDatabase;
 
-use crate::{Server, init, ok, op, run};
+use crate::{Installation, Server, installation, ok, op, run};
 
 /// A running `wavecast sim`, killed on drop.
 struct Sim {
@@ -75,9 +75,7 @@ struct Fleet {
 async fn fleet(database_url: Option<&str>) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("install");
-    let report = init(&dir);
-    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
-    let key = report["publisher_key"].as_str().unwrap().to_owned();
+    let Installation { report, token, key } = installation(&dir);
     let server = Server::start(&dir, database_url).await;
     let (v1, v2) = (b"model one ".repeat(5000), b"model two ".repeat(6000));
     for (version, bytes) in [("1.0.0", &v1), ("2.0.0", &v2)] {
@@ -308,6 +306,100 @@ async fn abort_keep_postgres() {
 async fn abort_revert_postgres() {
     let db = PgDatabase::create().await;
     abort(Some(db.url()), true).await;
+}
+
+/// `abort --revert` tells the truth about first managed installs. Devices that held a file
+/// wavecast did not put there (`--preexisting`) get it back and say `reverted`; devices whose
+/// first managed install replaced nothing keep what they run and say `revert_skipped`, with
+/// why. The audit log records exactly that, and `rollout show` and `device show` say it too.
+///
+/// The device's half (restoring the factory file, reporting `revert_skipped`) is the agent's:
+/// this test passes once the agent of issue 10 is in.
+async fn abort_revert_of_a_first_install(database_url: Option<&str>) {
+    let f = fleet(database_url).await;
+    let sim = Sim::start(&f.server, &f.token, &f.root, &f.dir.join("fleet"), &["--devices", "4", "--preexisting", "2"]);
+    let factory = |device: &str| format!("factory yolo model of {device}\n").into_bytes();
+    assert_eq!(sim.file("sim-0001"), factory("sim-0001"));
+    assert_eq!(sim.file("sim-0003"), b"");
+    // 99% of four devices is all four: every device installs in wave 1, and the rollout waits
+    // at the gate of the empty wave 2 rather than completing.
+    let r = create(&f, &f.server, &["--artifact", "yolo@2.0.0", "--waves", "99,100", "--gate", "2"]);
+    let id = r["id"].as_str().unwrap().to_owned();
+    wait(&f, &f.server, &id, "installed everywhere, at the gate", Duration::from_secs(60), |r| {
+        r["state"] == "waiting_approval" && r["counts"]["succeeded"] == 4
+    })
+    .await;
+    for i in 1..=4 {
+        assert!(sim.file(&format!("sim-{i:04}")) == f.v2, "sim-{i:04} does not run 2.0.0");
+    }
+
+    ok(op(&f.server, &f.token).args(["rollout", "abort", &id, "--revert"]));
+    let done = wait(&f, &f.server, &id, "answered", Duration::from_secs(60), |r| {
+        r["counts"]["reverted"].as_u64().unwrap_or(0) + r["counts"]["revert_skipped"].as_u64().unwrap_or(0) == 4
+    })
+    .await;
+    assert_eq!((done["counts"]["reverted"].as_u64(), done["counts"]["revert_skipped"].as_u64()), (Some(2), Some(2)));
+    for device in ["sim-0001", "sim-0002"] {
+        assert_eq!(sim.file(device), factory(device), "{device} did not get its factory file back");
+    }
+    for device in ["sim-0003", "sim-0004"] {
+        assert!(sim.file(device) == f.v2, "{device} had nothing to go back to and keeps 2.0.0");
+    }
+    let events = audit(&f, &f.server);
+    let about = |device: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["subject"] == device && e["detail"]["rollout"] == id.as_str()).collect()
+    };
+    for (device, action) in [
+        ("sim-0001", "device.reverted"),
+        ("sim-0002", "device.reverted"),
+        ("sim-0003", "device.revert_skipped"),
+        ("sim-0004", "device.revert_skipped"),
+    ] {
+        let actions: Vec<&str> = about(device).iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(actions, ["device.updated", action], "{device}");
+        let last = about(device)[1];
+        assert_eq!(last["actor"], format!("device:{device}"));
+        if action == "device.revert_skipped" {
+            let reason = last["detail"]["reason"].as_str().unwrap_or_default();
+            assert!(!reason.is_empty(), "{device}: a skipped revert says why: {last}");
+        }
+    }
+    let human = ok(op(&f.server, &f.token).args(["rollout", "show", &id]));
+    assert!(human.contains("2 reverted · 2 revert skipped"), "{human}");
+    let device = ok(op(&f.server, &f.token).args(["device", "show", "sim-0003"]));
+    assert!(device.contains(&format!("rollout   {id} yolo@2.0.0 wave 1 revert_skipped — ")), "{device}");
+}
+
+crate::both!(abort_revert_of_a_first_install);
+
+/// `rollout show` lists the devices a rollout waits for, with what the server last heard;
+/// `--json` has them under `in_progress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_show_lists_the_devices_it_waits_for() {
+    let f = fleet(None).await;
+    let _sim = Sim::start(&f.server, &f.token, &f.root, &f.dir.join("fleet"), &["--devices", "3", "--offline", "1"]);
+    // Long enough that the offline device is still waited for when we look.
+    let r = create(&f, &f.server, &["--artifact", "yolo@1.0.0", "--waves", "100", "--device-timeout", "1h"]);
+    let id = r["id"].as_str().unwrap().to_owned();
+    let shown = wait(&f, &f.server, &id, "waiting for the offline device only", Duration::from_secs(60), |r| {
+        r["counts"]["succeeded"] == 2
+    })
+    .await;
+    let at_work = &shown["in_progress"];
+    assert_eq!(at_work["total"], 1, "{shown:#}");
+    let device = &at_work["devices"][0];
+    assert_eq!(
+        (device["device"].as_str(), device["state"].as_str()),
+        (Some("sim-0003"), Some("assigned")),
+        "{shown:#}"
+    );
+    assert_eq!(device["progress"], serde_json::Value::Null);
+    let human = ok(op(&f.server, &f.token).args(["rollout", "show", &id]));
+    assert!(human.contains("in progress: 1 device"), "{human}");
+    assert!(human.lines().any(|l| l.trim_start().starts_with("sim-0003") && l.contains("assigned")), "{human}");
+    // The answers to commands carry the plan and counts, not the device list.
+    let out = ok(op(&f.server, &f.token).args(["rollout", "abort", &id, "--keep"]));
+    assert!(!out.contains("in progress:"), "{out}");
 }
 
 /// Two replicas on one PostgreSQL database, half the fleet on each, operator commands sent to

@@ -17,7 +17,7 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
 use super::error::ApiError;
-use crate::state::{AppState, DeviceIdentity, DeviceRateLimit};
+use crate::state::{AppState, DeviceIdentity};
 use crate::store::DeviceRecord;
 
 /// An authenticated operator.
@@ -135,7 +135,7 @@ impl FromRequestParts<AppState> for Device {
             return Err(ApiError::TooManyRequests(format!(
                 "device {} sent more than {} requests per second; slow down",
                 device.name,
-                DeviceRateLimit::RATE
+                state.device_rate().per_second()
             )));
         }
         Ok(Device(device))

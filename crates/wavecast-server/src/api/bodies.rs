@@ -8,14 +8,17 @@
 //! it, rather than passed on to a client.
 
 use wavecast_api::{
-    Artifact, Device, DeviceArtifact, DeviceRollout, Group, Rollout, StateCounts, Token, Wave, WaveState,
+    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceProgress, DeviceRollout, Group, InProgress, Rollout,
+    StateCounts, Token, Wave, WaveState,
 };
 use wavecast_core::TargetName;
 use wavecast_core::assignment::ActiveArtifact;
 use wavecast_core::rollout::RolloutState;
 
 use super::ApiError;
-use crate::store::{ArtifactRecord, DeviceRecord, GroupRecord, RolloutDeviceRecord, RolloutRecord, TokenRecord};
+use crate::store::{
+    ArtifactRecord, AtWork, DeviceRecord, GroupRecord, HeartbeatRecord, RolloutDeviceRecord, RolloutRecord, TokenRecord,
+};
 
 /// A count or size the database stores as a signed integer.
 fn unsigned(what: &str, n: i64) -> Result<u64, ApiError> {
@@ -73,7 +76,38 @@ pub(super) fn device_rollout(r: RolloutDeviceRecord) -> Result<DeviceRollout, Ap
         state: r.state,
         reason: r.reason,
         updated_at: r.updated_at,
+        progress: r.heartbeat.map(progress),
     })
+}
+
+/// A working device's latest heartbeat.
+fn progress(h: HeartbeatRecord) -> DeviceProgress {
+    DeviceProgress {
+        at: h.at,
+        state: h.state,
+        bytes_done: h.bytes_done,
+        bytes_total: h.bytes_total,
+        bytes_per_sec: h.bytes_per_sec,
+        waiting: h.waiting,
+    }
+}
+
+/// The devices a rollout waits for.
+pub(super) fn in_progress(w: AtWork) -> Result<InProgress, ApiError> {
+    let devices = w
+        .devices
+        .into_iter()
+        .map(|d| {
+            Ok(DeviceAtWork {
+                wave: unsigned("device wave", d.wave)?,
+                device: d.device,
+                state: d.state,
+                last_heard_at: d.heard_at,
+                progress: d.heartbeat.map(progress),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(InProgress { total: w.total, devices })
 }
 
 pub(super) fn token(r: TokenRecord) -> Token {
@@ -132,5 +166,6 @@ pub(super) fn rollout(r: RolloutRecord) -> Result<Rollout, ApiError> {
         updated_at: r.updated_at,
         counts,
         waves,
+        in_progress: None,
     })
 }

@@ -1,4 +1,4 @@
-//! Device API handlers: enrollment, identity.
+//! Device API handlers: enrollment, identity, assignments, reports, heartbeats, targets.
 
 use axum::Json;
 use axum::extract::State;
@@ -8,6 +8,7 @@ use wavecast_core::DeviceName;
 use wavecast_core::assignment::{AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
+use wavecast_core::progress::{Progress, ProgressAck};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_os::clock::now_ms;
 
@@ -143,6 +144,28 @@ pub async fn reports(
         state.store().set_device_artifacts(&device.id, &batch.active, now).await?;
     }
     Ok(Json(ReportAck { acked }))
+}
+
+/// Records a working device's heartbeat and answers whether its assignment still stands and
+/// how often to send the next (see [`wavecast_core::progress`]). Cheap by design: one update
+/// of the device's own rollout row, no rollout lock, no audit event; and bounded by a small
+/// body limit and a per-device heartbeat budget.
+pub async fn progress(
+    State(state): State<AppState>,
+    Device(device): Device,
+    ApiJson(heartbeat): ApiJson<Progress>,
+) -> Result<Json<ProgressAck>, ApiError> {
+    heartbeat.check().map_err(|e| ApiError::bad_request(&e))?;
+    if !state.heartbeat_rate().allow(&device.id) {
+        return Err(ApiError::TooManyRequests(format!(
+            "device {} sent more than {} heartbeat per second; wait for the interval the server answers",
+            device.name,
+            state.heartbeat_rate().per_second()
+        )));
+    }
+    let now = now_ms();
+    state.last_seen().touch(&device.id, now);
+    Ok(Json(state.store().record_heartbeat(&device.id, &heartbeat, now).await?))
 }
 
 /// Serves an artifact by its consistent-snapshot target path, `<sha256>.<name@version>`,

@@ -34,6 +34,9 @@ use crate::state::AppState;
 /// Request bodies other than artifact uploads are small JSON documents.
 const JSON_BODY_LIMIT: usize = 1024 * 1024;
 
+/// A heartbeat is a few numbers and a reason of at most `MAX_REASON_LEN` bytes.
+const PROGRESS_BODY_LIMIT: usize = 4 * 1024;
+
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
     let operator = Router::new()
@@ -68,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tuf/{file}", get(tuf::device_metadata))
         .route("/assignments", get(device::assignments))
         .route("/reports", post(device::reports))
+        .route("/progress", post(device::progress).layer(DefaultBodyLimit::max(PROGRESS_BODY_LIMIT)))
         .route("/targets/{file}", get(device::target))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
     Router::new()
@@ -115,7 +119,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 let status = rejection.status();
                 let msg = rejection.body_text();
                 if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Err(ApiError::TooLarge(format!("request body is larger than {JSON_BODY_LIMIT} bytes")))
+                    Err(ApiError::TooLarge(format!(
+                        "request body is larger than this route accepts ({JSON_BODY_LIMIT} bytes; heartbeats {PROGRESS_BODY_LIMIT})"
+                    )))
                 } else {
                     Err(ApiError::BadRequest(msg))
                 }

@@ -5,6 +5,11 @@
 //! refused before a gigabyte is uploaded. The blob is hashed while it streams to a temporary
 //! file and placed only once it matches the signed target; one transaction then records the
 //! new metadata, the artifact and the audit event. Any refusal leaves nothing stored.
+//!
+//! Blobs are content-addressed, so two publishes of the same bytes (under two names) share
+//! one file. Placing it and committing the rows that refer to it happen under the blob's lock
+//! (`Store::lock_blob`), and a publish that fails removes the file only if it created it and,
+//! under the lock again, no committed artifact refers to it.
 
 use std::num::NonZeroU64;
 
@@ -66,15 +71,20 @@ pub async fn publish(
     let current: Signed<Targets> = serde_json::from_str(&current_body)
         .map_err(|e| ApiError::internal_from(format!("stored targets version {current_version} does not parse"), e))?;
     let now = wavecast_os::clock::now();
-    let accepted = accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now).map_err(
-        |e| match e {
-            AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
+    let accepted = match accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now) {
+        Ok(accepted) => accepted,
+        Err(e @ AcceptError::VersionNotNext { .. }) => {
+            // The publisher raced another publish and will sign again on top of it. It is
+            // still sending the blob: answering now would close the connection under it, and
+            // it would see a broken pipe instead of this answer.
+            drain(&mut multipart).await;
+            return Err(ApiError::Conflict(format!(
                 "{}: another publish landed first; fetch the current targets and sign again",
                 chain(&e)
-            )),
-            other => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&other))),
-        },
-    )?;
+            )));
+        }
+        Err(other) => return Err(ApiError::Unprocessable(format!("{}; nothing was stored", chain(&other)))),
+    };
     let [target] = accepted.added.as_slice() else {
         return Err(ApiError::Unprocessable(format!(
             "targets metadata adds {} targets; publish one artifact at a time; nothing was stored",
@@ -126,9 +136,7 @@ pub async fn publish(
     .await
     .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))?;
 
-    let already_stored = state.store().blob_referenced(&received.sha256).await?;
     let digest = received.sha256;
-    let blob_path = state.blobs().place(received).await?;
     let record = NewArtifact {
         name: target.target.name().clone(),
         version: target.target.version().clone(),
@@ -161,10 +169,13 @@ pub async fn publish(
             }),
         }],
     };
-    if let Err(e) = state.store().publish(&publish).await {
-        // Nothing refers to the blob unless it was already published under another name.
-        if !already_stored {
-            let _ = tokio::fs::remove_file(&blob_path).await;
+    // The file goes into place and the rows that refer to it are committed under the blob's
+    // lock, so a failed publish of the same bytes can never remove it in between.
+    let lock = state.store().lock_blob(&digest).await?;
+    let placed = state.blobs().place(received).await?;
+    if let Err(e) = state.store().publish(lock, &publish).await {
+        if placed.created {
+            remove_unreferenced(&state, &digest).await;
         }
         tracing::warn!(target = %target.target, digest = %digest, "publish not recorded");
         return Err(match e {
@@ -188,4 +199,39 @@ pub async fn publish(
             published_by: record.published_by,
         }),
     ))
+}
+
+/// The most of a conflicting upload [`drain`] reads so its sender gets the answer; past it,
+/// the connection is closed under the sender.
+const MAX_DRAIN_BYTES: u64 = 1 << 30;
+
+/// Reads and discards the rest of an upload (at most [`MAX_DRAIN_BYTES`]).
+async fn drain(multipart: &mut Multipart) {
+    let mut read = 0u64;
+    while let Ok(Some(mut field)) = multipart.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            read += chunk.len() as u64;
+            if read > MAX_DRAIN_BYTES {
+                return;
+            }
+        }
+    }
+}
+
+/// After a failed publish that created the blob's file: removes it unless a committed artifact
+/// refers to it (a publish of the same bytes under another name that got in first), under the
+/// blob's lock. Only the publish that placed the file may remove it; a failure to is logged,
+/// and leaves an unreferenced file, never a missing one.
+async fn remove_unreferenced(state: &AppState, digest: &wavecast_core::Sha256Digest) {
+    let removed = async {
+        let mut lock = state.store().lock_blob(digest).await?;
+        if !state.store().blob_referenced_locked(&mut lock, digest).await? {
+            state.blobs().remove(digest).await?;
+        }
+        lock.release().await?;
+        Ok::<_, ApiError>(())
+    };
+    if let Err(e) = removed.await {
+        tracing::warn!(digest = %digest, error = %chain(&e), "removing the blob of a failed publish");
+    }
 }

@@ -77,7 +77,10 @@ pub async fn show(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
-    Ok(Json(bodies::rollout(r)?))
+    let at_work = state.store().devices_at_work(&r).await?;
+    let mut body = bodies::rollout(r)?;
+    body.in_progress = Some(bodies::in_progress(at_work)?);
+    Ok(Json(body))
 }
 
 /// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.

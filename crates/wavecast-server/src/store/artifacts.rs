@@ -1,20 +1,66 @@
 //! Published artifacts: a publish records its metadata, artifact rows and audit events in one
-//! transaction.
+//! transaction, under the lock of the blob it refers to.
 
+use sqlx::{Any, Transaction};
 use wavecast_core::Sha256Digest;
 
 use super::audit::append_audit;
 use super::metadata::{insert_metadata, insert_online};
 use super::row::read_all;
-use super::{ArtifactRecord, Publish, Store, StoreError, conflict_or, q};
+use super::{ArtifactRecord, Backend, Publish, Store, StoreError, conflict_or, q};
+
+/// A write transaction holding the lock of one content-addressed blob.
+///
+/// Placing a blob's file, committing a publish that refers to it, and removing the file when
+/// that publish failed all happen under this lock, so they never interleave: a publish of the
+/// same bytes under another name either committed before the failed one looks (and the file
+/// stays), or finds the file gone and places it again before it commits. On SQLite the
+/// transaction's write lock is the lock; on PostgreSQL an advisory lock keyed by the digest.
+pub struct BlobLock {
+    tx: Transaction<'static, Any>,
+}
+
+impl BlobLock {
+    /// Ends the transaction, releasing the lock.
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(q("releasing a blob's lock"))
+    }
+}
+
+/// The advisory lock class of blobs (PostgreSQL's two-key form, which never meets the
+/// one-key locks the migrations take).
+const BLOB_LOCK_CLASS: i32 = 7_700_002;
 
 impl Store {
-    /// Records a publish: the new targets, snapshot and timestamp, the artifact rows, and the
-    /// audit events, all or nothing. Conflicts if another publish took the same targets
-    /// version first, or if the name@version exists.
-    pub async fn publish(&self, p: &Publish) -> Result<(), StoreError> {
-        let op = "publishing";
+    /// Takes the lock of the blob `sha256` (see [`BlobLock`]), waiting for whoever holds it.
+    pub async fn lock_blob(&self, sha256: &Sha256Digest) -> Result<BlobLock, StoreError> {
+        let op = "locking a blob";
         let mut tx = self.begin(op).await?;
+        if self.backend == Backend::Postgres {
+            let bytes = sha256.as_bytes();
+            let key = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(BLOB_LOCK_CLASS)
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(q(op))?;
+        }
+        Ok(BlobLock { tx })
+    }
+
+    /// Whether any committed artifact refers to the blob `lock` holds.
+    pub async fn blob_referenced_locked(&self, lock: &mut BlobLock, sha256: &Sha256Digest) -> Result<bool, StoreError> {
+        referenced(&mut *lock.tx, sha256).await
+    }
+
+    /// Records a publish: the new targets, snapshot and timestamp, the artifact rows, and the
+    /// audit events, all or nothing, in the transaction of `lock` (the lock of the blob the
+    /// artifacts refer to, whose file the caller has placed), which it commits. Conflicts if
+    /// another publish took the same targets version first, or if the name@version exists.
+    pub async fn publish(&self, lock: BlobLock, p: &Publish) -> Result<(), StoreError> {
+        let op = "publishing";
+        let mut tx = lock.tx;
         insert_metadata(&mut tx, "targets", p.targets_version, &p.targets, p.now_ms).await?;
         insert_online(&mut tx, &p.online, p.now_ms).await?;
         for a in &p.artifacts {
@@ -64,11 +110,18 @@ impl Store {
 
     /// Whether any artifact references the blob with this digest.
     pub async fn blob_referenced(&self, sha256: &Sha256Digest) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 LIMIT 1")
-            .bind(sha256.to_hex())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("looking up a blob"))?
-            .is_some())
+        referenced(&self.pool, sha256).await
     }
+}
+
+async fn referenced<'e>(
+    db: impl sqlx::Executor<'e, Database = Any>,
+    sha256: &Sha256Digest,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 LIMIT 1")
+        .bind(sha256.to_hex())
+        .fetch_optional(db)
+        .await
+        .map_err(q("looking up a blob"))?
+        .is_some())
 }

@@ -34,6 +34,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_append_only.sql"),
         postgres: include_str!("../../migrations/postgres/0003_append_only.sql"),
     },
+    Migration {
+        version: 4,
+        common: include_str!("../../migrations/common_0004.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0004_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_none.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

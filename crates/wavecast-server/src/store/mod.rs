@@ -29,6 +29,7 @@ use std::str::FromStr as _;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
 
+pub use artifacts::BlobLock;
 pub use audit::{CheckpointRecord, NewCheckpoint};
 pub use records::*;
 pub use rollouts::*;

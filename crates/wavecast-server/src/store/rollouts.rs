@@ -6,6 +6,11 @@
 //! pure engine in `wavecast_core::rollout` what follows, apply its effects, write back. Two
 //! replicas therefore never open a wave twice or lose a failure. Nothing here scans the fleet:
 //! counts live in the rollout row, and a device's assignment is found through its own rows.
+//!
+//! Heartbeats are the one exception to the lock: they change no state, so each is a single
+//! indexed update of the device's own row (when it was heard from, its latest progress). The
+//! timeout sweep re-reads that row under the rollout's lock before it settles a device, so a
+//! heartbeat or report that lands while the sweep runs always wins.
 
 use std::collections::BTreeSet;
 
@@ -13,10 +18,11 @@ use sqlx::{Any, Transaction};
 use wavecast_core::assignment::{Action, Assignment, DeviceState};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::probe::ProbeSpec;
+use wavecast_core::progress::{Progress, ProgressAck, Waiting};
 use wavecast_core::rollout::{
     self, AbortMode, Command, Effect, GateApproval, Plan, RolloutState, Served, Status, WaveCounts,
 };
-use wavecast_core::{ArtifactName, ArtifactVersion, GroupName};
+use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName};
 
 use super::audit::append_audit;
 use super::row::{Row, read_all};
@@ -72,10 +78,56 @@ pub struct RolloutRecord {
     pub created_by: String,
     /// Last change (ms).
     pub updated_at: i64,
+    /// When the rollout last (re)started serving devices (ms): see [`rollout::silence`].
+    pub active_since: i64,
 }
 
+/// A working device's latest heartbeat, since its last state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatRecord {
+    /// When it arrived (ms).
+    pub at: i64,
+    /// Where the device said it was.
+    pub state: DeviceState,
+    /// Bytes it holds so far.
+    pub bytes_done: u64,
+    /// The artifact's length.
+    pub bytes_total: u64,
+    /// Its recent download rate.
+    pub bytes_per_sec: u64,
+    /// What it waits out, if anything.
+    pub waiting: Option<Waiting>,
+}
+
+/// A device a rollout waits for, with what it last said.
+#[derive(Debug, Clone)]
+pub struct DeviceAtWorkRecord {
+    /// The device.
+    pub device: DeviceName,
+    /// Wave (1-based).
+    pub wave: i64,
+    /// State.
+    pub state: DeviceState,
+    /// When it was last heard from, or its wave opened (ms).
+    pub heard_at: i64,
+    /// Its latest heartbeat.
+    pub heartbeat: Option<HeartbeatRecord>,
+}
+
+/// The devices a rollout waits for: the first of them, and how many there are.
+#[derive(Debug, Clone)]
+pub struct AtWork {
+    /// Every device in progress ([`DeviceState::IN_PROGRESS`]), from the rollout's counts.
+    pub total: u64,
+    /// The first [`AT_WORK_LISTED`] of them, by wave then rollout order.
+    pub devices: Vec<DeviceAtWorkRecord>,
+}
+
+/// How many devices in progress `rollout show` lists.
+pub const AT_WORK_LISTED: usize = 100;
+
 /// A device's row in a rollout.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct RolloutDeviceRecord {
     /// Rollout id.
     pub rollout_id: String,
@@ -91,10 +143,35 @@ pub struct RolloutDeviceRecord {
     pub reason: Option<String>,
     /// Last change (ms).
     pub updated_at: i64,
+    /// Its latest heartbeat, while it works on the update.
+    pub heartbeat: Option<HeartbeatRecord>,
 }
 
 const ROLLOUT_COLUMNS: &str = "id, artifact_name, artifact_version, group_name, plan, probe, state, opened, failures_counted, \
-     counts, device_count, abort_mode, created_at, created_by, updated_at";
+     counts, device_count, abort_mode, created_at, created_by, updated_at, active_since";
+
+/// The heartbeat columns of `rollout_devices` (aliased `rd`), read by [`heartbeat`].
+const HEARTBEAT_COLUMNS: &str = "rd.progress_at, rd.progress_state, rd.bytes_done, rd.bytes_total, rd.bytes_per_sec, rd.waiting_class, rd.waiting_reason";
+
+/// The heartbeat in [`HEARTBEAT_COLUMNS`] starting at column `at`, if there is one.
+fn heartbeat(r: &Row<'_>, at: usize) -> Result<Option<HeartbeatRecord>, StoreError> {
+    let Some(when) = r.get::<Option<i64>>(at)? else { return Ok(None) };
+    let count = |i: usize, what: &str| -> Result<u64, StoreError> {
+        u64::try_from(r.get::<Option<i64>>(at + i)?.unwrap_or(0)).map_err(corrupt(format!("heartbeat {what}")))
+    };
+    let waiting = match r.parse_opt(at + 5, "heartbeat wait class")? {
+        Some(class) => Some(Waiting { class, reason: r.get::<Option<String>>(at + 6)?.unwrap_or_default() }),
+        None => None,
+    };
+    Ok(Some(HeartbeatRecord {
+        at: when,
+        state: r.parse(at + 1, "heartbeat state")?,
+        bytes_done: count(2, "bytes done")?,
+        bytes_total: count(3, "bytes total")?,
+        bytes_per_sec: count(4, "rate")?,
+        waiting,
+    }))
+}
 
 fn rollout(r: &Row<'_>) -> Result<RolloutRecord, StoreError> {
     Ok(RolloutRecord {
@@ -115,6 +192,7 @@ fn rollout(r: &Row<'_>) -> Result<RolloutRecord, StoreError> {
         created_at: r.get(12)?,
         created_by: r.get(13)?,
         updated_at: r.get(14)?,
+        active_since: r.get(15)?,
     })
 }
 
@@ -223,8 +301,8 @@ impl Store {
         let status = Status::new();
         sqlx::query(
             "INSERT INTO rollouts (id, artifact_name, artifact_version, group_name, plan, probe, state, opened, failures_counted, \
-             counts, device_count, active_key, created_at, created_by, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $11, $12, $13, '[]', $7, $8, $9, $10, $9)",
+             counts, device_count, active_key, created_at, created_by, updated_at, active_since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $11, $12, $13, '[]', $7, $8, $9, $10, $9, $9)",
         )
         .bind(&new.id)
         .bind(new.artifact.as_str())
@@ -245,14 +323,14 @@ impl Store {
         for chunk in placed.chunks(200) {
             // $1 the rollout, $2 the state every device starts in, then four per device.
             let mut sql = String::from(
-                "INSERT INTO rollout_devices (rollout_id, device_id, position, wave, state, updated_at) VALUES ",
+                "INSERT INTO rollout_devices (rollout_id, device_id, position, wave, state, updated_at, heard_at) VALUES ",
             );
             for i in 0..chunk.len() {
                 let b = i * 4;
                 if i > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("($1, ${}, ${}, ${}, $2, ${})", b + 3, b + 4, b + 5, b + 6));
+                sql.push_str(&format!("($1, ${}, ${}, ${}, $2, ${}, ${})", b + 3, b + 4, b + 5, b + 6, b + 6));
             }
             let mut query = sqlx::query(&sql).bind(&new.id).bind(DeviceState::Pending.as_str());
             for (id, pos, wave) in chunk {
@@ -294,6 +372,7 @@ impl Store {
             created_at: new.now_ms,
             created_by: new.created_by.clone(),
             updated_at: new.now_ms,
+            active_since: new.now_ms,
         };
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
         self.apply(&mut tx, &mut record, &effects, &creator, new.now_ms).await?;
@@ -315,8 +394,10 @@ impl Store {
         for effect in effects {
             let (action, detail) = match *effect {
                 Effect::OpenWave { index } => {
+                    // The device's silence clock starts now: it cannot have picked up an
+                    // assignment that did not exist.
                     let assign = sqlx::query(
-                        "UPDATE rollout_devices SET state = $4, assigned_at = $3, updated_at = $3 \
+                        "UPDATE rollout_devices SET state = $4, assigned_at = $3, updated_at = $3, heard_at = $3 \
                          WHERE rollout_id = $1 AND wave = $2 AND state = $5",
                     )
                     .bind(&r.id)
@@ -403,11 +484,14 @@ impl Store {
             query.execute(&mut **tx).await.map_err(q(op))?;
         }
         r.updated_at = now_ms;
+        if effects.iter().any(rollout::restarts_clocks) {
+            r.active_since = now_ms;
+        }
         let counts = serde_json::to_string(&r.counts).map_err(corrupt("rollout counts"))?;
         let key = (!r.status.state.is_terminal()).then(|| active_key(&r.group, &r.artifact));
         sqlx::query(
             "UPDATE rollouts SET state = $2, opened = $3, failures_counted = $4, counts = $5, abort_mode = $6, \
-             active_key = $7, updated_at = $8 WHERE id = $1",
+             active_key = $7, updated_at = $8, active_since = $9 WHERE id = $1",
         )
         .bind(&r.id)
         .bind(r.status.state.as_str())
@@ -417,6 +501,7 @@ impl Store {
         .bind(r.abort_mode.map(|m| m.as_str()))
         .bind(key)
         .bind(now_ms)
+        .bind(r.active_since)
         .execute(&mut **tx)
         .await
         .map_err(q(op))?;
@@ -472,75 +557,87 @@ impl Store {
         Ok(r)
     }
 
-    /// Moves one device in one rollout to `to` if it is still in `expected` (when given) and
-    /// the move is allowed; returns whether anything changed.
-    pub async fn device_transition(
+    /// Locks the rollout and reads the device's row in it: the rollout, the device's wave
+    /// (0-based), state, and when it was last heard from. `None` when either does not exist.
+    async fn lock_device(
         &self,
+        tx: &mut Transaction<'static, Any>,
         rollout_id: &str,
         device: &DeviceRef,
-        expected: Option<DeviceState>,
-        to: DeviceState,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let op = "recording a device's progress";
-        let mut tx = self.begin(op).await?;
-        let changed = self.transition_in(&mut tx, rollout_id, device, expected, to, reason, now_ms).await?;
-        tx.commit().await.map_err(q(op))?;
-        Ok(changed)
+    ) -> Result<Option<(RolloutRecord, usize, DeviceState, i64)>, StoreError> {
+        let op = "reading a device's place in a rollout";
+        let r = match self.lock_rollout(tx, rollout_id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let sql = format!(
+            "SELECT wave, state, heard_at FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2{}",
+            self.for_update()
+        );
+        let Some(row) =
+            sqlx::query(&sql).bind(rollout_id).bind(&device.id).fetch_optional(&mut **tx).await.map_err(q(op))?
+        else {
+            return Ok(None);
+        };
+        let row = Row::new(&row, op);
+        let wave = usize::try_from(row.get::<i64>(0)?).map_err(corrupt("device wave"))?;
+        Ok(Some((r, wave, row.parse(1, "device state")?, row.get(2)?)))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Moves one device to `to`, if the rollout accepts the move, inside `tx`; returns whether
+    /// anything changed.
     async fn transition_in(
         &self,
         tx: &mut Transaction<'static, Any>,
         rollout_id: &str,
         device: &DeviceRef,
-        expected: Option<DeviceState>,
         to: DeviceState,
         reason: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let op = "recording a device's progress";
-        let mut r = match self.lock_rollout(tx, rollout_id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let Some(row) = sqlx::query("SELECT wave, state FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2")
-            .bind(rollout_id)
-            .bind(&device.id)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(q(op))?
-        else {
+        let Some((mut r, wave, from, _)) = self.lock_device(tx, rollout_id, device).await? else {
             return Ok(false);
         };
-        let row = Row::new(&row, op);
-        let wave: i64 = row.get(0)?;
-        let from: DeviceState = row.parse(1, "device state")?;
-        if expected.is_some_and(|e| e != from) || !rollout::accepts_transition(from, to, r.abort_mode) {
+        if !rollout::accepts_transition(from, to, r.abort_mode) {
             return Ok(false);
         }
-        sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_at = $5 WHERE rollout_id = $1 AND device_id = $2")
-            .bind(rollout_id)
-            .bind(&device.id)
-            .bind(to.as_str())
-            .bind(reason.map(str::to_owned))
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(q(op))?;
-        let audit = match to {
-            DeviceState::Succeeded => Some(AuditAction::DeviceUpdated),
-            DeviceState::Failed => Some(AuditAction::DeviceFailed),
-            DeviceState::Reverted => Some(AuditAction::DeviceReverted),
-            DeviceState::TimedOut => Some(AuditAction::DeviceTimedOut),
-            DeviceState::Unreachable => Some(AuditAction::DeviceUnreachable),
-            _ => None,
-        };
+        self.write_transition(tx, &mut r, device, wave, from, to, reason, now_ms).await?;
+        Ok(true)
+    }
+
+    /// Writes a device's move from `from` to `to` (checked by the caller, under the rollout's
+    /// lock), audits it as what it is, and applies what the engine says follows.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_transition(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        r: &mut RolloutRecord,
+        device: &DeviceRef,
+        wave: usize,
+        from: DeviceState,
+        to: DeviceState,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let op = "recording a device's progress";
+        // A new state is news from the device (or the sweep's verdict); the heartbeat before it
+        // described the old state, so it goes.
+        sqlx::query(
+            "UPDATE rollout_devices SET state = $3, reason = $4, updated_at = $5, heard_at = $5, progress_at = NULL, \
+             progress_state = NULL, bytes_done = NULL, bytes_total = NULL, bytes_per_sec = NULL, waiting_class = NULL, \
+             waiting_reason = NULL WHERE rollout_id = $1 AND device_id = $2",
+        )
+        .bind(&r.id)
+        .bind(&device.id)
+        .bind(to.as_str())
+        .bind(reason.map(str::to_owned))
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(q(op))?;
         let actor = rollout::transition_actor(&device.name, to);
-        if let Some(action) = audit {
+        if let Some(action) = rollout::transition_audit(to) {
             append_audit(
                 tx,
                 now_ms,
@@ -549,7 +646,7 @@ impl Store {
                     action,
                     subject: device.name.to_string(),
                     detail: serde_json::json!({
-                        "rollout": rollout_id,
+                        "rollout": r.id,
                         "artifact": format!("{}@{}", r.artifact, r.version),
                         "from": from,
                         "reason": reason,
@@ -558,8 +655,29 @@ impl Store {
             )
             .await?;
         }
-        let effects = rollout::device_changed(&r.plan, &mut r.status, &mut r.counts, wave as usize, from, to);
-        self.apply(tx, &mut r, &effects, &actor, now_ms).await?;
+        let effects = rollout::device_changed(&r.plan, &mut r.status, &mut r.counts, wave, from, to);
+        self.apply(tx, r, &effects, &actor, now_ms).await
+    }
+
+    /// Settles one device the sweep found silent, if it still is: the rollout and the
+    /// device's row are read again under the rollout's lock (and the row's, on PostgreSQL), so
+    /// a report, heartbeat, pause or resume that landed since the sweep looked wins.
+    async fn settle_if_silent(&self, rollout_id: &str, device: &DeviceRef, now_ms: i64) -> Result<bool, StoreError> {
+        let op = "settling a silent device";
+        let mut tx = self.begin(op).await?;
+        let Some((mut r, wave, from, heard_at)) = self.lock_device(&mut tx, rollout_id, device).await? else {
+            return Ok(false);
+        };
+        let timeout = r.plan.device_timeout_ms;
+        let Some((to, reason)) = rollout::silence(r.status.state, from, heard_at, r.active_since, now_ms, timeout)
+        else {
+            return Ok(false);
+        };
+        if !rollout::accepts_transition(from, to, r.abort_mode) {
+            return Ok(false);
+        }
+        self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(&reason), now_ms).await?;
+        tx.commit().await.map_err(q(op))?;
         Ok(true)
     }
 
@@ -583,14 +701,71 @@ impl Store {
         if changed(&mut tx, insert, op).await? == 0 {
             return Ok(false);
         }
-        self.transition_in(&mut tx, &report.rollout_id, device, None, report.state, report.reason.as_deref(), now_ms)
-            .await?;
+        self.transition_in(&mut tx, &report.rollout_id, device, report.state, report.reason.as_deref(), now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(true)
     }
 
-    /// Settles devices past the device timeout (see [`rollout::awaited_states`] and
-    /// [`rollout::on_timeout`]). Returns how many.
+    /// Records a working device's heartbeat (see [`wavecast_core::progress`]) and answers it.
+    ///
+    /// One indexed update of the device's own row, taking no rollout lock and writing no audit
+    /// event: it restarts the device's silence clock and keeps its latest progress, and never
+    /// changes its state. Rows of devices the rollout no longer waits for are left alone.
+    pub async fn record_heartbeat(
+        &self,
+        device_id: &str,
+        p: &Progress,
+        now_ms: i64,
+    ) -> Result<ProgressAck, StoreError> {
+        let op = "recording a heartbeat";
+        let waiting = p.waiting.as_ref();
+        let stored = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let states = DeviceState::IN_PROGRESS;
+        let sql = format!(
+            "UPDATE rollout_devices SET heard_at = $3, progress_at = $3, progress_state = $4, bytes_done = $5, \
+             bytes_total = $6, bytes_per_sec = $7, waiting_class = $8, waiting_reason = $9 \
+             WHERE rollout_id = $1 AND device_id = $2 AND state IN ({})",
+            placeholders(10, states.len())
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&p.rollout_id)
+            .bind(device_id)
+            .bind(now_ms)
+            .bind(p.state.as_str())
+            .bind(stored(p.bytes_done))
+            .bind(stored(p.bytes_total))
+            .bind(stored(p.bytes_per_sec))
+            .bind(waiting.map(|w| w.class.as_str()))
+            .bind(waiting.map(|w| w.kept_reason().to_owned()));
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        query.execute(&self.pool).await.map_err(q(op))?;
+        let Some(row) = sqlx::query(
+            "SELECT r.state, r.abort_mode, r.plan, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE rd.rollout_id = $1 AND rd.device_id = $2",
+        )
+        .bind(&p.rollout_id)
+        .bind(device_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q(op))?
+        else {
+            return Ok(ProgressAck::NOT_ASSIGNED);
+        };
+        let r = Row::new(&row, op);
+        let plan: Plan = r.json(2, "rollout plan")?;
+        Ok(rollout::heartbeat_ack(
+            r.parse(0, "rollout state")?,
+            r.parse_opt(1, "rollout abort mode")?,
+            r.parse(3, "device state")?,
+            p.state,
+            plan.device_timeout_ms,
+        ))
+    }
+
+    /// Settles devices silent past the device timeout (see [`rollout::silence`]). Returns how
+    /// many.
     pub async fn sweep_timeouts(&self, now_ms: i64) -> Result<usize, StoreError> {
         let op = "checking device timeouts";
         let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE active_key IS NOT NULL"))
@@ -599,14 +774,17 @@ impl Store {
             .map_err(q(op))?;
         let mut settled = 0;
         for r in read_all(&rows, op, rollout)? {
-            // The API takes any u64: a timeout past i64::MAX ms means never, not a wrapped
-            // (negative) timeout that expires every device at once or an overflow panic.
-            let timeout = i64::try_from(r.plan.device_timeout_ms).unwrap_or(i64::MAX);
-            let cutoff = now_ms.saturating_sub(timeout);
-            let states = rollout::awaited_states(r.status.state);
+            let timeout = r.plan.device_timeout_ms;
+            let states = rollout::awaited_states(r.status.state, r.active_since, now_ms, timeout);
+            if states.is_empty() {
+                continue;
+            }
+            // Heard from before the cutoff is necessary for silence in every state; `silence`
+            // decides the rest, again, under the rollout's lock.
+            let cutoff = now_ms.saturating_sub(i64::try_from(timeout).unwrap_or(i64::MAX));
             let sql = format!(
-                "SELECT rd.device_id, d.name, rd.state FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id \
-                 WHERE rd.rollout_id = $1 AND rd.updated_at < $2 AND rd.state IN ({}) LIMIT 1000",
+                "SELECT rd.device_id, d.name FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id \
+                 WHERE rd.rollout_id = $1 AND rd.heard_at < $2 AND rd.state IN ({}) LIMIT 1000",
                 placeholders(3, states.len())
             );
             let mut query = sqlx::query(&sql).bind(&r.id).bind(cutoff);
@@ -614,17 +792,44 @@ impl Store {
                 query = query.bind(state.as_str());
             }
             let stale = query.fetch_all(&self.pool).await.map_err(q(op))?;
-            let stale = read_all(&stale, op, |s| {
-                Ok((DeviceRef { id: s.get(0)?, name: s.parse(1, "device name")? }, s.parse(2, "device state")?))
-            })?;
-            for (device, from) in stale {
-                let (to, reason) = rollout::on_timeout(from, r.plan.device_timeout_ms);
-                if self.device_transition(&r.id, &device, Some(from), to, Some(&reason), now_ms).await? {
+            let stale = read_all(&stale, op, |s| Ok(DeviceRef { id: s.get(0)?, name: s.parse(1, "device name")? }))?;
+            for device in stale {
+                if self.settle_if_silent(&r.id, &device, now_ms).await? {
                     settled += 1;
                 }
             }
         }
         Ok(settled)
+    }
+
+    /// The devices rollout `r` waits for: how many, and the first [`AT_WORK_LISTED`] by wave and
+    /// rollout order with what they last said. Reads only this rollout's rows in those states,
+    /// through their index; the total comes from the counts in the rollout's row.
+    pub async fn devices_at_work(&self, r: &RolloutRecord) -> Result<AtWork, StoreError> {
+        let op = "listing a rollout's devices at work";
+        let states = DeviceState::IN_PROGRESS;
+        let total = r.counts.iter().map(|c| states.iter().map(|s| c.get(*s)).sum::<u64>()).sum();
+        let sql = format!(
+            "SELECT d.name, rd.wave, rd.state, rd.heard_at, {HEARTBEAT_COLUMNS} FROM rollout_devices rd \
+             JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = $1 AND rd.state IN ({}) \
+             ORDER BY rd.wave, rd.position LIMIT {AT_WORK_LISTED}",
+            placeholders(2, states.len())
+        );
+        let mut query = sqlx::query(&sql).bind(&r.id);
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
+        let devices = read_all(&rows, op, |row| {
+            Ok(DeviceAtWorkRecord {
+                device: row.parse(0, "device name")?,
+                wave: row.get::<i64>(1)? + 1,
+                state: row.parse(2, "device state")?,
+                heard_at: row.get(3)?,
+                heartbeat: heartbeat(row, 4)?,
+            })
+        })?;
+        Ok(AtWork { total, devices })
     }
 
     /// One rollout.
@@ -652,11 +857,11 @@ impl Store {
     /// A device's rows in every rollout, newest first.
     pub async fn device_rollouts(&self, device_id: &str) -> Result<Vec<RolloutDeviceRecord>, StoreError> {
         let op = "reading a device's rollouts";
-        let rows = sqlx::query(
-            "SELECT rd.rollout_id, r.artifact_name, r.artifact_version, rd.wave, rd.state, rd.reason, rd.updated_at \
-             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id WHERE rd.device_id = $1 \
-             ORDER BY r.created_at DESC, r.id",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT rd.rollout_id, r.artifact_name, r.artifact_version, rd.wave, rd.state, rd.reason, rd.updated_at, \
+                 {HEARTBEAT_COLUMNS} FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+                 WHERE rd.device_id = $1 ORDER BY r.created_at DESC, r.id"
+        ))
         .bind(device_id)
         .fetch_all(&self.pool)
         .await
@@ -670,6 +875,7 @@ impl Store {
                 state: r.parse(4, "device state")?,
                 reason: r.get(5)?,
                 updated_at: r.get(6)?,
+                heartbeat: heartbeat(r, 7)?,
             })
         })
     }

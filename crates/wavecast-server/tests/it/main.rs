@@ -12,6 +12,7 @@ mod audit;
 mod authz;
 mod fleet;
 mod openapi;
+mod progress;
 mod publish;
 mod rollouts;
 mod storage;

@@ -52,6 +52,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/device/v1/tuf/{file}"),
     ("GET", "/device/v1/assignments"),
     ("POST", "/device/v1/reports"),
+    ("POST", "/device/v1/progress"),
     ("GET", "/device/v1/targets/{file}"),
 ];
 

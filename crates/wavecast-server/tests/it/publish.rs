@@ -1,4 +1,5 @@
-//! Publishing: refusals leave nothing behind; accepted artifacts are served byte-exact.
+//! Publishing: refusals leave nothing behind; accepted artifacts are served byte-exact; a
+//! failed publish never removes a blob another publish of the same bytes committed.
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
@@ -216,4 +217,31 @@ async fn published_blobs_are_served_exactly(db: Db) {
     }
 }
 
-both!(publish_refusals, published_blobs_are_served_exactly);
+/// Two publishes of the same bytes under two names, signed on top of the same targets, race:
+/// one commits, the other conflicts (another publish landed first). The loser used to remove
+/// the content-addressed file it had placed, under the winner's committed row.
+async fn a_failed_publish_of_the_same_bytes_keeps_the_blob(db: Db) {
+    let env = Env::new(db).await;
+    for round in 0..5u32 {
+        let blob = format!("shared weights, round {round} ").repeat(2000).into_bytes();
+        let (a, b) = (format!("alpha@1.0.{round}"), format!("beta@1.0.{round}"));
+        let (ta, tb) = (env.sign_for(&a, &blob).await, env.sign_for(&b, &blob).await);
+        let (ra, rb) = tokio::join!(env.publish_raw(&ta, &blob), env.publish_raw(&tb, &blob));
+        let mut statuses = [ra.status, rb.status];
+        statuses.sort();
+        assert!(
+            statuses == [StatusCode::CREATED, StatusCode::CONFLICT]
+                || statuses == [StatusCode::CREATED, StatusCode::CREATED],
+            "round {round}: {statuses:?}: {} / {}",
+            ra.message(),
+            rb.message()
+        );
+        let sha = Sha256Digest::of(&blob);
+        let served = env.get(&format!("/api/v1/blobs/{}", sha.to_hex())).await;
+        assert_eq!(served.status, StatusCode::OK, "round {round}: the committed artifact lost its blob");
+        assert!(served.body == blob, "round {round}: the blob changed");
+        assert_eq!(std::fs::read(env.state.blobs().path(&sha)).unwrap(), blob, "round {round}");
+    }
+}
+
+both!(publish_refusals, published_blobs_are_served_exactly, a_failed_publish_of_the_same_bytes_keeps_the_blob);

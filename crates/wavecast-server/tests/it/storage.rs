@@ -37,6 +37,20 @@ async fn restart_keeps_everything(db: Db) {
     assert_eq!(env.current_targets().await.signed.version.get(), 3);
 }
 
+/// Runs one statement on the test's database, outside the server.
+async fn execute(env: &Env, sql: &str) -> Result<(), sqlx::Error> {
+    match &env.config.database {
+        DatabaseConfig::Sqlite(path) => {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+            sqlx::query(sql).execute(&mut c).await.map(|_| ())
+        }
+        DatabaseConfig::Postgres(url) => {
+            let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&mut c).await.map(|_| ())
+        }
+    }
+}
+
 async fn audit_log_refuses_edits(db: Db) {
     let env = Env::new(db).await;
     env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
@@ -46,23 +60,37 @@ async fn audit_log_refuses_edits(db: Db) {
         "UPDATE tuf_metadata SET body = '{}' WHERE role = 'root'",
     ];
     for sql in statements {
-        let result = match &env.config.database {
-            DatabaseConfig::Sqlite(path) => {
-                let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.map(|_| ())
-            }
-            DatabaseConfig::Postgres(url) => {
-                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.map(|_| ())
-            }
-        };
-        let err = result.expect_err(sql).to_string();
+        let err = execute(&env, sql).await.expect_err(sql).to_string();
         assert!(err.contains("append-only"), "{sql}: {err}");
     }
     assert_eq!(env.get("/api/v1/audit").await.json()[0]["actor"], "wavecast init");
 }
 
-both!(restart_keeps_everything, audit_log_refuses_edits);
+/// A rollout whose per-wave counts were stored before `revert_skipped` existed (eleven states)
+/// still shows, and goes on counting.
+async fn counts_stored_before_revert_skipped_still_load(db: Db) {
+    let env = Env::new(db).await;
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
+    env.enroll("g", "cam-1").await;
+    env.publish("m@1.0.0", b"one").await;
+    let create = serde_json::json!({ "artifact": "m@1.0.0", "group": "g", "waves": [100], "probe": "exec:check" });
+    let id =
+        env.post_json("/api/v1/rollouts", Some(&env.admin), create).await.json()["id"].as_str().unwrap().to_owned();
+    // The one device assigned, as an older server wrote it.
+    let old_counts = r#"[{"by_state":[0,1,0,0,0,0,0,0,0,0,0]}]"#;
+    execute(&env, &format!("UPDATE rollouts SET counts = '{old_counts}' WHERE id = '{id}'")).await.unwrap();
+    let env = env.restart().await;
+    let shown = env.get(&format!("/api/v1/rollouts/{id}")).await;
+    assert_eq!(shown.status, StatusCode::OK, "{}", shown.message());
+    let counts = &shown.json()["counts"];
+    assert_eq!((counts["assigned"].as_u64(), counts["revert_skipped"].as_u64()), (Some(1), Some(0)), "{counts}");
+    let aborted = env
+        .post_json(&format!("/api/v1/rollouts/{id}/abort"), Some(&env.admin), serde_json::json!({ "mode": "keep" }))
+        .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{}", aborted.message());
+}
+
+both!(restart_keeps_everything, audit_log_refuses_edits, counts_stored_before_revert_skipped_still_load);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_serves_one_installation_only() {

@@ -98,6 +98,16 @@ impl Env {
         (d["credential"].as_str().unwrap().to_owned(), d["device_id"].as_str().unwrap().to_owned())
     }
 
+    /// Device `cred` reports `state` (with `reason`) in `rollout` under report id `id`.
+    pub async fn report(&self, cred: &str, rollout: &str, id: &str, state: &str, reason: Option<&str>) {
+        let body = serde_json::json!({ "reports": [{
+            "id": id, "rollout_id": rollout, "artifact": "m", "version": "1.0.0", "state": state, "reason": reason,
+            "at_ms": 1
+        }], "active": [] });
+        let r = self.post_json("/device/v1/reports", Some(cred), body).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.message());
+    }
+
     /// Closes the database and opens everything again from the same data dir and database.
     pub async fn restart(mut self) -> Self {
         self.state.store().close().await;
