@@ -14,3 +14,4 @@ mod crash;
 mod end_to_end;
 mod probes;
 mod server_down;
+mod transient;
