@@ -26,10 +26,9 @@ pub enum Hostile {
     Endless,
     /// 200 and headers, then nothing at all.
     Silent,
-    /// The real answer, cut off after this many bytes (the connection then closes).
-    CutAfter(usize),
-    /// For a `Range` request: 206 with the whole file, labelled as starting at byte 0.
-    WrongRange,
+    /// A download cut off after this many bytes (the connection then closes), and its resume
+    /// (a `Range` request) answered 206 with the whole file, labelled as starting at byte 0.
+    WrongRange(usize),
 }
 
 struct Inner {
@@ -165,7 +164,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap();
     let mut up = inner.http.request(method, format!("{}{path_and_query}", inner.upstream));
     for (k, v) in &parts.headers {
-        let whole = matches!(hostile, Some(Hostile::WrongRange | Hostile::CutAfter(_))) && k.as_str() == "range";
+        let whole = matches!(hostile, Some(Hostile::WrongRange(_))) && k.as_str() == "range";
         if k.as_str() == "host" || (rewriting && k.as_str() == "if-none-match") || whole {
             continue;
         }
@@ -184,21 +183,23 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .collect();
     let mut bytes = resp.bytes().await.unwrap_or_default().to_vec();
     match hostile {
-        Some(Hostile::WrongRange) if ranged && status == 200 => {
+        Some(Hostile::WrongRange(_)) if ranged && status == 200 => {
             let range = format!("bytes 0-{}/{}", bytes.len().saturating_sub(1), bytes.len());
             let mut headers = headers;
             headers.push(("content-range".into(), range.into_bytes()));
             return respond(206, &headers, bytes);
         }
-        Some(Hostile::CutAfter(n)) if status == 200 => {
+        Some(Hostile::WrongRange(n)) if status == 200 => {
             // Announce the whole length, send part of it, close: an interrupted download.
             let total = bytes.len();
             bytes.truncate(n.min(total));
             let part = bytes::Bytes::from(bytes);
-            let stream = futures_util::stream::iter([
-                Ok::<_, std::io::Error>(part),
-                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut off")),
-            ]);
+            // The part goes out (and is flushed) before the break, as on a link that drops.
+            let cut = futures_util::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut off"))
+            });
+            let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(part)]), cut);
             let mut b = Response::builder().status(200).header("content-length", total.to_string());
             for (k, v) in &headers {
                 b = b.header(k.as_str(), v.as_slice());
