@@ -123,7 +123,7 @@ enum Stop {
     Dropped(String),
 }
 
-fn wait(class: WaitClass, reason: impl Into<String>) -> Stop {
+fn wait_for(class: WaitClass, reason: impl Into<String>) -> Stop {
     Stop::Wait(Waiting { class, reason: reason.into() })
 }
 
@@ -689,7 +689,14 @@ impl Agent {
     }
 
     async fn install(&mut self, cfg: &ArtifactConfig, work: Work) -> Result<(), StateError> {
-        match self.fetch_and_verify(cfg, &work).await? {
+        let verdict = match self.fetch_and_verify(cfg, &work).await {
+            Ok(v) => v,
+            // Our own state directory full or unwritable: local trouble to wait out like the
+            // download directory's (a corrupt state file is not, and stops here).
+            Err(e @ StateError::Io { .. }) => Err(wait_for(WaitClass::Disk, chain(&e))),
+            Err(e) => return Err(e),
+        };
+        match verdict {
             Ok(()) => {
                 self.retries.remove(&cfg.name);
             }
@@ -724,10 +731,10 @@ impl Agent {
     async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
         let slots = Slots::new(&cfg.path);
         if let Err(e) = slots.prepare() {
-            return Ok(Err(wait(WaitClass::Disk, chain(&e))));
+            return Ok(Err(wait_for(WaitClass::Disk, chain(&e))));
         }
         if let Err(e) = slots.check_dir(self.config.shared_dirs) {
-            return Ok(Err(wait(WaitClass::Disk, e.to_string())));
+            return Ok(Err(wait_for(WaitClass::Disk, e.to_string())));
         }
         let target = TargetName::new(cfg.name.clone(), work.version.clone());
         self.queue(cfg, work, DeviceState::Downloading, None)?;
@@ -741,7 +748,7 @@ impl Agent {
 
         let metadata_url = match self.config.server.join("device/v1/tuf/") {
             Ok(u) => u,
-            Err(e) => return Ok(Err(wait(WaitClass::Network, e.to_string()))),
+            Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
         };
         let transport = HttpTransport::new(self.http.clone(), Some(self.identity.credential.clone()))
             .stall_timeout(self.config.download.stall_timeout);
@@ -750,7 +757,7 @@ impl Agent {
                 Ok(s) => s,
                 Err(e) => {
                     return match (e.wait_class(), e) {
-                        (Some(class), e) => Ok(Err(wait(class, chain(&e)))),
+                        (Some(class), e) => Ok(Err(wait_for(class, chain(&e)))),
                         (None, tuf::VerifyError::State(e)) => Err(e),
                         (None, e) => Ok(Err(Stop::Refuse(chain(&e)))),
                     };
@@ -775,7 +782,7 @@ impl Agent {
         slots.remove_stale_partials(Some(&partial));
         let url = match self.config.server.join(&format!("device/v1/targets/{}.{target}", work.sha256)) {
             Ok(u) => u,
-            Err(e) => return Ok(Err(wait(WaitClass::Network, e.to_string()))),
+            Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
         };
         // A resumed download whose bytes do not hash right is downloaded once more from zero
         // before it is refused: the earlier bytes may be what went wrong.
@@ -869,16 +876,16 @@ impl Agent {
                 w.reason = format!("{}: {}", w.reason, chain(&e));
                 Stop::Wait(w)
             }
-            FetchError::Local(e @ StateError::Io { .. }) => wait(WaitClass::Disk, chain(&e)),
+            FetchError::Local(e @ StateError::Io { .. }) => wait_for(WaitClass::Disk, chain(&e)),
             FetchError::Local(e) => return Err(e),
-            FetchError::Worker(_) => wait(WaitClass::Disk, chain(&e)),
-            FetchError::Status { .. } | FetchError::BadRange { .. } => wait(WaitClass::Server, chain(&e)),
+            FetchError::Worker(_) => wait_for(WaitClass::Disk, chain(&e)),
+            FetchError::Status { .. } | FetchError::BadRange { .. } => wait_for(WaitClass::Server, chain(&e)),
             FetchError::Request { .. }
             | FetchError::NoHeaders { .. }
             | FetchError::Stalled { .. }
             | FetchError::Interrupted { .. }
             | FetchError::TooSlow { .. }
-            | FetchError::Ended { .. } => wait(WaitClass::Network, chain(&e)),
+            | FetchError::Ended { .. } => wait_for(WaitClass::Network, chain(&e)),
         };
         Ok(Err(stop))
     }

@@ -169,9 +169,10 @@ pub struct AgentConfig {
     pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Download speed guard, and the longest network silence tolerated.
     pub download: DownloadPolicy,
-    /// The largest assignment doc read from the server.
+    /// The largest assignment doc read from the server (`max_assignment_bytes`, default 1 MiB).
     pub max_assignment_bytes: u64,
-    /// Whether artifact directories writable by other users are written to.
+    /// Whether artifact directories writable by other users are written to
+    /// (`artifact_dirs_writable_by_others = "refuse" | "allow"`, default `"refuse"`).
     pub shared_dirs: SharedDirs,
     /// The artifacts this device runs.
     pub artifacts: Vec<ArtifactConfig>,

@@ -461,6 +461,20 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_file_reads_as_a_version_or_as_unmanaged() {
+        let sha = "44".repeat(32);
+        let old = format!(r#"{{"version":"1.0.0","sha256":"{sha}"}}"#);
+        let p: Previous = serde_json::from_str(&old).unwrap();
+        assert_eq!(p.version, Kept::Managed(ArtifactVersion::new("1.0.0").unwrap()));
+        assert_eq!(serde_json::to_string(&p).unwrap(), old, "written as before");
+        let unmanaged = format!(r#"{{"version":"unmanaged","sha256":"{sha}"}}"#);
+        let p: Previous = serde_json::from_str(&unmanaged).unwrap();
+        assert_eq!((p.version.clone(), p.installed()), (Kept::Unmanaged, None));
+        assert_eq!(serde_json::to_string(&p).unwrap(), unmanaged);
+        assert!(serde_json::from_str::<Previous>(&old.replace("1.0.0", "managed")).is_err());
+    }
+
+    #[test]
     fn a_journal_with_a_bad_digest_is_corrupt_not_reset() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
