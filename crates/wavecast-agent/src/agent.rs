@@ -148,6 +148,9 @@ struct Dropped {
     generation: u64,
 }
 
+/// Why work stops when a heartbeat's answer says `proceed: false`.
+const NO_LONGER_STANDS: &str = "the server says the assignment no longer stands";
+
 /// The largest answer to a report batch or an enrollment the agent reads.
 const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
@@ -670,7 +673,7 @@ impl Agent {
         let mut progress = self.progress(cfg, &work, DeviceState::Downloading, done);
         progress.waiting = Some(r.waiting.clone());
         match self.heartbeat.send(progress).await {
-            Some(ack) if !ack.proceed => self.drop_work(cfg, &work, "the server says the assignment no longer stands"),
+            Some(ack) if !ack.proceed => self.drop_work(cfg, &work, NO_LONGER_STANDS),
             _ => Ok(()),
         }
     }
@@ -752,17 +755,26 @@ impl Agent {
         };
         let transport = HttpTransport::new(self.http.clone(), Some(self.identity.credential.clone()))
             .stall_timeout(self.config.download.stall_timeout);
-        let signed =
-            match tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target).await {
-                Ok(s) => s,
-                Err(e) => {
-                    return match (e.wait_class(), e) {
-                        (Some(class), e) => Ok(Err(wait_for(class, chain(&e)))),
-                        (None, tuf::VerifyError::State(e)) => Err(e),
-                        (None, e) => Ok(Err(Stop::Refuse(chain(&e)))),
-                    };
-                }
-            };
+        // Metadata over a slow link takes long too (targets.json may be megabytes): heartbeat.
+        let partial = slots.partial(&work.sha256);
+        let have = std::fs::symlink_metadata(&partial).map_or(0, |m| m.len().min(work.length));
+        let mut stands = true;
+        let loading = tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target);
+        let progress = || self.progress(cfg, work, DeviceState::Downloading, have);
+        let loaded = self.heartbeat.during(loading, progress, |ack| stands &= ack.proceed).await;
+        if !stands {
+            return Ok(Err(Stop::Dropped(NO_LONGER_STANDS.into())));
+        }
+        let signed = match loaded {
+            Ok(s) => s,
+            Err(e) => {
+                return match (e.wait_class(), e) {
+                    (Some(class), e) => Ok(Err(wait_for(class, chain(&e)))),
+                    (None, tuf::VerifyError::State(e)) => Err(e),
+                    (None, e) => Ok(Err(Stop::Refuse(chain(&e)))),
+                };
+            }
+        };
         if signed.sha256 != work.sha256 || signed.length != work.length {
             return Ok(Err(Stop::Refuse(format!(
                 "director and TUF disagree on {target}: the assignment says sha256 {} ({} bytes), the signed targets say sha256 {} ({} bytes)",
@@ -778,7 +790,6 @@ impl Agent {
             ))));
         }
 
-        let partial = slots.partial(&work.sha256);
         slots.remove_stale_partials(Some(&partial));
         let url = match self.config.server.join(&format!("device/v1/targets/{}.{target}", work.sha256)) {
             Ok(u) => u,
@@ -869,7 +880,7 @@ impl Agent {
                 let _ = std::fs::remove_file(partial);
                 Stop::Refuse(e.to_string())
             }
-            FetchError::Stopped { .. } => Stop::Dropped("the server says the assignment no longer stands".into()),
+            FetchError::Stopped { .. } => Stop::Dropped(NO_LONGER_STANDS.into()),
             FetchError::Local(StateError::Io { ref source, .. }) if wait::is_no_space(source) => {
                 let needed = work.length.saturating_sub(watch.done());
                 let mut w = wait::no_space(slots.dir(), needed.max(1), wait::free_bytes(slots.dir()));

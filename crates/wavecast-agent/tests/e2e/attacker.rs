@@ -46,6 +46,7 @@ struct Inner {
 
 pub struct Proxy {
     pub url: String,
+    pub addr: std::net::SocketAddr,
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,7 +55,8 @@ impl Proxy {
     /// A proxy to `upstream`, holding the director key of the installation at `install`.
     pub async fn start(upstream: &str, install: &Path) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{addr}");
         let inner = Arc::new(Inner {
             upstream: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -69,7 +71,7 @@ impl Proxy {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { url, inner, task }
+        Self { url, addr, inner, task }
     }
 
     /// Answers `path` (exact, without query) with `body` instead of asking the server.
@@ -136,6 +138,12 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     inner.seen.lock().unwrap().push(path.clone());
     let forged = inner.overrides.lock().unwrap().get(&path).cloned();
     if let Some(body) = forged {
+        if path == "/device/v1/progress" {
+            let sent = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap_or_default();
+            if let Ok(v) = serde_json::from_slice::<Value>(&sent) {
+                inner.progress.lock().unwrap().push(v);
+            }
+        }
         return respond(200, &[("content-type".into(), b"application/json".to_vec())], body);
     }
     let hostile = inner.hostile.lock().unwrap().get(&path).copied();

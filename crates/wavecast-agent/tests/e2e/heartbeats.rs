@@ -3,14 +3,16 @@
 //! the device is never timed out, the rollout never pauses, and the operator sees progress;
 //! a pause stops a download at a chunk boundary and a resume continues from the partial file.
 //!
-//! These need the server's half of issue 10 (`POST /device/v1/progress`, the silence rules),
-//! so they are ignored until both halves are merged.
+//! Most need the server's half of issue 10 (`POST /device/v1/progress`, the silence rules),
+//! so they are ignored until both halves are merged; the agent's own half of a stop and a
+//! resume is tested here against an attacker proxy playing the server's answers.
 
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 use wavecast_test_support::proxy::ThrottledProxy;
 
+use crate::attacker::Proxy;
 use crate::support::*;
 
 /// Whether `v` holds, anywhere, a device's progress strictly between nothing and all of `total`.
@@ -126,4 +128,65 @@ async fn a_long_probe_warm_up_is_progress_not_silence() {
     let entry = env.wait_final(&agent, &id).await;
     assert_succeeded(&entry, &agent);
     assert_eq!(env.rollout_view(&id).await["failures_counted"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proceed_false_stops_a_download_that_a_newer_doc_resumes_from_its_partial_file() {
+    let env = Env::new().await;
+    // agent → slow link → a proxy answering heartbeats itself → the server.
+    let proxy = Proxy::start(&env.url, &env.install).await;
+    let go_on = |proceed: bool| serde_json::to_vec(&json!({ "proceed": proceed, "heartbeat_ms": 1_000 })).unwrap();
+    proxy.set_override("/device/v1/progress", go_on(true));
+    let link = ThrottledProxy::start(proxy.addr, 64 * 1024).await;
+    let ok = script(&env.probes_dir(), "ok", "exit 0");
+    let agent = env.start_agent("dev-1", &[("ok", ok)], Some(&link.url())).await;
+    let size = 1 << 20;
+    let bytes = blob("stop-and-go", size);
+    env.publish("model@1.0.0", &bytes, None).await;
+    let id = env.rollout("model@1.0.0", &Probe::new("exec:ok")).await;
+    let on_disk = |agent: &Agent| {
+        agent
+            .partials()
+            .first()
+            .and_then(|p| std::fs::metadata(agent.path.with_file_name(p)).ok())
+            .map_or(0, |m| m.len())
+    };
+    // (Heartbeats say how far it got; the file lags behind the writer's buffer.)
+    let got = |proxy: &Proxy| {
+        proxy
+            .progress()
+            .iter()
+            .filter(|p| p["rollout_id"] == id.as_str())
+            .filter_map(|p| p["bytes_done"].as_u64())
+            .max()
+    };
+    wait!("a good part of the download", agent, got(&proxy).is_some_and(|n| n >= 128 * 1024));
+
+    // The assignment no longer stands: the download stops at a chunk boundary, keeps what it
+    // has, and does not start again while the doc is the same.
+    proxy.set_override("/device/v1/progress", go_on(false));
+    wait!(
+        "the download to stop",
+        agent,
+        agent.journal()["phase"]["phase"] == "idle" && agent.log_text().contains("install dropped")
+    );
+    let kept = on_disk(&agent);
+    assert!(kept >= 128 * 1024 && kept < size as u64, "kept {kept} of {size} bytes");
+    tokio::time::sleep(POLL * 10).await;
+    assert_eq!(on_disk(&agent), kept, "the download went on");
+    assert_eq!(agent.journal()["phase"]["phase"], "idle", "it started again on the same doc");
+    assert_eq!(env.device_rollout(&agent.name, &id).await.unwrap()["state"], "downloading");
+    assert!(agent.outbox().is_empty(), "a heartbeat or a drop went to the outbox: {:?}", agent.outbox());
+
+    // A newer doc assigns it again: the download goes on from the partial file.
+    proxy.set_override("/device/v1/progress", go_on(true));
+    let before = link.bytes_delivered();
+    proxy.set_rewrite(|doc| {
+        doc["counter"] = json!(doc["counter"].as_u64().unwrap_or(0) + 1);
+        true
+    });
+    assert_succeeded(&env.wait_final(&agent, &id).await, &agent);
+    assert_eq!(agent.sha(), Some(sha_hex(&bytes)));
+    let after = link.bytes_delivered() - before;
+    assert!(after < size as u64 - kept / 2, "{after} bytes after the resume; {kept} of {size} were kept");
 }
