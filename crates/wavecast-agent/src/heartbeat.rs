@@ -200,7 +200,7 @@ impl Rate {
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use axum::Json;
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
     use wavecast_core::assignment::DeviceState;
 
     use super::*;
@@ -218,23 +218,52 @@ mod tests {
         }
     }
 
-    /// A server whose progress endpoint answers `ack` and counts the heartbeats it received.
-    async fn server(ack: ProgressAck) -> (reqwest::Url, Arc<Mutex<Vec<Progress>>>) {
+    /// A plain HTTP/1.1 server answering every request with `status` and `body` (keeping the
+    /// connection), and keeping the heartbeats it received.
+    async fn server(status: &'static str, body: String) -> (reqwest::Url, Arc<Mutex<Vec<Progress>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = axum::Router::new().route(
-            "/device/v1/progress",
-            axum::routing::post({
-                let seen = seen.clone();
-                move |Json(p): Json<Progress>| async move {
-                    seen.lock().unwrap().push(p);
-                    Json(ack)
-                }
-            }),
-        );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = reqwest::Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let (seen, body) = (kept.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut s = tokio::io::BufReader::new(s);
+                    loop {
+                        let mut length = 0usize;
+                        loop {
+                            let mut line = String::new();
+                            if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut sent = vec![0u8; length];
+                        if s.read_exact(&mut sent).await.is_err() {
+                            return;
+                        }
+                        if let Ok(p) = serde_json::from_slice(&sent) {
+                            seen.lock().unwrap().push(p);
+                        }
+                        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if s.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
         (url, seen)
+    }
+
+    async fn acking(ack: ProgressAck) -> (reqwest::Url, Arc<Mutex<Vec<Progress>>>) {
+        server("200 OK", serde_json::to_string(&ack).unwrap()).await
     }
 
     fn heartbeat(url: &reqwest::Url) -> Heartbeat {
@@ -246,7 +275,7 @@ mod tests {
     async fn the_servers_interval_is_kept_within_bounds_and_never_beaten() {
         let cases = [(10, MIN_HEARTBEAT_MS), (2_500, 2_500), (3_600_000, DEFAULT_HEARTBEAT_MS)];
         for (asked, kept) in cases {
-            let (url, seen) = server(ProgressAck { proceed: true, heartbeat_ms: asked }).await;
+            let (url, seen) = acking(ProgressAck { proceed: true, heartbeat_ms: asked }).await;
             let hb = heartbeat(&url);
             assert_eq!(hb.interval(), Duration::from_millis(DEFAULT_HEARTBEAT_MS), "30 s until told");
             assert!(hb.send(progress("m", 1)).await.is_some());
@@ -261,18 +290,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_without_heartbeats_stops_nothing() {
-        let app = axum::Router::new();
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = reqwest::Url::parse(&format!("http://{}/", l.local_addr().unwrap())).unwrap();
-        tokio::spawn(async move { axum::serve(l, app).await });
+        let (url, seen) = server("404 Not Found", String::new()).await;
         let hb = heartbeat(&url);
         assert_eq!(hb.send(progress("m", 1)).await, None, "a 404 is no answer, and no stop");
+        assert_eq!(seen.lock().unwrap().len(), 1, "the heartbeat was sent");
         assert_eq!(hb.interval(), Duration::from_millis(DEFAULT_HEARTBEAT_MS));
     }
 
     #[tokio::test]
     async fn work_runs_to_its_end_while_answers_are_handed_over() {
-        let (url, seen) = server(ProgressAck { proceed: false, heartbeat_ms: 1_000 }).await;
+        let (url, seen) = acking(ProgressAck { proceed: false, heartbeat_ms: 1_000 }).await;
         let hb = heartbeat(&url);
         let built = AtomicUsize::new(0);
         let mut answers = Vec::new();
