@@ -7,24 +7,36 @@
 //! version kept) → probe → keep, or roll back locally. Reports go to the outbox first and are
 //! delivered when the server answers; their ids are derived from what they report, so a
 //! report re-sent after a crash is applied once.
+//!
+//! Before the swap, an install follows its assignment: it resumes after a restart only while
+//! the latest verified doc still assigns it, and stops (keeping its partial download) when a
+//! heartbeat's answer says the assignment no longer stands. Problems that are not the
+//! update's fault are waited out with backoff and told in heartbeats ([`crate::wait`]); only a
+//! verification failure is refused. After the swap, the device finishes on its own: it ends on
+//! the new version confirmed healthy, or on the previous one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use sha2::Digest as _;
+use tokio::time::Instant;
 use wavecast_core::assignment::{Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch};
 use wavecast_core::probe::ProbeKind;
-use wavecast_core::{ArtifactVersion, TargetName};
+use wavecast_core::progress::{Progress, WaitClass, Waiting};
+use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_os::clock;
 use wavecast_os::error::chain;
 
 use crate::config::{AgentConfig, ArtifactConfig};
 use crate::director;
-use crate::fetch::{FetchError, fetch};
+use crate::fetch::{FetchError, Fetched, Watch, fetch};
+use crate::heartbeat::{Heartbeat, Rate};
+use crate::net::{self, NetError};
 use crate::probe::{self, ProbeOutcome};
-use crate::state::{Identity, Installed, Journal, Outcome, Phase, Refused, StateDir, StateError, Work};
-use crate::swap::{Slots, sha256_file};
-use crate::tuf::{self, HttpTransport, VerifyError};
+use crate::state::{Identity, Installed, Journal, Outcome, Phase, Previous, Refused, StateDir, StateError, Work};
+use crate::swap::{Restore, Slots, sha256_file};
+use crate::tuf::{self, HttpTransport};
+use crate::wait;
 
 /// Errors that stop the agent (as opposed to an install failing, which is reported).
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +71,7 @@ pub enum EnrollError {
     Url(url::ParseError),
     /// The server could not be reached or did not answer.
     #[error(transparent)]
-    Request(reqwest::Error),
+    Request(Box<NetError>),
     /// The server refused the enrollment.
     #[error("HTTP {status}: {message}")]
     Refused {
@@ -103,11 +115,44 @@ pub enum HttpSetupError {
 
 /// How an install step ended when it did not succeed.
 enum Stop {
-    /// Try again at the next check-in (server unreachable, download interrupted).
-    Later(String),
+    /// A transient problem: try again with backoff, and say what the device waits for.
+    Wait(Waiting),
     /// Refused: report it and never try this version for this rollout again.
     Refuse(String),
+    /// The assignment no longer stands: stop, keep the partial download, wait for a new doc.
+    Dropped(String),
 }
+
+fn wait_for(class: WaitClass, reason: impl Into<String>) -> Stop {
+    Stop::Wait(Waiting { class, reason: reason.into() })
+}
+
+/// An install waiting out a transient problem.
+#[derive(Debug)]
+struct Retry {
+    work: Work,
+    /// Transient failures in a row.
+    attempts: u32,
+    /// No attempt before this.
+    not_before: Instant,
+    /// What it waits for.
+    waiting: Waiting,
+}
+
+/// An install whose assignment stopped standing, with the doc generation it was dropped in:
+/// it starts again only when a newer doc still assigns it.
+#[derive(Debug)]
+struct Dropped {
+    rollout_id: String,
+    sha256: Sha256Digest,
+    generation: u64,
+}
+
+/// Why work stops when a heartbeat's answer says `proceed: false`.
+const NO_LONGER_STANDS: &str = "the server says the assignment no longer stands";
+
+/// The largest answer to a report batch or an enrollment the agent reads.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
 /// A running agent.
 pub struct Agent {
@@ -118,7 +163,14 @@ pub struct Agent {
     etag: Option<String>,
     assignments: Vec<Assignment>,
     doc_expires: i64,
+    /// Counts the docs with new content accepted since the agent started.
+    doc_generation: u64,
+    /// The SHA-256 of the last accepted doc's signed part, to tell a new doc from the same one.
+    doc_digest: Option<Sha256Digest>,
     reported_refusals: HashSet<String>,
+    heartbeat: Heartbeat,
+    retries: HashMap<ArtifactName, Retry>,
+    dropped: HashMap<ArtifactName, Dropped>,
 }
 
 /// Builds the HTTP client, trusting only `ca_file` when one is configured.
@@ -160,6 +212,8 @@ impl Agent {
                 id
             }
         };
+        let heartbeat =
+            Heartbeat::new(http.clone(), &config.server, identity.credential.clone(), config.download.stall_timeout);
         Ok(Self {
             config,
             state,
@@ -168,7 +222,12 @@ impl Agent {
             etag: None,
             assignments: Vec::new(),
             doc_expires: 0,
+            doc_generation: 0,
+            doc_digest: None,
             reported_refusals: HashSet::new(),
+            heartbeat,
+            retries: HashMap::new(),
+            dropped: HashMap::new(),
         })
     }
 
@@ -189,15 +248,26 @@ impl Agent {
         }
         loop {
             self.tick().await;
-            let pause = jitter(self.config.poll_interval);
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(pause) => {}
+            // Until the next check-in, installs that wait out a problem keep saying so.
+            let next_poll = Instant::now() + jitter(self.config.poll_interval);
+            loop {
+                let due = self.heartbeat.next_due(self.retries.keys().map(ArtifactName::as_str));
+                let wake = due.map_or(next_poll, |d| d.min(next_poll));
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+                if Instant::now() >= next_poll {
+                    break;
+                }
+                self.heartbeat_retries().await;
             }
         }
     }
 
-    /// One cycle: finish interrupted work, deliver reports, check in, act, deliver again.
+    /// One cycle: finish work interrupted past the swap, deliver reports, check in, act on the
+    /// assignments (resuming an interrupted install only if its assignment still stands),
+    /// deliver again.
     pub async fn tick(&mut self) {
         for cfg in self.config.artifacts.clone() {
             if let Err(e) = self.recover(&cfg).await {
@@ -207,10 +277,7 @@ impl Agent {
         self.deliver().await;
         self.poll().await;
         for cfg in self.config.artifacts.clone() {
-            let assignment = self.assignments.iter().find(|a| a.artifact == cfg.name).cloned();
-            if let Some(a) = assignment
-                && let Err(e) = self.act(&cfg, &a).await
-            {
+            if let Err(e) = self.act(&cfg).await {
                 tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
             }
         }
@@ -272,12 +339,14 @@ impl Agent {
             Ok(u) => u,
             Err(e) => return tracing::error!(error = %e, "bad server URL"),
         };
-        let mut req = self.http.get(url).bearer_auth(&self.identity.credential).timeout(Duration::from_secs(30));
+        let mut req =
+            self.http.get(url.clone()).bearer_auth(&self.identity.credential).timeout(Duration::from_secs(30));
         let fresh = clock::now().as_second() < self.doc_expires;
         if let (Some(etag), true) = (&self.etag, fresh) {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let resp = match req.send().await {
+        let window = self.config.download.stall_timeout;
+        let resp = match net::send(req, &url, window).await {
             Ok(r) => r,
             Err(e) => return tracing::warn!(error = %chain(&e), "cannot reach the server; will retry"),
         };
@@ -285,7 +354,9 @@ impl Agent {
             reqwest::StatusCode::NOT_MODIFIED => {}
             s if s.is_success() => {
                 let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                match resp.bytes().await {
+                // Capped while it streams: a doc names a few artifacts, and a server sending
+                // more is broken or hostile.
+                match net::read_capped(resp, &url, self.config.max_assignment_bytes, window).await {
                     Ok(body) => {
                         if let Err(e) = self.accept(&body) {
                             tracing::error!(error = %chain(&e), "processing the assignment failed");
@@ -293,7 +364,7 @@ impl Agent {
                             self.etag = etag;
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "reading the assignment failed; will retry"),
+                    Err(e) => tracing::warn!(error = %chain(&e), "reading the assignment failed; will retry"),
                 }
             }
             reqwest::StatusCode::UNAUTHORIZED => {
@@ -323,6 +394,13 @@ impl Agent {
         }
         let mut trusted = self.state.trusted()?;
         match director::check(&doc, &self.identity.device_id, clock::now(), trusted.counter) {
+            Err(refusal @ director::Refusal::Expired { .. }) => {
+                // Not an update's failure: a doc held back and replayed, or this device's
+                // clock running ahead. Nothing in it is acted on, and nothing is reported
+                // failed; the next check-in asks for a fresh doc.
+                tracing::warn!(reason = %refusal, now = %clock::now(), "assignment doc ignored; is this device's clock right?");
+                return Ok(());
+            }
             Err(refusal) => {
                 let reason = refusal.to_string();
                 tracing::error!(%reason, "assignment refused");
@@ -348,6 +426,11 @@ impl Agent {
                 }
             }
         }
+        let digest = Sha256Digest::of(&doc.message);
+        if self.doc_digest != Some(digest) {
+            self.doc_digest = Some(digest);
+            self.doc_generation += 1;
+        }
         self.assignments = accepted;
         self.doc_expires = doc.expires;
         Ok(())
@@ -365,7 +448,54 @@ impl Agent {
 
     // ----- acting -------------------------------------------------------------------------
 
-    async fn act(&mut self, cfg: &ArtifactConfig, a: &Assignment) -> Result<(), StateError> {
+    /// Acts on this artifact's assignment: resumes an interrupted install while its assignment
+    /// stands (dropping it when not), or starts what the doc asks for.
+    async fn act(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
+        let j = self.state.journal(&cfg.name)?;
+        match j.phase.clone() {
+            Phase::Installing { work } => {
+                if !self.doc_is_current() {
+                    // Nothing heard from the server since the restart (or only an expired doc):
+                    // the download needs the server anyway, and whether the assignment still
+                    // stands is its to say.
+                    return Ok(());
+                }
+                if self.assigned(cfg, &work) {
+                    return self.attempt(cfg, work).await;
+                }
+                self.drop_work(cfg, &work, "the latest assignment doc no longer assigns it")?;
+                self.begin(cfg).await
+            }
+            Phase::Idle => self.begin(cfg).await,
+            // Past the swap: `recover` finishes it.
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the doc held is verified and not expired.
+    fn doc_is_current(&self) -> bool {
+        self.doc_expires > clock::now().as_second()
+    }
+
+    /// Whether the current doc still asks this device to install exactly `work`.
+    fn assigned(&self, cfg: &ArtifactConfig, work: &Work) -> bool {
+        self.doc_is_current()
+            && self.assignments.iter().any(|a| {
+                a.artifact == cfg.name
+                    && a.action == Action::Install
+                    && a.rollout_id == work.rollout_id
+                    && a.sha256 == work.sha256
+                    && a.version == work.version
+                    && a.length == work.length
+            })
+    }
+
+    /// Starts what the doc asks of an idle artifact.
+    async fn begin(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
+        let Some(a) = self.assignments.iter().find(|a| a.artifact == cfg.name).cloned() else {
+            self.retries.remove(&cfg.name);
+            return Ok(());
+        };
         let mut j = self.state.journal(&cfg.name)?;
         if j.phase != Phase::Idle {
             return Ok(());
@@ -395,9 +525,16 @@ impl Agent {
                 if j.refused(&a.rollout_id, &a.sha256) {
                     return Ok(());
                 }
+                if self.dropped.get(&cfg.name).is_some_and(|d| {
+                    d.rollout_id == a.rollout_id && d.sha256 == a.sha256 && d.generation == self.doc_generation
+                }) {
+                    // Dropped on the server's word while this same doc was current: wait for
+                    // the next one.
+                    return Ok(());
+                }
                 j.phase = Phase::Installing { work: work.clone() };
                 self.state.save_journal(&cfg.name, &j)?;
-                self.install(cfg, work).await
+                self.attempt(cfg, work).await
             }
             Action::Revert => {
                 if j.reverted.contains(&a.rollout_id) {
@@ -410,12 +547,12 @@ impl Agent {
         }
     }
 
-    /// Finishes whatever an earlier run of the agent left half done.
+    /// Finishes whatever an earlier run of the agent left half done past the swap. (An
+    /// install before the swap resumes in [`Agent::act`], once the server confirms it.)
     async fn recover(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
         let mut j = self.state.journal(&cfg.name)?;
         match j.phase.clone() {
-            Phase::Idle => Ok(()),
-            Phase::Installing { work } => self.install(cfg, work).await,
+            Phase::Idle | Phase::Installing { .. } => Ok(()),
             Phase::Swapping { work } => {
                 let slots = Slots::new(&cfg.path);
                 if sha256_file(slots.path()) != Some(work.sha256) {
@@ -423,12 +560,13 @@ impl Agent {
                     if sha256_file(&staged) == Some(work.sha256) {
                         slots.swap_in(&staged, || {})?;
                     } else {
-                        // Neither in place nor staged: start the install over.
-                        j.phase = Phase::Installing { work: work.clone() };
-                        self.state.save_journal(&cfg.name, &j)?;
-                        return self.install(cfg, work).await;
+                        // Neither in place nor staged: start the install over, once the
+                        // server confirms it.
+                        j.phase = Phase::Installing { work };
+                        return self.state.save_journal(&cfg.name, &j);
                     }
                 }
+                j.previous = slots.kept(j.active.as_ref())?;
                 j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
                 self.state.save_journal(&cfg.name, &j)?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
@@ -451,14 +589,126 @@ impl Agent {
         }
     }
 
-    async fn install(&mut self, cfg: &ArtifactConfig, work: Work) -> Result<(), StateError> {
-        match self.fetch_and_verify(cfg, &work).await? {
-            Ok(()) => {}
-            Err(Stop::Later(why)) => {
-                tracing::warn!(artifact = %cfg.name, version = %work.version, %why, "install postponed");
-                return Ok(());
+    /// Attempts an install, unless it waits out a problem and its backoff has not passed (then
+    /// it only says what it waits for, when a heartbeat is due).
+    async fn attempt(&mut self, cfg: &ArtifactConfig, work: Work) -> Result<(), StateError> {
+        if let Some(r) = self.retries.get(&cfg.name)
+            && r.work == work
+            && Instant::now() < r.not_before
+        {
+            if self.heartbeat.due(cfg.name.as_str()) {
+                self.heartbeat_retry(cfg).await?;
             }
-            Err(Stop::Refuse(reason)) => return self.refuse(cfg, work, reason),
+            return Ok(());
+        }
+        self.install(cfg, work).await
+    }
+
+    /// Stops working on `work` before its swap: the journal goes idle, the partial download
+    /// stays for a resume, and the same assignment starts again only from a newer doc.
+    fn drop_work(&mut self, cfg: &ArtifactConfig, work: &Work, why: &str) -> Result<(), StateError> {
+        let mut j = self.state.journal(&cfg.name)?;
+        if matches!(&j.phase, Phase::Installing { work: w } if w == work) {
+            j.phase = Phase::Idle;
+            self.state.save_journal(&cfg.name, &j)?;
+        }
+        self.retries.remove(&cfg.name);
+        self.dropped.insert(
+            cfg.name.clone(),
+            Dropped { rollout_id: work.rollout_id.clone(), sha256: work.sha256, generation: self.doc_generation },
+        );
+        tracing::info!(
+            artifact = %cfg.name, version = %work.version, rollout = %work.rollout_id, %why,
+            "install dropped; what was downloaded is kept for a resume"
+        );
+        Ok(())
+    }
+
+    /// Records a transient problem, tells the server at once, and schedules the next attempt.
+    async fn wait_out(&mut self, cfg: &ArtifactConfig, work: &Work, waiting: Waiting) -> Result<(), StateError> {
+        let r = self.retries.entry(cfg.name.clone()).or_insert_with(|| Retry {
+            work: work.clone(),
+            attempts: 0,
+            not_before: Instant::now(),
+            waiting: waiting.clone(),
+        });
+        if r.work != *work {
+            r.work = work.clone();
+            r.attempts = 0;
+        }
+        r.attempts += 1;
+        let pause = wait::backoff(self.config.poll_interval, r.attempts);
+        r.not_before = Instant::now() + pause;
+        r.waiting = waiting;
+        tracing::warn!(
+            artifact = %cfg.name, version = %work.version, retry_in = ?pause,
+            "waiting: {} — {}", r.waiting.class, r.waiting.reason
+        );
+        self.heartbeat_retry(cfg).await
+    }
+
+    /// A heartbeat for each install waiting out a problem whose heartbeat is due.
+    async fn heartbeat_retries(&mut self) {
+        let due: Vec<ArtifactConfig> = self
+            .config
+            .artifacts
+            .iter()
+            .filter(|c| self.retries.contains_key(&c.name) && self.heartbeat.due(c.name.as_str()))
+            .cloned()
+            .collect();
+        for cfg in due {
+            if let Err(e) = self.heartbeat_retry(&cfg).await {
+                tracing::error!(artifact = %cfg.name, error = %chain(&e), "dropping the install failed");
+            }
+        }
+    }
+
+    /// Tells the server what this artifact's install waits for; drops the install when the
+    /// answer says its assignment no longer stands.
+    async fn heartbeat_retry(&mut self, cfg: &ArtifactConfig) -> Result<(), StateError> {
+        let Some(r) = self.retries.get(&cfg.name) else { return Ok(()) };
+        let work = r.work.clone();
+        let partial = Slots::new(&cfg.path).partial(&work.sha256);
+        let done = std::fs::symlink_metadata(&partial).map_or(0, |m| m.len().min(work.length));
+        let mut progress = self.progress(cfg, &work, DeviceState::Downloading, done);
+        progress.waiting = Some(r.waiting.clone());
+        match self.heartbeat.send(progress).await {
+            Some(ack) if !ack.proceed => self.drop_work(cfg, &work, NO_LONGER_STANDS),
+            _ => Ok(()),
+        }
+    }
+
+    fn progress(&self, cfg: &ArtifactConfig, work: &Work, state: DeviceState, done: u64) -> Progress {
+        Progress {
+            rollout_id: work.rollout_id.clone(),
+            artifact: cfg.name.to_string(),
+            version: work.version.to_string(),
+            state,
+            bytes_done: done,
+            bytes_total: work.length,
+            bytes_per_sec: 0,
+            waiting: None,
+        }
+    }
+
+    async fn install(&mut self, cfg: &ArtifactConfig, work: Work) -> Result<(), StateError> {
+        let verdict = match self.fetch_and_verify(cfg, &work).await {
+            Ok(v) => v,
+            // Our own state directory full or unwritable: local trouble to wait out like the
+            // download directory's (a corrupt state file is not, and stops here).
+            Err(e @ StateError::Io { .. }) => Err(wait_for(WaitClass::Disk, chain(&e))),
+            Err(e) => return Err(e),
+        };
+        match verdict {
+            Ok(()) => {
+                self.retries.remove(&cfg.name);
+            }
+            Err(Stop::Wait(waiting)) => return self.wait_out(cfg, &work, waiting).await,
+            Err(Stop::Dropped(why)) => return self.drop_work(cfg, &work, &why),
+            Err(Stop::Refuse(reason)) => {
+                self.retries.remove(&cfg.name);
+                return self.refuse(cfg, work, reason);
+            }
         }
         let slots = Slots::new(&cfg.path);
         self.queue(cfg, &work, DeviceState::Installing, None)?;
@@ -471,35 +721,60 @@ impl Agent {
         self.state.save_journal(&cfg.name, &j)?;
         slots.swap_in(&slots.partial(&work.sha256), || self.crash("between-renames"))?;
         let swapped_at = SystemTime::from(clock::now());
+        // The journal says what the previous slot holds now: a rollback or revert puts back
+        // exactly that, after checking its digest.
+        j.previous = slots.kept(j.active.as_ref())?;
         j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
         self.state.save_journal(&cfg.name, &j)?;
         self.probe_and_finish(cfg, work, swapped_at).await
     }
 
-    /// Everything before the swap. The outer error is local trouble; the inner says whether
-    /// to wait or refuse.
+    /// Everything before the swap. The outer error is local trouble the agent cannot wait out
+    /// (its own state unreadable); the inner says whether to wait, refuse or stop.
     async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
         let slots = Slots::new(&cfg.path);
-        slots.prepare()?;
+        if let Err(e) = slots.prepare() {
+            return Ok(Err(wait_for(WaitClass::Disk, chain(&e))));
+        }
+        if let Err(e) = slots.check_dir(self.config.shared_dirs) {
+            return Ok(Err(wait_for(WaitClass::Disk, e.to_string())));
+        }
         let target = TargetName::new(cfg.name.clone(), work.version.clone());
         self.queue(cfg, work, DeviceState::Downloading, None)?;
         // Tell the server at once that the assignment was picked up: the rest of the install
         // can take longer than the device timeout, and a silent device would be settled as
         // unreachable.
         self.deliver().await;
+        if let Some(w) = wait::clock_problem(clock::now(), wait::built_at()) {
+            return Ok(Err(Stop::Wait(w)));
+        }
 
         let metadata_url = match self.config.server.join("device/v1/tuf/") {
             Ok(u) => u,
-            Err(e) => return Ok(Err(Stop::Later(e.to_string()))),
+            Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
         };
-        let transport = HttpTransport::new(self.http.clone(), Some(self.identity.credential.clone()));
-        let signed =
-            match tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target).await {
-                Ok(s) => s,
-                Err(VerifyError::State(e)) => return Err(e),
-                Err(e @ VerifyError::Unavailable(_)) => return Ok(Err(Stop::Later(chain(&e)))),
-                Err(e) => return Ok(Err(Stop::Refuse(chain(&e)))),
-            };
+        let transport = HttpTransport::new(self.http.clone(), Some(self.identity.credential.clone()))
+            .stall_timeout(self.config.download.stall_timeout);
+        // Metadata over a slow link takes long too (targets.json may be megabytes): heartbeat.
+        let partial = slots.partial(&work.sha256);
+        let have = std::fs::symlink_metadata(&partial).map_or(0, |m| m.len().min(work.length));
+        let mut stands = true;
+        let loading = tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target);
+        let progress = || self.progress(cfg, work, DeviceState::Downloading, have);
+        let loaded = self.heartbeat.during(loading, progress, |ack| stands &= ack.proceed).await;
+        if !stands {
+            return Ok(Err(Stop::Dropped(NO_LONGER_STANDS.into())));
+        }
+        let signed = match loaded {
+            Ok(s) => s,
+            Err(e) => {
+                return match (e.wait_class(), e) {
+                    (Some(class), e) => Ok(Err(wait_for(class, chain(&e)))),
+                    (None, tuf::VerifyError::State(e)) => Err(e),
+                    (None, e) => Ok(Err(Stop::Refuse(chain(&e)))),
+                };
+            }
+        };
         if signed.sha256 != work.sha256 || signed.length != work.length {
             return Ok(Err(Stop::Refuse(format!(
                 "director and TUF disagree on {target}: the assignment says sha256 {} ({} bytes), the signed targets say sha256 {} ({} bytes)",
@@ -515,36 +790,115 @@ impl Agent {
             ))));
         }
 
-        let partial = slots.partial(&work.sha256);
         slots.remove_stale_partials(Some(&partial));
         let url = match self.config.server.join(&format!("device/v1/targets/{}.{target}", work.sha256)) {
             Ok(u) => u,
-            Err(e) => return Ok(Err(Stop::Later(e.to_string()))),
+            Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
         };
-        let fetched =
-            fetch(&self.http, &url, &self.identity.credential, &partial, work.length, self.config.download, || {
-                self.crash("mid-download")
-            })
-            .await;
-        let fetched = match fetched {
-            Ok(f) => f,
-            Err(e @ FetchError::TooLong { .. }) => {
-                let _ = std::fs::remove_file(&partial);
-                return Ok(Err(Stop::Refuse(e.to_string())));
+        // A resumed download whose bytes do not hash right is downloaded once more from zero
+        // before it is refused: the earlier bytes may be what went wrong.
+        for attempt in 0..2 {
+            let have = std::fs::symlink_metadata(&partial).map_or(0, |m| m.len().min(work.length));
+            let needed = work.length - have;
+            let free = wait::free_bytes(slots.dir());
+            if free.is_some_and(|f| f < needed) {
+                return Ok(Err(Stop::Wait(wait::no_space(slots.dir(), needed, free))));
             }
-            Err(FetchError::Local(e)) => return Err(e),
-            Err(e) => return Ok(Err(Stop::Later(chain(&e)))),
-        };
-        self.queue(cfg, work, DeviceState::Verifying, None)?;
-        if fetched.sha256 != work.sha256 || fetched.length != work.length {
+            let watch = Watch::default();
+            let fetched = self.download(cfg, work, &url, &partial, &watch).await;
+            let fetched = match fetched {
+                Ok(f) => f,
+                Err(e) => return self.fetch_failed(&slots, work, &partial, &watch, e),
+            };
+            self.queue(cfg, work, DeviceState::Verifying, None)?;
+            if fetched.sha256 == work.sha256 && fetched.length == work.length {
+                self.crash("after-verify");
+                return Ok(Ok(()));
+            }
             let _ = std::fs::remove_file(&partial);
+            if fetched.resumed && attempt == 0 {
+                tracing::warn!(
+                    artifact = %cfg.name, version = %work.version, sha256 = %fetched.sha256,
+                    "a resumed download does not hash right; downloading it again from zero"
+                );
+                continue;
+            }
             return Ok(Err(Stop::Refuse(format!(
                 "the downloaded bytes do not match the signed target {target}: received sha256 {} ({} bytes), signed sha256 {} ({} bytes)",
                 fetched.sha256, fetched.length, work.sha256, work.length
             ))));
         }
-        self.crash("after-verify");
-        Ok(Ok(()))
+        unreachable!("the second download either verifies or is refused")
+    }
+
+    /// Downloads `work` into `partial`, heart-beating its progress; stops at the next chunk
+    /// when the server's answer says the assignment no longer stands.
+    async fn download(
+        &self,
+        cfg: &ArtifactConfig,
+        work: &Work,
+        url: &reqwest::Url,
+        partial: &std::path::Path,
+        watch: &Watch,
+    ) -> Result<Fetched, FetchError> {
+        let download = fetch(
+            &self.http,
+            url,
+            &self.identity.credential,
+            partial,
+            work.length,
+            self.config.download,
+            watch,
+            || self.crash("mid-download"),
+        );
+        let mut rate = Rate::new(watch.done());
+        let progress = || {
+            let done = watch.done();
+            let mut p = self.progress(cfg, work, DeviceState::Downloading, done);
+            p.bytes_per_sec = rate.update(done);
+            p
+        };
+        let on_ack = |ack: &wavecast_core::progress::ProgressAck| {
+            if !ack.proceed {
+                watch.stop();
+            }
+        };
+        self.heartbeat.during(download, progress, on_ack).await
+    }
+
+    /// Sorts a failed download into a wait, a refusal or a stop.
+    fn fetch_failed(
+        &self,
+        slots: &Slots,
+        work: &Work,
+        partial: &std::path::Path,
+        watch: &Watch,
+        e: FetchError,
+    ) -> Result<Result<(), Stop>, StateError> {
+        let stop = match e {
+            FetchError::TooLong { .. } => {
+                let _ = std::fs::remove_file(partial);
+                Stop::Refuse(e.to_string())
+            }
+            FetchError::Stopped { .. } => Stop::Dropped(NO_LONGER_STANDS.into()),
+            FetchError::Local(StateError::Io { ref source, .. }) if wait::is_no_space(source) => {
+                let needed = work.length.saturating_sub(watch.done());
+                let mut w = wait::no_space(slots.dir(), needed.max(1), wait::free_bytes(slots.dir()));
+                w.reason = format!("{}: {}", w.reason, chain(&e));
+                Stop::Wait(w)
+            }
+            FetchError::Local(e @ StateError::Io { .. }) => wait_for(WaitClass::Disk, chain(&e)),
+            FetchError::Local(e) => return Err(e),
+            FetchError::Worker(_) => wait_for(WaitClass::Disk, chain(&e)),
+            FetchError::Status { .. } | FetchError::BadRange { .. } => wait_for(WaitClass::Server, chain(&e)),
+            FetchError::Request { .. }
+            | FetchError::NoHeaders { .. }
+            | FetchError::Stalled { .. }
+            | FetchError::Interrupted { .. }
+            | FetchError::TooSlow { .. }
+            | FetchError::Ended { .. } => wait_for(WaitClass::Network, chain(&e)),
+        };
+        Ok(Err(stop))
     }
 
     async fn probe_and_finish(
@@ -555,10 +909,13 @@ impl Agent {
     ) -> Result<(), StateError> {
         self.queue(cfg, &work, DeviceState::Probing, None)?;
         self.deliver().await;
-        let outcome = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.http, || {
+        let probing = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.http, || {
             self.crash("during-probe")
-        })
-        .await;
+        });
+        // A long initial delay is progress, not silence. The answer does not stop a probe: a
+        // device past its download finishes on its own, even in a paused rollout.
+        let progress = || self.progress(cfg, &work, DeviceState::Probing, work.length);
+        let outcome = self.heartbeat.during(probing, progress, |_| {}).await;
         match outcome {
             ProbeOutcome::Healthy => {
                 let mut j = self.state.journal(&cfg.name)?;
@@ -567,7 +924,11 @@ impl Agent {
                 self.queue(cfg, &work, DeviceState::Succeeded, None)?;
                 let new = Installed { version: work.version.clone(), sha256: work.sha256 };
                 if j.active.as_ref() != Some(&new) {
-                    j.previous = j.active.take();
+                    // What ran before is in the previous slot now (unless nothing wavecast
+                    // installed was there: then the swap recorded what it kept).
+                    if let Some(old) = j.active.take() {
+                        j.previous = Some(old.into());
+                    }
                     j.active = Some(new);
                 }
                 j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
@@ -586,9 +947,28 @@ impl Agent {
         let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone() };
         self.state.save_journal(&cfg.name, &j)?;
+        // The swap put what `path` held in the previous slot: the active version, or (before
+        // wavecast's first install there) what the swap recorded.
+        let expected: Option<Previous> = match &j.active {
+            Some(a) => Some(a.clone().into()),
+            None => j.previous.clone(),
+        };
         let slots = Slots::new(&cfg.path);
-        slots.restore_previous()?;
-        tracing::warn!(artifact = %cfg.name, version = %work.version, %reason, "rolled back to the previous version");
+        let reason = match slots.restore(expected.as_ref())? {
+            Restore::Done | Restore::Removed => {
+                j.previous = expected;
+                tracing::warn!(artifact = %cfg.name, version = %work.version, %reason, "rolled back to the previous version");
+                reason
+            }
+            trouble => {
+                // Wrong bytes are never put back: the failed version stays where it is, and
+                // the journal says so.
+                let why = restore_trouble(&trouble, expected.as_ref());
+                tracing::error!(artifact = %cfg.name, version = %work.version, %reason, %why, "could not roll back");
+                j.active = Some(Installed { version: work.version.clone(), sha256: work.sha256 });
+                format!("{reason}; rolling back was refused: {why}; {} stays in place", work.version)
+            }
+        };
         self.finish_failed(cfg, work, reason, j)
     }
 
@@ -616,6 +996,9 @@ impl Agent {
         self.state.save_journal(&cfg.name, &j)
     }
 
+    /// Undoes `version` for an aborted rollout: puts the previous version back when there is
+    /// one and its bytes are intact (`reverted`), or says why not (`revert_skipped`). The
+    /// report states only what happened.
     async fn revert(
         &mut self,
         cfg: &ArtifactConfig,
@@ -624,17 +1007,42 @@ impl Agent {
     ) -> Result<(), StateError> {
         let mut j = self.state.journal(&cfg.name)?;
         let slots = Slots::new(&cfg.path);
-        if j.active.as_ref().is_some_and(|a| a.version == *version) && j.previous.is_some() {
-            slots.restore_previous()?;
-            j.active = j.previous.clone();
-            tracing::info!(artifact = %cfg.name, undone = %version, "reverted to the previous version");
+        let (state, reason) = match j.active.clone() {
+            Some(active) if active.version == *version => match j.previous.clone() {
+                None => (
+                    DeviceState::RevertSkipped,
+                    Some(format!(
+                        "{version} was the first version installed here and replaced no file; nothing to go back to, so it stays"
+                    )),
+                ),
+                Some(p) if p.sha256 == active.sha256 => {
+                    (DeviceState::RevertSkipped, Some(format!("no version before {version} is kept here; it stays")))
+                }
+                Some(p) => match slots.restore(Some(&p))? {
+                    Restore::Done | Restore::Removed => {
+                        j.active = p.installed();
+                        tracing::info!(artifact = %cfg.name, undone = %version, to = %p.version, "reverted to the previous version");
+                        (DeviceState::Reverted, None)
+                    }
+                    trouble => (
+                        DeviceState::RevertSkipped,
+                        Some(format!("{}; {version} stays", restore_trouble(&trouble, Some(&p)))),
+                    ),
+                },
+            },
+            // Never put in place here, or already rolled back: the device runs what it ran
+            // before the rollout.
+            _ => (DeviceState::Reverted, Some(format!("{version} is not in place on this device; nothing to undo"))),
+        };
+        if let Some(r) = &reason {
+            tracing::warn!(artifact = %cfg.name, %version, state = %state, reason = %r, "revert");
         }
-        let r = self.report(rollout_id, cfg.name.as_str(), &version.to_string(), DeviceState::Reverted, None);
+        let r = self.report(rollout_id, cfg.name.as_str(), &version.to_string(), state, reason.clone());
         self.state.push_report(&r)?;
         j.reverted.push(rollout_id.to_owned());
         j.last_outcome = Some(Outcome {
-            state: DeviceState::Reverted,
-            reason: None,
+            state,
+            reason,
             rollout_id: rollout_id.to_owned(),
             version: version.clone(),
             at_ms: clock::now_ms(),
@@ -658,21 +1066,20 @@ impl Agent {
         let Ok(url) = self.config.server.join("device/v1/reports") else { return };
         for chunk in pending.chunks(wavecast_core::assignment::MAX_REPORTS_PER_BATCH) {
             let batch = ReportBatch { reports: chunk.to_vec(), active: active.clone() };
-            let sent = self
+            let req = self
                 .http
                 .post(url.clone())
                 .bearer_auth(&self.identity.credential)
                 .timeout(Duration::from_secs(30))
-                .json(&batch)
-                .send()
-                .await;
+                .json(&batch);
+            let sent = net::exchange(req, &url, MAX_ANSWER_BYTES, self.config.download.stall_timeout).await;
             let ack: ReportAck = match sent {
-                Ok(r) if r.status().is_success() => match r.json().await {
+                Ok((status, body)) if status.is_success() => match serde_json::from_slice(&body) {
                     Ok(a) => a,
                     Err(e) => return tracing::warn!(error = %e, "unreadable report acknowledgement; will resend"),
                 },
-                Ok(r) => return tracing::warn!(status = %r.status(), "the server refused reports; will resend"),
-                Err(e) => return tracing::debug!(error = %e, "server unreachable; reports stay queued"),
+                Ok((status, _)) => return tracing::warn!(%status, "the server refused reports; will resend"),
+                Err(e) => return tracing::debug!(error = %chain(&e), "server unreachable; reports stay queued"),
             };
             if let Err(e) = self.state.remove_reports(&ack.acked) {
                 tracing::error!(error = %chain(&e), "clearing delivered reports failed");
@@ -689,6 +1096,20 @@ impl Agent {
             }
         }
         out
+    }
+}
+
+/// Why a restore did not happen, for the report.
+fn restore_trouble(trouble: &Restore, expected: Option<&Previous>) -> String {
+    let what =
+        expected.map_or_else(|| "the previous version".to_owned(), |p| format!("the previous version ({})", p.version));
+    match trouble {
+        Restore::Missing => format!("{what} is no longer kept as a regular file next to the application's"),
+        Restore::Wrong { found } => format!(
+            "the previous-version file holds sha256 {found}, not {what}'s {}; wrong bytes are never put back",
+            expected.map_or_else(String::new, |p| p.sha256.to_string())
+        ),
+        Restore::Done | Restore::Removed => String::new(),
     }
 }
 
@@ -719,15 +1140,14 @@ async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity
     };
     let token = config.enrollment_token.as_ref().ok_or_else(|| fail(EnrollError::NoToken))?;
     let url = config.server.join("device/v1/enroll").map_err(|e| fail(EnrollError::Url(e)))?;
-    let resp = http
-        .post(url)
+    let req = http
+        .post(url.clone())
         .timeout(Duration::from_secs(30))
-        .json(&serde_json::json!({ "token": token.expose(), "name": config.device_name, "hardware": config.hardware }))
-        .send()
+        .json(&serde_json::json!({ "token": token.expose(), "name": config.device_name, "hardware": config.hardware }));
+    let (status, body) = net::exchange(req, &url, MAX_ANSWER_BYTES, config.download.stall_timeout)
         .await
-        .map_err(|e| fail(EnrollError::Request(e)))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        .map_err(|e| fail(EnrollError::Request(Box::new(e))))?;
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
         let message = body["error"]["message"].as_str().unwrap_or("no reason given").to_owned();
         return Err(fail(EnrollError::Refused { status, message }));

@@ -92,6 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => println!("  active    none installed by wavecast yet"),
                 }
                 match &a.previous {
+                    Some(p) if p.installed().is_none() => {
+                        println!("  previous  the file there before wavecast's first install  sha256 {}", p.sha256)
+                    }
                     Some(p) => println!("  previous  {}", p.version),
                     None => println!("  previous  none"),
                 }

@@ -75,6 +75,9 @@ struct RawConfig {
     artifacts: Vec<RawArtifact>,
     #[serde(default)]
     probes: BTreeMap<String, PathBuf>,
+    max_assignment_bytes: Option<u64>,
+    #[serde(default)]
+    artifact_dirs_writable_by_others: SharedDirs,
 }
 
 fn default_poll() -> String {
@@ -105,12 +108,32 @@ pub struct ArtifactConfig {
 }
 
 /// Download speed guard: abort when slower than `min_bytes_per_sec` over `stall_timeout`.
+/// `stall_timeout` also bounds every other wait on the network: for response headers, and for
+/// the next bytes of any body (a timer on silence, never on a whole download's duration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DownloadPolicy {
     /// The floor.
     pub min_bytes_per_sec: u64,
-    /// The window over which the floor applies.
+    /// The window over which the floor applies, and the longest silence tolerated.
     pub stall_timeout: Duration,
+}
+
+/// The default cap on an assignment doc: a doc names a few artifacts per device, so a
+/// megabyte is generous, and a server sending more is broken or hostile.
+pub const DEFAULT_MAX_ASSIGNMENT_BYTES: u64 = 1 << 20;
+
+/// Whether the agent writes into an artifact directory that users other than its own can write
+/// to. Its partial, staging and previous-version files have predictable names there, so another
+/// user could plant links at them; the agent opens them without following links either way, and
+/// by default does not write there at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedDirs {
+    /// Refuse such a directory (the default): the install waits, naming the directory.
+    #[default]
+    Refuse,
+    /// Write there anyway, because agent.toml says so explicitly.
+    Allow,
 }
 
 impl Default for DownloadPolicy {
@@ -144,8 +167,13 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// This device's client certificate and key (PEM), for servers that require mTLS.
     pub client_identity: Option<(PathBuf, PathBuf)>,
-    /// Download speed guard.
+    /// Download speed guard, and the longest network silence tolerated.
     pub download: DownloadPolicy,
+    /// The largest assignment doc read from the server (`max_assignment_bytes`, default 1 MiB).
+    pub max_assignment_bytes: u64,
+    /// Whether artifact directories writable by other users are written to
+    /// (`artifact_dirs_writable_by_others = "refuse" | "allow"`, default `"refuse"`).
+    pub shared_dirs: SharedDirs,
     /// The artifacts this device runs.
     pub artifacts: Vec<ArtifactConfig>,
     /// The exec-probe allowlist: name → absolute path.
@@ -233,6 +261,10 @@ impl AgentConfig {
                 return Err(invalid("download.stall_timeout", "must be more than zero".into()));
             }
         }
+        let max_assignment_bytes = raw.max_assignment_bytes.unwrap_or(DEFAULT_MAX_ASSIGNMENT_BYTES);
+        if max_assignment_bytes < 4096 {
+            return Err(invalid("max_assignment_bytes", "must be at least 4096".into()));
+        }
         if raw.artifacts.is_empty() {
             return Err(invalid("artifacts", "list at least one [[artifacts]] entry (name and path)".into()));
         }
@@ -272,6 +304,8 @@ impl AgentConfig {
             ca_file: raw.ca_file,
             client_identity,
             download,
+            max_assignment_bytes,
+            shared_dirs: raw.artifact_dirs_writable_by_others,
             artifacts,
             probes: raw.probes,
             crash_at: None,
@@ -317,6 +351,14 @@ mod tests {
         let cfg = AgentConfig::parse(Path::new("agent.toml"), &good).unwrap();
         assert_eq!(cfg.poll_interval, Duration::from_secs(30), "the default poll interval");
         assert_eq!(cfg.artifacts[0].name.as_str(), "yolo");
+        assert_eq!(cfg.shared_dirs, SharedDirs::Refuse, "shared artifact directories are refused by default");
+        assert_eq!(cfg.max_assignment_bytes, DEFAULT_MAX_ASSIGNMENT_BYTES);
+        let shared = good.replacen(
+            "hardware = \"jetson\"",
+            "hardware = \"jetson\"\nartifact_dirs_writable_by_others = \"allow\"",
+            1,
+        );
+        assert_eq!(AgentConfig::parse(Path::new("agent.toml"), &shared).unwrap().shared_dirs, SharedDirs::Allow);
 
         // (edit of the good file, the key the error must name, words it must contain)
         let cases: &[(&str, &str, &str, &str)] = &[
@@ -333,6 +375,18 @@ mod tests {
                 "hardware = \"jetson\"\nenrollment_token = \"wct_123\"",
                 "`enrollment_token`",
                 "not an enrollment token",
+            ),
+            (
+                "hardware = \"jetson\"",
+                "hardware = \"jetson\"\nmax_assignment_bytes = 10",
+                "`max_assignment_bytes`",
+                "at least 4096",
+            ),
+            (
+                "hardware = \"jetson\"",
+                "hardware = \"jetson\"\nartifact_dirs_writable_by_others = \"yes\"",
+                "artifact_dirs_writable_by_others",
+                "unknown variant",
             ),
             (
                 "hardware = \"jetson\"",

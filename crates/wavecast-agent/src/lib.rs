@@ -8,18 +8,23 @@
 //!
 //! [`config`] reads `agent.toml`; [`agent`] is the loop; [`director`] reads and checks the signed
 //! assignment doc; [`fetch`], [`tuf`], [`swap`] and [`probe`] are its steps; [`state`] is
-//! everything kept on disk; [`cli`] is the binary.
+//! everything kept on disk; [`cli`] is the binary. [`net`] bounds every network read,
+//! [`heartbeat`] tells the server a long step is progress, and [`wait`] decides what is waited
+//! out rather than refused.
 
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod director;
 pub mod fetch;
+pub mod heartbeat;
+pub mod net;
 pub mod probe;
 pub mod state;
 pub mod status;
 pub mod swap;
 pub mod tuf;
+pub mod wait;
 
 pub use agent::Agent;
 pub use config::AgentConfig;

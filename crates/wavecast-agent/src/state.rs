@@ -105,6 +105,69 @@ pub struct Installed {
     pub sha256: Sha256Digest,
 }
 
+/// What the previous-version file next to an artifact's path holds: a version wavecast
+/// installed, or the file that was at the path before wavecast's first install there (a
+/// factory model, say), which a revert puts back like any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previous {
+    /// Which version; [`Kept::Unmanaged`] for a file wavecast did not install.
+    pub version: Kept,
+    /// SHA-256 of the file, checked again before it is put back.
+    pub sha256: Sha256Digest,
+}
+
+impl From<Installed> for Previous {
+    fn from(i: Installed) -> Self {
+        Self { version: Kept::Managed(i.version), sha256: i.sha256 }
+    }
+}
+
+impl Previous {
+    /// The installed version, when wavecast installed it.
+    pub fn installed(&self) -> Option<Installed> {
+        match &self.version {
+            Kept::Managed(v) => Some(Installed { version: v.clone(), sha256: self.sha256 }),
+            Kept::Unmanaged => None,
+        }
+    }
+}
+
+/// The version of a kept file. Written as the version string, or `"unmanaged"` (which is not a
+/// semantic version, so it can never be mistaken for one), so journals written before this
+/// variant existed read unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Kept {
+    /// A version wavecast installed.
+    Managed(ArtifactVersion),
+    /// The file at the path before wavecast's first install.
+    Unmanaged,
+}
+
+const UNMANAGED: &str = "unmanaged";
+
+impl TryFrom<String> for Kept {
+    type Error = wavecast_core::name::NameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s == UNMANAGED { Ok(Kept::Unmanaged) } else { ArtifactVersion::new(&s).map(Kept::Managed) }
+    }
+}
+
+impl From<Kept> for String {
+    fn from(k: Kept) -> String {
+        k.to_string()
+    }
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::Managed(v) => v.fmt(f),
+            Kept::Unmanaged => f.write_str(UNMANAGED),
+        }
+    }
+}
+
 /// What the agent is in the middle of for one artifact. Written before each step starts, so
 /// a restarted agent knows where it was.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,8 +253,8 @@ pub struct Refused {
 pub struct Journal {
     /// What `path` holds and the application runs.
     pub active: Option<Installed>,
-    /// What the previous-version file next to `path` holds.
-    pub previous: Option<Installed>,
+    /// What the previous-version file next to `path` holds (none: nothing is kept).
+    pub previous: Option<Previous>,
     /// Work in progress.
     #[serde(default)]
     pub phase: Phase,
@@ -395,6 +458,20 @@ mod tests {
         assert!(j.refused("r-1", &"33".repeat(32).parse().unwrap()));
         state.save_journal(&name, &j).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("artifacts/model.json")).unwrap(), JOURNAL);
+    }
+
+    #[test]
+    fn a_kept_file_reads_as_a_version_or_as_unmanaged() {
+        let sha = "44".repeat(32);
+        let old = format!(r#"{{"version":"1.0.0","sha256":"{sha}"}}"#);
+        let p: Previous = serde_json::from_str(&old).unwrap();
+        assert_eq!(p.version, Kept::Managed(ArtifactVersion::new("1.0.0").unwrap()));
+        assert_eq!(serde_json::to_string(&p).unwrap(), old, "written as before");
+        let unmanaged = format!(r#"{{"version":"unmanaged","sha256":"{sha}"}}"#);
+        let p: Previous = serde_json::from_str(&unmanaged).unwrap();
+        assert_eq!((p.version.clone(), p.installed()), (Kept::Unmanaged, None));
+        assert_eq!(serde_json::to_string(&p).unwrap(), unmanaged);
+        assert!(serde_json::from_str::<Previous>(&old.replace("1.0.0", "managed")).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::config::AgentConfig;
-use crate::state::{Installed, Outcome, Phase, StateDir, StateError};
+use crate::state::{Installed, Outcome, Phase, Previous, StateDir, StateError};
 
 /// One artifact's status.
 #[derive(Debug, Clone, Serialize)]
@@ -15,8 +15,8 @@ pub struct ArtifactStatus {
     pub path: String,
     /// What runs now.
     pub active: Option<Installed>,
-    /// The version kept for rollback.
-    pub previous: Option<Installed>,
+    /// The version kept for rollback (`unmanaged`: the file that was there before wavecast).
+    pub previous: Option<Previous>,
     /// Work in progress, if any.
     pub in_progress: Option<String>,
     /// The last outcome.
@@ -40,8 +40,9 @@ pub fn read(config: &AgentConfig) -> Result<Vec<ArtifactStatus>, StateError> {
             Phase::Reverting { version, .. } => Some(format!("reverting {version}")),
         };
         // The active version is the one that last passed its probe (a failed version is
-        // rolled back), so an idle artifact with an active version is healthy.
-        let healthy = j.active.is_some() && j.phase == Phase::Idle;
+        // rolled back), so an artifact with an active version is healthy while nothing new is
+        // in place: idle, or with a new version still on its way (not swapped in yet).
+        let healthy = j.active.is_some() && matches!(j.phase, Phase::Idle | Phase::Installing { .. });
         out.push(ArtifactStatus {
             name: a.name.to_string(),
             path: a.path.display().to_string(),

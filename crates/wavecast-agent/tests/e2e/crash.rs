@@ -143,3 +143,39 @@ async fn a_version_whose_probe_keeps_killing_the_agent_is_given_up_and_rolled_ba
     assert_eq!(agent.log_text().matches("test hook: killing the agent").count(), 3);
     assert_eq!(env.outcome_events(&agent.name, &id).await.len(), 1);
 }
+
+/// kill -9 across an abort: the agent dies mid-download, the rollout is aborted (keep) while
+/// it is down, and the restarted agent does not install: the journaled work no longer stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_killed_mid_download_and_aborted_while_down_is_dropped() {
+    let env = Env::new().await;
+    let ok = script(&env.probes_dir(), "ok", "exit 0");
+    let mut agent = env.start_agent("dev-1", &[("ok", ok)], None).await;
+    let v1 = blob("v1", 64 * 1024);
+    let (_, e) = update(&env, &agent, "1.0.0", &v1, &Probe::new("exec:ok")).await;
+    assert_succeeded(&e, &agent);
+    agent.stop().await;
+
+    let size = 4 << 20;
+    env.publish("model@2.0.0", &blob("v2", size), None).await;
+    let id = env.rollout("model@2.0.0", &Probe::new("exec:ok")).await;
+    agent.start_with(Some("mid-download"));
+    agent.wait_killed().await;
+    assert_eq!(agent.journal()["phase"]["phase"], "installing");
+    assert_eq!(agent.partials().len(), 1, "killed with part of v2 on disk");
+
+    env.abort(&id, "keep").await;
+    agent.start();
+    wait!(
+        "the restarted agent to drop the install",
+        agent,
+        agent.journal()["phase"]["phase"] == "idle" && agent.log_text().contains("install dropped")
+    );
+    tokio::time::sleep(POLL * 8).await;
+    assert_eq!(agent.sha(), Some(sha_hex(&v1)), "v2 was installed after the abort");
+    assert_eq!(agent.journal()["phase"]["phase"], "idle");
+    assert_ne!(agent.journal()["last_outcome"]["rollout_id"], id.as_str());
+    assert!(env.outcome_events(&agent.name, &id).await.is_empty());
+    assert!(agent.log_text().matches("test hook: killing").count() == 1);
+    assert!(!agent.log_text().contains("installed and healthy artifact=model version=2.0.0"));
+}

@@ -62,6 +62,8 @@ async fn installs_then_rolls_back_a_failing_version_by_itself_and_never_retries_
     let reason = assert_failed(&e2, &["probe failed", "exec:broken", "status 4", "tensor shape mismatch"], &agent);
     assert_eq!(agent.sha(), Some(sha_hex(&v1)), "rolled back: the file holds v1's bytes again");
     assert_eq!(agent.previous_sha(), Some(sha_hex(&v1)));
+    // The journal says what the previous slot holds, as the disk does.
+    assert_eq!(agent.journal()["previous"]["sha256"], sha_hex(&v1));
     let st = agent.status();
     assert_eq!(st["active"]["version"], "1.0.0", "{st}");
     assert_eq!(st["healthy"], true, "v1 runs again and is healthy: {st}");

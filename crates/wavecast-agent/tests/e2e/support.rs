@@ -24,7 +24,7 @@ pub const WAIT: Duration = Duration::from_secs(45);
 /// The agents' poll interval.
 pub const POLL: Duration = Duration::from_millis(200);
 /// Device states that end a device's part in a rollout.
-pub const FINAL: &[&str] = &["succeeded", "failed", "timed_out", "unreachable", "reverted"];
+pub const FINAL: &[&str] = &["succeeded", "failed", "timed_out", "unreachable", "reverted", "revert_skipped"];
 
 /// Waits until `$cond` (which may `.await`) holds, or panics naming `$what` with the agent's
 /// log tail.
@@ -306,25 +306,35 @@ impl Env {
 
     /// Creates a one-wave rollout of `target` to the group; returns its id.
     pub async fn rollout(&self, target: &str, probe: &Probe) -> String {
-        let v = self
-            .api(
-                "POST",
-                "/api/v1/rollouts",
-                Some(json!({
-                    "artifact": target,
-                    "group": self.group,
-                    "waves": [100],
-                    "probe": probe.spec,
-                    "probe_timeout_ms": probe.timeout_ms,
-                    "probe_attempts": probe.attempts,
-                    "probe_interval_ms": probe.interval_ms,
-                    "probe_initial_delay_ms": probe.initial_delay_ms,
-                    "halt_after": 1,
-                    "device_timeout_ms": 300_000,
-                })),
-            )
-            .await;
+        self.rollout_with(target, probe, json!({})).await
+    }
+
+    /// [`Env::rollout`] with some of the request's fields set otherwise (`extra` wins).
+    pub async fn rollout_with(&self, target: &str, probe: &Probe, extra: Value) -> String {
+        let mut body = json!({
+            "artifact": target,
+            "group": self.group,
+            "waves": [100],
+            "probe": probe.spec,
+            "probe_timeout_ms": probe.timeout_ms,
+            "probe_attempts": probe.attempts,
+            "probe_interval_ms": probe.interval_ms,
+            "probe_initial_delay_ms": probe.initial_delay_ms,
+            "halt_after": 1,
+            "device_timeout_ms": 300_000,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let v = self.api("POST", "/api/v1/rollouts", Some(body)).await;
         v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Aborts rollout `id`, keeping or reverting (`mode`).
+    pub async fn abort(&self, id: &str, mode: &str) {
+        self.api("POST", &format!("/api/v1/rollouts/{id}/abort"), Some(json!({ "mode": mode }))).await;
     }
 
     pub async fn rollout_view(&self, id: &str) -> Value {
@@ -431,6 +441,8 @@ pub struct Agent {
     pub log: PathBuf,
     /// Prepended to the agent's PATH (a directory holding probe binaries that are NOT allowed).
     pub extra_path: Option<PathBuf>,
+    /// More environment for the agent process (a fake clock, say).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -463,7 +475,17 @@ impl Agent {
         );
         std::fs::write(&config, toml).unwrap();
         let log = dir.join("agent.log");
-        Self { name: name.to_owned(), dir, config, state_dir, path, log, extra_path: None, child: None }
+        Self {
+            name: name.to_owned(),
+            dir,
+            config,
+            state_dir,
+            path,
+            log,
+            extra_path: None,
+            env: Vec::new(),
+            child: None,
+        }
     }
 
     /// Starts `wavecast-agent run` (after stopping a running one).
@@ -489,6 +511,9 @@ impl Agent {
         if let Some(extra) = &self.extra_path {
             let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
             cmd.env("PATH", format!("{}:{path}", extra.display()));
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         self.child = Some(cmd.spawn().expect("spawning wavecast-agent"));
@@ -518,6 +543,21 @@ impl Agent {
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         let status = self.wait_exit(Duration::from_secs(15)).await;
         assert!(status.success(), "agent exited with {status} after SIGTERM\n{}", self.log_tail());
+    }
+
+    /// Replaces `from` with `to` in agent.toml (takes effect at the next start).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "agent.toml has no {from:?}:\n{text}");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("agent not started").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM in kB")
     }
 
     /// Whether the process is still running.
