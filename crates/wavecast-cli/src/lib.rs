@@ -4,6 +4,24 @@
 //! values before doing anything, so a bad flag fails before any side effect. Errors travel as
 //! `anyhow` only here, at the binary's edge, and are printed with their whole chain.
 
+// This crate's `println!` and `print!`: the same as std's, except that a reader that went
+// away (`wavecast device list | head -1`) ends the command quietly with success instead of a
+// panic, as well-behaved command-line tools do. Defined before the modules so they all use it.
+macro_rules! println {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod client;
 mod cmd;
 mod demo;

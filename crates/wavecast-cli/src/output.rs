@@ -1,6 +1,22 @@
 //! Printing: aligned tables for people, JSON for programs.
 
+use std::io::Write as _;
+
 use serde::Serialize;
+
+/// Writes to stdout for the crate's `println!`/`print!`. A closed pipe means the reader has
+/// all it wants: the command ends with success, quietly. Any other write error ends it with a
+/// message and failure, since output was lost.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -195,7 +195,7 @@ pub enum OnlineSignError {
         role: &'static str,
         /// The cause.
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
 }
 
@@ -258,13 +258,13 @@ pub async fn sign_online(
     snapshot.meta.insert("targets.json".to_owned(), metafile(targets_bytes, plan.targets_version));
     let snapshot = SignedRole::new(snapshot, &holder, &[keys.snapshot.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "snapshot", source })?;
+        .map_err(|source| OnlineSignError::Sign { role: "snapshot", source: Box::new(source) })?;
     let mut timestamp =
         Timestamp::new(SPEC_VERSION.to_owned(), plan.timestamp_version, crate::whole_seconds(plan.timestamp_expires));
     timestamp.meta.insert("snapshot.json".to_owned(), metafile(snapshot.buffer(), plan.snapshot_version));
     let timestamp = SignedRole::new(timestamp, &holder, &[keys.timestamp.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "timestamp", source })?;
+        .map_err(|source| OnlineSignError::Sign { role: "timestamp", source: Box::new(source) })?;
     Ok(OnlineSigned { snapshot: snapshot.buffer().clone(), timestamp: timestamp.buffer().clone() })
 }
 
@@ -277,6 +277,6 @@ pub async fn initial_targets(
     let targets = Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, crate::whole_seconds(expires));
     let signed = SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "targets", source })?;
+        .map_err(|source| OnlineSignError::Sign { role: "targets", source: Box::new(source) })?;
     Ok(signed.buffer().clone())
 }

@@ -12,6 +12,7 @@ use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
 mod limits;
+mod pipes;
 mod publish;
 mod rollouts;
 
