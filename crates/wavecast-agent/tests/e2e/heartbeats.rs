@@ -3,9 +3,8 @@
 //! the device is never timed out, the rollout never pauses, and the operator sees progress;
 //! a pause stops a download at a chunk boundary and a resume continues from the partial file.
 //!
-//! Most need the server's half of issue 10 (`POST /device/v1/progress`, the silence rules),
-//! so they are ignored until both halves are merged; the agent's own half of a stop and a
-//! resume is tested here against an attacker proxy playing the server's answers.
+//! The agent's own half of a stop and a resume is also tested against an attacker proxy that
+//! plays the server's answers.
 
 use std::net::SocketAddr;
 
@@ -32,7 +31,6 @@ fn server_addr(env: &Env) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs h10-server: POST /device/v1/progress and silence measured from heartbeats"]
 async fn a_download_three_device_timeouts_long_completes_and_shows_progress() {
     let env = Env::new().await;
     let rate = 64 * 1024;
@@ -74,7 +72,6 @@ async fn a_download_three_device_timeouts_long_completes_and_shows_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs h10-server: POST /device/v1/progress answering proceed=false in a paused rollout"]
 async fn a_pause_stops_a_download_that_a_resume_continues_from_its_partial_file() {
     let env = Env::new().await;
     // The canary fails after a few seconds (and halts the rollout) while the other device is
@@ -115,7 +112,6 @@ async fn a_pause_stops_a_download_that_a_resume_continues_from_its_partial_file(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs h10-server: POST /device/v1/progress and silence measured from heartbeats"]
 async fn a_long_probe_warm_up_is_progress_not_silence() {
     let env = Env::new().await;
     let ok = script(&env.probes_dir(), "ok", "exit 0");

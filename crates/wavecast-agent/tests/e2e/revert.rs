@@ -107,7 +107,6 @@ async fn abort_with_revert_restores_what_was_there_or_says_there_was_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs h10-server: the server audits revert_skipped as device.revert_skipped"]
 async fn a_skipped_revert_is_audited_as_such() {
     let (env, devices, _offline, id, _, _) = first_installs_then_abort_with_revert().await;
     let audit = env.audit().await;

@@ -1,5 +1,6 @@
-//! Transient is not failure: expired metadata, a wrong clock, a server answering 404 or 403 or
-//! nothing, a full disk (the application's filesystem, or the metadata datastore). Each is
+//! Transient is not failure: expired metadata, a wrong clock (before the agent's build, or
+//! stepped back), a server answering 404 or 403 or nothing, a full disk (the application's
+//! filesystem, or the metadata datastore). Each is
 //! waited out with the reason told in heartbeats, and ends in a successful install once it
 //! clears, with no operator action and no counted failure. (Verification failures are still
 //! refused: `bad_artifacts`.)
@@ -107,6 +108,7 @@ enum Fault {
     SilentMetadata,
     FullAppDisk,
     FullDatastore,
+    ClockSteppedBack,
     ClockBeforeBuild,
 }
 
@@ -140,6 +142,7 @@ async fn transient_problems_are_waited_out_and_never_counted_as_failures() {
         ("the server sends headers and then nothing, then answers", Fault::SilentMetadata, "network"),
         ("the application's disk is full, then freed", Fault::FullAppDisk, "disk"),
         ("the metadata datastore is full, then freed", Fault::FullDatastore, "disk"),
+        ("the clock is behind what tough saw last, then catches up", Fault::ClockSteppedBack, "clock"),
         ("the clock reads 2020, then is set", Fault::ClockBeforeBuild, "clock"),
     ];
     let mut reasons: Vec<(&str, String)> = Vec::new();
@@ -170,6 +173,10 @@ async fn transient_problems_are_waited_out_and_never_counted_as_failures() {
                     std::fs::remove_file(e.path()).unwrap();
                 }
                 filler = Some(tuf_fs.fill(0));
+            }
+            Fault::ClockSteppedBack => {
+                // As if the clock had read 2099 at the last check and was set back since.
+                std::fs::write(tuf_fs.0.join("latest_known_time.json"), "\"2099-01-01T00:00:00Z\"").unwrap();
             }
             Fault::ClockBeforeBuild => {
                 agent.stop().await;
@@ -205,8 +212,10 @@ async fn transient_problems_are_waited_out_and_never_counted_as_failures() {
         if let Some(f) = filler {
             std::fs::remove_file(f).unwrap();
         }
-        if matches!(fault, Fault::ClockBeforeBuild) {
-            std::fs::write(&clock_file, "+0").unwrap();
+        match fault {
+            Fault::ClockBeforeBuild => std::fs::write(&clock_file, "+0").unwrap(),
+            Fault::ClockSteppedBack => std::fs::remove_file(tuf_fs.0.join("latest_known_time.json")).unwrap(),
+            _ => {}
         }
         let entry = env.wait_final(&agent, &id).await;
         assert_succeeded(&entry, &agent);
