@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 use sha2::Digest as _;
 use tokio::time::Instant;
 use wavecast_core::assignment::{Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch};
-use wavecast_core::probe::ProbeKind;
 use wavecast_core::progress::{Progress, WaitClass, Waiting};
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_os::clock;
@@ -159,6 +158,8 @@ pub struct Agent {
     config: AgentConfig,
     state: StateDir,
     http: reqwest::Client,
+    /// For HTTP probes: redirects only to listed hosts.
+    probe_http: reqwest::Client,
     identity: Identity,
     etag: Option<String>,
     assignments: Vec<Assignment>,
@@ -175,6 +176,20 @@ pub struct Agent {
 
 /// Builds the HTTP client, trusting only `ca_file` when one is configured.
 pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> {
+    client_builder(config)?.build().map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
+}
+
+/// Builds the client HTTP probes use: redirects only to listed hosts, and no proxy, so the
+/// only connections a probe makes are to hosts agent.toml lists.
+pub fn probe_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> {
+    client_builder(config)?
+        .redirect(probe::redirect_policy(config.probes.http_hosts.clone()))
+        .no_proxy()
+        .build()
+        .map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
+}
+
+fn client_builder(config: &AgentConfig) -> Result<reqwest::ClientBuilder, AgentError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .user_agent(concat!("wavecast-agent/", env!("CARGO_PKG_VERSION")));
@@ -195,7 +210,7 @@ pub fn http_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError> 
         })?;
         b = b.identity(identity);
     }
-    b.build().map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
+    Ok(b)
 }
 
 impl Agent {
@@ -203,6 +218,7 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let state = StateDir::open(&config.state_dir)?;
         let http = http_client(&config)?;
+        let probe_http = probe_client(&config)?;
         let identity = match state.identity()? {
             Some(id) => id,
             None => {
@@ -218,6 +234,7 @@ impl Agent {
             config,
             state,
             http,
+            probe_http,
             identity,
             etag: None,
             assignments: Vec::new(),
@@ -712,8 +729,9 @@ impl Agent {
         }
         let slots = Slots::new(&cfg.path);
         self.queue(cfg, &work, DeviceState::Installing, None)?;
-        if let ProbeKind::File { path } = &work.probe.kind {
-            // A readiness file left from the old version must not pass the new one's probe.
+        if let Ok(probe::Resolved::File { path, .. }) = probe::resolve(&work.probe.kind, &self.config.probes) {
+            // A readiness file left from the old version must not pass the new one's probe. Only
+            // a file the device lists is ever removed.
             let _ = std::fs::remove_file(path);
         }
         let mut j = self.state.journal(&cfg.name)?;
@@ -732,6 +750,11 @@ impl Agent {
     /// Everything before the swap. The outer error is local trouble the agent cannot wait out
     /// (its own state unreadable); the inner says whether to wait, refuse or stop.
     async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
+        // A probe naming what this device does not list could never pass: refused before
+        // anything is downloaded or swapped.
+        if let Err(reason) = probe::resolve(&work.probe.kind, &self.config.probes) {
+            return Ok(Err(Stop::Refuse(format!("probe could not run: {reason}"))));
+        }
         let slots = Slots::new(&cfg.path);
         if let Err(e) = slots.prepare() {
             return Ok(Err(wait_for(WaitClass::Disk, chain(&e))));
@@ -909,7 +932,7 @@ impl Agent {
     ) -> Result<(), StateError> {
         self.queue(cfg, &work, DeviceState::Probing, None)?;
         self.deliver().await;
-        let probing = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.http, || {
+        let probing = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.probe_http, || {
             self.crash("during-probe")
         });
         // A long initial delay is progress, not silence. The answer does not stop a probe: a

@@ -12,6 +12,8 @@ use wavecast_core::duration::parse_duration;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{ArtifactName, DeviceName};
 
+use crate::probe::{Allowlist, HttpHosts};
+
 /// Errors reading `agent.toml`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -75,6 +77,10 @@ struct RawConfig {
     artifacts: Vec<RawArtifact>,
     #[serde(default)]
     probes: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    readiness_files: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    http_probes: RawHttpProbes,
     max_assignment_bytes: Option<u64>,
     #[serde(default)]
     artifact_dirs_writable_by_others: SharedDirs,
@@ -89,6 +95,12 @@ fn default_poll() -> String {
 struct RawDownload {
     min_bytes_per_sec: Option<u64>,
     stall_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpProbes {
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,8 +188,10 @@ pub struct AgentConfig {
     pub shared_dirs: SharedDirs,
     /// The artifacts this device runs.
     pub artifacts: Vec<ArtifactConfig>,
-    /// The exec-probe allowlist: name → absolute path.
-    pub probes: BTreeMap<String, PathBuf>,
+    /// What a rollout's probe may use: the exec allowlist (`[probes]`, name → binary), the
+    /// readiness files (`[readiness_files]`, name → file) and the hosts HTTP probes may ask
+    /// (`[http_probes] hosts`, loopback by default).
+    pub probes: Allowlist,
     /// Test builds only: a step at which the agent kills itself with SIGKILL.
     pub crash_at: Option<String>,
 }
@@ -291,6 +305,19 @@ impl AgentConfig {
                 .map_err(|e| unparsable(&format!("probes.{name}"), e.into()))?;
             absolute(&format!("probes.{name}"), p)?;
         }
+        for (name, p) in &raw.readiness_files {
+            let key = format!("readiness_files.{name}");
+            wavecast_core::name::validate("readiness file", name).map_err(|e| unparsable(&key, e.into()))?;
+            absolute(&key, p)?;
+            // The agent removes a readiness file before each swap: never an artifact's own file.
+            if artifacts.iter().any(|a| a.path == *p) {
+                return Err(invalid(&key, format!("{} is an artifact's path", p.display())));
+            }
+        }
+        let http_hosts = match &raw.http_probes.hosts {
+            None => HttpHosts::loopback(),
+            Some(hosts) => HttpHosts::parse(hosts).map_err(|e| unparsable("http_probes.hosts", e.into()))?,
+        };
         Ok(Self {
             server,
             state_dir: raw.state_dir,
@@ -307,7 +334,7 @@ impl AgentConfig {
             max_assignment_bytes,
             shared_dirs: raw.artifact_dirs_writable_by_others,
             artifacts,
-            probes: raw.probes,
+            probes: Allowlist { exec: raw.probes, readiness_files: raw.readiness_files, http_hosts },
             crash_at: None,
         })
     }
@@ -353,6 +380,14 @@ mod tests {
         assert_eq!(cfg.artifacts[0].name.as_str(), "yolo");
         assert_eq!(cfg.shared_dirs, SharedDirs::Refuse, "shared artifact directories are refused by default");
         assert_eq!(cfg.max_assignment_bytes, DEFAULT_MAX_ASSIGNMENT_BYTES);
+        assert_eq!(cfg.probes.http_hosts, HttpHosts::loopback(), "HTTP probes may ask this device only by default");
+        assert!(cfg.probes.readiness_files.is_empty(), "no readiness file unless listed");
+        let listed = format!(
+            "{good}[readiness_files]\nmodel-ready = \"/run/app/ready\"\n[http_probes]\nhosts = [\"infer.local\"]\n"
+        );
+        let cfg = AgentConfig::parse(Path::new("agent.toml"), &listed).unwrap();
+        assert_eq!(cfg.probes.readiness_files["model-ready"], Path::new("/run/app/ready"));
+        assert_eq!(cfg.probes.http_hosts, HttpHosts::parse(&["infer.local"]).unwrap());
         let shared = good.replacen(
             "hardware = \"jetson\"",
             "hardware = \"jetson\"\nartifact_dirs_writable_by_others = \"allow\"",
@@ -394,6 +429,21 @@ mod tests {
                 "`client_key`",
                 "must be too",
             ),
+            ("[probes]", "[readiness_files]\nready = \"run/ready\"\n[probes]", "`readiness_files.ready`", "absolute"),
+            ("[probes]", "[readiness_files]\n\"../x\" = \"/run/ready\"\n[probes]", "`readiness_files.../x`", "'/'"),
+            (
+                "[probes]",
+                "[readiness_files]\nmodel = \"/opt/m/yolo.onnx\"\n[probes]",
+                "`readiness_files.model`",
+                "an artifact's path",
+            ),
+            (
+                "[probes]",
+                "[http_probes]\nhosts = [\"localhost:8080\"]\n[probes]",
+                "`http_probes.hosts`",
+                "not a host name or IP address",
+            ),
+            ("[probes]", "[http_probes]\nhost = []\n[probes]", "host", "unknown field"),
         ];
         for (from, to, key, words) in cases {
             let text = good.replacen(from, to, 1);

@@ -1,8 +1,15 @@
-//! Health probes: exec (allowlisted binaries only, no shell), HTTP GET, readiness file.
+//! Health probes: exec (allowlisted binaries only, no shell), HTTP GET to a listed host, and
+//! a listed readiness file.
 //!
-//! "Could not run" — a name missing from the allowlist, a binary that cannot be started — is
-//! its own outcome, distinct from a probe that ran and said unhealthy. Both lead to rollback;
-//! the distinction is for the operator reading the reason.
+//! The device owner decides what a probe may touch, in agent.toml: `[probes]` names the
+//! binaries, `[readiness_files]` the files, `[http_probes] hosts` the hosts (loopback by
+//! default). A rollout's probe names an entry ([`resolve`] finds it, or says why not); a name or
+//! host that is not listed is refused before anything runs, any file is touched or any
+//! connection is made.
+//!
+//! "Could not run" — a name missing from a list, a binary that cannot be started — is its own
+//! outcome, distinct from a probe that ran and said unhealthy. Both lead to rollback; the
+//! distinction is for the operator reading the reason.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +18,140 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt as _;
 use wavecast_core::probe::{ProbeKind, ProbeSpec};
+
+/// The hosts an HTTP probe may ask when agent.toml lists none: this device only.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// What this device lets a rollout's probe use; read from agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowlist {
+    /// Exec probes: name → absolute path of the binary (`[probes]`).
+    pub exec: BTreeMap<String, PathBuf>,
+    /// File probes: name → absolute path of the readiness file (`[readiness_files]`). The
+    /// agent removes a listed file before each swap, so only the owner decides what it removes.
+    pub readiness_files: BTreeMap<String, PathBuf>,
+    /// The hosts HTTP probes may ask, redirects included (`[http_probes] hosts`).
+    pub http_hosts: HttpHosts,
+}
+
+/// The hosts HTTP probes may ask: domain names and IP addresses, compared with a URL's host
+/// after the URL parser has normalised it (lower case, IP literals in their canonical form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHosts(Vec<url::Host>);
+
+/// A host entry that is neither a domain name nor an IP address.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a host name or IP address (no scheme, port or path)")]
+pub struct BadHost(String);
+
+impl HttpHosts {
+    /// Parses host names and IP addresses (`::1` and `[::1]` alike).
+    pub fn parse<S: AsRef<str>>(hosts: &[S]) -> Result<Self, BadHost> {
+        let mut out = Vec::new();
+        for h in hosts {
+            let h = h.as_ref();
+            let bare = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+            let host = match bare.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => url::Host::Ipv4(ip),
+                Ok(std::net::IpAddr::V6(ip)) => url::Host::Ipv6(ip),
+                Err(_) => match url::Host::parse(h) {
+                    Ok(host @ url::Host::Domain(_)) if !h.is_empty() => host,
+                    _ => return Err(BadHost(h.to_owned())),
+                },
+            };
+            out.push(host);
+        }
+        Ok(Self(out))
+    }
+
+    /// `localhost`, `127.0.0.1` and `::1`.
+    pub fn loopback() -> Self {
+        Self::parse(&LOOPBACK_HOSTS).unwrap_or(Self(Vec::new()))
+    }
+
+    /// Whether `url` names a listed host.
+    pub fn allows(&self, url: &url::Url) -> bool {
+        url.host().is_some_and(|h| self.0.iter().any(|l| *l == h.to_owned()))
+    }
+}
+
+/// A probe resolved against the device's lists: what exactly it will run, ask or read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    /// Run `binary` (the allowlist's entry `name`) with `args`.
+    Exec {
+        /// The allowlist key.
+        name: &'a str,
+        /// Its binary.
+        binary: &'a Path,
+        /// Arguments before the artifact path.
+        args: &'a [String],
+    },
+    /// GET `url`, whose host is listed.
+    Http {
+        /// The URL.
+        url: url::Url,
+    },
+    /// Wait for the readiness file the device lists as `name`.
+    File {
+        /// The list's key.
+        name: &'a str,
+        /// Its path.
+        path: &'a Path,
+    },
+}
+
+/// Finds what `kind` names on the device's lists, touching nothing: the reason when it names
+/// something the device does not list.
+pub fn resolve<'a>(kind: &'a ProbeKind, allow: &'a Allowlist) -> Result<Resolved<'a>, String> {
+    match kind {
+        ProbeKind::Exec { name, args } => match allow.exec.get(name) {
+            Some(binary) => Ok(Resolved::Exec { name, binary, args }),
+            None => Err(format!(
+                "probe exec:{name} is not on this device's allowlist ([probes] in agent.toml); nothing was run"
+            )),
+        },
+        ProbeKind::File { name } => match allow.readiness_files.get(name) {
+            Some(path) => Ok(Resolved::File { name, path }),
+            None => Err(format!(
+                "probe file:{name} is not on this device's list of readiness files ([readiness_files] in agent.toml); \
+                 no file was touched"
+            )),
+        },
+        ProbeKind::Http { url: text } => {
+            let url = url::Url::parse(text)
+                .map_err(|e| format!("probe URL {text:?} is not a URL: {e}; nothing was requested"))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(format!("probe URL {url} is not http(s); nothing was requested"));
+            }
+            if !allow.http_hosts.allows(&url) {
+                return Err(format!(
+                    "probe {url} asks host {}, which is not on this device's list ([http_probes] hosts in agent.toml; \
+                     this device only by default); nothing was requested",
+                    url.host_str().unwrap_or_default()
+                ));
+            }
+            Ok(Resolved::Http { url })
+        }
+    }
+}
+
+/// The HTTP client's redirect rule for probes: follow (at most five) only to listed hosts, so a
+/// listed application cannot send the device anywhere else.
+pub fn redirect_policy(hosts: HttpHosts) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else if hosts.allows(attempt.url()) {
+            attempt.follow()
+        } else {
+            let host = attempt.url().host_str().unwrap_or_default().to_owned();
+            attempt.error(format!(
+                "a redirect to host {host}, which is not on this device's list ([http_probes] hosts in agent.toml); not followed"
+            ))
+        }
+    })
+}
 
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,24 +165,21 @@ pub enum ProbeOutcome {
 }
 
 /// Runs `spec` against the artifact at `artifact`. `swapped_at` is when the new file went in
-/// (a readiness file must be newer). `on_attempt` runs before each attempt (a test hook).
+/// (a readiness file must be newer). `http` is the probes' client (with
+/// [`redirect_policy`]). `on_attempt` runs before each attempt (a test hook).
 pub async fn run(
     spec: &ProbeSpec,
-    allowlist: &BTreeMap<String, PathBuf>,
+    allow: &Allowlist,
     artifact: &Path,
     swapped_at: SystemTime,
     http: &reqwest::Client,
     mut on_attempt: impl FnMut(),
 ) -> ProbeOutcome {
-    // Resolve exec probes before waiting: a name that is not allowed is refused at once and
-    // nothing runs.
-    if let ProbeKind::Exec { name, .. } = &spec.kind
-        && !allowlist.contains_key(name)
-    {
-        return ProbeOutcome::CouldNotRun(format!(
-            "probe exec:{name} is not on this device's allowlist ([probes] in agent.toml); nothing was run"
-        ));
-    }
+    // Resolved before waiting: what the device does not list is refused at once, untouched.
+    let probe = match resolve(&spec.kind, allow) {
+        Ok(p) => p,
+        Err(reason) => return ProbeOutcome::CouldNotRun(reason),
+    };
     tokio::time::sleep(Duration::from_millis(spec.initial_delay_ms)).await;
     let timeout = Duration::from_millis(spec.timeout_ms);
     let mut last = String::new();
@@ -50,10 +188,10 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(spec.interval_ms)).await;
         }
         on_attempt();
-        let result = match &spec.kind {
-            ProbeKind::Exec { name, args } => exec(&allowlist[name], name, args, artifact, timeout).await,
-            ProbeKind::Http { url } => get(http, url, timeout).await,
-            ProbeKind::File { path } => readiness(Path::new(path), swapped_at, timeout).await,
+        let result = match &probe {
+            Resolved::Exec { name, binary, args } => exec(binary, name, args, artifact, timeout).await,
+            Resolved::Http { url } => get(http, url, timeout).await,
+            Resolved::File { path, .. } => readiness(path, swapped_at, timeout).await,
         };
         match result {
             Ok(()) => return ProbeOutcome::Healthy,
@@ -115,12 +253,10 @@ async fn exec(binary: &Path, name: &str, args: &[String], artifact: &Path, timeo
     }))
 }
 
-async fn get(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<(), Attempt> {
-    let url =
-        reqwest::Url::parse(url).map_err(|e| Attempt::CouldNotRun(format!("probe URL {url:?} is not a URL: {e}")))?;
+async fn get(http: &reqwest::Client, url: &url::Url, timeout: Duration) -> Result<(), Attempt> {
     match tokio::time::timeout(timeout, http.get(url.clone()).send()).await {
         Err(_) => Err(Attempt::Unhealthy(format!("GET {url} did not answer within {} ms", timeout.as_millis()))),
-        Ok(Err(e)) => Err(Attempt::Unhealthy(format!("GET {url} failed: {e}"))),
+        Ok(Err(e)) => Err(Attempt::Unhealthy(format!("GET {url} failed: {}", wavecast_os::error::chain(&e)))),
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
         Ok(Ok(resp)) => Err(Attempt::Unhealthy(format!("GET {url} answered {}", resp.status()))),
     }
@@ -145,5 +281,75 @@ async fn readiness(path: &Path, since: SystemTime, timeout: Duration) -> Result<
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow() -> Allowlist {
+        Allowlist {
+            exec: [("check".to_owned(), PathBuf::from("/usr/bin/check"))].into(),
+            readiness_files: [("model-ready".to_owned(), PathBuf::from("/run/app/ready"))].into(),
+            http_hosts: HttpHosts::loopback(),
+        }
+    }
+
+    #[test]
+    fn probes_resolve_only_to_what_the_device_lists() {
+        let allow = allow();
+        let exec = |n: &str| ProbeKind::Exec { name: n.into(), args: vec!["-q".into()] };
+        let file = |n: &str| ProbeKind::File { name: n.into() };
+        let http = |u: &str| ProbeKind::Http { url: u.into() };
+        let url = |u: &str| Resolved::Http { url: url::Url::parse(u).unwrap() };
+        let args = ["-q".to_owned()];
+        // (probe, what it resolves to, or words of the refusal)
+        let cases: Vec<(ProbeKind, Result<Resolved, &str>)> = vec![
+            (exec("check"), Ok(Resolved::Exec { name: "check", binary: Path::new("/usr/bin/check"), args: &args })),
+            (exec("rm"), Err("not on this device's allowlist")),
+            (file("model-ready"), Ok(Resolved::File { name: "model-ready", path: Path::new("/run/app/ready") })),
+            (file("other"), Err("not on this device's list of readiness files")),
+            // A hostile server naming a path directly: a name no device lists.
+            (file("/run/app/ready"), Err("no file was touched")),
+            (http("http://127.0.0.1:8080/healthz"), Ok(url("http://127.0.0.1:8080/healthz"))),
+            (http("http://localhost/ready"), Ok(url("http://localhost/ready"))),
+            (http("http://LOCALHOST/ready"), Ok(url("http://localhost/ready"))),
+            (http("https://[::1]:8443/ready"), Ok(url("https://[::1]:8443/ready"))),
+            // The same address written otherwise is the same host.
+            (http("http://2130706433/"), Ok(url("http://127.0.0.1/"))),
+            (http("http://127.0.0.2/"), Err("asks host 127.0.0.2, which is not on this device's list")),
+            (http("http://10.0.0.1/admin"), Err("nothing was requested")),
+            (http("http://localhost.example.com/"), Err("not on this device's list")),
+            (http("http://127.0.0.1@example.com/"), Err("asks host example.com")),
+            (http("ftp://127.0.0.1/"), Err("is not http(s)")),
+            (http("not a url"), Err("is not a URL")),
+        ];
+        for (kind, want) in cases {
+            match (resolve(&kind, &allow), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{kind}"),
+                (Err(got), Err(words)) => assert!(got.contains(words), "{kind}: {got}"),
+                (got, want) => panic!("{kind}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn listed_hosts_are_names_or_addresses() {
+        let hosts = HttpHosts::parse(&["infer.local", "192.168.1.20", "[fe80::1]", "::2"]).unwrap();
+        for (u, allowed) in [
+            ("http://INFER.local:81/", true),
+            ("http://192.168.1.20/", true),
+            ("http://[fe80::1]/", true),
+            ("http://[::2]/", true),
+            ("http://127.0.0.1/", false),
+            ("http://infer.local.evil/", false),
+        ] {
+            assert_eq!(hosts.allows(&url::Url::parse(u).unwrap()), allowed, "{u}");
+        }
+        for bad in ["", "host:80", "http://host", "a/b", "[::1"] {
+            assert!(HttpHosts::parse(&[bad]).is_err(), "{bad:?}");
+        }
+        assert_eq!(HttpHosts::parse::<&str>(&[]).unwrap(), HttpHosts(Vec::new()), "an empty list allows no host");
     }
 }

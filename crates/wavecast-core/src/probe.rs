@@ -1,7 +1,9 @@
-//! Health probes as operators write them: `exec:NAME [ARGS…]`, `http(s)://…`, `file:PATH`.
+//! Health probes as operators write them: `exec:NAME [ARGS…]`, `http(s)://…`, `file:NAME`.
 //!
-//! An exec probe names a binary on the device's own allowlist; the server can name an allowed
-//! probe but never a path, and nothing is ever run through a shell.
+//! The device owner decides what a probe may touch: an exec probe names a binary on the
+//! device's own allowlist, a file probe names an entry of its list of readiness files, and an
+//! HTTP probe may ask only the hosts the device lists. The server can name an entry but never a
+//! path, and nothing is ever run through a shell.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,10 +27,14 @@ pub enum ProbeKind {
         /// The URL.
         url: String,
     },
-    /// Healthy once the application has written `path` after the swap.
+    /// Healthy once the application has written the readiness file the device lists as
+    /// `name` after the swap.
     File {
-        /// The readiness file.
-        path: String,
+        /// The device's `[readiness_files]` key. Rollouts made before readiness files were
+        /// names carried a path here (as `path`); it reads as a name, which no device lists, so
+        /// such a probe is refused by the device without touching the file.
+        #[serde(alias = "path")]
+        name: String,
     },
 }
 
@@ -86,14 +92,16 @@ impl ProbeSpec {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
     /// Not one of the three forms.
-    #[error("probe {0:?} is not exec:NAME [ARGS…], http(s)://… or file:/ABSOLUTE/PATH")]
+    #[error("probe {0:?} is not exec:NAME [ARGS…], http(s)://… or file:NAME")]
     Form(String),
     /// An exec probe name that is not a plain allowlist key.
     #[error("exec probe name {0:?} must be an allowlist key (letters, digits, '.', '_', '-'), never a path")]
     ExecName(String),
-    /// A file probe path that is not absolute.
-    #[error("file probe path {0:?} must be absolute")]
-    FilePath(String),
+    /// A file probe that does not name a readiness file the device lists.
+    #[error(
+        "file probe {0:?} must name an entry of the device's [readiness_files] (letters, digits, '.', '_', '-'), never a path"
+    )]
+    FileName(String),
     /// Attempts out of range.
     #[error("probe attempts must be between 1 and 100, got {0}")]
     Attempts(u32),
@@ -119,11 +127,9 @@ impl FromStr for ProbeKind {
             }
             return Ok(ProbeKind::Http { url: s.to_owned() });
         }
-        if let Some(path) = s.strip_prefix("file:") {
-            if !path.starts_with('/') {
-                return Err(ProbeError::FilePath(path.to_owned()));
-            }
-            return Ok(ProbeKind::File { path: path.to_owned() });
+        if let Some(name) = s.strip_prefix("file:") {
+            crate::name::validate("readiness file", name).map_err(|_| ProbeError::FileName(name.to_owned()))?;
+            return Ok(ProbeKind::File { name: name.to_owned() });
         }
         Err(ProbeError::Form(s.to_owned()))
     }
@@ -140,7 +146,7 @@ impl fmt::Display for ProbeKind {
                 Ok(())
             }
             ProbeKind::Http { url } => f.write_str(url),
-            ProbeKind::File { path } => write!(f, "file:{path}"),
+            ProbeKind::File { name } => write!(f, "file:{name}"),
         }
     }
 }
@@ -161,8 +167,11 @@ mod tests {
             ("exec:", Err(())),
             ("http://127.0.0.1:8080/healthz", Ok(ProbeKind::Http { url: "http://127.0.0.1:8080/healthz".into() })),
             ("https://infer.local/ready", Ok(ProbeKind::Http { url: "https://infer.local/ready".into() })),
-            ("file:/run/app/ready", Ok(ProbeKind::File { path: "/run/app/ready".into() })),
-            ("file:relative", Err(())),
+            ("file:model-ready", Ok(ProbeKind::File { name: "model-ready".into() })),
+            // A path is never a probe: the device lists its readiness files by name.
+            ("file:/run/app/ready", Err(())),
+            ("file:../etc/passwd", Err(())),
+            ("file:", Err(())),
             ("sh -c true", Err(())),
             ("", Err(())),
         ];
@@ -173,5 +182,20 @@ mod tests {
                 assert_eq!(k.to_string().parse::<ProbeKind>().unwrap(), k, "round trip {text}");
             }
         }
+    }
+
+    #[test]
+    fn file_probes_are_written_with_a_name_and_old_ones_read_as_one() {
+        let spec = ProbeSpec::new(ProbeKind::File { name: "model-ready".into() });
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!((json["kind"].as_str(), json["name"].as_str()), (Some("file"), Some("model-ready")), "{json}");
+        assert!(json.get("path").is_none(), "{json}");
+        // A rollout stored before readiness files were names: its path reads as a name, which
+        // is not a valid one, so no device can have it on its list.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("name");
+        old["path"] = "/run/app/ready".into();
+        let read: ProbeSpec = serde_json::from_value(old).unwrap();
+        assert_eq!(read.kind, ProbeKind::File { name: "/run/app/ready".into() });
     }
 }

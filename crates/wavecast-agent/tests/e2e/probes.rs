@@ -1,11 +1,16 @@
 //! Criterion 2: exec, HTTP and file probes, each passing and failing; timeout, attempts,
-//! interval, initial delay; and a probe that is not on the allowlist is refused unrun.
+//! interval, initial delay; and a probe naming what the device does not list (a binary, a
+//! readiness file, a host) is refused without running anything, touching any file or making any
+//! connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
+use crate::attacker::Proxy;
 use crate::support::*;
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -210,8 +215,11 @@ async fn http_probes_pass_on_2xx_and_fail_on_503_or_silence() {
 async fn file_probes_wait_for_the_application_and_ignore_a_stale_readiness_file() {
     let env = Env::new().await;
     let ready = env.path("model.ready");
-    let agent = env.start_agent("dev-1", &[], None).await;
-    let probe = |timeout| Probe::new(format!("file:{}", ready.display())).timeout(timeout);
+    let mut agent = env.agent("dev-1", &[], None).await;
+    agent.append_config(&format!("[readiness_files]\nmodel-ready = {:?}", ready.display().to_string()));
+    agent.start();
+    env.wait_enrolled(&agent).await;
+    let probe = |timeout| Probe::new("file:model-ready").timeout(timeout);
 
     // The application loads the new model 300 ms after the swap, then writes its file.
     let v1 = blob("f1", 8 * 1024);
@@ -285,4 +293,135 @@ async fn initial_delay_holds_the_first_attempt_back() {
     assert_eq!(agent.sha(), Some(sha_hex(&v1)));
     app.abort();
     env.settle(&id).await;
+}
+
+/// A plain HTTP listener that answers 200 to everything and counts the connections it accepts.
+async fn counting_listener(addr: &str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            });
+        }
+    });
+    (local, connections)
+}
+
+/// Rewrites the probe of every assignment in a doc (a compromised control plane).
+fn set_probe(doc: &mut Value, probe: &Value) -> bool {
+    let Some(items) = doc["assignments"].as_array_mut() else { return false };
+    for a in items.iter_mut() {
+        a["probe"] = probe.clone();
+    }
+    !items.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_touch_nothing_the_device_does_not_list() {
+    let env = Env::new().await;
+    let proxy = Proxy::start(&env.url, &env.install).await;
+    // Another loopback address, not on the device's list (loopback by default is localhost,
+    // 127.0.0.1 and ::1): it must never see a connection.
+    let (unlisted, connections) = counting_listener("127.0.0.2:0").await;
+    // A listed application that redirects there.
+    let app = axum::Router::new().route(
+        "/moved",
+        axum::routing::get(
+            move || async move { axum::response::Redirect::temporary(&format!("http://{unlisted}/health")) },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let moved = format!("http://{}/moved", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let ready = env.path("model.ready");
+    let canary = env.path("canary");
+    std::fs::write(&ready, b"left by the application").unwrap();
+    std::fs::write(&canary, b"keep me").unwrap();
+    let mut agent = env.agent("dev-1", &[], Some(&proxy.url)).await;
+    agent.append_config(&format!("[readiness_files]\nmodel-ready = {:?}", ready.display().to_string()));
+    agent.start();
+    env.wait_enrolled(&agent).await;
+
+    // The operator API takes no path for a file probe at all.
+    let (status, body) = env
+        .request(
+            "POST",
+            "/api/v1/rollouts",
+            Some(json!({ "artifact": "model@0.0.1", "group": env.group, "waves": [100], "probe": format!("file:{}", canary.display()) })),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("[readiness_files]"), "{body}");
+
+    let spec = |extra: Value| {
+        let mut p = json!({ "timeout_ms": 2000, "attempts": 1, "interval_ms": 100, "initial_delay_ms": 0 });
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let canary_path = canary.display().to_string();
+    // (case, the probe the operator names, what the server sends instead (if anything), words
+    // of the refusal)
+    let cases: Vec<(&str, String, Option<Value>, &[&str])> = vec![
+        (
+            "a readiness file the device does not list",
+            "file:canary".into(),
+            None,
+            &["probe could not run", "not on this device's list of readiness files", "no file was touched"],
+        ),
+        (
+            "a server naming a path as the readiness file",
+            "file:model-ready".into(),
+            Some(spec(json!({ "kind": "file", "name": canary_path }))),
+            &["not on this device's list of readiness files", "no file was touched"],
+        ),
+        (
+            "a server naming a path the way rollouts once did",
+            "file:model-ready".into(),
+            Some(spec(json!({ "kind": "file", "path": canary_path }))),
+            &["not on this device's list of readiness files", "no file was touched"],
+        ),
+        (
+            "a host the device does not list",
+            format!("http://{unlisted}/health"),
+            None,
+            &["probe could not run", "asks host 127.0.0.2", "nothing was requested"],
+        ),
+        ("a listed host redirecting to one that is not", moved.clone(), None, &["probe failed", "not followed"]),
+    ];
+    for (i, (case, probe, forged, words)) in cases.into_iter().enumerate() {
+        if let Some(p) = forged {
+            proxy.set_rewrite(move |doc| set_probe(doc, &p));
+        }
+        let (id, e) = update(&env, &agent, &format!("1.0.{i}"), &blob(case, 4096), &Probe::new(probe)).await;
+        proxy.clear_rewrite();
+        let reason = assert_failed(&e, words, &agent);
+        assert_eq!(std::fs::read(&canary).unwrap(), b"keep me", "{case}: {reason}");
+        assert_eq!(std::fs::read(&ready).unwrap(), b"left by the application", "{case}: {reason}");
+        assert_eq!(connections.load(Ordering::SeqCst), 0, "{case}: a connection to an unlisted host");
+        assert_eq!(agent.sha(), None, "{case}: nothing stays installed");
+        env.settle(&id).await;
+    }
+
+    // Listed, the same host is asked: the listener would have seen the connections above.
+    agent.stop().await;
+    agent.append_config("[http_probes]\nhosts = [\"127.0.0.2\"]");
+    agent.start();
+    let v = blob("listed", 4096);
+    let (_, e) = update(&env, &agent, "2.0.0", &v, &Probe::new(format!("http://{unlisted}/health"))).await;
+    assert_succeeded(&e, &agent);
+    assert!(connections.load(Ordering::SeqCst) >= 1, "the listed host was not asked");
+    assert_eq!(agent.sha(), Some(sha_hex(&v)));
+    server.abort();
 }

@@ -545,6 +545,12 @@ impl Agent {
         assert!(status.success(), "agent exited with {status} after SIGTERM\n{}", self.log_tail());
     }
 
+    /// Adds `text` (tables, say) at the end of agent.toml (takes effect at the next start).
+    pub fn append_config(&self, text: &str) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&self.config).unwrap();
+        writeln!(f, "\n{text}").unwrap();
+    }
+
     /// Replaces `from` with `to` in agent.toml (takes effect at the next start).
     pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
