@@ -32,6 +32,7 @@ use crate::fetch::{FetchError, Fetched, Watch, fetch};
 use crate::heartbeat::{Heartbeat, Rate};
 use crate::net::{self, NetError};
 use crate::probe::{self, ProbeOutcome};
+use crate::roots::{Roots, RootsError};
 use crate::state::{Identity, Installed, Journal, Outcome, Phase, Previous, Refused, StateDir, StateError, Work};
 use crate::swap::{Restore, Slots, sha256_file};
 use crate::tuf::{self, HttpTransport};
@@ -57,6 +58,9 @@ pub enum AgentError {
     /// The HTTP client could not be built.
     #[error("setting up HTTPS")]
     Http(#[source] HttpSetupError),
+    /// The trust roots kept after the pinned one do not verify.
+    #[error(transparent)]
+    Roots(#[from] RootsError),
 }
 
 /// Why enrollment failed.
@@ -161,6 +165,12 @@ pub struct Agent {
     /// For HTTP probes: redirects only to listed hosts.
     probe_http: reqwest::Client,
     identity: Identity,
+    /// The pinned root and the later ones verified from it: the director key and tough's
+    /// starting root come from the newest.
+    roots: Roots,
+    /// The last doc whose signature sent the agent to look for a newer root (found or not):
+    /// the same doc does not send it again.
+    roots_checked_for: Option<Sha256Digest>,
     etag: Option<String>,
     assignments: Vec<Assignment>,
     doc_expires: i64,
@@ -217,6 +227,7 @@ impl Agent {
     /// Opens the state dir and enrolls if this device has no identity yet.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
         let state = StateDir::open(&config.state_dir)?;
+        let roots = Roots::load(&config.trust_root, &state)?;
         let http = http_client(&config)?;
         let probe_http = probe_client(&config)?;
         let identity = match state.identity()? {
@@ -236,6 +247,8 @@ impl Agent {
             http,
             probe_http,
             identity,
+            roots,
+            roots_checked_for: None,
             etag: None,
             assignments: Vec::new(),
             doc_expires: 0,
@@ -375,7 +388,7 @@ impl Agent {
                 // more is broken or hostile.
                 match net::read_capped(resp, &url, self.config.max_assignment_bytes, window).await {
                     Ok(body) => {
-                        if let Err(e) = self.accept(&body) {
+                        if let Err(e) = self.accept(&body).await {
                             tracing::error!(error = %chain(&e), "processing the assignment failed");
                         } else {
                             self.etag = etag;
@@ -394,7 +407,7 @@ impl Agent {
     }
 
     /// Verifies a signed assignment doc and keeps its assignments.
-    fn accept(&mut self, body: &[u8]) -> Result<(), StateError> {
+    async fn accept(&mut self, body: &[u8]) -> Result<(), StateError> {
         let doc = match director::parse_doc(body) {
             Ok(d) => d,
             Err(e) => {
@@ -402,11 +415,20 @@ impl Agent {
                 return Ok(());
             }
         };
-        let key =
-            aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, self.config.director_key);
-        if key.verify(&doc.message, &doc.signature).is_err() {
-            // Unsigned content is not even worth a report: it names nothing we can trust.
-            tracing::error!("assignment signature does not verify against the director key in the trust root; ignored");
+        let mut signer = director::signer(&doc, self.roots.directors());
+        let seen = Sha256Digest::of(&[doc.message.as_slice(), &doc.signature].concat());
+        if signer != director::Signer::Current && self.roots_checked_for != Some(seen) {
+            // A rotated director key signs docs as soon as the server has the new root, which
+            // this device may not have fetched yet: look for it once before refusing.
+            if self.refresh_roots().await.is_ok() {
+                self.roots_checked_for = Some(seen);
+            }
+            signer = director::signer(&doc, self.roots.directors());
+        }
+        if let Some(reason) = signer.refusal() {
+            // Not reported: content the current director did not sign names nothing we can
+            // trust, not even the rollout to report to.
+            tracing::error!(%reason, "assignment ignored");
             return Ok(());
         }
         let mut trusted = self.state.trusted()?;
@@ -451,6 +473,17 @@ impl Agent {
         self.assignments = accepted;
         self.doc_expires = doc.expires;
         Ok(())
+    }
+
+    /// Follows the trust root to the newest version the server has, keeping each new one.
+    async fn refresh_roots(&mut self) -> Result<u64, RootsError> {
+        let window = self.config.download.stall_timeout;
+        let credential = Some(self.identity.credential.as_str());
+        let refreshed = self.roots.refresh(&self.http, &self.config.server, credential, window, &self.state).await;
+        if let Err(e) = &refreshed {
+            tracing::warn!(error = %chain(e), "could not follow the trust root to a newer version");
+        }
+        refreshed
     }
 
     fn report_refused_item(&mut self, item: &serde_json::Value, reason: &str) -> Result<(), StateError> {
@@ -772,6 +805,15 @@ impl Agent {
             return Ok(Err(Stop::Wait(w)));
         }
 
+        // A rotated root is followed first (and kept), so tough starts from the newest root
+        // and our record of it survives a power cut.
+        if let Err(e) = self.refresh_roots().await {
+            return match (e.wait_class(), e) {
+                (Some(class), e) => Ok(Err(wait_for(class, chain(&e)))),
+                (None, RootsError::State(e)) => Err(e),
+                (None, e) => Ok(Err(Stop::Refuse(chain(&e)))),
+            };
+        }
         let metadata_url = match self.config.server.join("device/v1/tuf/") {
             Ok(u) => u,
             Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
@@ -782,7 +824,7 @@ impl Agent {
         let partial = slots.partial(&work.sha256);
         let have = std::fs::symlink_metadata(&partial).map_or(0, |m| m.len().min(work.length));
         let mut stands = true;
-        let loading = tuf::signed_target(&self.config.trust_root, &metadata_url, transport, &self.state, &target);
+        let loading = tuf::signed_target(self.roots.newest_bytes(), &metadata_url, transport, &self.state, &target);
         let progress = || self.progress(cfg, work, DeviceState::Downloading, have);
         let loaded = self.heartbeat.during(loading, progress, |ack| stands &= ack.proceed).await;
         if !stands {

@@ -165,8 +165,6 @@ pub struct AgentConfig {
     pub trust_root: Vec<u8>,
     /// Its path, for messages.
     pub trust_root_path: PathBuf,
-    /// The director's Ed25519 public key, from the pinned root.
-    pub director_key: [u8; 32],
     /// Used once, to enroll.
     pub enrollment_token: Option<Secret>,
     /// This device's name.
@@ -234,8 +232,9 @@ impl AgentConfig {
         let root = wavecast_tuf::root::parse_root(&trust_root).map_err(|e| {
             invalid("trust_root", format!("{} is not a usable TUF root: {e}", raw.trust_root.display()))
         })?;
-        let director_key =
-            wavecast_tuf::root::director_key(&root.signed).map_err(|e| unparsable("trust_root", e.into()))?;
+        // Checked here so a device with an unusable anchor says so at once; the key the agent
+        // uses is the newest verified root's (see `crate::roots`).
+        wavecast_tuf::root::director_key(&root.signed).map_err(|e| unparsable("trust_root", e.into()))?;
         let enrollment_token = raw
             .enrollment_token
             .as_deref()
@@ -323,7 +322,6 @@ impl AgentConfig {
             state_dir: raw.state_dir,
             trust_root,
             trust_root_path: raw.trust_root,
-            director_key,
             enrollment_token,
             device_name,
             hardware: raw.hardware,

@@ -2,9 +2,10 @@
 //! the rules that decide whether a signed doc may be acted on.
 //!
 //! Pure: bytes in, out the exact message the director's signature must cover and the fields the
-//! agent checks; [`check`] then decides on those fields with the time and the last accepted
-//! counter passed in. [`crate::agent`] verifies the signature over [`DirectorDoc::message`],
-//! calls [`check`], and does the writes (the counter, the reports). Kept apart from the IO so the
+//! agent checks; [`signer`] says whose director key signed it, among the keys the trusted roots
+//! name (only the newest root's counts); [`check`] then decides on those fields with the time
+//! and the last accepted counter passed in. [`crate::agent`] calls them and does the writes (the
+//! counter, the reports). Kept apart from the IO so the
 //! parsing can be fuzzed and the rules table-tested on their own.
 
 use wavecast_core::assignment::Assignment;
@@ -97,6 +98,61 @@ pub fn check(doc: &DirectorDoc, me: &str, now: jiff::Timestamp, accepted_counter
     Ok(Accepted { new_counter: (doc.counter > accepted_counter).then_some(doc.counter) })
 }
 
+/// Whose director key signed a doc, among the keys the trusted roots name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// The newest root's director key: the doc may be acted on.
+    Current,
+    /// The director key of root `version`, which the newest root `newest` no longer names.
+    Retired {
+        /// The root that named the key.
+        version: u64,
+        /// The newest root.
+        newest: u64,
+    },
+    /// No director key of any trusted root; `newest` is the newest root's version.
+    Unknown {
+        /// The newest root.
+        newest: u64,
+    },
+}
+
+impl Signer {
+    /// Why a doc not signed by the current key is refused.
+    pub fn refusal(self) -> Option<String> {
+        match self {
+            Signer::Current => None,
+            Signer::Retired { version, newest } => Some(format!(
+                "assignment refused: it is signed by the director key of trust root version {version}, which root version \
+                 {newest} retired"
+            )),
+            Signer::Unknown { newest } => Some(format!(
+                "assignment refused: its signature does not verify against the director key of trust root version \
+                 {newest}, the newest this device has verified (is trust_root in agent.toml this server's root.json?)"
+            )),
+        }
+    }
+}
+
+/// Which of `directors` (each trusted root's version and director key, oldest first; the last
+/// is current) signed `doc`. A key still named by the newest root is current, whichever
+/// version named it first.
+pub fn signer(doc: &DirectorDoc, directors: &[(u64, Option<[u8; 32]>)]) -> Signer {
+    let verifies = |key: &[u8; 32]| {
+        aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, key)
+            .verify(&doc.message, &doc.signature)
+            .is_ok()
+    };
+    let newest = directors.last().map_or(0, |(v, _)| *v);
+    if directors.last().and_then(|(_, k)| k.as_ref()).is_some_and(verifies) {
+        return Signer::Current;
+    }
+    match directors.iter().rev().find(|(_, k)| k.as_ref().is_some_and(verifies)) {
+        Some((version, _)) => Signer::Retired { version: *version, newest },
+        None => Signer::Unknown { newest },
+    }
+}
+
 /// Reads one item of `assignments` as a typed assignment.
 pub fn parse_item(item: &serde_json::Value) -> Result<Assignment, serde_json::Error> {
     serde_json::from_value(item.clone())
@@ -181,6 +237,51 @@ mod tests {
         for (refusal, text) in texts {
             assert_eq!(refusal.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_doc_is_acted_on_only_when_the_newest_roots_director_signed_it() {
+        let keys: Vec<wavecast_tuf::keys::SigningKey> =
+            (0..3).map(|_| wavecast_tuf::keys::SigningKey::generate().unwrap()).collect();
+        let public = |i: usize| <[u8; 32]>::try_from(keys[i].public_bytes()).ok();
+        let signed_by = |i: usize| {
+            let message = b"{\"counter\":1}".to_vec();
+            DirectorDoc {
+                signature: keys[i].sign_bytes(&message),
+                message,
+                device_id: String::new(),
+                expires: 0,
+                counter: 1,
+                items: Vec::new(),
+            }
+        };
+        // Roots 1 and 2 name key 0; root 3 names key 1; key 2 was never named.
+        let rotated = [(1, public(0)), (2, public(0)), (3, public(1))];
+        // (case, signed by, the roots' director keys, verdict)
+        let cases = [
+            ("the only root's key", 0, &rotated[..1], Signer::Current),
+            ("a key the newest root still names", 0, &rotated[..2], Signer::Current),
+            ("the key the newest root names", 1, &rotated[..], Signer::Current),
+            ("a key a rotation retired", 0, &rotated[..], Signer::Retired { version: 2, newest: 3 }),
+            ("a key no root names", 2, &rotated[..], Signer::Unknown { newest: 3 }),
+            ("a newer key than this device knows", 1, &rotated[..2], Signer::Unknown { newest: 2 }),
+            (
+                "a root without a director key",
+                0,
+                &[(1, public(0)), (2, None)][..],
+                Signer::Retired { version: 1, newest: 2 },
+            ),
+        ];
+        for (case, by, directors, want) in cases {
+            assert_eq!(signer(&signed_by(by), directors), want, "{case}");
+        }
+        let mut tampered = signed_by(1);
+        tampered.message.push(b' ');
+        assert_eq!(signer(&tampered, &rotated), Signer::Unknown { newest: 3 }, "a changed message");
+        let retired = Signer::Retired { version: 2, newest: 3 }.refusal().unwrap();
+        assert!(retired.contains("director key of trust root version 2") && retired.contains("version 3 retired"));
+        assert!(Signer::Unknown { newest: 3 }.refusal().unwrap().contains("trust_root"));
+        assert_eq!(Signer::Current.refusal(), None);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! journals every step so a crash at any instant resumes consistently.
 //!
 //! [`config`] reads `agent.toml`; [`agent`] is the loop; [`director`] reads and checks the signed
-//! assignment doc; [`fetch`], [`tuf`], [`swap`] and [`probe`] are its steps; [`state`] is
-//! everything kept on disk; [`cli`] is the binary. [`net`] bounds every network read,
+//! assignment doc; [`roots`] follows the trust root through rotations; [`fetch`], [`tuf`],
+//! [`swap`] and [`probe`] are its steps; [`state`] is everything kept on disk; [`cli`] is the
+//! binary. [`net`] bounds every network read,
 //! [`heartbeat`] tells the server a long step is progress, and [`wait`] decides what is waited
 //! out rather than refused.
 
@@ -20,6 +21,7 @@ pub mod fetch;
 pub mod heartbeat;
 pub mod net;
 pub mod probe;
+pub mod roots;
 pub mod state;
 pub mod status;
 pub mod swap;

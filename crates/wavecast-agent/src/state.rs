@@ -1,5 +1,5 @@
-//! The agent's durable state: identity, per-artifact journals, the report outbox, and the
-//! record of the highest metadata versions accepted.
+//! The agent's durable state: identity, per-artifact journals, the report outbox, the record
+//! of the highest metadata versions accepted, and the trust roots verified after the pinned one.
 //!
 //! Every file is replaced atomically (write a temporary, fsync it, rename, fsync the
 //! directory), so after a crash or power loss each holds its old or its new content, never a
@@ -285,7 +285,8 @@ impl StateDir {
     /// Opens (creating, mode 0700) the state directory.
     pub fn open(root: &Path) -> Result<Self, StateError> {
         use std::os::unix::fs::DirBuilderExt as _;
-        for d in [root.to_path_buf(), root.join("tuf"), root.join("artifacts"), root.join("outbox")] {
+        for d in [root.to_path_buf(), root.join("tuf"), root.join("artifacts"), root.join("outbox"), root.join("roots")]
+        {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io("creating", &d))?;
         }
         Ok(Self { root: root.to_path_buf() })
@@ -310,6 +311,26 @@ impl StateDir {
 
     fn outbox_dir(&self) -> PathBuf {
         self.root.join("outbox")
+    }
+
+    /// Where root `version` is kept once verified: `roots/N.root.json`, as TUF names it.
+    pub fn root_path(&self, version: u64) -> PathBuf {
+        self.root.join("roots").join(format!("{version}.root.json"))
+    }
+
+    /// Root `version` as kept, if it is.
+    pub fn kept_root(&self, version: u64) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.root_path(version);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    /// Keeps a verified root, durably, exactly as the server signed it.
+    pub fn keep_root(&self, version: u64, bytes: &[u8]) -> Result<(), StateError> {
+        write_atomic(&self.root_path(version), bytes, 0o644)
     }
 
     /// The identity, if enrolled.

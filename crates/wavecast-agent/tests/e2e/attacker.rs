@@ -1,6 +1,7 @@
 //! An attacker in the middle: an HTTP proxy between the agent and the real server that can
 //! replace any response body (replayed or forged TUF metadata) and rewrite the director's
-//! assignment doc, re-signing it with the real director key (a compromised control plane).
+//! assignment doc, re-signing it with the real director key (a compromised control plane) or
+//! with another key (a rotated director key the server does not hold).
 //! It can also play a broken or hostile server on one path (a status instead of the file, an
 //! endless body, headers and then silence, a cut-off body, a 206 with the wrong range), and it
 //! keeps the heartbeats the agent sends, so tests see what a device said it waits for.
@@ -36,7 +37,7 @@ struct Inner {
     http: reqwest::Client,
     overrides: Mutex<HashMap<String, Vec<u8>>>,
     rewrite: Mutex<Option<Rewrite>>,
-    director: SigningKey,
+    director: Mutex<SigningKey>,
     /// Paths requested, in order (for checks that the agent asked for something).
     seen: Mutex<Vec<String>>,
     hostile: Mutex<HashMap<String, Hostile>>,
@@ -62,7 +63,7 @@ impl Proxy {
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             overrides: Mutex::new(HashMap::new()),
             rewrite: Mutex::new(None),
-            director: SigningKey::load(&install.join("keys/director.key")).unwrap(),
+            director: Mutex::new(SigningKey::load(&install.join("keys/director.key")).unwrap()),
             seen: Mutex::new(Vec::new()),
             hostile: Mutex::new(HashMap::new()),
             progress: Mutex::new(Vec::new()),
@@ -88,6 +89,11 @@ impl Proxy {
     /// agent always receives a (rewritten) body.
     pub fn set_rewrite(&self, f: impl Fn(&mut Value) -> bool + Send + Sync + 'static) {
         *self.inner.rewrite.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Re-signs rewritten docs with `key` instead of the installation's director key.
+    pub fn set_signer(&self, key: SigningKey) {
+        *self.inner.director.lock().unwrap() = key;
     }
 
     pub fn clear_rewrite(&self) {
@@ -226,7 +232,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         };
         if changed {
             let message = wavecast_core::canonical::to_vec(&doc["signed"]);
-            doc["signature"] = Value::String(hex::encode(inner.director.sign_bytes(&message)));
+            doc["signature"] = Value::String(hex::encode(inner.director.lock().unwrap().sign_bytes(&message)));
             bytes = serde_json::to_vec(&doc).unwrap();
         }
     }

@@ -16,5 +16,6 @@ mod heartbeats;
 mod hostile;
 mod probes;
 mod revert;
+mod rotation;
 mod server_down;
 mod transient;
