@@ -86,6 +86,41 @@ pub enum EnrollError {
     /// The server's answer lacks a field.
     #[error("the answer lacks {0}")]
     Incomplete(&'static str),
+    /// The pinned root is not the server's: every doc it sends would be refused.
+    #[error(
+        "refusing to enroll: {} is not this server's trust root (the server's root.json version {version} is \
+         different); put a copy of the root.json of the server's installation at trust_root",
+        .path.display()
+    )]
+    ForeignRoot {
+        /// trust_root.
+        path: std::path::PathBuf,
+        /// The pinned root's version.
+        version: u64,
+    },
+    /// The server has no root of the pinned root's version.
+    #[error(
+        "refusing to enroll: {} is not this server's trust root (the server has no root.json version {version}); \
+         put a copy of the root.json of the server's installation at trust_root",
+        .path.display()
+    )]
+    NoSuchRoot {
+        /// trust_root.
+        path: std::path::PathBuf,
+        /// The pinned root's version.
+        version: u64,
+    },
+    /// The server would not show its root, so the check cannot be made.
+    #[error(
+        "refusing to enroll: the server answered HTTP {status} when asked for its root.json version {version}, so \
+         this agent cannot check that it pins the server's trust root"
+    )]
+    RootUnavailable {
+        /// The pinned root's version.
+        version: u64,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
 }
 
 /// Why the HTTP client could not be built.
@@ -1197,6 +1232,32 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.8 + 0.4 * r)
 }
 
+/// Checks that the server's root of the pinned root's version is the pinned root, before the
+/// enrollment token is spent: a device pinning another root would enroll, then refuse every
+/// assignment and count in every rollout. Root files are public; no credential is needed.
+async fn check_server_root(config: &AgentConfig, http: &reqwest::Client) -> Result<(), EnrollError> {
+    let pinned: serde_json::Value = serde_json::from_slice(&config.trust_root).unwrap_or_default();
+    let version = pinned["signed"]["version"].as_u64().unwrap_or(0);
+    let url = config.server.join(&format!("device/v1/tuf/{version}.root.json")).map_err(EnrollError::Url)?;
+    let req = http.get(url.clone()).timeout(Duration::from_secs(30));
+    let (status, body) = net::exchange(req, &url, MAX_ANSWER_BYTES, config.download.stall_timeout)
+        .await
+        .map_err(|e| EnrollError::Request(Box::new(e)))?;
+    let path = config.trust_root_path.clone();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(EnrollError::NoSuchRoot { path, version });
+    }
+    if !status.is_success() {
+        return Err(EnrollError::RootUnavailable { version, status });
+    }
+    // The same signed content is the same root, however the file is formatted.
+    let theirs: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if theirs["signed"].is_null() || theirs["signed"] != pinned["signed"] {
+        return Err(EnrollError::ForeignRoot { path, version });
+    }
+    Ok(())
+}
+
 async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity, AgentError> {
     let fail = |source: EnrollError| AgentError::Enroll {
         device: config.device_name.to_string(),
@@ -1204,6 +1265,7 @@ async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity
         source,
     };
     let token = config.enrollment_token.as_ref().ok_or_else(|| fail(EnrollError::NoToken))?;
+    check_server_root(config, http).await.map_err(fail)?;
     let url = config.server.join("device/v1/enroll").map_err(|e| fail(EnrollError::Url(e)))?;
     let req = http
         .post(url.clone())

@@ -104,6 +104,10 @@ impl Proxy {
         self.inner.seen.lock().unwrap().clone()
     }
 
+    pub fn forget_seen(&self) {
+        self.inner.seen.lock().unwrap().clear();
+    }
+
     /// Misbehaves on `path` (exact, without query) until cleared.
     pub fn set_hostile(&self, path: &str, how: Hostile) {
         self.inner.hostile.lock().unwrap().insert(path.to_owned(), how);

@@ -12,6 +12,7 @@ mod attacker;
 mod bad_artifacts;
 mod crash;
 mod end_to_end;
+mod enroll;
 mod heartbeats;
 mod hostile;
 mod probes;

@@ -20,12 +20,17 @@ pub async fn operator_metadata(
     metadata(&state, &file).await
 }
 
-/// Metadata for devices.
+/// Metadata for devices. Root files (`root.json`, `N.root.json`) need no credential: they are
+/// the public trust anchor every device image carries, and an agent checks that it pins this
+/// server's root before it spends its enrollment token.
 pub async fn device_metadata(
     State(state): State<AppState>,
-    _device: Device,
+    device: Result<Device, ApiError>,
     ApiPath(file): ApiPath<String>,
 ) -> Result<Response, ApiError> {
+    if !(file == "root.json" || file.strip_suffix(".root.json").is_some_and(|v| v.parse::<u64>().is_ok())) {
+        device?;
+    }
     metadata(&state, &file).await
 }
 
