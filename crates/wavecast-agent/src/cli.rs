@@ -85,31 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for a in status {
-                println!("{}  {}", a.name, a.path);
-                match &a.active {
-                    Some(i) => println!("  active    {}  sha256 {}", i.version, i.sha256),
-                    None => println!("  active    none installed by wavecast yet"),
-                }
-                match &a.previous {
-                    Some(p) if p.installed().is_none() => {
-                        println!("  previous  the file there before wavecast's first install  sha256 {}", p.sha256)
-                    }
-                    Some(p) => println!("  previous  {}", p.version),
-                    None => println!("  previous  none"),
-                }
-                if let Some(w) = &a.in_progress {
-                    println!("  now       {w}");
-                }
-                if let Some(o) = &a.last_outcome {
-                    let at = jiff::Timestamp::from_millisecond(o.at_ms).map(|t| t.to_string()).unwrap_or_default();
-                    println!("  last      {} {} (rollout {}) at {at}", o.state, o.version, o.rollout_id);
-                    if let Some(r) = &o.reason {
-                        println!("  reason    {r}");
-                    }
-                }
-                println!("  health    {}", if a.healthy { "healthy" } else { "not healthy" });
-            }
+            print!("{}", crate::status::text(&status));
             Ok(ExitCode::SUCCESS)
         }
     }

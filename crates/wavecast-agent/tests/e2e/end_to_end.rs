@@ -17,6 +17,11 @@ async fn installs_then_rolls_back_a_failing_version_by_itself_and_never_retries_
         &format!("echo run >> '{}'\necho 'model failed to load: tensor shape mismatch' >&2\nexit 4", runs.display()),
     );
     let mut agent = env.start_agent("cam-001", &[("check", check), ("broken", broken)], None).await;
+    // Before any install: nothing is installed, which is not the same as unhealthy.
+    let st = agent.status();
+    assert_eq!((st["health"].as_str(), st["healthy"].as_bool()), (Some("nothing_installed"), Some(false)), "{st}");
+    let text = agent.status_text();
+    assert!(text.contains("health    nothing installed yet") && !text.contains("not healthy"), "{text}");
 
     // v1: installed, healthy, and the server knows.
     let v1 = blob("v1", 1 << 20);
@@ -67,6 +72,9 @@ async fn installs_then_rolls_back_a_failing_version_by_itself_and_never_retries_
     let st = agent.status();
     assert_eq!(st["active"]["version"], "1.0.0", "{st}");
     assert_eq!(st["healthy"], true, "v1 runs again and is healthy: {st}");
+    // The kept file is v1's own bytes again: no older version to go back to.
+    assert_eq!(st["previous"], serde_json::Value::Null, "{st}");
+    assert!(agent.status_text().contains("previous  none older than 1.0.0 is kept"), "{}", agent.status_text());
     assert_eq!(st["last_outcome"]["state"], "failed", "{st}");
     assert_eq!(st["last_outcome"]["version"], "2.0.0", "{st}");
     assert_eq!(st["last_outcome"]["reason"], reason.as_str(), "{st}");

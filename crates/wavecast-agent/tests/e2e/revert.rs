@@ -82,6 +82,9 @@ async fn abort_with_revert_restores_what_was_there_or_says_there_was_nothing() {
     let st = with_factory.status();
     assert_eq!(st["active"], Value::Null, "wavecast no longer manages what runs: {st}");
     assert_eq!(st["previous"]["version"], "unmanaged", "{st}");
+    let text = with_factory.status_text();
+    assert!(text.contains("previous  the file there before wavecast's first install"), "{text}");
+    assert!(text.contains("a revert put back what was there before") && !text.contains("not healthy"), "{text}");
 
     // Nothing to go back to: it keeps v1 and says so.
     let r = env.device_rollout(&empty.name, &id).await.unwrap();

@@ -603,6 +603,18 @@ impl Agent {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// `wavecast-agent status`, as text.
+    pub fn status_text(&self) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_wavecast-agent"))
+            .arg("status")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `wavecast-agent status --json`, first (only) artifact.
     pub fn status(&self) -> Value {
         let out = Command::new(env!("CARGO_BIN_EXE_wavecast-agent"))
