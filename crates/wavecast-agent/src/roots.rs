@@ -17,7 +17,7 @@ use wavecast_tuf::root::RootError;
 
 use crate::net::{self, NetError};
 use crate::state::{StateDir, StateError};
-use crate::tuf::{ServerStatus, transient_class};
+use crate::tuf::ServerStatus;
 
 /// The largest root.json the agent reads (tough's default limit for a root).
 const MAX_ROOT_BYTES: u64 = 1 << 20;
@@ -31,7 +31,7 @@ const MAX_ROOT_UPDATES: u64 = 1024;
 pub enum RootsError {
     /// The pinned root is not a usable root.
     #[error("the pinned trust root")]
-    Anchor(#[source] RootError),
+    Anchor(#[source] Box<RootError>),
     /// A kept root does not follow the ones before it, as verified from the pinned root.
     #[error(
         "{} does not follow the trust roots before it (verified from the pinned root.json); refusing to guess — \
@@ -43,7 +43,7 @@ pub enum RootsError {
         path: std::path::PathBuf,
         /// Why it does not follow.
         #[source]
-        source: RootError,
+        source: Box<RootError>,
     },
     /// The server's URL does not make a root's URL.
     #[error("the URL of root.json version {version}")]
@@ -61,7 +61,7 @@ pub enum RootsError {
         version: u64,
         /// Why.
         #[source]
-        source: NetError,
+        source: Box<NetError>,
     },
     /// The server answered with a status that is neither the file nor "no such version".
     #[error("fetching root.json version {version}")]
@@ -79,7 +79,7 @@ pub enum RootsError {
         version: u64,
         /// Why.
         #[source]
-        source: RootError,
+        source: Box<RootError>,
     },
     /// The server offers more new root versions than one refresh follows.
     #[error("the server offers more than {MAX_ROOT_UPDATES} new root versions at once")]
@@ -93,9 +93,11 @@ impl RootsError {
     /// The transient problem this is, to wait out; none for a refusal.
     pub fn wait_class(&self) -> Option<WaitClass> {
         match self {
-            RootsError::Fetch { .. } | RootsError::Status { .. } => {
-                Some(transient_class(self).unwrap_or(WaitClass::Server))
+            RootsError::Fetch { source, .. } if matches!(**source, NetError::TooLarge { .. }) => {
+                Some(WaitClass::Server)
             }
+            RootsError::Fetch { .. } => Some(WaitClass::Network),
+            RootsError::Status { .. } => Some(WaitClass::Server),
             RootsError::State(StateError::Io { .. }) => Some(WaitClass::Disk),
             _ => None,
         }
@@ -117,13 +119,13 @@ impl Roots {
     /// The pinned `anchor` and every root kept after it in `state`, each verified against the
     /// one before it.
     pub fn load(anchor: &[u8], state: &StateDir) -> Result<Self, RootsError> {
-        let root = wavecast_tuf::root::parse_root(anchor).map_err(RootsError::Anchor)?;
+        let root = wavecast_tuf::root::parse_root(anchor).map_err(|e| RootsError::Anchor(Box::new(e)))?;
         let mut roots = Self::start(anchor.to_vec(), root);
         loop {
             let version = roots.version().saturating_add(1);
             let Some(bytes) = state.kept_root(version)? else { break };
             let next = wavecast_tuf::root::verify_next(&roots.newest.signed, &bytes)
-                .map_err(|source| RootsError::Kept { path: state.root_path(version), source })?;
+                .map_err(|e| RootsError::Kept { path: state.root_path(version), source: Box::new(e) })?;
             roots.push(bytes, next);
         }
         Ok(roots)
@@ -180,7 +182,7 @@ impl Roots {
             }
             let (status, body) = net::exchange(req, &url, MAX_ROOT_BYTES, window)
                 .await
-                .map_err(|source| RootsError::Fetch { version, source })?;
+                .map_err(|e| RootsError::Fetch { version, source: Box::new(e) })?;
             if status == reqwest::StatusCode::NOT_FOUND {
                 return Ok(taken);
             }
@@ -191,7 +193,7 @@ impl Roots {
                 return Err(RootsError::TooMany);
             }
             let next = wavecast_tuf::root::verify_next(&self.newest.signed, &body)
-                .map_err(|source| RootsError::Next { version, source })?;
+                .map_err(|e| RootsError::Next { version, source: Box::new(e) })?;
             state.keep_root(version, &body)?;
             tracing::info!(version, "followed the trust root to a new version");
             self.push(body, next);
@@ -314,6 +316,9 @@ mod tests {
         let mut r = Roots::load(&roots[0], &state).unwrap();
         let e = r.refresh(&http, &serve(Vec::new(), Some(503)).await, None, window, &state).await.unwrap_err();
         assert_eq!(e.wait_class(), Some(WaitClass::Server), "{e:?}");
+        let nobody = reqwest::Url::parse(&format!("http://127.0.0.1:{}/", wavecast_test_support::free_port())).unwrap();
+        let e = r.refresh(&http, &nobody, None, window, &state).await.unwrap_err();
+        assert_eq!(e.wait_class(), Some(WaitClass::Network), "{e:?}");
         assert_eq!(r.version(), 1);
 
         // A next root the current one did not sign is refused and never kept; the good one
