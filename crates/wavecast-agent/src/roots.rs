@@ -266,29 +266,49 @@ mod tests {
         assert!(matches!(Roots::load(&other[0], &state), Err(RootsError::Kept { .. })));
     }
 
-    /// Serves `files` under `/device/v1/tuf/`, 404 for anything else; `status` instead of any
+    /// A plain HTTP/1.1 server (no router: routes live in the server crate) answering
+    /// `GET /device/v1/tuf/NAME` from `files`, 404 for anything else; `status` instead of any
     /// file when set.
     async fn serve(files: Vec<(String, Vec<u8>)>, status: Option<u16>) -> reqwest::Url {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
         let files = std::sync::Arc::new(files);
-        let app = axum::Router::new().route(
-            "/device/v1/tuf/{file}",
-            axum::routing::get(move |axum::extract::Path(file): axum::extract::Path<String>| {
-                let files = files.clone();
-                async move {
-                    use axum::http::StatusCode;
-                    if let Some(s) = status {
-                        return (StatusCode::from_u16(s).unwrap(), Vec::new());
-                    }
-                    match files.iter().find(|(name, _)| *name == file) {
-                        Some((_, body)) => (StatusCode::OK, body.clone()),
-                        None => (StatusCode::NOT_FOUND, Vec::new()),
-                    }
-                }
-            }),
-        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = reqwest::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let files = files.clone();
+                tokio::spawn(async move {
+                    let mut s = tokio::io::BufReader::new(s);
+                    loop {
+                        let mut request = String::new();
+                        if s.read_line(&mut request).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut line = String::new();
+                            if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let path = request.split_whitespace().nth(1).unwrap_or_default();
+                        let file =
+                            path.strip_prefix("/device/v1/tuf/").and_then(|f| files.iter().find(|(n, _)| n == f));
+                        let (code, body) = match (status, file) {
+                            (Some(code), _) => (code, Vec::new()),
+                            (None, Some((_, body))) => (200, body.clone()),
+                            (None, None) => (404, Vec::new()),
+                        };
+                        let head = format!("HTTP/1.1 {code} X\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if s.get_mut().write_all(&[head.as_bytes(), &body].concat()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
         url
     }
 
