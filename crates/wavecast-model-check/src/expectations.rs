@@ -118,87 +118,82 @@ impl FromStr for Tolerance {
     }
 }
 
-/// A latency budget: most microseconds one inference may take. In JSON, a number of µs.
+/// A latency budget: most microseconds one inference may take (at least 1). In JSON, a number
+/// of µs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct LatencyBudget(u64);
 
 impl LatencyBudget {
-    /// A budget of `micros` µs (at least 1).
-    pub fn from_micros(micros: u64) -> Result<LatencyBudget, ExpectationsError> {
-        if micros == 0 {
-            return Err(ExpectationsError::Budget("0".to_owned()));
-        }
-        Ok(LatencyBudget(micros))
-    }
-
     /// The budget, µs.
     pub fn micros(self) -> u64 {
         self.0
     }
 }
 
-/// Parses a whole number with a unit: `us`, `ms` or `s` (`50ms`, `500us`).
-impl FromStr for LatencyBudget {
-    type Err = ExpectationsError;
-
-    fn from_str(s: &str) -> Result<LatencyBudget, ExpectationsError> {
-        let micros = with_unit(s, &[("us", 1), ("µs", 1), ("ms", 1_000), ("s", 1_000_000)])
-            .ok_or_else(|| ExpectationsError::Budget(s.to_owned()))?;
-        LatencyBudget::from_micros(micros).map_err(|_| ExpectationsError::Budget(s.to_owned()))
-    }
-}
-
-impl fmt::Display for LatencyBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}us", self.0)
-    }
-}
-
-/// A memory budget: most bytes of heap. In JSON, a number of bytes.
+/// A memory budget: most bytes of heap (at least 1). In JSON, a number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct MemoryBudget(u64);
 
 impl MemoryBudget {
-    /// A budget of `bytes` (at least 1).
-    pub fn from_bytes(bytes: u64) -> Result<MemoryBudget, ExpectationsError> {
-        if bytes == 0 {
-            return Err(ExpectationsError::Budget("0".to_owned()));
-        }
-        Ok(MemoryBudget(bytes))
-    }
-
     /// The budget, bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }
 }
 
-/// Parses a whole number with a unit: `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB` (`256MiB`).
-impl FromStr for MemoryBudget {
-    type Err = ExpectationsError;
+const LATENCY_UNITS: &[(&str, u64)] = &[("us", 1), ("µs", 1), ("ms", 1_000), ("s", 1_000_000)];
+const MEMORY_UNITS: &[(&str, u64)] = &[
+    ("B", 1),
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+];
 
-    fn from_str(s: &str) -> Result<MemoryBudget, ExpectationsError> {
-        let units = [
-            ("B", 1),
-            ("KiB", 1 << 10),
-            ("MiB", 1 << 20),
-            ("GiB", 1 << 30),
-            ("KB", 1_000),
-            ("MB", 1_000_000),
-            ("GB", 1_000_000_000),
-        ];
-        let bytes = with_unit(s, &units).ok_or_else(|| ExpectationsError::Budget(s.to_owned()))?;
-        MemoryBudget::from_bytes(bytes).map_err(|_| ExpectationsError::Budget(s.to_owned()))
-    }
-}
+/// The two budgets' shared rules: a whole number above zero, typed as a number of the smallest
+/// unit, or as text with any of `units`.
+macro_rules! budget {
+    ($budget:ident, $units:expr, $show:literal) => {
+        impl TryFrom<u64> for $budget {
+            type Error = ExpectationsError;
 
-impl fmt::Display for MemoryBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}B", self.0)
-    }
+            fn try_from(n: u64) -> Result<$budget, ExpectationsError> {
+                if n == 0 {
+                    return Err(ExpectationsError::Budget(n.to_string()));
+                }
+                Ok($budget(n))
+            }
+        }
+
+        impl From<$budget> for u64 {
+            fn from(b: $budget) -> u64 {
+                b.0
+            }
+        }
+
+        /// Parses a whole number with a unit (`50ms`, `256MiB`).
+        impl FromStr for $budget {
+            type Err = ExpectationsError;
+
+            fn from_str(s: &str) -> Result<$budget, ExpectationsError> {
+                let n = with_unit(s, $units).ok_or_else(|| ExpectationsError::Budget(s.to_owned()))?;
+                $budget::try_from(n).map_err(|_| ExpectationsError::Budget(s.to_owned()))
+            }
+        }
+
+        impl fmt::Display for $budget {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, $show, self.0)
+            }
+        }
+    };
 }
+budget!(LatencyBudget, LATENCY_UNITS, "{}us");
+budget!(MemoryBudget, MEMORY_UNITS, "{}B");
 
 fn with_unit(s: &str, units: &[(&str, u64)]) -> Option<u64> {
     let s = s.trim();
@@ -445,5 +440,8 @@ mod tests {
         let mut newer = json;
         newer["accuracy_floor"] = serde_json::json!(0.9);
         assert!(serde_json::from_value::<Expectations>(newer).is_err());
+        let mut zero = serde_json::to_value(&e).expect("serializes");
+        zero["latency_budget"] = serde_json::json!(0);
+        assert!(serde_json::from_value::<Expectations>(zero).is_err(), "a zero budget is refused when read too");
     }
 }

@@ -98,10 +98,11 @@ impl TensorSpec {
 impl Signature {
     /// The signature of a parsed ONNX model.
     pub fn of(model: &pb::ModelProto) -> Signature {
-        let graph = model.graph.clone().unwrap_or_default();
+        let none = pb::GraphProto::default();
+        let graph = model.graph.as_ref().unwrap_or(&none);
         let initialized: std::collections::BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let mut parameters = 0u64;
-        walk_graphs(&graph, &mut |g| {
+        walk_graphs(graph, &mut |g| {
             let dims = g.initializer.iter().map(|t| &t.dims).chain(g.sparse_initializer.iter().map(|t| &t.dims));
             for d in dims {
                 parameters = parameters.saturating_add(d.iter().map(|&n| n.max(0) as u64).product());
