@@ -148,7 +148,7 @@ pub fn check(subject: &Subject<'_>, meter: MemoryMeter) -> Report {
             if let Some(b) = budget.filter(|&b| p95_us > b as f64) {
                 report.fail(
                     Reason::LatencyOverBudget,
-                    format!("p95 latency {p95_us:.0} µs is over the budget of {b} µs (median {median_us:.0} µs)"),
+                    format!("p95 latency {p95_us:.1} µs is over the budget of {b} µs (median {median_us:.1} µs)"),
                 );
             }
             let Timing { warmup, runs } = expectations.timing;
