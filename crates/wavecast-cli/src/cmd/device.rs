@@ -45,7 +45,8 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DeviceCommand::EnrollToken { group, expires_in, args: JsonRemote { json, remote } } => {
             wavecast_core::GroupName::new(group.clone())?;
-            let body = CreateEnrollmentToken { group, expires_in_secs: Some(expires_in.as_secs().max(1)) };
+            let body =
+                CreateEnrollmentToken { group, expires_in_secs: Some(expires_in.as_secs().max(1)), max_uses: None };
             let created: EnrollmentTokenCreated = remote.client()?.post("/api/v1/enrollment-tokens", &body).await?;
             if json {
                 output::json(&created)?;
