@@ -103,21 +103,26 @@ fn artifacts_groups_and_tokens() {
     );
 }
 
+/// Device `cam-001`, last seen and revoked as given.
+fn device(last_seen_at: Option<i64>, revoked_at: Option<i64>) -> Device {
+    Device {
+        id: "d1".into(),
+        name: DeviceName::new("cam-001").unwrap(),
+        group: group("plant-7"),
+        hardware: "jetson".into(),
+        enrolled_at: 3,
+        last_seen_at,
+        state: DeviceStatus::of(revoked_at),
+        revoked_at,
+    }
+}
+
 #[test]
 fn a_device_shows_its_own_fields_inline() {
     let sha: Sha256Digest = SHA.parse().unwrap();
     check(
         &DeviceDetail {
-            device: Device {
-                id: "d1".into(),
-                name: DeviceName::new("cam-001").unwrap(),
-                group: group("plant-7"),
-                hardware: "jetson".into(),
-                enrolled_at: 3,
-                last_seen_at: None,
-                state: DeviceStatus::Active,
-                revoked_at: None,
-            },
+            device: device(None, None),
             artifacts: vec![DeviceArtifact { name: name("yolo"), version: version("1.0.0"), sha256: sha }],
             rollouts: vec![DeviceRollout {
                 rollout_id: "r-1".into(),
@@ -142,20 +147,7 @@ fn a_device_shows_its_own_fields_inline() {
 #[test]
 fn a_revoked_or_removed_device_says_which_rollouts_it_left() {
     check(
-        &DeviceRemoval {
-            device: Device {
-                id: "d1".into(),
-                name: DeviceName::new("cam-001").unwrap(),
-                group: group("plant-7"),
-                hardware: "jetson".into(),
-                enrolled_at: 3,
-                last_seen_at: Some(4),
-                state: DeviceStatus::Revoked,
-                revoked_at: Some(5),
-            },
-            decommissioned: true,
-            left_rollouts: vec!["r-1".into()],
-        },
+        &DeviceRemoval { device: device(Some(4), Some(5)), decommissioned: true, left_rollouts: vec!["r-1".into()] },
         r#"{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":4,
             "state":"revoked","revoked_at":5,"decommissioned":true,"left_rollouts":["r-1"]}"#,
     );

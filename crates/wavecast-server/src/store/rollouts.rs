@@ -614,15 +614,15 @@ impl Store {
     }
 
     /// Where `device` (of `group`) stands in rollout `rollout_id`, read under the rollout's
-    /// lock (and its row's, on PostgreSQL), with the rollout and the device's wave when it has
-    /// a row there.
+    /// lock (and its row's, on PostgreSQL), with the rollout, the device's wave and its state
+    /// when it has a row there.
     async fn standing(
         &self,
         tx: &mut Transaction<'static, Any>,
         rollout_id: &str,
         device: &DeviceRef,
         group: &GroupName,
-    ) -> Result<(Standing, Option<(RolloutRecord, usize)>), StoreError> {
+    ) -> Result<(Standing, Option<(RolloutRecord, usize, DeviceState)>), StoreError> {
         let r = match self.lock_rollout(tx, rollout_id).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => return Ok((Standing::NoRollout, None)),
@@ -634,7 +634,7 @@ impl Store {
             let group_version = r.group == *group && r.status.state == RolloutState::Completed;
             return Ok((Standing::NotIn { group_version }, None));
         };
-        Ok((Standing::In { device: from, abort: r.abort_mode }, Some((r, wave))))
+        Ok((Standing::In { device: from, abort: r.abort_mode }, Some((r, wave, from))))
     }
 
     /// Writes a device's move from `from` to `to` (checked by the caller, under the rollout's
@@ -777,15 +777,9 @@ impl Store {
         match (rollout::judge_report(standing, report.state), place) {
             (Err(refused), _) => {
                 tx.rollback().await.map_err(q(op))?;
-                return Ok(ReportOutcome::Refused(refused));
+                Ok(ReportOutcome::Refused(refused))
             }
-            (Ok(Verdict::Apply), Some((mut r, wave))) => {
-                let Standing::In { device: from, .. } = standing else {
-                    return Err(StoreError::Corrupt {
-                        what: format!("rollout {}", report.rollout_id),
-                        source: "a device row that is not in its rollout".into(),
-                    });
-                };
+            (Ok(Verdict::Apply), Some((mut r, wave, from))) => {
                 let reason = report.reason.as_deref();
                 let cause = Actor::Device(device.name.clone());
                 self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
