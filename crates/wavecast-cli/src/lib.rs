@@ -91,7 +91,7 @@ enum Command {
     /// Create and list device groups.
     #[command(subcommand)]
     Group(cmd::group::GroupCommand),
-    /// Enroll, list and inspect devices.
+    /// Enroll, list, inspect, revoke and remove devices.
     #[command(subcommand)]
     Device(cmd::device::DeviceCommand),
     /// Roll an artifact out to a group in waves, and steer it.

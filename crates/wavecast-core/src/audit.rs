@@ -79,6 +79,18 @@ pub enum AuditAction {
     /// A device did not pick up its assignment within the device timeout.
     #[serde(rename = "device.unreachable")]
     DeviceUnreachable,
+    /// An enrollment token was revoked: no device can enroll with it any more.
+    #[serde(rename = "enrollment_token.revoked")]
+    EnrollmentTokenRevoked,
+    /// A device's credential was revoked: the device is refused from then on.
+    #[serde(rename = "device.revoked")]
+    DeviceRevoked,
+    /// A device left a rollout that had not ended because an operator revoked or removed it.
+    #[serde(rename = "device.removed")]
+    DeviceRemoved,
+    /// A device was decommissioned: it left its group and the device list.
+    #[serde(rename = "device.decommissioned")]
+    DeviceDecommissioned,
 }
 
 impl AuditAction {
@@ -106,6 +118,10 @@ impl AuditAction {
             AuditAction::DeviceRevertSkipped => "device.revert_skipped",
             AuditAction::DeviceTimedOut => "device.timed_out",
             AuditAction::DeviceUnreachable => "device.unreachable",
+            AuditAction::EnrollmentTokenRevoked => "enrollment_token.revoked",
+            AuditAction::DeviceRevoked => "device.revoked",
+            AuditAction::DeviceRemoved => "device.removed",
+            AuditAction::DeviceDecommissioned => "device.decommissioned",
         }
     }
 }

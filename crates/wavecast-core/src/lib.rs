@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod digest;
 pub mod duration;
 pub mod evidence;
+pub mod fleet;
 pub mod merkle;
 pub mod name;
 pub mod probe;

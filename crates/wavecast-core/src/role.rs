@@ -30,7 +30,7 @@ pub enum Permission {
     Read,
     /// Upload and sign-in a new artifact version.
     Publish,
-    /// Create groups and enrollment tokens.
+    /// Create groups and enrollment tokens; revoke enrollment tokens and devices; remove devices.
     ManageFleet,
     /// Create, resume and abort rollouts.
     OperateRollouts,

@@ -31,6 +31,7 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use artifacts::BlobLock;
 pub use audit::{CheckpointRecord, NewCheckpoint};
+pub use devices::EnrollError;
 pub use records::*;
 pub use rollouts::*;
 
@@ -245,6 +246,24 @@ impl Store {
         match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// `FOR SHARE` where the database has row locks: many holders at once, none while a
+    /// [`Store::for_no_key_update`] lock is held.
+    fn for_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
+        }
+    }
+
+    /// `FOR NO KEY UPDATE` where the database has row locks: excludes [`Store::for_share`]
+    /// holders, but not the key-share locks that inserting a row referring to this one takes.
+    fn for_no_key_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR NO KEY UPDATE",
         }
     }
 }

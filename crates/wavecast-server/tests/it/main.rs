@@ -11,6 +11,7 @@ mod support;
 mod audit;
 mod authz;
 mod fleet;
+mod lifecycle;
 mod openapi;
 mod progress;
 mod publish;
