@@ -79,6 +79,13 @@ pub enum AuditAction {
     /// A device did not pick up its assignment within the device timeout.
     #[serde(rename = "device.unreachable")]
     DeviceUnreachable,
+    /// The publisher signed the targets metadata again with a new version and expiry, changing
+    /// no artifact.
+    #[serde(rename = "targets.resigned")]
+    TargetsResigned,
+    /// A new root version was installed: renewed, or naming new keys.
+    #[serde(rename = "root.rotated")]
+    RootRotated,
 }
 
 impl AuditAction {
@@ -106,6 +113,8 @@ impl AuditAction {
             AuditAction::DeviceRevertSkipped => "device.revert_skipped",
             AuditAction::DeviceTimedOut => "device.timed_out",
             AuditAction::DeviceUnreachable => "device.unreachable",
+            AuditAction::TargetsResigned => "targets.resigned",
+            AuditAction::RootRotated => "root.rotated",
         }
     }
 }

@@ -77,6 +77,34 @@ pub enum AcceptError {
     },
 }
 
+/// The version and expiry of a signed metadata file of any role, read without the rest (a
+/// targets file can be megabytes; its targets are skipped, not built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataHead {
+    /// The version.
+    pub version: u64,
+    /// When it expires.
+    pub expires: jiff::Timestamp,
+}
+
+impl MetadataHead {
+    /// Reads the version and expiry of signed metadata (`{"signed": {...}, "signatures": [...]}`).
+    /// The signatures are not checked: this is for reports, never for trust.
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            signed: Self_,
+        }
+        #[derive(serde::Deserialize)]
+        struct Self_ {
+            version: u64,
+            expires: jiff::Timestamp,
+        }
+        let outer: Outer = serde_json::from_slice(bytes)?;
+        Ok(Self { version: outer.signed.version, expires: outer.signed.expires })
+    }
+}
+
 /// A target as wavecast reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetInfo {
