@@ -7,19 +7,32 @@ use std::time::{Duration, Instant};
 
 use wavecast_test_support::PgDatabase;
 
-use crate::{Installation, Server, installation, ok, op, run};
+use crate::{Installation, Server, installation, ok, op, op_at, run};
 
 /// A running `wavecast sim`, killed on drop.
-struct Sim {
+pub(crate) struct Sim {
     child: Child,
     dir: PathBuf,
 }
 
 impl Sim {
     fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
+        Self::start_in(server, token, root, dir, "plant-7", args, None)
+    }
+
+    /// Devices in `group`, their clocks `clock` ahead (see [`crate::wavecast_at`]).
+    pub(crate) fn start_in(
+        server: &Server,
+        token: &str,
+        root: &str,
+        dir: &Path,
+        group: &str,
+        args: &[&str],
+        clock: Option<&str>,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = op(server, token);
-        cmd.args(["sim", "--group", "plant-7", "--trust-root", root, "--dir"]).arg(dir).args(args);
+        let mut cmd = op_at(server, token, clock);
+        cmd.args(["sim", "--group", group, "--trust-root", root, "--dir"]).arg(dir).args(args);
         if !args.contains(&"--poll-interval") {
             cmd.args(["--poll-interval", "250ms"]);
         }
@@ -39,7 +52,7 @@ impl Sim {
         Self { child, dir: dir.to_path_buf() }
     }
 
-    fn file(&self, device: &str) -> Vec<u8> {
+    pub(crate) fn file(&self, device: &str) -> Vec<u8> {
         std::fs::read(self.dir.join(device).join("app").join("model.bin")).unwrap_or_default()
     }
 
