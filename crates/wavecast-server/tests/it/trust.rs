@@ -392,6 +392,24 @@ async fn a_replica_without_the_new_keys_refuses_to_sign(db: Db) {
     assert!(verify_ed25519(&director_key(&v2.signed().signed).unwrap(), &doc.signed.signing_bytes(), &sig));
 }
 
+/// The root and publisher keys never sit with the server: one found among its keys stops it.
+async fn an_offline_key_in_the_key_directory_is_refused(db: Db) {
+    let env = Env::new(db).await;
+    for (file, role) in [(&env.report.publisher_key, "targets"), (&env.report.root_key, "root")] {
+        let misplaced = env.layout().keys_dir().join("misplaced.key");
+        std::fs::copy(file, &misplaced).unwrap();
+        env.state.store().close().await;
+        let err = wavecast_server::open(&env.config).await.err().expect("an offline key in keys/ is refused");
+        let message = wavecast_os::error::chain(&err);
+        assert!(
+            message.contains(&format!("is the {role} key of root.json version 1: it belongs offline")),
+            "{message}"
+        );
+        std::fs::remove_file(&misplaced).unwrap();
+    }
+    wavecast_server::open(&env.config).await.unwrap();
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(to).unwrap();
@@ -412,4 +430,5 @@ both!(
     targets_are_signed_again_and_audited,
     a_root_rotation_replaces_keys_and_keeps_the_log_verifying,
     a_replica_without_the_new_keys_refuses_to_sign,
+    an_offline_key_in_the_key_directory_is_refused,
 );
