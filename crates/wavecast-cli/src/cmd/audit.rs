@@ -240,8 +240,7 @@ async fn verify_file(
     };
     let chain: Vec<Vec<u8>> = export.roots.iter().map(|r| r.clone().into_bytes()).collect();
     let keys = trusted_keys(trust_root, &chain)?;
-    let key = &keys;
-    let summary = match verify_export(&export, key, verify_ed25519) {
+    let summary = match verify_export(&export, &keys, verify_ed25519) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -249,7 +248,7 @@ async fn verify_file(
         None => None,
         // An export carries no proof about other checkpoints; the server cuts one, and it is
         // checked against both signed checkpoints, so the server is not trusted for it.
-        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, &remote.client()?).await? {
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, &keys, &remote.client()?).await? {
             Ok(g) => Some(g),
             Err(e) => return Ok(Err(e)),
         },
@@ -258,7 +257,7 @@ async fn verify_file(
 }
 
 async fn verify_live(
-    key: &CheckpointKeys,
+    keys: &CheckpointKeys,
     old_note: Option<&str>,
     client: &Client,
 ) -> anyhow::Result<Result<Verified, VerifyError>> {
@@ -284,13 +283,13 @@ async fn verify_live(
             break;
         }
     }
-    let summary = match verify_log(&leaves, &checkpoints, key, verify_ed25519) {
+    let summary = match verify_log(&leaves, &checkpoints, keys, verify_ed25519) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
     let growth = match old_note {
         None => None,
-        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, client).await? {
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, keys, client).await? {
             Ok(g) => Some(g),
             Err(e) => return Ok(Err(e)),
         },
@@ -303,7 +302,7 @@ async fn prove_growth(
     old_note: &str,
     size: u64,
     root: &Sha256Digest,
-    key: &CheckpointKeys,
+    keys: &CheckpointKeys,
     client: &Client,
 ) -> anyhow::Result<Result<Growth, VerifyError>> {
     let old = match peek_checkpoint(old_note) {
@@ -324,7 +323,7 @@ async fn prove_growth(
             }
             Err(e) => return Err(e.into()),
         };
-    let growth = match verify_growth(old_note, &proof, key, verify_ed25519) {
+    let growth = match verify_growth(old_note, &proof, keys, verify_ed25519) {
         Ok(g) => g,
         Err(e) => return Ok(Err(e)),
     };
@@ -345,7 +344,7 @@ fn print_verified(v: &Verified) {
                 None => format!("all {} events", s.events),
             };
             println!(
-                "OK: {what} are in log {} at size {} (root {}), signed by the trust root's checkpoint key",
+                "OK: {what} are in log {} at size {} (root {}), signed by the checkpoint key of the trust root's chain",
                 s.origin, s.tree_size, s.root
             );
             growth
@@ -394,11 +393,11 @@ pub(crate) async fn demo_evidence(
         anyhow::ensure!(std::time::Instant::now() < deadline, "the server signed no checkpoint covering every event");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let key = trusted_keys(trust_root, &server_chain(client).await?)?;
+    let keys = trusted_keys(trust_root, &server_chain(client).await?)?;
     let export: Export = client.get(&format!("/api/v1/audit/export?rollout={}", url_encode(rollout))).await?;
     write_file(out, &serde_json::to_vec_pretty(&export)?)?;
-    let offline = verify_export(&export, &key, verify_ed25519)?;
-    let live = match verify_live(&key, None, client).await? {
+    let offline = verify_export(&export, &keys, verify_ed25519)?;
+    let live = match verify_live(&keys, None, client).await? {
         Ok(Verified::Live { summary, .. }) => summary,
         Ok(Verified::Export { .. }) => anyhow::bail!("live verification returned an export verdict"),
         Err(e) => return Err(e.into()),

@@ -20,7 +20,7 @@ use super::{ApiError, ApiJson, ApiPath, CanManageTrust, CanRead, Device};
 use crate::checkpoints::{CheckpointError, sign_extension};
 use crate::state::AppState;
 use crate::store::{MetadataWrite, StoreError};
-use crate::trust::ChainRoot;
+use crate::trust::{ChainRoot, TrustError};
 
 /// Metadata for operators (the publisher reads root and targets here).
 pub async fn operator_metadata(
@@ -93,7 +93,12 @@ pub async fn rotate_root(
         named.map_err(|e| refused(chain(&e)))?;
     }
     let changed = changed_keys(&current.root().signed, &next.signed);
-    let next_view = current.followed_by(ChainRoot { root: next.clone(), text: req.root.clone() })?;
+    let next_view =
+        current.followed_by(ChainRoot { root: next.clone(), text: req.root.clone() }).map_err(|e| match e {
+            // The new root names a key the server holds for an offline role.
+            e @ TrustError::OfflineKey { .. } => refused(chain(&e)),
+            other => other.into(),
+        })?;
     if let Some(missing) = next_view.missing().into_iter().next() {
         return Err(refused(chain(&missing)));
     }
