@@ -180,11 +180,11 @@ fn write_public(path: &Path, data: &[u8]) -> Result<(), InitError> {
 /// Creates a new installation in `dir` (which must be missing or empty).
 pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     let layout = Layout::new(dir);
-    if let Ok(mut entries) = std::fs::read_dir(dir) {
-        if entries.next().is_some() {
-            let hint = if layout.root_json().exists() { " (it holds a wavecast installation)" } else { "" };
-            return Err(InitError::NotEmpty { dir: dir.into(), hint });
-        }
+    if let Ok(mut entries) = std::fs::read_dir(dir)
+        && entries.next().is_some()
+    {
+        let hint = if layout.root_json().exists() { " (it holds a wavecast installation)" } else { "" };
+        return Err(InitError::NotEmpty { dir: dir.into(), hint });
     }
     for d in [
         layout.dir().to_path_buf(),

@@ -51,7 +51,7 @@ pub enum KeyError {
     },
     /// The key id could not be computed.
     #[error("computing the key id")]
-    KeyId(#[source] tough::schema::Error),
+    KeyId(#[source] Box<tough::schema::Error>),
 }
 
 /// An Ed25519 private key held in memory as PKCS#8 DER.
@@ -119,7 +119,7 @@ impl SigningKey {
 
     /// The TUF key id of the public key.
     pub fn key_id(&self) -> Result<Decoded<Hex>, KeyError> {
-        self.tuf_key().key_id().map_err(KeyError::KeyId)
+        self.tuf_key().key_id().map_err(|e| KeyError::KeyId(Box::new(e)))
     }
 
     /// This key as a `tough` key source, for signing roles.

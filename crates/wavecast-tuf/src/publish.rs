@@ -45,7 +45,7 @@ pub enum PublishError {
     },
     /// tough refused to sign.
     #[error("signing targets metadata")]
-    Sign(#[source] tough::error::Error),
+    Sign(#[source] Box<tough::error::Error>),
     /// The target name is not one tough accepts.
     #[error("target name {0} is not valid TUF")]
     TargetName(TargetName),
@@ -85,7 +85,7 @@ pub async fn resign_targets(
     targets.expires = crate::whole_seconds(expires);
     SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
         .await
-        .map_err(PublishError::Sign)
+        .map_err(|e| PublishError::Sign(Box::new(e)))
 }
 
 /// Adds `new` to `current`, bumps the version, sets `expires`, and signs with `key`.
@@ -124,5 +124,5 @@ pub async fn sign_new_targets(
     );
     SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
         .await
-        .map_err(PublishError::Sign)
+        .map_err(|e| PublishError::Sign(Box::new(e)))
 }

@@ -25,7 +25,7 @@ pub enum AcceptError {
     Parse(#[source] serde_json::Error),
     /// Not signed by the targets key(s) in root.json.
     #[error("targets metadata is not signed by the targets key in root.json: {0}")]
-    Signature(#[source] tough::schema::Error),
+    Signature(#[source] Box<tough::schema::Error>),
     /// Already expired.
     #[error("targets metadata expired at {expires}")]
     Expired {
@@ -171,7 +171,7 @@ pub fn accept_submission(
     kind: Submission,
 ) -> Result<Accepted, AcceptError> {
     let submitted: Signed<Targets> = serde_json::from_slice(bytes).map_err(AcceptError::Parse)?;
-    root.verify_role(&submitted).map_err(AcceptError::Signature)?;
+    root.verify_role(&submitted).map_err(|e| AcceptError::Signature(Box::new(e)))?;
     let new = &submitted.signed;
     if new.expires <= now {
         return Err(AcceptError::Expired { expires: new.expires });
@@ -223,7 +223,7 @@ pub enum OnlineSignError {
         role: &'static str,
         /// The cause.
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
 }
 
@@ -286,13 +286,13 @@ pub async fn sign_online(
     snapshot.meta.insert("targets.json".to_owned(), metafile(targets_bytes, plan.targets_version));
     let snapshot = SignedRole::new(snapshot, &holder, &[keys.snapshot.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "snapshot", source })?;
+        .map_err(|e| OnlineSignError::Sign { role: "snapshot", source: Box::new(e) })?;
     let mut timestamp =
         Timestamp::new(SPEC_VERSION.to_owned(), plan.timestamp_version, crate::whole_seconds(plan.timestamp_expires));
     timestamp.meta.insert("snapshot.json".to_owned(), metafile(snapshot.buffer(), plan.snapshot_version));
     let timestamp = SignedRole::new(timestamp, &holder, &[keys.timestamp.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "timestamp", source })?;
+        .map_err(|e| OnlineSignError::Sign { role: "timestamp", source: Box::new(e) })?;
     Ok(OnlineSigned { snapshot: snapshot.buffer().clone(), timestamp: timestamp.buffer().clone() })
 }
 
@@ -305,6 +305,6 @@ pub async fn initial_targets(
     let targets = Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, crate::whole_seconds(expires));
     let signed = SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "targets", source })?;
+        .map_err(|e| OnlineSignError::Sign { role: "targets", source: Box::new(e) })?;
     Ok(signed.buffer().clone())
 }

@@ -21,13 +21,13 @@ pub enum RootError {
     Key(#[from] KeyError),
     /// tough refused to sign.
     #[error("signing root.json")]
-    Sign(#[source] tough::error::Error),
+    Sign(#[source] Box<tough::error::Error>),
     /// The bytes are not a root.
     #[error("root.json does not parse")]
     Parse(#[source] serde_json::Error),
     /// The root is not signed by its own root keys.
     #[error("root.json is not signed by the root keys it names")]
-    Verify(#[source] tough::schema::Error),
+    Verify(#[source] Box<tough::schema::Error>),
     /// The root does not carry wavecast's director key.
     #[error("root.json has no director key in its {WAVECAST_ROOT_FIELD:?} field")]
     NoDirectorKey,
@@ -61,7 +61,7 @@ pub enum RootError {
         by: &'static str,
         /// The cause.
         #[source]
-        source: tough::schema::Error,
+        source: Box<tough::schema::Error>,
     },
 }
 
@@ -113,7 +113,9 @@ pub async fn build_root(keys: &RootKeys<'_>, expires: jiff::Timestamp) -> Result
         _extra: extra,
     };
     let holder = KeyHolder::Root(root.clone());
-    SignedRole::new(root, &holder, &[keys.root.source()], &SystemRandom::new()).await.map_err(RootError::Sign)
+    SignedRole::new(root, &holder, &[keys.root.source()], &SystemRandom::new())
+        .await
+        .map_err(|e| RootError::Sign(Box::new(e)))
 }
 
 /// The keys a new root version names instead of the current ones; `None` keeps a role's key.
@@ -178,13 +180,13 @@ pub async fn next_root(
     let new_root_key = changes.root.unwrap_or(current_root_key);
     let by_new = SignedRole::new(next.clone(), &KeyHolder::Root(next.clone()), &[new_root_key.source()], &rng)
         .await
-        .map_err(RootError::Sign)?;
+        .map_err(|e| RootError::Sign(Box::new(e)))?;
     // tough signs a role only with keys its holder lists for that role; the current root lists
     // the current root key, so this is the current key's signature over the new root.
     let by_old = SignedRole::new(next, &KeyHolder::Root(old.clone()), &[current_root_key.source()], &rng)
         .await
-        .map_err(RootError::Sign)?;
-    by_new.add_old_signatures(by_old.signed().signatures.clone()).map_err(RootError::Sign)
+        .map_err(|e| RootError::Sign(Box::new(e)))?;
+    by_new.add_old_signatures(by_old.signed().signatures.clone()).map_err(|e| RootError::Sign(Box::new(e)))
 }
 
 /// Checks that `next` follows `current` as TUF's root rotation requires: the next version,
@@ -199,12 +201,12 @@ pub fn verify_next(current: &Root, next: &[u8]) -> Result<Signed<Root>, RootErro
     current.verify_role(&root).map_err(|source| RootError::ChainSignature {
         version: got,
         by: "the previous root's keys",
-        source,
+        source: Box::new(source),
     })?;
     root.signed.verify_role(&root).map_err(|source| RootError::ChainSignature {
         version: got,
         by: "its own root keys",
-        source,
+        source: Box::new(source),
     })?;
     Ok(root)
 }
@@ -221,7 +223,7 @@ pub fn verify_chain<B: AsRef<[u8]>>(anchor: &[u8], later: &[B]) -> Result<Signed
 /// Parses root.json and checks it is signed by its own root keys.
 pub fn parse_root(bytes: &[u8]) -> Result<Signed<Root>, RootError> {
     let root: Signed<Root> = serde_json::from_slice(bytes).map_err(RootError::Parse)?;
-    root.signed.verify_role(&root).map_err(RootError::Verify)?;
+    root.signed.verify_role(&root).map_err(|e| RootError::Verify(Box::new(e)))?;
     Ok(root)
 }
 

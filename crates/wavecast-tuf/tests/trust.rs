@@ -208,10 +208,9 @@ async fn devices_follow_a_root_rotation_and_refuse_the_retired_keys() {
     repo.targets = forged.buffer().clone();
     repo.publish().await;
     let fresh = tempfile::tempdir().unwrap();
-    let err = load(&anchor, repo.dir.path(), fresh.path())
-        .await
-        .err()
-        .expect("a device refuses targets signed by the retired key");
+    let Err(err) = load(&anchor, repo.dir.path(), fresh.path()).await else {
+        panic!("a device refuses targets signed by the retired key");
+    };
     assert!(
         matches!(err, tough::error::Error::VerifyMetadata { role: tough::schema::RoleType::Targets, .. }),
         "refused for its signature, not something else: {err:?}"

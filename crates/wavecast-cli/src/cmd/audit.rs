@@ -152,7 +152,7 @@ fn trusted_keys(trust_root: &Path, chain: &[Vec<u8>]) -> anyhow::Result<Checkpoi
     };
     wavecast_tuf::root::verify_chain(&chain[0], &chain[1..]).context("verifying the root chain")?;
     anyhow::ensure!(
-        chain.iter().any(|r| *r == anchor),
+        chain.contains(&anchor),
         "{shown} (root.json version {version}) is not one of the {} root versions this evidence rests on: it belongs to another installation, or is newer than the evidence",
         chain.len()
     );

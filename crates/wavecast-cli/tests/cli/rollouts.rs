@@ -131,7 +131,12 @@ fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
 }
 
 fn show(f: &Fleet, server: &Server, id: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(op(server, &f.token).args(["rollout", "show", id, "--json"]))).unwrap()
+    show_at(server, &f.token, None, id)
+}
+
+/// `rollout show --json`, with the CLI's clock `clock` ahead.
+pub(crate) fn show_at(server: &Server, token: &str, clock: Option<&str>, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(op_at(server, token, clock).args(["rollout", "show", id, "--json"]))).unwrap()
 }
 
 async fn wait(
@@ -142,9 +147,23 @@ async fn wait(
     timeout: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_at(server, &f.token, None, id, what, timeout, done).await
+}
+
+/// Polls `rollout show` until `done` holds, failing after `timeout` with the rollout and the
+/// server's log.
+pub(crate) async fn wait_at(
+    server: &Server,
+    token: &str,
+    clock: Option<&str>,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let r = show(f, server, id);
+        let r = show_at(server, token, clock, id);
         if done(&r) {
             return r;
         }

@@ -3,9 +3,9 @@
 //! rotated under running and sleeping devices.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::rollouts::Sim;
+use crate::rollouts::{Sim, wait_at};
 use crate::{Installation, Server, installation, ok, op_at, run};
 
 /// An installation, and where its keys and files are.
@@ -72,10 +72,6 @@ fn create(s: &Site, server: &Server, clock: Option<&str>, group: &str, version: 
     serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].as_str().unwrap().to_owned()
 }
 
-fn show(s: &Site, server: &Server, clock: Option<&str>, id: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(op_at(server, &s.token, clock).args(["rollout", "show", id, "--json"]))).unwrap()
-}
-
 /// Polls `rollout show` until `done` holds.
 async fn wait(
     s: &Site,
@@ -85,20 +81,7 @@ async fn wait(
     what: &str,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let timeout = Duration::from_secs(120);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = show(s, server, clock, id);
-        if done(&r) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollout {id} did not become {what} in {timeout:?}: {r:#}\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_at(server, &s.token, clock, id, what, Duration::from_secs(120), done).await
 }
 
 fn completed(r: &serde_json::Value) -> bool {
@@ -259,6 +242,12 @@ async fn inject_targets_signed_by(s: &Site, old_targets_key: &Path) {
     store.close().await;
 }
 
+/// The device that sleeps through rotations: sim-0002 in plant-8, pinning the first root.
+fn sleeper(s: &Site, server: &Server) -> Sim {
+    let args = ["--devices", "1", "--first", "2"];
+    Sim::start_in(server, &s.token, &s.root_json, &s.tmp.join("asleep"), "plant-8", &args, None)
+}
+
 /// The root and publisher keys rotated under a running device and a sleeping one: the running
 /// one keeps installing across version 2, the sleeping one catches up through versions 2 and 3
 /// when it wakes, and the retired publisher key is refused by the server and by the device.
@@ -272,15 +261,7 @@ async fn devices_follow_root_and_publisher_key_rotations() {
     }
     let awake =
         Sim::start_in(&server, &s.token, &s.root_json, &s.tmp.join("awake"), "plant-7", &["--devices", "1"], None);
-    let asleep = Sim::start_in(
-        &server,
-        &s.token,
-        &s.root_json,
-        &s.tmp.join("asleep"),
-        "plant-8",
-        &["--devices", "1", "--first", "2"],
-        None,
-    );
+    let asleep = sleeper(&s, &server);
     roll_out(&s, &server, None, "plant-7", "1.0.0").await;
     roll_out(&s, &server, None, "plant-8", "1.0.0").await;
     drop(asleep);
@@ -317,15 +298,7 @@ async fn devices_follow_root_and_publisher_key_rotations() {
     assert!(out.contains("installed root.json version 3"), "{out}");
 
     // The device that slept through both wakes with root version 1 pinned, and catches up.
-    let asleep = Sim::start_in(
-        &server,
-        &s.token,
-        &s.root_json,
-        &s.tmp.join("asleep"),
-        "plant-8",
-        &["--devices", "1", "--first", "2"],
-        None,
-    );
+    let asleep = sleeper(&s, &server);
     roll_out(&s, &server, None, "plant-8", "3.0.0").await;
     assert_eq!(asleep.file("sim-0002"), model("3.0.0"));
 
@@ -371,9 +344,7 @@ async fn devices_follow_a_director_key_rotation_and_refuse_the_retired_key() {
     }
     let fleet = s.tmp.join("awake");
     let awake = Sim::start_in(&server, &s.token, &s.root_json, &fleet, "plant-7", &["--devices", "1"], None);
-    let asleep_dir = s.tmp.join("asleep");
-    let args = ["--devices", "1", "--first", "2"];
-    let asleep = Sim::start_in(&server, &s.token, &s.root_json, &asleep_dir, "plant-8", &args, None);
+    let asleep = sleeper(&s, &server);
     roll_out(&s, &server, None, "plant-7", "1.0.0").await;
     roll_out(&s, &server, None, "plant-8", "1.0.0").await;
     drop(asleep);
@@ -437,7 +408,7 @@ async fn devices_follow_a_director_key_rotation_and_refuse_the_retired_key() {
     ok(&mut rotate_v3());
     copy_keys(&online3, &s.dir.join("keys"));
     assert!(ok(&mut rotate_v3()).contains("installed root.json version 3"));
-    let asleep = Sim::start_in(&server, &s.token, &s.root_json, &asleep_dir, "plant-8", &args, None);
+    let asleep = sleeper(&s, &server);
     roll_out(&s, &server, None, "plant-8", "2.0.0").await;
     assert_eq!(asleep.file("sim-0002"), model("2.0.0"), "caught up through versions 2 and 3");
     server.stop();
