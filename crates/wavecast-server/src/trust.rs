@@ -264,7 +264,10 @@ impl Trust {
             tracing::info!(from = slot.version(), to = view.version(), "following root.json to a new version");
         }
         for missing in view.missing() {
-            tracing::error!(error = %wavecast_os::error::chain(&missing), "refusing to sign with the retired key");
+            tracing::error!(
+                error = %wavecast_os::error::chain(&missing),
+                "this replica signs nothing for that role until the key is copied in"
+            );
         }
         *slot = view.clone();
         view
