@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::DeviceState;
+use wavecast_core::fleet::DeviceStatus;
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Sha256Digest};
 
 use crate::DeviceProgress;
@@ -31,7 +32,7 @@ pub struct Group {
     pub created_at: i64,
     /// The token name that created it.
     pub created_by: String,
-    /// Enrolled devices.
+    /// Enrolled devices that are not revoked.
     pub devices: u64,
 }
 
@@ -43,6 +44,10 @@ pub struct CreateEnrollmentToken {
     pub group: String,
     /// Lifetime in seconds (the server's default when `null`).
     pub expires_in_secs: Option<u64>,
+    /// How many devices it may enroll; any number until it expires when absent. Left out
+    /// when absent, so a CLI that does not limit uses can talk to a server that cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u64>,
 }
 
 /// What `POST /enrollment-tokens` answers: the only time the secret is shown.
@@ -56,6 +61,29 @@ pub struct EnrollmentTokenCreated {
     pub token: String,
     /// Expiry, RFC 3339.
     pub expires_at: String,
+    /// How many devices it may enroll; `null` for any number until it expires.
+    pub max_uses: Option<u64>,
+}
+
+/// An enrollment token as listed (`GET /enrollment-tokens`), without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentToken {
+    /// Public id.
+    pub id: String,
+    /// The group its devices join.
+    pub group: GroupName,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// The token name that created it.
+    pub created_by: String,
+    /// When it stops admitting devices (Unix ms).
+    pub expires_at: i64,
+    /// How many devices it may enroll; `null` for any number until it expires.
+    pub max_uses: Option<u64>,
+    /// How many devices it enrolled.
+    pub uses: u64,
+    /// Revocation time (Unix ms); `null` unless revoked.
+    pub revoked_at: Option<i64>,
 }
 
 /// An enrolled device.
@@ -73,6 +101,23 @@ pub struct Device {
     pub enrolled_at: i64,
     /// Last check-in (Unix ms); `null` if never.
     pub last_seen_at: Option<i64>,
+    /// Whether its credential still works.
+    pub state: DeviceStatus,
+    /// When its credential was revoked (Unix ms); `null` unless revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// What revoking a device (`POST /devices/{name}/revoke`) or removing it (`DELETE
+/// /devices/{name}`) answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRemoval {
+    /// The device as it was left: revoked. A removed device is no longer listed.
+    #[serde(flatten)]
+    pub device: Device,
+    /// Whether it was also removed from its group and the device list.
+    pub decommissioned: bool,
+    /// The rollouts that had not ended which it left, as `removed`, by id.
+    pub left_rollouts: Vec<String>,
 }
 
 /// `GET /devices/{name}`: one device, with what it runs.

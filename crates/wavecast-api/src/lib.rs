@@ -15,18 +15,25 @@ mod error;
 mod fleet;
 mod rollouts;
 mod tokens;
+mod trust;
 
 pub use artifacts::Artifact;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use fleet::{
-    CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRollout, EnrollmentTokenCreated,
-    Group, GroupCreated,
+    CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRemoval, DeviceRollout,
+    EnrollmentToken, EnrollmentTokenCreated, Group, GroupCreated,
 };
 pub use rollouts::{
     AbortRequest, CreateRollout, DeviceAtWork, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
     WaveState,
 };
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
+/// Whether a device is still trusted: the core's type, whose rules say what each means.
+pub use wavecast_core::fleet::DeviceStatus;
+pub use trust::{
+    AuditStatus, CheckpointStatus, DeviceCounts, KeyRole, MetadataRole, ResignTargets, RoleStatus, RootRotated,
+    RotateRoot, Status, TargetsResigned,
+};
 /// What a working device waits out, as its heartbeat says: the core's type, which the device
 /// API carries.
 pub use wavecast_core::progress::{WaitClass, Waiting};

@@ -184,6 +184,7 @@ pub struct StateCounts {
     pub installing: u64,
     pub pending: u64,
     pub probing: u64,
+    pub removed: u64,
     pub revert_skipped: u64,
     pub reverted: u64,
     pub succeeded: u64,
@@ -233,6 +234,7 @@ impl StateCounts {
             DeviceState::Unreachable => &mut self.unreachable,
             DeviceState::Reverted => &mut self.reverted,
             DeviceState::RevertSkipped => &mut self.revert_skipped,
+            DeviceState::Removed => &mut self.removed,
         }
     }
 }

@@ -63,9 +63,25 @@ fn artifacts_groups_and_tokens() {
             group: group("plant-7"),
             token: "wce_00".into(),
             expires_at: "2024-01-01T00:00:00Z".into(),
+            max_uses: Some(3),
         },
-        r#"{"id":"0a1b","group":"plant-7","token":"wce_00","expires_at":"2024-01-01T00:00:00Z"}"#,
+        r#"{"id":"0a1b","group":"plant-7","token":"wce_00","expires_at":"2024-01-01T00:00:00Z","max_uses":3}"#,
     );
+    check(
+        &EnrollmentToken {
+            id: "0a1b".into(),
+            group: group("plant-7"),
+            created_at: 1,
+            created_by: "admin".into(),
+            expires_at: 2,
+            max_uses: None,
+            uses: 4,
+            revoked_at: Some(3),
+        },
+        r#"{"id":"0a1b","group":"plant-7","created_at":1,"created_by":"admin","expires_at":2,"max_uses":null,"uses":4,
+            "revoked_at":3}"#,
+    );
+
     check(
         &Whoami { id: "1".into(), name: "ci".into(), role: Role::Viewer },
         r#"{"id":"1","name":"ci","role":"viewer"}"#,
@@ -87,19 +103,26 @@ fn artifacts_groups_and_tokens() {
     );
 }
 
+/// Device `cam-001`, last seen and revoked as given.
+fn device(last_seen_at: Option<i64>, revoked_at: Option<i64>) -> Device {
+    Device {
+        id: "d1".into(),
+        name: DeviceName::new("cam-001").unwrap(),
+        group: group("plant-7"),
+        hardware: "jetson".into(),
+        enrolled_at: 3,
+        last_seen_at,
+        state: DeviceStatus::of(revoked_at),
+        revoked_at,
+    }
+}
+
 #[test]
 fn a_device_shows_its_own_fields_inline() {
     let sha: Sha256Digest = SHA.parse().unwrap();
     check(
         &DeviceDetail {
-            device: Device {
-                id: "d1".into(),
-                name: DeviceName::new("cam-001").unwrap(),
-                group: group("plant-7"),
-                hardware: "jetson".into(),
-                enrolled_at: 3,
-                last_seen_at: None,
-            },
+            device: device(None, None),
             artifacts: vec![DeviceArtifact { name: name("yolo"), version: version("1.0.0"), sha256: sha }],
             rollouts: vec![DeviceRollout {
                 rollout_id: "r-1".into(),
@@ -114,10 +137,19 @@ fn a_device_shows_its_own_fields_inline() {
         },
         &format!(
             r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":null,
-                 "artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
+                 "state":"active","revoked_at":null,"artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
                  "rollouts":[{{"rollout_id":"r-1","artifact":"yolo","version":"1.0.0","wave":1,"state":"timed_out",
                                "reason":null,"updated_at":4,"progress":null}}]}}"#
         ),
+    );
+}
+
+#[test]
+fn a_revoked_or_removed_device_says_which_rollouts_it_left() {
+    check(
+        &DeviceRemoval { device: device(Some(4), Some(5)), decommissioned: true, left_rollouts: vec!["r-1".into()] },
+        r#"{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":4,
+            "state":"revoked","revoked_at":5,"decommissioned":true,"left_rollouts":["r-1"]}"#,
     );
 }
 
@@ -148,8 +180,8 @@ fn a_rollout_with_its_waves_and_counts() {
         in_progress: None,
     };
     // Counts are in alphabetical order, as the server's sorted map always sent them.
-    let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"revert_skipped":11,"reverted":10,
-                     "succeeded":6,"timed_out":8,"unreachable":9,"verifying":3}"#;
+    let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"removed":12,
+                     "revert_skipped":11,"reverted":10,"succeeded":6,"timed_out":8,"unreachable":9,"verifying":3}"#;
     check(
         &rollout,
         &format!(
@@ -249,9 +281,14 @@ fn requests_refuse_unknown_fields_and_keep_the_servers_defaults() {
     assert!(serde_json::from_str::<AbortRequest>(r#"{"mode":"sideways"}"#).is_err());
     check(&CreateToken { role: Role::Viewer, name: None }, r#"{"role":"viewer","name":null}"#);
     check(&ResumeRequest { ack: true }, r#"{"ack":true}"#);
+    // A request without a use limit is what it always was, so older servers accept it.
     check(
-        &CreateEnrollmentToken { group: "plant-7".into(), expires_in_secs: Some(60) },
+        &CreateEnrollmentToken { group: "plant-7".into(), expires_in_secs: Some(60), max_uses: None },
         r#"{"group":"plant-7","expires_in_secs":60}"#,
+    );
+    check(
+        &CreateEnrollmentToken { group: "plant-7".into(), expires_in_secs: None, max_uses: Some(1) },
+        r#"{"group":"plant-7","expires_in_secs":null,"max_uses":1}"#,
     );
 }
 
@@ -267,6 +304,7 @@ fn error_codes_and_abort_modes_by_name() {
         (ErrorCode::TooLarge, "too_large"),
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::Unavailable, "unavailable"),
     ] {
         check(
             &ErrorBody { error: ErrorDetail { code, message: "m".into() } },
@@ -278,4 +316,56 @@ fn error_codes_and_abort_modes_by_name() {
         check(&AbortRequest { mode }, &format!(r#"{{"mode":"{mode}"}}"#));
     }
     assert!("sideways".parse::<AbortMode>().is_err());
+}
+
+#[test]
+fn status_resign_and_rotation_bodies() {
+    let counts = StateCounts { pending: 2, succeeded: 5, ..StateCounts::default() };
+    check(
+        &Status {
+            version: "0.1.0".into(),
+            database: "sqlite".into(),
+            server_time: 1000,
+            metadata: vec![RoleStatus {
+                role: MetadataRole::Targets,
+                version: 3,
+                expires_at: 5000,
+                expires_in_secs: 4,
+                signed_offline: true,
+            }],
+            warnings: vec!["w".into()],
+            audit: AuditStatus {
+                events: 9,
+                checkpoint: Some(CheckpointStatus { size: 8, root: SHA.parse().unwrap() }),
+            },
+            devices: DeviceCounts { enrolled: 7, in_running_rollouts: counts },
+            rollouts_running: 1,
+        },
+        &format!(
+            r#"{{"version":"0.1.0","database":"sqlite","server_time":1000,
+            "metadata":[{{"role":"targets","version":3,"expires_at":5000,"expires_in_secs":4,"signed_offline":true}}],
+            "warnings":["w"],"audit":{{"events":9,"checkpoint":{{"size":8,"root":"{SHA}"}}}},
+            "devices":{{"enrolled":7,"in_running_rollouts":{counts}}},"rollouts_running":1}}"#,
+            // StateCounts' own wire form is pinned by `state_counts_name_every_state`.
+            counts = serde_json::to_string(&counts).unwrap()
+        ),
+    );
+    check(&ResignTargets { targets: "{}".into() }, r#"{"targets":"{}"}"#);
+    check(&TargetsResigned { version: 4, expires_at: 9 }, r#"{"version":4,"expires_at":9}"#);
+    check(&RotateRoot { root: "r".into(), targets: None }, r#"{"root":"r","targets":null}"#);
+    assert_eq!(
+        serde_json::from_str::<RotateRoot>(r#"{"root":"r"}"#).unwrap(),
+        RotateRoot { root: "r".into(), targets: None },
+        "targets may be left out"
+    );
+    assert!(serde_json::from_str::<RotateRoot>(r#"{"root":"r","keys":[]}"#).is_err());
+    check(
+        &RootRotated {
+            version: 2,
+            expires_at: 7,
+            changed: vec![KeyRole::Root, KeyRole::Targets, KeyRole::Director],
+            targets_version: Some(5),
+        },
+        r#"{"version":2,"expires_at":7,"changed":["root","targets","director"],"targets_version":5}"#,
+    );
 }

@@ -158,6 +158,12 @@ impl Client {
         decode(path, self.send("POST", path, req).await?).await
     }
 
+    /// POST without a body, reading a JSON answer.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let req = self.request(reqwest::Method::POST, path)?;
+        decode(path, self.send("POST", path, req).await?).await
+    }
+
     /// DELETE, reading a JSON answer.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::DELETE, path)?;

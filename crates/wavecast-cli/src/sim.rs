@@ -151,7 +151,7 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
     let minted: EnrollmentTokenCreated = client
         .post(
             "/api/v1/enrollment-tokens",
-            &CreateEnrollmentToken { group: opts.group.clone(), expires_in_secs: Some(3600) },
+            &CreateEnrollmentToken { group: opts.group.clone(), expires_in_secs: Some(3600), max_uses: None },
         )
         .await
         .context("minting an enrollment token")?;

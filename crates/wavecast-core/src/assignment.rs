@@ -50,6 +50,13 @@ impl Assignment {
     }
 }
 
+/// Whether `assignments` tell their device to install `target` with these bytes: the only
+/// artifact bytes a device may fetch. (A revert fetches nothing: it goes back to the local
+/// copy.)
+pub fn assigns_install(assignments: &[Assignment], target: &TargetName, sha256: &Sha256Digest) -> bool {
+    assignments.iter().any(|a| a.action == Action::Install && a.target() == *target && a.sha256 == *sha256)
+}
+
 /// Everything assigned to one device, as signed by the director.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,12 +118,15 @@ pub enum DeviceState {
     /// The rollout was aborted with revert, but the device had no earlier version to go back
     /// to (its first managed install replaced nothing); it keeps what it runs, and says so.
     RevertSkipped,
+    /// An operator revoked or removed the device while the rollout ran: it has left the
+    /// rollout. Settled, not a failure.
+    Removed,
 }
 
 impl DeviceState {
     /// Every state, in lifecycle order.
     /// New states go at the end: stored per-wave counts are arrays in this order.
-    pub const ALL: [DeviceState; 12] = [
+    pub const ALL: [DeviceState; 13] = [
         DeviceState::Pending,
         DeviceState::Assigned,
         DeviceState::Downloading,
@@ -129,6 +139,7 @@ impl DeviceState {
         DeviceState::Unreachable,
         DeviceState::Reverted,
         DeviceState::RevertSkipped,
+        DeviceState::Removed,
     ];
 
     /// The snake_case name.
@@ -146,6 +157,7 @@ impl DeviceState {
             DeviceState::Unreachable => "unreachable",
             DeviceState::Reverted => "reverted",
             DeviceState::RevertSkipped => "revert_skipped",
+            DeviceState::Removed => "removed",
         }
     }
 
@@ -179,12 +191,14 @@ impl DeviceState {
                 | DeviceState::Unreachable
                 | DeviceState::Reverted
                 | DeviceState::RevertSkipped
+                | DeviceState::Removed
         )
     }
 
     /// Whether a device in this state may move to `to`. Progress only goes forward; a device
     /// the server gave up on (unreachable, timed out) may come back; a healthy device may be
-    /// reverted. Anything else (a late duplicate, a regression) is ignored.
+    /// reverted; a device in any state may leave the rollout (`removed`), and nothing follows
+    /// that. Anything else (a late duplicate, a regression) is ignored.
     pub fn may_become(self, to: DeviceState) -> bool {
         use DeviceState::*;
         let rank = |s: DeviceState| match s {
@@ -197,6 +211,8 @@ impl DeviceState {
             _ => 6,
         };
         match (self, to) {
+            (Removed, _) => false,
+            (_, Removed) => true,
             (_, Pending | Assigned) => false,
             (Pending, _) => false,
             (Assigned | Unreachable, _) => to != Unreachable || self == Assigned,
@@ -212,6 +228,37 @@ impl DeviceState {
     pub fn is_failure(self) -> bool {
         matches!(self, DeviceState::Failed | DeviceState::TimedOut)
     }
+
+    /// Who moves a device into this state (see [`Mover`]): only [`Mover::Device`] states are
+    /// what a device may report about itself.
+    pub fn moved_by(self) -> Mover {
+        match self {
+            DeviceState::Pending | DeviceState::Assigned => Mover::Rollout,
+            DeviceState::Downloading
+            | DeviceState::Verifying
+            | DeviceState::Installing
+            | DeviceState::Probing
+            | DeviceState::Succeeded
+            | DeviceState::Failed
+            | DeviceState::Reverted
+            | DeviceState::RevertSkipped => Mover::Device,
+            DeviceState::TimedOut | DeviceState::Unreachable => Mover::Timeout,
+            DeviceState::Removed => Mover::Operator,
+        }
+    }
+}
+
+/// Who puts a device into a state of a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mover {
+    /// The rollout itself: every device starts pending, and is assigned when its wave opens.
+    Rollout,
+    /// The device, by reporting it: its progress and its outcomes.
+    Device,
+    /// The server's device timeout, when a device stays silent (unreachable, timed out).
+    Timeout,
+    /// An operator, by revoking or removing the device (removed).
+    Operator,
 }
 
 impl fmt::Display for DeviceState {
@@ -276,11 +323,25 @@ pub struct ReportBatch {
     pub active: Vec<ActiveArtifact>,
 }
 
-/// The server's answer: the ids it has applied (now or before).
+/// The server's answer: the ids the device may forget, and which of them were refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAck {
-    /// Applied ids.
+    /// Ids the server is done with: applied (now or before), found out of date, or refused.
     pub acked: Vec<String>,
+    /// The acked reports the server refused, because they claim a change the device may not
+    /// make (see `wavecast_core::rollout::judge_report`), with why; they changed nothing.
+    /// Absent when none was refused, so the answer is what it always was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedReport>,
+}
+
+/// A report the server refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReport {
+    /// The report's id.
+    pub id: String,
+    /// Why, in words.
+    pub reason: String,
 }
 
 /// The largest report batch a device sends at once.
@@ -318,6 +379,39 @@ mod tests {
     }
 
     #[test]
+    fn a_device_may_fetch_only_what_it_is_told_to_install() {
+        let install = |target: &str, bytes: &[u8]| {
+            let t = TargetName::parse(target).unwrap();
+            Assignment {
+                rollout_id: "r-1".into(),
+                action: Action::Install,
+                artifact: t.name().clone(),
+                version: t.version().clone(),
+                length: bytes.len() as u64,
+                sha256: Sha256Digest::of(bytes),
+                probe: ProbeSpec::new(ProbeKind::Exec { name: "check".into(), args: vec![] }),
+            }
+        };
+        let revert = Assignment { action: Action::Revert, ..install("b@1.0.0", b"b") };
+        let assignments = [install("a@2.0.0", b"two"), revert];
+        let target = |t: &str| TargetName::parse(t).unwrap();
+        // (target, bytes, may fetch)
+        let table: [(&str, &[u8], bool); 5] = [
+            ("a@2.0.0", b"two", true),
+            // Another version of the artifact, or the right name with other bytes.
+            ("a@1.0.0", b"two", false),
+            ("a@2.0.0", b"one", false),
+            // What a revert names is gone back to from the local copy, never fetched.
+            ("b@1.0.0", b"b", false),
+            ("c@1.0.0", b"c", false),
+        ];
+        for (t, bytes, allowed) in table {
+            assert_eq!(assigns_install(&assignments, &target(t), &Sha256Digest::of(bytes)), allowed, "{t}");
+        }
+        assert!(!assigns_install(&[], &target("a@2.0.0"), &Sha256Digest::of(b"two")));
+    }
+
+    #[test]
     fn states_round_trip_and_classify() {
         for s in DeviceState::ALL {
             assert_eq!(s.as_str().parse::<DeviceState>().unwrap(), s);
@@ -329,5 +423,49 @@ mod tests {
         let failures: Vec<_> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
         assert_eq!(failures, [DeviceState::Failed, DeviceState::TimedOut]);
         assert!(!DeviceState::Unreachable.is_failure() && DeviceState::Unreachable.is_final());
+        assert!(!DeviceState::Removed.is_failure() && DeviceState::Removed.is_final());
+        // A state added later goes at the end (stored counts are arrays in this order).
+        assert_eq!(DeviceState::ALL.last(), Some(&DeviceState::Removed));
+    }
+
+    #[test]
+    fn each_state_has_one_mover() {
+        use DeviceState::*;
+        let table = [
+            (Mover::Rollout, &[Pending, Assigned][..]),
+            (
+                Mover::Device,
+                &[Downloading, Verifying, Installing, Probing, Succeeded, Failed, Reverted, RevertSkipped][..],
+            ),
+            (Mover::Timeout, &[TimedOut, Unreachable][..]),
+            (Mover::Operator, &[Removed][..]),
+        ];
+        for state in DeviceState::ALL {
+            let movers: Vec<Mover> = table.iter().filter(|(_, s)| s.contains(&state)).map(|(m, _)| *m).collect();
+            assert_eq!(movers, [state.moved_by()], "{state}");
+        }
+    }
+
+    #[test]
+    fn any_device_may_leave_a_rollout_once_and_nothing_follows() {
+        for from in DeviceState::ALL {
+            assert_eq!(from.may_become(DeviceState::Removed), from != DeviceState::Removed, "{from}");
+            assert!(!DeviceState::Removed.may_become(from), "removed → {from}");
+        }
+    }
+
+    #[test]
+    fn an_ack_without_refusals_is_what_it_always_was() {
+        let ack = ReportAck { acked: vec!["a".into()], refused: vec![] };
+        assert_eq!(serde_json::to_string(&ack).unwrap(), r#"{"acked":["a"]}"#);
+        assert_eq!(serde_json::from_str::<ReportAck>(r#"{"acked":["a"]}"#).unwrap(), ack);
+        let refused = ReportAck {
+            acked: vec!["a".into()],
+            refused: vec![RefusedReport { id: "a".into(), reason: "why".into() }],
+        };
+        assert_eq!(
+            serde_json::to_string(&refused).unwrap(),
+            r#"{"acked":["a"],"refused":[{"id":"a","reason":"why"}]}"#
+        );
     }
 }

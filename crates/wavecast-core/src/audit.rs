@@ -79,6 +79,25 @@ pub enum AuditAction {
     /// A device did not pick up its assignment within the device timeout.
     #[serde(rename = "device.unreachable")]
     DeviceUnreachable,
+    /// An enrollment token was revoked: no device can enroll with it any more.
+    #[serde(rename = "enrollment_token.revoked")]
+    EnrollmentTokenRevoked,
+    /// A device's credential was revoked: the device is refused from then on.
+    #[serde(rename = "device.revoked")]
+    DeviceRevoked,
+    /// A device left a rollout that had not ended because an operator revoked or removed it.
+    #[serde(rename = "device.removed")]
+    DeviceRemoved,
+    /// A device was decommissioned: it left its group and the device list.
+    #[serde(rename = "device.decommissioned")]
+    DeviceDecommissioned,
+    /// The publisher signed the targets metadata again with a new version and expiry, changing
+    /// no artifact.
+    #[serde(rename = "targets.resigned")]
+    TargetsResigned,
+    /// A new root version was installed: renewed, or naming new keys.
+    #[serde(rename = "root.rotated")]
+    RootRotated,
 }
 
 impl AuditAction {
@@ -106,6 +125,12 @@ impl AuditAction {
             AuditAction::DeviceRevertSkipped => "device.revert_skipped",
             AuditAction::DeviceTimedOut => "device.timed_out",
             AuditAction::DeviceUnreachable => "device.unreachable",
+            AuditAction::EnrollmentTokenRevoked => "enrollment_token.revoked",
+            AuditAction::DeviceRevoked => "device.revoked",
+            AuditAction::DeviceRemoved => "device.removed",
+            AuditAction::DeviceDecommissioned => "device.decommissioned",
+            AuditAction::TargetsResigned => "targets.resigned",
+            AuditAction::RootRotated => "root.rotated",
         }
     }
 }

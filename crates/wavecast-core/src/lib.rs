@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod digest;
 pub mod duration;
 pub mod evidence;
+pub mod fleet;
 pub mod merkle;
 pub mod name;
 pub mod probe;
@@ -22,6 +23,7 @@ pub mod progress;
 pub mod role;
 pub mod rollout;
 pub mod secret;
+pub mod trust;
 
 pub use digest::Sha256Digest;
 pub use name::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};

@@ -17,9 +17,13 @@
 //! applies them: what a device is served ([`served`]) and what a working device's heartbeat
 //! is answered ([`heartbeat_ack`]), when a device has been silent too long and what it becomes
 //! ([`silence`], [`awaited_states`], [`on_timeout`], [`restarts_clocks`]), which devices an
-//! abort sends back ([`REVERTED_BY_ABORT`]), who may approve a gate ([`GateApproval`]), and what
-//! the audit log records and attributes to whom ([`transition_audit`], [`effect_actor`],
-//! [`transition_actor`]).
+//! abort sends back ([`REVERTED_BY_ABORT`]), who may approve a gate ([`GateApproval`]), which
+//! of a device's reports apply, are out of date, or are refused as claims it may not make
+//! ([`judge_report`]), and what the audit log records and attributes to whom
+//! ([`transition_audit`], [`effect_actor`], [`transition_actor`]).
+//!
+//! A device an operator revokes or removes leaves every rollout that has not ended as
+//! `removed`: an end state that is no failure, so its wave settles without it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::DeviceName;
-use crate::assignment::{Action, DeviceState};
+use crate::assignment::{Action, DeviceState, Mover};
 use crate::audit::{Actor, AuditAction};
 use crate::progress::{ProgressAck, heartbeat_ms};
 
@@ -304,10 +308,12 @@ pub const REVERTED_BY_ABORT: [DeviceState; 5] = [
 /// starts none: a download stops, to continue from its partial file once the rollout resumes.
 /// An aborted one serves a revert to the devices an abort with revert sends back (and keeps
 /// serving it to those that reverted, so their doc does not change under them); after an
-/// abort that keeps, nothing.
+/// abort that keeps, nothing. A device removed from the rollout is served nothing by it.
 pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMode>) -> Served {
-    if device == DeviceState::Pending {
-        return Served::NotReached;
+    match device {
+        DeviceState::Pending => return Served::NotReached,
+        DeviceState::Removed => return Served::Nothing,
+        _ => {}
     }
     let action = match rollout {
         RolloutState::Running | RolloutState::WaitingApproval | RolloutState::Completed => Some(Action::Install),
@@ -327,8 +333,105 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
 /// (if aborted): the device's own state machine must allow it ([`DeviceState::may_become`]),
 /// and a device becomes reverted only after an abort with revert asked it to.
 pub fn accepts_transition(from: DeviceState, to: DeviceState, abort: Option<AbortMode>) -> bool {
-    let reverting = matches!(to, DeviceState::Reverted | DeviceState::RevertSkipped);
-    from.may_become(to) && (!reverting || abort == Some(AbortMode::Revert))
+    from.may_become(to) && (!reverts(to) || abort == Some(AbortMode::Revert))
+}
+
+/// Whether `to` is what a device says after an abort with revert asked it to go back.
+fn reverts(to: DeviceState) -> bool {
+    matches!(to, DeviceState::Reverted | DeviceState::RevertSkipped)
+}
+
+/// Where a reporting device stands in the rollout its report names, as the server reads it
+/// under the rollout's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// No rollout has the id the report names.
+    NoRollout,
+    /// The rollout holds no row for the device. `group_version` says whether the rollout is its
+    /// group's version (a completed rollout of the device's group), which a device that joined
+    /// the group later is served without having a row in it.
+    NotIn {
+        /// Whether the rollout may have been served to the device as its group's version.
+        group_version: bool,
+    },
+    /// The device's row in the rollout is in `device`; the rollout was aborted in `abort`
+    /// mode, if it was.
+    In {
+        /// The device's state in the rollout.
+        device: DeviceState,
+        /// How the rollout was aborted, if it was.
+        abort: Option<AbortMode>,
+    },
+}
+
+/// What the server does with a device's report it has not seen before (see [`judge_report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The move applies: the engine takes it.
+    Apply,
+    /// A move the device may make, but out of date — a late or repeated step, an outcome after
+    /// the rollout settled the device otherwise, a late joiner's report about its group's
+    /// version (it has no row to record it in): nothing changes, and nothing is wrong.
+    Stale,
+}
+
+/// A report that claims a change its device may not make. It changes nothing; the device is
+/// told why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReportRefused {
+    /// The state is not the device's to report: the rollout, the device timeout or an operator
+    /// puts a device there.
+    #[error("a device cannot report itself {0}: {why}", why = decided_by(.0.moved_by()))]
+    NotTheDevices(DeviceState),
+    /// The rollout does not exist.
+    #[error("there is no such rollout")]
+    NoRollout,
+    /// The device is not in the rollout, which is not its group's version either.
+    #[error("the device is not in this rollout: the rollout never assigned it anything")]
+    NotInRollout,
+    /// The device's wave has not opened.
+    #[error("the device's wave has not opened: the rollout has not assigned it anything yet")]
+    NotReached,
+    /// A revert outcome from a device no abort with revert asked to go back.
+    #[error("a device reports {0} only after the rollout was aborted with revert, and this one was not")]
+    NoRevert(DeviceState),
+}
+
+/// Who decides a state that is not the device's to report, in words.
+fn decided_by(mover: Mover) -> &'static str {
+    match mover {
+        Mover::Rollout => "the rollout puts a device there when it is created and when the device's wave opens",
+        Mover::Timeout => "the server decides that when the device stays silent past the device timeout",
+        Mover::Operator => "a device leaves a rollout only when an operator revokes or removes it",
+        Mover::Device => "a device reports it",
+    }
+}
+
+/// What the server does with a device's report of `to` about a rollout where it stands as
+/// `standing`: apply it, let it be as out of date, or refuse it as a claim the device may not
+/// make. A device reports only its own progress and outcomes (never `pending`, `assigned`,
+/// `unreachable`, `timed_out` or `removed`: see [`DeviceState::moved_by`]), only about a
+/// rollout that assigned it something (its wave opened, or the rollout is its group's version),
+/// and a revert outcome only after an abort with revert. What is left is decided by
+/// [`accepts_transition`]: it applies, or it is out of date.
+pub fn judge_report(standing: Standing, to: DeviceState) -> Result<Verdict, ReportRefused> {
+    if to.moved_by() != Mover::Device {
+        return Err(ReportRefused::NotTheDevices(to));
+    }
+    match standing {
+        Standing::NoRollout => Err(ReportRefused::NoRollout),
+        Standing::NotIn { group_version: false } => Err(ReportRefused::NotInRollout),
+        // A group's version is only ever served as an install.
+        Standing::NotIn { group_version: true } if reverts(to) => Err(ReportRefused::NoRevert(to)),
+        Standing::NotIn { group_version: true } => Ok(Verdict::Stale),
+        Standing::In { device: DeviceState::Pending, .. } => Err(ReportRefused::NotReached),
+        Standing::In { abort, .. } if reverts(to) && abort != Some(AbortMode::Revert) => {
+            Err(ReportRefused::NoRevert(to))
+        }
+        Standing::In { device, abort } => {
+            Ok(if accepts_transition(device, to, abort) { Verdict::Apply } else { Verdict::Stale })
+        }
+    }
 }
 
 /// Whether a device in `device` state of a rollout in `rollout` state has been silent too
@@ -405,6 +508,7 @@ pub fn transition_audit(to: DeviceState) -> Option<AuditAction> {
         DeviceState::RevertSkipped => Some(AuditAction::DeviceRevertSkipped),
         DeviceState::TimedOut => Some(AuditAction::DeviceTimedOut),
         DeviceState::Unreachable => Some(AuditAction::DeviceUnreachable),
+        DeviceState::Removed => Some(AuditAction::DeviceRemoved),
         DeviceState::Pending
         | DeviceState::Assigned
         | DeviceState::Downloading
@@ -435,12 +539,15 @@ pub fn heartbeat_ack(
     ProgressAck { proceed, heartbeat_ms: heartbeat_ms(device_timeout_ms) }
 }
 
-/// Who a device's move to `to` is attributed to: wavecast for what the device timeout
-/// decides (timed out, unreachable), the device for everything it reports.
-pub fn transition_actor(device: &DeviceName, to: DeviceState) -> Actor {
-    match to {
-        DeviceState::TimedOut | DeviceState::Unreachable => Actor::System,
-        _ => Actor::Device(device.clone()),
+/// Who a device's move to `to` is attributed to, given who caused the change (`cause`: the
+/// device for its reports, wavecast for the device timeout, the operator who revoked or
+/// removed it): wavecast for what the device timeout decides (timed out, unreachable), the
+/// operator for a removal, the device for everything it reports.
+pub fn transition_actor(device: &DeviceName, to: DeviceState, cause: &Actor) -> Actor {
+    match to.moved_by() {
+        Mover::Timeout => Actor::System,
+        Mover::Operator => cause.clone(),
+        Mover::Device | Mover::Rollout => Actor::Device(device.clone()),
     }
 }
 

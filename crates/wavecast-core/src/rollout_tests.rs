@@ -3,8 +3,9 @@
 //! A small simulation plays the server's part: it keeps the plan, the status, the per-wave
 //! counts and every device's (wave, state), calls the engine the way the server does, and
 //! applies the effects the way the server does (on `OpenWave` it moves that wave's pending
-//! devices to `assigned`, and nothing else ever moves a device out of `pending`). Each table
-//! row is one step and the state, opened waves, counted failures and effects expected after it.
+//! devices to `assigned`, and nothing else ever moves a device out of `pending` but an
+//! operator removing it). Each table row is one step and the state, opened waves, counted
+//! failures and effects expected after it.
 
 use proptest::prelude::*;
 
@@ -51,7 +52,8 @@ impl Sim {
                         "wave {index} opened but status says {} opened",
                         self.status.opened
                     );
-                    for (wave, state) in self.devices.iter_mut().filter(|(w, _)| *w == index) {
+                    // Devices removed before their wave opened stay removed.
+                    for (wave, state) in self.devices.iter_mut().filter(|(w, s)| *w == index && *s != D::Removed) {
                         assert_eq!(*state, D::Pending, "wave {index} opened twice");
                         *state = D::Assigned;
                         self.counts[*wave].shift(D::Pending, D::Assigned);
@@ -74,6 +76,17 @@ impl Sim {
         effects
     }
 
+    /// An operator revokes or removes the device at `position`: the server moves it to
+    /// `removed` through the engine, from whatever state it is in, pending included.
+    fn remove(&mut self, position: usize) -> Vec<Effect> {
+        let (wave, from) = self.devices[position];
+        assert!(accepts_transition(from, D::Removed, None), "{from} cannot be removed");
+        self.devices[position].1 = D::Removed;
+        let effects = device_changed(&self.plan, &mut self.status, &mut self.counts, wave, from, D::Removed);
+        self.apply(&effects);
+        effects
+    }
+
     /// One operator command, applied through the engine.
     fn command(&mut self, cmd: Command) -> Result<Vec<Effect>, CommandError> {
         let before = self.status;
@@ -87,17 +100,20 @@ impl Sim {
     }
 
     /// The counts the engine keeps match the devices, sum to the fleet, and only devices of
-    /// opened waves have left `pending` (every device of an opened wave has).
+    /// opened waves have left `pending` (every device of an opened wave has), except those
+    /// an operator removed.
     fn check(&self) {
         let mut recount = vec![WaveCounts::default(); self.plan.waves.len()];
         for (wave, state) in &self.devices {
             recount[*wave].add(*state, 1);
-            assert_eq!(
-                *state == D::Pending,
-                *wave >= self.status.opened,
-                "device in wave {wave} is {state} with {} opened",
-                self.status.opened
-            );
+            if *state != D::Removed {
+                assert_eq!(
+                    *state == D::Pending,
+                    *wave >= self.status.opened,
+                    "device in wave {wave} is {state} with {} opened",
+                    self.status.opened
+                );
+            }
         }
         assert_eq!(self.counts, recount, "counts drifted from the devices");
         let total: u64 = self.counts.iter().map(WaveCounts::total).sum();
@@ -114,6 +130,8 @@ impl Sim {
 enum Step {
     /// The device at this position in rollout order reports a new state.
     Report(usize, DeviceState),
+    /// An operator revokes or removes the device at this position.
+    Remove(usize),
     /// An operator command.
     Cmd(Command),
 }
@@ -140,6 +158,9 @@ impl Step {
 
 fn report(position: usize, to: DeviceState) -> Step {
     Step::Report(position, to)
+}
+fn remove(position: usize) -> Step {
+    Step::Remove(position)
 }
 fn approve() -> Step {
     Step::Cmd(Command::Approve)
@@ -206,6 +227,7 @@ fn run(case: Case<'_>) {
         let step = row.step;
         let outcome = match step {
             Step::Report(position, to) => Ok(sim.report(position, to)),
+            Step::Remove(position) => Ok(sim.remove(position)),
             Step::Cmd(cmd) => sim.command(cmd),
         };
         assert_eq!(outcome, row.outcome, "{name}: row {i} ({step:?}): outcome");
@@ -532,6 +554,83 @@ fn timed_out_devices_count_toward_the_halt() {
 }
 
 #[test]
+fn a_removed_device_settles_its_wave_and_is_never_a_failure() {
+    run(Case {
+        name: "removed mid-wave",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Downloading).then(R::Running, 1, 0, &[]),
+            report(1, D::Succeeded).then(R::Running, 1, 0, &[]),
+            // The device at work leaves: its wave no longer waits for it, and nothing is counted.
+            remove(0).then(R::Running, 2, 0, &[open(1)]),
+            // An assigned device that never showed up need not wait for the device timeout.
+            remove(2).then(R::Running, 2, 0, &[]),
+            report(3, D::Succeeded).then(R::Completed, 2, 0, &[Effect::Completed]),
+        ],
+    });
+    // A device removed before its wave opens stays removed when it does, and the wave settles
+    // without it.
+    run(Case {
+        name: "removed while pending",
+        percents: BRIEF,
+        gates: &[],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            remove(3).then(R::Running, 1, 0, &[]),
+            report(0, D::Succeeded).then(R::Running, 2, 0, &[open(1)]),
+            report(1, D::Succeeded).then(R::Running, 3, 0, &[open(2)]),
+            report(2, D::Succeeded).then(R::Completed, 3, 0, &[Effect::Completed]),
+        ],
+    });
+}
+
+#[test]
+fn removing_a_failed_device_neither_uncounts_nor_recounts_it() {
+    run(Case {
+        name: "removed after failing",
+        percents: HALVES,
+        gates: &[],
+        halt_after: 2,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Failed).then(R::Running, 1, 1, &[]),
+            remove(0).then(R::Running, 1, 1, &[]),
+            report(1, D::TimedOut).then(R::Paused, 1, 2, &[halt(2)]),
+            // While paused a removal only moves the counts.
+            remove(1).then(R::Paused, 1, 2, &[]),
+            resume().then(R::Running, 2, 0, &[resumed(2), open(1)]),
+        ],
+    });
+}
+
+#[test]
+fn removing_a_device_that_came_back_at_a_gate_settles_the_wave_again() {
+    run(Case {
+        name: "removed at a gate",
+        percents: BRIEF,
+        gates: &[2],
+        halt_after: 1,
+        devices: 4,
+        created: (R::Running, 1, &[open(0)]),
+        rows: vec![
+            report(0, D::Unreachable).then(R::WaitingApproval, 1, 0, &[gate(1)]),
+            report(0, D::Downloading).then(R::WaitingApproval, 1, 0, &[]),
+            approve().refused(not_waiting(R::WaitingApproval, EARLY), R::WaitingApproval, 1, 0),
+            // Gone, it no longer holds the gate shut; the wait is not announced twice.
+            remove(0).then(R::WaitingApproval, 1, 0, &[]),
+            approve().then(R::Running, 2, 0, &[open(1)]),
+        ],
+    });
+}
+
+#[test]
 fn halt_after_three_tolerates_fewer_failures_and_counts_across_waves() {
     // 10 devices over 50,100: devices 0-4 then 5-9.
     run(Case {
@@ -715,7 +814,8 @@ fn legal(from: DeviceState, to: DeviceState, serving: bool, reverting: bool) -> 
     let started_or_outcome =
         matches!(to, D::Downloading | D::Verifying | D::Installing | D::Probing | D::Succeeded | D::Failed);
     match from {
-        D::Pending | D::Failed | D::Reverted | D::RevertSkipped => false,
+        // Removals are the operator's (`Event::Remove`), never a device's report.
+        D::Pending | D::Failed | D::Reverted | D::RevertSkipped | D::Removed => false,
         D::Assigned => to == D::Unreachable || (serving && started_or_outcome),
         D::Unreachable => serving && started_or_outcome,
         D::Downloading | D::Verifying | D::Installing | D::Probing => match to {
@@ -738,6 +838,11 @@ enum Event {
     },
     /// Every device of the opened waves reaches an outcome (as far as the server allows).
     Settle,
+    /// An operator revokes or removes a device (picked modulo the fleet) while the rollout has
+    /// not ended, if it has not left already.
+    Remove {
+        pick: usize,
+    },
     Cmd(Command),
 }
 
@@ -746,6 +851,7 @@ fn event() -> impl Strategy<Value = Event> {
         // Aborts are rare so most sequences get far enough to pause, wait and complete.
         80 => (any::<usize>(), proptest::sample::select(DeviceState::ALL.to_vec())).prop_map(|(pick, to)| Event::Report { pick, to }),
         8 => Just(Event::Settle),
+        2 => any::<usize>().prop_map(|pick| Event::Remove { pick }),
         8 => Just(Event::Cmd(Command::Approve)),
         8 => Just(Event::Cmd(Command::ResumeAck)),
         1 => Just(Event::Cmd(Command::Abort(AbortMode::Keep))),
@@ -790,6 +896,13 @@ impl Sim {
                     }
                 }
                 all
+            }
+            Event::Remove { pick } => {
+                let position = pick % self.devices.len();
+                if self.status.state.is_terminal() || self.devices[position].1 == D::Removed {
+                    return vec![];
+                }
+                vec![self.remove(position)]
             }
             Event::Cmd(cmd) => self.command(*cmd).into_iter().collect(),
         }
@@ -941,7 +1054,9 @@ fn what_a_rollout_serves_each_device() {
     let install = Served::Assigned(Action::Install);
     let revert = Served::Assigned(Action::Revert);
     let started = [D::Downloading, D::Verifying, D::Installing, D::Probing];
-    let every_reached: Vec<D> = DeviceState::ALL.into_iter().filter(|s| *s != D::Pending).collect();
+    // A removed device has left the rollout: it is served nothing, whatever the rollout does.
+    let every_reached: Vec<D> =
+        DeviceState::ALL.into_iter().filter(|s| !matches!(s, D::Pending | D::Removed)).collect();
     // (rollout state, abort mode, the reached devices served something, and what). Every other
     // reached device is served nothing; a pending device is never reached.
     let table: &[(R, Option<AbortMode>, Vec<D>, Served)] = &[
@@ -1013,6 +1128,103 @@ fn a_device_reverts_only_after_an_abort_with_revert() {
     ];
     for (from, to, abort, applies) in table {
         assert_eq!(accepts_transition(from, to, abort), applies, "{from} → {to} ({abort:?})");
+    }
+}
+
+/// Every report from every state, in every kind of rollout: applied, let be as out of date, or
+/// refused as a claim the device may not make.
+#[test]
+fn every_report_from_every_state_is_applied_let_be_or_refused() {
+    use AbortMode::{Keep, Revert};
+    use D::*;
+    // What a device may report at all: its own progress and outcomes. The rollout puts it in
+    // pending and assigned, the device timeout in timed_out and unreachable, an operator in
+    // removed.
+    let own = [Downloading, Verifying, Installing, Probing, Succeeded, Failed, Reverted, RevertSkipped];
+    const REVERT: &[D] = &[Reverted, RevertSkipped];
+    // (the device's state, the reports that apply in any rollout, those that apply only after
+    // an abort with revert). Every other report of its own is out of date.
+    let applies: &[(D, &[D], &[D])] = &[
+        (Pending, &[], &[]),
+        (Assigned, &[Downloading, Verifying, Installing, Probing, Succeeded, Failed], REVERT),
+        (Downloading, &[Verifying, Installing, Probing, Succeeded, Failed], REVERT),
+        (Verifying, &[Installing, Probing, Succeeded, Failed], REVERT),
+        (Installing, &[Probing, Succeeded, Failed], REVERT),
+        (Probing, &[Succeeded, Failed], REVERT),
+        (Succeeded, &[], REVERT),
+        (Failed, &[], &[]),
+        // Given up on, it may still say how it ended.
+        (TimedOut, &[Succeeded, Failed], REVERT),
+        // Given up on before it started, it may come back and start.
+        (Unreachable, &[Downloading, Verifying, Installing, Probing, Succeeded, Failed], REVERT),
+        (Reverted, &[], &[]),
+        (RevertSkipped, &[], &[]),
+        (Removed, &[], &[]),
+    ];
+    assert_eq!(applies.iter().map(|row| row.0).collect::<Vec<_>>(), DeviceState::ALL, "one row per state");
+    for &(from, always, after_revert) in applies {
+        for to in DeviceState::ALL {
+            for abort in [None, Some(Keep), Some(Revert)] {
+                let expected = if !own.contains(&to) {
+                    Err(ReportRefused::NotTheDevices(to))
+                } else if from == Pending {
+                    Err(ReportRefused::NotReached)
+                } else if REVERT.contains(&to) && abort != Some(Revert) {
+                    Err(ReportRefused::NoRevert(to))
+                } else if always.contains(&to) || (abort == Some(Revert) && after_revert.contains(&to)) {
+                    Ok(Verdict::Apply)
+                } else {
+                    Ok(Verdict::Stale)
+                };
+                let got = judge_report(Standing::In { device: from, abort }, to);
+                assert_eq!(got, expected, "{from} reports {to} ({abort:?})");
+                // What applies is exactly what the engine accepts.
+                assert_eq!(
+                    got == Ok(Verdict::Apply),
+                    own.contains(&to)
+                        && from != Pending
+                        && accepts_transition(from, to, abort)
+                        && (!REVERT.contains(&to) || abort == Some(Revert))
+                );
+            }
+        }
+    }
+    // A device with no row in the rollout: refused, unless the rollout is its group's version,
+    // which it may have been served as a late joiner (an install, never a revert).
+    for to in DeviceState::ALL {
+        let theirs = |verdict| if own.contains(&to) { verdict } else { Err(ReportRefused::NotTheDevices(to)) };
+        assert_eq!(judge_report(Standing::NoRollout, to), theirs(Err(ReportRefused::NoRollout)), "{to}");
+        assert_eq!(
+            judge_report(Standing::NotIn { group_version: false }, to),
+            theirs(Err(ReportRefused::NotInRollout)),
+            "{to}"
+        );
+        let late = if REVERT.contains(&to) { Err(ReportRefused::NoRevert(to)) } else { Ok(Verdict::Stale) };
+        assert_eq!(judge_report(Standing::NotIn { group_version: true }, to), theirs(late), "{to}");
+    }
+    // The refusals say why, in words an operator (and the device's log) can act on.
+    let said = [
+        (
+            ReportRefused::NotTheDevices(Unreachable),
+            "a device cannot report itself unreachable: the server decides that when the device stays silent past the device timeout",
+        ),
+        (
+            ReportRefused::NotTheDevices(Removed),
+            "a device cannot report itself removed: a device leaves a rollout only when an operator revokes or removes it",
+        ),
+        (
+            ReportRefused::NotTheDevices(Assigned),
+            "a device cannot report itself assigned: the rollout puts a device there when it is created and when the device's wave opens",
+        ),
+        (
+            ReportRefused::NoRevert(Reverted),
+            "a device reports reverted only after the rollout was aborted with revert, and this one was not",
+        ),
+        (ReportRefused::NotReached, "the device's wave has not opened: the rollout has not assigned it anything yet"),
+        (ReportRefused::NotInRollout, "the device is not in this rollout: the rollout never assigned it anything"),
+    ];
+    for (refusal, text) in said {
+        assert_eq!(refusal.to_string(), text);
     }
 }
 
@@ -1166,6 +1378,7 @@ fn the_audit_log_records_each_outcome_as_what_it_is() {
         (D::RevertSkipped, Some(A::DeviceRevertSkipped)),
         (D::TimedOut, Some(A::DeviceTimedOut)),
         (D::Unreachable, Some(A::DeviceUnreachable)),
+        (D::Removed, Some(A::DeviceRemoved)),
     ];
     for to in DeviceState::ALL {
         let expected = table.iter().find(|(s, _)| *s == to).and_then(|(_, a)| *a);
@@ -1197,10 +1410,19 @@ fn the_audit_log_attributes_each_decision() {
     for effect in [Effect::Aborted { mode: AbortMode::Keep }, Effect::Resumed { acknowledged: 2 }] {
         assert_eq!(effect_actor(&effect, &op()), op(), "{effect:?}");
     }
+    // A device's move is the timeout's (wavecast's) when it settles a silent device, the
+    // operator's who revoked or removed the device when it leaves the rollout, and the
+    // device's for what it reports.
     let name = DeviceName::new("cam-1").unwrap();
     for to in DeviceState::ALL {
-        let expected = if matches!(to, D::TimedOut | D::Unreachable) { Actor::System } else { dev() };
-        assert_eq!(transition_actor(&name, to), expected, "{to}");
+        for cause in [dev(), Actor::System, op()] {
+            let expected = match to {
+                D::TimedOut | D::Unreachable => Actor::System,
+                D::Removed => cause.clone(),
+                _ => dev(),
+            };
+            assert_eq!(transition_actor(&name, to, &cause), expected, "{to} caused by {cause}");
+        }
     }
 }
 
@@ -1236,6 +1458,10 @@ fn counts_stored_before_revert_skipped_still_load() {
     assert_eq!(c.get(DeviceState::RevertSkipped), 0);
     let round: WaveCounts = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(round, c);
+    // As stored before `removed` existed: twelve states.
+    let old = r#"{"by_state":[0,1,2,3,4,5,6,7,8,9,10,11]}"#;
+    let c: WaveCounts = serde_json::from_str(old).unwrap();
+    assert_eq!((c.get(DeviceState::RevertSkipped), c.get(DeviceState::Removed)), (11, 0));
     let too_long = format!("{{\"by_state\":{:?}}}", vec![1u64; DeviceState::ALL.len() + 1]);
     assert!(serde_json::from_str::<WaveCounts>(&too_long).is_err(), "counts for unknown states are refused");
 }

@@ -1,34 +1,34 @@
-//! `wavecast device`: enrollment tokens and the device inventory.
+//! `wavecast device`: enrollment tokens, the device inventory, and taking devices out of the
+//! fleet (revoke: refused, still listed; remove: gone, name free again).
 
+use std::num::NonZeroU64;
 use std::process::ExitCode;
 
-use clap::Subcommand;
-use wavecast_api::{CreateEnrollmentToken, Device, DeviceDetail, EnrollmentTokenCreated};
+use clap::{Args, Subcommand};
+use wavecast_api::{
+    CreateEnrollmentToken, Device, DeviceDetail, DeviceRemoval, DeviceStatus, EnrollmentToken, EnrollmentTokenCreated,
+};
 
-use crate::JsonRemote;
 use crate::output;
+use crate::{JsonRemote, Remote};
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
-    /// Mint a token that devices use once to enroll into a group.
-    #[command(after_help = "The token works for any number of devices until it expires. Put it in \
-the agent's config as enrollment_token; each device exchanges it for its own credential.")]
+    /// Mint a token that devices use to enroll into a group (or list and revoke tokens).
+    #[command(after_help = "The token enrolls any number of devices until it expires, or --uses of them. \
+Put it in the agent's config as enrollment_token; each device exchanges it for its own credential. \
+`enroll-token list` shows every token with its id and uses; `enroll-token revoke ID` stops one \
+at once (devices it enrolled keep their credentials).")]
     #[command(mut_arg("json", |a| a.help("Print JSON (field `token`)")))]
-    EnrollToken {
-        /// The group the devices join.
-        #[arg(long)]
-        group: String,
-        /// How long the token stays valid (like 1h, 7d).
-        #[arg(long, default_value = "7d", value_parser = wavecast_core::duration::parse_duration)]
-        expires_in: std::time::Duration,
-        #[command(flatten)]
-        args: JsonRemote,
-    },
+    EnrollToken(EnrollTokenArgs),
     /// List enrolled devices.
     List {
         /// Only this group's devices.
         #[arg(long)]
         group: Option<String>,
+        /// Only devices in this state: active, or revoked (credential refused).
+        #[arg(long, value_parser = parse_status)]
+        state: Option<DeviceStatus>,
         #[command(flatten)]
         args: JsonRemote,
     },
@@ -39,35 +39,109 @@ the agent's config as enrollment_token; each device exchanges it for its own cre
         #[command(flatten)]
         args: JsonRemote,
     },
+    /// Revoke a device's credential: refused at once, out of its running rollouts, still listed.
+    #[command(after_help = "The server refuses the device's credential from its next request on, on \
+every replica. The device leaves every rollout that has not ended as `removed` (settled, never a \
+failure, so it no longer holds a wave) and no new rollout includes it. It stays listed as revoked, \
+under its name, until `wavecast device remove` deletes it. Everything is in the audit log.")]
+    Revoke {
+        /// The device's name.
+        name: String,
+        #[command(flatten)]
+        args: JsonRemote,
+    },
+    /// Remove (decommission) a device: revoked, then gone from its group and the device list.
+    #[command(after_help = "Revokes the device as `wavecast device revoke` does, then deletes it and \
+what the server kept about it: it leaves its group and the device list, and a replacement can \
+enroll under its name. The audit log keeps its whole history.")]
+    Remove {
+        /// The device's name.
+        name: String,
+        #[command(flatten)]
+        args: JsonRemote,
+    },
+}
+
+/// `device enroll-token`: mint one (the flags), or list or revoke them (the subcommands).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EnrollTokenArgs {
+    #[command(subcommand)]
+    action: Option<EnrollTokenAction>,
+    /// The group the devices join.
+    #[arg(long, required = true)]
+    group: Option<String>,
+    /// How long the token stays valid (like 1h, 7d).
+    #[arg(long, visible_alias = "expires", default_value = "7d", value_parser = wavecast_core::duration::parse_duration)]
+    expires_in: std::time::Duration,
+    /// How many devices it may enroll (any number until it expires when not given).
+    #[arg(long)]
+    uses: Option<NonZeroU64>,
+    #[command(flatten)]
+    args: JsonRemote,
+}
+
+#[derive(Debug, Subcommand)]
+enum EnrollTokenAction {
+    /// List enrollment tokens (never their secrets) with how many devices each enrolled.
+    List(JsonRemote),
+    /// Revoke an enrollment token by id: no device enrolls with it any more.
+    Revoke {
+        /// The token's id (from `enroll-token` or `enroll-token list`).
+        id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn parse_status(s: &str) -> Result<DeviceStatus, String> {
+    s.parse().map_err(|e: wavecast_core::fleet::DeviceStatusError| e.to_string())
 }
 
 pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DeviceCommand::EnrollToken { group, expires_in, args: JsonRemote { json, remote } } => {
+        DeviceCommand::EnrollToken(EnrollTokenArgs { action: Some(action), .. }) => enroll_tokens(action).await?,
+        DeviceCommand::EnrollToken(EnrollTokenArgs { action: None, group, expires_in, uses, args }) => {
+            let JsonRemote { json, remote } = args;
+            let group = group.ok_or_else(|| anyhow::anyhow!("--group is required"))?;
             wavecast_core::GroupName::new(group.clone())?;
-            let body = CreateEnrollmentToken { group, expires_in_secs: Some(expires_in.as_secs().max(1)) };
+            let body = CreateEnrollmentToken {
+                group,
+                expires_in_secs: Some(expires_in.as_secs().max(1)),
+                max_uses: uses.map(NonZeroU64::get),
+            };
             let created: EnrollmentTokenCreated = remote.client()?.post("/api/v1/enrollment-tokens", &body).await?;
             if json {
                 output::json(&created)?;
             } else {
                 println!("{}", created.token);
+                let uses = created.max_uses.map_or_else(String::new, |n| format!(" for {n} device(s)"));
                 eprintln!(
-                    "enrollment token for group {}, valid until {}; shown once, keep it secret",
-                    created.group, created.expires_at
+                    "enrollment token {} for group {}{uses}, valid until {}; shown once, keep it secret",
+                    created.id, created.group, created.expires_at
                 );
             }
         }
-        DeviceCommand::List { group, args: JsonRemote { json, remote } } => {
-            let path = match &group {
-                Some(g) => format!("/api/v1/devices?group={}", wavecast_core::GroupName::new(g.clone())?),
-                None => "/api/v1/devices".to_owned(),
+        DeviceCommand::List { group, state, args: JsonRemote { json, remote } } => {
+            let mut query = Vec::new();
+            if let Some(g) = &group {
+                query.push(format!("group={}", wavecast_core::GroupName::new(g.clone())?));
+            }
+            if let Some(s) = state {
+                query.push(format!("state={s}"));
+            }
+            let path = if query.is_empty() {
+                "/api/v1/devices".to_owned()
+            } else {
+                format!("/api/v1/devices?{}", query.join("&"))
             };
             let devices: Vec<Device> = remote.client()?.get(&path).await?;
-            output::list(json, &devices, &["NAME", "GROUP", "HARDWARE", "LAST SEEN"], |d| {
+            output::list(json, &devices, &["NAME", "GROUP", "HARDWARE", "STATE", "LAST SEEN"], |d| {
                 vec![
                     d.name.to_string(),
                     d.group.to_string(),
                     d.hardware.clone(),
+                    d.state.to_string(),
                     d.last_seen_at.map_or_else(|| "never".to_owned(), output::time),
                 ]
             })?;
@@ -84,6 +158,10 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 println!("hardware  {}", d.device.hardware);
                 println!("enrolled  {}", output::time(d.device.enrolled_at));
                 println!("last seen {}", d.device.last_seen_at.map_or_else(|| "never".into(), output::time));
+                match d.device.revoked_at {
+                    Some(at) => println!("state     revoked {} (its credential is refused)", output::time(at)),
+                    None => println!("state     {}", d.device.state),
+                }
                 if d.artifacts.is_empty() {
                     println!("artifacts none reported yet");
                 } else {
@@ -104,6 +182,60 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        DeviceCommand::Revoke { name, args: JsonRemote { json, remote } } => {
+            wavecast_core::DeviceName::new(name.clone())?;
+            let r: DeviceRemoval = remote.client()?.post_empty(&format!("/api/v1/devices/{name}/revoke")).await?;
+            report_removal(json, &r, "revoked")?;
+        }
+        DeviceCommand::Remove { name, args: JsonRemote { json, remote } } => {
+            wavecast_core::DeviceName::new(name.clone())?;
+            let r: DeviceRemoval = remote.client()?.delete(&format!("/api/v1/devices/{name}")).await?;
+            report_removal(json, &r, "removed")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What revoking or removing a device did, in one line (or the JSON).
+fn report_removal(json: bool, r: &DeviceRemoval, done: &str) -> anyhow::Result<()> {
+    if json {
+        return output::json(r);
+    }
+    let left = match r.left_rollouts.len() {
+        0 => "it was in no running rollout".to_owned(),
+        n => format!(
+            "it left {n} running rollout{} as removed: {}",
+            if n == 1 { "" } else { "s" },
+            r.left_rollouts.join(", ")
+        ),
+    };
+    let listed = if r.decommissioned { "no longer in group" } else { "still listed in group" };
+    println!("{done} device {} ({listed} {}); {left}", r.device.name, r.device.group);
+    Ok(())
+}
+
+async fn enroll_tokens(action: EnrollTokenAction) -> anyhow::Result<()> {
+    match action {
+        EnrollTokenAction::List(JsonRemote { json, remote }) => {
+            let tokens: Vec<EnrollmentToken> = remote.client()?.get("/api/v1/enrollment-tokens").await?;
+            output::list(json, &tokens, &["ID", "GROUP", "USES", "EXPIRES", "STATUS"], |t| {
+                vec![
+                    t.id.clone(),
+                    t.group.to_string(),
+                    t.max_uses.map_or_else(|| t.uses.to_string(), |max| format!("{}/{max}", t.uses)),
+                    output::time(t.expires_at),
+                    t.revoked_at.map_or_else(|| "active".to_owned(), |r| format!("revoked {}", output::time(r))),
+                ]
+            })
+        }
+        EnrollTokenAction::Revoke { id, remote } => {
+            anyhow::ensure!(
+                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{id:?} is not an enrollment token id (see `wavecast device enroll-token list`)"
+            );
+            let t: EnrollmentToken = remote.client()?.delete(&format!("/api/v1/enrollment-tokens/{id}")).await?;
+            println!("revoked enrollment token {id} for group {} (it enrolled {} device(s))", t.group, t.uses);
+            Ok(())
+        }
+    }
 }

@@ -241,6 +241,7 @@ fn describe_counts(w: &Wave) -> String {
         (c.unreachable, "unreachable"),
         (c.reverted, "reverted"),
         (c.revert_skipped, "revert skipped"),
+        (c.removed, "removed"),
     ] {
         if n > 0 {
             parts.push(format!("{n} {label}"));

@@ -7,19 +7,32 @@ use std::time::{Duration, Instant};
 
 use wavecast_test_support::PgDatabase;
 
-use crate::{Installation, Server, installation, ok, op, run};
+use crate::{Installation, Server, installation, ok, op, op_at, run};
 
 /// A running `wavecast sim`, killed on drop.
-struct Sim {
+pub(crate) struct Sim {
     child: Child,
     dir: PathBuf,
 }
 
 impl Sim {
     fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
+        Self::start_in(server, token, root, dir, "plant-7", args, None)
+    }
+
+    /// Devices in `group`, their clocks `clock` ahead (see [`crate::wavecast_at`]).
+    pub(crate) fn start_in(
+        server: &Server,
+        token: &str,
+        root: &str,
+        dir: &Path,
+        group: &str,
+        args: &[&str],
+        clock: Option<&str>,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = op(server, token);
-        cmd.args(["sim", "--group", "plant-7", "--trust-root", root, "--dir"]).arg(dir).args(args);
+        let mut cmd = op_at(server, token, clock);
+        cmd.args(["sim", "--group", group, "--trust-root", root, "--dir"]).arg(dir).args(args);
         if !args.contains(&"--poll-interval") {
             cmd.args(["--poll-interval", "250ms"]);
         }
@@ -39,7 +52,7 @@ impl Sim {
         Self { child, dir: dir.to_path_buf() }
     }
 
-    fn file(&self, device: &str) -> Vec<u8> {
+    pub(crate) fn file(&self, device: &str) -> Vec<u8> {
         std::fs::read(self.dir.join(device).join("app").join("model.bin")).unwrap_or_default()
     }
 
@@ -118,7 +131,12 @@ fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
 }
 
 fn show(f: &Fleet, server: &Server, id: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(op(server, &f.token).args(["rollout", "show", id, "--json"]))).unwrap()
+    show_at(server, &f.token, None, id)
+}
+
+/// `rollout show --json`, with the CLI's clock `clock` ahead.
+pub(crate) fn show_at(server: &Server, token: &str, clock: Option<&str>, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(op_at(server, token, clock).args(["rollout", "show", id, "--json"]))).unwrap()
 }
 
 async fn wait(
@@ -129,9 +147,23 @@ async fn wait(
     timeout: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_at(server, &f.token, None, id, what, timeout, done).await
+}
+
+/// Polls `rollout show` until `done` holds, failing after `timeout` with the rollout and the
+/// server's log.
+pub(crate) async fn wait_at(
+    server: &Server,
+    token: &str,
+    clock: Option<&str>,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let r = show(f, server, id);
+        let r = show_at(server, token, clock, id);
         if done(&r) {
             return r;
         }
@@ -491,4 +523,113 @@ async fn two_replicas_share_one_rollout() {
         assert_eq!(e["seq"], i, "the audit log has no gaps or duplicates across replicas");
     }
     second.stop();
+}
+
+/// A device's lifetime across two replicas on one PostgreSQL database (issue 11): enrollment
+/// tokens used up, expired or revoked through one replica are refused by the other; a device
+/// revoked through one replica is refused by the other on its very next request; a silent
+/// device that holds a rollout stops holding it once revoked, and counts as removed, not
+/// failed; a removed device is gone from the list, and the audit log has it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_lifecycle_across_two_replicas() {
+    let db = PgDatabase::create().await;
+    let f = fleet(Some(db.url())).await;
+    let a = &f.server;
+    let b = Server::start(&f.dir.join("install"), Some(db.url())).await;
+    let json = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+    let http = reqwest::Client::new();
+    let enroll = |server: &Server, token: &str, name: &str| {
+        http.post(format!("{}/device/v1/enroll", server.url))
+            .json(&serde_json::json!({ "token": token, "name": name, "hardware": "hw" }))
+            .send()
+    };
+    let whoami = |server: &Server, credential: &str| {
+        http.get(format!("{}/device/v1/whoami", server.url)).bearer_auth(credential).send()
+    };
+
+    // Three devices on replica B; the last never checks in, and with a device timeout of an
+    // hour it would hold the rollout that long.
+    let _sim = Sim::start(&b, &f.token, &f.root, &f.dir.join("fleet"), &["--devices", "3", "--offline", "1"]);
+    let r = create(&f, a, &["--artifact", "yolo@1.0.0", "--waves", "100", "--device-timeout", "1h"]);
+    let id = r["id"].as_str().unwrap().to_owned();
+    wait(&f, &b, &id, "waiting for the offline device only", Duration::from_secs(60), |r| {
+        r["counts"]["succeeded"] == 2
+    })
+    .await;
+    assert_eq!(show(&f, &b, &id)["state"], "running");
+    let out = ok(op(a, &f.token).args(["device", "revoke", "sim-0003"]));
+    assert!(out.contains("revoked device sim-0003") && out.contains(&format!("as removed: {id}")), "{out}");
+    // Revoking it settled the rollout at once, seen through the other replica: no failure.
+    let done = show(&f, &b, &id);
+    assert_eq!(done["state"], "completed", "{done:#}");
+    assert_eq!((done["counts"]["removed"].as_u64(), done["failures_counted"].as_u64()), (Some(1), Some(0)));
+    let human = ok(op(&b, &f.token).args(["rollout", "show", &id]));
+    assert!(human.contains("2/3 succeeded · 1 removed"), "{human}");
+
+    // A token for one device, minted through A, admits one device through B and none after.
+    let once =
+        json(ok(op(a, &f.token).args(["device", "enroll-token", "--group", "plant-7", "--uses", "1", "--json"])));
+    let once_token = once["token"].as_str().unwrap();
+    let first = enroll(&b, once_token, "cam-1").await.unwrap();
+    assert_eq!(first.status(), reqwest::StatusCode::CREATED);
+    let credential = first.json::<serde_json::Value>().await.unwrap()["credential"].as_str().unwrap().to_owned();
+    let second = enroll(a, once_token, "cam-2").await.unwrap();
+    assert_eq!(second.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(second.text().await.unwrap().contains("all of them have enrolled"));
+    // A token revoked through B is refused through A.
+    let revocable = json(ok(op(&b, &f.token).args(["device", "enroll-token", "--group", "plant-7", "--json"])));
+    let out = ok(op(&b, &f.token).args(["device", "enroll-token", "revoke", revocable["id"].as_str().unwrap()]));
+    assert!(out.contains("revoked enrollment token"), "{out}");
+    let refused = enroll(a, revocable["token"].as_str().unwrap(), "cam-3").await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(refused.text().await.unwrap().contains("was revoked"));
+    // A token that expired (a second's lifetime, two seconds ago) is refused by either.
+    let brief =
+        json(ok(op(a, &f.token).args(["device", "enroll-token", "--group", "plant-7", "--expires", "1s", "--json"])));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let expired = enroll(&b, brief["token"].as_str().unwrap(), "cam-4").await.unwrap();
+    assert_eq!(expired.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(expired.text().await.unwrap().contains("has expired"));
+    let listed = ok(op(a, &f.token).args(["device", "enroll-token", "list"]));
+    assert!(listed.lines().any(|l| l.starts_with(once["id"].as_str().unwrap()) && l.contains(" 1/1 ")), "{listed}");
+    assert!(
+        listed.lines().any(|l| l.starts_with(revocable["id"].as_str().unwrap()) && l.contains("revoked")),
+        "{listed}"
+    );
+
+    // A device revoked through one replica is refused by the other on its very next request.
+    assert_eq!(whoami(a, &credential).await.unwrap().status(), reqwest::StatusCode::OK);
+    ok(op(&b, &f.token).args(["device", "revoke", "cam-1"]));
+    let refused = whoami(a, &credential).await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert!(refused.text().await.unwrap().contains("credential of device cam-1 was revoked"));
+
+    let revoked = ok(op(a, &f.token).args(["device", "list", "--state", "revoked"]));
+    let names: Vec<&str> = revoked.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["cam-1", "sim-0003"], "{revoked}");
+    // Removed, it is gone from the list and the group, on both replicas.
+    let out = ok(op(a, &f.token).args(["device", "remove", "sim-0003"]));
+    assert!(out.contains("removed device sim-0003 (no longer in group plant-7)"), "{out}");
+    let gone = run(op(&b, &f.token).args(["device", "show", "sim-0003"]));
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not found"));
+    let devices = json(ok(op(&b, &f.token).args(["device", "list", "--json"])));
+    let names: Vec<&str> = devices.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cam-1", "sim-0001", "sim-0002"]);
+
+    let events = audit(&f, &b);
+    let actions = |subject: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["subject"] == subject && e["actor"] == "admin")
+            .map(|e| e["action"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(actions("sim-0003"), ["device.revoked", "device.removed", "device.decommissioned"]);
+    assert_eq!(actions("cam-1"), ["device.revoked"]);
+    assert_eq!(events.iter().filter(|e| e["action"] == "enrollment_token.revoked").count(), 1);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i, "the audit log has no gaps or duplicates across replicas");
+    }
+    b.stop();
 }

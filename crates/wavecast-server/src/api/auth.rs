@@ -82,6 +82,8 @@ permission_extractors! {
     CanApproveGates => ApproveGates;
     /// An operator who may create and revoke API tokens.
     CanManageTokens => ManageTokens;
+    /// May install a new root version (admin).
+    CanManageTrust => ManageTrust;
 }
 
 fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
@@ -113,7 +115,8 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// An authenticated device.
+/// An authenticated device whose credential is not revoked. The device's row is read on every
+/// request, so a revocation is in force from the next request on, on every replica.
 #[derive(Debug, Clone)]
 pub struct Device(pub DeviceRecord);
 
@@ -128,6 +131,13 @@ impl FromRequestParts<AppState> for Device {
             .device_by_credential(&secret.hash())
             .await?
             .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+        if let Some(at) = device.revoked_at {
+            let at = jiff::Timestamp::from_millisecond(at).map_or_else(|_| at.to_string(), |t| t.to_string());
+            return Err(ApiError::Unauthorized(format!(
+                "the credential of device {} was revoked at {at}; it is refused for good",
+                device.name
+            )));
+        }
         if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
             require_certificate_for(parts, device.name.as_str())?;
         }

@@ -8,16 +8,18 @@
 //! it, rather than passed on to a client.
 
 use wavecast_api::{
-    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceProgress, DeviceRollout, Group, InProgress, Rollout,
-    StateCounts, Token, Wave, WaveState,
+    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceProgress, DeviceRemoval, DeviceRollout, EnrollmentToken,
+    Group, InProgress, Rollout, StateCounts, Token, Wave, WaveState,
 };
 use wavecast_core::TargetName;
 use wavecast_core::assignment::ActiveArtifact;
+use wavecast_core::fleet::DeviceStatus;
 use wavecast_core::rollout::RolloutState;
 
 use super::ApiError;
 use crate::store::{
-    ArtifactRecord, AtWork, DeviceRecord, GroupRecord, HeartbeatRecord, RolloutDeviceRecord, RolloutRecord, TokenRecord,
+    ArtifactRecord, AtWork, DeviceRecord, EnrollmentTokenRecord, GroupRecord, HeartbeatRecord, Retired,
+    RolloutDeviceRecord, RolloutRecord, TokenRecord,
 };
 
 /// A count or size the database stores as a signed integer.
@@ -59,6 +61,26 @@ pub(super) fn device(r: DeviceRecord) -> Device {
         hardware: r.hardware,
         enrolled_at: r.enrolled_at,
         last_seen_at: r.last_seen_at,
+        state: DeviceStatus::of(r.revoked_at),
+        revoked_at: r.revoked_at,
+    }
+}
+
+/// What revoking or removing a device did.
+pub(super) fn removal(r: Retired) -> DeviceRemoval {
+    DeviceRemoval { device: device(r.device), decommissioned: r.decommissioned, left_rollouts: r.left_rollouts }
+}
+
+pub(super) fn enrollment_token(r: EnrollmentTokenRecord) -> EnrollmentToken {
+    EnrollmentToken {
+        id: r.id,
+        group: r.group,
+        created_at: r.created_at,
+        created_by: r.created_by,
+        expires_at: r.expires_at,
+        max_uses: r.max_uses,
+        uses: r.uses,
+        revoked_at: r.revoked_at,
     }
 }
 

@@ -5,16 +5,20 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wavecast_core::DeviceName;
-use wavecast_core::assignment::{AssignmentDoc, MAX_REPORTS_PER_BATCH, ReportAck, ReportBatch, SignedAssignments};
+use wavecast_core::assignment::{
+    AssignmentDoc, MAX_REPORTS_PER_BATCH, RefusedReport, ReportAck, ReportBatch, SignedAssignments, assigns_install,
+};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::progress::{Progress, ProgressAck};
 use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::trust::KeyRole;
 use wavecast_os::clock::now_ms;
+use wavecast_os::error::chain;
 
 use super::{ApiError, ApiJson, Device, new_id, random};
 use crate::state::{AppState, DeviceIdentity};
-use crate::store::{DeviceRef, Enrollment, StoreError};
+use crate::store::{DeviceRef, EnrollError, Enrollment, ReportOutcome};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,19 +59,22 @@ pub async fn enroll(
     };
     let device = state
         .store()
-        .enroll_device(&enrollment, |group| NewAuditEvent {
+        .enroll_device(&enrollment, |group, token| NewAuditEvent {
             actor: Actor::Device(name.clone()),
             action: AuditAction::DeviceEnrolled,
             subject: name.to_string(),
-            detail: serde_json::json!({ "group": group, "hardware": req.hardware, "device_id": enrollment.device_id }),
+            detail: serde_json::json!({
+                "group": group,
+                "hardware": req.hardware,
+                "device_id": enrollment.device_id,
+                "enrollment_token": token,
+            }),
         })
         .await
         .map_err(|e| match e {
-            StoreError::NotFound { .. } => {
-                ApiError::Unauthorized("enrollment token is unknown, expired or revoked".into())
-            }
-            StoreError::Conflict { .. } => ApiError::Conflict(format!("a device named {name} is already enrolled")),
-            other => other.into(),
+            EnrollError::Store(s) => s.into(),
+            e @ (EnrollError::UnknownToken | EnrollError::Refused(_)) => ApiError::Unauthorized(chain(&e)),
+            e @ EnrollError::NameTaken(_) => ApiError::Conflict(chain(&e)),
         })?;
     Ok((
         StatusCode::CREATED,
@@ -111,11 +118,16 @@ pub async fn assignments(
         expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
         assignments,
     };
-    let signature = hex::encode(state.trust().director.sign_bytes(&doc.signing_bytes()));
+    // The director key the newest root names; a replica that lacks it answers 503 rather than
+    // sign with a retired one.
+    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&doc.signing_bytes()));
     Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
 }
 
-/// Applies a batch of reports, each exactly once, and records what the device runs.
+/// Applies a batch of reports, each exactly once, and records what the device runs. A report
+/// that claims a change the device may not make (see [`wavecast_core::rollout::judge_report`])
+/// changes nothing and is answered in `refused` with why; it is acknowledged all the same, so
+/// the device does not send it forever.
 pub async fn reports(
     State(state): State<AppState>,
     Device(device): Device,
@@ -128,6 +140,7 @@ pub async fn reports(
     state.last_seen().touch(&device.id, now);
     let who = DeviceRef { id: device.id.clone(), name: device.name.clone() };
     let mut acked = Vec::with_capacity(batch.reports.len());
+    let mut refused = Vec::new();
     for report in &batch.reports {
         if report.id.is_empty()
             || report.id.len() > 64
@@ -135,15 +148,25 @@ pub async fn reports(
         {
             return Err(ApiError::BadRequest(format!("report id {:?} must be 1-64 letters, digits or '-'", report.id)));
         }
-        if state.store().apply_report(&who, report, now).await? {
-            tracing::info!(device = %device.name, rollout = %report.rollout_id, state = %report.state, reason = report.reason.as_deref().unwrap_or(""), "device report");
+        match state.store().apply_report(&who, &device.group, report, now).await? {
+            ReportOutcome::Applied => {
+                tracing::info!(device = %device.name, rollout = %report.rollout_id, state = %report.state, reason = report.reason.as_deref().unwrap_or(""), "device report");
+            }
+            ReportOutcome::Repeated | ReportOutcome::Stale => {}
+            ReportOutcome::Refused(why) => {
+                tracing::warn!(device = %device.name, rollout = %report.rollout_id, state = %report.state, refused = %why, "device report refused");
+                refused.push(RefusedReport {
+                    id: report.id.clone(),
+                    reason: format!("{} about rollout {}: {why}", report.state, report.rollout_id),
+                });
+            }
         }
         acked.push(report.id.clone());
     }
     if !batch.active.is_empty() {
         state.store().set_device_artifacts(&device.id, &batch.active, now).await?;
     }
-    Ok(Json(ReportAck { acked }))
+    Ok(Json(ReportAck { acked, refused }))
 }
 
 /// Records a working device's heartbeat and answers whether its assignment still stands and
@@ -169,16 +192,27 @@ pub async fn progress(
 }
 
 /// Serves an artifact by its consistent-snapshot target path, `<sha256>.<name@version>`,
-/// honouring `Range` so interrupted downloads resume.
+/// honouring `Range` so interrupted downloads resume: only to a device whose assignments
+/// tell it to install exactly that target with exactly those bytes
+/// ([`assigns_install`], over what the device would be served now).
 pub async fn target(
     State(state): State<AppState>,
-    _device: Device,
+    Device(device): Device,
     super::ApiPath(file): super::ApiPath<String>,
     req: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
     let (hex, name) = file.split_once('.').ok_or_else(|| ApiError::NotFound(format!("no target {file:?}")))?;
-    wavecast_core::TargetName::parse(name).map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
+    let target =
+        wavecast_core::TargetName::parse(name).map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
     let digest: wavecast_core::Sha256Digest =
         hex.parse().map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
+    let (_, assignments) = state.store().assignments(&device.id, &device.group).await?;
+    if !assigns_install(&assignments, &target, &digest) {
+        return Err(ApiError::Forbidden(format!(
+            "device {} is not assigned {target} with sha256 {digest}: a device may fetch only the artifacts its \
+             assignments tell it to install",
+            device.name
+        )));
+    }
     super::operator::serve_blob(&state, &digest, req).await
 }

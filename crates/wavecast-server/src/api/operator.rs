@@ -1,4 +1,5 @@
-//! Operator API handlers: artifacts, groups, enrollment tokens, devices, audit, blobs.
+//! Operator API handlers: artifacts, groups, enrollment tokens, devices (and revoking and
+//! removing them), audit, blobs.
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -7,17 +8,18 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tower::ServiceExt as _;
 use wavecast_api::{
-    Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, EnrollmentTokenCreated, Group, GroupCreated,
-    Whoami,
+    Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, DeviceRemoval, EnrollmentToken,
+    EnrollmentTokenCreated, Group, GroupCreated, Whoami,
 };
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
+use wavecast_core::fleet::DeviceStatus;
 use wavecast_core::secret::{Secret, SecretKind};
-use wavecast_core::{GroupName, Sha256Digest};
+use wavecast_core::{DeviceName, GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, bodies, new_id, random};
 use crate::state::AppState;
-use crate::store::NewEnrollmentToken;
+use crate::store::{NewEnrollmentToken, Retire};
 
 /// Who the token belongs to.
 pub async fn whoami(op: Operator) -> Json<Whoami> {
@@ -63,6 +65,9 @@ pub async fn create_enrollment_token(
     if secs == 0 || secs > MAX_ENROLLMENT_SECS {
         return Err(ApiError::BadRequest(format!("expires_in_secs must be between 1 and {MAX_ENROLLMENT_SECS}")));
     }
+    if body.max_uses == Some(0) {
+        return Err(ApiError::BadRequest("max_uses must be at least 1 (leave it out for any number)".into()));
+    }
     let secret = Secret::from_random(SecretKind::EnrollmentToken, random()?);
     let now = now_ms();
     let t = NewEnrollmentToken {
@@ -71,26 +76,61 @@ pub async fn create_enrollment_token(
         secret_sha256: secret.hash(),
         now_ms: now,
         expires_at: now + (secs as i64) * 1000,
+        max_uses: body.max_uses,
         created_by: op.name.clone(),
     };
     let event = NewAuditEvent {
         actor: op.actor(),
         action: AuditAction::EnrollmentTokenCreated,
         subject: group.to_string(),
-        detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at }),
+        detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at, "max_uses": t.max_uses }),
     };
     state.store().create_enrollment_token(&t, event).await?;
     let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
     Ok((
         StatusCode::CREATED,
-        Json(EnrollmentTokenCreated { id: t.id, group: t.group, token: secret.expose().to_owned(), expires_at }),
+        Json(EnrollmentTokenCreated {
+            id: t.id,
+            group: t.group,
+            token: secret.expose().to_owned(),
+            expires_at,
+            max_uses: t.max_uses,
+        }),
     ))
+}
+
+pub async fn list_enrollment_tokens(
+    State(state): State<AppState>,
+    _: CanRead,
+) -> Result<Json<Vec<EnrollmentToken>>, ApiError> {
+    Ok(Json(state.store().list_enrollment_tokens().await?.into_iter().map(bodies::enrollment_token).collect()))
+}
+
+/// Revokes an enrollment token: no device enrolls with it any more. Devices it enrolled keep
+/// their own credentials (revoke those one by one).
+pub async fn revoke_enrollment_token(
+    State(state): State<AppState>,
+    CanManageFleet(op): CanManageFleet,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<EnrollmentToken>, ApiError> {
+    let actor = op.actor();
+    let revoked = state
+        .store()
+        .revoke_enrollment_token(&id, now_ms(), |t| NewAuditEvent {
+            actor,
+            action: AuditAction::EnrollmentTokenRevoked,
+            subject: t.group.to_string(),
+            detail: serde_json::json!({ "id": t.id, "uses": t.uses }),
+        })
+        .await?;
+    Ok(Json(bodies::enrollment_token(revoked)))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceFilter {
     group: Option<String>,
+    state: Option<String>,
 }
 
 pub async fn list_devices(
@@ -98,7 +138,37 @@ pub async fn list_devices(
     _: CanRead,
     ApiQuery(filter): ApiQuery<DeviceFilter>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
-    Ok(Json(state.store().list_devices(filter.group.as_deref()).await?.into_iter().map(bodies::device).collect()))
+    let status =
+        filter.state.as_deref().map(str::parse::<DeviceStatus>).transpose().map_err(|e| ApiError::bad_request(&e))?;
+    let devices = state.store().list_devices(filter.group.as_deref(), status).await?;
+    Ok(Json(devices.into_iter().map(bodies::device).collect()))
+}
+
+/// Revokes a device's credential: it is refused from its next request on, on every replica,
+/// and leaves every rollout that has not ended as `removed`. It stays listed, as revoked.
+pub async fn revoke_device(
+    State(state): State<AppState>,
+    CanManageFleet(op): CanManageFleet,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<DeviceRemoval>, ApiError> {
+    retire(&state, &op, &name, Retire::Revoke).await
+}
+
+/// Removes (decommissions) a device: revoked as by [`revoke_device`], then deleted, so it
+/// leaves its group and the device list and its name is free again; the audit log keeps it.
+pub async fn remove_device(
+    State(state): State<AppState>,
+    CanManageFleet(op): CanManageFleet,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<DeviceRemoval>, ApiError> {
+    retire(&state, &op, &name, Retire::Decommission).await
+}
+
+async fn retire(state: &AppState, op: &Operator, name: &str, how: Retire) -> Result<Json<DeviceRemoval>, ApiError> {
+    let name = DeviceName::new(name).map_err(|e| ApiError::bad_request(&e))?;
+    let retired = state.store().retire_device(&name, how, &op.name, now_ms()).await?;
+    tracing::info!(device = %name, how = ?how, actor = %op.name, left = ?retired.left_rollouts, "device taken out");
+    Ok(Json(bodies::removal(retired)))
 }
 
 pub async fn show_device(

@@ -40,6 +40,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_none.sql"),
         postgres: include_str!("../../migrations/postgres/0004_none.sql"),
     },
+    Migration {
+        version: 5,
+        common: include_str!("../../migrations/common_0005.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0005_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_none.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -8,7 +8,8 @@
 //!
 //! One file per subject: `installation` (the first start's import), `metadata` (TUF
 //! metadata), `artifacts`, `devices` (groups, enrollment, devices, what they run), `tokens`,
-//! `audit` (the log and its checkpoints), `rollouts`. Every column is read through `row`, and
+//! `audit` (the log and its checkpoints), `rollouts`, `status` (the counts `GET /status`
+//! reports). Every column is read through `row`, and
 //! every value that decides something (a state, an abort mode) is bound as a parameter from
 //! the domain types, never written into the SQL as a literal.
 
@@ -21,6 +22,7 @@ mod migrate;
 mod records;
 mod rollouts;
 mod row;
+mod status;
 mod tokens;
 
 use std::path::Path;
@@ -31,6 +33,8 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use artifacts::BlobLock;
 pub use audit::{CheckpointRecord, NewCheckpoint};
+pub use devices::EnrollError;
+pub use metadata::MetadataWrite;
 pub use records::*;
 pub use rollouts::*;
 
@@ -41,6 +45,16 @@ pub enum Backend {
     Sqlite,
     /// A PostgreSQL server.
     Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`, as metrics and the status report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
 }
 
 /// Where the database is.
@@ -245,6 +259,24 @@ impl Store {
         match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// `FOR SHARE` where the database has row locks: many holders at once, none while a
+    /// [`Store::for_no_key_update`] lock is held.
+    fn for_share(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR SHARE",
+        }
+    }
+
+    /// `FOR NO KEY UPDATE` where the database has row locks: excludes [`Store::for_share`]
+    /// holders, but not the key-share locks that inserting a row referring to this one takes.
+    fn for_no_key_update(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR NO KEY UPDATE",
         }
     }
 }

@@ -145,8 +145,31 @@ pub struct NewEnrollmentToken {
     pub now_ms: i64,
     /// Expiry (ms).
     pub expires_at: i64,
+    /// How many devices it may enroll; `None` for any number until it expires.
+    pub max_uses: Option<u64>,
     /// Creator.
     pub created_by: String,
+}
+
+/// A stored enrollment token (its secret is only ever kept hashed, and not read back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTokenRecord {
+    /// Public id.
+    pub id: String,
+    /// The group its devices join.
+    pub group: GroupName,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Creator.
+    pub created_by: String,
+    /// Expiry (ms).
+    pub expires_at: i64,
+    /// How many devices it may enroll; `None` for any number until it expires.
+    pub max_uses: Option<u64>,
+    /// How many it enrolled.
+    pub uses: u64,
+    /// Revocation time (ms), if revoked.
+    pub revoked_at: Option<i64>,
 }
 
 /// A device enrolling.
@@ -181,6 +204,30 @@ pub struct DeviceRecord {
     pub enrolled_at: i64,
     /// Last check-in (ms).
     pub last_seen_at: Option<i64>,
+    /// When its credential was revoked (ms), if it was. Not in the device's own view of
+    /// itself: a revoked device is refused before it could see it.
+    #[serde(skip)]
+    pub revoked_at: Option<i64>,
+}
+
+/// How a device leaves the fleet (see `wavecast_core::fleet` for what each means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retire {
+    /// Its credential is refused; it stays listed, as revoked.
+    Revoke,
+    /// Revoked, then deleted: it leaves its group and the device list.
+    Decommission,
+}
+
+/// What revoking or removing a device did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The device as it was left: revoked (and, when decommissioned, no longer stored).
+    pub device: DeviceRecord,
+    /// Whether it was decommissioned.
+    pub decommissioned: bool,
+    /// The rollouts that had not ended which it left, as `removed`.
+    pub left_rollouts: Vec<String>,
 }
 
 /// A device as the rollout code needs it.

@@ -20,7 +20,8 @@ use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::probe::ProbeSpec;
 use wavecast_core::progress::{Progress, ProgressAck, Waiting};
 use wavecast_core::rollout::{
-    self, AbortMode, Command, Effect, GateApproval, Plan, RolloutState, Served, Status, WaveCounts,
+    self, AbortMode, Command, Effect, GateApproval, Plan, ReportRefused, RolloutState, Served, Standing, Status,
+    Verdict, WaveCounts,
 };
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName};
 
@@ -223,6 +224,20 @@ pub enum CreateRolloutError {
     EmptyGroup(GroupName),
 }
 
+/// What became of one device report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// It changed the device's state (and whatever the engine said follows).
+    Applied,
+    /// Its id was applied before: nothing more happens.
+    Repeated,
+    /// A move the device may make, but out of date: nothing changes (its id is kept, so it is
+    /// not looked at again).
+    Stale,
+    /// A claim the device may not make: nothing changes, its id is not kept.
+    Refused(ReportRefused),
+}
+
 /// Why an operator command was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutCommandError {
@@ -266,7 +281,9 @@ impl Store {
         if artifact.is_none() {
             return Err(StoreError::NotFound { what: format!("artifact {}@{}", new.artifact, new.version) }.into());
         }
-        let group = sqlx::query("SELECT 1 FROM device_groups WHERE name = $1")
+        // Shared with other creations, exclusive of a device's revocation (see `devices`): the
+        // devices read next are the group's active devices until this rollout commits.
+        let group = sqlx::query(&format!("SELECT 1 FROM device_groups WHERE name = $1{}", self.for_share()))
             .bind(new.group.as_str())
             .fetch_optional(&mut *tx)
             .await
@@ -274,7 +291,7 @@ impl Store {
         if group.is_none() {
             return Err(StoreError::NotFound { what: format!("group {}", new.group) }.into());
         }
-        let rows = sqlx::query("SELECT id FROM devices WHERE group_name = $1")
+        let rows = sqlx::query("SELECT id FROM devices WHERE group_name = $1 AND revoked_at IS NULL")
             .bind(new.group.as_str())
             .fetch_all(&mut *tx)
             .await
@@ -565,12 +582,23 @@ impl Store {
         rollout_id: &str,
         device: &DeviceRef,
     ) -> Result<Option<(RolloutRecord, usize, DeviceState, i64)>, StoreError> {
-        let op = "reading a device's place in a rollout";
         let r = match self.lock_rollout(tx, rollout_id).await {
             Ok(r) => r,
             Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
+        Ok(self.device_row(tx, rollout_id, device).await?.map(|(wave, state, heard_at)| (r, wave, state, heard_at)))
+    }
+
+    /// The device's row in a rollout whose lock `tx` holds, locked too on PostgreSQL: its
+    /// wave (0-based), state, and when it was last heard from.
+    async fn device_row(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rollout_id: &str,
+        device: &DeviceRef,
+    ) -> Result<Option<(usize, DeviceState, i64)>, StoreError> {
+        let op = "reading a device's place in a rollout";
         let sql = format!(
             "SELECT wave, state, heard_at FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2{}",
             self.for_update()
@@ -582,32 +610,36 @@ impl Store {
         };
         let row = Row::new(&row, op);
         let wave = usize::try_from(row.get::<i64>(0)?).map_err(corrupt("device wave"))?;
-        Ok(Some((r, wave, row.parse(1, "device state")?, row.get(2)?)))
+        Ok(Some((wave, row.parse(1, "device state")?, row.get(2)?)))
     }
 
-    /// Moves one device to `to`, if the rollout accepts the move, inside `tx`; returns whether
-    /// anything changed.
-    async fn transition_in(
+    /// Where `device` (of `group`) stands in rollout `rollout_id`, read under the rollout's
+    /// lock (and its row's, on PostgreSQL), with the rollout, the device's wave and its state
+    /// when it has a row there.
+    async fn standing(
         &self,
         tx: &mut Transaction<'static, Any>,
         rollout_id: &str,
         device: &DeviceRef,
-        to: DeviceState,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let Some((mut r, wave, from, _)) = self.lock_device(tx, rollout_id, device).await? else {
-            return Ok(false);
+        group: &GroupName,
+    ) -> Result<(Standing, Option<(RolloutRecord, usize, DeviceState)>), StoreError> {
+        let r = match self.lock_rollout(tx, rollout_id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. }) => return Ok((Standing::NoRollout, None)),
+            Err(e) => return Err(e),
         };
-        if !rollout::accepts_transition(from, to, r.abort_mode) {
-            return Ok(false);
-        }
-        self.write_transition(tx, &mut r, device, wave, from, to, reason, now_ms).await?;
-        Ok(true)
+        let Some((wave, from, _)) = self.device_row(tx, rollout_id, device).await? else {
+            // A device that joined its group later is served the group's version, its newest
+            // completed rollout, without a row in it (see `assignments`).
+            let group_version = r.group == *group && r.status.state == RolloutState::Completed;
+            return Ok((Standing::NotIn { group_version }, None));
+        };
+        Ok((Standing::In { device: from, abort: r.abort_mode }, Some((r, wave, from))))
     }
 
     /// Writes a device's move from `from` to `to` (checked by the caller, under the rollout's
-    /// lock), audits it as what it is, and applies what the engine says follows.
+    /// lock), audits it as what it is, and applies what the engine says follows. `cause` is
+    /// who made the change (see [`rollout::transition_actor`]).
     #[allow(clippy::too_many_arguments)]
     async fn write_transition(
         &self,
@@ -618,6 +650,7 @@ impl Store {
         from: DeviceState,
         to: DeviceState,
         reason: Option<&str>,
+        cause: &Actor,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let op = "recording a device's progress";
@@ -636,7 +669,7 @@ impl Store {
         .execute(&mut **tx)
         .await
         .map_err(q(op))?;
-        let actor = rollout::transition_actor(&device.name, to);
+        let actor = rollout::transition_actor(&device.name, to, cause);
         if let Some(action) = rollout::transition_audit(to) {
             append_audit(
                 tx,
@@ -676,19 +709,58 @@ impl Store {
         if !rollout::accepts_transition(from, to, r.abort_mode) {
             return Ok(false);
         }
-        self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(&reason), now_ms).await?;
+        self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(&reason), &Actor::System, now_ms).await?;
         tx.commit().await.map_err(q(op))?;
         Ok(true)
     }
 
-    /// Applies one device report exactly once: the report id is recorded in the same
-    /// transaction as its effect. Returns false when the id was seen before.
+    /// Takes `device` out of every rollout that has not ended: its row moves to `removed`
+    /// through the engine, attributed to `operator`, one rollout per transaction (each under
+    /// that rollout's lock, as a report is). Returns the rollouts it left, by id. Rows already
+    /// removed, and rollouts that ended meanwhile, are left as they are.
+    pub(super) async fn remove_from_rollouts(
+        &self,
+        device: &DeviceRef,
+        operator: &Actor,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let op = "taking a device out of its rollouts";
+        let rows = sqlx::query(
+            "SELECT rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             WHERE rd.device_id = $1 AND r.active_key IS NOT NULL ORDER BY rd.rollout_id",
+        )
+        .bind(&device.id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q(op))?;
+        let mut left = Vec::new();
+        for id in read_all(&rows, op, |r| r.get::<String>(0))? {
+            let mut tx = self.begin(op).await?;
+            let Some((mut r, wave, from, _)) = self.lock_device(&mut tx, &id, device).await? else {
+                continue;
+            };
+            let to = DeviceState::Removed;
+            if r.status.state.is_terminal() || !rollout::accepts_transition(from, to, r.abort_mode) {
+                continue;
+            }
+            self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(reason), operator, now_ms).await?;
+            tx.commit().await.map_err(q(op))?;
+            left.push(id);
+        }
+        Ok(left)
+    }
+
+    /// Applies one report of `device` (of `group`) exactly once, as [`rollout::judge_report`]
+    /// says: the report id is recorded in the same transaction as its effect. A refused report
+    /// changes nothing, not even the record of its id.
     pub async fn apply_report(
         &self,
         device: &DeviceRef,
+        group: &GroupName,
         report: &wavecast_core::assignment::Report,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<ReportOutcome, StoreError> {
         let op = "recording a device report";
         let mut tx = self.begin(op).await?;
         let insert = sqlx::query(
@@ -699,11 +771,27 @@ impl Store {
         .bind(&report.id)
         .bind(now_ms);
         if changed(&mut tx, insert, op).await? == 0 {
-            return Ok(false);
+            return Ok(ReportOutcome::Repeated);
         }
-        self.transition_in(&mut tx, &report.rollout_id, device, report.state, report.reason.as_deref(), now_ms).await?;
-        tx.commit().await.map_err(q(op))?;
-        Ok(true)
+        let (standing, place) = self.standing(&mut tx, &report.rollout_id, device, group).await?;
+        match (rollout::judge_report(standing, report.state), place) {
+            (Err(refused), _) => {
+                tx.rollback().await.map_err(q(op))?;
+                Ok(ReportOutcome::Refused(refused))
+            }
+            (Ok(Verdict::Apply), Some((mut r, wave, from))) => {
+                let reason = report.reason.as_deref();
+                let cause = Actor::Device(device.name.clone());
+                self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
+                    .await?;
+                tx.commit().await.map_err(q(op))?;
+                Ok(ReportOutcome::Applied)
+            }
+            (Ok(_), _) => {
+                tx.commit().await.map_err(q(op))?;
+                Ok(ReportOutcome::Stale)
+            }
+        }
     }
 
     /// Records a working device's heartbeat (see [`wavecast_core::progress`]) and answers it.

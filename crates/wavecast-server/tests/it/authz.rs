@@ -1,5 +1,6 @@
 //! The authorization matrix: every route × every kind of caller gets exactly the expected
-//! allow or deny; devices can touch only their own assignment and reports.
+//! allow or deny; devices can touch only their own assignment and reports, and fetch only the
+//! artifacts they are assigned.
 
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
@@ -15,7 +16,10 @@ enum Caller {
     Nobody,
     Role(Role),
     Revoked,
+    /// A device in no rollout.
     Device,
+    /// A device a rollout assigned the artifact.
+    AssignedDevice,
 }
 
 /// What a route needs.
@@ -23,6 +27,8 @@ enum Caller {
 enum Needs {
     Operator(Option<Permission>),
     Device,
+    /// A device whose assignments tell it to install this artifact; other devices get 403.
+    AssignedDevice,
 }
 
 async fn setup(env: &Env) -> (Vec<(Caller, Option<String>)>, String, String, String) {
@@ -59,8 +65,9 @@ async fn setup(env: &Env) -> (Vec<(Caller, Option<String>)>, String, String, Str
         env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": g })).await;
     }
     let (cred_a, id_a) = env.enroll("g2", "dev-a").await;
-    let (_cred_b, _id_b) = env.enroll("g1", "dev-b").await;
+    let (cred_b, _id_b) = env.enroll("g1", "dev-b").await;
     callers.push((Caller::Device, Some(cred_a.clone())));
+    callers.push((Caller::AssignedDevice, Some(cred_b)));
     assert_eq!(env.publish("m@1.0.0", b"bytes").await.status, StatusCode::CREATED);
     let rollout = env
         .post_json(
@@ -81,6 +88,14 @@ async fn matrix(db: Db) {
     use Permission::*;
     let routes: Vec<(Method, String, serde_json::Value, Needs)> = vec![
         (Method::GET, "/api/v1/whoami".into(), serde_json::Value::Null, Operator(None)),
+        (Method::GET, "/api/v1/status".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (
+            Method::POST,
+            "/api/v1/artifacts/resign".into(),
+            serde_json::json!({ "targets": "{}" }),
+            Operator(Some(Publish)),
+        ),
+        (Method::POST, "/api/v1/root/rotate".into(), serde_json::json!({ "root": "{}" }), Operator(Some(ManageTrust))),
         (Method::GET, "/api/v1/artifacts".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::POST, "/api/v1/artifacts".into(), serde_json::json!({}), Operator(Some(Publish))),
         (Method::GET, "/api/v1/groups".into(), serde_json::Value::Null, Operator(Some(Read))),
@@ -91,8 +106,13 @@ async fn matrix(db: Db) {
             serde_json::json!({ "group": "nope" }),
             Operator(Some(ManageFleet)),
         ),
+        (Method::GET, "/api/v1/enrollment-tokens".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (Method::DELETE, "/api/v1/enrollment-tokens/0000".into(), serde_json::Value::Null, Operator(Some(ManageFleet))),
         (Method::GET, "/api/v1/devices".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/devices/dev-a".into(), serde_json::Value::Null, Operator(Some(Read))),
+        // A device no one enrolled: whoever may act gets 404, and no caller's device is touched.
+        (Method::POST, "/api/v1/devices/nobody/revoke".into(), serde_json::Value::Null, Operator(Some(ManageFleet))),
+        (Method::DELETE, "/api/v1/devices/nobody".into(), serde_json::Value::Null, Operator(Some(ManageFleet))),
         (Method::GET, "/api/v1/audit".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/audit/checkpoint".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::GET, "/api/v1/audit/checkpoints".into(), serde_json::Value::Null, Operator(Some(Read))),
@@ -133,7 +153,7 @@ async fn matrix(db: Db) {
         (Method::GET, "/device/v1/whoami".into(), serde_json::Value::Null, Device),
         (Method::GET, "/device/v1/assignments".into(), serde_json::Value::Null, Device),
         (Method::GET, "/device/v1/tuf/timestamp.json".into(), serde_json::Value::Null, Device),
-        (Method::GET, format!("/device/v1/targets/{sha}.m@1.0.0"), serde_json::Value::Null, Device),
+        (Method::GET, format!("/device/v1/targets/{sha}.m@1.0.0"), serde_json::Value::Null, AssignedDevice),
         (Method::POST, "/device/v1/reports".into(), serde_json::json!({ "reports": [], "active": [] }), Device),
     ];
     let mut checked = 0;
@@ -146,11 +166,13 @@ async fn matrix(db: Db) {
             let allowed = match (needs, caller) {
                 (Operator(None), Caller::Role(_)) => true,
                 (Operator(Some(p)), Caller::Role(role)) => role.allows(*p),
-                (Device, Caller::Device) => true,
+                (Device, Caller::Device | Caller::AssignedDevice) => true,
+                (AssignedDevice, Caller::AssignedDevice) => true,
                 _ => false,
             };
             let denied_as = match caller {
                 Caller::Role(_) if matches!(needs, Operator(_)) => StatusCode::FORBIDDEN,
+                Caller::Device if matches!(needs, AssignedDevice) => StatusCode::FORBIDDEN,
                 _ => StatusCode::UNAUTHORIZED,
             };
             if allowed {

@@ -11,12 +11,14 @@ mod support;
 mod audit;
 mod authz;
 mod fleet;
+mod lifecycle;
 mod openapi;
 mod progress;
 mod publish;
 mod rollouts;
 mod storage;
 mod tls;
+mod trust;
 
 /// Runs `async fn NAME(db: Db)` as two tests, `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]
