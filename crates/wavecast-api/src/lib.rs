@@ -28,12 +28,12 @@ pub use rollouts::{
     WaveState,
 };
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
-/// Whether a device is still trusted: the core's type, whose rules say what each means.
-pub use wavecast_core::fleet::DeviceStatus;
 pub use trust::{
     AuditStatus, CheckpointStatus, DeviceCounts, KeyRole, MetadataRole, ResignTargets, RoleStatus, RootRotated,
     RotateRoot, Status, TargetsResigned,
 };
+/// Whether a device is still trusted: the core's type, whose rules say what each means.
+pub use wavecast_core::fleet::DeviceStatus;
 /// What a working device waits out, as its heartbeat says: the core's type, which the device
 /// API carries.
 pub use wavecast_core::progress::{WaitClass, Waiting};

@@ -25,7 +25,7 @@ pub struct CreateRollout {
     pub halt_after: Option<u32>,
     /// How long a device may take to pick up and finish its assignment.
     pub device_timeout_ms: Option<u64>,
-    /// The probe as an operator writes it (`exec:NAME`, `https://…`, `file:/PATH`).
+    /// The probe as an operator writes it (`exec:NAME`, `https://…`, `file:NAME`).
     pub probe: String,
     /// Timeout of one probe attempt.
     pub probe_timeout_ms: Option<u64>,

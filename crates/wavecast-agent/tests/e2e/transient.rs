@@ -253,10 +253,19 @@ async fn a_resumed_download_that_hashes_wrong_is_fetched_again_from_zero() {
     let bytes = blob("resume", size);
     env.publish("model@1.0.0", &bytes, None).await;
     let id = env.rollout("model@1.0.0", &Probe::new("exec:ok")).await;
-    agent.start_with(Some("mid-download"));
-    agent.wait_killed().await;
-    let partial = agent.path.with_file_name(&agent.partials()[0]);
-    let mut on_disk = std::fs::read(&partial).unwrap();
+    // The hook fires once half the bytes are received, but the writer thread may not have put
+    // any on disk yet (it buffers a MiB): kill it again, resuming, until some are.
+    let mut attempts = 0;
+    let (partial, mut on_disk) = loop {
+        agent.start_with(Some("mid-download"));
+        agent.wait_killed().await;
+        attempts += 1;
+        let partial = agent.path.with_file_name(&agent.partials()[0]);
+        let on_disk = std::fs::read(&partial).unwrap();
+        if !on_disk.is_empty() || attempts == 5 {
+            break (partial, on_disk);
+        }
+    };
     assert!(!on_disk.is_empty() && on_disk.len() < size, "not mid-download: {} bytes", on_disk.len());
     on_disk[0] ^= 0xff;
     std::fs::write(&partial, &on_disk).unwrap();

@@ -25,8 +25,9 @@ Waves are cumulative percentages of the group. A wave opens by itself once the e
 are settled and healthy, unless it has a --gate: then it waits for `wavecast rollout approve`. \
 --gate 1 gates the canary itself. When the failures counted since the last acknowledgement \
 reach --halt-after, the rollout pauses fleet-wide.\n\nProbes: exec:NAME [ARGS…] runs the \
-device's allowlisted binary NAME; http(s)://… must answer 2xx; file:/PATH must be written by \
-the application after the swap."
+device's allowlisted binary NAME; http(s)://… must answer 2xx from a host the device lists; \
+file:NAME names a readiness file on the device's own list, which the application writes after \
+the swap."
     )]
     #[command(mut_arg("json", |a| a.help("Print the new rollout as JSON")))]
     Create {
