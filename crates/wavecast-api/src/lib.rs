@@ -23,8 +23,8 @@ pub use fleet::{
     EnrollmentToken, EnrollmentTokenCreated, Group, GroupCreated,
 };
 pub use rollouts::{
-    AbortRequest, CreateRollout, DeviceAtWork, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
-    WaveState,
+    AbortRequest, CreateRollout, DeviceAtWork, DeviceFailure, DeviceProgress, Failures, InProgress, ResumeRequest,
+    Rollout, StateCounts, Wave, WaveState,
 };
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
 /// Whether a device is still trusted: the core's type, whose rules say what each means.

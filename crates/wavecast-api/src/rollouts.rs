@@ -96,6 +96,38 @@ pub struct Rollout {
     /// (absent from lists and from the answers to commands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_progress: Option<InProgress>,
+    /// The devices that ended failed or timed out, with why: only in `GET /rollouts/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
+    /// What the operator should know about a rollout just created (like devices whose hardware
+    /// does not fit the artifact): only in the answer to `POST /rollouts`, when there is any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The devices of a rollout that ended failed or timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// How many there are.
+    pub total: u64,
+    /// The first of them (at most 20), by wave then rollout order.
+    pub devices: Vec<DeviceFailure>,
+}
+
+/// A device that ended failed or timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFailure {
+    /// The device.
+    pub device: DeviceName,
+    /// Its wave, 1-based.
+    pub wave: u64,
+    /// `failed` or `timed_out`.
+    pub state: DeviceState,
+    /// Why, as the device said (a failed probe's reason ends with the tail of its output) or,
+    /// for a timeout, what the server waited for; `null` if nothing was said.
+    pub reason: Option<String>,
+    /// When it got there (Unix ms).
+    pub at: i64,
 }
 
 /// The devices a rollout waits for (picked up their assignment, no outcome yet).

@@ -178,6 +178,8 @@ fn a_rollout_with_its_waves_and_counts() {
         counts,
         waves: vec![wave],
         in_progress: None,
+        failures: None,
+        warnings: vec![],
     };
     // Counts are in alphabetical order, as the server's sorted map always sent them.
     let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"removed":12,
@@ -251,6 +253,35 @@ fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
               "progress":{"at":8,"state":"downloading","bytes_done":0,"bytes_total":400,"bytes_per_sec":0,
                           "waiting":{"class":"disk","reason":"needs_400_B,_10_B_free"}}},
              {"device":"cam-003","wave":2,"state":"assigned","last_heard_at":7,"progress":null}]}"#,
+    );
+}
+
+#[test]
+fn a_shown_rollout_lists_its_failed_devices_with_why() {
+    let failures = Failures {
+        total: 7,
+        devices: vec![
+            DeviceFailure {
+                device: DeviceName::new("cam-004").unwrap(),
+                wave: 1,
+                state: DeviceState::Failed,
+                reason: Some("exec:check-model_exited_with_1:_accuracy_0.41_<_0.90".into()),
+                at: 9,
+            },
+            DeviceFailure {
+                device: DeviceName::new("cam-009").unwrap(),
+                wave: 2,
+                state: DeviceState::TimedOut,
+                reason: None,
+                at: 11,
+            },
+        ],
+    };
+    check(
+        &failures,
+        r#"{"total":7,"devices":[
+             {"device":"cam-004","wave":1,"state":"failed","reason":"exec:check-model_exited_with_1:_accuracy_0.41_<_0.90","at":9},
+             {"device":"cam-009","wave":2,"state":"timed_out","reason":null,"at":11}]}"#,
     );
 }
 

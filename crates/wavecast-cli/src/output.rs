@@ -68,6 +68,11 @@ pub fn time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms / 1000 * 1000).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
 }
 
+/// The time now, RFC 3339 with milliseconds, for lines in a log.
+pub fn now() -> String {
+    format!("{:.3}", wavecast_os::clock::now())
+}
+
 /// Formats a byte count for people.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -8,8 +8,8 @@
 //! it, rather than passed on to a client.
 
 use wavecast_api::{
-    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceProgress, DeviceRemoval, DeviceRollout, EnrollmentToken,
-    Group, InProgress, Rollout, StateCounts, Token, Wave, WaveState,
+    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceFailure, DeviceProgress, DeviceRemoval, DeviceRollout,
+    EnrollmentToken, Failures, Group, InProgress, Rollout, StateCounts, Token, Wave, WaveState,
 };
 use wavecast_core::TargetName;
 use wavecast_core::assignment::ActiveArtifact;
@@ -132,6 +132,24 @@ pub(super) fn in_progress(w: AtWork) -> Result<InProgress, ApiError> {
     Ok(InProgress { total: w.total, devices })
 }
 
+/// The devices of a rollout that ended failed or timed out.
+pub(super) fn failures(f: crate::store::Failures) -> Result<Failures, ApiError> {
+    let devices = f
+        .devices
+        .into_iter()
+        .map(|d| {
+            Ok(DeviceFailure {
+                wave: unsigned("device wave", d.wave)?,
+                device: d.device,
+                state: d.state,
+                reason: d.reason,
+                at: d.at,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Failures { total: f.total, devices })
+}
+
 pub(super) fn token(r: TokenRecord) -> Token {
     Token {
         id: r.id,
@@ -189,5 +207,7 @@ pub(super) fn rollout(r: RolloutRecord) -> Result<Rollout, ApiError> {
         counts,
         waves,
         in_progress: None,
+        failures: None,
+        warnings: Vec::new(),
     })
 }
