@@ -14,6 +14,7 @@ mod artifacts;
 mod error;
 mod fleet;
 mod rollouts;
+mod time;
 mod tokens;
 
 pub use artifacts::Artifact;
@@ -26,6 +27,7 @@ pub use rollouts::{
     AbortRequest, CreateRollout, DeviceAtWork, DeviceFailure, DeviceProgress, Failures, InProgress, ResumeRequest,
     Rollout, StateCounts, Wave, WaveState,
 };
+pub use time::Timestamp;
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
 /// Whether a device is still trusted: the core's type, whose rules say what each means.
 pub use wavecast_core::fleet::DeviceStatus;

@@ -536,7 +536,7 @@ mod tests {
 
     fn progress(done: u64, total: u64, rate: u64, waiting: Option<Waiting>) -> DeviceProgress {
         DeviceProgress {
-            at: 0,
+            at: wavecast_api::Timestamp::from_unix_ms(0),
             state: DeviceState::Downloading,
             bytes_done: done,
             bytes_total: total,
@@ -565,7 +565,7 @@ mod tests {
             device: DeviceName::new(name).expect("valid name"),
             wave: 2,
             state: DeviceState::Downloading,
-            last_heard_at: 0,
+            last_heard_at: wavecast_api::Timestamp::from_unix_ms(0),
             progress,
         };
         let at_work = InProgress {

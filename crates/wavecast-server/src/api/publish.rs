@@ -195,7 +195,7 @@ pub async fn publish(
             length: target.length,
             sha256: record.sha256,
             hardware: record.hardware,
-            published_at: now_ms,
+            published_at: wavecast_api::Timestamp::from_unix_ms(now_ms),
             published_by: record.published_by,
         }),
     ))

@@ -1157,7 +1157,7 @@ impl Store {
         let lower = given.to_ascii_lowercase();
         let prefix = if lower.starts_with("r-") { lower } else { format!("r-{lower}") };
         // Ids are letters, digits and '-', so the pattern holds no LIKE wildcard but the last.
-        if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if given.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(RolloutIdError::NotAnId(given.to_owned()));
         }
         let rows = sqlx::query("SELECT id FROM rollouts WHERE id LIKE $1 ORDER BY id LIMIT 11")
