@@ -107,7 +107,7 @@ impl Client {
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
         // `127.0.0.1:7700` does not parse, and `localhost:7700` parses as the scheme
         // `localhost`: either way what was meant is plain HTTP.
-        if !(server.starts_with("http://") || server.starts_with("https://")) && !server.contains("://") {
+        if !server.contains("://") {
             return Err(ClientError::NoScheme { url: server.to_owned() });
         }
         let base = url::Url::parse(server).map_err(|source| ClientError::BadUrl { url: server.to_owned(), source })?;

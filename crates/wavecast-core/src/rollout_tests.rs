@@ -1667,8 +1667,9 @@ fn a_device_that_keeps_heart_beating_is_never_timed_out_and_one_that_stops_is() 
 fn the_group_version_is_the_newest_clean_completion_no_later_abort_reverted() {
     use AbortMode::{Keep, Revert};
     let r = |state, abort, version| GroupRollout { state, abort, version };
-    // (the group's rollouts of one artifact, newest first; the index of the group's version)
-    let table: &[(&str, Vec<GroupRollout<&str>>, Option<usize>)] = &[
+    // (case, the group's rollouts of one artifact newest first, the index of the group's version)
+    type Case = (&'static str, Vec<GroupRollout<&'static str>>, Option<usize>);
+    let table: &[Case] = &[
         ("no rollout at all", vec![], None),
         ("a successful one", vec![r(R::Completed, None, "1.0.0")], Some(0)),
         ("one still running is not known good", vec![r(R::Running, None, "2.0.0")], None),

@@ -1087,24 +1087,40 @@ impl Store {
         Ok(settled)
     }
 
-    /// The devices rollout `r` waits for: how many, and the first [`AT_WORK_LISTED`] by wave and
-    /// rollout order with what they last said. Reads only this rollout's rows in those states,
-    /// through their index; the total comes from the counts in the rollout's row.
-    pub async fn devices_at_work(&self, r: &RolloutRecord) -> Result<AtWork, StoreError> {
-        let op = "listing a rollout's devices at work";
-        let states = DeviceState::IN_PROGRESS;
+    /// How many devices of rollout `r` are in `states` (from the counts in its row), and the
+    /// `columns` (of `rollout_devices rd` joined to `devices d`) of the first `limit` of them by
+    /// wave then rollout order: this rollout's rows in those states only, through their index.
+    async fn devices_in(
+        &self,
+        r: &RolloutRecord,
+        states: &[DeviceState],
+        columns: &str,
+        limit: usize,
+        op: &'static str,
+    ) -> Result<(u64, Vec<sqlx::any::AnyRow>), StoreError> {
         let total = r.counts.iter().map(|c| states.iter().map(|s| c.get(*s)).sum::<u64>()).sum();
+        if total == 0 {
+            return Ok((0, Vec::new()));
+        }
         let sql = format!(
-            "SELECT d.name, rd.wave, rd.state, rd.heard_at, {HEARTBEAT_COLUMNS} FROM rollout_devices rd \
-             JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = $1 AND rd.state IN ({}) \
-             ORDER BY rd.wave, rd.position LIMIT {AT_WORK_LISTED}",
+            "SELECT {columns} FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id \
+             WHERE rd.rollout_id = $1 AND rd.state IN ({}) ORDER BY rd.wave, rd.position LIMIT {limit}",
             placeholders(2, states.len())
         );
         let mut query = sqlx::query(&sql).bind(&r.id);
         for state in states {
             query = query.bind(state.as_str());
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
+        Ok((total, query.fetch_all(&self.pool).await.map_err(q(op))?))
+    }
+
+    /// The devices rollout `r` waits for: how many, and the first [`AT_WORK_LISTED`] by wave and
+    /// rollout order with what they last said. Reads only this rollout's rows in those states,
+    /// through their index; the total comes from the counts in the rollout's row.
+    pub async fn devices_at_work(&self, r: &RolloutRecord) -> Result<AtWork, StoreError> {
+        let op = "listing a rollout's devices at work";
+        let columns = format!("d.name, rd.wave, rd.state, rd.heard_at, {HEARTBEAT_COLUMNS}");
+        let (total, rows) = self.devices_in(r, &DeviceState::IN_PROGRESS, &columns, AT_WORK_LISTED, op).await?;
         let devices = read_all(&rows, op, |row| {
             Ok(DeviceAtWorkRecord {
                 device: row.parse(0, "device name")?,
@@ -1123,21 +1139,8 @@ impl Store {
     pub async fn failed_devices(&self, r: &RolloutRecord) -> Result<Failures, StoreError> {
         let op = "listing a rollout's failed devices";
         let states: Vec<DeviceState> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
-        let total = r.counts.iter().map(|c| states.iter().map(|s| c.get(*s)).sum::<u64>()).sum();
-        if total == 0 {
-            return Ok(Failures { total, devices: Vec::new() });
-        }
-        let sql = format!(
-            "SELECT d.name, rd.wave, rd.state, rd.reason, rd.updated_at FROM rollout_devices rd \
-             JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = $1 AND rd.state IN ({}) \
-             ORDER BY rd.wave, rd.position LIMIT {FAILURES_LISTED}",
-            placeholders(2, states.len())
-        );
-        let mut query = sqlx::query(&sql).bind(&r.id);
-        for state in &states {
-            query = query.bind(state.as_str());
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
+        let columns = "d.name, rd.wave, rd.state, rd.reason, rd.updated_at";
+        let (total, rows) = self.devices_in(r, &states, columns, FAILURES_LISTED, op).await?;
         let devices = read_all(&rows, op, |row| {
             Ok(FailedDeviceRecord {
                 device: row.parse(0, "device name")?,

@@ -43,7 +43,7 @@ async fn late_joiners_get_the_group_version(db: Db) {
     // rollout it was served, in the last wave.
     env.report(&late, &id, "l1", "downloading", None).await;
     env.report(&late, &id, "l2", "failed", Some("probe exec:check exited with 1: model missing")).await;
-    let shown = env.get(&format!("/api/v1/devices/late")).await.json();
+    let shown = env.get("/api/v1/devices/late").await.json();
     let row = &shown["rollouts"][0];
     assert_eq!(
         (row["rollout_id"].as_str(), row["state"].as_str(), row["wave"].as_u64()),
