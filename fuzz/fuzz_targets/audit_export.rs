@@ -13,8 +13,8 @@ use wavecast_tuf::keys::verify_ed25519;
 fuzz_target!(|data: &[u8]| {
     let Ok(export) = serde_json::from_slice::<Export>(data) else { return };
     let f = wavecast_fuzz::fixture();
-    let real = verify_export(&export, &f.note_key, verify_ed25519);
-    let any = verify_export(&export, &f.note_key, wavecast_fuzz::accept_any);
+    let real = verify_export(&export, &f.note_key.clone().into(), verify_ed25519);
+    let any = verify_export(&export, &f.note_key.clone().into(), wavecast_fuzz::accept_any);
     if let Ok(v) = &real {
         assert_eq!(any.as_ref().ok(), Some(v), "accepting any signature accepted less");
         assert_eq!(v.events, export.events.len());

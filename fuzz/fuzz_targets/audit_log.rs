@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let f = wavecast_fuzz::fixture();
     let verifiers: [VerifyEd25519; 2] = [verify_ed25519, wavecast_fuzz::accept_any];
     for verify in verifiers {
-        match verify_log(&log.leaves, &log.checkpoints, &f.note_key, verify) {
+        match verify_log(&log.leaves, &log.checkpoints, &f.note_key.clone().into(), verify) {
             Ok(v) => {
                 assert!(v.tree_size <= log.leaves.len() as u64);
                 assert_eq!(v.tree_size + v.pending, log.leaves.len() as u64);
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let (Some(old), Some(proof)) = (&log.old_note, &log.proof) {
-            match verify_growth(old, proof, &f.note_key, verify) {
+            match verify_growth(old, proof, &f.note_key.clone().into(), verify) {
                 Ok(g) => assert!(g.old_size <= g.new_size),
                 Err(e) => {
                     let _ = e.to_string();

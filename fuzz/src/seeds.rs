@@ -130,6 +130,7 @@ pub(crate) fn write(f: &Fixture, dir: &Path) -> std::io::Result<()> {
         checkpoint: note4.clone(),
         rollout: None,
         events: events.iter().map(exported).collect(),
+        roots: vec![],
     };
     put(dir, "audit_export", "whole.json", &json(&whole))?;
     let rollout = Export {
@@ -200,13 +201,18 @@ fn check_signed_seeds(f: &Fixture, next_targets: &[u8], exports: &[&Export], liv
     let accepted = wavecast_tuf::repo::accept_targets(&f.root.signed, &f.current.signed, next_targets, f.now);
     assert!(accepted.is_ok(), "the next targets seed is refused: {accepted:?}");
     for export in exports {
-        let verified = wavecast_core::evidence::verify_export(export, &f.note_key, verify_ed25519);
+        let verified = wavecast_core::evidence::verify_export(export, &f.note_key.clone().into(), verify_ed25519);
         assert!(verified.is_ok(), "an export seed does not verify: {verified:?}");
     }
-    let verified = wavecast_core::evidence::verify_log(&live.leaves, &live.checkpoints, &f.note_key, verify_ed25519);
+    let verified = wavecast_core::evidence::verify_log(
+        &live.leaves,
+        &live.checkpoints,
+        &f.note_key.clone().into(),
+        verify_ed25519,
+    );
     assert!(verified.is_ok(), "the live log seed does not verify: {verified:?}");
     if let (Some(old), Some(proof)) = (&live.old_note, &live.proof) {
-        let growth = wavecast_core::evidence::verify_growth(old, proof, &f.note_key, verify_ed25519);
+        let growth = wavecast_core::evidence::verify_growth(old, proof, &f.note_key.clone().into(), verify_ed25519);
         assert!(growth.is_ok(), "the growth seed does not verify: {growth:?}");
     }
 }

@@ -40,4 +40,7 @@ pub enum ErrorCode {
     RateLimited,
     /// 500.
     Internal,
+    /// 503: this server cannot do it now (it lacks a key the newest root names, say); the
+    /// message says what would make it able to.
+    Unavailable,
 }

@@ -16,6 +16,7 @@ mod fleet;
 mod rollouts;
 mod time;
 mod tokens;
+mod trust;
 
 pub use artifacts::Artifact;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -29,6 +30,10 @@ pub use rollouts::{
 };
 pub use time::Timestamp;
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
+pub use trust::{
+    AuditStatus, CheckpointStatus, DeviceCounts, KeyRole, MetadataRole, ResignTargets, RoleStatus, RootRotated,
+    RotateRoot, Status, TargetsResigned,
+};
 /// Whether a device is still trusted: the core's type, whose rules say what each means.
 pub use wavecast_core::fleet::DeviceStatus;
 /// What a working device waits out, as its heartbeat says: the core's type, which the device

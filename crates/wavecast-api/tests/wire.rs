@@ -342,6 +342,7 @@ fn error_codes_and_abort_modes_by_name() {
         (ErrorCode::TooLarge, "too_large"),
         (ErrorCode::RateLimited, "rate_limited"),
         (ErrorCode::Internal, "internal"),
+        (ErrorCode::Unavailable, "unavailable"),
     ] {
         check(
             &ErrorBody { error: ErrorDetail { code, message: "m".into() } },
@@ -353,4 +354,59 @@ fn error_codes_and_abort_modes_by_name() {
         check(&AbortRequest { mode }, &format!(r#"{{"mode":"{mode}"}}"#));
     }
     assert!("sideways".parse::<AbortMode>().is_err());
+}
+
+#[test]
+fn status_resign_and_rotation_bodies() {
+    let counts = StateCounts { pending: 2, succeeded: 5, ..StateCounts::default() };
+    check(
+        &Status {
+            version: "0.1.0".into(),
+            database: "sqlite".into(),
+            server_time: t(1000),
+            metadata: vec![RoleStatus {
+                role: MetadataRole::Targets,
+                version: 3,
+                expires_at: t(5000),
+                expires_in_secs: 4,
+                signed_offline: true,
+            }],
+            warnings: vec!["w".into()],
+            audit: AuditStatus {
+                events: 9,
+                checkpoint: Some(CheckpointStatus { size: 8, root: SHA.parse().unwrap() }),
+            },
+            devices: DeviceCounts { enrolled: 7, in_running_rollouts: counts },
+            rollouts_running: 1,
+        },
+        &format!(
+            r#"{{"version":"0.1.0","database":"sqlite","server_time":"1970-01-01T00:00:01.000Z",
+            "metadata":[{{"role":"targets","version":3,"expires_at":"1970-01-01T00:00:05.000Z","expires_in_secs":4,"signed_offline":true}}],
+            "warnings":["w"],"audit":{{"events":9,"checkpoint":{{"size":8,"root":"{SHA}"}}}},
+            "devices":{{"enrolled":7,"in_running_rollouts":{counts}}},"rollouts_running":1}}"#,
+            // StateCounts' own wire form is pinned by `state_counts_name_every_state`.
+            counts = serde_json::to_string(&counts).unwrap()
+        ),
+    );
+    check(&ResignTargets { targets: "{}".into() }, r#"{"targets":"{}"}"#);
+    check(
+        &TargetsResigned { version: 4, expires_at: t(9) },
+        r#"{"version":4,"expires_at":"1970-01-01T00:00:00.009Z"}"#,
+    );
+    check(&RotateRoot { root: "r".into(), targets: None }, r#"{"root":"r","targets":null}"#);
+    assert_eq!(
+        serde_json::from_str::<RotateRoot>(r#"{"root":"r"}"#).unwrap(),
+        RotateRoot { root: "r".into(), targets: None },
+        "targets may be left out"
+    );
+    assert!(serde_json::from_str::<RotateRoot>(r#"{"root":"r","keys":[]}"#).is_err());
+    check(
+        &RootRotated {
+            version: 2,
+            expires_at: t(7),
+            changed: vec![KeyRole::Root, KeyRole::Targets, KeyRole::Director],
+            targets_version: Some(5),
+        },
+        r#"{"version":2,"expires_at":"1970-01-01T00:00:00.007Z","changed":["root","targets","director"],"targets_version":5}"#,
+    );
 }

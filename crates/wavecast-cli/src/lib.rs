@@ -103,6 +103,11 @@ enum Command {
     /// Read the audit trail.
     #[command(subcommand)]
     Audit(cmd::audit::AuditCommand),
+    /// The server's health, TUF metadata expiries, audit checkpoint and devices.
+    Status(cmd::status::StatusArgs),
+    /// Renew the trust anchor, or rotate the keys it names.
+    #[command(subcommand)]
+    Root(cmd::root::RootCommand),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code:
@@ -144,6 +149,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollout(c) => cmd::rollout::run(c).await,
         Command::Token(c) => cmd::token::run(c).await,
         Command::Audit(c) => cmd::audit::run(c).await,
+        Command::Status(args) => cmd::status::run(args).await,
+        Command::Root(c) => cmd::root::run(c).await,
     }
 }
 

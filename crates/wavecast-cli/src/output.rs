@@ -84,3 +84,39 @@ pub fn bytes(n: u64) -> String {
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
+
+/// Formats a span of seconds for people, to the two largest units: "29d 23h", "5h 12m",
+/// "40s"; "expired 3d 1h ago" when negative.
+pub fn span(secs: i64) -> String {
+    if secs < 0 {
+        return format!("expired {} ago", span(secs.saturating_neg()));
+    }
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let Some(first) = units.iter().position(|(_, n)| secs >= *n) else { return "0s".to_owned() };
+    let (big, n) = units[first];
+    let mut out = format!("{}{big}", secs / n);
+    if let Some((small, m)) = units.get(first + 1) {
+        let rest = secs % n / m;
+        if rest > 0 {
+            out.push_str(&format!(" {rest}{small}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_read_as_people_say_them() {
+        for (secs, want) in [
+            (0, "0s"),
+            (40, "40s"),
+            (3_600, "1h"),
+            (5 * 3_600 + 12 * 60 + 7, "5h 12m"),
+            (29 * 86_400 + 23 * 3_600 + 59, "29d 23h"),
+            (-(3 * 86_400 + 3_600), "expired 3d 1h ago"),
+        ] {
+            assert_eq!(super::span(secs), want, "{secs}");
+        }
+    }
+}

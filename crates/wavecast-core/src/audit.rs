@@ -91,6 +91,13 @@ pub enum AuditAction {
     /// A device was decommissioned: it left its group and the device list.
     #[serde(rename = "device.decommissioned")]
     DeviceDecommissioned,
+    /// The publisher signed the targets metadata again with a new version and expiry, changing
+    /// no artifact.
+    #[serde(rename = "targets.resigned")]
+    TargetsResigned,
+    /// A new root version was installed: renewed, or naming new keys.
+    #[serde(rename = "root.rotated")]
+    RootRotated,
 }
 
 impl AuditAction {
@@ -122,6 +129,8 @@ impl AuditAction {
             AuditAction::DeviceRevoked => "device.revoked",
             AuditAction::DeviceRemoved => "device.removed",
             AuditAction::DeviceDecommissioned => "device.decommissioned",
+            AuditAction::TargetsResigned => "targets.resigned",
+            AuditAction::RootRotated => "root.rotated",
         }
     }
 }

@@ -69,6 +69,13 @@ pub enum CheckpointError {
         /// The origin expected.
         expected: String,
     },
+    /// Signed by a checkpoint key a later root replaced, and not vouched for by the current
+    /// one: what a retired (perhaps leaked) key signs past the current key's checkpoints counts
+    /// for nothing.
+    #[error(
+        "the checkpoint is signed by a retired checkpoint key, and no checkpoint at least as large is signed by the current one"
+    )]
+    RetiredKey,
 }
 
 fn parse_note_err(detail: impl Into<String>) -> CheckpointError {
@@ -154,6 +161,85 @@ impl NoteKey {
         let mut typed = vec![ED25519_TYPE];
         typed.extend_from_slice(&self.public);
         format!("{}+{}+{}", self.name, hex::encode(self.key_hash()), B64.encode(typed))
+    }
+}
+
+/// The checkpoint keys a verifier trusts for one log: the key the newest root names (the
+/// current one) and those earlier roots named, oldest first.
+///
+/// Every key signs under the log's one origin, which stays the first root's for the life of
+/// the installation. A checkpoint signed by an earlier key still verifies (it was signed while
+/// that key was current), but only the current key's checkpoints can extend what is proven:
+/// [`crate::evidence`] accepts an older key's checkpoint only where a current-key checkpoint at
+/// least as large vouches for the same events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointKeys {
+    origin: String,
+    /// Raw Ed25519 keys, oldest first; the last is the current one. Never empty.
+    keys: Vec<[u8; 32]>,
+}
+
+impl From<NoteKey> for CheckpointKeys {
+    fn from(key: NoteKey) -> Self {
+        Self { origin: key.name, keys: vec![key.public] }
+    }
+}
+
+impl CheckpointKeys {
+    /// The keys of a root chain for the log `origin`, given in root order (the first root's
+    /// key first); the last is the current one. A key named again later counts from its last
+    /// naming. `None` when no key is given.
+    pub fn new(origin: String, chain: impl IntoIterator<Item = [u8; 32]>) -> Option<Self> {
+        let mut keys: Vec<[u8; 32]> = Vec::new();
+        for key in chain {
+            keys.retain(|k| *k != key);
+            keys.push(key);
+        }
+        (!keys.is_empty()).then_some(Self { origin, keys })
+    }
+
+    /// The log's origin: every checkpoint names it, whichever key signed it.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The key the newest root names, which signs new checkpoints.
+    pub fn current(&self) -> NoteKey {
+        let public = self.keys.last().copied().unwrap_or([0; 32]);
+        NoteKey { name: self.origin.clone(), public }
+    }
+
+    /// How many keys there are (the current one's rank is this minus one).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: there is at least the current key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Opens a checkpoint signed by any of the keys: the checkpoint, and the signing key's rank
+    /// (0 for the oldest; `len() - 1` for the current one). When no key signed it, the error
+    /// names the current key.
+    pub fn open(&self, note: &str, verify: VerifyEd25519) -> Result<(Checkpoint, usize), CheckpointError> {
+        for (rank, public) in self.keys.iter().enumerate().rev() {
+            let key = NoteKey { name: self.origin.clone(), public: *public };
+            match open_checkpoint(note, &key, verify) {
+                Err(CheckpointError::Unsigned { .. }) => continue,
+                other => return other.map(|c| (c, rank)),
+            }
+        }
+        let current = self.current();
+        Err(CheckpointError::Unsigned { key: current.name.clone(), key_hash: hex::encode(current.key_hash()) })
+    }
+
+    /// Opens a checkpoint that must be signed by the current key.
+    pub fn open_current(&self, note: &str, verify: VerifyEd25519) -> Result<Checkpoint, CheckpointError> {
+        match self.open(note, verify)? {
+            (c, rank) if rank + 1 == self.keys.len() => Ok(c),
+            _ => Err(CheckpointError::RetiredKey),
+        }
     }
 }
 

@@ -3,9 +3,14 @@
 //!
 //! The server produces the wire types here and `wavecast audit verify` (and the tests) check
 //! them with the functions here, so both sides agree on one definition. Verification trusts
-//! nothing but the checkpoint key from the trust anchor: stored rows, proofs and checkpoint
-//! rows all come from a database an attacker may have rewritten. A failure names the first
-//! event (by sequence number) that the evidence cannot vouch for, and why.
+//! nothing but the checkpoint keys named by the trust anchor's root chain ([`CheckpointKeys`]):
+//! stored rows, proofs and checkpoint rows all come from a database an attacker may have
+//! rewritten. A failure names the first event (by sequence number) that the evidence cannot
+//! vouch for, and why.
+//!
+//! Across a rotation of the checkpoint key, the newest evidence must be signed by the current
+//! key; a retired key's checkpoint counts only where a current-key checkpoint at least as large
+//! vouches for the same events, so a retired key that leaked can never extend the log.
 
 use std::fmt;
 
@@ -13,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Sha256Digest;
 use crate::audit::{AuditEvent, leaf_hash};
-use crate::checkpoint::{Checkpoint, CheckpointError, NoteKey, VerifyEd25519, open_checkpoint};
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointKeys, VerifyEd25519};
 use crate::merkle::{CompactRange, MerkleError, verify_consistency, verify_inclusion};
 
 /// The `format` of export files this version writes and reads.
@@ -32,6 +37,12 @@ pub struct Export {
     pub rollout: Option<String>,
     /// The events, by sequence number.
     pub events: Vec<ExportedEvent>,
+    /// Every root.json version from the first to the one whose checkpoint key signed
+    /// `checkpoint`, exactly as signed, once the installation has more than one; absent
+    /// before its first rotation. A verifier walks them from the root it trusts to find the
+    /// checkpoint key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<String>,
 }
 
 /// One event of an export.
@@ -190,15 +201,20 @@ pub struct ExportVerified {
     pub rollout: Option<String>,
 }
 
-/// Verifies an export file against the checkpoint key `key`.
+/// Verifies an export file against the checkpoint keys `keys`: its checkpoint must be signed by
+/// the current one.
 ///
 /// A whole-log export must hold every event of the checkpoint, in order; a rollout export
 /// proves each of its events is in the log, but cannot prove none was left out.
-pub fn verify_export(export: &Export, key: &NoteKey, verify: VerifyEd25519) -> Result<ExportVerified, VerifyError> {
+pub fn verify_export(
+    export: &Export,
+    keys: &CheckpointKeys,
+    verify: VerifyEd25519,
+) -> Result<ExportVerified, VerifyError> {
     if export.format != EXPORT_FORMAT {
         return Err(VerifyError::Format { detail: format!("format {:?} is not {EXPORT_FORMAT:?}", export.format) });
     }
-    let checkpoint = match open_checkpoint(&export.checkpoint, key, verify) {
+    let checkpoint = match keys.open_current(&export.checkpoint, verify) {
         Ok(c) => c,
         Err(e) => {
             let Some(first) = export.events.first() else {
@@ -301,18 +317,31 @@ fn row_problem(position: u64, row: &LeafRow) -> Option<Problem> {
 ///
 /// `checkpoints` must be read before `leaves`, so every row a checkpoint covers was committed
 /// before the leaves were read; rows past the newest stored checkpoint are `pending`.
+///
+/// A checkpoint signed by a retired key of `keys` is valid only when one signed by the current
+/// key is at least as large: the newest evidence is always the current key's.
 pub fn verify_log(
     leaves: &[LeafRow],
     checkpoints: &[StoredCheckpoint],
-    key: &NoteKey,
+    keys: &CheckpointKeys,
     verify: VerifyEd25519,
 ) -> Result<LogVerified, VerifyError> {
-    let mut valid: Vec<Checkpoint> = Vec::new();
+    let mut opened: Vec<(Checkpoint, usize)> = Vec::new();
     let mut invalid: Vec<(u64, CheckpointError)> = Vec::new();
     for stored in checkpoints {
-        match open_checkpoint(&stored.note, key, verify) {
-            Ok(c) => valid.push(c),
+        match keys.open(&stored.note, verify) {
+            Ok(c) => opened.push(c),
             Err(e) => invalid.push((stored.size, e)),
+        }
+    }
+    let current = keys.len() - 1;
+    let current_reach = opened.iter().filter(|(_, rank)| *rank == current).map(|(c, _)| c.size).max();
+    let mut valid: Vec<Checkpoint> = Vec::new();
+    for (c, rank) in opened {
+        if rank == current || current_reach.is_some_and(|reach| reach >= c.size) {
+            valid.push(c);
+        } else {
+            invalid.push((c.size, CheckpointError::RetiredKey));
         }
     }
     valid.sort_by_key(|c| c.size);
@@ -369,7 +398,7 @@ pub fn verify_log(
         return Err(VerifyError::Checkpoint { size, source });
     }
     Ok(LogVerified {
-        origin: key.name.clone(),
+        origin: keys.origin().to_owned(),
         tree_size: covered,
         // Every valid checkpoint matched, so the newest one's root is the log's root at its size.
         root: valid.last().map_or_else(crate::merkle::empty_root, |c| c.root),
@@ -389,19 +418,21 @@ pub struct Growth {
     pub new_root: Sha256Digest,
 }
 
-/// Proves that the log of `old_note` is a prefix of the log of `proof.checkpoint`: both notes
-/// signed by `key`, and the proof connecting their roots.
+/// Proves that the log of `old_note` is a prefix of the log of `proof.checkpoint`: the older
+/// note signed by any of `keys` (it may predate a rotation), the newer by the current key, and
+/// the proof connecting their roots.
 pub fn verify_growth(
     old_note: &str,
     proof: &ConsistencyProof,
-    key: &NoteKey,
+    keys: &CheckpointKeys,
     verify: VerifyEd25519,
 ) -> Result<Growth, VerifyError> {
-    let old = open_checkpoint(old_note, key, verify)
+    let (old, _) = keys
+        .open(old_note, verify)
         .map_err(|e| VerifyError::Growth { old: 0, detail: format!("the older checkpoint: {e}") })?;
     let growth = |detail: String| VerifyError::Growth { old: old.size, detail };
     let new =
-        open_checkpoint(&proof.checkpoint, key, verify).map_err(|e| growth(format!("the current checkpoint: {e}")))?;
+        keys.open_current(&proof.checkpoint, verify).map_err(|e| growth(format!("the current checkpoint: {e}")))?;
     if old.size > new.size {
         return Err(growth(format!("the current checkpoint has only {} events: the log shrank", new.size)));
     }
@@ -421,7 +452,7 @@ pub fn verify_growth(
 mod tests {
     use super::*;
     use crate::audit::NewAuditEvent;
-    use crate::checkpoint::format_note;
+    use crate::checkpoint::{NoteKey, format_note};
     use crate::merkle::Tree;
 
     // A stand-in for Ed25519 so these tests need no crypto provider: the "signature" is the
@@ -431,6 +462,10 @@ mod tests {
     }
     fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
         sign(public, msg) == sig
+    }
+
+    fn keys() -> CheckpointKeys {
+        key().into()
     }
 
     fn key() -> NoteKey {
@@ -482,7 +517,7 @@ mod tests {
     #[test]
     fn an_untouched_log_verifies() {
         let log = rows(9);
-        let ok = verify_log(&log, &checkpoints(&log, &BURSTS), &key(), verify).unwrap();
+        let ok = verify_log(&log, &checkpoints(&log, &BURSTS), &keys(), verify).unwrap();
         assert_eq!((ok.tree_size, ok.checkpoints, ok.pending), (8, 4, 1));
         assert_eq!(ok.root, tree(&log).root(8).unwrap());
     }
@@ -491,7 +526,7 @@ mod tests {
     fn tampering_names_the_first_bad_event() {
         let log = rows(8);
         let cps = checkpoints(&log, &BURSTS);
-        let check = |log: &[LeafRow], cps: &[StoredCheckpoint]| verify_log(log, cps, &key(), verify).unwrap_err();
+        let check = |log: &[LeafRow], cps: &[StoredCheckpoint]| verify_log(log, cps, &keys(), verify).unwrap_err();
 
         // A changed event that is still well-formed: localised to its burst (3..=5).
         let mut changed = log.clone();
@@ -558,6 +593,7 @@ mod tests {
             checkpoint: note(&key(), size, t.root(size).unwrap()),
             rollout: rollout.map(str::to_owned),
             events,
+            roots: vec![],
         }
     }
 
@@ -565,21 +601,21 @@ mod tests {
     fn exports_verify_and_name_the_changed_event() {
         let log = rows(8);
         let whole = export(&log, 8, None);
-        assert_eq!(verify_export(&whole, &key(), verify).unwrap().events, 8);
+        assert_eq!(verify_export(&whole, &keys(), verify).unwrap().events, 8);
         let r1 = export(&log, 8, Some("r-1"));
         assert_eq!(r1.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![0, 3, 6]);
-        verify_export(&r1, &key(), verify).unwrap();
+        verify_export(&r1, &keys(), verify).unwrap();
 
         let mut flipped = r1.clone();
         flipped.events[1].body = flipped.events[1].body.replace("admin", "admiN");
-        let e = verify_export(&flipped, &key(), verify).unwrap_err();
+        let e = verify_export(&flipped, &keys(), verify).unwrap_err();
         assert!(matches!(e, VerifyError::Event { seq: 3, problem: Problem::ChangedBytes { .. } }), "{e}");
         let mut dropped = whole.clone();
         dropped.events.remove(5);
-        assert_eq!(verify_export(&dropped, &key(), verify).unwrap_err().seq(), Some(5));
+        assert_eq!(verify_export(&dropped, &keys(), verify).unwrap_err().seq(), Some(5));
         let mut resigned = whole.clone();
         resigned.checkpoint = note(&NoteKey { name: key().name, public: [1; 32] }, 8, tree(&log).root(8).unwrap());
-        let e = verify_export(&resigned, &key(), verify).unwrap_err();
+        let e = verify_export(&resigned, &keys(), verify).unwrap_err();
         assert!(matches!(e, VerifyError::Event { seq: 0, problem: Problem::NotCovered { .. } }), "{e}");
     }
 
@@ -594,7 +630,7 @@ mod tests {
             checkpoint: note(&key(), 8, t.root(8).unwrap()),
             proof: t.consistency_proof(3, 8).unwrap(),
         };
-        assert_eq!(verify_growth(&old, &proof, &key(), verify).unwrap().new_size, 8);
+        assert_eq!(verify_growth(&old, &proof, &keys(), verify).unwrap().new_size, 8);
         // A history rewritten before the old checkpoint cannot be connected to it.
         let mut rewritten = log.clone();
         rewritten[1].body = rewritten[1].body.replace("g1", "gX");
@@ -604,10 +640,10 @@ mod tests {
             proof: t2.consistency_proof(3, 8).unwrap(),
             ..proof.clone()
         };
-        assert!(matches!(verify_growth(&old, &bad, &key(), verify), Err(VerifyError::Growth { old: 3, .. })));
+        assert!(matches!(verify_growth(&old, &bad, &keys(), verify), Err(VerifyError::Growth { old: 3, .. })));
         let shrunk =
             ConsistencyProof { from: 3, to: 2, checkpoint: note(&key(), 2, t.root(2).unwrap()), proof: vec![] };
-        assert!(verify_growth(&old, &shrunk, &key(), verify).unwrap_err().to_string().contains("shrank"));
+        assert!(verify_growth(&old, &shrunk, &keys(), verify).unwrap_err().to_string().contains("shrank"));
     }
 
     #[test]
@@ -615,7 +651,65 @@ mod tests {
         // Computing the position after it overflowed (fuzz target audit_export).
         let mut r1 = export(&rows(8), 8, Some("r-1"));
         r1.events.last_mut().unwrap().seq = u64::MAX;
-        let e = verify_export(&r1, &key(), verify).unwrap_err();
+        let e = verify_export(&r1, &keys(), verify).unwrap_err();
         assert!(matches!(e, VerifyError::Event { seq: u64::MAX, problem: Problem::NotCovered { .. } }), "{e}");
+    }
+
+    #[test]
+    fn checkpoints_verify_across_a_rotation_of_the_checkpoint_key() {
+        let log = rows(9);
+        let t = tree(&log);
+        let old = key();
+        let new = NoteKey { name: old.name.clone(), public: [4; 32] };
+        let both = CheckpointKeys::new(old.name.clone(), [old.public, new.public]).unwrap();
+        let by = |k: &NoteKey, size: u64| StoredCheckpoint {
+            size,
+            note: note(k, size, t.root(size).unwrap()),
+            created_at: 0,
+        };
+
+        // Signed by the old key before the rotation, by the new one after: all of it verifies.
+        let rotated = vec![by(&old, 1), by(&old, 3), by(&new, 6), by(&new, 8)];
+        let ok = verify_log(&log, &rotated, &both, verify).unwrap();
+        assert_eq!((ok.tree_size, ok.checkpoints, ok.pending), (8, 4, 1));
+
+        // The retired key signing past the current key's newest checkpoint (it leaked, say) is
+        // not evidence: the event it alone covers is named as not covered.
+        let mut leaked = rotated.clone();
+        leaked.push(by(&old, 9));
+        let e = verify_log(&log, &leaked, &both, verify).unwrap_err();
+        assert!(
+            matches!(&e, VerifyError::Event { seq: 8, problem: Problem::NotCovered { detail } } if detail.contains("retired")),
+            "{e}"
+        );
+        // Nor is a log whose current key signed nothing: the newest evidence must be current.
+        let e = verify_log(&log, &rotated[..2], &both, verify).unwrap_err();
+        assert!(matches!(e, VerifyError::Event { seq: 0, problem: Problem::NotCovered { .. } }), "{e}");
+        // A verifier that knows only the old root sees the new key's checkpoints as unsigned.
+        let e = verify_log(&log, &rotated, &keys(), verify).unwrap_err();
+        assert!(matches!(e, VerifyError::Event { seq: 3, problem: Problem::NotCovered { .. } }), "{e}");
+
+        // An export's checkpoint is the newest: it must be the current key's.
+        let mut export = export(&log, 8, None);
+        export.checkpoint = note(&new, 8, t.root(8).unwrap());
+        assert_eq!(verify_export(&export, &both, verify).unwrap().tree_size, 8);
+        export.checkpoint = note(&old, 8, t.root(8).unwrap());
+        let e = verify_export(&export, &both, verify).unwrap_err();
+        assert!(e.to_string().contains("retired"), "{e}");
+
+        // Growth from a note kept before the rotation to the current key's checkpoint.
+        let proof = |k: &NoteKey| ConsistencyProof {
+            from: 3,
+            to: 8,
+            checkpoint: note(k, 8, t.root(8).unwrap()),
+            proof: t.consistency_proof(3, 8).unwrap(),
+        };
+        let kept = note(&old, 3, t.root(3).unwrap());
+        assert_eq!(verify_growth(&kept, &proof(&new), &both, verify).unwrap().new_size, 8);
+        assert!(matches!(verify_growth(&kept, &proof(&old), &both, verify), Err(VerifyError::Growth { old: 3, .. })));
+
+        // A key named again later counts from its last naming; the last one given is current.
+        let back = CheckpointKeys::new(old.name.clone(), [old.public, new.public, old.public]).unwrap();
+        assert_eq!((back.len(), back.current().public), (2, old.public));
     }
 }

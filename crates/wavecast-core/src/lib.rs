@@ -23,6 +23,7 @@ pub mod progress;
 pub mod role;
 pub mod rollout;
 pub mod secret;
+pub mod trust;
 
 pub use digest::Sha256Digest;
 pub use name::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};

@@ -38,6 +38,8 @@ pub enum Permission {
     ApproveGates,
     /// Create and revoke API tokens.
     ManageTokens,
+    /// Install a new root version: renew the trust anchor or rotate the keys it names.
+    ManageTrust,
 }
 
 impl Permission {
@@ -51,6 +53,7 @@ impl Permission {
             Permission::OperateRollouts => "create, resume or abort rollouts",
             Permission::ApproveGates => "approve rollout gates",
             Permission::ManageTokens => "create or revoke API tokens",
+            Permission::ManageTrust => "install a new root (renew the trust anchor or rotate keys)",
         }
     }
 }
@@ -68,7 +71,7 @@ impl Role {
                 matches!(self, Role::Admin | Role::Operator)
             }
             Permission::ApproveGates => matches!(self, Role::Admin | Role::Approver),
-            Permission::ManageTokens => matches!(self, Role::Admin),
+            Permission::ManageTokens | Permission::ManageTrust => matches!(self, Role::Admin),
         }
     }
 
@@ -111,13 +114,13 @@ mod tests {
         use Permission::*;
         // (role, permissions it must have); everything else must be denied.
         let table: &[(Role, &[Permission])] = &[
-            (Role::Admin, &[Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens]),
+            (Role::Admin, &[Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens, ManageTrust]),
             (Role::Publisher, &[Read, Publish]),
             (Role::Operator, &[Read, ManageFleet, OperateRollouts]),
             (Role::Approver, &[Read, ApproveGates]),
             (Role::Viewer, &[Read]),
         ];
-        let all = [Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens];
+        let all = [Read, Publish, ManageFleet, OperateRollouts, ApproveGates, ManageTokens, ManageTrust];
         for (role, granted) in table {
             for p in all {
                 assert_eq!(role.allows(p), granted.contains(&p), "{role} {p:?}");

@@ -1,26 +1,35 @@
 //! Signed checkpoints of the audit log, and the Merkle tree proofs are cut from.
 //!
 //! After each write burst the server signs a C2SP checkpoint (origin, size, root) with the
-//! checkpoint key from `keys/checkpoint.key`, a file the database never sees: whoever can write
-//! the database can rewrite events, but cannot sign a checkpoint over them.
+//! checkpoint key the newest root names, from a file in `keys/` the database never sees: whoever
+//! can write the database can rewrite events, but cannot sign a checkpoint over them.
 //!
 //! A new checkpoint extends the newest stored one that verifies: its frontier (the compact
 //! range, checked against its signed root) plus the events appended since. Rows already
 //! covered are never read again, so a row changed after it was signed can never be signed
 //! over; it stays a mismatch for every verifier. Replicas sharing one database race harmlessly:
 //! the checkpoint's size is its primary key and the second insert of a size is skipped.
+//!
+//! Across a rotation of the checkpoint key the origin stays the first root's, and only the
+//! current key's checkpoints are extended or served. The rotation itself stores the first
+//! checkpoint of the new key, extending the old key's newest, in the transaction that stores
+//! the new root ([`Checkpoints::transition_base`], [`sign_extension`]), so a retired key's
+//! checkpoint is never extended: not even one that whoever holds a leaked retired key wrote
+//! into the database.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use wavecast_core::Sha256Digest;
 use wavecast_core::audit::{AuditDecodeError, AuditEvent, leaf_hash};
-use wavecast_core::checkpoint::{Checkpoint, NoteKey, format_note, open_checkpoint, origin_for_root};
+use wavecast_core::checkpoint::{Checkpoint, CheckpointKeys, NoteKey, format_note};
 use wavecast_core::merkle::{CompactRange, MerkleError, Tree};
+use wavecast_core::trust::KeyRole;
 use wavecast_os::error::chain;
 use wavecast_tuf::keys::{SigningKey, verify_ed25519};
 
-use crate::state::Trust;
 use crate::store::{CheckpointRecord, NewCheckpoint, Store, StoreError};
+use crate::trust::{Trust, TrustError, TrustView};
 
 /// How often the signer looks for new events. A burst ends when a poll finds nothing new.
 const POLL: Duration = Duration::from_millis(250);
@@ -68,22 +77,18 @@ pub enum CheckpointError {
     /// A proof could not be cut.
     #[error("computing an audit proof")]
     Merkle(#[from] MerkleError),
+    /// The checkpoint key is not at hand.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
-/// The checkpoint key as verifiers see it: named by the installation's origin.
-pub fn note_key(trust: &Trust) -> NoteKey {
-    let mut public = [0u8; 32];
-    public.copy_from_slice(trust.checkpoint.public_bytes());
-    NoteKey { name: origin_for_root(&Sha256Digest::of(&trust.root_bytes)), public }
-}
-
-/// Signs audit checkpoints and reads them back: what that takes (the store, the checkpoint
-/// key and the name verifiers know it by), and nothing else of the server's. Cheap to clone.
+/// Signs audit checkpoints and reads them back: what that takes (the store, and the trust
+/// material for the checkpoint keys and the name verifiers know them by), and nothing else of
+/// the server's. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Checkpoints {
     store: Store,
-    signer: SigningKey,
-    key: NoteKey,
+    trust: Arc<Trust>,
 }
 
 /// A stored checkpoint that verified.
@@ -112,8 +117,21 @@ enum Unusable {
     Root,
 }
 
-fn verify_row(row: &CheckpointRecord, key: &NoteKey) -> Result<VerifiedCheckpoint, Unusable> {
-    let checkpoint = open_checkpoint(&row.note, key, verify_ed25519).map_err(Unusable::Note)?;
+/// Which keys a stored checkpoint may be signed by to be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    /// The current checkpoint key only: for extending the log and for the newest evidence.
+    Current,
+    /// Any checkpoint key of the root chain: for proofs to an older checkpoint a client names.
+    AnyOfChain,
+}
+
+fn verify_row(row: &CheckpointRecord, keys: &CheckpointKeys, signer: Signer) -> Result<VerifiedCheckpoint, Unusable> {
+    let checkpoint = match signer {
+        Signer::Current => keys.open_current(&row.note, verify_ed25519),
+        Signer::AnyOfChain => keys.open(&row.note, verify_ed25519).map(|(c, _)| c),
+    }
+    .map_err(Unusable::Note)?;
     if checkpoint.size as i64 != row.size {
         return Err(Unusable::Size { row: row.size, note: checkpoint.size });
     }
@@ -145,21 +163,90 @@ impl Signed {
     }
 }
 
+/// Extends `frontier`, which covers the events before `*next`, with `rows` (raw `(seq, body)`
+/// rows from `*next` on), refusing any row that is not the next event.
+fn extend(frontier: &mut CompactRange, next: &mut u64, rows: Vec<(i64, String)>) -> Result<(), CheckpointError> {
+    for (seq, body) in rows {
+        let at = *next;
+        let tampered = |detail: String| CheckpointError::Tampered { seq: at, detail, source: None };
+        if seq as u64 != at {
+            return Err(tampered(format!("the row is missing (the next row is {seq})")));
+        }
+        match AuditEvent::from_bytes(body.as_bytes()) {
+            Ok(e) if e.seq == at => {}
+            Ok(e) => return Err(tampered(format!("the row holds event {}", e.seq))),
+            Err(e) => {
+                let detail = "the row is no audit event".to_owned();
+                return Err(CheckpointError::Tampered { seq: at, detail, source: Some(e) });
+            }
+        }
+        frontier.push(leaf_hash(body.as_bytes()));
+        *next += 1;
+    }
+    Ok(())
+}
+
+/// The stored form of a checkpoint over `frontier`, signed by `signer` as `key`.
+fn checkpoint_row(frontier: &CompactRange, key: &NoteKey, signer: &SigningKey) -> NewCheckpoint {
+    let checkpoint = Checkpoint { origin: key.name.clone(), size: frontier.size(), root: frontier.root() };
+    let body = checkpoint.body();
+    let note = format_note(&body, key, &signer.sign_bytes(body.as_bytes()));
+    let hashes: Vec<String> = frontier.hashes().iter().map(Sha256Digest::to_hex).collect();
+    NewCheckpoint {
+        size: checkpoint.size as i64,
+        root_sha256: checkpoint.root.to_hex(),
+        note,
+        frontier: serde_json::to_string(&hashes).unwrap_or_default(),
+        now_ms: wavecast_os::clock::now_ms(),
+    }
+}
+
+/// For a rotation: the checkpoint over `base` (the old key's newest, from
+/// [`Checkpoints::transition_base`]) extended with `rows` (every row from its size on, read in
+/// the rotation's transaction), signed by the checkpoint key of `next`, the new root's view.
+pub fn sign_extension(
+    base: &VerifiedCheckpointBase,
+    rows: Vec<(i64, String)>,
+    next: &TrustView,
+) -> Result<NewCheckpoint, CheckpointError> {
+    let signer = next.key(KeyRole::Checkpoint)?;
+    let mut frontier = base.frontier.clone();
+    let mut at = base.size;
+    extend(&mut frontier, &mut at, rows)?;
+    Ok(checkpoint_row(&frontier, &next.checkpoint_keys().current(), signer))
+}
+
+/// Where a rotation's first checkpoint starts: the old key's newest checkpoint (its size and
+/// frontier), or the empty tree when there is none yet.
+#[derive(Debug, Clone)]
+pub struct VerifiedCheckpointBase {
+    /// The size it covers.
+    pub size: u64,
+    /// Its frontier, checked against its signed root.
+    pub frontier: CompactRange,
+}
+
 impl Checkpoints {
-    /// The checkpoint service over `store`, signing with the trust material's checkpoint key.
-    pub fn new(store: Store, trust: &Trust) -> Self {
-        Self { store, signer: trust.checkpoint.clone(), key: note_key(trust) }
+    /// The checkpoint service over `store`, signing with the checkpoint key the newest root
+    /// names.
+    pub fn new(store: Store, trust: Arc<Trust>) -> Self {
+        Self { store, trust }
     }
 
-    /// The newest stored checkpoint that verifies; rows that do not are skipped with a warning.
+    /// The newest stored checkpoint signed by the current checkpoint key; rows that do not
+    /// verify are skipped with a warning.
     pub async fn latest(&self) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
+        self.latest_of(self.trust.current().checkpoint_keys()).await
+    }
+
+    async fn latest_of(&self, keys: &CheckpointKeys) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
         let mut below = i64::MAX;
         loop {
             let rows = self.store.audit_checkpoints_before(below, 64).await?;
             let Some(last) = rows.last() else { return Ok(None) };
             below = last.size;
             for row in &rows {
-                match verify_row(row, &self.key) {
+                match verify_row(row, keys, Signer::Current) {
                     Ok(v) => return Ok(Some(v)),
                     Err(why) => {
                         tracing::warn!(size = row.size, why = %chain(&why), "skipping an audit checkpoint that does not verify")
@@ -169,9 +256,25 @@ impl Checkpoints {
         }
     }
 
-    /// The stored checkpoint of exactly `size`, if it verifies.
+    /// The stored checkpoint of exactly `size`, if any checkpoint key of the root chain signed
+    /// it (a client proving growth from a checkpoint it kept may name one from before a
+    /// rotation).
     pub async fn at_size(&self, size: u64) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-        Ok(self.store.audit_checkpoint(size as i64).await?.and_then(|row| verify_row(&row, &self.key).ok()))
+        let view = self.trust.current();
+        Ok(self
+            .store
+            .audit_checkpoint(size as i64)
+            .await?
+            .and_then(|row| verify_row(&row, view.checkpoint_keys(), Signer::AnyOfChain).ok()))
+    }
+
+    /// For a rotation away from `current`: the newest checkpoint of its key, which the new
+    /// key's first checkpoint extends.
+    pub async fn transition_base(&self, current: &TrustView) -> Result<VerifiedCheckpointBase, CheckpointError> {
+        Ok(match self.latest_of(current.checkpoint_keys()).await? {
+            Some(v) => VerifiedCheckpointBase { size: v.checkpoint.size, frontier: v.frontier },
+            None => VerifiedCheckpointBase { size: 0, frontier: CompactRange::new() },
+        })
     }
 
     /// Signs a checkpoint covering every event appended since the newest valid checkpoint.
@@ -179,9 +282,20 @@ impl Checkpoints {
     /// `seen` is the largest size this process has seen covered (0 if none); a newest valid
     /// checkpoint below it means checkpoints were deleted, and nothing is signed.
     pub async fn sign_new(&self, seen: u64) -> Result<Signed, CheckpointError> {
+        loop {
+            if let Some(signed) = self.try_sign(seen).await? {
+                return Ok(signed);
+            }
+        }
+    }
+
+    /// One attempt of [`Checkpoints::sign_new`]; `None` when a new root arrived meanwhile.
+    async fn try_sign(&self, seen: u64) -> Result<Option<Signed>, CheckpointError> {
         let store = &self.store;
+        let view = self.trust.refresh(store).await?;
+        let signer = view.key(KeyRole::Checkpoint)?;
         let head = store.audit_size().await?.max(0) as u64;
-        let base = self.latest().await?;
+        let base = self.latest_of(view.checkpoint_keys()).await?;
         let (mut frontier, from) = match base {
             Some(v) => (v.frontier, v.checkpoint.size),
             None => (CompactRange::new(), 0),
@@ -190,7 +304,7 @@ impl Checkpoints {
             return Err(CheckpointError::RolledBack { found: from, seen });
         }
         if head <= from {
-            return Ok(Signed::UpToDate(from));
+            return Ok(Some(Signed::UpToDate(from)));
         }
         let mut next = from;
         while next < head {
@@ -198,40 +312,20 @@ impl Checkpoints {
             if rows.is_empty() {
                 break;
             }
-            for (seq, body) in rows {
-                let tampered = |detail: String| CheckpointError::Tampered { seq: next, detail, source: None };
-                if seq as u64 != next {
-                    return Err(tampered(format!("the row is missing (the next row is {seq})")));
-                }
-                match AuditEvent::from_bytes(body.as_bytes()) {
-                    Ok(e) if e.seq == next => {}
-                    Ok(e) => return Err(tampered(format!("the row holds event {}", e.seq))),
-                    Err(e) => {
-                        let detail = "the row is no audit event".to_owned();
-                        return Err(CheckpointError::Tampered { seq: next, detail, source: Some(e) });
-                    }
-                }
-                frontier.push(leaf_hash(body.as_bytes()));
-                next += 1;
-            }
+            extend(&mut frontier, &mut next, rows)?;
         }
         if next < head {
             return Err(CheckpointError::Tampered { seq: next, detail: "the row is missing".into(), source: None });
         }
-        let checkpoint = Checkpoint { origin: self.key.name.clone(), size: head, root: frontier.root() };
-        let body = checkpoint.body();
-        let note = format_note(&body, &self.key, &self.signer.sign_bytes(body.as_bytes()));
-        let hashes: Vec<String> = frontier.hashes().iter().map(Sha256Digest::to_hex).collect();
+        // A root that arrived while the rows were read may have retired this key; its own
+        // first checkpoint already covers what was read, so start over from that one.
+        if self.trust.refresh(store).await?.version() != view.version() {
+            return Ok(None);
+        }
         let inserted = store
-            .insert_audit_checkpoint(&NewCheckpoint {
-                size: head as i64,
-                root_sha256: checkpoint.root.to_hex(),
-                note,
-                frontier: serde_json::to_string(&hashes).unwrap_or_default(),
-                now_ms: wavecast_os::clock::now_ms(),
-            })
+            .insert_audit_checkpoint(&checkpoint_row(&frontier, &view.checkpoint_keys().current(), signer))
             .await?;
-        Ok(if inserted { Signed::New(head) } else { Signed::Skipped(head) })
+        Ok(Some(if inserted { Signed::New(head) } else { Signed::Skipped(head) }))
     }
 
     /// Signs whatever is pending, for tests and shutdown.

@@ -14,25 +14,27 @@ pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 
-use tough::schema::{RoleType, Root, Signed, Timestamp};
+use tough::schema::{Root, Signed, Timestamp};
 use wavecast_core::Role;
 use wavecast_core::Sha256Digest;
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::rollout::GateApproval;
+use wavecast_core::trust::{MetadataRole, expiry_warning};
 use wavecast_os::clock;
 use wavecast_os::error::Chain;
-use wavecast_tuf::keys::{KeyError, SigningKey};
-use wavecast_tuf::repo::{OnlineKeys, OnlinePlan, sign_online};
+use wavecast_tuf::repo::{MetadataHead, OnlineKeys, OnlinePlan, sign_online};
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::install::{BootstrapFile, Layout};
-use crate::state::{AppState, DeviceIdentity, LastSeen, Settings, Trust};
+use crate::state::{AppState, DeviceIdentity, LastSeen, Settings};
 use crate::store::{Bootstrap, DatabaseConfig, NewToken, OnlineMetadata, Store, StoreError};
+use crate::trust::{Trust, TrustError};
 
 /// The default address: loopback only, since plain HTTP must not leave the machine.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -109,16 +111,20 @@ pub enum ServerError {
         #[source]
         source: wavecast_tuf::root::RootError,
     },
-    /// An online key is bad.
-    #[error("loading the server's online keys")]
-    Key(#[from] KeyError),
-    /// An online key is not the one root.json names.
-    #[error("{path} is not the {role} key named by root.json")]
-    KeyMismatch {
-        /// The key file.
+    /// The root chain or the online keys are unusable.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// root.json in the data dir is a later version than the database holds.
+    #[error(
+        "{path} is root.json version {version}, but the database's newest is version {newest}: new roots reach the server through `wavecast root rotate`; put back the installation's root.json"
+    )]
+    RootNotInstalled {
+        /// The file.
         path: PathBuf,
-        /// The role.
-        role: &'static str,
+        /// Its version.
+        version: u64,
+        /// The newest version the database holds.
+        newest: u64,
     },
     /// bootstrap.json is bad.
     #[error("{path} is corrupt")]
@@ -164,17 +170,13 @@ pub enum ServerError {
     },
 }
 
-fn load_key(path: PathBuf, root: &Root, role: RoleType, name: &'static str) -> Result<SigningKey, ServerError> {
-    let key = SigningKey::load(&path)?;
-    let id = key.key_id()?;
-    if !root.roles.get(&role).is_some_and(|r| r.keyids.contains(&id)) {
-        return Err(ServerError::KeyMismatch { path, role: name });
-    }
-    Ok(key)
-}
-
 /// Loads the installation, opens the database (importing the installation on first start)
 /// and the blob store: everything the HTTP service needs.
+///
+/// The root chain comes from the database, verified from its first version; the data dir's
+/// root.json must be one of its versions (the installation's first, or any later one an
+/// operator put there), so a database of another installation is refused. The server needs
+/// every online key the newest root names, from `keys/`.
 pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
     let layout = Layout::new(&config.data_dir);
     let root_path = layout.root_json();
@@ -183,55 +185,62 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
     }
     let root_bytes =
         std::fs::read(&root_path).map_err(|source| ServerError::Read { path: root_path.clone(), source })?;
-    let root = wavecast_tuf::root::parse_root(&root_bytes)
+    let anchor = wavecast_tuf::root::parse_root(&root_bytes)
         .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
-    let online = OnlineKeys {
-        snapshot: load_key(layout.snapshot_key(), &root.signed, RoleType::Snapshot, "snapshot")?,
-        timestamp: load_key(layout.timestamp_key(), &root.signed, RoleType::Timestamp, "timestamp")?,
-    };
-    let director = SigningKey::load(&layout.director_key())?;
-    let director_named = wavecast_tuf::root::director_key(&root.signed)
-        .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
-    if director.public_bytes() != director_named {
-        return Err(ServerError::KeyMismatch { path: layout.director_key(), role: "director" });
-    }
-    // The checkpoint key lives in keys/ only; root.json names its public half for auditors.
-    let checkpoint = SigningKey::load(&layout.checkpoint_key())?;
-    let checkpoint_named = wavecast_tuf::root::checkpoint_key(&root.signed)
-        .map_err(|source| ServerError::Root { path: root_path.clone(), source })?;
-    if checkpoint.public_bytes() != checkpoint_named {
-        return Err(ServerError::KeyMismatch { path: layout.checkpoint_key(), role: "audit checkpoint" });
-    }
-    let root_sha256 = Sha256Digest::of(&root_bytes);
 
     let store = Store::open(&config.database).await?;
-    match store.installation_root().await? {
-        Some(found) if found != root_sha256 => {
-            return Err(ServerError::WrongDatabase {
-                database: config.database.redacted(),
-                found: found.to_hex(),
-                expected: root_sha256.to_hex(),
-            });
-        }
-        Some(_) => {}
+    let installed = match store.installation_root().await? {
+        Some(found) => found,
         None => {
-            if store.bootstrap(&read_bootstrap(&layout, root_sha256)?).await? {
+            let bootstrap = read_bootstrap(&layout)?;
+            if store.bootstrap(&bootstrap).await? {
                 tracing::info!(database = %config.database.redacted(), "imported the installation into the database");
             }
+            store.installation_root().await?.unwrap_or(bootstrap.root_sha256)
         }
+    };
+    let trust = Trust::open(&store, &layout.keys_dir()).await?;
+    let view = trust.current();
+    let in_chain = view.chain().iter().any(|r| r.text.as_bytes() == root_bytes.as_slice());
+    let first = Sha256Digest::of(view.chain()[0].text.as_bytes());
+    if !in_chain || first != installed {
+        let (version, newest) = (anchor.signed.version.get(), view.version());
+        if version > newest
+            && wavecast_tuf::root::verify_chain(view.chain()[0].text.as_bytes(), &chain_after(&view, &root_bytes))
+                .is_ok()
+        {
+            return Err(ServerError::RootNotInstalled { path: root_path, version, newest });
+        }
+        return Err(ServerError::WrongDatabase {
+            database: config.database.redacted(),
+            found: installed.to_hex(),
+            expected: Sha256Digest::of(&root_bytes).to_hex(),
+        });
     }
+    if let Some(missing) = view.missing().into_iter().next() {
+        return Err(missing.into());
+    }
+    drop(view);
     let blobs = BlobStore::open(&layout.blobs_dir())?;
     let devices = match config.tls.as_ref().and_then(|t| t.device_client_ca.as_ref()) {
         Some(_) => DeviceIdentity::CredentialAndCertificate,
         None => DeviceIdentity::Credential,
     };
     let settings = Settings { approval: config.approval, devices };
-    let state = AppState::new(store, blobs, Trust { root, root_bytes, online, director, checkpoint }, settings);
+    let state = AppState::new(store, blobs, trust, settings);
     refresh_online_metadata(state.store(), state.trust()).await?;
     Ok(state)
 }
 
-fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstrap, ServerError> {
+/// The roots after the chain's first, then `later` (a root.json newer than the chain): what
+/// `verify_chain` walks to tell a root that was signed but never installed from a stranger.
+fn chain_after(view: &trust::TrustView, later: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = view.chain()[1..].iter().map(|r| r.text.clone().into_bytes()).collect();
+    out.push(later.to_vec());
+    out
+}
+
+fn read_bootstrap(layout: &Layout) -> Result<Bootstrap, ServerError> {
     let path = layout.bootstrap_file();
     let corrupt =
         |source: Box<dyn std::error::Error + Send + Sync>| ServerError::Bootstrap { path: path.clone(), source };
@@ -248,6 +257,12 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
     }
     let admin_hash: Sha256Digest =
         file.admin_token_sha256.parse().map_err(|e: wavecast_core::digest::DigestError| corrupt(e.into()))?;
+    // The installation is named by its first root, the one imported here.
+    let root_sha256 = metadata
+        .iter()
+        .find(|(role, version, _)| role == "root" && *version == 1)
+        .map(|(_, _, body)| Sha256Digest::of(body.as_bytes()))
+        .ok_or_else(|| corrupt("it lists no root.json version 1".into()))?;
     Ok(Bootstrap {
         now_ms: clock::now_ms(),
         root_sha256,
@@ -271,6 +286,9 @@ fn read_bootstrap(layout: &Layout, root_sha256: Sha256Digest) -> Result<Bootstra
 /// Re-signs snapshot and timestamp when less than half the timestamp's lifetime remains, so
 /// devices never see expired metadata while a server is running.
 pub async fn refresh_online_metadata(store: &Store, trust: &Trust) -> Result<bool, ServerError> {
+    // The versions are read before the root (in `refresh`): a rotation that lands after that
+    // writes the same snapshot version, so one of the two conflicts and nothing is ever signed
+    // with keys the newest root no longer names.
     let Some((ts_version, ts_body)) = store.latest_metadata("timestamp").await? else {
         return Ok(false);
     };
@@ -285,27 +303,9 @@ pub async fn refresh_online_metadata(store: &Store, trust: &Trust) -> Result<boo
         store.latest_metadata("targets").await?.ok_or(StoreError::NotFound { what: "targets metadata".into() })?;
     let (snapshot_version, _) =
         store.latest_metadata("snapshot").await?.ok_or(StoreError::NotFound { what: "snapshot metadata".into() })?;
-    let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
-    let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
-    let signed = sign_online(
-        &trust.root.signed,
-        &trust.online,
-        targets.as_bytes(),
-        OnlinePlan {
-            targets_version: nz(targets_version),
-            snapshot_version: nz(snapshot_version + 1),
-            timestamp_version: nz(ts_version + 1),
-            snapshot_expires: days(install::SNAPSHOT_LIFETIME_DAYS),
-            timestamp_expires: days(install::TIMESTAMP_LIFETIME_DAYS),
-        },
-    )
-    .await?;
-    let m = OnlineMetadata {
-        snapshot_version: snapshot_version + 1,
-        snapshot: String::from_utf8_lossy(&signed.snapshot).into_owned(),
-        timestamp_version: ts_version + 1,
-        timestamp: String::from_utf8_lossy(&signed.timestamp).into_owned(),
-    };
+    let view = trust.refresh(store).await?;
+    let versions = (snapshot_version + 1, ts_version + 1, targets_version);
+    let m = sign_snapshot_and_timestamp(&view.root().signed, &view.online()?, &targets, versions, now).await?;
     match store.refresh_online_metadata(&m, now.as_millisecond()).await {
         // Another replica refreshed first; its versions serve just as well.
         Err(StoreError::Conflict { .. }) => Ok(false),
@@ -315,6 +315,39 @@ pub async fn refresh_online_metadata(store: &Store, trust: &Trust) -> Result<boo
             Ok(true)
         }
     }
+}
+
+/// Snapshot and timestamp over `targets`, signed with `keys` under `root`, expiring after their
+/// lifetimes from `now`; `versions` are the new snapshot's, the new timestamp's and the
+/// targets'.
+pub(crate) async fn sign_snapshot_and_timestamp(
+    root: &Root,
+    keys: &OnlineKeys,
+    targets: &str,
+    (snapshot_version, timestamp_version, targets_version): (i64, i64, i64),
+    now: jiff::Timestamp,
+) -> Result<OnlineMetadata, wavecast_tuf::repo::OnlineSignError> {
+    let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
+    let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
+    let signed = sign_online(
+        root,
+        keys,
+        targets.as_bytes(),
+        OnlinePlan {
+            targets_version: nz(targets_version),
+            snapshot_version: nz(snapshot_version),
+            timestamp_version: nz(timestamp_version),
+            snapshot_expires: days(install::SNAPSHOT_LIFETIME_DAYS),
+            timestamp_expires: days(install::TIMESTAMP_LIFETIME_DAYS),
+        },
+    )
+    .await?;
+    Ok(OnlineMetadata {
+        snapshot_version,
+        snapshot: String::from_utf8_lossy(&signed.snapshot).into_owned(),
+        timestamp_version,
+        timestamp: String::from_utf8_lossy(&signed.timestamp).into_owned(),
+    })
 }
 
 /// Serves `state` over plain HTTP on `listener` until `shutdown` resolves, then finishes
@@ -349,7 +382,37 @@ pub async fn serve_with(
     result
 }
 
-/// The server's periodic work: re-signing TUF metadata, device timeouts, check-in times.
+/// Logs a warning for each TUF role the operator must renew soon (or that has expired), as
+/// `wavecast status` shows them.
+pub async fn warn_about_expiry(store: &Store) -> Result<Vec<String>, ServerError> {
+    let now_ms = clock::now_ms();
+    let mut warnings = Vec::new();
+    for (role, head) in metadata_heads(store).await? {
+        if let Some(w) = expiry_warning(role, head.version, head.expires.as_millisecond(), now_ms) {
+            tracing::warn!(role = %role, version = head.version, expires = %head.expires, "{w}");
+            warnings.push(w);
+        }
+    }
+    Ok(warnings)
+}
+
+/// The version and expiry of the newest version of every TUF role, root first.
+pub async fn metadata_heads(store: &Store) -> Result<Vec<(MetadataRole, MetadataHead)>, StoreError> {
+    let mut out = Vec::with_capacity(MetadataRole::ALL.len());
+    for role in MetadataRole::ALL {
+        let (_, body) = store
+            .latest_metadata(role.as_str())
+            .await?
+            .ok_or_else(|| StoreError::NotFound { what: format!("{role} metadata") })?;
+        let head = MetadataHead::parse(body.as_bytes())
+            .map_err(|e| StoreError::Corrupt { what: format!("{role} metadata"), source: e.into() })?;
+        out.push((role, head));
+    }
+    Ok(out)
+}
+
+/// The server's periodic work: re-signing TUF metadata, following the root chain, expiry
+/// warnings, device timeouts, check-in times.
 fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let every = |period: std::time::Duration,
                  state: AppState,
@@ -367,6 +430,24 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
             Box::pin(async move {
                 if let Err(e) = refresh_online_metadata(state.store(), state.trust()).await {
                     tracing::error!(error = %Chain(&e), "re-signing TUF metadata failed");
+                }
+            })
+        }),
+        // A rotation another replica installed is followed within seconds: until then this
+        // replica signs assignments with the director key it had, which devices that already
+        // follow the new root ignore until their next check-in.
+        every(std::time::Duration::from_secs(5), state.clone(), |state| {
+            Box::pin(async move {
+                if let Err(e) = state.trust().refresh(state.store()).await {
+                    tracing::error!(error = %Chain(&e), "following the root chain failed");
+                }
+            })
+        }),
+        // Once at start and then daily, so the log says it while there is time to act.
+        every(std::time::Duration::from_secs(24 * 3600), state.clone(), |state| {
+            Box::pin(async move {
+                if let Err(e) = warn_about_expiry(state.store()).await {
+                    tracing::error!(error = %Chain(&e), "checking TUF metadata expiry failed");
                 }
             })
         }),

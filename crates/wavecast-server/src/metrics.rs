@@ -1,10 +1,14 @@
 //! Prometheus counters, kept as atomics and rendered by hand: a few counters do not justify a
-//! metrics framework in the dependency tree.
+//! metrics framework in the dependency tree. Beside them, the seconds until each TUF role's
+//! newest version expires, read from the database at each scrape so every replica reports the
+//! same.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
+use wavecast_core::trust::MetadataRole;
+use wavecast_tuf::repo::MetadataHead;
 
 use crate::store::Backend;
 
@@ -62,8 +66,9 @@ impl Metrics {
         self.published.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, backend: Backend) -> String {
+    /// The Prometheus text exposition; `metadata` is the newest version of each TUF role (none
+    /// when it could not be read), `now_ms` the time its expiries count from.
+    pub fn render(&self, backend: Backend, metadata: &[(MetadataRole, MetadataHead)], now_ms: i64) -> String {
         let mut out = String::new();
         out.push_str("# HELP wavecast_http_requests_total HTTP requests answered, by API and status class.\n");
         out.push_str("# TYPE wavecast_http_requests_total counter\n");
@@ -76,11 +81,24 @@ impl Metrics {
         out.push_str("# HELP wavecast_artifacts_published_total Artifact versions published through this server.\n");
         out.push_str("# TYPE wavecast_artifacts_published_total counter\n");
         let _ = writeln!(out, "wavecast_artifacts_published_total {}", self.published.load(Ordering::Relaxed));
+        if !metadata.is_empty() {
+            out.push_str(
+                "# HELP wavecast_tuf_expires_in_seconds Seconds until the newest version of each TUF role expires \
+                 (negative once expired); root and targets are renewed offline by people.\n",
+            );
+            out.push_str("# TYPE wavecast_tuf_expires_in_seconds gauge\n");
+            for (role, head) in metadata {
+                let left = (head.expires.as_millisecond() - now_ms).div_euclid(1000);
+                let _ = writeln!(out, "wavecast_tuf_expires_in_seconds{{role=\"{role}\"}} {left}");
+            }
+            out.push_str("# HELP wavecast_tuf_version The newest version of each TUF role.\n");
+            out.push_str("# TYPE wavecast_tuf_version gauge\n");
+            for (role, head) in metadata {
+                let _ = writeln!(out, "wavecast_tuf_version{{role=\"{role}\"}} {}", head.version);
+            }
+        }
         out.push_str("# HELP wavecast_info Static facts about this server.\n# TYPE wavecast_info gauge\n");
-        let db = match backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        };
+        let db = backend.name();
         let _ = writeln!(out, "wavecast_info{{version=\"{}\",database=\"{db}\"}} 1", env!("CARGO_PKG_VERSION"));
         out
     }

@@ -8,30 +8,13 @@
 
 use std::sync::Arc;
 
-use tough::schema::{Root, Signed};
 use wavecast_core::rollout::GateApproval;
-use wavecast_tuf::keys::SigningKey;
-use wavecast_tuf::repo::OnlineKeys;
 
 use crate::blobs::BlobStore;
 use crate::checkpoints::Checkpoints;
 use crate::metrics::Metrics;
 use crate::store::Store;
-
-/// The trust material the server holds.
-#[derive(Debug)]
-pub struct Trust {
-    /// The root, parsed and self-verified.
-    pub root: Signed<Root>,
-    /// The root exactly as init wrote it.
-    pub root_bytes: Vec<u8>,
-    /// Snapshot and timestamp keys.
-    pub online: OnlineKeys,
-    /// Signs device assignments.
-    pub director: SigningKey,
-    /// Signs audit log checkpoints; loaded from `keys/`, never stored in the database.
-    pub checkpoint: SigningKey,
-}
+use crate::trust::Trust;
 
 /// How devices prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +105,7 @@ impl LastSeen {
 struct Inner {
     store: Store,
     blobs: BlobStore,
-    trust: Trust,
+    trust: Arc<Trust>,
     checkpoints: Checkpoints,
     settings: Settings,
     metrics: Metrics,
@@ -138,7 +121,8 @@ pub struct AppState(Arc<Inner>);
 impl AppState {
     /// Bundles the server's parts.
     pub fn new(store: Store, blobs: BlobStore, trust: Trust, settings: Settings) -> Self {
-        let checkpoints = Checkpoints::new(store.clone(), &trust);
+        let trust = Arc::new(trust);
+        let checkpoints = Checkpoints::new(store.clone(), trust.clone());
         Self(Arc::new(Inner {
             store,
             blobs,
@@ -182,8 +166,8 @@ impl AppState {
         &self.0.blobs
     }
 
-    /// Keys and root.
-    pub fn trust(&self) -> &Trust {
+    /// The root chain and the online keys.
+    pub fn trust(&self) -> &Arc<Trust> {
         &self.0.trust
     }
 

@@ -25,7 +25,7 @@ pub enum AcceptError {
     Parse(#[source] serde_json::Error),
     /// Not signed by the targets key(s) in root.json.
     #[error("targets metadata is not signed by the targets key in root.json: {0}")]
-    Signature(#[source] tough::schema::Error),
+    Signature(#[source] Box<tough::schema::Error>),
     /// Already expired.
     #[error("targets metadata expired at {expires}")]
     Expired {
@@ -75,6 +75,34 @@ pub enum AcceptError {
         /// The targets it would add.
         names: Vec<String>,
     },
+}
+
+/// The version and expiry of a signed metadata file of any role, read without the rest (a
+/// targets file can be megabytes; its targets are skipped, not built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataHead {
+    /// The version.
+    pub version: u64,
+    /// When it expires.
+    pub expires: jiff::Timestamp,
+}
+
+impl MetadataHead {
+    /// Reads the version and expiry of signed metadata (`{"signed": {...}, "signatures": [...]}`).
+    /// The signatures are not checked: this is for reports, never for trust.
+    pub fn parse(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            signed: Self_,
+        }
+        #[derive(serde::Deserialize)]
+        struct Self_ {
+            version: u64,
+            expires: jiff::Timestamp,
+        }
+        let outer: Outer = serde_json::from_slice(bytes)?;
+        Ok(Self { version: outer.signed.version, expires: outer.signed.expires })
+    }
 }
 
 /// A target as wavecast reads it.
@@ -143,7 +171,7 @@ pub fn accept_submission(
     kind: Submission,
 ) -> Result<Accepted, AcceptError> {
     let submitted: Signed<Targets> = serde_json::from_slice(bytes).map_err(AcceptError::Parse)?;
-    root.verify_role(&submitted).map_err(AcceptError::Signature)?;
+    root.verify_role(&submitted).map_err(|e| AcceptError::Signature(Box::new(e)))?;
     let new = &submitted.signed;
     if new.expires <= now {
         return Err(AcceptError::Expired { expires: new.expires });
@@ -258,13 +286,13 @@ pub async fn sign_online(
     snapshot.meta.insert("targets.json".to_owned(), metafile(targets_bytes, plan.targets_version));
     let snapshot = SignedRole::new(snapshot, &holder, &[keys.snapshot.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "snapshot", source: Box::new(source) })?;
+        .map_err(|e| OnlineSignError::Sign { role: "snapshot", source: Box::new(e) })?;
     let mut timestamp =
         Timestamp::new(SPEC_VERSION.to_owned(), plan.timestamp_version, crate::whole_seconds(plan.timestamp_expires));
     timestamp.meta.insert("snapshot.json".to_owned(), metafile(snapshot.buffer(), plan.snapshot_version));
     let timestamp = SignedRole::new(timestamp, &holder, &[keys.timestamp.source()], &rng)
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "timestamp", source: Box::new(source) })?;
+        .map_err(|e| OnlineSignError::Sign { role: "timestamp", source: Box::new(e) })?;
     Ok(OnlineSigned { snapshot: snapshot.buffer().clone(), timestamp: timestamp.buffer().clone() })
 }
 
@@ -277,6 +305,6 @@ pub async fn initial_targets(
     let targets = Targets::new(SPEC_VERSION.to_owned(), NonZeroU64::MIN, crate::whole_seconds(expires));
     let signed = SignedRole::new(targets, &KeyHolder::Root(root.clone()), &[key.source()], &SystemRandom::new())
         .await
-        .map_err(|source| OnlineSignError::Sign { role: "targets", source: Box::new(source) })?;
+        .map_err(|e| OnlineSignError::Sign { role: "targets", source: Box::new(e) })?;
     Ok(signed.buffer().clone())
 }

@@ -8,6 +8,8 @@ use aws_lc_rs::rand::SystemRandom;
 use tough::editor::signed::SignedRole;
 use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signed};
 
+use wavecast_core::trust::KeyRole;
+
 use crate::keys::{KeyError, SigningKey};
 use crate::{SPEC_VERSION, WAVECAST_ROOT_FIELD};
 
@@ -223,6 +225,53 @@ pub fn parse_root(bytes: &[u8]) -> Result<Signed<Root>, RootError> {
     let root: Signed<Root> = serde_json::from_slice(bytes).map_err(RootError::Parse)?;
     root.signed.verify_role(&root).map_err(|e| RootError::Verify(Box::new(e)))?;
     Ok(root)
+}
+
+/// The keys `next` names that `current` did not (each role whose key ids, or whose wavecast key,
+/// differ), in [`KeyRole::ALL`] order; empty for a renewal that only moves the expiry.
+pub fn changed_keys(current: &Root, next: &Root) -> Vec<KeyRole> {
+    let ids = |root: &Root, role: RoleType| root.roles.get(&role).map(|r| r.keyids.clone()).unwrap_or_default();
+    KeyRole::ALL
+        .into_iter()
+        .filter(|k| match k {
+            KeyRole::Root => ids(current, RoleType::Root) != ids(next, RoleType::Root),
+            KeyRole::Targets => ids(current, RoleType::Targets) != ids(next, RoleType::Targets),
+            KeyRole::Snapshot => ids(current, RoleType::Snapshot) != ids(next, RoleType::Snapshot),
+            KeyRole::Timestamp => ids(current, RoleType::Timestamp) != ids(next, RoleType::Timestamp),
+            KeyRole::Director => wavecast_key(current, "director_key") != wavecast_key(next, "director_key"),
+            KeyRole::Checkpoint => wavecast_key(current, "checkpoint_key") != wavecast_key(next, "checkpoint_key"),
+        })
+        .collect()
+}
+
+/// Whether `root` names `key` for `role`: among the role's key ids for the TUF roles, as its
+/// public key in the `x-wavecast` field for the director and checkpoint keys.
+pub fn names_key(root: &Root, role: KeyRole, key: &SigningKey) -> bool {
+    let tuf =
+        |r: RoleType| key.key_id().is_ok_and(|id| root.roles.get(&r).is_some_and(|keys| keys.keyids.contains(&id)));
+    match role {
+        KeyRole::Root => tuf(RoleType::Root),
+        KeyRole::Targets => tuf(RoleType::Targets),
+        KeyRole::Snapshot => tuf(RoleType::Snapshot),
+        KeyRole::Timestamp => tuf(RoleType::Timestamp),
+        KeyRole::Director => wavecast_key(root, "director_key").is_some_and(|k| k == key.public_bytes()),
+        KeyRole::Checkpoint => wavecast_key(root, "checkpoint_key").is_some_and(|k| k == key.public_bytes()),
+    }
+}
+
+/// What `root` names for `role`, for messages: the TUF key ids, or the wavecast key in hex.
+pub fn named_key(root: &Root, role: KeyRole) -> String {
+    let tuf =
+        |r: RoleType| root.roles.get(&r).map(|keys| keys.keyids.iter().map(hex::encode).collect::<Vec<_>>().join(", "));
+    match role {
+        KeyRole::Root => tuf(RoleType::Root),
+        KeyRole::Targets => tuf(RoleType::Targets),
+        KeyRole::Snapshot => tuf(RoleType::Snapshot),
+        KeyRole::Timestamp => tuf(RoleType::Timestamp),
+        KeyRole::Director => wavecast_key(root, "director_key").map(hex::encode),
+        KeyRole::Checkpoint => wavecast_key(root, "checkpoint_key").map(hex::encode),
+    }
+    .unwrap_or_else(|| "none".to_owned())
 }
 
 /// The director's Ed25519 public key named in a root.

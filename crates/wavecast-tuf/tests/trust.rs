@@ -9,10 +9,13 @@ use std::num::NonZeroU64;
 use std::path::Path;
 
 use tough::RepositoryLoader;
+use wavecast_core::trust::KeyRole;
 use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, resign_targets, sign_new_targets};
 use wavecast_tuf::repo::{AcceptError, OnlineKeys, OnlinePlan, Submission, accept_submission, sign_online};
-use wavecast_tuf::root::{KeyChanges, RootError, RootKeys, build_root, director_key, next_root, verify_chain};
+use wavecast_tuf::root::{
+    KeyChanges, RootError, RootKeys, build_root, changed_keys, director_key, names_key, next_root, verify_chain,
+};
 
 fn days(n: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * n)
@@ -137,6 +140,15 @@ async fn devices_follow_a_root_rotation_and_refuse_the_retired_keys() {
         ..KeyChanges::default()
     };
     let v2 = next_root(&repo.root(), &old.root, &changes, days(365)).await.unwrap();
+    assert_eq!(
+        changed_keys(&repo.root().signed, &v2.signed().signed),
+        [KeyRole::Root, KeyRole::Targets, KeyRole::Director],
+        "the keys the rotation replaced, and only those"
+    );
+    assert!(names_key(&v2.signed().signed, KeyRole::Director, &new_director));
+    assert!(!names_key(&v2.signed().signed, KeyRole::Director, &old.director));
+    assert!(names_key(&v2.signed().signed, KeyRole::Targets, &new_targets));
+    assert!(!names_key(&v2.signed().signed, KeyRole::Targets, &old.targets));
     repo.roots.push(v2.buffer().clone());
     // The current targets must be signed again by the new targets key, changing nothing.
     let resigned = resign_targets(&v2.signed().signed, &repo.targets(), &new_targets, days(365)).await.unwrap();
@@ -196,10 +208,9 @@ async fn devices_follow_a_root_rotation_and_refuse_the_retired_keys() {
     repo.targets = forged.buffer().clone();
     repo.publish().await;
     let fresh = tempfile::tempdir().unwrap();
-    let err = load(&anchor, repo.dir.path(), fresh.path())
-        .await
-        .err()
-        .expect("a device refuses targets signed by the retired key");
+    let Err(err) = load(&anchor, repo.dir.path(), fresh.path()).await else {
+        panic!("a device refuses targets signed by the retired key");
+    };
     assert!(
         matches!(err, tough::error::Error::VerifyMetadata { role: tough::schema::RoleType::Targets, .. }),
         "refused for its signature, not something else: {err:?}"
@@ -254,6 +265,7 @@ async fn a_chain_is_refused_where_it_breaks() {
 
     // A version that skips one.
     let v2 = next_root(&repo.root(), &keys.root, &KeyChanges::default(), days(365)).await.unwrap();
+    assert!(changed_keys(&repo.root().signed, &v2.signed().signed).is_empty(), "a renewal changes no key");
     let v3 = next_root(&v2.signed().clone(), &keys.root, &KeyChanges::default(), days(365)).await.unwrap();
     assert!(matches!(verify_chain(&anchor, &[v3.buffer()]), Err(RootError::ChainVersion { current: 1, got: 3 })));
 

@@ -1,9 +1,10 @@
-//! `wavecast artifact`: publish (sign offline, upload) and list.
+//! `wavecast artifact`: publish (sign offline, upload), re-sign, and list.
 //!
 //! Publishing signs on this machine: the CLI fetches the server's root and current targets,
 //! checks the targets are signed by the root's targets key (so a compromised server cannot get
 //! us to sign targets we never saw), adds the new target, signs with the publisher key, and
-//! uploads the signed file and the bytes in one request.
+//! uploads the signed file and the bytes in one request. Re-signing does the same without
+//! adding anything: a new version and expiry over the same targets.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,11 +15,11 @@ use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
-use wavecast_api::Artifact;
+use wavecast_api::{Artifact, ResignTargets, TargetsResigned};
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_tuf::keys::SigningKey;
-use wavecast_tuf::publish::{NewTarget, PublishError, sign_new_targets};
-use wavecast_tuf::tough::schema::{Signed, Targets};
+use wavecast_tuf::publish::{NewTarget, PublishError, resign_targets, sign_new_targets};
+use wavecast_tuf::tough::schema::{Root, Signed, Targets};
 
 use crate::output;
 use crate::{Client, ClientError, JsonRemote};
@@ -46,6 +47,21 @@ published once; publish a new version to change the bytes.")]
         /// Only devices with this hardware may install it.
         #[arg(long, value_name = "HW")]
         hardware: Option<String>,
+        #[command(flatten)]
+        args: JsonRemote,
+    },
+    /// Sign the current targets again with a new expiry, changing no artifact.
+    #[command(after_help = "Targets expire (a year after the last publish, by default); once \
+they have, devices install nothing new. Re-sign before then: `wavecast status` warns 30 days ahead. \
+The publisher key never leaves this machine.")]
+    #[command(mut_arg("json", |a| a.help("Print the new targets version as JSON")))]
+    Resign {
+        /// The publisher (TUF targets) key.
+        #[arg(long, value_name = "PUBLISHER_KEY")]
+        key: PathBuf,
+        /// How long the re-signed targets stay valid.
+        #[arg(long, default_value = "365d", value_parser = wavecast_core::duration::parse_duration)]
+        expires: std::time::Duration,
         #[command(flatten)]
         args: JsonRemote,
     },
@@ -83,6 +99,19 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
                     published.version,
                     output::bytes(published.length),
                     published.sha256
+                );
+            }
+        }
+        ArtifactCommand::Resign { key, expires, args: JsonRemote { json, remote } } => {
+            let key = SigningKey::load(&key)?;
+            let resigned = resign(&remote.client()?, &key, expires).await?;
+            if json {
+                output::json(&resigned)?;
+            } else {
+                println!(
+                    "signed the targets again as version {}, valid until {}; no artifact changed",
+                    resigned.version,
+                    output::time(resigned.expires_at)
                 );
             }
         }
@@ -148,18 +177,12 @@ pub async fn publish(
     show_progress: bool,
 ) -> anyhow::Result<Artifact> {
     let (length, sha256) = hash_file(file, show_progress).await?;
-    let root_bytes = client.get_bytes("/api/v1/tuf/root.json").await?;
-    let root = wavecast_tuf::root::parse_root(&root_bytes).context("checking the server's root.json")?;
+    let root = server_root(client).await?;
     let new = NewTarget { target: target.clone(), length, sha256, hardware };
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let current_bytes = client.get_bytes("/api/v1/tuf/targets.json").await?;
-        let current: Signed<Targets> =
-            serde_json::from_slice(&current_bytes).context("parsing the server's targets.json")?;
-        root.signed
-            .verify_role(&current)
-            .context("the server's current targets.json is not signed by the targets key in its root.json; refusing to sign on top of it")?;
+        let current = server_targets(client, &root.signed).await?;
         let expires = wavecast_os::clock::now()
             + jiff::SignedDuration::from_hours(24 * wavecast_server::install::TARGETS_LIFETIME_DAYS);
         let signed = match sign_new_targets(&root.signed, &current, &new, key, expires).await {
@@ -169,6 +192,45 @@ pub async fn publish(
         match upload(client, signed.buffer().clone(), file, length, target, show_progress).await {
             Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) && attempts < 3 => {
                 eprintln!("another publish landed first; signing again on top of it");
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// The server's newest root.json, checked against its own root keys.
+pub(crate) async fn server_root(client: &Client) -> anyhow::Result<Signed<Root>> {
+    let root_bytes = client.get_bytes("/api/v1/tuf/root.json").await?;
+    wavecast_tuf::root::parse_root(&root_bytes).context("checking the server's root.json")
+}
+
+/// The server's current targets, which must be signed by `root`'s targets key.
+pub(crate) async fn server_targets(client: &Client, root: &Root) -> anyhow::Result<Signed<Targets>> {
+    let bytes = client.get_bytes("/api/v1/tuf/targets.json").await?;
+    let current: Signed<Targets> = serde_json::from_slice(&bytes).context("parsing the server's targets.json")?;
+    root.verify_role(&current)
+        .context("the server's current targets.json is not signed by the targets key in its root.json; refusing to sign on top of it")?;
+    Ok(current)
+}
+
+/// Signs the current targets again with `key`, valid for `lifetime`, and uploads them; signs
+/// again on top if another publish landed in between.
+pub async fn resign(
+    client: &Client,
+    key: &SigningKey,
+    lifetime: std::time::Duration,
+) -> anyhow::Result<TargetsResigned> {
+    let lifetime = jiff::SignedDuration::try_from(lifetime).context("--expires is too long")?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let root = server_root(client).await?;
+        let current = server_targets(client, &root.signed).await?;
+        let signed = resign_targets(&root.signed, &current, key, wavecast_os::clock::now() + lifetime).await?;
+        let body = ResignTargets { targets: String::from_utf8(signed.buffer().clone())? };
+        match client.post::<_, TargetsResigned>("/api/v1/artifacts/resign", &body).await {
+            Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) && attempts < 3 => {
+                eprintln!("the targets changed meanwhile; signing again on top of them");
             }
             other => return Ok(other?),
         }

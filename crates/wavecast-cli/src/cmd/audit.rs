@@ -1,8 +1,12 @@
 //! `wavecast audit`: the audit trail, its signed checkpoints, exports, and their verification.
 //!
 //! Verification trusts only the trust anchor (root.json, checked against its own root keys):
-//! the checkpoint key comes from its `x-wavecast` field, and everything the server sends is
-//! checked against checkpoints signed by that key.
+//! the checkpoint keys come from the `x-wavecast` field of each root in its chain, and
+//! everything the server sends is checked against checkpoints signed by them. After a rotation
+//! the chain runs from the installation's first root (which names the log) to the newest: the
+//! live check fetches it from the server, an export carries it, and either way the root given
+//! with `--trust-root` must be one of its versions. The newest checkpoint must be the newest
+//! root's key's; an older key's counts only below it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +16,7 @@ use clap::Subcommand;
 use serde::Serialize;
 use wavecast_api::audit::{AuditEvent, ConsistencyProof, Export, LeafRow, StoredCheckpoint};
 use wavecast_core::Sha256Digest;
-use wavecast_core::checkpoint::{NoteKey, origin_for_root, peek_checkpoint};
+use wavecast_core::checkpoint::{CheckpointKeys, origin_for_root, peek_checkpoint};
 use wavecast_core::evidence::{
     ExportVerified, Growth, LogVerified, VerifyError, verify_export, verify_growth, verify_log,
 };
@@ -129,14 +133,55 @@ enum Verified {
     },
 }
 
-/// The checkpoint key named by a trust anchor whose own signatures verify.
-fn trusted_key(trust_root: &Path) -> anyhow::Result<NoteKey> {
-    let bytes = std::fs::read(trust_root).with_context(|| format!("reading {}", trust_root.display()))?;
-    let root = wavecast_tuf::root::parse_root(&bytes)
-        .with_context(|| format!("{} is not a valid trust root", trust_root.display()))?;
-    let public = wavecast_tuf::root::checkpoint_key(&root.signed)
-        .with_context(|| format!("reading the checkpoint key of {}", trust_root.display()))?;
-    Ok(NoteKey { name: origin_for_root(&Sha256Digest::of(&bytes)), public })
+/// The checkpoint keys of the root chain `chain` (every version from the first, as signed),
+/// which must hold the trust anchor at `trust_root`. An empty chain is an installation never
+/// rotated: the anchor is its only root.
+fn trusted_keys(trust_root: &Path, chain: &[Vec<u8>]) -> anyhow::Result<CheckpointKeys> {
+    let shown = trust_root.display();
+    let anchor = std::fs::read(trust_root).with_context(|| format!("reading {shown}"))?;
+    let root = wavecast_tuf::root::parse_root(&anchor).with_context(|| format!("{shown} is not a valid trust root"))?;
+    let version = root.signed.version.get();
+    let chain: Vec<Vec<u8>> = if chain.is_empty() {
+        anyhow::ensure!(
+            version == 1,
+            "{shown} is root.json version {version}, but this evidence predates the installation's first rotation: verify it with root.json version 1"
+        );
+        vec![anchor.clone()]
+    } else {
+        chain.to_vec()
+    };
+    wavecast_tuf::root::verify_chain(&chain[0], &chain[1..]).context("verifying the root chain")?;
+    anyhow::ensure!(
+        chain.contains(&anchor),
+        "{shown} (root.json version {version}) is not one of the {} root versions this evidence rests on: it belongs to another installation, or is newer than the evidence",
+        chain.len()
+    );
+    let mut keys = Vec::with_capacity(chain.len());
+    for (i, bytes) in chain.iter().enumerate() {
+        let root = wavecast_tuf::root::parse_root(bytes).with_context(|| format!("root.json version {}", i + 1))?;
+        keys.push(
+            wavecast_tuf::root::checkpoint_key(&root.signed)
+                .with_context(|| format!("reading the checkpoint key of root.json version {}", i + 1))?,
+        );
+    }
+    CheckpointKeys::new(origin_for_root(&Sha256Digest::of(&chain[0])), keys)
+        .context("the root chain names no checkpoint key")
+}
+
+/// Every root version the server holds, from the first (empty when it holds only that one).
+async fn server_chain(client: &Client) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut chain = Vec::new();
+    for version in 1u64.. {
+        match client.get_bytes(&format!("/api/v1/tuf/{version}.root.json")).await {
+            Ok(bytes) => chain.push(bytes),
+            Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if chain.len() == 1 {
+        chain.clear();
+    }
+    Ok(chain)
 }
 
 async fn verify(
@@ -146,12 +191,15 @@ async fn verify(
     json: bool,
     remote: &Remote,
 ) -> anyhow::Result<ExitCode> {
-    let key = trusted_key(trust_root)?;
     let old_note =
         since.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
     let verdict = match file {
-        Some(path) => verify_file(path, &key, old_note.as_deref(), remote).await?,
-        None => verify_live(&key, old_note.as_deref(), &remote.client()?).await?,
+        Some(path) => verify_file(path, trust_root, old_note.as_deref(), remote).await?,
+        None => {
+            let client = remote.client()?;
+            let keys = trusted_keys(trust_root, &server_chain(&client).await?)?;
+            verify_live(&keys, old_note.as_deref(), &client).await?
+        }
     };
     match verdict {
         Ok(verified) => {
@@ -181,7 +229,7 @@ async fn verify(
 
 async fn verify_file(
     path: &Path,
-    key: &NoteKey,
+    trust_root: &Path,
     old_note: Option<&str>,
     remote: &Remote,
 ) -> anyhow::Result<Result<Verified, VerifyError>> {
@@ -190,7 +238,9 @@ async fn verify_file(
         Ok(e) => e,
         Err(e) => return Ok(Err(VerifyError::Format { detail: format!("{}: {e}", path.display()) })),
     };
-    let summary = match verify_export(&export, key, verify_ed25519) {
+    let chain: Vec<Vec<u8>> = export.roots.iter().map(|r| r.clone().into_bytes()).collect();
+    let keys = trusted_keys(trust_root, &chain)?;
+    let summary = match verify_export(&export, &keys, verify_ed25519) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
@@ -198,7 +248,7 @@ async fn verify_file(
         None => None,
         // An export carries no proof about other checkpoints; the server cuts one, and it is
         // checked against both signed checkpoints, so the server is not trusted for it.
-        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, &remote.client()?).await? {
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, &keys, &remote.client()?).await? {
             Ok(g) => Some(g),
             Err(e) => return Ok(Err(e)),
         },
@@ -207,7 +257,7 @@ async fn verify_file(
 }
 
 async fn verify_live(
-    key: &NoteKey,
+    keys: &CheckpointKeys,
     old_note: Option<&str>,
     client: &Client,
 ) -> anyhow::Result<Result<Verified, VerifyError>> {
@@ -233,13 +283,13 @@ async fn verify_live(
             break;
         }
     }
-    let summary = match verify_log(&leaves, &checkpoints, key, verify_ed25519) {
+    let summary = match verify_log(&leaves, &checkpoints, keys, verify_ed25519) {
         Ok(s) => s,
         Err(e) => return Ok(Err(e)),
     };
     let growth = match old_note {
         None => None,
-        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, key, client).await? {
+        Some(old) => match prove_growth(old, summary.tree_size, &summary.root, keys, client).await? {
             Ok(g) => Some(g),
             Err(e) => return Ok(Err(e)),
         },
@@ -252,7 +302,7 @@ async fn prove_growth(
     old_note: &str,
     size: u64,
     root: &Sha256Digest,
-    key: &NoteKey,
+    keys: &CheckpointKeys,
     client: &Client,
 ) -> anyhow::Result<Result<Growth, VerifyError>> {
     let old = match peek_checkpoint(old_note) {
@@ -273,7 +323,7 @@ async fn prove_growth(
             }
             Err(e) => return Err(e.into()),
         };
-    let growth = match verify_growth(old_note, &proof, key, verify_ed25519) {
+    let growth = match verify_growth(old_note, &proof, keys, verify_ed25519) {
         Ok(g) => g,
         Err(e) => return Ok(Err(e)),
     };
@@ -294,7 +344,7 @@ fn print_verified(v: &Verified) {
                 None => format!("all {} events", s.events),
             };
             println!(
-                "OK: {what} are in log {} at size {} (root {}), signed by the trust root's checkpoint key",
+                "OK: {what} are in log {} at size {} (root {}), signed by the checkpoint key of the trust root's chain",
                 s.origin, s.tree_size, s.root
             );
             growth
@@ -343,11 +393,11 @@ pub(crate) async fn demo_evidence(
         anyhow::ensure!(std::time::Instant::now() < deadline, "the server signed no checkpoint covering every event");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let key = trusted_key(trust_root)?;
+    let keys = trusted_keys(trust_root, &server_chain(client).await?)?;
     let export: Export = client.get(&format!("/api/v1/audit/export?rollout={}", url_encode(rollout))).await?;
     write_file(out, &serde_json::to_vec_pretty(&export)?)?;
-    let offline = verify_export(&export, &key, verify_ed25519)?;
-    let live = match verify_live(&key, None, client).await? {
+    let offline = verify_export(&export, &keys, verify_ed25519)?;
+    let live = match verify_live(&keys, None, client).await? {
         Ok(Verified::Live { summary, .. }) => summary,
         Ok(Verified::Export { .. }) => anyhow::bail!("live verification returned an export verdict"),
         Err(e) => return Err(e.into()),

@@ -9,8 +9,8 @@ use clap::Args;
 /// Create keys, the signed TUF trust anchor and an admin token in a new directory.
 #[derive(Debug, Args)]
 #[command(after_help = "Refuses to touch a directory that is not empty. Afterwards, move the keys in \
-DIR/offline/ off this machine:\nroot.key is needed only to rotate keys; targets.key signs every \
-publish and belongs on the publisher's machine.")]
+DIR/offline/ off this machine:\nroot.key signs each new root version (`wavecast root rotate`: a \
+yearly renewal, or new keys); targets.key signs every publish and belongs on the publisher's machine.")]
 pub struct InitArgs {
     /// The directory to create (or an empty one).
     #[arg(long, value_name = "DIR")]
@@ -35,7 +35,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
     println!("  publisher key     {}", report.publisher_key.display());
     println!("  root key          {}", report.root_key.display());
     println!("\nMove these offline now — the server never needs them:");
-    println!("  {}  signs root.json; needed only to rotate keys", report.root_key.display());
+    println!("  {}  signs root.json; needed to renew it yearly and to rotate keys", report.root_key.display());
     println!("  {}  signs every publish; keep it only on the publisher's machine", report.publisher_key.display());
     println!("\nNext:");
     println!("  wavecast server --data-dir {d}");

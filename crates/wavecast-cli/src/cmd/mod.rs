@@ -7,6 +7,8 @@ pub mod device;
 pub mod group;
 pub mod init;
 pub mod rollout;
+pub mod root;
 pub mod server;
 pub mod sim;
+pub mod status;
 pub mod token;

@@ -107,3 +107,61 @@ async fn export_verify_and_growth_with_a_real_server() {
     assert!(String::from_utf8_lossy(&foreign.stderr).contains("event 0 does not verify"));
     server.stop();
 }
+
+/// The audit checkpoint key rotated through a new root: the live log, a new export and growth
+/// from a note kept before the rotation all verify with the first root.json or the new one,
+/// under the same log origin; an export made before verifies with the root of its time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verifies_across_a_checkpoint_key_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let report = init(&dir);
+    let token = std::fs::read_to_string(report["admin_token_file"].as_str().unwrap()).unwrap().trim().to_owned();
+    let (v1, root_key) = (Path::new(report["root_json"].as_str().unwrap()), report["root_key"].as_str().unwrap());
+    let server = Server::start(&dir, None).await;
+    ok(op(&server, &token).args(["group", "create", "plant-1"]));
+    wait_for_checkpoint(&server, &token).await;
+    let (old, old_export) = (tmp.path().join("old.note"), tmp.path().join("old.json"));
+    ok(op(&server, &token).args(["audit", "checkpoint", "--out"]).arg(&old));
+    ok(op(&server, &token).args(["audit", "export", "--out"]).arg(&old_export));
+    let before = ok(wavecast().args(["audit", "verify"]).arg(&old_export).arg("--trust-root").arg(v1));
+    let origin = before.split_whitespace().find(|w| w.starts_with("wavecast/")).unwrap().to_owned();
+
+    let keys = tmp.path().join("new-keys");
+    let rotate = || {
+        let mut c = op(&server, &token);
+        c.args(["root", "rotate", "--root-key", root_key, "--new-online-keys"])
+            .arg(&keys)
+            .args(["--online-roles", "checkpoint", "--out"])
+            .arg(tmp.path());
+        c
+    };
+    let generated = ok(&mut rotate());
+    assert!(generated.contains("checkpoint-") && generated.contains("run this command again"), "{generated}");
+    for entry in std::fs::read_dir(&keys).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.join("keys").join(entry.file_name())).unwrap();
+    }
+    let installed = ok(&mut rotate());
+    assert!(installed.contains("new keys: checkpoint"), "{installed}");
+    let v2 = tmp.path().join("2.root.json");
+    ok(op(&server, &token).args(["group", "create", "plant-2"]));
+    wait_for_checkpoint(&server, &token).await;
+
+    let export = tmp.path().join("new.json");
+    ok(op(&server, &token).args(["audit", "export", "--out"]).arg(&export));
+    for root in [v1, v2.as_path()] {
+        let live = verify(&server, &token, root, &["--since-checkpoint", old.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&live.stdout);
+        assert!(live.status.success(), "{stdout}{}", String::from_utf8_lossy(&live.stderr));
+        assert!(stdout.contains(&format!("of log {origin}")) && stdout.contains("only grew"), "{stdout}");
+        let offline = ok(wavecast().args(["audit", "verify"]).arg(&export).arg("--trust-root").arg(root));
+        assert!(offline.contains(&format!("are in log {origin}")), "{offline}");
+    }
+    assert!(
+        wavecast().args(["audit", "verify"]).arg(&old_export).arg("--trust-root").arg(v1).status().unwrap().success()
+    );
+    let newer = run(wavecast().args(["audit", "verify"]).arg(&old_export).arg("--trust-root").arg(&v2));
+    assert_eq!(newer.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&newer.stderr).contains("predates the installation's first rotation"));
+    server.stop();
+}

@@ -15,13 +15,13 @@ fn fails(cmd: &mut std::process::Command, code: i32) -> String {
     stderr
 }
 
-/// Every time field in `value` (a key ending in `_at`, or `at`) with where it is.
+/// Every time field in `value` (a key ending in `_at` or `_time`, or `at`) with where it is.
 fn times(value: &serde_json::Value, at: &str, out: &mut Vec<(String, serde_json::Value)>) {
     match value {
         serde_json::Value::Object(fields) => {
             for (k, v) in fields {
                 let here = format!("{at}.{k}");
-                if (k.ends_with("_at") || k == "at") && !v.is_null() {
+                if (k.ends_with("_at") || k.ends_with("_time") || k == "at") && !v.is_null() {
                     out.push((here.clone(), v.clone()));
                 }
                 times(v, &here, out);
@@ -189,6 +189,7 @@ async fn first_hour(database_url: Option<&str>) {
         &["rollout", "show", &id1],
         &["rollout", "show", &id2],
         &["audit", "list"],
+        &["status"],
     ] {
         let n = rfc3339_times(&ok(wc().args(args).arg("--json")), &args.join(" "));
         assert!(n > 0, "{args:?} shows no time");

@@ -16,6 +16,7 @@ mod limits;
 mod pipes;
 mod publish;
 mod rollouts;
+mod trust;
 mod watch;
 
 /// Runs `async fn NAME(database_url: Option<&str>)` as two tests, `NAME::sqlite` and
@@ -38,9 +39,40 @@ macro_rules! both {
 }
 
 pub(crate) fn wavecast() -> Command {
+    wavecast_at(None)
+}
+
+/// `wavecast`, or with `clock` (a faketime offset like `+360d`) under libfaketime, so its wall
+/// clock runs that far ahead. Timers run on the real monotonic clock either way. The library is
+/// preloaded directly rather than through the `faketime` wrapper, which forks: signals sent to
+/// the process must reach wavecast itself.
+pub(crate) fn wavecast_at(clock: Option<&str>) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wavecast"));
+    if let Some(offset) = clock {
+        ensure_faketime();
+        // `$LIB` is expanded by the dynamic loader to this machine's library directory.
+        c.env("LD_PRELOAD", "/usr/$LIB/faketime/libfaketime.so.1")
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
     c.env_remove("WAVECAST_SERVER").env_remove("WAVECAST_TOKEN").env_remove("WAVECAST_DATABASE_URL");
     c
+}
+
+/// Installs Debian's `faketime` when it is missing (the tests run as root in CI).
+fn ensure_faketime() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let present = Command::new("faketime").arg("--version").output().is_ok_and(|o| o.status.success());
+        if !present {
+            let installed = Command::new("apt-get")
+                .args(["install", "-y", "faketime"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(installed, "these tests need faketime: `apt-get install -y faketime` (as root)");
+        }
+    });
 }
 
 pub(crate) fn run(cmd: &mut Command) -> Output {
@@ -66,9 +98,14 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) async fn start(dir: &Path, database_url: Option<&str>) -> Self {
+        Self::start_at(dir, database_url, None).await
+    }
+
+    /// Starts a server whose clock runs `clock` ahead (see [`wavecast_at`]).
+    pub(crate) async fn start_at(dir: &Path, database_url: Option<&str>, clock: Option<&str>) -> Self {
         let port = free_port();
         let log = dir.with_extension(format!("server-{port}.log"));
-        let mut cmd = wavecast();
+        let mut cmd = wavecast_at(clock);
         cmd.args(["server", "--data-dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}")]);
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
@@ -163,7 +200,12 @@ impl Devices {
 }
 
 pub(crate) fn op(server: &Server, token: &str) -> Command {
-    let mut c = wavecast();
+    op_at(server, token, None)
+}
+
+/// An operator command against `server` whose clock runs `clock` ahead.
+pub(crate) fn op_at(server: &Server, token: &str, clock: Option<&str>) -> Command {
+    let mut c = wavecast_at(clock);
     c.env("WAVECAST_SERVER", &server.url).env("WAVECAST_TOKEN", token);
     c
 }

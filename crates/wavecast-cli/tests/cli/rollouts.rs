@@ -7,19 +7,32 @@ use std::time::{Duration, Instant};
 
 use wavecast_test_support::PgDatabase;
 
-use crate::{Installation, Server, installation, ok, op, run};
+use crate::{Installation, Server, installation, ok, op, op_at, run};
 
 /// A running `wavecast sim`, killed on drop.
-struct Sim {
+pub(crate) struct Sim {
     child: Child,
     dir: PathBuf,
 }
 
 impl Sim {
     fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
+        Self::start_in(server, token, root, dir, "plant-7", args, None)
+    }
+
+    /// Devices in `group`, their clocks `clock` ahead (see [`crate::wavecast_at`]).
+    pub(crate) fn start_in(
+        server: &Server,
+        token: &str,
+        root: &str,
+        dir: &Path,
+        group: &str,
+        args: &[&str],
+        clock: Option<&str>,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = op(server, token);
-        cmd.args(["sim", "--group", "plant-7", "--trust-root", root, "--dir"]).arg(dir).args(args);
+        let mut cmd = op_at(server, token, clock);
+        cmd.args(["sim", "--group", group, "--trust-root", root, "--dir"]).arg(dir).args(args);
         if !args.contains(&"--poll-interval") {
             cmd.args(["--poll-interval", "250ms"]);
         }
@@ -39,7 +52,7 @@ impl Sim {
         Self { child, dir: dir.to_path_buf() }
     }
 
-    fn file(&self, device: &str) -> Vec<u8> {
+    pub(crate) fn file(&self, device: &str) -> Vec<u8> {
         std::fs::read(self.dir.join(device).join("app").join("model.bin")).unwrap_or_default()
     }
 
@@ -118,7 +131,12 @@ fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
 }
 
 fn show(f: &Fleet, server: &Server, id: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(op(server, &f.token).args(["rollout", "show", id, "--json"]))).unwrap()
+    show_at(server, &f.token, None, id)
+}
+
+/// `rollout show --json`, with the CLI's clock `clock` ahead.
+pub(crate) fn show_at(server: &Server, token: &str, clock: Option<&str>, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(op_at(server, token, clock).args(["rollout", "show", id, "--json"]))).unwrap()
 }
 
 async fn wait(
@@ -129,9 +147,23 @@ async fn wait(
     timeout: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_at(server, &f.token, None, id, what, timeout, done).await
+}
+
+/// Polls `rollout show` until `done` holds, failing after `timeout` with the rollout and the
+/// server's log.
+pub(crate) async fn wait_at(
+    server: &Server,
+    token: &str,
+    clock: Option<&str>,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let r = show(f, server, id);
+        let r = show_at(server, token, clock, id);
         if done(&r) {
             return r;
         }

@@ -2,7 +2,8 @@
 //! and the raw rows and checkpoints `wavecast audit verify` recomputes the tree from.
 //!
 //! Nothing here asks the client to trust the server: every answer is checkable against the
-//! checkpoint key in the trust anchor, and the raw rows are served unparsed so damage shows.
+//! checkpoint keys the trust anchor's root chain names, and the raw rows are served unparsed
+//! so damage shows.
 
 use axum::Json;
 use axum::extract::State;
@@ -78,7 +79,11 @@ pub async fn export(
             Ok(ExportedEvent { seq, body, inclusion_proof })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok(Json(Export { format: EXPORT_FORMAT.into(), checkpoint: latest.note, rollout, events }))
+    // After a rotation the export carries the root chain, so a verifier holding any of its
+    // roots reaches the root whose checkpoint key signed it.
+    let view = state.trust().current();
+    let roots = if view.chain().len() > 1 { view.chain().iter().map(|r| r.text.clone()).collect() } else { vec![] };
+    Ok(Json(Export { format: EXPORT_FORMAT.into(), checkpoint: latest.note, rollout, events, roots }))
 }
 
 #[derive(Deserialize)]

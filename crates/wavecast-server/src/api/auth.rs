@@ -84,6 +84,8 @@ permission_extractors! {
     CanApproveGates => ApproveGates;
     /// An operator who may create and revoke API tokens.
     CanManageTokens => ManageTokens;
+    /// May install a new root version (admin).
+    CanManageTrust => ManageTrust;
 }
 
 fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {

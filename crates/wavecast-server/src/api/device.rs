@@ -12,6 +12,7 @@ use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
 use wavecast_core::progress::{Progress, ProgressAck};
 use wavecast_core::secret::{Secret, SecretKind};
+use wavecast_core::trust::KeyRole;
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
 
@@ -117,7 +118,9 @@ pub async fn assignments(
         expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
         assignments,
     };
-    let signature = hex::encode(state.trust().director.sign_bytes(&doc.signing_bytes()));
+    // The director key the newest root names; a replica that lacks it answers 503 rather than
+    // sign with a retired one.
+    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&doc.signing_bytes()));
     Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
 }
 

@@ -15,6 +15,7 @@ use wavecast_os::error::{Chain, chain};
 use crate::blobs::BlobError;
 use crate::checkpoints::CheckpointError;
 use crate::store::StoreError;
+use crate::trust::TrustError;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,10 @@ pub enum ApiError {
     /// The caller exceeded its request budget.
     #[error("{0}")]
     TooManyRequests(String),
+    /// This server cannot do it now, for a reason an operator can fix (a key it lacks); the
+    /// message says how, so unlike other 5xx answers it is shown.
+    #[error("{0}")]
+    Unavailable(String),
     /// Storage failed.
     #[error(transparent)]
     Store(StoreError),
@@ -98,6 +103,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<TrustError> for ApiError {
+    fn from(e: TrustError) -> Self {
+        match e {
+            missing @ TrustError::MissingKey { .. } => ApiError::Unavailable(chain(&missing)),
+            TrustError::Store(e) => e.into(),
+            other => ApiError::internal_from("loading the trust material", other),
+        }
+    }
+}
+
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
         match e {
@@ -119,6 +134,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Store(_) | ApiError::Blob(_) | ApiError::Evidence(_) | ApiError::Internal { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
             }
@@ -129,7 +145,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
             tracing::error!(error = %Chain(&self), "request failed");
             "internal server error; the server log has details".to_owned()
         } else {
@@ -138,6 +154,10 @@ impl IntoResponse for ApiError {
         let mut resp = (status, Json(ErrorBody { error: ErrorDetail { code, message } })).into_response();
         if status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Someone has to copy a key first: not a matter of a second.
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

@@ -13,6 +13,7 @@ mod openapi;
 mod operator;
 mod publish;
 mod rollouts;
+mod status;
 mod tokens;
 mod tuf;
 
@@ -25,7 +26,8 @@ use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
 pub use auth::{
-    CanApproveGates, CanManageFleet, CanManageTokens, CanOperateRollouts, CanPublish, CanRead, Device, Operator,
+    CanApproveGates, CanManageFleet, CanManageTokens, CanManageTrust, CanOperateRollouts, CanPublish, CanRead, Device,
+    Operator,
 };
 pub use error::ApiError;
 
@@ -33,6 +35,10 @@ use crate::state::AppState;
 
 /// Request bodies other than artifact uploads are small JSON documents.
 const JSON_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Signed TUF metadata sent as a JSON string: tough's 10 MiB limit for a targets file, with
+/// room for escaping.
+const METADATA_BODY_LIMIT: usize = 24 * 1024 * 1024;
 
 /// A heartbeat is a few numbers and a reason of at most `MAX_REASON_LEN` bytes.
 const PROGRESS_BODY_LIMIT: usize = 4 * 1024;
@@ -42,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     let operator = Router::new()
         .route("/openapi.json", get(openapi::openapi))
         .route("/whoami", get(operator::whoami))
+        .route("/status", get(status::status))
         .route("/artifacts", get(operator::list_artifacts))
         .route("/groups", get(operator::list_groups).post(operator::create_group))
         .route("/enrollment-tokens", get(operator::list_enrollment_tokens).post(operator::create_enrollment_token))
@@ -65,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/rollouts/{id}/resume", post(rollouts::resume))
         .route("/rollouts/{id}/abort", post(rollouts::abort))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Signed metadata can be as large as tough accepts a targets file (10 MiB), escaped into
+        // a JSON string.
+        .route("/artifacts/resign", post(publish::resign).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
+        .route("/root/rotate", post(tuf::rotate_root).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
         // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
         .route("/artifacts", post(publish::publish).layer(DefaultBodyLimit::disable()));
     let device = Router::new()
@@ -92,7 +103,11 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics().render(state.store().backend());
+    let metadata = crate::metadata_heads(state.store()).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %wavecast_os::error::Chain(&e), "reading TUF metadata for /metrics");
+        Vec::new()
+    });
+    let body = state.metrics().render(state.store().backend(), &metadata, wavecast_os::clock::now_ms());
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

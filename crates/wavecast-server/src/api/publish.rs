@@ -10,23 +10,23 @@
 //! one file. Placing it and committing the rows that refer to it happen under the blob's lock
 //! (`Store::lock_blob`), and a publish that fails removes the file only if it created it and,
 //! under the lock again, no committed artifact refers to it.
-
-use std::num::NonZeroU64;
+//!
+//! `POST /api/v1/artifacts/resign` takes the current targets signed again (a new version and
+//! expiry, nothing else changed) and signs snapshot and timestamp over it, the same way.
 
 use axum::Json;
 use axum::extract::{Multipart, State};
 use axum::http::StatusCode;
 use tough::schema::{Signed, Targets};
-use wavecast_api::Artifact;
+use wavecast_api::{Artifact, ResignTargets, TargetsResigned};
 use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
-use wavecast_tuf::repo::{AcceptError, OnlinePlan, accept_targets, sign_online};
+use wavecast_tuf::repo::{AcceptError, Submission, accept_submission, accept_targets};
 
-use super::{ApiError, CanPublish};
-use crate::install::{SNAPSHOT_LIFETIME_DAYS, TIMESTAMP_LIFETIME_DAYS};
+use super::{ApiError, ApiJson, CanPublish};
 use crate::state::AppState;
-use crate::store::{NewArtifact, OnlineMetadata, Publish, StoreError};
+use crate::store::{MetadataWrite, NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -63,15 +63,10 @@ pub async fn publish(
     let targets_text = String::from_utf8(targets_bytes)
         .map_err(|_| ApiError::Unprocessable("targets metadata is not UTF-8 JSON".into()))?;
 
-    let (current_version, current_body) = state
-        .store()
-        .latest_metadata("targets")
-        .await?
-        .ok_or_else(|| ApiError::internal("the repository has no targets metadata"))?;
-    let current: Signed<Targets> = serde_json::from_str(&current_body)
-        .map_err(|e| ApiError::internal_from(format!("stored targets version {current_version} does not parse"), e))?;
+    let current = current_targets(&state).await?;
     let now = wavecast_os::clock::now();
-    let accepted = match accept_targets(&state.trust().root.signed, &current.signed, targets_text.as_bytes(), now) {
+    let view = state.trust().refresh(state.store()).await?;
+    let accepted = match accept_targets(&view.root().signed, &current.signed, targets_text.as_bytes(), now) {
         Ok(accepted) => accepted,
         Err(e @ AcceptError::VersionNotNext { .. }) => {
             // The publisher raced another publish and will sign again on top of it. It is
@@ -116,25 +111,8 @@ pub async fn publish(
     }
 
     // Online signatures over the publisher's bytes exactly as received.
-    let snapshot_version = state.store().latest_metadata("snapshot").await?.map_or(0, |(v, _)| v) + 1;
-    let timestamp_version = state.store().latest_metadata("timestamp").await?.map_or(0, |(v, _)| v) + 1;
-    let nz = |v: i64| NonZeroU64::new(v as u64).unwrap_or(NonZeroU64::MIN);
-    let days = |d: i64| now + jiff::SignedDuration::from_hours(24 * d);
     let targets_version = accepted.targets.signed.version.get() as i64;
-    let online = sign_online(
-        &state.trust().root.signed,
-        &state.trust().online,
-        targets_text.as_bytes(),
-        OnlinePlan {
-            targets_version: nz(targets_version),
-            snapshot_version: nz(snapshot_version),
-            timestamp_version: nz(timestamp_version),
-            snapshot_expires: days(SNAPSHOT_LIFETIME_DAYS),
-            timestamp_expires: days(TIMESTAMP_LIFETIME_DAYS),
-        },
-    )
-    .await
-    .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))?;
+    let online = sign_online_over(&state, view.version(), &targets_text, targets_version, now).await?;
 
     let digest = received.sha256;
     let record = NewArtifact {
@@ -150,12 +128,7 @@ pub async fn publish(
         now_ms,
         targets_version,
         targets: targets_text,
-        online: OnlineMetadata {
-            snapshot_version,
-            snapshot: String::from_utf8_lossy(&online.snapshot).into_owned(),
-            timestamp_version,
-            timestamp: String::from_utf8_lossy(&online.timestamp).into_owned(),
-        },
+        online,
         artifacts: vec![record.clone()],
         events: vec![NewAuditEvent {
             actor: op.actor(),
@@ -199,6 +172,92 @@ pub async fn publish(
             published_by: record.published_by,
         }),
     ))
+}
+
+/// `POST /api/v1/artifacts/resign`: the current targets signed again by the publisher with a
+/// new version and expiry. Checked as a publish is (signed by the newest root's targets key,
+/// the next version, not expired, nothing removed or changed) and adding nothing; audited as
+/// `targets.resigned`.
+pub async fn resign(
+    State(state): State<AppState>,
+    CanPublish(op): CanPublish,
+    ApiJson(req): ApiJson<ResignTargets>,
+) -> Result<Json<TargetsResigned>, ApiError> {
+    let current = current_targets(&state).await?;
+    let now = wavecast_os::clock::now();
+    let view = state.trust().refresh(state.store()).await?;
+    let accepted =
+        accept_submission(&view.root().signed, &current.signed, req.targets.as_bytes(), now, Submission::Resign)
+            .map_err(|e| match e {
+                e @ AcceptError::VersionNotNext { .. } => ApiError::Conflict(format!(
+                    "{}: the targets changed meanwhile; fetch the current targets and sign again",
+                    chain(&e)
+                )),
+                other => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&other))),
+            })?;
+    let (from, version) = (current.signed.version.get(), accepted.targets.signed.version.get());
+    let expires = accepted.targets.signed.expires;
+    let online = sign_online_over(&state, view.version(), &req.targets, version as i64, now).await?;
+    let write = MetadataWrite {
+        now_ms: now_ms(),
+        root: None,
+        targets: Some((version as i64, req.targets)),
+        online,
+        events: vec![NewAuditEvent {
+            actor: op.actor(),
+            action: AuditAction::TargetsResigned,
+            subject: "targets.json".into(),
+            detail: serde_json::json!({ "from_version": from, "to_version": version, "expires": expires.to_string() }),
+        }],
+    };
+    state.store().write_metadata(&write).await.map_err(|e| match e {
+        StoreError::Conflict { what } => {
+            ApiError::Conflict(format!("{what} was written meanwhile; fetch the current targets and sign again"))
+        }
+        other => other.into(),
+    })?;
+    tracing::info!(from, to = version, expires = %expires, actor = %op.name, "targets signed again");
+    Ok(Json(TargetsResigned { version, expires_at: wavecast_api::Timestamp::from_unix_ms(expires.as_millisecond()) }))
+}
+
+/// The newest targets metadata, parsed.
+async fn current_targets(state: &AppState) -> Result<Signed<Targets>, ApiError> {
+    let (version, body) = state
+        .store()
+        .latest_metadata("targets")
+        .await?
+        .ok_or_else(|| ApiError::internal("the repository has no targets metadata"))?;
+    serde_json::from_str(&body)
+        .map_err(|e| ApiError::internal_from(format!("stored targets version {version} does not parse"), e))
+}
+
+/// The next snapshot and timestamp over `targets` (version `targets_version`), signed with the
+/// online keys of the newest root, which must still be version `root_version` (the one the
+/// targets were checked against).
+///
+/// The versions are read before the root is looked up again: a rotation landing after that
+/// look-up writes the same snapshot version, so one of the two writes conflicts and nothing
+/// signed with a key the newest root no longer names is ever stored.
+pub(super) async fn sign_online_over(
+    state: &AppState,
+    root_version: u64,
+    targets: &str,
+    targets_version: i64,
+    now: jiff::Timestamp,
+) -> Result<OnlineMetadata, ApiError> {
+    let snapshot_version = state.store().latest_metadata("snapshot").await?.map_or(0, |(v, _)| v) + 1;
+    let timestamp_version = state.store().latest_metadata("timestamp").await?.map_or(0, |(v, _)| v) + 1;
+    let view = state.trust().refresh(state.store()).await?;
+    if view.version() != root_version {
+        return Err(ApiError::Conflict(format!(
+            "root.json moved from version {root_version} to {} meanwhile; fetch the current root and targets and sign again",
+            view.version()
+        )));
+    }
+    let plan = (snapshot_version, timestamp_version, targets_version);
+    crate::sign_snapshot_and_timestamp(&view.root().signed, &view.online()?, targets, plan, now)
+        .await
+        .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))
 }
 
 /// The most of a conflicting upload [`drain`] reads so its sender gets the answer; past it,

@@ -124,15 +124,7 @@ impl Store {
 
     /// Raw rows `(seq, body)` with `from <= seq < until`, at most `limit`, by seq.
     pub async fn audit_leaves(&self, from: i64, until: i64, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
-        let op = "reading audit log rows";
-        let rows = sqlx::query("SELECT seq, body FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3")
-            .bind(from)
-            .bind(until)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(q(op))?;
-        read_all(&rows, op, |r| Ok((r.get(0)?, r.get(1)?)))
+        leaves(&self.pool, from, until, limit).await
     }
 
     /// Checkpoint rows with `size >= from`, at most `limit`, smallest first.
@@ -179,19 +171,46 @@ impl Store {
     /// Stores a checkpoint. Returns false when one of that size exists already (another replica
     /// signed the same size first; an honest one signed the same bytes).
     pub async fn insert_audit_checkpoint(&self, c: &NewCheckpoint) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO audit_checkpoints (size, root_sha256, note, frontier, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (size) DO NOTHING",
-        )
-        .bind(c.size)
-        .bind(&c.root_sha256)
-        .bind(&c.note)
-        .bind(&c.frontier)
-        .bind(c.now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(q("storing an audit checkpoint"))?
-        .rows_affected();
-        Ok(inserted == 1)
+        insert_checkpoint(&self.pool, c).await
     }
+}
+
+/// Raw rows `(seq, body)` with `from <= seq < until`, at most `limit`, by seq, read through `db`
+/// (the pool, or a transaction that sees its own appends).
+pub(super) async fn leaves<'e>(
+    db: impl sqlx::Executor<'e, Database = Any>,
+    from: i64,
+    until: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let op = "reading audit log rows";
+    let rows = sqlx::query("SELECT seq, body FROM audit_log WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3")
+        .bind(from)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(db)
+        .await
+        .map_err(q(op))?;
+    read_all(&rows, op, |r| Ok((r.get(0)?, r.get(1)?)))
+}
+
+/// Stores a checkpoint through `db`; false when one of that size exists already.
+pub(super) async fn insert_checkpoint<'e>(
+    db: impl sqlx::Executor<'e, Database = Any>,
+    c: &NewCheckpoint,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO audit_checkpoints (size, root_sha256, note, frontier, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (size) DO NOTHING",
+    )
+    .bind(c.size)
+    .bind(&c.root_sha256)
+    .bind(&c.note)
+    .bind(&c.frontier)
+    .bind(c.now_ms)
+    .execute(db)
+    .await
+    .map_err(q("storing an audit checkpoint"))?
+    .rows_affected();
+    Ok(inserted == 1)
 }

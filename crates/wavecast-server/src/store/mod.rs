@@ -8,7 +8,8 @@
 //!
 //! One file per subject: `installation` (the first start's import), `metadata` (TUF
 //! metadata), `artifacts`, `devices` (groups, enrollment, devices, what they run), `tokens`,
-//! `audit` (the log and its checkpoints), `rollouts`. Every column is read through `row`, and
+//! `audit` (the log and its checkpoints), `rollouts`, `status` (the counts `GET /status`
+//! reports). Every column is read through `row`, and
 //! every value that decides something (a state, an abort mode) is bound as a parameter from
 //! the domain types, never written into the SQL as a literal.
 
@@ -21,6 +22,7 @@ mod migrate;
 mod records;
 mod rollouts;
 mod row;
+mod status;
 mod tokens;
 
 use std::path::Path;
@@ -32,6 +34,7 @@ use sqlx::{Any, AnyPool, Transaction};
 pub use artifacts::BlobLock;
 pub use audit::{CheckpointRecord, NewCheckpoint};
 pub use devices::EnrollError;
+pub use metadata::MetadataWrite;
 pub use records::*;
 pub use rollouts::*;
 
@@ -42,6 +45,16 @@ pub enum Backend {
     Sqlite,
     /// A PostgreSQL server.
     Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`, as metrics and the status report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
 }
 
 /// Where the database is.

@@ -61,7 +61,7 @@ async fn leaves(env: &Env) -> Vec<LeafRow> {
 /// What `wavecast audit verify` does against the live log, minus the HTTP client.
 async fn verify_live(env: &Env) -> Result<LogVerified, VerifyError> {
     let checkpoints = checkpoint_rows(env).await;
-    verify_log(&leaves(env).await, &checkpoints, &trusted_key(env), verify_ed25519)
+    verify_log(&leaves(env).await, &checkpoints, &trusted_key(env).into(), verify_ed25519)
 }
 
 fn assert_names(result: Result<LogVerified, VerifyError>, seq: u64, kind: fn(&Problem) -> bool) -> String {
@@ -284,7 +284,7 @@ async fn a_consistent_forgery_under_another_key_is_found(db: Db) {
     }
     // Internally consistent: under the rogue key it would verify.
     let checkpoints = checkpoint_rows(&env).await;
-    verify_log(&rows, &checkpoints, &rogue_key, verify_ed25519).unwrap();
+    verify_log(&rows, &checkpoints, &rogue_key.clone().into(), verify_ed25519).unwrap();
     // Under the trust anchor's key nothing is vouched for.
     let why = assert_names(verify_live(&env).await, 0, |p| matches!(p, Problem::NotCovered { .. }));
     assert!(why.contains("no signature by key"), "{why}");
@@ -315,18 +315,18 @@ async fn exports_verify_offline_and_name_a_flipped_byte(db: Db) {
     build_log(&env).await;
     let key = trusted_key(&env);
     let export: Export = serde_json::from_slice(&env.get("/api/v1/audit/export").await.body).unwrap();
-    let ok = verify_export(&export, &key, verify_ed25519).unwrap();
+    let ok = verify_export(&export, &key.clone().into(), verify_ed25519).unwrap();
     assert_eq!((ok.events, ok.tree_size, ok.rollout), (8, 8, None));
 
     let mut flipped = export.clone();
     flipped.events[6].body = flip_one_byte(&flipped.events[6].body, "\"g6\"", "\"g7\"");
-    match verify_export(&flipped, &key, verify_ed25519) {
+    match verify_export(&flipped, &key.clone().into(), verify_ed25519) {
         Err(VerifyError::Event { seq: 6, problem: Problem::ChangedBytes { .. } }) => {}
         other => panic!("expected event 6 to be named, got {other:?}"),
     }
     let mut truncated = export.clone();
     truncated.events.pop();
-    assert_eq!(verify_export(&truncated, &key, verify_ed25519).unwrap_err().seq(), Some(7));
+    assert_eq!(verify_export(&truncated, &key.clone().into(), verify_ed25519).unwrap_err().seq(), Some(7));
     let r = env.get("/api/v1/audit/export?rollout=").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
@@ -346,7 +346,7 @@ async fn exports_verify_offline_and_name_a_flipped_byte(db: Db) {
         .map(|e| wavecast_core::audit::AuditEvent::from_bytes(e.body.as_bytes()).unwrap().action.to_string())
         .collect();
     assert_eq!(actions, ["rollout.created", "wave.opened"], "its events only");
-    assert_eq!(verify_export(&one, &key, verify_ed25519).unwrap().rollout.as_deref(), Some(id.as_str()));
+    assert_eq!(verify_export(&one, &key.clone().into(), verify_ed25519).unwrap().rollout.as_deref(), Some(id.as_str()));
     let unknown = env.get("/api/v1/audit/export?rollout=r-unknown").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert!(unknown.message().contains("no rollout has an id starting with \"r-unknown\""), "{}", unknown.message());
@@ -364,11 +364,11 @@ async fn consistency_proves_the_log_only_grew(db: Db) {
     let proof: ConsistencyProof =
         serde_json::from_slice(&env.get("/api/v1/audit/consistency?from=3").await.body).unwrap();
     assert_eq!((proof.from, proof.to), (3, 10));
-    let grown = verify_growth(&old, &proof, &key, verify_ed25519).unwrap();
+    let grown = verify_growth(&old, &proof, &key.clone().into(), verify_ed25519).unwrap();
     assert_eq!((grown.old_size, grown.new_size), (3, 10));
     let to_six: ConsistencyProof =
         serde_json::from_slice(&env.get("/api/v1/audit/consistency?from=3&to=6").await.body).unwrap();
-    verify_growth(&old, &to_six, &key, verify_ed25519).unwrap();
+    verify_growth(&old, &to_six, &key.clone().into(), verify_ed25519).unwrap();
     assert_eq!(env.get("/api/v1/audit/consistency?from=11").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(env.get("/api/v1/audit/consistency?from=3&to=4").await.status, StatusCode::NOT_FOUND);
 
@@ -377,7 +377,7 @@ async fn consistency_proves_the_log_only_grew(db: Db) {
     Attacker::connect(&env, db).await.set_body(1, &flip_one_byte(&body_of(&rows, 1), "\"g1\"", "\"x1\"")).await;
     let proof: ConsistencyProof =
         serde_json::from_slice(&env.get("/api/v1/audit/consistency?from=3").await.body).unwrap();
-    match verify_growth(&old, &proof, &key, verify_ed25519) {
+    match verify_growth(&old, &proof, &key.clone().into(), verify_ed25519) {
         Err(VerifyError::Growth { old: 3, .. }) => {}
         other => panic!("expected the growth proof to fail, got {other:?}"),
     }

@@ -88,6 +88,14 @@ async fn matrix(db: Db) {
     use Permission::*;
     let routes: Vec<(Method, String, serde_json::Value, Needs)> = vec![
         (Method::GET, "/api/v1/whoami".into(), serde_json::Value::Null, Operator(None)),
+        (Method::GET, "/api/v1/status".into(), serde_json::Value::Null, Operator(Some(Read))),
+        (
+            Method::POST,
+            "/api/v1/artifacts/resign".into(),
+            serde_json::json!({ "targets": "{}" }),
+            Operator(Some(Publish)),
+        ),
+        (Method::POST, "/api/v1/root/rotate".into(), serde_json::json!({ "root": "{}" }), Operator(Some(ManageTrust))),
         (Method::GET, "/api/v1/artifacts".into(), serde_json::Value::Null, Operator(Some(Read))),
         (Method::POST, "/api/v1/artifacts".into(), serde_json::json!({}), Operator(Some(Publish))),
         (Method::GET, "/api/v1/groups".into(), serde_json::Value::Null, Operator(Some(Read))),

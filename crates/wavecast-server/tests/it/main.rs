@@ -18,6 +18,7 @@ mod publish;
 mod rollouts;
 mod storage;
 mod tls;
+mod trust;
 
 /// Runs `async fn NAME(db: Db)` as two tests, `NAME::sqlite` and `NAME::postgres`.
 #[macro_export]
