@@ -1,6 +1,8 @@
 //! Artifacts: what `GET /artifacts` lists and `POST /artifacts` answers.
 
 use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
 
 /// A published artifact version.
@@ -16,8 +18,8 @@ pub struct Artifact {
     pub sha256: Sha256Digest,
     /// Only devices with this hardware may install it; `null` for any.
     pub hardware: Option<String>,
-    /// Publish time (Unix ms).
-    pub published_at: i64,
+    /// Publish time.
+    pub published_at: Timestamp,
     /// The token name that published it.
     pub published_by: String,
 }

@@ -1,6 +1,8 @@
 //! Groups, enrollment tokens and devices.
 
 use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::fleet::DeviceStatus;
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Sha256Digest};
@@ -28,8 +30,8 @@ pub struct GroupCreated {
 pub struct Group {
     /// Name.
     pub name: GroupName,
-    /// Creation time (Unix ms).
-    pub created_at: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
     /// The token name that created it.
     pub created_by: String,
     /// Enrolled devices that are not revoked.
@@ -59,8 +61,8 @@ pub struct EnrollmentTokenCreated {
     pub group: GroupName,
     /// The secret.
     pub token: String,
-    /// Expiry, RFC 3339.
-    pub expires_at: String,
+    /// When it stops admitting devices.
+    pub expires_at: Timestamp,
     /// How many devices it may enroll; `null` for any number until it expires.
     pub max_uses: Option<u64>,
 }
@@ -72,18 +74,18 @@ pub struct EnrollmentToken {
     pub id: String,
     /// The group its devices join.
     pub group: GroupName,
-    /// Creation time (Unix ms).
-    pub created_at: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
     /// The token name that created it.
     pub created_by: String,
-    /// When it stops admitting devices (Unix ms).
-    pub expires_at: i64,
+    /// When it stops admitting devices.
+    pub expires_at: Timestamp,
     /// How many devices it may enroll; `null` for any number until it expires.
     pub max_uses: Option<u64>,
     /// How many devices it enrolled.
     pub uses: u64,
-    /// Revocation time (Unix ms); `null` unless revoked.
-    pub revoked_at: Option<i64>,
+    /// Revocation time; `null` unless revoked.
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// An enrolled device.
@@ -97,14 +99,14 @@ pub struct Device {
     pub group: GroupName,
     /// Hardware it reported when enrolling.
     pub hardware: String,
-    /// Enrollment time (Unix ms).
-    pub enrolled_at: i64,
-    /// Last check-in (Unix ms); `null` if never.
-    pub last_seen_at: Option<i64>,
+    /// Enrollment time.
+    pub enrolled_at: Timestamp,
+    /// Last check-in; `null` if never.
+    pub last_seen_at: Option<Timestamp>,
     /// Whether its credential still works.
     pub state: DeviceStatus,
-    /// When its credential was revoked (Unix ms); `null` unless revoked.
-    pub revoked_at: Option<i64>,
+    /// When its credential was revoked; `null` unless revoked.
+    pub revoked_at: Option<Timestamp>,
 }
 
 /// What revoking a device (`POST /devices/{name}/revoke`) or removing it (`DELETE
@@ -158,8 +160,8 @@ pub struct DeviceRollout {
     pub state: DeviceState,
     /// Why it failed, when it did.
     pub reason: Option<String>,
-    /// Last change (Unix ms).
-    pub updated_at: i64,
+    /// Last change.
+    pub updated_at: Timestamp,
     /// Its latest heartbeat while it works on the update; `null` otherwise.
     pub progress: Option<DeviceProgress>,
 }

@@ -14,6 +14,7 @@ mod artifacts;
 mod error;
 mod fleet;
 mod rollouts;
+mod time;
 mod tokens;
 mod trust;
 
@@ -24,9 +25,10 @@ pub use fleet::{
     EnrollmentToken, EnrollmentTokenCreated, Group, GroupCreated,
 };
 pub use rollouts::{
-    AbortRequest, CreateRollout, DeviceAtWork, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
-    WaveState,
+    AbortRequest, CreateRollout, DeviceAtWork, DeviceFailure, DeviceProgress, Failures, InProgress, ResumeRequest,
+    Rollout, StateCounts, Wave, WaveState,
 };
+pub use time::Timestamp;
 pub use tokens::{CreateToken, Token, TokenCreated, Whoami};
 pub use trust::{
     AuditStatus, CheckpointStatus, DeviceCounts, KeyRole, MetadataRole, ResignTargets, RoleStatus, RootRotated,

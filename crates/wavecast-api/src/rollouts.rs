@@ -1,6 +1,8 @@
 //! Rollouts: the plan an operator sends, and the plan with live counts the server answers.
 
 use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::probe::ProbeSpec;
 use wavecast_core::progress::Waiting;
@@ -82,12 +84,12 @@ pub struct Rollout {
     pub device_count: u64,
     /// How it was aborted; `null` unless it was.
     pub abort_mode: Option<AbortMode>,
-    /// Creation time (Unix ms).
-    pub created_at: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
     /// The token name that created it.
     pub created_by: String,
-    /// Last change (Unix ms).
-    pub updated_at: i64,
+    /// Last change.
+    pub updated_at: Timestamp,
     /// Devices per state over every wave.
     pub counts: StateCounts,
     /// The waves, in order.
@@ -96,6 +98,38 @@ pub struct Rollout {
     /// (absent from lists and from the answers to commands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_progress: Option<InProgress>,
+    /// The devices that ended failed or timed out, with why: only in `GET /rollouts/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Failures>,
+    /// What the operator should know about a rollout just created (like devices whose hardware
+    /// does not fit the artifact): only in the answer to `POST /rollouts`, when there is any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The devices of a rollout that ended failed or timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// How many there are.
+    pub total: u64,
+    /// The first of them (at most 20), by wave then rollout order.
+    pub devices: Vec<DeviceFailure>,
+}
+
+/// A device that ended failed or timed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceFailure {
+    /// The device.
+    pub device: DeviceName,
+    /// Its wave, 1-based.
+    pub wave: u64,
+    /// `failed` or `timed_out`.
+    pub state: DeviceState,
+    /// Why, as the device said (a failed probe's reason ends with the tail of its output) or,
+    /// for a timeout, what the server waited for; `null` if nothing was said.
+    pub reason: Option<String>,
+    /// When it got there.
+    pub at: Timestamp,
 }
 
 /// The devices a rollout waits for (picked up their assignment, no outcome yet).
@@ -116,9 +150,9 @@ pub struct DeviceAtWork {
     pub wave: u64,
     /// Where it is, as its reports say.
     pub state: DeviceState,
-    /// When the server last heard from it (a report or a heartbeat) or opened its wave (Unix
-    /// ms): its silence counts from here while the rollout runs.
-    pub last_heard_at: i64,
+    /// When the server last heard from it (a report or a heartbeat) or opened its wave: its
+    /// silence counts from here while the rollout runs.
+    pub last_heard_at: Timestamp,
     /// Its latest heartbeat since its last state change; `null` if none.
     pub progress: Option<DeviceProgress>,
 }
@@ -126,8 +160,8 @@ pub struct DeviceAtWork {
 /// A working device's latest heartbeat: how far it got, or what it waits out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceProgress {
-    /// When the server received it (Unix ms).
-    pub at: i64,
+    /// When the server received it.
+    pub at: Timestamp,
     /// Where the device said it was (the report of getting there may still be on its way).
     pub state: DeviceState,
     /// Bytes of the artifact it holds so far.

@@ -1,6 +1,8 @@
 //! API tokens and the caller's own identity.
 
 use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
 use wavecast_core::Role;
 
 /// `GET /whoami`: the token the request was made with.
@@ -46,10 +48,10 @@ pub struct Token {
     pub name: String,
     /// Role.
     pub role: Role,
-    /// Creation time (Unix ms).
-    pub created_at: i64,
+    /// Creation time.
+    pub created_at: Timestamp,
     /// The token name that created it.
     pub created_by: String,
-    /// Revocation time (Unix ms); `null` while valid.
-    pub revoked_at: Option<i64>,
+    /// Revocation time; `null` while valid.
+    pub revoked_at: Option<Timestamp>,
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::Sha256Digest;
 pub use wavecast_core::trust::{KeyRole, MetadataRole};
 
-use crate::StateCounts;
+use crate::{StateCounts, Timestamp};
 
 /// `GET /status`: the server, its TUF metadata and when each expires, the audit log, and the
 /// fleet in counts.
@@ -19,8 +19,8 @@ pub struct Status {
     pub version: String,
     /// `sqlite` or `postgres`.
     pub database: String,
-    /// The server's clock when it answered (Unix ms): expiries are counted from it.
-    pub server_time: i64,
+    /// The server's clock when it answered: expiries are counted from it.
+    pub server_time: Timestamp,
     /// The newest version of each TUF role, root first.
     pub metadata: Vec<RoleStatus>,
     /// What the operator should act on: offline-signed roles expiring within 30 days, and
@@ -41,8 +41,8 @@ pub struct RoleStatus {
     pub role: MetadataRole,
     /// Its newest version.
     pub version: u64,
-    /// When it expires (Unix ms).
-    pub expires_at: i64,
+    /// When it expires.
+    pub expires_at: Timestamp,
     /// Seconds from the server's clock to its expiry; negative once expired.
     pub expires_in_secs: i64,
     /// Whether people sign it offline (root, targets) rather than the server.
@@ -89,8 +89,8 @@ pub struct ResignTargets {
 pub struct TargetsResigned {
     /// The new targets version.
     pub version: u64,
-    /// Its expiry (Unix ms).
-    pub expires_at: i64,
+    /// Its expiry.
+    pub expires_at: Timestamp,
 }
 
 /// `POST /root/rotate`: the next root version, and the targets signed again when the new root
@@ -111,8 +111,8 @@ pub struct RotateRoot {
 pub struct RootRotated {
     /// The new root version.
     pub version: u64,
-    /// Its expiry (Unix ms).
-    pub expires_at: i64,
+    /// Its expiry.
+    pub expires_at: Timestamp,
     /// The keys it names that the previous version did not; empty for a renewal.
     pub changed: Vec<KeyRole>,
     /// The targets version signed again with it, if any.

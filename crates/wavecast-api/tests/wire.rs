@@ -22,6 +22,11 @@ fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &
     assert_eq!(&serde_json::from_str::<T>(&wire).unwrap(), value, "{wire}");
 }
 
+/// The time `ms` after the epoch; on the wire, RFC 3339 with milliseconds.
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_unix_ms(ms)
+}
+
 fn name(s: &str) -> ArtifactName {
     ArtifactName::new(s).unwrap()
 }
@@ -44,17 +49,17 @@ fn artifacts_groups_and_tokens() {
             length: 52_428_800,
             sha256: sha,
             hardware: None,
-            published_at: 1_700_000_000_000,
+            published_at: t(1_700_000_000_000),
             published_by: "admin".into(),
         },
         &format!(
             r#"{{"name":"yolo-v8n","version":"2.1.0","length":52428800,"sha256":"{SHA}","hardware":null,
-                 "published_at":1700000000000,"published_by":"admin"}}"#
+                 "published_at":"2023-11-14T22:13:20.000Z","published_by":"admin"}}"#
         ),
     );
     check(
-        &Group { name: group("plant-7"), created_at: 5, created_by: "admin".into(), devices: 20 },
-        r#"{"name":"plant-7","created_at":5,"created_by":"admin","devices":20}"#,
+        &Group { name: group("plant-7"), created_at: t(5), created_by: "admin".into(), devices: 20 },
+        r#"{"name":"plant-7","created_at":"1970-01-01T00:00:00.005Z","created_by":"admin","devices":20}"#,
     );
     check(&GroupCreated { name: group("plant-7") }, r#"{"name":"plant-7"}"#);
     check(
@@ -62,24 +67,24 @@ fn artifacts_groups_and_tokens() {
             id: "0a1b".into(),
             group: group("plant-7"),
             token: "wce_00".into(),
-            expires_at: "2024-01-01T00:00:00Z".into(),
+            expires_at: t(1_704_067_200_000),
             max_uses: Some(3),
         },
-        r#"{"id":"0a1b","group":"plant-7","token":"wce_00","expires_at":"2024-01-01T00:00:00Z","max_uses":3}"#,
+        r#"{"id":"0a1b","group":"plant-7","token":"wce_00","expires_at":"2024-01-01T00:00:00.000Z","max_uses":3}"#,
     );
     check(
         &EnrollmentToken {
             id: "0a1b".into(),
             group: group("plant-7"),
-            created_at: 1,
+            created_at: t(1),
             created_by: "admin".into(),
-            expires_at: 2,
+            expires_at: t(2),
             max_uses: None,
             uses: 4,
-            revoked_at: Some(3),
+            revoked_at: Some(t(3)),
         },
-        r#"{"id":"0a1b","group":"plant-7","created_at":1,"created_by":"admin","expires_at":2,"max_uses":null,"uses":4,
-            "revoked_at":3}"#,
+        r#"{"id":"0a1b","group":"plant-7","created_at":"1970-01-01T00:00:00.001Z","created_by":"admin","expires_at":"1970-01-01T00:00:00.002Z","max_uses":null,"uses":4,
+            "revoked_at":"1970-01-01T00:00:00.003Z"}"#,
     );
 
     check(
@@ -95,24 +100,26 @@ fn artifacts_groups_and_tokens() {
             id: "1".into(),
             name: "ci".into(),
             role: Role::Admin,
-            created_at: 1,
+            created_at: t(1),
             created_by: "wavecast".into(),
-            revoked_at: Some(2),
+            revoked_at: Some(t(2)),
         },
-        r#"{"id":"1","name":"ci","role":"admin","created_at":1,"created_by":"wavecast","revoked_at":2}"#,
+        r#"{"id":"1","name":"ci","role":"admin","created_at":"1970-01-01T00:00:00.001Z","created_by":"wavecast","revoked_at":"1970-01-01T00:00:00.002Z"}"#,
     );
 }
 
 /// Device `cam-001`, last seen and revoked as given.
 fn device(last_seen_at: Option<i64>, revoked_at: Option<i64>) -> Device {
+    let state = DeviceStatus::of(revoked_at);
+    let (last_seen_at, revoked_at) = (last_seen_at.map(t), revoked_at.map(t));
     Device {
         id: "d1".into(),
         name: DeviceName::new("cam-001").unwrap(),
         group: group("plant-7"),
         hardware: "jetson".into(),
-        enrolled_at: 3,
+        enrolled_at: t(3),
         last_seen_at,
-        state: DeviceStatus::of(revoked_at),
+        state,
         revoked_at,
     }
 }
@@ -131,15 +138,15 @@ fn a_device_shows_its_own_fields_inline() {
                 wave: 1,
                 state: DeviceState::TimedOut,
                 reason: None,
-                updated_at: 4,
+                updated_at: t(4),
                 progress: None,
             }],
         },
         &format!(
-            r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":null,
+            r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":"1970-01-01T00:00:00.003Z","last_seen_at":null,
                  "state":"active","revoked_at":null,"artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
                  "rollouts":[{{"rollout_id":"r-1","artifact":"yolo","version":"1.0.0","wave":1,"state":"timed_out",
-                               "reason":null,"updated_at":4,"progress":null}}]}}"#
+                               "reason":null,"updated_at":"1970-01-01T00:00:00.004Z","progress":null}}]}}"#
         ),
     );
 }
@@ -148,8 +155,8 @@ fn a_device_shows_its_own_fields_inline() {
 fn a_revoked_or_removed_device_says_which_rollouts_it_left() {
     check(
         &DeviceRemoval { device: device(Some(4), Some(5)), decommissioned: true, left_rollouts: vec!["r-1".into()] },
-        r#"{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":3,"last_seen_at":4,
-            "state":"revoked","revoked_at":5,"decommissioned":true,"left_rollouts":["r-1"]}"#,
+        r#"{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":"1970-01-01T00:00:00.003Z","last_seen_at":"1970-01-01T00:00:00.004Z",
+            "state":"revoked","revoked_at":"1970-01-01T00:00:00.005Z","decommissioned":true,"left_rollouts":["r-1"]}"#,
     );
 }
 
@@ -172,12 +179,14 @@ fn a_rollout_with_its_waves_and_counts() {
         probe_spec: ProbeSpec::new(ProbeKind::Exec { name: "sim-check".into(), args: vec![] }),
         device_count: 20,
         abort_mode: Some(AbortMode::Revert),
-        created_at: 1,
+        created_at: t(1),
         created_by: "admin".into(),
-        updated_at: 2,
+        updated_at: t(2),
         counts,
         waves: vec![wave],
         in_progress: None,
+        failures: None,
+        warnings: vec![],
     };
     // Counts are in alphabetical order, as the server's sorted map always sent them.
     let counts = r#"{"assigned":1,"downloading":2,"failed":7,"installing":4,"pending":0,"probing":5,"removed":12,
@@ -190,7 +199,7 @@ fn a_rollout_with_its_waves_and_counts() {
                  "device_timeout_ms":18446744073709551615,"probe":"exec:sim-check",
                  "probe_spec":{{"kind":"exec","name":"sim-check","args":[],"timeout_ms":30000,"attempts":3,
                                 "interval_ms":5000,"initial_delay_ms":0}},
-                 "device_count":20,"abort_mode":"revert","created_at":1,"created_by":"admin","updated_at":2,
+                 "device_count":20,"abort_mode":"revert","created_at":"1970-01-01T00:00:00.001Z","created_by":"admin","updated_at":"1970-01-01T00:00:00.002Z",
                  "counts":{counts},
                  "waves":[{{"number":1,"percent":10,"gate":"manual","state":"waiting_approval","devices":2,
                             "counts":{counts}}}]}}"#
@@ -209,9 +218,9 @@ fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
                 device: DeviceName::new("cam-001").unwrap(),
                 wave: 1,
                 state: DeviceState::Downloading,
-                last_heard_at: 9,
+                last_heard_at: t(9),
                 progress: Some(DeviceProgress {
-                    at: 9,
+                    at: t(9),
                     state: DeviceState::Downloading,
                     bytes_done: 100,
                     bytes_total: 400,
@@ -223,9 +232,9 @@ fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
                 device: DeviceName::new("cam-002").unwrap(),
                 wave: 2,
                 state: DeviceState::Assigned,
-                last_heard_at: 7,
+                last_heard_at: t(7),
                 progress: Some(DeviceProgress {
-                    at: 8,
+                    at: t(8),
                     state: DeviceState::Downloading,
                     bytes_done: 0,
                     bytes_total: 400,
@@ -237,7 +246,7 @@ fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
                 device: DeviceName::new("cam-003").unwrap(),
                 wave: 2,
                 state: DeviceState::Assigned,
-                last_heard_at: 7,
+                last_heard_at: t(7),
                 progress: None,
             },
         ],
@@ -245,12 +254,41 @@ fn a_shown_rollout_lists_its_devices_at_work_with_their_progress() {
     check(
         &at_work,
         r#"{"total":3,"devices":[
-             {"device":"cam-001","wave":1,"state":"downloading","last_heard_at":9,
-              "progress":{"at":9,"state":"downloading","bytes_done":100,"bytes_total":400,"bytes_per_sec":50,"waiting":null}},
-             {"device":"cam-002","wave":2,"state":"assigned","last_heard_at":7,
-              "progress":{"at":8,"state":"downloading","bytes_done":0,"bytes_total":400,"bytes_per_sec":0,
+             {"device":"cam-001","wave":1,"state":"downloading","last_heard_at":"1970-01-01T00:00:00.009Z",
+              "progress":{"at":"1970-01-01T00:00:00.009Z","state":"downloading","bytes_done":100,"bytes_total":400,"bytes_per_sec":50,"waiting":null}},
+             {"device":"cam-002","wave":2,"state":"assigned","last_heard_at":"1970-01-01T00:00:00.007Z",
+              "progress":{"at":"1970-01-01T00:00:00.008Z","state":"downloading","bytes_done":0,"bytes_total":400,"bytes_per_sec":0,
                           "waiting":{"class":"disk","reason":"needs_400_B,_10_B_free"}}},
-             {"device":"cam-003","wave":2,"state":"assigned","last_heard_at":7,"progress":null}]}"#,
+             {"device":"cam-003","wave":2,"state":"assigned","last_heard_at":"1970-01-01T00:00:00.007Z","progress":null}]}"#,
+    );
+}
+
+#[test]
+fn a_shown_rollout_lists_its_failed_devices_with_why() {
+    let failures = Failures {
+        total: 7,
+        devices: vec![
+            DeviceFailure {
+                device: DeviceName::new("cam-004").unwrap(),
+                wave: 1,
+                state: DeviceState::Failed,
+                reason: Some("exec:check-model_exited_with_1:_accuracy_0.41_<_0.90".into()),
+                at: t(9),
+            },
+            DeviceFailure {
+                device: DeviceName::new("cam-009").unwrap(),
+                wave: 2,
+                state: DeviceState::TimedOut,
+                reason: None,
+                at: t(11),
+            },
+        ],
+    };
+    check(
+        &failures,
+        r#"{"total":7,"devices":[
+             {"device":"cam-004","wave":1,"state":"failed","reason":"exec:check-model_exited_with_1:_accuracy_0.41_<_0.90","at":"1970-01-01T00:00:00.009Z"},
+             {"device":"cam-009","wave":2,"state":"timed_out","reason":null,"at":"1970-01-01T00:00:00.011Z"}]}"#,
     );
 }
 
@@ -325,11 +363,11 @@ fn status_resign_and_rotation_bodies() {
         &Status {
             version: "0.1.0".into(),
             database: "sqlite".into(),
-            server_time: 1000,
+            server_time: t(1000),
             metadata: vec![RoleStatus {
                 role: MetadataRole::Targets,
                 version: 3,
-                expires_at: 5000,
+                expires_at: t(5000),
                 expires_in_secs: 4,
                 signed_offline: true,
             }],
@@ -342,8 +380,8 @@ fn status_resign_and_rotation_bodies() {
             rollouts_running: 1,
         },
         &format!(
-            r#"{{"version":"0.1.0","database":"sqlite","server_time":1000,
-            "metadata":[{{"role":"targets","version":3,"expires_at":5000,"expires_in_secs":4,"signed_offline":true}}],
+            r#"{{"version":"0.1.0","database":"sqlite","server_time":"1970-01-01T00:00:01.000Z",
+            "metadata":[{{"role":"targets","version":3,"expires_at":"1970-01-01T00:00:05.000Z","expires_in_secs":4,"signed_offline":true}}],
             "warnings":["w"],"audit":{{"events":9,"checkpoint":{{"size":8,"root":"{SHA}"}}}},
             "devices":{{"enrolled":7,"in_running_rollouts":{counts}}},"rollouts_running":1}}"#,
             // StateCounts' own wire form is pinned by `state_counts_name_every_state`.
@@ -351,7 +389,10 @@ fn status_resign_and_rotation_bodies() {
         ),
     );
     check(&ResignTargets { targets: "{}".into() }, r#"{"targets":"{}"}"#);
-    check(&TargetsResigned { version: 4, expires_at: 9 }, r#"{"version":4,"expires_at":9}"#);
+    check(
+        &TargetsResigned { version: 4, expires_at: t(9) },
+        r#"{"version":4,"expires_at":"1970-01-01T00:00:00.009Z"}"#,
+    );
     check(&RotateRoot { root: "r".into(), targets: None }, r#"{"root":"r","targets":null}"#);
     assert_eq!(
         serde_json::from_str::<RotateRoot>(r#"{"root":"r"}"#).unwrap(),
@@ -362,10 +403,10 @@ fn status_resign_and_rotation_bodies() {
     check(
         &RootRotated {
             version: 2,
-            expires_at: 7,
+            expires_at: t(7),
             changed: vec![KeyRole::Root, KeyRole::Targets, KeyRole::Director],
             targets_version: Some(5),
         },
-        r#"{"version":2,"expires_at":7,"changed":["root","targets","director"],"targets_version":5}"#,
+        r#"{"version":2,"expires_at":"1970-01-01T00:00:00.007Z","changed":["root","targets","director"],"targets_version":5}"#,
     );
 }

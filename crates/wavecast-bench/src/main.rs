@@ -410,7 +410,8 @@ async fn wait_checked_in(inst: &Installation, name: &str, after: Option<i64>) ->
         let seen = devices
             .as_array()
             .and_then(|all| all.iter().find(|d| d["name"] == name))
-            .and_then(|d| d["last_seen_at"].as_i64());
+            .and_then(|d| serde_json::from_value::<wavecast_api::Timestamp>(d["last_seen_at"].clone()).ok())
+            .map(wavecast_api::Timestamp::unix_ms);
         if let Some(at) = seen.filter(|&at| after.is_none_or(|a| at > a)) {
             return Ok(at);
         }

@@ -14,6 +14,12 @@ pub enum ClientError {
     /// No token was given.
     #[error("no API token: pass --token or set WAVECAST_TOKEN (the admin token is in DATA_DIR/admin.token)")]
     NoToken,
+    /// The server URL has no http:// or https:// in front.
+    #[error("--server {url:?} needs a scheme: did you mean --server http://{url}?")]
+    NoScheme {
+        /// The URL as given.
+        url: String,
+    },
     /// The server URL is bad.
     #[error("--server {url:?} is not a URL: {source}")]
     BadUrl {
@@ -99,6 +105,11 @@ pub struct Client {
 impl Client {
     /// A client for `server`, authenticating with `token`.
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+        // `127.0.0.1:7700` does not parse, and `localhost:7700` parses as the scheme
+        // `localhost`: either way what was meant is plain HTTP.
+        if !server.contains("://") {
+            return Err(ClientError::NoScheme { url: server.to_owned() });
+        }
         let base = url::Url::parse(server).map_err(|source| ClientError::BadUrl { url: server.to_owned(), source })?;
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))

@@ -173,9 +173,12 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
 
     step(8, "wavecast rollout resume --ack — the operator acknowledges the failure; waves 2 and 3 open by themselves");
     let _: Rollout = client.post(&format!("/api/v1/rollouts/{id}/resume"), &ResumeRequest { ack: true }).await?;
-    let finished =
-        wait_for(&client, &id, "completed", Duration::from_secs(90), |r| r.state == RolloutState::Completed).await?;
+    let finished = wait_for(&client, &id, "completed with failures", Duration::from_secs(90), |r| {
+        r.state == RolloutState::CompletedWithFailures
+    })
+    .await?;
     say(&render(&finished));
+    say("completed_with_failures, not completed: every wave settled, and one device is still on 2.0.0");
     let counts = &finished.counts;
     ensure!(counts.failed == 1, "expected exactly one failed device: {counts:?}");
     ensure!(counts.unreachable == 1, "expected the offline device to be unreachable: {counts:?}");

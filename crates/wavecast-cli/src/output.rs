@@ -63,9 +63,14 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// Formats Unix milliseconds as RFC 3339 (seconds precision).
-pub fn time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms / 1000 * 1000).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
+/// A time for a table: RFC 3339 in UTC to the second, so columns align.
+pub fn time(t: wavecast_api::Timestamp) -> String {
+    t.to_seconds_string()
+}
+
+/// The time now, RFC 3339 with milliseconds, for lines in a log.
+pub fn now() -> String {
+    format!("{:.3}", wavecast_os::clock::now())
 }
 
 /// Formats a byte count for people.

@@ -42,6 +42,22 @@ pub enum Permission {
     ManageTrust,
 }
 
+impl Permission {
+    /// What it allows, in an operator's words: "token ci has role viewer, which may not
+    /// {this}".
+    pub fn in_words(self) -> &'static str {
+        match self {
+            Permission::Read => "read the fleet, rollouts and audit log",
+            Permission::Publish => "publish artifacts",
+            Permission::ManageFleet => "manage groups, enrollment tokens and devices",
+            Permission::OperateRollouts => "create, resume or abort rollouts",
+            Permission::ApproveGates => "approve rollout gates",
+            Permission::ManageTokens => "create or revoke API tokens",
+            Permission::ManageTrust => "install a new root (renew the trust anchor or rotate keys)",
+        }
+    }
+}
+
 impl Role {
     /// Every role, for tests and help texts.
     pub const ALL: [Role; 5] = [Role::Admin, Role::Publisher, Role::Operator, Role::Approver, Role::Viewer];

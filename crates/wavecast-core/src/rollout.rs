@@ -159,8 +159,12 @@ pub enum RolloutState {
     WaitingApproval,
     /// Halted by the halt rule; waits for `resume --ack` or `abort`.
     Paused,
-    /// Every wave opened and settled.
+    /// Every wave opened and settled, and no device of it ended failed or timed out.
     Completed,
+    /// Every wave opened and settled, and some devices ended failed or timed out (the failures
+    /// an operator acknowledged to get there): not a clean success, and never the group's
+    /// version.
+    CompletedWithFailures,
     /// Stopped by an operator.
     Aborted,
 }
@@ -173,13 +177,29 @@ impl RolloutState {
             RolloutState::WaitingApproval => "waiting_approval",
             RolloutState::Paused => "paused",
             RolloutState::Completed => "completed",
+            RolloutState::CompletedWithFailures => "completed_with_failures",
             RolloutState::Aborted => "aborted",
         }
     }
 
-    /// Completed or aborted.
+    /// Every state, in the order a rollout can reach them.
+    pub const ALL: [RolloutState; 6] = [
+        RolloutState::Running,
+        RolloutState::WaitingApproval,
+        RolloutState::Paused,
+        RolloutState::Completed,
+        RolloutState::CompletedWithFailures,
+        RolloutState::Aborted,
+    ];
+
+    /// Completed (with failures or without) or aborted.
     pub fn is_terminal(self) -> bool {
-        matches!(self, RolloutState::Completed | RolloutState::Aborted)
+        matches!(self, RolloutState::Completed | RolloutState::CompletedWithFailures | RolloutState::Aborted)
+    }
+
+    /// Completed, with failures or without: every wave opened and settled.
+    pub fn is_completed(self) -> bool {
+        matches!(self, RolloutState::Completed | RolloutState::CompletedWithFailures)
     }
 
     /// Whether devices whose wave is open may still receive the new version.
@@ -202,16 +222,7 @@ pub struct RolloutStateError(pub String);
 impl FromStr for RolloutState {
     type Err = RolloutStateError;
     fn from_str(s: &str) -> Result<Self, RolloutStateError> {
-        [
-            RolloutState::Running,
-            RolloutState::WaitingApproval,
-            RolloutState::Paused,
-            RolloutState::Completed,
-            RolloutState::Aborted,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-        .ok_or_else(|| RolloutStateError(s.to_owned()))
+        RolloutState::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| RolloutStateError(s.to_owned()))
     }
 }
 
@@ -316,7 +327,10 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
         _ => {}
     }
     let action = match rollout {
-        RolloutState::Running | RolloutState::WaitingApproval | RolloutState::Completed => Some(Action::Install),
+        RolloutState::Running
+        | RolloutState::WaitingApproval
+        | RolloutState::Completed
+        | RolloutState::CompletedWithFailures => Some(Action::Install),
         RolloutState::Paused => {
             (!matches!(device, DeviceState::Assigned | DeviceState::Downloading | DeviceState::Unreachable))
                 .then_some(Action::Install)
@@ -348,8 +362,8 @@ pub enum Standing {
     /// No rollout has the id the report names.
     NoRollout,
     /// The rollout holds no row for the device. `group_version` says whether the rollout is its
-    /// group's version (a completed rollout of the device's group), which a device that joined
-    /// the group later is served without having a row in it.
+    /// group's version ([`group_version`]), which a device that joined the group later is
+    /// served without having a row in it.
     NotIn {
         /// Whether the rollout may have been served to the device as its group's version.
         group_version: bool,
@@ -369,10 +383,13 @@ pub enum Standing {
 pub enum Verdict {
     /// The move applies: the engine takes it.
     Apply,
-    /// A move the device may make, but out of date — a late or repeated step, an outcome after
-    /// the rollout settled the device otherwise, a late joiner's report about its group's
-    /// version (it has no row to record it in): nothing changes, and nothing is wrong.
+    /// A move the device may make, but out of date — a late or repeated step, or an outcome
+    /// after the rollout settled the device otherwise: nothing changes, and nothing is wrong.
     Stale,
+    /// A device that joined its group after the rollout was created reports about the group's
+    /// version, which it was served without a row: it joins the rollout, `assigned` in the last
+    /// wave, and the move from there applies, recorded and audited as any device's is.
+    Join,
 }
 
 /// A report that claims a change its device may not make. It changes nothing; the device is
@@ -407,13 +424,42 @@ fn decided_by(mover: Mover) -> &'static str {
     }
 }
 
+/// One of a group's rollouts of one artifact, as [`group_version`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRollout<V> {
+    /// Where the rollout is.
+    pub state: RolloutState,
+    /// How it was aborted, if it was.
+    pub abort: Option<AbortMode>,
+    /// The version it rolls out.
+    pub version: V,
+}
+
+/// The group's version of an artifact: what a device that joins the group after its rollouts
+/// were created is served. Given the group's rollouts of the artifact, newest first, it is the
+/// newest one that completed cleanly ([`RolloutState::Completed`]: every device settled and none
+/// failed or timed out) whose version no later rollout's abort with revert sent devices back
+/// from. A rollout that completed with failures, or one still running, paused or aborted, is
+/// never known good; when none qualifies there is no group's version and a newcomer is served
+/// nothing until a rollout reaches it. Returns the index of that rollout.
+pub fn group_version<V: PartialEq>(newest_first: &[GroupRollout<V>]) -> Option<usize> {
+    let reverted_by_a_later_abort = |i: usize| {
+        newest_first[..i].iter().any(|later| {
+            later.state == RolloutState::Aborted
+                && later.abort == Some(AbortMode::Revert)
+                && later.version == newest_first[i].version
+        })
+    };
+    (0..newest_first.len()).find(|&i| newest_first[i].state == RolloutState::Completed && !reverted_by_a_later_abort(i))
+}
+
 /// What the server does with a device's report of `to` about a rollout where it stands as
 /// `standing`: apply it, let it be as out of date, or refuse it as a claim the device may not
 /// make. A device reports only its own progress and outcomes (never `pending`, `assigned`,
 /// `unreachable`, `timed_out` or `removed`: see [`DeviceState::moved_by`]), only about a
-/// rollout that assigned it something (its wave opened, or the rollout is its group's version),
-/// and a revert outcome only after an abort with revert. What is left is decided by
-/// [`accepts_transition`]: it applies, or it is out of date.
+/// rollout that assigned it something (its wave opened, or the rollout is its group's version,
+/// which it then joins), and a revert outcome only after an abort with revert. What is left is
+/// decided by [`accepts_transition`]: it applies, or it is out of date.
 pub fn judge_report(standing: Standing, to: DeviceState) -> Result<Verdict, ReportRefused> {
     if to.moved_by() != Mover::Device {
         return Err(ReportRefused::NotTheDevices(to));
@@ -423,7 +469,7 @@ pub fn judge_report(standing: Standing, to: DeviceState) -> Result<Verdict, Repo
         Standing::NotIn { group_version: false } => Err(ReportRefused::NotInRollout),
         // A group's version is only ever served as an install.
         Standing::NotIn { group_version: true } if reverts(to) => Err(ReportRefused::NoRevert(to)),
-        Standing::NotIn { group_version: true } => Ok(Verdict::Stale),
+        Standing::NotIn { group_version: true } => Ok(Verdict::Join),
         Standing::In { device: DeviceState::Pending, .. } => Err(ReportRefused::NotReached),
         Standing::In { abort, .. } if reverts(to) && abort != Some(AbortMode::Revert) => {
             Err(ReportRefused::NoRevert(to))
@@ -658,7 +704,7 @@ pub enum Effect {
         /// Failures counted.
         failures: u32,
     },
-    /// Every wave settled.
+    /// Every wave settled: the rollout is completed, with failures or without.
     Completed,
     /// Send every device this rollout updated back to its previous version.
     RevertUpdated,
@@ -787,7 +833,10 @@ pub fn advance(plan: &Plan, status: &mut Status, counts: &[WaveCounts]) -> Vec<E
     let mut effects = Vec::new();
     loop {
         match status.state {
-            RolloutState::Completed | RolloutState::Aborted | RolloutState::Paused => return effects,
+            RolloutState::Completed
+            | RolloutState::CompletedWithFailures
+            | RolloutState::Aborted
+            | RolloutState::Paused => return effects,
             RolloutState::Running | RolloutState::WaitingApproval => {}
         }
         if status.failures_counted >= plan.halt_after {
@@ -800,7 +849,10 @@ pub fn advance(plan: &Plan, status: &mut Status, counts: &[WaveCounts]) -> Vec<E
             return effects;
         }
         if status.opened >= plan.waves.len() {
-            status.state = RolloutState::Completed;
+            // Failures an operator acknowledged let the rollout go on, but it did not succeed
+            // everywhere, and says so.
+            let failed = counts.iter().any(|c| DeviceState::ALL.iter().any(|s| s.is_failure() && c.get(*s) > 0));
+            status.state = if failed { RolloutState::CompletedWithFailures } else { RolloutState::Completed };
             effects.push(Effect::Completed);
             return effects;
         }

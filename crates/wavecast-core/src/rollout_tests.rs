@@ -315,7 +315,8 @@ fn first_failure_pauses_and_resume_ack_continues() {
             report(2, D::Succeeded).then(R::Running, 3, 0, &[]),
             // A failure that settles the last wave pauses rather than completes.
             report(3, D::Failed).then(R::Paused, 3, 1, &[halt(1)]),
-            resume().then(R::Completed, 3, 0, &[resumed(1), Effect::Completed]),
+            // Acknowledged failures let it finish, but not as a clean success.
+            resume().then(R::CompletedWithFailures, 3, 0, &[resumed(1), Effect::Completed]),
         ],
     });
 }
@@ -380,7 +381,7 @@ fn resume_mid_wave_then_a_later_failure_in_the_same_wave_pauses_again() {
             report(1, D::Failed).then(R::Paused, 1, 1, &[halt(1)]),
             resume().then(R::Running, 2, 0, &[resumed(1), open(1)]),
             report(2, D::Succeeded).then(R::Running, 2, 0, &[]),
-            report(3, D::Succeeded).then(R::Completed, 2, 0, &[Effect::Completed]),
+            report(3, D::Succeeded).then(R::CompletedWithFailures, 2, 0, &[Effect::Completed]),
         ],
     });
 }
@@ -653,8 +654,8 @@ fn halt_after_three_tolerates_fewer_failures_and_counts_across_waves() {
             report(6, D::Succeeded).then(R::Running, 2, 0, &[]),
             report(7, D::Failed).then(R::Running, 2, 1, &[]),
             report(8, D::Succeeded).then(R::Running, 2, 1, &[]),
-            // Settled with failures below the threshold completes.
-            report(9, D::Succeeded).then(R::Completed, 2, 1, &[Effect::Completed]),
+            // Settled with failures below the threshold completes, with failures.
+            report(9, D::Succeeded).then(R::CompletedWithFailures, 2, 1, &[Effect::Completed]),
         ],
     });
 }
@@ -794,10 +795,11 @@ fn plan_new_validates_its_input() {
 
 #[test]
 fn rollout_states_round_trip_and_classify() {
-    for state in [R::Running, R::WaitingApproval, R::Paused, R::Completed, R::Aborted] {
+    for state in RolloutState::ALL {
         assert_eq!(state.as_str().parse::<RolloutState>(), Ok(state));
         assert_eq!(serde_json::to_value(state).expect("serializes"), state.as_str());
-        assert_eq!(state.is_terminal(), matches!(state, R::Completed | R::Aborted), "{state}");
+        let ended = matches!(state, R::Completed | R::CompletedWithFailures | R::Aborted);
+        assert_eq!(state.is_terminal(), ended, "{state}");
         // Only a running rollout or one waiting at a gate hands the new version out.
         assert_eq!(state.serves_new_devices(), matches!(state, R::Running | R::WaitingApproval), "{state}");
     }
@@ -923,7 +925,7 @@ impl Sim {
         assert_eq!(opens, (before.opened..after.opened).collect::<Vec<_>>(), "opened waves vs OpenWave effects");
         // A paused, aborted or completed rollout opens nothing, except a paused one on resume.
         let resumed = matches!(event, Event::Cmd(Command::ResumeAck)) && before.state == R::Paused;
-        if matches!(before.state, R::Paused | R::Aborted | R::Completed) && !resumed {
+        if (before.state == R::Paused || before.state.is_terminal()) && !resumed {
             assert_eq!(after.opened, before.opened, "a wave opened while {}", before.state);
         }
         // Ended is for good.
@@ -948,10 +950,19 @@ impl Sim {
             R::Paused => {
                 assert!(after.failures_counted >= halt_after, "paused with {} failures", after.failures_counted)
             }
-            R::Completed => assert!(
-                after.opened == self.plan.waves.len() && (0..after.opened).all(|w| self.settled(w)),
-                "completed early"
-            ),
+            R::Completed | R::CompletedWithFailures => {
+                assert!(
+                    after.opened == self.plan.waves.len() && (0..after.opened).all(|w| self.settled(w)),
+                    "completed early"
+                );
+                // The end state says whether any device had ended failed or timed out when the
+                // rollout completed. (A device that timed out may still report success later;
+                // the ended rollout keeps how it ended.)
+                if !before.state.is_completed() {
+                    let failed = self.devices.iter().any(|(_, s)| s.is_failure());
+                    assert_eq!(after.state == R::CompletedWithFailures, failed, "completed with {:?}", self.devices);
+                }
+            }
             R::Aborted => {}
         }
         // Each announcing effect marks an entry into its state, once, and says what it should.
@@ -980,7 +991,7 @@ impl Sim {
             if entered_pause { vec![after.failures_counted] } else { vec![] },
             "pause effects from {before:?} to {after:?}"
         );
-        let entered_completion = before.state != R::Completed && after.state == R::Completed;
+        let entered_completion = !before.state.is_completed() && after.state.is_completed();
         assert_eq!(count(|e| *e == Effect::Completed), usize::from(entered_completion), "completion effects");
         let expected_resume =
             if resumed { vec![Effect::Resumed { acknowledged: before.failures_counted }] } else { vec![] };
@@ -1030,7 +1041,7 @@ proptest! {
         // finish brings a rollout that was not aborted to completion, with every device assigned.
         for _ in 0..3 * sim.plan.waves.len() + 3 {
             let event = match sim.status.state {
-                R::Completed | R::Aborted => break,
+                R::Completed | R::CompletedWithFailures | R::Aborted => break,
                 R::Paused => Event::Cmd(Command::ResumeAck),
                 R::WaitingApproval if (0..sim.status.opened).all(|w| sim.settled(w)) => Event::Cmd(Command::Approve),
                 R::WaitingApproval | R::Running => Event::Settle,
@@ -1040,7 +1051,7 @@ proptest! {
             sim.check_step(&event, before, &effects);
         }
         prop_assert!(sim.status.state.is_terminal(), "stuck in {:?}", sim.status);
-        if sim.status.state == R::Completed {
+        if sim.status.state.is_completed() {
             prop_assert!(sim.devices.iter().all(|(_, s)| s.is_final()));
         }
     }
@@ -1190,7 +1201,8 @@ fn every_report_from_every_state_is_applied_let_be_or_refused() {
         }
     }
     // A device with no row in the rollout: refused, unless the rollout is its group's version,
-    // which it may have been served as a late joiner (an install, never a revert).
+    // which it may have been served as a late joiner (an install, never a revert): then it
+    // joins the rollout, so what it reports is recorded like any device's.
     for to in DeviceState::ALL {
         let theirs = |verdict| if own.contains(&to) { verdict } else { Err(ReportRefused::NotTheDevices(to)) };
         assert_eq!(judge_report(Standing::NoRollout, to), theirs(Err(ReportRefused::NoRollout)), "{to}");
@@ -1199,7 +1211,7 @@ fn every_report_from_every_state_is_applied_let_be_or_refused() {
             theirs(Err(ReportRefused::NotInRollout)),
             "{to}"
         );
-        let late = if REVERT.contains(&to) { Err(ReportRefused::NoRevert(to)) } else { Ok(Verdict::Stale) };
+        let late = if REVERT.contains(&to) { Err(ReportRefused::NoRevert(to)) } else { Ok(Verdict::Join) };
         assert_eq!(judge_report(Standing::NotIn { group_version: true }, to), theirs(late), "{to}");
     }
     // The refusals say why, in words an operator (and the device's log) can act on.
@@ -1600,7 +1612,8 @@ fn a_long_halt_does_not_turn_waiting_devices_unreachable_or_open_waves_at_once()
     assert_eq!(c.sweep(), []);
     c.wait(1);
     assert_eq!(c.sweep(), [(9, D::Unreachable)]);
-    assert_eq!(c.status(), (R::Completed, 3));
+    // The failures acknowledged on the way mark the end.
+    assert_eq!(c.status(), (R::CompletedWithFailures, 3));
 }
 
 #[test]
@@ -1652,4 +1665,81 @@ fn a_device_that_keeps_heart_beating_is_never_timed_out_and_one_that_stops_is() 
     c.report(0, D::Succeeded);
     // The timed-out device counted as a failure, which pauses rather than completes.
     assert_eq!(c.status(), (R::Paused, 1));
+}
+
+#[test]
+fn the_group_version_is_the_newest_clean_completion_no_later_abort_reverted() {
+    use AbortMode::{Keep, Revert};
+    let r = |state, abort, version| GroupRollout { state, abort, version };
+    // (case, the group's rollouts of one artifact newest first, the index of the group's version)
+    type Case = (&'static str, Vec<GroupRollout<&'static str>>, Option<usize>);
+    let table: &[Case] = &[
+        ("no rollout at all", vec![], None),
+        ("a successful one", vec![r(R::Completed, None, "1.0.0")], Some(0)),
+        ("one still running is not known good", vec![r(R::Running, None, "2.0.0")], None),
+        (
+            "the newest successful one wins over an older one",
+            vec![r(R::Completed, None, "2.0.0"), r(R::Completed, None, "1.0.0")],
+            Some(0),
+        ),
+        (
+            "a rollout that failed (completed with failures) is never the group's version",
+            vec![r(R::CompletedWithFailures, None, "2.0.0"), r(R::Completed, None, "1.0.0")],
+            Some(1),
+        ),
+        ("failures everywhere and nothing before: nothing", vec![r(R::CompletedWithFailures, None, "2.0.0")], None),
+        (
+            "a later abort with revert of the same version takes it back",
+            vec![r(R::Aborted, Some(Revert), "2.0.0"), r(R::Completed, None, "2.0.0"), r(R::Completed, None, "1.0.0")],
+            Some(2),
+        ),
+        (
+            "an abort that keeps takes nothing back",
+            vec![r(R::Aborted, Some(Keep), "2.0.0"), r(R::Completed, None, "2.0.0")],
+            Some(1),
+        ),
+        (
+            "an abort with revert of another version leaves the group's version alone",
+            vec![r(R::Aborted, Some(Revert), "3.0.0"), r(R::Completed, None, "2.0.0")],
+            Some(1),
+        ),
+        (
+            "an abort with revert older than the completion does not count",
+            vec![r(R::Completed, None, "2.0.0"), r(R::Aborted, Some(Revert), "2.0.0")],
+            Some(0),
+        ),
+        (
+            "paused and waiting rollouts are passed over",
+            vec![r(R::Paused, None, "3.0.0"), r(R::WaitingApproval, None, "2.5.0"), r(R::Completed, None, "2.0.0")],
+            Some(2),
+        ),
+    ];
+    for (case, rollouts, expected) in table {
+        assert_eq!(group_version(rollouts), *expected, "{case}");
+    }
+}
+
+#[test]
+fn a_late_joiner_joins_as_assigned_and_every_report_it_may_make_applies() {
+    // The server records a joining device as `assigned` in the rollout, then applies its
+    // report through the engine: every install step and outcome must be a move from there.
+    let own: Vec<D> = DeviceState::ALL.into_iter().filter(|s| s.moved_by() == Mover::Device).collect();
+    for to in own {
+        let verdict = judge_report(Standing::NotIn { group_version: true }, to);
+        if matches!(to, D::Reverted | D::RevertSkipped) {
+            assert_eq!(verdict, Err(ReportRefused::NoRevert(to)));
+        } else {
+            assert_eq!(verdict, Ok(Verdict::Join), "{to}");
+            assert!(accepts_transition(D::Assigned, to, None), "{to}");
+        }
+    }
+    // A joiner's outcome in a completed rollout moves its counts and nothing else.
+    let plan = Plan::new(&[100], &[], 1, 600_000).expect("valid");
+    let mut status = Status { state: R::Completed, opened: 1, failures_counted: 0 };
+    let mut counts = vec![WaveCounts::default()];
+    counts[0].add(D::Succeeded, 2);
+    counts[0].add(D::Assigned, 1);
+    let effects = device_changed(&plan, &mut status, &mut counts, 0, D::Assigned, D::Failed);
+    assert_eq!(effects, []);
+    assert_eq!((status.state, status.failures_counted, counts[0].get(D::Failed)), (R::Completed, 0, 1));
 }

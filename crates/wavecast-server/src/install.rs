@@ -255,7 +255,7 @@ pub async fn init(dir: &Path) -> Result<InitReport, InitError> {
     write_secret_file(&layout.admin_token(), format!("{}\n", admin.expose()).as_bytes())
         .map_err(|source| InitError::Create { path: layout.admin_token(), source })?;
     let bootstrap = BootstrapFile {
-        created_at: now.to_string(),
+        created_at: format!("{now:.3}"), // RFC 3339 with milliseconds, like every time the API shows
         admin_token_sha256: admin.hash().to_hex(),
         metadata: files.iter().map(|(role, name, _)| (role.to_string(), 1, name.to_string())).collect(),
     };

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod blobs;
 pub mod checkpoints;
+pub mod dirlock;
 pub mod install;
 pub mod metrics;
 pub mod state;

@@ -113,13 +113,19 @@ async fn refuses_tampered_blobs_foreign_hardware_and_forged_assignments() {
     let r = refused(&env, &agent, &id, &["more than the signed 32768 bytes", "download refused"], &running).await;
     reasons.push(("longer blob", r));
 
-    // (h) Built for other hardware.
+    // (h) Built for other hardware. The server refuses a rollout no device of the group can
+    // install; with one stand-in of that hardware in the group it only warns, so this agent is
+    // still assigned the artifact and must refuse it itself. The stand-in leaves after.
     env.publish("model@4.0.0", &blob("hw", 32 * 1024), Some("other-hw")).await;
+    let token = env.enrollment_token().await;
+    let stand_in = serde_json::json!({ "token": token, "name": "other-hw-1", "hardware": "other-hw" });
+    assert!(env.request("POST", "/device/v1/enroll", Some(stand_in)).await.0.is_success());
     let id = env.rollout("model@4.0.0", &probe).await;
     let r =
         refused(&env, &agent, &id, &["model@4.0.0 is built for hardware other-hw", "this device is hw-a"], &running)
             .await;
     reasons.push(("other hardware", r));
+    env.api("DELETE", "/api/v1/devices/other-hw-1", None).await;
 
     // (f) The director's digest differs from the TUF target's.
     let bytes = blob("director-digest", 32 * 1024);

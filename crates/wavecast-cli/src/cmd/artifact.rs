@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Subcommand;
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -78,12 +78,23 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
             }
             let key = SigningKey::load(&key)?;
             let client = remote.client()?;
-            let published = publish(&client, &target, &file, &key, hardware, !json).await?;
+            let (published, new) = match publish(&client, &target, &file, &key, hardware, !json).await {
+                Ok(published) => (published, true),
+                // The same bytes under the same name@version: a retry, and a success.
+                Err(e) if matches!(e.downcast_ref(), Some(PublishError::AlreadyPublished { .. })) => {
+                    let artifacts: Vec<Artifact> = client.get("/api/v1/artifacts").await?;
+                    let found =
+                        artifacts.into_iter().find(|a| a.name == *target.name() && a.version == *target.version());
+                    (found.with_context(|| format!("{target} is published, but the server does not list it"))?, false)
+                }
+                Err(e) => return Err(e),
+            };
             if json {
                 output::json(&published)?;
             } else {
                 println!(
-                    "published {}@{}  {}  sha256 {}",
+                    "{} {}@{}  {}  sha256 {}",
+                    if new { "published" } else { "already published" },
                     published.name,
                     published.version,
                     output::bytes(published.length),
@@ -176,7 +187,6 @@ pub async fn publish(
             + jiff::SignedDuration::from_hours(24 * wavecast_server::install::TARGETS_LIFETIME_DAYS);
         let signed = match sign_new_targets(&root.signed, &current, &new, key, expires).await {
             Ok(s) => s,
-            Err(e @ PublishError::AlreadyPublished { .. }) => bail!("{e}; nothing to do"),
             Err(e) => return Err(e.into()),
         };
         match upload(client, signed.buffer().clone(), file, length, target, show_progress).await {

@@ -77,6 +77,16 @@ pub struct EnrollTokenArgs {
     /// How many devices it may enroll (any number until it expires when not given).
     #[arg(long)]
     uses: Option<NonZeroU64>,
+    /// Print a complete, commented agent.toml with the server's URL and the new token in it
+    /// (every key with its default) instead of the token alone.
+    #[arg(long, conflicts_with = "json")]
+    agent_config: bool,
+    /// With --agent-config: the device's name.
+    #[arg(long, requires = "agent_config", default_value = "cam-001")]
+    device_name: String,
+    /// With --agent-config: the device's hardware (must match the artifacts' --hardware).
+    #[arg(long, requires = "agent_config", default_value = "jetson-orin-nano")]
+    hardware: String,
     #[command(flatten)]
     args: JsonRemote,
 }
@@ -101,18 +111,44 @@ fn parse_status(s: &str) -> Result<DeviceStatus, String> {
 pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DeviceCommand::EnrollToken(EnrollTokenArgs { action: Some(action), .. }) => enroll_tokens(action).await?,
-        DeviceCommand::EnrollToken(EnrollTokenArgs { action: None, group, expires_in, uses, args }) => {
+        DeviceCommand::EnrollToken(EnrollTokenArgs {
+            action: None,
+            group,
+            expires_in,
+            uses,
+            agent_config: want_config,
+            device_name,
+            hardware,
+            args,
+        }) => {
             let JsonRemote { json, remote } = args;
             let group = group.ok_or_else(|| anyhow::anyhow!("--group is required"))?;
             wavecast_core::GroupName::new(group.clone())?;
+            if want_config {
+                wavecast_core::DeviceName::new(device_name.clone())?;
+                wavecast_core::name::validate("hardware", &hardware)?;
+            }
+            anyhow::ensure!(
+                expires_in.as_secs() > 0,
+                "--expires-in must be at least 1s: a token that expires at once enrolls no device"
+            );
             let body = CreateEnrollmentToken {
                 group,
-                expires_in_secs: Some(expires_in.as_secs().max(1)),
+                expires_in_secs: Some(expires_in.as_secs()),
                 max_uses: uses.map(NonZeroU64::get),
             };
-            let created: EnrollmentTokenCreated = remote.client()?.post("/api/v1/enrollment-tokens", &body).await?;
+            let client = remote.client()?;
+            let created: EnrollmentTokenCreated = client.post("/api/v1/enrollment-tokens", &body).await?;
             if json {
                 output::json(&created)?;
+            } else if want_config {
+                let server = client.base().as_str().trim_end_matches('/');
+                print!("{}", agent_config(server, &created.token, &device_name, &hardware));
+                eprintln!(
+                    "agent.toml for group {} with enrollment token {} (valid until {}); it holds a secret: \
+                     install it as /etc/wavecast/agent.toml, readable by the agent only",
+                    created.group, created.id, created.expires_at
+                );
             } else {
                 println!("{}", created.token);
                 let uses = created.max_uses.map_or_else(String::new, |n| format!(" for {n} device(s)"));
@@ -237,5 +273,135 @@ async fn enroll_tokens(action: EnrollTokenAction) -> anyhow::Result<()> {
             println!("revoked enrollment token {id} for group {} (it enrolled {} device(s))", t.group, t.uses);
             Ok(())
         }
+    }
+}
+
+/// A complete `agent.toml` for a device that enrolls at `server` with `token`: every key the
+/// agent reads (see `wavecast_agent::config`), each with its default or an example, and a
+/// comment saying what it is for. Optional keys without a default are commented out.
+pub fn agent_config(server: &str, token: &str, device_name: &str, hardware: &str) -> String {
+    let download = wavecast_agent::config::DownloadPolicy::default();
+    let max_doc = wavecast_agent::config::DEFAULT_MAX_ASSIGNMENT_BYTES;
+    let stall = download.stall_timeout.as_secs();
+    let rate = download.min_bytes_per_sec;
+    format!(
+        r#"# wavecast-agent configuration: `wavecast-agent run --config /etc/wavecast/agent.toml`.
+# It holds a secret (enrollment_token): keep it readable by the agent's user only.
+# Paths must be absolute. A wrong or unknown key is refused with a message naming it.
+
+# The wavecast server's URL, as devices reach it (https:// in production; see ca_file).
+server = "{server}"
+
+# Where the agent keeps its journal, outbox, credential and TUF metadata; created if missing.
+state_dir = "/var/lib/wavecast-agent"
+
+# The installation's root.json, copied from the server's data dir (DATA_DIR/root.json from
+# `wavecast init`). Everything the device installs is verified against it.
+trust_root = "/etc/wavecast/root.json"
+
+# Used once, to enroll; the device then has a credential of its own in state_dir.
+enrollment_token = "{token}"
+
+# This device's name, unique in the fleet (letters, digits, '-', '_', '.').
+device_name = "{device_name}"
+
+# This device's hardware: an artifact published with --hardware installs only where it matches.
+hardware = "{hardware}"
+
+# Time between check-ins with the server (jittered by ±20%); at least 100ms.
+poll_interval = "30s"
+
+# The largest assignment document the agent reads from the server, in bytes (at least 4096).
+max_assignment_bytes = {max_doc}
+
+# Whether the agent writes into an artifact directory other users can write to: "refuse"
+# (the install waits, naming the directory) or "allow".
+artifact_dirs_writable_by_others = "refuse"
+
+# A CA bundle (PEM) to trust for an https:// server instead of the system's.
+# ca_file = "/etc/wavecast/ca.pem"
+
+# This device's client certificate and key (PEM), for a server that requires mutual TLS.
+# client_cert = "/etc/wavecast/device.pem"
+# client_key = "/etc/wavecast/device.key"
+
+[download]
+# A download slower than this many bytes per second over stall_timeout starts over from where
+# it got to; stall_timeout also bounds every other silence on the network.
+min_bytes_per_sec = {rate}
+stall_timeout = "{stall}s"
+
+# The artifacts this device runs: the name they are published under, and the file the
+# application reads (its directory must be writable by the agent's user only). Repeatable.
+[[artifacts]]
+name = "yolo-v8n"
+path = "/opt/models/yolo.onnx"
+
+# The only binaries a rollout's exec: probe may run, by name: `--probe exec:check-model`
+# runs /usr/local/bin/check-model after the swap; exit 0 means healthy.
+[probes]
+check-model = "/usr/local/bin/check-model"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use wavecast_agent::AgentConfig;
+
+    use super::agent_config;
+
+    /// The printed config with the trust root filled in, as a device would have it.
+    fn filled(text: &str, root: &Path) -> String {
+        text.replace("/etc/wavecast/root.json", &root.display().to_string())
+    }
+
+    #[tokio::test]
+    async fn the_printed_agent_config_is_one_the_agent_accepts_with_its_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let install = dir.path().join("install");
+        wavecast_server::install::init(&install).await.unwrap();
+        let root = wavecast_server::install::Layout::new(&install).root_json();
+        let kind = wavecast_core::secret::SecretKind::EnrollmentToken;
+        let token = wavecast_core::secret::Secret::from_random(kind, [7; 32]).expose().to_owned();
+        let text = agent_config("http://127.0.0.1:7700", &token, "cam-042", "rpi-5");
+        let path = Path::new("/etc/wavecast/agent.toml");
+        let config = AgentConfig::parse(path, &filled(&text, &root)).unwrap();
+        assert_eq!(config.server.as_str(), "http://127.0.0.1:7700/");
+        assert_eq!((config.device_name.as_str(), config.hardware.as_str()), ("cam-042", "rpi-5"));
+        assert_eq!(config.enrollment_token.as_ref().map(|t| t.expose().to_owned()), Some(token.clone()));
+
+        // The values it prints are the agent's defaults: without them, the same config.
+        let defaults: String = text
+            .lines()
+            .filter(|l| {
+                ![
+                    "poll_interval",
+                    "max_assignment_bytes",
+                    "artifact_dirs_writable_by_others",
+                    "min_bytes_per_sec",
+                    "stall_timeout",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let bare = AgentConfig::parse(path, &filled(&defaults, &root)).unwrap();
+        assert_eq!(
+            (bare.poll_interval, bare.max_assignment_bytes, bare.shared_dirs, bare.download),
+            (config.poll_interval, config.max_assignment_bytes, config.shared_dirs, config.download)
+        );
+
+        // The keys it leaves commented out are real keys too: uncommented, they parse.
+        let optional: String = text
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("# ").filter(|r| r.contains(" = \"/")).unwrap_or(l)))
+            .collect();
+        assert!(optional.contains("\nca_file = ") && optional.contains("\nclient_key = "), "{optional}");
+        let all = AgentConfig::parse(path, &filled(&optional, &root)).unwrap();
+        assert!(all.ca_file.is_some() && all.client_identity.is_some());
     }
 }

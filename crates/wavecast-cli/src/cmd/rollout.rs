@@ -5,15 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::IsTerminal as _;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wavecast_api::{
-    AbortMode, AbortRequest, CreateRollout, DeviceProgress, InProgress, ResumeRequest, Rollout, StateCounts, Wave,
-    WaveState,
+    AbortMode, AbortRequest, CreateRollout, DeviceProgress, Failures, InProgress, ResumeRequest, Rollout, StateCounts,
+    Wave, WaveState,
 };
 use wavecast_core::rollout::{Gate, RolloutState};
 
 use crate::output;
-use crate::{JsonRemote, Remote};
+use crate::{Client, JsonRemote, Remote};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -70,33 +72,44 @@ the swap."
     },
     /// List rollouts, newest first.
     List(JsonRemote),
-    /// Show a rollout's plan, live counts, and the devices it waits for with their progress.
+    /// Show a rollout's plan, live counts, the devices it waits for with their progress, the
+    /// devices that failed with why, and what to run next.
+    #[command(mut_arg("json", |a| a.help("Print JSON (with `next_commands`: what to run next)")))]
     Show {
-        /// Rollout id.
+        /// Rollout id (or any unique start of one).
         id: String,
         #[command(flatten)]
         args: JsonRemote,
     },
-    /// Follow a rollout with a progress bar per wave until it ends; exit 0 only if it completed.
+    /// Follow a rollout until it ends or needs an operator; exit 0 only if it completed.
+    #[command(after_help = "On a terminal: a progress bar per wave. Otherwise (a pipe, a CI log): one \
+plain line each time the state or a wave's counts change, from the first poll on.\n\n\
+Without --until-done, watch stops when the rollout needs an operator (paused by the halt rule, \
+or waiting at a gate) and says what to run next.\n\n\
+Exit status: 0 completed; 3 completed with failures; 4 aborted; 5 paused; 6 waiting for \
+approval; 1 error.")]
     Watch {
-        /// Rollout id.
+        /// Rollout id (or any unique start of one).
         id: String,
         /// How often to poll.
         #[arg(long, default_value = "1s", value_parser = wavecast_core::duration::parse_duration)]
         interval: Duration,
+        /// Keep following through pauses and gates until the rollout completes or is aborted.
+        #[arg(long)]
+        until_done: bool,
         #[command(flatten)]
         remote: Remote,
     },
     /// Open the next wave, which waits at a manual gate.
     Approve {
-        /// Rollout id.
+        /// Rollout id (or any unique start of one).
         id: String,
         #[command(flatten)]
         remote: Remote,
     },
     /// Acknowledge the failures counted so far and continue a paused rollout.
     Resume {
-        /// Rollout id.
+        /// Rollout id (or any unique start of one).
         id: String,
         /// Acknowledge the counted failures (required: the failed devices stay on their
         /// previous version).
@@ -108,10 +121,10 @@ the swap."
     /// Stop a rollout: --keep leaves devices as they are; --revert sends every device it
     /// updated back to its previous version (from the device's local copy).
     Abort {
-        /// Rollout id.
+        /// Rollout id (or any unique start of one).
         id: String,
         /// Devices keep what they have.
-        #[arg(long, conflicts_with = "revert", required_unless_present = "revert")]
+        #[arg(long, conflicts_with = "revert")]
         keep: bool,
         /// Updated devices go back to their previous version.
         #[arg(long)]
@@ -154,6 +167,9 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                 probe_initial_delay_ms: Some(probe_initial_delay.as_millis() as u64),
             };
             let created: Rollout = remote.client()?.post("/api/v1/rollouts", &body).await?;
+            for warning in &created.warnings {
+                eprintln!("warning: {warning}");
+            }
             if json {
                 output::json(&created)?;
             } else {
@@ -176,12 +192,22 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
         RolloutCommand::Show { id, args: JsonRemote { json, remote } } => {
             let r: Rollout = remote.client()?.get(&format!("/api/v1/rollouts/{}", path_id(&id)?)).await?;
             if json {
-                output::json(&r)?;
+                let mut value = serde_json::to_value(&r)?;
+                if let Some(fields) = value.as_object_mut() {
+                    fields.insert("next_commands".into(), serde_json::json!(next_commands(&r)));
+                }
+                output::json(&value)?;
             } else {
                 println!("{}", render(&r));
+                let next = next_commands(&r);
+                if !next.is_empty() {
+                    println!("  next: {}", next.join("\n     or "));
+                }
             }
         }
-        RolloutCommand::Watch { id, interval, remote } => return watch(&remote, &id, interval).await,
+        RolloutCommand::Watch { id, interval, until_done, remote } => {
+            return watch(&remote, &id, interval, until_done).await;
+        }
         RolloutCommand::Approve { id, remote } => {
             let r: Rollout = remote
                 .client()?
@@ -196,7 +222,18 @@ pub async fn run(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
                 .await?;
             println!("{}", render(&r));
         }
-        RolloutCommand::Abort { id, keep: _, revert, remote } => {
+        RolloutCommand::Abort { id, keep, revert, remote } => {
+            if !keep && !revert {
+                // A usage error, like clap's own (exit 2), in words that say what to do.
+                clap::Error::raw(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    format!(
+                        "choose --keep or --revert: `wavecast rollout abort {id} --keep` leaves devices on what they \
+                         run now; `--revert` sends every device the rollout updated back to its previous version\n"
+                    ),
+                )
+                .exit();
+            }
             let mode = if revert { AbortMode::Revert } else { AbortMode::Keep };
             let r: Rollout = remote
                 .client()?
@@ -277,8 +314,57 @@ pub fn render(r: &Rollout) -> String {
     if let Some(mode) = r.abort_mode {
         out.push_str(&format!("\n  aborted: {mode}"));
     }
+    if r.state == RolloutState::CompletedWithFailures {
+        let c = &r.counts;
+        out.push_str(&format!(
+            "\n  COMPLETED WITH FAILURES: {} failed, {} timed out, {} of {} devices succeeded",
+            c.failed, c.timed_out, c.succeeded, r.device_count
+        ));
+    }
     if let Some(at_work) = &r.in_progress {
         out.push_str(&render_in_progress(at_work));
+    }
+    if let Some(failures) = &r.failures {
+        out.push_str(&render_failures(failures));
+    }
+    out
+}
+
+/// What an operator runs next for a rollout in its state, with its id: resume or abort a
+/// paused one, approve or abort one at a gate; nothing for one that runs or ended.
+pub fn next_commands(r: &Rollout) -> Vec<String> {
+    let id = &r.id;
+    let abort = format!("wavecast rollout abort {id} --keep|--revert");
+    match r.state {
+        RolloutState::Paused => vec![format!("wavecast rollout resume {id} --ack"), abort],
+        RolloutState::WaitingApproval => vec![format!("wavecast rollout approve {id}"), abort],
+        RolloutState::Running
+        | RolloutState::Completed
+        | RolloutState::CompletedWithFailures
+        | RolloutState::Aborted => Vec::new(),
+    }
+}
+
+/// The devices that failed or timed out, one line each with why, and how many more there are.
+fn render_failures(failures: &Failures) -> String {
+    if failures.total == 0 {
+        return String::new();
+    }
+    let n = failures.total;
+    let mut out = format!("\n  failed or timed out: {n} device{}", if n == 1 { "" } else { "s" });
+    let width = failures.devices.iter().map(|d| d.device.as_str().len()).max().unwrap_or(0);
+    for d in &failures.devices {
+        out.push_str(&format!(
+            "\n    {:<width$}  wave {}  {:<9}  {}",
+            d.device.as_str(),
+            d.wave,
+            d.state.as_str(),
+            d.reason.as_deref().unwrap_or("(no reason given)")
+        ));
+    }
+    let unlisted = n.saturating_sub(failures.devices.len() as u64);
+    if unlisted > 0 {
+        out.push_str(&format!("\n    … and {unlisted} more (`wavecast device show NAME` for any device)"));
     }
     out
 }
@@ -323,10 +409,51 @@ pub(crate) fn describe_progress(p: &DeviceProgress) -> String {
     out
 }
 
-async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<ExitCode> {
+/// How `rollout watch` exits for a rollout it stopped following in `state`.
+fn watch_exit(state: RolloutState) -> ExitCode {
+    ExitCode::from(match state {
+        RolloutState::Completed => 0,
+        RolloutState::Running => 1,
+        RolloutState::CompletedWithFailures => 3,
+        RolloutState::Aborted => 4,
+        RolloutState::Paused => 5,
+        RolloutState::WaitingApproval => 6,
+    })
+}
+
+/// Whether `watch` stops following a rollout in `state`: once it ended, or, unless told to go on
+/// until it is done, once it needs an operator.
+fn watch_stops(state: RolloutState, until_done: bool) -> bool {
+    state.is_terminal() || (!until_done && matches!(state, RolloutState::Paused | RolloutState::WaitingApproval))
+}
+
+/// One plain line for a log: the state, each wave's settled devices and counts, the halt rule.
+fn watch_line(r: &Rollout) -> String {
+    let waves: Vec<String> = r
+        .waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "wave {}/{} {}/{} settled ({})",
+                i + 1,
+                r.waves.len(),
+                w.counts.settled(),
+                w.devices,
+                describe_counts(w)
+            )
+        })
+        .collect();
+    format!("{}  {}  failures {}/{}", r.state, waves.join("; "), r.failures_counted, r.halt_after)
+}
+
+async fn watch(remote: &Remote, id: &str, interval: Duration, until_done: bool) -> anyhow::Result<ExitCode> {
     let client = remote.client()?;
     let path = format!("/api/v1/rollouts/{}", path_id(id)?);
-    let multi = MultiProgress::new();
+    if !std::io::stdout().is_terminal() {
+        return watch_plain(&client, &path, interval, until_done).await;
+    }
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
     let style = ProgressStyle::with_template("  wave {prefix:<5} [{bar:30}] {pos}/{len} settled  {msg}")
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -351,24 +478,52 @@ async fn watch(remote: &Remote, id: &str, interval: Duration) -> anyhow::Result<
             bar.set_position(w.counts.settled());
             bar.set_message(describe_counts(w));
         }
-        if r.state.is_terminal() {
+        if watch_stops(r.state, until_done) {
             for bar in &bars {
                 bar.finish();
             }
             header.finish();
             drop(multi);
             println!("{}", render(&r));
-            return Ok(if r.state == RolloutState::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            print_next(&r);
+            return Ok(watch_exit(r.state));
         }
-        let next = match r.state {
-            RolloutState::Paused => Some("acknowledge with `wavecast rollout resume --ack` or abort"),
-            RolloutState::WaitingApproval => Some("approve with `wavecast rollout approve`"),
-            _ => None,
-        };
-        if let Some(next) = next {
-            header.set_message(format!("rollout {} is {}: {next}", r.id, r.state));
+        if let Some(next) = next_commands(&r).first() {
+            header.set_message(format!("rollout {} is {}: next, `{next}`", r.id, r.state));
         }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// `watch` without a terminal: a line with the time at the first poll and at every change,
+/// and the outcome at the end.
+async fn watch_plain(client: &Client, path: &str, interval: Duration, until_done: bool) -> anyhow::Result<ExitCode> {
+    let mut last = String::new();
+    loop {
+        let r: Rollout = client.get(path).await.context("polling the rollout")?;
+        let line = watch_line(&r);
+        if line != last {
+            println!("{} rollout {}  {line}", output::now(), r.id);
+            if !watch_stops(r.state, until_done)
+                && let Some(next) = next_commands(&r).first()
+            {
+                println!("  waiting for an operator: {next}");
+            }
+            last = line;
+        }
+        if watch_stops(r.state, until_done) {
+            println!("{}", render(&r));
+            print_next(&r);
+            return Ok(watch_exit(r.state));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn print_next(r: &Rollout) {
+    let next = next_commands(r);
+    if !next.is_empty() {
+        println!("  next: {}", next.join("\n     or "));
     }
 }
 
@@ -382,7 +537,7 @@ mod tests {
 
     fn progress(done: u64, total: u64, rate: u64, waiting: Option<Waiting>) -> DeviceProgress {
         DeviceProgress {
-            at: 0,
+            at: wavecast_api::Timestamp::from_unix_ms(0),
             state: DeviceState::Downloading,
             bytes_done: done,
             bytes_total: total,
@@ -411,7 +566,7 @@ mod tests {
             device: DeviceName::new(name).expect("valid name"),
             wave: 2,
             state: DeviceState::Downloading,
-            last_heard_at: 0,
+            last_heard_at: wavecast_api::Timestamp::from_unix_ms(0),
             progress,
         };
         let at_work = InProgress {

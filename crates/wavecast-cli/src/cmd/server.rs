@@ -55,6 +55,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
             device_client_crls: args.device_client_crl,
         });
     }
+    // Held until the server stops: a second server on the same SQLite installation refuses.
+    let _lock = wavecast_server::dirlock::lock_for(&config)?;
     wavecast_server::run(config).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -28,9 +28,10 @@ operator (groups, enrollment, create/resume/abort rollouts), approver (approve g
     },
     /// List tokens (never their secrets).
     List(JsonRemote),
-    /// Revoke a token by id; it stops working at once.
+    /// Revoke a token by id or name; it stops working at once.
     Revoke {
-        /// The token's id (from `token create` or `token list`).
+        /// The token's id or name (from `token create` or `token list`).
+        #[arg(value_name = "ID_OR_NAME")]
         id: String,
         #[command(flatten)]
         remote: Remote,
@@ -64,12 +65,23 @@ pub async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 ]
             })?;
         }
-        TokenCommand::Revoke { id, remote } => {
-            anyhow::ensure!(
-                id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
-                "{id:?} is not a token id"
-            );
-            let t: Token = remote.client()?.delete(&format!("/api/v1/tokens/{id}")).await?;
+        TokenCommand::Revoke { id: given, remote } => {
+            let client = remote.client()?;
+            let tokens: Vec<Token> = client.get("/api/v1/tokens").await?;
+            // An id first; else the one token still active under that name.
+            let id = match tokens.iter().find(|t| t.id == given) {
+                Some(t) => t.id.clone(),
+                None => {
+                    let named: Vec<&Token> = tokens.iter().filter(|t| t.name == given).collect();
+                    match named.iter().find(|t| t.revoked_at.is_none()).or(named.first()) {
+                        Some(t) => t.id.clone(),
+                        None => {
+                            anyhow::bail!("no token has the id or name {given:?} (`wavecast token list` shows them)")
+                        }
+                    }
+                }
+            };
+            let t: Token = client.delete(&format!("/api/v1/tokens/{id}")).await?;
             println!("revoked token {} ({})", t.name, id);
         }
     }

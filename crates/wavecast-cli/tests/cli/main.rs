@@ -11,11 +11,13 @@ use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
+mod first_hour;
 mod limits;
 mod pipes;
 mod publish;
 mod rollouts;
 mod trust;
+mod watch;
 
 /// Runs `async fn NAME(database_url: Option<&str>)` as two tests, `NAME::sqlite` and
 /// `NAME::postgres` (on a fresh database).
@@ -153,6 +155,47 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Devices played over the device API: enrolled, then reporting exactly what a test says.
+pub(crate) struct Devices {
+    server: String,
+    credentials: Vec<String>,
+    next_report: u32,
+}
+
+impl Devices {
+    /// Enrolls `names` into `group`, with `hardware`.
+    pub(crate) async fn enroll(server: &Server, token: &str, group: &str, hardware: &str, names: &[&str]) -> Self {
+        let minted: serde_json::Value =
+            serde_json::from_str(&ok(op(server, token).args(["device", "enroll-token", "--group", group, "--json"])))
+                .unwrap();
+        let mut credentials = Vec::new();
+        for name in names {
+            let body = serde_json::json!({ "token": minted["token"], "name": name, "hardware": hardware });
+            let r = reqwest::Client::new().post(format!("{}/device/v1/enroll", server.url)).json(&body).send().await;
+            let enrolled: serde_json::Value = r.unwrap().json().await.unwrap();
+            credentials.push(enrolled["credential"].as_str().unwrap().to_owned());
+        }
+        Self { server: server.url.clone(), credentials, next_report: 0 }
+    }
+
+    /// Device `i` reports `state` (with `reason`) about `rollout`.
+    pub(crate) async fn report(&mut self, i: usize, rollout: &str, state: &str, reason: Option<&str>) {
+        self.next_report += 1;
+        let body = serde_json::json!({ "reports": [{
+            "id": format!("r{}", self.next_report), "rollout_id": rollout, "artifact": "m", "version": "0",
+            "state": state, "reason": reason, "at_ms": 1
+        }], "active": [] });
+        let r = reqwest::Client::new()
+            .post(format!("{}/device/v1/reports", self.server))
+            .bearer_auth(&self.credentials[i])
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
     }
 }
 

@@ -57,12 +57,13 @@ pub async fn export(
     _: CanRead,
     ApiQuery(query): ApiQuery<ExportQuery>,
 ) -> Result<Json<Export>, ApiError> {
-    if query.rollout.as_ref().is_some_and(|r| r.is_empty() || r.len() > 256) {
-        return Err(ApiError::BadRequest("rollout must be a rollout id".into()));
-    }
+    // An id that names no rollout is an error, never an empty (and verifiable) export.
+    let rollout = match &query.rollout {
+        Some(given) => Some(super::rollouts::rollout_id(&state, given).await?),
+        None => None,
+    };
     let latest = latest_or_404(&state).await?;
     let size = latest.checkpoint.size;
-    let rollout = query.rollout;
     let (tree, kept) = state
         .checkpoints()
         .read_tree(size, |body| match &rollout {

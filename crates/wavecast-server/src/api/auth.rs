@@ -43,8 +43,10 @@ impl Operator {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(
-                "token {:?} has role {}, which may not {permission:?}",
-                self.name, self.role
+                "token {} has role {}, which may not {}",
+                self.name,
+                self.role,
+                permission.in_words()
             )))
         }
     }

@@ -8,8 +8,8 @@
 //! it, rather than passed on to a client.
 
 use wavecast_api::{
-    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceProgress, DeviceRemoval, DeviceRollout, EnrollmentToken,
-    Group, InProgress, Rollout, StateCounts, Token, Wave, WaveState,
+    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceFailure, DeviceProgress, DeviceRemoval, DeviceRollout,
+    EnrollmentToken, Failures, Group, InProgress, Rollout, StateCounts, Timestamp, Token, Wave, WaveState,
 };
 use wavecast_core::TargetName;
 use wavecast_core::assignment::ActiveArtifact;
@@ -39,7 +39,7 @@ pub(super) fn artifact(r: ArtifactRecord) -> Result<Artifact, ApiError> {
         version: r.version,
         sha256: r.sha256,
         hardware: r.hardware,
-        published_at: r.published_at,
+        published_at: Timestamp::from_unix_ms(r.published_at),
         published_by: r.published_by,
     })
 }
@@ -48,7 +48,7 @@ pub(super) fn group(r: GroupRecord) -> Result<Group, ApiError> {
     Ok(Group {
         devices: unsigned("group device count", r.devices)?,
         name: r.name,
-        created_at: r.created_at,
+        created_at: Timestamp::from_unix_ms(r.created_at),
         created_by: r.created_by,
     })
 }
@@ -59,10 +59,10 @@ pub(super) fn device(r: DeviceRecord) -> Device {
         name: r.name,
         group: r.group,
         hardware: r.hardware,
-        enrolled_at: r.enrolled_at,
-        last_seen_at: r.last_seen_at,
+        enrolled_at: Timestamp::from_unix_ms(r.enrolled_at),
+        last_seen_at: r.last_seen_at.map(Timestamp::from_unix_ms),
         state: DeviceStatus::of(r.revoked_at),
-        revoked_at: r.revoked_at,
+        revoked_at: r.revoked_at.map(Timestamp::from_unix_ms),
     }
 }
 
@@ -75,12 +75,12 @@ pub(super) fn enrollment_token(r: EnrollmentTokenRecord) -> EnrollmentToken {
     EnrollmentToken {
         id: r.id,
         group: r.group,
-        created_at: r.created_at,
+        created_at: Timestamp::from_unix_ms(r.created_at),
         created_by: r.created_by,
-        expires_at: r.expires_at,
+        expires_at: Timestamp::from_unix_ms(r.expires_at),
         max_uses: r.max_uses,
         uses: r.uses,
-        revoked_at: r.revoked_at,
+        revoked_at: r.revoked_at.map(Timestamp::from_unix_ms),
     }
 }
 
@@ -97,7 +97,7 @@ pub(super) fn device_rollout(r: RolloutDeviceRecord) -> Result<DeviceRollout, Ap
         version: r.version,
         state: r.state,
         reason: r.reason,
-        updated_at: r.updated_at,
+        updated_at: Timestamp::from_unix_ms(r.updated_at),
         progress: r.heartbeat.map(progress),
     })
 }
@@ -105,7 +105,7 @@ pub(super) fn device_rollout(r: RolloutDeviceRecord) -> Result<DeviceRollout, Ap
 /// A working device's latest heartbeat.
 fn progress(h: HeartbeatRecord) -> DeviceProgress {
     DeviceProgress {
-        at: h.at,
+        at: Timestamp::from_unix_ms(h.at),
         state: h.state,
         bytes_done: h.bytes_done,
         bytes_total: h.bytes_total,
@@ -124,7 +124,7 @@ pub(super) fn in_progress(w: AtWork) -> Result<InProgress, ApiError> {
                 wave: unsigned("device wave", d.wave)?,
                 device: d.device,
                 state: d.state,
-                last_heard_at: d.heard_at,
+                last_heard_at: Timestamp::from_unix_ms(d.heard_at),
                 progress: d.heartbeat.map(progress),
             })
         })
@@ -132,14 +132,32 @@ pub(super) fn in_progress(w: AtWork) -> Result<InProgress, ApiError> {
     Ok(InProgress { total: w.total, devices })
 }
 
+/// The devices of a rollout that ended failed or timed out.
+pub(super) fn failures(f: crate::store::Failures) -> Result<Failures, ApiError> {
+    let devices = f
+        .devices
+        .into_iter()
+        .map(|d| {
+            Ok(DeviceFailure {
+                wave: unsigned("device wave", d.wave)?,
+                device: d.device,
+                state: d.state,
+                reason: d.reason,
+                at: Timestamp::from_unix_ms(d.at),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Failures { total: f.total, devices })
+}
+
 pub(super) fn token(r: TokenRecord) -> Token {
     Token {
         id: r.id,
         name: r.name,
         role: r.role,
-        created_at: r.created_at,
+        created_at: Timestamp::from_unix_ms(r.created_at),
         created_by: r.created_by,
-        revoked_at: r.revoked_at,
+        revoked_at: r.revoked_at.map(Timestamp::from_unix_ms),
     }
 }
 
@@ -183,11 +201,13 @@ pub(super) fn rollout(r: RolloutRecord) -> Result<Rollout, ApiError> {
         probe_spec: r.probe,
         device_count: unsigned("rollout device count", r.device_count)?,
         abort_mode: r.abort_mode,
-        created_at: r.created_at,
+        created_at: Timestamp::from_unix_ms(r.created_at),
         created_by: r.created_by,
-        updated_at: r.updated_at,
+        updated_at: Timestamp::from_unix_ms(r.updated_at),
         counts,
         waves,
         in_progress: None,
+        failures: None,
+        warnings: Vec::new(),
     })
 }

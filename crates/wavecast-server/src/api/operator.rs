@@ -83,10 +83,14 @@ pub async fn create_enrollment_token(
         actor: op.actor(),
         action: AuditAction::EnrollmentTokenCreated,
         subject: group.to_string(),
-        detail: serde_json::json!({ "id": t.id, "expires_at": t.expires_at, "max_uses": t.max_uses }),
+        detail: serde_json::json!({
+            "id": t.id,
+            "expires_at": wavecast_api::Timestamp::from_unix_ms(t.expires_at),
+            "max_uses": t.max_uses,
+        }),
     };
     state.store().create_enrollment_token(&t, event).await?;
-    let expires_at = jiff::Timestamp::from_millisecond(t.expires_at).map(|t| t.to_string()).unwrap_or_default();
+    let expires_at = wavecast_api::Timestamp::from_unix_ms(t.expires_at);
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentTokenCreated {

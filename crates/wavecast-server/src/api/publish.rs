@@ -168,7 +168,7 @@ pub async fn publish(
             length: target.length,
             sha256: record.sha256,
             hardware: record.hardware,
-            published_at: now_ms,
+            published_at: wavecast_api::Timestamp::from_unix_ms(now_ms),
             published_by: record.published_by,
         }),
     ))
@@ -217,7 +217,7 @@ pub async fn resign(
         other => other.into(),
     })?;
     tracing::info!(from, to = version, expires = %expires, actor = %op.name, "targets signed again");
-    Ok(Json(TargetsResigned { version, expires_at: expires.as_millisecond() }))
+    Ok(Json(TargetsResigned { version, expires_at: wavecast_api::Timestamp::from_unix_ms(expires.as_millisecond()) }))
 }
 
 /// The newest targets metadata, parsed.

@@ -12,7 +12,7 @@ use wavecast_os::error::chain;
 
 use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator, bodies};
 use crate::state::AppState;
-use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError};
+use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutIdError};
 
 /// Ten minutes, as the brief sets it.
 pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
@@ -58,33 +58,58 @@ pub async fn create(
         created_by: op.name.clone(),
         now_ms: now_ms(),
     };
-    let record = state.store().create_rollout(&new).await.map_err(|e| match e {
+    let (record, partial) = state.store().create_rollout(&new).await.map_err(|e| match e {
         CreateRolloutError::Store(s) => s.into(),
         e @ CreateRolloutError::AlreadyActive { .. } => ApiError::Conflict(chain(&e)),
-        e @ CreateRolloutError::EmptyGroup(_) => ApiError::Unprocessable(chain(&e)),
+        e @ (CreateRolloutError::EmptyGroup(_) | CreateRolloutError::NoHardware { .. }) => {
+            ApiError::Unprocessable(chain(&e))
+        }
     })?;
     tracing::info!(rollout = %record.id, artifact = %target, group = %group, actor = %op.name, "rollout created");
-    Ok((StatusCode::CREATED, Json(bodies::rollout(record)?)))
+    let mut body = bodies::rollout(record)?;
+    if let Some(fit) = partial {
+        body.warnings.push(format!(
+            "only {} of the {} devices of group {group} have hardware {}; the other {} will refuse {target} and count as failed",
+            fit.matching,
+            fit.devices,
+            fit.hardware,
+            fit.devices - fit.matching
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(body)))
 }
 
 pub async fn list(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Rollout>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_rollouts().await?, bodies::rollout)?))
 }
 
+/// The id of the one rollout `given` names: the whole id or any unique start of it.
+pub(super) async fn rollout_id(state: &AppState, given: &str) -> Result<String, ApiError> {
+    state.store().resolve_rollout_id(given).await.map_err(|e| match e {
+        RolloutIdError::Store(s) => s.into(),
+        e @ RolloutIdError::Unknown(_) => ApiError::NotFound(chain(&e)),
+        e @ (RolloutIdError::NotAnId(_) | RolloutIdError::Ambiguous { .. }) => ApiError::BadRequest(chain(&e)),
+    })
+}
+
 pub async fn show(
     State(state): State<AppState>,
     _: CanRead,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(given): ApiPath<String>,
 ) -> Result<Json<Rollout>, ApiError> {
+    let id = rollout_id(&state, &given).await?;
     let r = state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
     let at_work = state.store().devices_at_work(&r).await?;
+    let failed = state.store().failed_devices(&r).await?;
     let mut body = bodies::rollout(r)?;
     body.in_progress = Some(bodies::in_progress(at_work)?);
+    body.failures = Some(bodies::failures(failed)?);
     Ok(Json(body))
 }
 
 /// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
-async fn run_command(state: &AppState, op: &Operator, id: &str, cmd: Command) -> Result<Json<Rollout>, ApiError> {
+async fn run_command(state: &AppState, op: &Operator, given: &str, cmd: Command) -> Result<Json<Rollout>, ApiError> {
+    let id = &rollout_id(state, given).await?;
     let record = state.store().rollout_command(id, cmd, &op.name, state.settings().approval, now_ms()).await.map_err(
         |e| match e {
             RolloutCommandError::Store(s) => s.into(),

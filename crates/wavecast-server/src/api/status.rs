@@ -28,7 +28,7 @@ pub async fn status(State(state): State<AppState>, _: CanRead) -> Result<Json<St
         metadata.push(RoleStatus {
             role,
             version: head.version,
-            expires_at,
+            expires_at: wavecast_api::Timestamp::from_unix_ms(expires_at),
             expires_in_secs: expires_at.saturating_sub(now_ms).div_euclid(1000),
             signed_offline: role.signed_offline(),
         });
@@ -48,7 +48,7 @@ pub async fn status(State(state): State<AppState>, _: CanRead) -> Result<Json<St
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         database: store.backend().name().to_owned(),
-        server_time: now_ms,
+        server_time: wavecast_api::Timestamp::from_unix_ms(now_ms),
         metadata,
         warnings,
         audit: AuditStatus { events: store.audit_size().await?.max(0) as u64, checkpoint },

@@ -199,7 +199,7 @@ pub async fn rotate_root(
         StatusCode::CREATED,
         Json(RootRotated {
             version: to,
-            expires_at: next.signed.expires.as_millisecond(),
+            expires_at: wavecast_api::Timestamp::from_unix_ms(next.signed.expires.as_millisecond()),
             changed,
             targets_version: resigned.map(|(version, _, _)| version),
         }),

@@ -67,7 +67,9 @@ pub(super) async fn append_audit(
         .map_err(q(op))?;
     let size: i64 = Row::new(&head, op).get(0)?;
     let seq = size - 1;
-    let at = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    // RFC 3339 with milliseconds, always three digits, like every other time the API shows.
+    // (Events written before kept their own precision; their bytes are what was signed.)
+    let at = wavecast_api::Timestamp::from_unix_ms(now_ms);
     let placed = AuditEvent::place(event, seq as u64, at.to_string());
     let body = String::from_utf8(placed.canonical_bytes()).map_err(corrupt("audit event"))?;
     sqlx::query("INSERT INTO audit_log (seq, at, actor, action, subject, body) VALUES ($1, $2, $3, $4, $5, $6)")

@@ -415,7 +415,7 @@ impl Store {
                 "device_id": device.id,
                 "group": device.group,
                 "hardware": device.hardware,
-                "enrolled_at": device.enrolled_at,
+                "enrolled_at": wavecast_api::Timestamp::from_unix_ms(device.enrolled_at),
             }),
         };
         append_audit(&mut tx, now_ms, event).await?;

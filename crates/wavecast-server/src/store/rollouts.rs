@@ -12,7 +12,7 @@
 //! timeout sweep re-reads that row under the rollout's lock before it settles a device, so a
 //! heartbeat or report that lands while the sweep runs always wins.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::{Any, Transaction};
 use wavecast_core::assignment::{Action, Assignment, DeviceState};
@@ -20,8 +20,8 @@ use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::probe::ProbeSpec;
 use wavecast_core::progress::{Progress, ProgressAck, Waiting};
 use wavecast_core::rollout::{
-    self, AbortMode, Command, Effect, GateApproval, Plan, ReportRefused, RolloutState, Served, Standing, Status,
-    Verdict, WaveCounts,
+    self, AbortMode, Command, Effect, GateApproval, GroupRollout, Plan, ReportRefused, RolloutState, Served, Standing,
+    Status, Verdict, WaveCounts,
 };
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName};
 
@@ -127,6 +127,33 @@ pub struct AtWork {
 /// How many devices in progress `rollout show` lists.
 pub const AT_WORK_LISTED: usize = 100;
 
+/// A device that ended failed or timed out in a rollout.
+#[derive(Debug, Clone)]
+pub struct FailedDeviceRecord {
+    /// The device.
+    pub device: DeviceName,
+    /// Wave (1-based).
+    pub wave: i64,
+    /// Failed or timed out.
+    pub state: DeviceState,
+    /// Why, as the device (or the device timeout) said: for a failed probe, its output's tail.
+    pub reason: Option<String>,
+    /// When it got there (ms).
+    pub at: i64,
+}
+
+/// The devices of a rollout that ended failed or timed out: the first of them, and how many.
+#[derive(Debug, Clone)]
+pub struct Failures {
+    /// Every one of them, from the rollout's counts.
+    pub total: u64,
+    /// The first [`FAILURES_LISTED`], by wave then rollout order.
+    pub devices: Vec<FailedDeviceRecord>,
+}
+
+/// How many failed devices `rollout show` lists: a page, never the fleet.
+pub const FAILURES_LISTED: usize = 20;
+
 /// A device's row in a rollout.
 #[derive(Debug, Clone)]
 pub struct RolloutDeviceRecord {
@@ -197,6 +224,25 @@ fn rollout(r: &Row<'_>) -> Result<RolloutRecord, StoreError> {
     })
 }
 
+/// Where a rollout stands in the newest-first order rollouts are read in (`created_at DESC,
+/// id`): a larger value is older.
+type Newness = (std::cmp::Reverse<i64>, String);
+
+/// The [`Newness`] of the rollout whose creation time is column `created` and id column `id`.
+fn newness(r: &Row<'_>, created: usize, id: usize) -> Result<Newness, StoreError> {
+    Ok((std::cmp::Reverse(r.get(created)?), r.get(id)?))
+}
+
+/// A rollout's state, abort mode and version, from column `at` on, as the group's version is
+/// chosen from them ([`rollout::group_version`]).
+fn group_rollout(r: &Row<'_>, at: usize) -> Result<GroupRollout<ArtifactVersion>, StoreError> {
+    Ok(GroupRollout {
+        state: r.parse(at, "rollout state")?,
+        abort: r.parse_opt(at + 1, "rollout abort mode")?,
+        version: r.parse(at + 2, "rollout version")?,
+    })
+}
+
 fn active_key(group: &GroupName, artifact: &ArtifactName) -> String {
     format!("{group}/{artifact}")
 }
@@ -222,6 +268,60 @@ pub enum CreateRolloutError {
     /// The group has no devices.
     #[error("group {0} has no devices to roll out to")]
     EmptyGroup(GroupName),
+    /// The artifact is built for hardware no device of the group has.
+    #[error(
+        "{artifact}@{version} is built for hardware {hw}, and none of the {devices} device(s) of group {group} is: \
+         every device would refuse it",
+        hw = fit.hardware,
+        devices = fit.devices
+    )]
+    NoHardware {
+        /// Artifact.
+        artifact: ArtifactName,
+        /// Version.
+        version: ArtifactVersion,
+        /// Group.
+        group: GroupName,
+        /// How the group's devices fit the artifact's hardware.
+        fit: HardwareFit,
+    },
+}
+
+/// How many of a group's devices have the hardware an artifact is built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HardwareFit {
+    /// The artifact's hardware.
+    pub hardware: String,
+    /// Devices with that hardware.
+    pub matching: u64,
+    /// Devices in the rollout.
+    pub devices: u64,
+}
+
+/// Why a rollout id an operator gave names no single rollout.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutIdError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Not letters, digits and '-'.
+    #[error("{0:?} is not a rollout id (like r-7f3a09c2, or any unique start of one)")]
+    NotAnId(String),
+    /// No rollout's id starts with it.
+    #[error("no rollout has an id starting with {0:?} (`wavecast rollout list` shows them)")]
+    Unknown(String),
+    /// Several rollouts' ids start with it.
+    #[error(
+        "{given:?} is the start of more than one rollout id: {}{}; give more of it",
+        candidates.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+        if candidates.len() > 10 { ", …" } else { "" }
+    )]
+    Ambiguous {
+        /// What was given.
+        given: String,
+        /// The ids it starts (at most 11 read).
+        candidates: Vec<String>,
+    },
 }
 
 /// What became of one device report.
@@ -254,7 +354,11 @@ pub enum RolloutCommandError {
 
 impl Store {
     /// Creates a rollout over the group's current devices and opens what its plan allows.
-    pub async fn create_rollout(&self, new: &NewRollout) -> Result<RolloutRecord, CreateRolloutError> {
+    /// Returns it, and how the devices fit the artifact's hardware when only some of them do.
+    pub async fn create_rollout(
+        &self,
+        new: &NewRollout,
+    ) -> Result<(RolloutRecord, Option<HardwareFit>), CreateRolloutError> {
         let op = "creating a rollout";
         let mut tx = self.begin(op).await?;
         let key = active_key(&new.group, &new.artifact);
@@ -272,15 +376,16 @@ impl Store {
                 group: new.group.clone(),
             });
         }
-        let artifact = sqlx::query("SELECT 1 FROM artifacts WHERE name = $1 AND version = $2")
+        let Some(artifact) = sqlx::query("SELECT hardware FROM artifacts WHERE name = $1 AND version = $2")
             .bind(new.artifact.as_str())
             .bind(new.version.to_string())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(q(op))?;
-        if artifact.is_none() {
+            .map_err(q(op))?
+        else {
             return Err(StoreError::NotFound { what: format!("artifact {}@{}", new.artifact, new.version) }.into());
-        }
+        };
+        let hardware: Option<String> = Row::new(&artifact, op).get(0)?;
         // Shared with other creations, exclusive of a device's revocation (see `devices`): the
         // devices read next are the group's active devices until this rollout commits.
         let group = sqlx::query(&format!("SELECT 1 FROM device_groups WHERE name = $1{}", self.for_share()))
@@ -299,6 +404,32 @@ impl Store {
         let ids: Vec<String> = read_all(&rows, op, |r| r.get(0))?;
         if ids.is_empty() {
             return Err(CreateRolloutError::EmptyGroup(new.group.clone()));
+        }
+        // Devices refuse an artifact built for other hardware: a rollout none of them can
+        // install is refused here, and one only some can install says how many.
+        let mut partial = None;
+        if let Some(hardware) = hardware {
+            let row = sqlx::query(
+                "SELECT COUNT(*) FROM devices WHERE group_name = $1 AND revoked_at IS NULL AND hardware = $2",
+            )
+            .bind(new.group.as_str())
+            .bind(&hardware)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q(op))?;
+            let matching = u64::try_from(Row::new(&row, op).get::<i64>(0)?).map_err(corrupt("device count"))?;
+            let fit = HardwareFit { hardware, matching, devices: ids.len() as u64 };
+            if matching == 0 {
+                return Err(CreateRolloutError::NoHardware {
+                    artifact: new.artifact.clone(),
+                    version: new.version.clone(),
+                    group: new.group.clone(),
+                    fit,
+                });
+            }
+            if matching < fit.devices {
+                partial = Some(fit);
+            }
         }
         let order = rollout::device_order(&new.id, ids.iter().map(String::as_str));
         let bounds = rollout::wave_bounds(&new.plan, order.len());
@@ -394,7 +525,7 @@ impl Store {
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
         self.apply(&mut tx, &mut record, &effects, &creator, new.now_ms).await?;
         tx.commit().await.map_err(q(op))?;
-        Ok(record)
+        Ok((record, partial))
     }
 
     /// Applies engine effects inside `tx` and writes the rollout row back. `cause` is who made
@@ -477,14 +608,16 @@ impl Store {
             append_audit(tx, now_ms, NewAuditEvent { actor, action, subject: r.id.clone(), detail }).await?;
         }
         // What a device is served depends on the rollout's state (a paused rollout serves no
-        // device that has not started; a completed one serves the group). When that changes,
-        // every affected device's counter moves on, so its next check-in gets a new doc
-        // instead of a 304 for the old one.
+        // device that has not started; a completed one may become the group's version, and an
+        // abort with revert may take the group's version back). When that changes, every
+        // affected device's counter moves on, so its next check-in gets a new doc instead of a
+        // 304 for the old one.
         let serving_changed = effects.iter().any(|e| {
             matches!(e, Effect::Paused { .. } | Effect::Resumed { .. } | Effect::Completed | Effect::Aborted { .. })
         });
         if serving_changed {
-            let query = if effects.contains(&Effect::Completed) {
+            let group_wide = effects.contains(&Effect::Completed) || effects.contains(&Effect::RevertUpdated);
+            let query = if group_wide {
                 sqlx::query(
                     "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
                      OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)",
@@ -614,27 +747,41 @@ impl Store {
     }
 
     /// Where `device` (of `group`) stands in rollout `rollout_id`, read under the rollout's
-    /// lock (and its row's, on PostgreSQL), with the rollout, the device's wave and its state
-    /// when it has a row there.
+    /// lock (and its row's, on PostgreSQL), with the rollout when it exists, and the device's
+    /// wave and state when it has a row there.
     async fn standing(
         &self,
         tx: &mut Transaction<'static, Any>,
         rollout_id: &str,
         device: &DeviceRef,
         group: &GroupName,
-    ) -> Result<(Standing, Option<(RolloutRecord, usize, DeviceState)>), StoreError> {
+    ) -> Result<(Standing, Option<RolloutRecord>, Option<(usize, DeviceState)>), StoreError> {
         let r = match self.lock_rollout(tx, rollout_id).await {
             Ok(r) => r,
-            Err(StoreError::NotFound { .. }) => return Ok((Standing::NoRollout, None)),
+            Err(StoreError::NotFound { .. }) => return Ok((Standing::NoRollout, None, None)),
             Err(e) => return Err(e),
         };
         let Some((wave, from, _)) = self.device_row(tx, rollout_id, device).await? else {
-            // A device that joined its group later is served the group's version, its newest
-            // completed rollout, without a row in it (see `assignments`).
-            let group_version = r.group == *group && r.status.state == RolloutState::Completed;
-            return Ok((Standing::NotIn { group_version }, None));
+            // A device that joined its group later is served the group's version without a row
+            // in it (see `assignments`); reporting about it, it joins.
+            let group_version = r.group == *group && {
+                let op = "finding a group's version";
+                let rows = sqlx::query(
+                    "SELECT id, state, abort_mode, artifact_version FROM rollouts \
+                     WHERE group_name = $1 AND artifact_name = $2 ORDER BY created_at DESC, id",
+                )
+                .bind(group.as_str())
+                .bind(r.artifact.as_str())
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(q(op))?;
+                let history = read_all(&rows, op, |row| Ok((row.get::<String>(0)?, group_rollout(row, 1)?)))?;
+                let rollouts: Vec<_> = history.iter().map(|(_, g)| g.clone()).collect();
+                rollout::group_version(&rollouts).is_some_and(|i| history[i].0 == r.id)
+            };
+            return Ok((Standing::NotIn { group_version }, Some(r), None));
         };
-        Ok((Standing::In { device: from, abort: r.abort_mode }, Some((r, wave, from))))
+        Ok((Standing::In { device: from, abort: r.abort_mode }, Some(r), Some((wave, from))))
     }
 
     /// Writes a device's move from `from` to `to` (checked by the caller, under the rollout's
@@ -773,25 +920,75 @@ impl Store {
         if changed(&mut tx, insert, op).await? == 0 {
             return Ok(ReportOutcome::Repeated);
         }
-        let (standing, place) = self.standing(&mut tx, &report.rollout_id, device, group).await?;
-        match (rollout::judge_report(standing, report.state), place) {
-            (Err(refused), _) => {
+        let (standing, r, row) = self.standing(&mut tx, &report.rollout_id, device, group).await?;
+        let verdict = match rollout::judge_report(standing, report.state) {
+            Ok(verdict) => verdict,
+            Err(refused) => {
                 tx.rollback().await.map_err(q(op))?;
-                Ok(ReportOutcome::Refused(refused))
+                return Ok(ReportOutcome::Refused(refused));
             }
-            (Ok(Verdict::Apply), Some((mut r, wave, from))) => {
-                let reason = report.reason.as_deref();
-                let cause = Actor::Device(device.name.clone());
+        };
+        let reason = report.reason.as_deref();
+        let cause = Actor::Device(device.name.clone());
+        match (verdict, r, row) {
+            (Verdict::Apply, Some(mut r), Some((wave, from))) => {
                 self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
                     .await?;
-                tx.commit().await.map_err(q(op))?;
-                Ok(ReportOutcome::Applied)
             }
-            (Ok(_), _) => {
+            // Every move a joiner may report is one from `assigned` (core's tests say so).
+            (Verdict::Join, Some(mut r), None)
+                if rollout::accepts_transition(DeviceState::Assigned, report.state, r.abort_mode) =>
+            {
+                let wave = self.join(&mut tx, &mut r, device, now_ms).await?;
+                let from = DeviceState::Assigned;
+                self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
+                    .await?;
+            }
+            _ => {
                 tx.commit().await.map_err(q(op))?;
-                Ok(ReportOutcome::Stale)
+                return Ok(ReportOutcome::Stale);
             }
         }
+        tx.commit().await.map_err(q(op))?;
+        Ok(ReportOutcome::Applied)
+    }
+
+    /// Records a device that joined its group after rollout `r` was created, and reports about
+    /// it as its group's version, in `r`: `assigned`, after the rollout's last device, in its
+    /// last wave, counted there. Returns that wave (0-based).
+    async fn join(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        r: &mut RolloutRecord,
+        device: &DeviceRef,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let op = "recording a late joiner in its group's version";
+        let wave = r.plan.waves.len().saturating_sub(1);
+        sqlx::query(
+            "INSERT INTO rollout_devices (rollout_id, device_id, position, wave, state, assigned_at, updated_at, heard_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $6)",
+        )
+        .bind(&r.id)
+        .bind(&device.id)
+        .bind(r.device_count)
+        .bind(wave as i64)
+        .bind(DeviceState::Assigned.as_str())
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(q(op))?;
+        r.device_count += 1;
+        if let Some(c) = r.counts.get_mut(wave) {
+            c.add(DeviceState::Assigned, 1);
+        }
+        sqlx::query("UPDATE rollouts SET device_count = $2 WHERE id = $1")
+            .bind(&r.id)
+            .bind(r.device_count)
+            .execute(&mut **tx)
+            .await
+            .map_err(q(op))?;
+        Ok(wave)
     }
 
     /// Records a working device's heartbeat (see [`wavecast_core::progress`]) and answers it.
@@ -890,24 +1087,40 @@ impl Store {
         Ok(settled)
     }
 
-    /// The devices rollout `r` waits for: how many, and the first [`AT_WORK_LISTED`] by wave and
-    /// rollout order with what they last said. Reads only this rollout's rows in those states,
-    /// through their index; the total comes from the counts in the rollout's row.
-    pub async fn devices_at_work(&self, r: &RolloutRecord) -> Result<AtWork, StoreError> {
-        let op = "listing a rollout's devices at work";
-        let states = DeviceState::IN_PROGRESS;
+    /// How many devices of rollout `r` are in `states` (from the counts in its row), and the
+    /// `columns` (of `rollout_devices rd` joined to `devices d`) of the first `limit` of them by
+    /// wave then rollout order: this rollout's rows in those states only, through their index.
+    async fn devices_in(
+        &self,
+        r: &RolloutRecord,
+        states: &[DeviceState],
+        columns: &str,
+        limit: usize,
+        op: &'static str,
+    ) -> Result<(u64, Vec<sqlx::any::AnyRow>), StoreError> {
         let total = r.counts.iter().map(|c| states.iter().map(|s| c.get(*s)).sum::<u64>()).sum();
+        if total == 0 {
+            return Ok((0, Vec::new()));
+        }
         let sql = format!(
-            "SELECT d.name, rd.wave, rd.state, rd.heard_at, {HEARTBEAT_COLUMNS} FROM rollout_devices rd \
-             JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = $1 AND rd.state IN ({}) \
-             ORDER BY rd.wave, rd.position LIMIT {AT_WORK_LISTED}",
+            "SELECT {columns} FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id \
+             WHERE rd.rollout_id = $1 AND rd.state IN ({}) ORDER BY rd.wave, rd.position LIMIT {limit}",
             placeholders(2, states.len())
         );
         let mut query = sqlx::query(&sql).bind(&r.id);
         for state in states {
             query = query.bind(state.as_str());
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
+        Ok((total, query.fetch_all(&self.pool).await.map_err(q(op))?))
+    }
+
+    /// The devices rollout `r` waits for: how many, and the first [`AT_WORK_LISTED`] by wave and
+    /// rollout order with what they last said. Reads only this rollout's rows in those states,
+    /// through their index; the total comes from the counts in the rollout's row.
+    pub async fn devices_at_work(&self, r: &RolloutRecord) -> Result<AtWork, StoreError> {
+        let op = "listing a rollout's devices at work";
+        let columns = format!("d.name, rd.wave, rd.state, rd.heard_at, {HEARTBEAT_COLUMNS}");
+        let (total, rows) = self.devices_in(r, &DeviceState::IN_PROGRESS, &columns, AT_WORK_LISTED, op).await?;
         let devices = read_all(&rows, op, |row| {
             Ok(DeviceAtWorkRecord {
                 device: row.parse(0, "device name")?,
@@ -918,6 +1131,50 @@ impl Store {
             })
         })?;
         Ok(AtWork { total, devices })
+    }
+
+    /// The devices of rollout `r` that ended failed or timed out: how many, and the first
+    /// [`FAILURES_LISTED`] by wave then rollout order, with why. Reads only this rollout's rows
+    /// in those states, through their index; the total comes from the counts in its row.
+    pub async fn failed_devices(&self, r: &RolloutRecord) -> Result<Failures, StoreError> {
+        let op = "listing a rollout's failed devices";
+        let states: Vec<DeviceState> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
+        let columns = "d.name, rd.wave, rd.state, rd.reason, rd.updated_at";
+        let (total, rows) = self.devices_in(r, &states, columns, FAILURES_LISTED, op).await?;
+        let devices = read_all(&rows, op, |row| {
+            Ok(FailedDeviceRecord {
+                device: row.parse(0, "device name")?,
+                wave: row.get::<i64>(1)? + 1,
+                state: row.parse(2, "device state")?,
+                reason: row.get(3)?,
+                at: row.get(4)?,
+            })
+        })?;
+        Ok(Failures { total, devices })
+    }
+
+    /// The id of the one rollout whose id starts with `given` (`r-` may be left out, and the
+    /// whole id is a prefix of itself): what an operator may type wherever an id is taken.
+    pub async fn resolve_rollout_id(&self, given: &str) -> Result<String, RolloutIdError> {
+        let op = "finding a rollout by id";
+        let lower = given.to_ascii_lowercase();
+        let prefix = if lower.starts_with("r-") { lower } else { format!("r-{lower}") };
+        // Ids are letters, digits and '-', so the pattern holds no LIKE wildcard but the last.
+        if given.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(RolloutIdError::NotAnId(given.to_owned()));
+        }
+        let rows = sqlx::query("SELECT id FROM rollouts WHERE id LIKE $1 ORDER BY id LIMIT 11")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q(op))?;
+        let ids: Vec<String> = read_all(&rows, op, |r| r.get(0))?;
+        match ids.as_slice() {
+            [] => Err(RolloutIdError::Unknown(given.to_owned())),
+            [one] => Ok(one.clone()),
+            many if many.contains(&prefix) => Ok(prefix),
+            many => Err(RolloutIdError::Ambiguous { given: given.to_owned(), candidates: many.to_vec() }),
+        }
     }
 
     /// One rollout.
@@ -981,9 +1238,36 @@ impl Store {
             Some(row) => Row::new(&row, op).get(0)?,
             None => 0,
         };
+        // The group's version of each artifact (see [`rollout::group_version`]): what a device
+        // is served when no rollout of that artifact at least as new has reached it.
+        let group_rows = sqlx::query(
+            "SELECT r.id, r.artifact_name, r.artifact_version, r.probe, a.length, a.sha256, r.state, r.abort_mode, \
+             r.artifact_version, r.created_at FROM rollouts r JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
+             WHERE r.group_name = $1 ORDER BY r.created_at DESC, r.id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q(op))?;
+        let mut history: BTreeMap<ArtifactName, Vec<(usize, GroupRollout<ArtifactVersion>)>> = BTreeMap::new();
+        for (i, row) in group_rows.iter().enumerate() {
+            let r = Row::new(row, op);
+            history.entry(r.parse(1, "rollout artifact")?).or_default().push((i, group_rollout(&r, 6)?));
+        }
+        // Per artifact: the group's version's row, and its place in the newest-first order.
+        let mut group_version: BTreeMap<ArtifactName, (usize, Newness)> = BTreeMap::new();
+        for (artifact, rollouts) in history {
+            let versions: Vec<_> = rollouts.iter().map(|(_, g)| g.clone()).collect();
+            if let Some(i) = rollout::group_version(&versions) {
+                let at = rollouts[i].0;
+                let r = Row::new(&group_rows[at], op);
+                group_version.insert(artifact, (at, newness(&r, 9, 0)?));
+            }
+        }
+
         let rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, r.state, r.probe, r.abort_mode, rd.state, a.length, a.sha256 \
-             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+            "SELECT r.id, r.artifact_name, r.artifact_version, r.state, r.probe, r.abort_mode, rd.state, a.length, a.sha256, \
+             r.created_at FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
              JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
              WHERE rd.device_id = $1 ORDER BY r.created_at DESC, r.id",
         )
@@ -1003,15 +1287,22 @@ impl Store {
                 probe: r.json(probe, "rollout probe")?,
             })
         };
-        // Newest rollout first: the first one that reached the device decides for its artifact.
+        let group_assignment = |at: usize| assignment(&Row::new(&group_rows[at], op), Action::Install, [0, 2, 3, 4, 5]);
+        // Newest rollout first: the first one that reached the device decides for its artifact,
+        // unless the group's version is newer than it.
         let mut decided = BTreeSet::new();
-        let mut has_row = BTreeSet::new();
         let mut out = Vec::new();
         for row in &rows {
             let r = Row::new(row, op);
             let artifact: ArtifactName = r.parse(1, "rollout artifact")?;
-            has_row.insert(artifact.clone());
             if decided.contains(&artifact) {
+                continue;
+            }
+            if let Some((at, newest)) = group_version.get(&artifact)
+                && newness(&r, 9, 0)? > *newest
+            {
+                decided.insert(artifact);
+                out.push(group_assignment(*at)?);
                 continue;
             }
             let served = rollout::served(
@@ -1030,26 +1321,12 @@ impl Store {
                 }
             }
         }
-        // Artifacts this device has no rollout row for: the group's version, i.e. the newest
-        // completed rollout of each artifact to its group (devices that joined later).
-        let group_rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, r.probe, a.length, a.sha256 FROM rollouts r \
-             JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
-             WHERE r.group_name = $1 AND r.state = $2 ORDER BY r.created_at DESC, r.id",
-        )
-        .bind(group.as_str())
-        .bind(RolloutState::Completed.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q(op))?;
-        for row in &group_rows {
-            let r = Row::new(row, op);
-            let artifact: ArtifactName = r.parse(1, "rollout artifact")?;
-            if has_row.contains(&artifact) || decided.contains(&artifact) {
-                continue;
+        // Artifacts no rollout has decided for this device yet: the group's version (a device
+        // that joined later, or whose wave of a newer rollout has not opened).
+        for (artifact, (at, _)) in &group_version {
+            if !decided.contains(artifact) {
+                out.push(group_assignment(*at)?);
             }
-            decided.insert(artifact);
-            out.push(assignment(&r, Action::Install, [0, 2, 3, 4, 5])?);
         }
         Ok((counter, out))
     }

@@ -318,10 +318,6 @@ async fn exports_verify_offline_and_name_a_flipped_byte(db: Db) {
     let ok = verify_export(&export, &key.clone().into(), verify_ed25519).unwrap();
     assert_eq!((ok.events, ok.tree_size, ok.rollout), (8, 8, None));
 
-    let one: Export = serde_json::from_slice(&env.get("/api/v1/audit/export?rollout=g4").await.body).unwrap();
-    assert_eq!(one.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4], "subject g4 only");
-    assert_eq!(verify_export(&one, &key.clone().into(), verify_ed25519).unwrap().rollout.as_deref(), Some("g4"));
-
     let mut flipped = export.clone();
     flipped.events[6].body = flip_one_byte(&flipped.events[6].body, "\"g6\"", "\"g7\"");
     match verify_export(&flipped, &key.clone().into(), verify_ed25519) {
@@ -333,6 +329,27 @@ async fn exports_verify_offline_and_name_a_flipped_byte(db: Db) {
     assert_eq!(verify_export(&truncated, &key.clone().into(), verify_ed25519).unwrap_err().seq(), Some(7));
     let r = env.get("/api/v1/audit/export?rollout=").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // One rollout's events, named by any unique start of its id; an id that names no rollout
+    // is an error, never an empty export that verifies.
+    env.enroll("g1", "cam-1").await;
+    env.publish("m@1.0.0", b"one").await;
+    let body = serde_json::json!({ "artifact": "m@1.0.0", "group": "g1", "waves": [100], "probe": "exec:check" });
+    let id = env.post_json("/api/v1/rollouts", Some(&env.admin), body).await.json()["id"].as_str().unwrap().to_owned();
+    sign(&env).await;
+    let short = &id[..5];
+    let one: Export =
+        serde_json::from_slice(&env.get(&format!("/api/v1/audit/export?rollout={short}")).await.body).unwrap();
+    let actions: Vec<String> = one
+        .events
+        .iter()
+        .map(|e| wavecast_core::audit::AuditEvent::from_bytes(e.body.as_bytes()).unwrap().action.to_string())
+        .collect();
+    assert_eq!(actions, ["rollout.created", "wave.opened"], "its events only");
+    assert_eq!(verify_export(&one, &key.clone().into(), verify_ed25519).unwrap().rollout.as_deref(), Some(id.as_str()));
+    let unknown = env.get("/api/v1/audit/export?rollout=r-unknown").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(unknown.message().contains("no rollout has an id starting with \"r-unknown\""), "{}", unknown.message());
 }
 
 async fn consistency_proves_the_log_only_grew(db: Db) {

@@ -101,9 +101,9 @@ async fn enrollment_tokens_run_out_expire_and_are_revoked(db: Db) {
     assert_eq!(minted["max_uses"], Value::Null);
     let revoked = env.delete(&format!("/api/v1/enrollment-tokens/{id}")).await;
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.message());
-    let at = revoked.json()["revoked_at"].as_i64().expect("revoked_at");
+    let at = revoked.json()["revoked_at"].as_str().expect("revoked_at").to_owned();
     let again = env.delete(&format!("/api/v1/enrollment-tokens/{id}")).await;
-    assert_eq!((again.status, again.json()["revoked_at"].as_i64()), (StatusCode::OK, Some(at)));
+    assert_eq!((again.status, again.json()["revoked_at"].as_str()), (StatusCode::OK, Some(at.as_str())));
     let refused = env.enroll_with(secret, "d4").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert!(refused.message().contains("was revoked"), "{}", refused.message());
@@ -144,7 +144,10 @@ async fn enrollment_tokens_run_out_expire_and_are_revoked(db: Db) {
         .iter()
         .map(|t| {
             assert!(t.get("token").is_none() && !t.to_string().contains("wce_"), "{t}");
-            (t["id"].as_str().unwrap().to_owned(), (t["max_uses"].clone(), t["uses"].clone(), t["revoked_at"].is_i64()))
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                (t["max_uses"].clone(), t["uses"].clone(), t["revoked_at"].is_string()),
+            )
         })
         .collect();
     let expected: std::collections::BTreeMap<String, (Value, Value, bool)> = [

@@ -198,6 +198,39 @@ fn document_is_openapi_3_with_resolving_refs() {
     }
 }
 
+/// Every time in the operator API's bodies is documented as what it is on the wire: an RFC 3339
+/// string (`format: date-time`). The one exception is the raw checkpoint row, whose `created_at`
+/// stays the stored Unix ms beside the signed note it describes.
+#[test]
+fn every_time_is_documented_as_rfc3339() {
+    let doc = document();
+    let mut times = 0;
+    for (schema, body) in doc["components"]["schemas"].as_object().unwrap() {
+        for (field, property) in body["properties"].as_object().into_iter().flatten() {
+            let time = field.ends_with("_at") || field.ends_with("_time") || field == "at";
+            if !time || schema == "StoredCheckpoint" {
+                continue;
+            }
+            times += 1;
+            assert_eq!(
+                (property["type"].as_str(), property["format"].as_str()),
+                (Some("string"), Some("date-time")),
+                "{schema}.{field} is a time on the wire: {property}"
+            );
+        }
+    }
+    assert!(times > 20, "only {times} time fields found: the scan is broken");
+    // The rollout states are the engine's, every one of them.
+    let states: Vec<&str> = doc["components"]["schemas"]["RolloutState"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let engine: Vec<&str> = wavecast_core::rollout::RolloutState::ALL.iter().map(|s| s.as_str()).collect();
+    assert_eq!(states, engine);
+}
+
 #[test]
 fn document_lists_exactly_the_routes() {
     let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();

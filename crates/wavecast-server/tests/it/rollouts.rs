@@ -9,7 +9,9 @@ use crate::both;
 use crate::support::{Db, Env};
 
 async fn assignments(env: &Env, cred: &str) -> serde_json::Value {
-    env.request(Method::GET, "/device/v1/assignments", Some(cred), &[], Body::empty()).await.json()["signed"]["assignments"].clone()
+    let resp = env.request(Method::GET, "/device/v1/assignments", Some(cred), &[], Body::empty()).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.message());
+    resp.json()["signed"]["assignments"].clone()
 }
 
 async fn late_joiners_get_the_group_version(db: Db) {
@@ -36,6 +38,92 @@ async fn late_joiners_get_the_group_version(db: Db) {
     assert_eq!(got[0]["artifact"], "m");
     assert_eq!(got[0]["version"], "1.0.0");
     assert_eq!(got[0]["action"], "install");
+
+    // The late joiner's install is recorded and audited like any device's: it joins the
+    // rollout it was served, in the last wave.
+    env.report(&late, &id, "l1", "downloading", None).await;
+    env.report(&late, &id, "l2", "failed", Some("probe exec:check exited with 1: model missing")).await;
+    let shown = env.get("/api/v1/devices/late").await.json();
+    let row = &shown["rollouts"][0];
+    assert_eq!(
+        (row["rollout_id"].as_str(), row["state"].as_str(), row["wave"].as_u64()),
+        (Some(id.as_str()), Some("failed"), Some(1)),
+        "{shown:#}"
+    );
+    assert_eq!(row["reason"], "probe exec:check exited with 1: model missing");
+    let r = env.get(&format!("/api/v1/rollouts/{id}")).await.json();
+    assert_eq!((r["device_count"].as_u64(), r["counts"]["failed"].as_u64()), (Some(2), Some(1)), "{r:#}");
+    assert_eq!(r["state"], "completed", "an ended rollout stays as it ended");
+    let events = device_events(&env, "late").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str(), events[0].2.as_str()),
+        ("device.failed", "device:late", "downloading")
+    );
+}
+
+async fn start(env: &Env, body: serde_json::Value) -> String {
+    let r = env.post_json("/api/v1/rollouts", Some(&env.admin), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// The versions a device enrolled now, as `name`, is assigned. It is removed again, so the
+/// next rollout does not wait for it.
+async fn served_to_newcomer(env: &Env, name: &str) -> Vec<String> {
+    let (cred, _) = env.enroll("g", name).await;
+    let got = assignments(env, &cred).await;
+    let removed =
+        env.request(Method::DELETE, &format!("/api/v1/devices/{name}"), Some(&env.admin), &[], Body::empty()).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.message());
+    got.as_array().unwrap().iter().map(|a| a["version"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The group's version is the last version a rollout completed cleanly and no later abort with
+/// revert took back: a rollout that completed with failures, or one whose version was reverted,
+/// is never given to a device that joins later.
+async fn the_group_version_is_known_good(db: Db) {
+    let env = Env::new(db).await;
+    env.post_json("/api/v1/groups", Some(&env.admin), serde_json::json!({ "name": "g" })).await;
+    let (d1, _) = env.enroll("g", "d1").await;
+    let (d2, _) = env.enroll("g", "d2").await;
+    for (v, bytes) in [("1.0.0", &b"one"[..]), ("2.0.0", b"two"), ("3.0.0", b"three")] {
+        env.publish(&format!("m@{v}"), bytes).await;
+    }
+    let create = |version: &str, gates: &[u64]| {
+        let waves: &[u64] = if gates.is_empty() { &[100] } else { &[50, 100] };
+        serde_json::json!({ "artifact": format!("m@{version}"), "group": "g", "waves": waves, "gates": gates,
+            "halt_after": 5, "probe": "exec:check" })
+    };
+    // None yet: a newcomer gets nothing.
+    assert_eq!(served_to_newcomer(&env, "new-1").await, Vec::<String>::new());
+    // A successful one: 1.0.0.
+    let r1 = start(&env, create("1.0.0", &[])).await;
+    for cred in [&d1, &d2] {
+        env.report(cred, &r1, "a", "succeeded", None).await;
+    }
+    assert_eq!(env.get(&format!("/api/v1/rollouts/{r1}")).await.json()["state"], "completed");
+    assert_eq!(served_to_newcomer(&env, "new-2").await, ["1.0.0"]);
+    // A failed one (completed with failures): still 1.0.0.
+    let r2 = start(&env, create("2.0.0", &[])).await;
+    env.report(&d1, &r2, "b", "failed", Some("probe failed")).await;
+    env.report(&d2, &r2, "b", "succeeded", None).await;
+    let r = env.get(&format!("/api/v1/rollouts/{r2}")).await.json();
+    assert_eq!(r["state"], "completed_with_failures", "{r:#}");
+    assert_eq!(served_to_newcomer(&env, "new-3").await, ["1.0.0"]);
+    // A clean one of 3.0.0: 3.0.0; then a later rollout of 3.0.0 aborted with revert takes it
+    // back, and 1.0.0 is the known good version again.
+    let r3 = start(&env, create("3.0.0", &[])).await;
+    for cred in [&d1, &d2] {
+        env.report(cred, &r3, "c", "succeeded", None).await;
+    }
+    assert_eq!(served_to_newcomer(&env, "new-4").await, ["3.0.0"]);
+    let r4 = start(&env, create("3.0.0", &[2])).await;
+    let abort = env
+        .post_json(&format!("/api/v1/rollouts/{r4}/abort"), Some(&env.admin), serde_json::json!({ "mode": "revert" }))
+        .await;
+    assert_eq!(abort.status, StatusCode::OK, "{}", abort.message());
+    assert_eq!(served_to_newcomer(&env, "new-5").await, ["1.0.0"]);
 }
 
 async fn creators_cannot_approve_their_own_gates_when_required(db: Db) {
@@ -151,6 +239,7 @@ async fn an_abort_with_revert_is_audited_as_each_device_reported(db: Db) {
 
 both!(
     late_joiners_get_the_group_version,
+    the_group_version_is_known_good,
     creators_cannot_approve_their_own_gates_when_required,
     an_abort_with_revert_is_audited_as_each_device_reported,
 );
