@@ -277,7 +277,7 @@ mod tests {
     }
 
     fn device(i: usize) -> fleet::Enrolled {
-        fleet::Enrolled { auth: HeaderValue::from_str(&format!("Bearer {i}")).unwrap() }
+        fleet::Enrolled { id: i.to_string(), auth: HeaderValue::from_str(&format!("Bearer {i}")).unwrap() }
     }
 
     #[test]

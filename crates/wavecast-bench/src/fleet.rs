@@ -15,6 +15,8 @@ use crate::http::{Conn, bearer};
 
 /// An enrolled device.
 pub struct Enrolled {
+    /// The server's id for it.
+    pub id: String,
     /// `Bearer <credential>`.
     pub auth: HeaderValue,
 }
@@ -92,10 +94,10 @@ async fn enroll_one(conn: &mut Conn, token: &str, name: &str) -> anyhow::Result<
         match conn.post_json("/device/v1/enroll", None, &body).await {
             Ok(a) if a.status.is_success() => {
                 let v: serde_json::Value = serde_json::from_slice(&a.body)?;
-                let Some(credential) = v["credential"].as_str() else {
-                    bail!("enrolling {name}: the answer has no credential: {v}");
+                let (Some(id), Some(credential)) = (v["device_id"].as_str(), v["credential"].as_str()) else {
+                    bail!("enrolling {name}: the answer has no device_id or credential: {v}");
                 };
-                return Ok(Enrolled { auth: bearer(credential)? });
+                return Ok(Enrolled { id: id.to_owned(), auth: bearer(credential)? });
             }
             Ok(a) if a.status.is_server_error() => last = format!("{}: {}", a.status, String::from_utf8_lossy(&a.body)),
             Ok(a) => bail!("enrolling {name}: {}: {}", a.status, String::from_utf8_lossy(&a.body)),

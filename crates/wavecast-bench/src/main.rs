@@ -6,12 +6,13 @@
 //! the memory it reports is theirs alone. Build them first:
 //! `cargo build --release -p wavecast-cli -p wavecast-agent -p wavecast-bench`, then
 //! `target/release/wavecast-bench all`. `agent` measures the agent as devices get it: it builds
-//! it with the `agent` profile itself (or takes `--binary`). `checkins` simulates
-//! devices in this process (HTTP only, no files) to load the server alone.
+//! it with the `agent` profile itself (or takes `--binary`). `checkins` and `rollout --light`
+//! simulate devices in this process (HTTP only, no files) to load the server alone.
 
 mod checkins;
 mod fleet;
 mod http;
+mod light;
 mod setup;
 
 use std::net::SocketAddr;
@@ -48,11 +49,18 @@ enum Bench {
         mib: u64,
     },
     /// A 3-wave automatic rollout of a 1 MiB artifact to N simulated devices, versus hashing and
-    /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS.
+    /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS. With
+    /// `--light`, the devices are lightweight (HTTP only: they poll and report, with no files and
+    /// no TUF), to measure the server alone at fleet scale.
     Rollout {
         /// Simulated devices.
         #[arg(long, default_value_t = 1000)]
         devices: u32,
+        /// Lightweight devices in this process instead of real agents (`wavecast sim`).
+        #[arg(long)]
+        light: bool,
+        #[command(flatten)]
+        fleet: LightFleet,
     },
     /// Idle check-ins per second with N devices enrolled (304s, credentials rotating over the
     /// fleet, each device sending its last ETag), versus a trivial axum handler under the same
@@ -80,7 +88,7 @@ enum Bench {
         #[arg(long, value_name = "FILE")]
         binary: Option<PathBuf>,
     },
-    /// Everything above with default sizes, check-ins at 100,000 devices.
+    /// Everything above with default sizes, check-ins and the light rollout at 100,000 devices.
     All {
         /// Also measure check-ins on this PostgreSQL database (fresh and empty).
         #[arg(long, value_name = "URL")]
@@ -92,6 +100,24 @@ enum Bench {
         #[arg(long)]
         listen: SocketAddr,
     },
+}
+
+/// How lightweight devices behave (`rollout --light`).
+#[derive(Debug, clap::Args)]
+struct LightFleet {
+    /// How often each light device polls (±20%).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "light")]
+    poll_interval: Duration,
+    /// Keep-alive connections the light fleet shares.
+    #[arg(long, default_value_t = 64, requires = "light")]
+    connections: usize,
+    /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
+    #[arg(long, value_name = "URL", requires = "light")]
+    database_url: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    wavecast_core::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
@@ -338,11 +364,18 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
+    let light = |devices, fleet: LightFleet| light::Options {
+        devices,
+        connections: fleet.connections,
+        poll_interval: fleet.poll_interval,
+        database_url: fleet.database_url,
+    };
     let checkins =
         |devices, database_url, connections, seconds| checkins::Options { devices, database_url, connections, seconds };
     match command {
         Bench::Install { mib } => bench_install(root, mib).await,
-        Bench::Rollout { devices } => bench_rollout(root, devices).await,
+        Bench::Rollout { devices, light: false, .. } => bench_rollout(root, devices).await,
+        Bench::Rollout { devices, light: true, fleet } => light::run(root, &light(devices, fleet)).await,
         Bench::Checkins { devices, database_url, connections, seconds } => {
             checkins::run(root, &checkins(devices, database_url, connections, seconds)).await
         }
@@ -360,7 +393,8 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             if database_url.is_some() {
                 checkins::run(&dir("checkins-postgres")?, &checkins(100_000, database_url, 256, 10)).await?;
             }
-            Ok(())
+            let fleet = LightFleet { poll_interval: Duration::from_secs(1), connections: 64, database_url: None };
+            light::run(&dir("rollout-light")?, &light(100_000, fleet)).await
         }
         Bench::TrivialServer { listen } => checkins::serve_trivial(listen).await,
     }
