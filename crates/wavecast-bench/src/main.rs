@@ -7,13 +7,16 @@
 //! `cargo build --release -p wavecast-cli -p wavecast-agent -p wavecast-bench`, then
 //! `target/release/wavecast-bench all`. `agent` measures the agent as devices get it: it builds
 //! it with the `agent` profile itself (or takes `--binary`). `checkins` and `rollout --light`
-//! simulate devices in this process (HTTP only, no files) to load the server alone.
+//! simulate devices in this process (HTTP only, no files) to load the server alone; `fsyncs`
+//! traces one real agent with strace.
 
 mod checkins;
 mod fleet;
+mod fsyncs;
 mod http;
 mod light;
 mod setup;
+mod strace;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -78,6 +81,14 @@ enum Bench {
         /// Seconds measured for each server (after one second of warm-up).
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// One real agent's fsync-family calls and writes to its own state for one install of a
+    /// 1 MiB artifact, per step, and for idle check-ins (targets: ≤ 9 per install, none idle).
+    /// Needs strace.
+    Fsyncs {
+        /// Idle check-ins to watch before and after the install (one every 100 ms).
+        #[arg(long, default_value_t = 20)]
+        checkins: u32,
     },
     /// The shipped agent: its size stripped, built with the `agent` profile (target ≤ 5 MiB), and
     /// the resident memory of a running agent, enrolled with a real server and checking in with
@@ -379,6 +390,7 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
         Bench::Checkins { devices, database_url, connections, seconds } => {
             checkins::run(root, &checkins(devices, database_url, connections, seconds)).await
         }
+        Bench::Fsyncs { checkins } => fsyncs::run(root, checkins).await,
         Bench::Agent { binary } => bench_agent(root, binary.as_deref()).await,
         Bench::All { database_url } => {
             let dir = |name: &str| -> anyhow::Result<PathBuf> {
@@ -387,6 +399,7 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
                 Ok(d)
             };
             bench_agent(&dir("agent")?, None).await?;
+            fsyncs::run(&dir("fsyncs")?, 20).await?;
             bench_install(&dir("install")?, 1024).await?;
             bench_rollout(&dir("rollout")?, 1000).await?;
             checkins::run(&dir("checkins-sqlite")?, &checkins(100_000, None, 256, 10)).await?;
