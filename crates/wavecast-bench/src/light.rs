@@ -5,9 +5,10 @@
 //! assignments with its last entity tag, and when a doc assigns it an install it reports the
 //! states an agent reports, in the batches an agent sends them (downloading; verifying,
 //! installing and probing; succeeded, with what it runs now). No signature check, no TUF, no
-//! download, no probe. The fleet shares `connections` keep-alive connections: each takes the
-//! device whose next poll is most overdue, so when the server cannot keep up with the poll
-//! interval every device is polled as often as the server allows.
+//! download, no probe. The fleet polls over `connections` keep-alive connections, each taking
+//! the device whose next poll is most overdue, so when the server cannot keep up with the poll
+//! interval every device is polled as often as the server allows; reports go over as many
+//! connections again, so slow reports hold up their own devices and not everyone's polls.
 //!
 //! The server's audit log says when each wave opened (`wave.opened`, on the same clock as ours);
 //! a device starts when a doc with its install reaches it. A wave's devices are the ones that
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use hyper::header::HeaderValue;
+use tokio::sync::mpsc::UnboundedSender;
 use wavecast_core::assignment::{
     Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch, SignedAssignments,
 };
@@ -137,9 +139,12 @@ fn jitter(base: Duration, rng: &mut u64) -> Duration {
     base.mul_f64(0.8 + 0.4 * (splitmix(rng) % 10_000) as f64 / 10_000.0)
 }
 
-/// One connection's worth of the fleet: take the most overdue device, do its next step, put
-/// it back due one poll interval later.
-async fn worker(addr: SocketAddr, fleet: Arc<Fleet>, seed: u64) {
+/// Devices with reports to send, waiting for a reporter.
+type Reports = Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Box<Device>>>>;
+
+/// One polling connection: take the most overdue device and poll for it; hand a device with
+/// an install to the reporters, or put it back due one poll interval later.
+async fn poller(addr: SocketAddr, fleet: Arc<Fleet>, reports: UnboundedSender<Box<Device>>, seed: u64) {
     let mut conn = Conn::new(addr);
     let mut rng = seed;
     while !fleet.stop.load(Ordering::Relaxed) {
@@ -154,7 +159,15 @@ async fn worker(addr: SocketAddr, fleet: Arc<Fleet>, seed: u64) {
         };
         match next {
             Ok(mut device) => {
-                step(&mut conn, &mut device, &fleet.stats).await;
+                if device.work.is_none() {
+                    poll(&mut conn, &mut device, &fleet.stats).await;
+                }
+                if device.work.is_some() {
+                    match reports.send(device) {
+                        Ok(()) => continue,
+                        Err(unsent) => device = unsent.0,
+                    }
+                }
                 device.due = Instant::now() + jitter(fleet.poll_interval, &mut rng);
                 fleet.heap().push(Due(device));
             }
@@ -164,11 +177,23 @@ async fn worker(addr: SocketAddr, fleet: Arc<Fleet>, seed: u64) {
     }
 }
 
-/// A device's next step: the rest of its reports if it has an install under way, else a poll.
-async fn step(conn: &mut Conn, device: &mut Device, stats: &Stats) {
-    if device.work.is_some() {
-        return report(conn, device, stats).await;
+/// One reporting connection: send a device's reports, then put it back among the pollers.
+/// Reports have connections of their own, as each device has its own: a slow report holds up
+/// that device, not the polls of the rest of the fleet.
+async fn reporter(addr: SocketAddr, fleet: Arc<Fleet>, queue: Reports, seed: u64) {
+    let mut conn = Conn::new(addr);
+    let mut rng = seed;
+    loop {
+        let next = queue.lock().await.recv().await;
+        let Some(mut device) = next else { return };
+        report(&mut conn, &mut device, &fleet.stats).await;
+        device.due = Instant::now() + jitter(fleet.poll_interval, &mut rng);
+        fleet.heap().push(Due(device));
     }
+}
+
+/// Polls for `device`; a doc that assigns it an install it has not done starts the work.
+async fn poll(conn: &mut Conn, device: &mut Device, stats: &Stats) {
     let answer = match conn.get("/device/v1/assignments", Some(&device.auth), device.etag.as_ref()).await {
         Ok(a) => a,
         Err(_) => return Stats::add(&stats.errors),
@@ -192,11 +217,11 @@ async fn step(conn: &mut Conn, device: &mut Device, stats: &Stats) {
     if let Some(a) = install {
         device.started_ms.get_or_insert_with(now_ms);
         device.work = Some((a, 0));
-        report(conn, device, stats).await;
     }
 }
 
-/// Sends the install's remaining report batches; a batch that fails is sent again next step.
+/// Sends the install's remaining report batches; a batch that fails is sent again a poll
+/// interval later.
 async fn report(conn: &mut Conn, device: &mut Device, stats: &Stats) {
     while let Some((assignment, next)) = &mut device.work {
         let Some(states) = BATCHES.get(*next) else {
@@ -364,9 +389,17 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         stats: Stats::default(),
         poll_interval: opts.poll_interval,
     });
-    let workers: Vec<_> = (0..opts.connections.max(1))
-        .map(|i| tokio::spawn(worker(inst.addr, fleet.clone(), 0xC0FFEE ^ i as u64)))
+    let (to_report, queue) = tokio::sync::mpsc::unbounded_channel();
+    let queue: Reports = Arc::new(tokio::sync::Mutex::new(queue));
+    let connections = opts.connections.max(1);
+    let pollers: Vec<_> = (0..connections)
+        .map(|i| tokio::spawn(poller(inst.addr, fleet.clone(), to_report.clone(), 0xC0FFEE ^ i as u64)))
         .collect();
+    let reporters: Vec<_> = (0..connections)
+        .map(|i| tokio::spawn(reporter(inst.addr, fleet.clone(), queue.clone(), 0xFEED ^ i as u64)))
+        .collect();
+    // The reporters stop once the pollers have, and they have sent what was queued.
+    drop(to_report);
 
     // Up: every device has had its first doc. Then a few intervals of an idle fleet.
     let deadline = Instant::now() + Duration::from_secs(3600);
@@ -392,7 +425,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let requests = fleet.stats.polls() + Stats::get(&fleet.stats.reports) - requests_before;
     let rss_peak = status_kib(inst.server_pid(), "VmHWM:");
     fleet.stop.store(true, Ordering::Relaxed);
-    for w in workers {
+    for w in pollers.into_iter().chain(reporters) {
         let _ = w.await;
     }
     ensure!(r.state == RolloutState::Completed, "the rollout did not complete: {r:?}");
@@ -402,7 +435,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let total_ms = completed_ms.map_or(took.as_millis() as i64, |c| c - created_ms);
     let s = &fleet.stats;
     println!(
-        "{tag}: idle fleet polling every {:?} ±20% over {} connections: {idle_rate:.0} check-ins/s (each device every {:.1} s)",
+        "{tag}: idle fleet polling every {:?} ±20% over {} connections (as many again for reports): {idle_rate:.0} check-ins/s (each device every {:.1} s)",
         opts.poll_interval,
         opts.connections,
         f64::from(opts.devices) / idle_rate.max(f64::MIN_POSITIVE)
