@@ -4,19 +4,33 @@
 //!
 //! It drives the release binaries (`wavecast`, `wavecast-agent`) as separate processes so
 //! the memory it reports is theirs alone. Build them first:
-//! `cargo build --release -p wavecast-cli -p wavecast-agent`, then
-//! `cargo run --release -p wavecast-bench -- all`. `agent` measures the agent as devices get it:
-//! it builds it with the `agent` profile itself (or takes `--binary`).
+//! `cargo build --release -p wavecast-cli -p wavecast-agent -p wavecast-bench`, then
+//! `target/release/wavecast-bench all`. `agent` measures the agent as devices get it: it builds
+//! it with the `agent` profile itself (or takes `--binary`). `checkins` and `rollout --light`
+//! simulate devices in this process (HTTP only, no files) to load the server alone; `fsyncs`
+//! traces one real agent with strace.
 
+mod checkins;
+mod fleet;
+mod fsyncs;
+mod http;
+mod light;
+mod setup;
+mod strace;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::{Parser, Subcommand};
-use wavecast_api::{EnrollmentTokenCreated, Rollout};
 use wavecast_core::rollout::RolloutState;
-use wavecast_test_support::free_port;
+
+use crate::setup::{
+    Installation, Proc, agent_config, bin, create_rollout, enroll_token, install, ok_probe, publish, status_kib,
+    wait_rollout, wavecast, write_file,
+};
 
 /// Benchmarks with in-run baselines.
 #[derive(Debug, Parser)]
@@ -38,11 +52,43 @@ enum Bench {
         mib: u64,
     },
     /// A 3-wave automatic rollout of a 1 MiB artifact to N simulated devices, versus hashing and
-    /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS.
+    /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS. With
+    /// `--light`, the devices are lightweight (HTTP only: they poll and report, with no files and
+    /// no TUF), to measure the server alone at fleet scale.
     Rollout {
         /// Simulated devices.
         #[arg(long, default_value_t = 1000)]
         devices: u32,
+        /// Lightweight devices in this process instead of real agents (`wavecast sim`).
+        #[arg(long)]
+        light: bool,
+        #[command(flatten)]
+        fleet: LightFleet,
+    },
+    /// Idle check-ins per second with N devices enrolled (304s, credentials rotating over the
+    /// fleet, each device sending its last ETag), versus a trivial axum handler under the same
+    /// load generator (target ≥ 0.5×); p50/p99 latency and server memory per device.
+    Checkins {
+        /// Devices enrolled.
+        #[arg(long, default_value_t = 5000)]
+        devices: u32,
+        /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Concurrent keep-alive connections of the load generator.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Seconds measured for each server (after one second of warm-up).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// One real agent's fsync-family calls and writes to its own state for one install of a
+    /// 1 MiB artifact, per step, and for idle check-ins (targets: ≤ 9 per install, none idle).
+    /// Needs strace.
+    Fsyncs {
+        /// Idle check-ins to watch before and after the install (one every 100 ms).
+        #[arg(long, default_value_t = 20)]
+        checkins: u32,
     },
     /// The shipped agent: its size stripped, built with the `agent` profile (target ≤ 5 MiB), and
     /// the resident memory of a running agent, enrolled with a real server and checking in with
@@ -53,109 +99,36 @@ enum Bench {
         #[arg(long, value_name = "FILE")]
         binary: Option<PathBuf>,
     },
-    /// Everything above with default sizes.
-    All,
+    /// Everything above with default sizes, check-ins and the light rollout at 100,000 devices.
+    All {
+        /// Also measure check-ins on this PostgreSQL database (fresh and empty).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+    },
+    /// The check-in baseline: a trivial axum handler (run by `checkins` as a child process).
+    #[command(hide = true)]
+    TrivialServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
 }
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let p = me.with_file_name(name);
-    ensure!(
-        p.exists(),
-        "{} not found next to the benchmark; run `cargo build --release -p wavecast-cli -p wavecast-agent` first",
-        p.display()
-    );
-    Ok(p)
+/// How lightweight devices behave (`rollout --light`).
+#[derive(Debug, clap::Args)]
+struct LightFleet {
+    /// How often each light device polls (±20%).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "light")]
+    poll_interval: Duration,
+    /// Keep-alive connections the light fleet shares.
+    #[arg(long, default_value_t = 64, requires = "light")]
+    connections: usize,
+    /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
+    #[arg(long, value_name = "URL", requires = "light")]
+    database_url: Option<String>,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-struct Installation {
-    dir: PathBuf,
-    url: String,
-    token: String,
-    server: Proc,
-}
-
-fn wavecast(url: &str, token: &str) -> anyhow::Result<Command> {
-    let mut c = Command::new(bin("wavecast")?);
-    c.env("WAVECAST_SERVER", url).env("WAVECAST_TOKEN", token);
-    Ok(c)
-}
-
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn install(dir: &Path) -> anyhow::Result<Installation> {
-    let inst = dir.join("install");
-    run_ok(Command::new(bin("wavecast")?).args(["init", "--dir"]).arg(&inst))?;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let server = Proc(
-        Command::new(bin("wavecast")?)
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(&inst)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("server.log"))?)
-            .spawn()?,
-    );
-    for _ in 0..200 {
-        if reqwest::get(format!("{url}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
-            let token = std::fs::read_to_string(inst.join("admin.token"))?.trim().to_owned();
-            return Ok(Installation { dir: inst, url, token, server });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the server did not start; see {}", dir.join("server.log").display())
-}
-
-fn write_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut block = vec![0u8; 1 << 20];
-    let mut seed = sha2::Sha256::digest_bytes(b"wavecast bench");
-    for chunk in block.chunks_mut(32) {
-        seed = sha2::Sha256::digest_bytes(&seed);
-        chunk.copy_from_slice(&seed[..chunk.len()]);
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for i in 0..bytes.div_ceil(1 << 20) {
-        block[..8].copy_from_slice(&i.to_le_bytes());
-        let n = (bytes - i * (1 << 20)).min(1 << 20) as usize;
-        f.write_all(&block[..n])?;
-    }
-    f.into_inner()?.sync_all()?;
-    Ok(())
-}
-
-trait DigestBytes {
-    fn digest_bytes(data: &[u8]) -> [u8; 32];
-}
-
-impl DigestBytes for sha2::Sha256 {
-    fn digest_bytes(data: &[u8]) -> [u8; 32] {
-        use sha2::Digest as _;
-        sha2::Sha256::digest(data).into()
-    }
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    wavecast_core::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
@@ -167,80 +140,6 @@ fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
-}
-
-fn agent_config(dir: &Path, inst: &Installation, token: &str, name: &str, probe: &Path) -> anyhow::Result<PathBuf> {
-    let home = dir.join(name);
-    std::fs::create_dir_all(home.join("app"))?;
-    let cfg = home.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "server = {:?}\nstate_dir = {:?}\ntrust_root = {:?}\nenrollment_token = {token:?}\ndevice_name = {name:?}\nhardware = \"bench\"\npoll_interval = \"100ms\"\n[[artifacts]]\nname = \"model\"\npath = {:?}\n[probes]\nok = {probe:?}\n",
-            inst.url,
-            std::fs::canonicalize(&home)?.join("state"),
-            std::fs::canonicalize(inst.dir.join("root.json"))?,
-            std::fs::canonicalize(&home)?.join("app").join("model.bin"),
-        ),
-    )?;
-    Ok(cfg)
-}
-
-fn enroll_token(inst: &Installation, group: &str) -> anyhow::Result<String> {
-    run_ok(wavecast(&inst.url, &inst.token)?.args(["group", "create", group]))?;
-    let out = run_ok(wavecast(&inst.url, &inst.token)?.args(["device", "enroll-token", "--group", group, "--json"]))?;
-    Ok(serde_json::from_str::<EnrollmentTokenCreated>(&out)?.token)
-}
-
-fn ok_probe(dir: &Path) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let p = std::fs::canonicalize(dir)?.join("ok.sh");
-    std::fs::write(&p, "#!/bin/sh\nexit 0\n")?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-    Ok(p)
-}
-
-/// Publishes `file` as `model@1.0.0` with the CLI.
-fn publish(inst: &Installation, file: &Path) -> anyhow::Result<()> {
-    let key = inst.dir.join("offline").join("targets.key");
-    run_ok(
-        wavecast(&inst.url, &inst.token)?
-            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
-            .arg(&key)
-            .arg("--file")
-            .arg(file),
-    )?;
-    Ok(())
-}
-
-/// Creates a rollout of `model@1.0.0` with the CLI; `args` add to the group, probe and attempts.
-fn create_rollout(inst: &Installation, group: &str, probe: &str, args: &[&str]) -> anyhow::Result<Rollout> {
-    let out = run_ok(
-        wavecast(&inst.url, &inst.token)?
-            .args(["rollout", "create", "--artifact", "model@1.0.0", "--group", group, "--probe", probe])
-            .args(["--probe-attempts", "1", "--json"])
-            .args(args),
-    )?;
-    Ok(serde_json::from_str(&out)?)
-}
-
-async fn wait_rollout(inst: &Installation, id: &str, timeout: Duration) -> anyhow::Result<Rollout> {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r: Rollout = http
-            .get(format!("{}/api/v1/rollouts/{id}", inst.url))
-            .bearer_auth(&inst.token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if r.state.is_terminal() || r.state == RolloutState::Paused {
-            return Ok(r);
-        }
-        ensure!(Instant::now() < deadline, "rollout {id} did not finish in {timeout:?}: {r:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
@@ -259,7 +158,7 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(root.join("copy.bin"));
     let baseline = hash + copy;
 
-    let inst = install(root).await?;
+    let inst = install(root, None).await?;
     let t = Instant::now();
     publish(&inst, &file)?;
     let publish = t.elapsed();
@@ -279,7 +178,7 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let idle_rss = status_kib(pid, "VmRSS:");
     let created = create_rollout(&inst, "bench", "exec:ok", &[])?;
     let t = Instant::now();
-    let r = wait_rollout(&inst, &created.id, Duration::from_secs(600)).await?;
+    let r = wait_rollout(&inst, &created.id, Duration::from_millis(20), Duration::from_secs(600)).await?;
     let agent_time = t.elapsed();
     ensure!(r.state == RolloutState::Completed, "the install did not succeed: {r:?}");
     let peak = status_kib(pid, "VmHWM:");
@@ -317,7 +216,7 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     let t = Instant::now();
     for i in 0..devices {
         use std::io::Write as _;
-        let _ = <sha2::Sha256 as DigestBytes>::digest_bytes(&data);
+        let _ = setup::sha256(&data);
         let mut f = std::fs::File::create(copies.join(format!("{i}")))?;
         f.write_all(&data)?;
         f.sync_all()?;
@@ -325,7 +224,7 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     let baseline = t.elapsed();
     let _ = std::fs::remove_dir_all(&copies);
 
-    let inst = install(root).await?;
+    let inst = install(root, None).await?;
     publish(&inst, &file)?;
     println!("rollout: starting {devices} simulated devices…");
     let mut sim = Proc(
@@ -358,7 +257,7 @@ async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
     let created =
         create_rollout(&inst, "fleet", "exec:sim-check", &["--waves", "10,50,100", "--device-timeout", "10m"])?;
     let t = Instant::now();
-    let r = wait_rollout(&inst, &created.id, Duration::from_secs(3600)).await?;
+    let r = wait_rollout(&inst, &created.id, Duration::from_millis(20), Duration::from_secs(3600)).await?;
     let took = t.elapsed();
     let peak = status_kib(server_pid, "VmHWM:");
     drop(sim);
@@ -440,7 +339,7 @@ async fn bench_agent(root: &Path, binary: Option<&Path>) -> anyhow::Result<()> {
     );
 
     // Idle: enrolled with a real server and checking in every 100 ms with nothing assigned.
-    let inst = install(root).await?;
+    let inst = install(root, None).await?;
     let token = enroll_token(&inst, "idle")?;
     let probe = ok_probe(root)?;
     let cfg = agent_config(root, &inst, &token, "idle-device", &probe)?;
@@ -466,20 +365,51 @@ async fn bench_agent(root: &Path, binary: Option<&Path>) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let tmp = tempfile::Builder::new().prefix("wavecast-bench-").tempdir_in(&cli.dir)?;
     match cli.command {
-        Bench::Install { mib } => bench_install(tmp.path(), mib).await,
-        Bench::Rollout { devices } => bench_rollout(tmp.path(), devices).await,
-        Bench::Agent { binary } => bench_agent(tmp.path(), binary.as_deref()).await,
-        Bench::All => {
-            let (a, b, c) =
-                (tmp.path().join("install-bench"), tmp.path().join("rollout-bench"), tmp.path().join("agent-bench"));
-            std::fs::create_dir_all(&a)?;
-            std::fs::create_dir_all(&b)?;
-            std::fs::create_dir_all(&c)?;
-            bench_agent(&c, None).await?;
-            bench_install(&a, 1024).await?;
-            bench_rollout(&b, 1000).await
+        // A child process of `checkins`: it needs no directory, and is killed, not stopped.
+        Bench::TrivialServer { listen } => checkins::serve_trivial(listen).await,
+        command => {
+            let tmp = tempfile::Builder::new().prefix("wavecast-bench-").tempdir_in(&cli.dir)?;
+            bench(command, tmp.path()).await
         }
+    }
+}
+
+async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
+    let light = |devices, fleet: LightFleet| light::Options {
+        devices,
+        connections: fleet.connections,
+        poll_interval: fleet.poll_interval,
+        database_url: fleet.database_url,
+    };
+    let checkins =
+        |devices, database_url, connections, seconds| checkins::Options { devices, database_url, connections, seconds };
+    match command {
+        Bench::Install { mib } => bench_install(root, mib).await,
+        Bench::Rollout { devices, light: false, .. } => bench_rollout(root, devices).await,
+        Bench::Rollout { devices, light: true, fleet } => light::run(root, &light(devices, fleet)).await,
+        Bench::Checkins { devices, database_url, connections, seconds } => {
+            checkins::run(root, &checkins(devices, database_url, connections, seconds)).await
+        }
+        Bench::Fsyncs { checkins } => fsyncs::run(root, checkins).await,
+        Bench::Agent { binary } => bench_agent(root, binary.as_deref()).await,
+        Bench::All { database_url } => {
+            let dir = |name: &str| -> anyhow::Result<PathBuf> {
+                let d = root.join(name);
+                std::fs::create_dir_all(&d)?;
+                Ok(d)
+            };
+            bench_agent(&dir("agent")?, None).await?;
+            fsyncs::run(&dir("fsyncs")?, 20).await?;
+            bench_install(&dir("install")?, 1024).await?;
+            bench_rollout(&dir("rollout")?, 1000).await?;
+            checkins::run(&dir("checkins-sqlite")?, &checkins(100_000, None, 256, 10)).await?;
+            if database_url.is_some() {
+                checkins::run(&dir("checkins-postgres")?, &checkins(100_000, database_url, 256, 10)).await?;
+            }
+            let fleet = LightFleet { poll_interval: Duration::from_secs(1), connections: 64, database_url: None };
+            light::run(&dir("rollout-light")?, &light(100_000, fleet)).await
+        }
+        Bench::TrivialServer { listen } => checkins::serve_trivial(listen).await,
     }
 }
