@@ -1,13 +1,16 @@
-//! `fsyncs`: what one real agent flushes and writes to its own state for one install of a
-//! 1 MiB artifact, step by step, and for check-ins with nothing to do (issue 19: ≤ 9 flushes
-//! per install; none for an idle check-in).
+//! `fsyncs`: what one real agent flushes and writes to its own state for two installs of a
+//! 1 MiB artifact — the first, onto nothing, and an update that keeps the previous version —
+//! step by step, and for check-ins with nothing to do (issue 19: ≤ 9 flushes per install; none
+//! for an idle check-in).
 //!
 //! The release agent runs under `strace -f -y`, which names the file behind every descriptor.
-//! Steps are told apart by what the agent itself writes: each report it queues durably
-//! (`"state": "downloading"`, … `"succeeded"`) starts the step of that name, the check-in that
-//! brought the assignment starts the install, and the first check-in after the outcome ends
-//! it. Files are told apart by where they live in the state directory (journal, outbox,
-//! trusted record, TUF metadata) or next to the application's file (the model and its swap).
+//! Steps are told apart by what the agent itself writes: each write to its state that queues
+//! reports (`"state": "downloading"`, … `"succeeded"`) starts the step of the reports it names
+//! (one step for several reports written together), the check-in that brought the assignment
+//! starts the install, and the first check-in after the outcome ends it. Files are told apart
+//! by where they live in the state directory (journal, outbox, trusted record, TUF metadata)
+//! or next to the application's file (the model and its swap). Each step's flushes and bytes
+//! are broken down by file, so what a step costs and where it goes are read in one place.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -49,15 +52,15 @@ struct Op {
     /// last renamed into it, the one it makes durable.
     path: Option<String>,
     is_dir: bool,
-    /// The state a report written to a file names: the step it starts.
-    reports: Option<DeviceState>,
+    /// The states of the reports a write to a file queues, in order: the step they start.
+    reports: Vec<DeviceState>,
 }
 
 /// The calls that count, in order. `is_dir` says whether a path is a directory.
 fn ops(calls: &[Call], is_dir: &dyn Fn(&str) -> bool) -> Vec<Op> {
     let mut out = Vec::new();
     let mut renamed_into: std::collections::HashMap<String, String> = Default::default();
-    let op = |kind, path| Op { kind, path, is_dir: false, reports: None };
+    let op = |kind, path| Op { kind, path, is_dir: false, reports: Vec::new() };
     for c in calls {
         let name = c.name.as_str();
         let file = c.fd_path().filter(|p| p.starts_with('/'));
@@ -79,7 +82,7 @@ fn ops(calls: &[Call], is_dir: &dyn Fn(&str) -> bool) -> Vec<Op> {
             let text = text();
             match file {
                 Some(p) => Op {
-                    reports: reported_state(&text),
+                    reports: reported_states(&text),
                     ..op(Kind::Write(c.ret.unwrap_or(0).max(0) as u64), Some(p.to_owned()))
                 },
                 None if text.starts_with("GET /device/v1/assignments") => op(Kind::Request { check_in: true }, None),
@@ -99,44 +102,64 @@ fn ops(calls: &[Call], is_dir: &dyn Fn(&str) -> bool) -> Vec<Op> {
     out
 }
 
-/// The device state a written report names (`"state": "probing"`), if the text holds one.
-fn reported_state(text: &str) -> Option<DeviceState> {
-    let after = &text[text.find("\"state\"")? + "\"state\"".len()..];
-    let value = after.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
-    value[..value.find('"')?].parse().ok()
+/// The states of the reports a write queues: a report file (`{"id": …, "state": "probing"}`),
+/// or a record of the agent's journal log (`CHECKSUM {"reports": [{…, "state": …}], …}`). A
+/// journal's own `last_outcome` names a state too, but queues no report, so it does not count.
+fn reported_states(text: &str) -> Vec<DeviceState> {
+    let json = match text.split_once(' ') {
+        Some((sum, rest)) if sum.len() == 16 && sum.bytes().all(|b| b.is_ascii_hexdigit()) => rest,
+        _ => text,
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json.trim_end()) else { return Vec::new() };
+    let state = |r: &serde_json::Value| r["state"].as_str().and_then(|s| s.parse().ok());
+    match value["reports"].as_array() {
+        Some(reports) => reports.iter().filter_map(state).collect(),
+        None if value["id"].is_string() => state(&value).into_iter().collect(),
+        None => Vec::new(),
+    }
 }
 
-/// The steps of an install, named by the report that starts each.
-const STEPS: [(Option<DeviceState>, &str); 6] = [
-    (None, "check-in that brought the assignment"),
-    (Some(DeviceState::Downloading), "downloading (TUF metadata, the artifact)"),
-    (Some(DeviceState::Verifying), "verifying"),
-    (Some(DeviceState::Installing), "installing (the swap)"),
-    (Some(DeviceState::Probing), "probing"),
-    (Some(DeviceState::Succeeded), "succeeded (outcome kept and delivered)"),
+/// The steps of an install, named by the report that starts each, in order.
+const STEPS: [(DeviceState, &str); 5] = [
+    (DeviceState::Downloading, "downloading (TUF metadata, the artifact)"),
+    (DeviceState::Verifying, "verifying"),
+    (DeviceState::Installing, "installing (the swap)"),
+    (DeviceState::Probing, "probing"),
+    (DeviceState::Succeeded, "succeeded (outcome kept and delivered)"),
 ];
+
+/// What starts the install: the check-in that brought the assignment.
+const CHECK_IN: &str = "check-in that brought the assignment";
 
 /// The trace cut into what happened: before the install, its steps, after it.
 #[derive(Debug, PartialEq)]
 struct Phases {
     startup: Range<usize>,
     idle_before: Range<usize>,
-    steps: Vec<(&'static str, Range<usize>)>,
+    steps: Vec<(String, Range<usize>)>,
     idle_after: Range<usize>,
 }
 
-fn phases(ops: &[Op]) -> anyhow::Result<Phases> {
-    let check_ins: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].kind == Kind::Request { check_in: true }).collect();
-    let first_report = |state: DeviceState, from: usize| (from..ops.len()).find(|&i| ops[i].reports == Some(state));
-    let Some(downloading) = first_report(DeviceState::Downloading, 0) else {
+/// The first install in `ops[from..]`.
+fn phases(ops: &[Op], from: usize) -> anyhow::Result<Phases> {
+    let check_ins: Vec<usize> =
+        (from..ops.len()).filter(|&i| ops[i].kind == Kind::Request { check_in: true }).collect();
+    let Some(downloading) = (from..ops.len()).find(|&i| ops[i].reports.contains(&DeviceState::Downloading)) else {
         bail!("the trace holds no report of `downloading` written to a file: did the install start?")
     };
-    let install_start = check_ins.iter().copied().filter(|&i| i < downloading).max().unwrap_or(0);
-    let mut bounds = vec![(STEPS[0].1, install_start)];
-    for (state, label) in STEPS.iter().skip(1) {
-        let from = bounds.last().map_or(0, |b| b.1);
-        if let Some(i) = state.and_then(|s| first_report(s, from)) {
-            bounds.push((label, i));
+    let install_start = check_ins.iter().copied().filter(|&i| i < downloading).max().unwrap_or(from);
+    // Each write that queues the report of a step not begun yet starts a step; reports written
+    // together make one step, named after all of them.
+    let mut bounds = vec![(CHECK_IN.to_owned(), install_start)];
+    let mut next = 0;
+    for (i, op) in ops.iter().enumerate().skip(downloading) {
+        let named: Vec<usize> = (next..STEPS.len()).filter(|&k| op.reports.contains(&STEPS[k].0)).collect();
+        if let Some(&last) = named.last() {
+            bounds.push((named.iter().map(|&k| STEPS[k].1).collect::<Vec<_>>().join(" + "), i));
+            next = last + 1;
+        }
+        if next == STEPS.len() {
+            break;
         }
     }
     let last = bounds.last().map_or(0, |b| b.1);
@@ -144,12 +167,12 @@ fn phases(ops: &[Op]) -> anyhow::Result<Phases> {
     let steps = bounds
         .iter()
         .enumerate()
-        .map(|(k, &(label, from))| (label, from..bounds.get(k + 1).map_or(install_end, |b| b.1)))
+        .map(|(k, (label, from))| (label.clone(), *from..bounds.get(k + 1).map_or(install_end, |b| b.1)))
         .collect();
     // Enrolling and the first check-in (the first doc, the first trusted record) are setup.
     let startup_end = check_ins.get(1).copied().filter(|&i| i <= install_start).unwrap_or(install_start);
     Ok(Phases {
-        startup: 0..startup_end,
+        startup: from..startup_end,
         idle_before: startup_end..install_start,
         steps,
         idle_after: install_end..ops.len(),
@@ -194,6 +217,8 @@ impl Layout {
                 "outbox" => "outbox",
                 "tuf" => "TUF metadata (tough's datastore)",
                 "trusted.json" => "trusted record",
+                "journal.log" => "journal log (journal, outbox, trusted record)",
+                "delivered.log" => "delivered reports (not flushed)",
                 "device.json" => "identity",
                 other => other,
             }
@@ -343,7 +368,7 @@ pub async fn run(root: &Path, check_ins: u32) -> anyhow::Result<()> {
 
     let trace = root.join("agent.strace");
     let strace = Command::new("strace")
-        .args(["-f", "-ttt", "-y", "-s", "512", "-e", &format!("trace={}", strace::TRACED), "-o"])
+        .args(["-f", "-ttt", "-y", "-s", "8192", "-e", &format!("trace={}", strace::TRACED), "-o"])
         .arg(&trace)
         .arg("--")
         .arg(setup::bin("wavecast-agent")?)
@@ -363,51 +388,87 @@ pub async fn run(root: &Path, check_ins: u32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(idle).await;
-    let created = setup::create_rollout(&inst, "bench", "exec:ok", &[])?;
-    let r = setup::wait_rollout(&inst, &created.id, Duration::from_millis(20), Duration::from_secs(300)).await?;
-    ensure!(r.state == RolloutState::Completed, "the install did not succeed: {r:?}");
-    tokio::time::sleep(idle).await;
+    // The first install, onto nothing; then an update, which keeps the first as the previous
+    // version.
+    let update = root.join("model-1mib-v2.bin");
+    setup::write_file(&update, 1 << 20)?;
+    {
+        use std::os::unix::fs::FileExt as _;
+        std::fs::OpenOptions::new().write(true).open(&update)?.write_all_at(b"update", 8)?;
+    }
+    for (version, file) in [("1.0.0", None), ("2.0.0", Some(&update))] {
+        if let Some(file) = file {
+            setup::publish_version(&inst, file, version)?;
+        }
+        let created = setup::create_rollout_of(&inst, version, "bench", "exec:ok", &[])?;
+        let r = setup::wait_rollout(&inst, &created.id, Duration::from_millis(20), Duration::from_secs(300)).await?;
+        ensure!(r.state == RolloutState::Completed, "the install of {version} did not succeed: {r:?}");
+        tokio::time::sleep(idle).await;
+    }
     traced.stop().await?;
     drop(inst.server);
 
     let text = std::fs::read_to_string(&trace).with_context(|| format!("reading {}", trace.display()))?;
     let ops = ops(&strace::calls(&text), &|p| Path::new(p).is_dir());
-    let phases = phases(&ops)?;
+    let first = phases(&ops, 0)?;
+    let second = phases(&ops, first.idle_after.start)?;
     let tag = "fsyncs";
     println!(
-        "{tag}: one real agent, one install of a 1 MiB artifact with a probe that passes, under strace -f; fsync family = {}",
+        "{tag}: one real agent, two installs of a 1 MiB artifact with a probe that passes, under strace -f; fsync family = {}",
         SYNCS.join(", ")
     );
-    println!("{tag}:   {:<42} {:>13} {:>13} {:>8}", "step", "fsyncs (dirs)", "state bytes", "renames");
     let row = |label: &str, f: &Figures| {
         println!(
-            "{tag}:   {label:<42} {:>13} {:>13} {:>8}",
+            "{tag}:   {label:<58} {:>13} {:>13} {:>8}",
             format!("{} ({})", f.syncs, f.dir_syncs),
             bytes(f.state_bytes),
             f.renames
         )
     };
-    let mut install = Figures::default();
-    for (label, range) in &phases.steps {
-        let f = figures(&ops, range.clone(), &layout);
-        row(label, &f);
-        install.add(f);
+    // What each file took in a step (or the install): the model's bytes are the artifact's.
+    let by_file = |f: &Figures| {
+        for (place, (syncs, written)) in &f.by_place {
+            let (name, written) = match place {
+                Place::State(n) => (n.as_str(), bytes(*written)),
+                Place::Model => ("the model and its swap", format!("({} of artifact)", bytes(f.model_bytes))),
+                Place::Log => continue,
+            };
+            println!("{tag}:       {name:<54} {syncs:>13} {written:>13}");
+        }
+    };
+    let mut totals = Vec::new();
+    for (what, install) in
+        [("first install (nothing at the path)", &first), ("update (the previous version kept)", &second)]
+    {
+        println!("{tag}: {what}");
+        println!(
+            "{tag}:   {:<58} {:>13} {:>13} {:>8}",
+            "step, then by file", "fsyncs (dirs)", "state bytes", "renames"
+        );
+        let mut sum = Figures::default();
+        for (label, range) in &install.steps {
+            let f = figures(&ops, range.clone(), &layout);
+            row(label, &f);
+            by_file(&f);
+            sum.add(f);
+        }
+        row("per install", &sum);
+        by_file(&sum);
+        totals.push((what, sum));
     }
-    row("per install", &install);
-    println!(
-        "{tag}: per install: {} fsync-family calls (target ≤ 9); by file (a directory's flush counts for the file renamed into it):",
-        install.syncs
-    );
-    for (place, (syncs, written)) in &install.by_place {
-        let (name, written) = match place {
-            Place::State(n) => (n.as_str(), bytes(*written)),
-            Place::Model => ("the model and its swap", format!("{} (the artifact)", bytes(install.model_bytes))),
-            Place::Log => continue,
-        };
-        println!("{tag}:   {name:<42} {syncs:>3} fsyncs, {written} written");
+    for (what, sum) in &totals {
+        println!(
+            "{tag}: per install, {what}: {} fsync-family calls (target ≤ 9), {} written to the agent's state (a directory's flush counts for the file renamed into it)",
+            sum.syncs,
+            bytes(sum.state_bytes)
+        );
     }
-    let (quiet_before, changed_before) = by_answer(&ops, phases.idle_before.clone(), &layout);
-    let (quiet_after, changed_after) = by_answer(&ops, phases.idle_after.clone(), &layout);
+    let between = first.idle_after.start..second.steps[0].1.start;
+    let (quiet_between, changed_between) = by_answer(&ops, between, &layout);
+    let (quiet_before, changed_before) = by_answer(&ops, first.idle_before.clone(), &layout);
+    let (mut quiet_after, mut changed_after) = by_answer(&ops, second.idle_after.clone(), &layout);
+    quiet_after.add(quiet_between);
+    changed_after.add(changed_between);
     let line = |f: &Figures| {
         format!(
             "{} check-ins: {} fsyncs, {} written ({:.2} fsyncs per check-in)",
@@ -418,7 +479,7 @@ pub async fn run(root: &Path, check_ins: u32) -> anyhow::Result<()> {
         )
     };
     println!(
-        "{tag}: idle check-ins (answered 304), before the install {}; after it {} (target: none)",
+        "{tag}: idle check-ins (answered 304), before the installs {}; after them {} (target: none)",
         line(&quiet_before),
         line(&quiet_after)
     );
@@ -430,7 +491,7 @@ pub async fn run(root: &Path, check_ins: u32) -> anyhow::Result<()> {
             line(&changed)
         );
     }
-    let startup = figures(&ops, phases.startup.clone(), &layout);
+    let startup = figures(&ops, first.startup.clone(), &layout);
     println!(
         "{tag}: enrolling and the first check-in: {} fsyncs, {} written",
         startup.syncs,
@@ -464,17 +525,65 @@ mod tests {
         )
     }
 
+    /// A record of the agent's journal log queueing reports of `states`, with a journal whose
+    /// last outcome names a state of its own.
+    fn record(states: &[&str]) -> String {
+        let reports: Vec<String> = states.iter().map(|s| format!(r#"{{\"id\":\"ab\",\"state\":\"{s}\"}}"#)).collect();
+        let text = format!(
+            r#"0123456789abcdef {{\"reports\":[{}],\"journals\":{{\"model\":{{\"last_outcome\":{{\"state\":\"failed\"}}}}}}}}\n"#,
+            reports.join(",")
+        );
+        format!(r#"write(5</d/state/journal.log>, "{text}", 90) = 90"#)
+    }
+
     #[test]
-    fn reports_name_their_state_wherever_the_key_is() {
+    fn writes_name_the_reports_they_queue() {
+        use DeviceState::*;
         for (text, want) in [
-            ("{\"state\":\"probing\"}", Some(DeviceState::Probing)),
-            ("{\n  \"id\": \"x\",\n  \"state\" :  \"succeeded\"\n}", Some(DeviceState::Succeeded)),
-            ("{\"phase\": \"probing\"}", None),
-            ("{\"state\": \"no-such-state\"}", None),
-            ("{\"state\": \"downl", None),
+            ("{\"id\": \"x\", \"state\":\"probing\"}", vec![Probing]),
+            ("{\n  \"id\": \"x\",\n  \"state\" :  \"succeeded\"\n}", vec![Succeeded]),
+            (
+                "0123456789abcdef {\"reports\":[{\"state\":\"verifying\"},{\"state\":\"installing\"}]}\n",
+                vec![Verifying, Installing],
+            ),
+            // A journal names states that are not reports.
+            ("{\"phase\": \"probing\", \"last_outcome\": {\"state\": \"failed\"}}", vec![]),
+            ("0123456789abcdef {\"journals\":{\"m\":{\"last_outcome\":{\"state\":\"failed\"}}}}\n", vec![]),
+            ("{\"id\": \"x\", \"state\": \"no-such-state\"}", vec![]),
+            ("{\"id\": \"x\", \"state\": \"downl", vec![]),
         ] {
-            assert_eq!(reported_state(text), want, "{text}");
+            assert_eq!(reported_states(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn reports_written_together_make_one_step() {
+        let ops = trace(&[
+            GET,
+            &record(&["downloading"]),
+            "fsync(5</d/state/journal.log>) = 0",
+            &record(&["verifying", "installing"]),
+            "fsync(5</d/state/journal.log>) = 0",
+            "fsync(8</d/app>) = 0",
+            &record(&["probing"]),
+            "fsync(5</d/state/journal.log>) = 0",
+            &record(&["succeeded"]),
+            "fsync(5</d/state/journal.log>) = 0",
+            GET,
+        ]);
+        let p = phases(&ops, 0).unwrap();
+        let labels: Vec<&str> = p.steps.iter().map(|(l, _)| l.as_str()).collect();
+        let merged = format!("{} + {}", STEPS[1].1, STEPS[2].1);
+        assert_eq!(labels, [CHECK_IN, STEPS[0].1, &merged, STEPS[3].1, STEPS[4].1]);
+        assert_eq!(p.steps[2].1, 3..6);
+        let l = layout();
+        let swap = figures(&ops, p.steps[2].1.clone(), &l);
+        assert_eq!((swap.syncs, swap.dir_syncs), (2, 1));
+        assert_eq!(
+            swap.by_place.get(&Place::State("journal log (journal, outbox, trusted record)".into())),
+            Some(&(1, 90))
+        );
+        assert_eq!(p.idle_after, 10..11);
     }
 
     #[test]
@@ -503,19 +612,19 @@ mod tests {
             GET.into(),
         ];
         let ops = trace(&lines.iter().map(String::as_str).collect::<Vec<_>>());
-        let p = phases(&ops).unwrap();
+        let p = phases(&ops, 0).unwrap();
         assert_eq!(p.startup, 0..3);
         assert_eq!(p.idle_before, 3..4);
-        let steps: Vec<(&str, Range<usize>)> = p.steps.clone();
+        let steps: Vec<(&str, Range<usize>)> = p.steps.iter().map(|(l, r)| (l.as_str(), r.clone())).collect();
         assert_eq!(
             steps,
             [
-                (STEPS[0].1, 4..6),
-                (STEPS[1].1, 6..10),
-                (STEPS[2].1, 10..11),
-                (STEPS[3].1, 11..14),
-                (STEPS[4].1, 14..15),
-                (STEPS[5].1, 15..18)
+                (CHECK_IN, 4..6),
+                (STEPS[0].1, 6..10),
+                (STEPS[1].1, 10..11),
+                (STEPS[2].1, 11..14),
+                (STEPS[3].1, 14..15),
+                (STEPS[4].1, 15..18)
             ]
         );
         assert_eq!(p.idle_after, 18..21);
@@ -562,7 +671,7 @@ mod tests {
 
     #[test]
     fn a_trace_without_an_install_is_refused() {
-        assert!(phases(&trace(&[GET, GET])).is_err());
+        assert!(phases(&trace(&[GET, GET]), 0).is_err());
     }
 
     #[test]
@@ -573,6 +682,8 @@ mod tests {
             ("/d/state/artifacts/.model.json.tmp", Place::State("journal".into())),
             ("/d/state/outbox", Place::State("outbox".into())),
             ("/d/state/.trusted.json.tmp", Place::State("trusted record".into())),
+            ("/d/state/journal.log", Place::State("journal log (journal, outbox, trusted record)".into())),
+            ("/d/state/.journal.log.tmp", Place::State("journal log (journal, outbox, trusted record)".into())),
             ("/d/state/tuf/timestamp.json", Place::State("TUF metadata (tough's datastore)".into())),
             ("/d/state", Place::State("state directory".into())),
             ("/d/state/new-file", Place::State("new-file".into())),

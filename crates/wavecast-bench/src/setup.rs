@@ -175,10 +175,15 @@ pub fn ok_probe(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Publishes `file` as `model@1.0.0` with the CLI.
 pub fn publish(inst: &Installation, file: &Path) -> anyhow::Result<()> {
+    publish_version(inst, file, "1.0.0")
+}
+
+/// Publishes `file` as `model@VERSION` with the CLI.
+pub fn publish_version(inst: &Installation, file: &Path, version: &str) -> anyhow::Result<()> {
     let key = inst.dir.join("offline").join("targets.key");
     run_ok(
         wavecast(&inst.url, &inst.token)?
-            .args(["artifact", "publish", "--name", "model", "--version", "1.0.0", "--key"])
+            .args(["artifact", "publish", "--name", "model", "--version", version, "--key"])
             .arg(&key)
             .arg("--file")
             .arg(file),
@@ -188,9 +193,22 @@ pub fn publish(inst: &Installation, file: &Path) -> anyhow::Result<()> {
 
 /// Creates a rollout of `model@1.0.0` with the CLI; `args` add to the group, probe and attempts.
 pub fn create_rollout(inst: &Installation, group: &str, probe: &str, args: &[&str]) -> anyhow::Result<Rollout> {
+    create_rollout_of(inst, "1.0.0", group, probe, args)
+}
+
+/// Creates a rollout of `model@VERSION` with the CLI; `args` add to the group, probe and
+/// attempts.
+pub fn create_rollout_of(
+    inst: &Installation,
+    version: &str,
+    group: &str,
+    probe: &str,
+    args: &[&str],
+) -> anyhow::Result<Rollout> {
+    let target = format!("model@{version}");
     let out = run_ok(
         wavecast(&inst.url, &inst.token)?
-            .args(["rollout", "create", "--artifact", "model@1.0.0", "--group", group, "--probe", probe])
+            .args(["rollout", "create", "--artifact", &target, "--group", group, "--probe", probe])
             .args(["--probe-attempts", "1", "--json"])
             .args(args),
     )?;
