@@ -33,7 +33,9 @@ use crate::heartbeat::{Heartbeat, Rate};
 use crate::net::{self, NetError};
 use crate::probe::{self, ProbeOutcome};
 use crate::roots::{Roots, RootsError};
-use crate::state::{Identity, Installed, Journal, Outcome, Phase, Previous, Refused, StateDir, StateError, Work};
+use crate::state::{
+    Change, Hook, Identity, Installed, Journal, Outcome, Phase, Previous, Refused, StateDir, StateError, Work,
+};
 use crate::swap::{Restore, Slots, sha256_file};
 use crate::tuf::{self, HttpTransport};
 use crate::wait;
@@ -261,7 +263,7 @@ fn client_builder(config: &AgentConfig) -> Result<reqwest::ClientBuilder, AgentE
 impl Agent {
     /// Opens the state dir and enrolls if this device has no identity yet.
     pub async fn start(config: AgentConfig) -> Result<Self, AgentError> {
-        let state = StateDir::open(&config.state_dir)?;
+        let state = StateDir::open_with(&config.state_dir, &|| kill_at(&config, "during-migration"))?;
         let roots = Roots::load(&config.trust_root, &state)?;
         let http = http_client(&config)?;
         let probe_http = probe_client(&config)?;
@@ -350,14 +352,7 @@ impl Agent {
     }
 
     fn crash(&self, point: &str) {
-        #[cfg(debug_assertions)]
-        if self.config.crash_at.as_deref() == Some(point) {
-            tracing::warn!(point, "test hook: killing the agent with SIGKILL");
-            let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
-            std::thread::sleep(Duration::from_secs(30));
-        }
-        #[cfg(not(debug_assertions))]
-        let _ = point;
+        kill_at(&self.config, point);
     }
 
     fn report(
@@ -393,8 +388,28 @@ impl Agent {
         state: DeviceState,
         reason: Option<String>,
     ) -> Result<(), StateError> {
-        let r = self.report(&work.rollout_id, cfg.name.as_str(), &work.version.to_string(), state, reason);
-        self.state.push_report(&r)
+        self.state.push_report(&self.report_of(cfg, work, state, reason))
+    }
+
+    fn report_of(&self, cfg: &ArtifactConfig, work: &Work, state: DeviceState, reason: Option<String>) -> Report {
+        self.report(&work.rollout_id, cfg.name.as_str(), &work.version.to_string(), state, reason)
+    }
+
+    /// Writes `j` as the artifact's journal together with the reports the transition queues:
+    /// one record, one flush, so neither is ever on disk without the other. In debug builds
+    /// this is where the crash tests' kill points `torn-PHASE` (half of the record that sets
+    /// PHASE written, then SIGKILL) and `during-compaction` are.
+    fn transition(&self, cfg: &ArtifactConfig, j: &Journal, reports: &[Report]) -> Result<(), StateError> {
+        let change = Change { journal: Some((&cfg.name, j)), reports };
+        let torn = format!("torn-{}", j.phase.name());
+        let tear = || self.crash(&torn);
+        let compacting = || self.crash("during-compaction");
+        let hook = match self.config.crash_at.as_deref() {
+            Some(p) if cfg!(debug_assertions) && p == torn => Hook::Torn(&tear),
+            Some("during-compaction") if cfg!(debug_assertions) => Hook::Compacting(&compacting),
+            _ => Hook::Append,
+        };
+        self.state.commit(change, hook)
     }
 
     // ----- checking in ----------------------------------------------------------------------
@@ -484,8 +499,9 @@ impl Agent {
                 return Ok(());
             }
             Ok(director::Accepted { new_counter: Some(counter) }) => {
+                // Written with the first record this doc leads to, before anything is done on it.
                 trusted.counter = counter;
-                self.state.save_trusted(&trusted)?;
+                self.state.accept_trusted(&trusted);
             }
             Ok(director::Accepted { new_counter: None }) => {}
         }
@@ -601,9 +617,9 @@ impl Agent {
                     if !told {
                         // Already running it (an earlier rollout, or this one before a
                         // crash): the rollout still needs to hear so.
-                        self.queue(cfg, &work, DeviceState::Succeeded, None)?;
+                        let told = self.report_of(cfg, &work, DeviceState::Succeeded, None);
                         j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
-                        self.state.save_journal(&cfg.name, &j)?;
+                        self.transition(cfg, &j, &[told])?;
                     }
                     return Ok(());
                 }
@@ -617,8 +633,15 @@ impl Agent {
                     // the next one.
                     return Ok(());
                 }
+                if let Err(reason) = probe::resolve(&work.probe.kind, &self.config.probes) {
+                    // A probe naming what this device does not list could never pass: refused
+                    // before anything is downloaded, in one record.
+                    return self.refuse(cfg, work, format!("probe could not run: {reason}"));
+                }
+                // Picked up: the journal and the report that says so, in one record.
                 j.phase = Phase::Installing { work: work.clone() };
-                self.state.save_journal(&cfg.name, &j)?;
+                let picked_up = self.report_of(cfg, &work, DeviceState::Downloading, None);
+                self.transition(cfg, &j, &[picked_up])?;
                 self.attempt(cfg, work).await
             }
             Action::Revert => {
@@ -626,7 +649,7 @@ impl Agent {
                     return Ok(());
                 }
                 j.phase = Phase::Reverting { rollout_id: a.rollout_id.clone(), version: work.version.clone() };
-                self.state.save_journal(&cfg.name, &j)?;
+                self.transition(cfg, &j, &[])?;
                 self.revert(cfg, &a.rollout_id, &work.version).await
             }
         }
@@ -648,12 +671,12 @@ impl Agent {
                         // Neither in place nor staged: start the install over, once the
                         // server confirms it.
                         j.phase = Phase::Installing { work };
-                        return self.state.save_journal(&cfg.name, &j);
+                        return self.transition(cfg, &j, &[]);
                     }
                 }
                 j.previous = slots.kept(j.active.as_ref())?;
                 j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-                self.state.save_journal(&cfg.name, &j)?;
+                self.transition(cfg, &j, &[self.report_of(cfg, &work, DeviceState::Probing, None)])?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::Probing { work, restarts } => {
@@ -666,7 +689,7 @@ impl Agent {
                     return self.roll_back(cfg, work, reason).await;
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: restarts + 1 };
-                self.state.save_journal(&cfg.name, &j)?;
+                self.transition(cfg, &j, &[self.report_of(cfg, &work, DeviceState::Probing, None)])?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
             Phase::RollingBack { work, reason } => self.roll_back(cfg, work, reason).await,
@@ -695,7 +718,7 @@ impl Agent {
         let mut j = self.state.journal(&cfg.name)?;
         if matches!(&j.phase, Phase::Installing { work: w } if w == work) {
             j.phase = Phase::Idle;
-            self.state.save_journal(&cfg.name, &j)?;
+            self.transition(cfg, &j, &[])?;
         }
         self.retries.remove(&cfg.name);
         self.dropped.insert(
@@ -796,22 +819,24 @@ impl Agent {
             }
         }
         let slots = Slots::new(&cfg.path);
-        self.queue(cfg, &work, DeviceState::Installing, None)?;
         if let Ok(probe::Resolved::File { path, .. }) = probe::resolve(&work.probe.kind, &self.config.probes) {
             // A readiness file left from the old version must not pass the new one's probe. Only
             // a file the device lists is ever removed.
             let _ = std::fs::remove_file(path);
         }
+        // Verified and about to swap: one record, with the versions of the metadata the bytes
+        // were checked against (held in memory until now).
         let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::Swapping { work: work.clone() };
-        self.state.save_journal(&cfg.name, &j)?;
+        let reports = [DeviceState::Verifying, DeviceState::Installing].map(|s| self.report_of(cfg, &work, s, None));
+        self.transition(cfg, &j, &reports)?;
         slots.swap_in(&slots.partial(&work.sha256), || self.crash("between-renames"))?;
         let swapped_at = SystemTime::from(clock::now());
         // The journal says what the previous slot holds now: a rollback or revert puts back
         // exactly that, after checking its digest.
         j.previous = slots.kept(j.active.as_ref())?;
         j.phase = Phase::Probing { work: work.clone(), restarts: 0 };
-        self.state.save_journal(&cfg.name, &j)?;
+        self.transition(cfg, &j, &[self.report_of(cfg, &work, DeviceState::Probing, None)])?;
         self.probe_and_finish(cfg, work, swapped_at).await
     }
 
@@ -910,7 +935,6 @@ impl Agent {
                 Ok(f) => f,
                 Err(e) => return self.fetch_failed(&slots, work, &partial, &watch, e),
             };
-            self.queue(cfg, work, DeviceState::Verifying, None)?;
             if fetched.sha256 == work.sha256 && fetched.length == work.length {
                 self.crash("after-verify");
                 return Ok(Ok(()));
@@ -1007,7 +1031,7 @@ impl Agent {
         work: Work,
         swapped_at: SystemTime,
     ) -> Result<(), StateError> {
-        self.queue(cfg, &work, DeviceState::Probing, None)?;
+        // The caller queued `probing` with the journal's Probing phase.
         self.deliver().await;
         let probing = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.probe_http, || {
             self.crash("during-probe")
@@ -1019,9 +1043,9 @@ impl Agent {
         match outcome {
             ProbeOutcome::Healthy => {
                 let mut j = self.state.journal(&cfg.name)?;
-                // The report goes to the outbox before the journal says "done": a crash in
-                // between re-runs the probe and queues the same report id again.
-                self.queue(cfg, &work, DeviceState::Succeeded, None)?;
+                // The report and the journal's "done" are one record: a crash before it re-runs
+                // the probe and queues the same report id again.
+                let succeeded = self.report_of(cfg, &work, DeviceState::Succeeded, None);
                 let new = Installed { version: work.version.clone(), sha256: work.sha256 };
                 if j.active.as_ref() != Some(&new) {
                     // What ran before is in the previous slot now (unless nothing wavecast
@@ -1033,7 +1057,7 @@ impl Agent {
                 }
                 j.last_outcome = Some(outcome_of(&work, DeviceState::Succeeded, None));
                 j.phase = Phase::Idle;
-                self.state.save_journal(&cfg.name, &j)?;
+                self.transition(cfg, &j, &[succeeded])?;
                 tracing::info!(artifact = %cfg.name, version = %work.version, "installed and healthy");
                 self.crash("before-report");
                 Ok(())
@@ -1046,7 +1070,7 @@ impl Agent {
     async fn roll_back(&mut self, cfg: &ArtifactConfig, work: Work, reason: String) -> Result<(), StateError> {
         let mut j = self.state.journal(&cfg.name)?;
         j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone() };
-        self.state.save_journal(&cfg.name, &j)?;
+        self.transition(cfg, &j, &[])?;
         // The swap put what `path` held in the previous slot: the active version, or (before
         // wavecast's first install there) what the swap recorded.
         let expected: Option<Previous> = match &j.active {
@@ -1087,13 +1111,13 @@ impl Agent {
         reason: String,
         mut j: Journal,
     ) -> Result<(), StateError> {
-        self.queue(cfg, &work, DeviceState::Failed, Some(reason.clone()))?;
+        let failed = self.report_of(cfg, &work, DeviceState::Failed, Some(reason.clone()));
         if !j.refused(&work.rollout_id, &work.sha256) {
             j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256 });
         }
         j.last_outcome = Some(outcome_of(&work, DeviceState::Failed, Some(reason)));
         j.phase = Phase::Idle;
-        self.state.save_journal(&cfg.name, &j)
+        self.transition(cfg, &j, &[failed])
     }
 
     /// Undoes `version` for an aborted rollout: puts the previous version back when there is
@@ -1138,7 +1162,6 @@ impl Agent {
             tracing::warn!(artifact = %cfg.name, %version, state = %state, reason = %r, "revert");
         }
         let r = self.report(rollout_id, cfg.name.as_str(), &version.to_string(), state, reason.clone());
-        self.state.push_report(&r)?;
         j.reverted.push(rollout_id.to_owned());
         j.last_outcome = Some(Outcome {
             state,
@@ -1148,7 +1171,7 @@ impl Agent {
             at_ms: clock::now_ms(),
         });
         j.phase = Phase::Idle;
-        self.state.save_journal(&cfg.name, &j)
+        self.transition(cfg, &j, &[r])
     }
 
     // ----- reporting ----------------------------------------------------------------------
@@ -1197,6 +1220,19 @@ impl Agent {
         }
         out
     }
+}
+
+/// The crash tests' kill points: in debug builds, SIGKILLs the agent when `point` is the one
+/// `crash_at` names.
+fn kill_at(config: &AgentConfig, point: &str) {
+    #[cfg(debug_assertions)]
+    if config.crash_at.as_deref() == Some(point) {
+        tracing::warn!(point, "test hook: killing the agent with SIGKILL");
+        let _ = std::process::Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (config, point);
 }
 
 /// Why a restore did not happen, for the report.

@@ -47,7 +47,8 @@ pub struct ArtifactStatus {
 
 /// Reads every configured artifact's status.
 pub fn read(config: &AgentConfig) -> Result<Vec<ArtifactStatus>, StateError> {
-    let state = StateDir::open(&config.state_dir)?;
+    // Read only: the agent may be writing while `status` runs.
+    let state = StateDir::read_only(&config.state_dir)?;
     let mut out = Vec::new();
     for a in &config.artifacts {
         out.push(view(a.name.as_str(), &a.path.display().to_string(), state.journal(&a.name)?));

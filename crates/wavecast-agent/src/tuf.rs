@@ -308,7 +308,8 @@ fn check_and_record(state: &StateDir, repo: &tough::Repository) -> Result<(), Ve
         Trusted { root: now[0].1, timestamp: now[1].1, snapshot: now[2].1, targets: now[3].1, counter: t.counter };
     if next != t {
         t = next;
-        state.save_trusted(&t)?;
+        // Written with the next record, which comes before the swap or a report.
+        state.accept_trusted(&t);
     }
     Ok(())
 }

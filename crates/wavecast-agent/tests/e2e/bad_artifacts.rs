@@ -166,13 +166,7 @@ async fn refuses_tampered_blobs_foreign_hardware_and_forged_assignments() {
     for p in [env.dir.path().join("escape"), agent.dir.join("escape"), agent.state_dir.join("escape")] {
         assert!(!p.exists(), "{} was written", p.display());
     }
-    let journals: Vec<String> = std::fs::read_dir(agent.state_dir.join("artifacts"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert_eq!(journals, ["model.json"]);
+    assert_eq!(agent.journaled(), ["model"]);
 
     assert_distinct(&reasons);
 

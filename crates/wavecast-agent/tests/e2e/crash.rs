@@ -2,6 +2,8 @@
 //! probes; after the restart the file holds exactly the old or exactly the new verified bytes,
 //! the previous version is kept, and the server hears the true outcome exactly once.
 
+use serde_json::Value;
+
 use crate::support::*;
 
 /// For each entry of `fails` (probe fails or passes) publishes a new version, lets the agent
@@ -107,6 +109,101 @@ async fn crash_during_probe() {
 async fn crash_before_report() {
     // The hook sits on the healthy path only.
     crash_loop("before-report", &[false, false, false, false], 64 * 1024).await;
+}
+
+// The journal log's own write steps: a record torn half-way (the last thing a power cut
+// leaves; dropped at the next start, so the step before it is redone), and a compaction killed
+// between flushing the compacted log and renaming it in.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_torn_installing_record() {
+    crash_loop("torn-installing", &[false, true], 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_torn_swapping_record() {
+    crash_loop("torn-swapping", &[false, true, false], 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_torn_probing_record() {
+    crash_loop("torn-probing", &[false, true, false], 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_torn_rolling_back_record() {
+    // The record is written on the failing path only.
+    crash_loop("torn-rolling_back", &[true, true], 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_torn_outcome_record() {
+    crash_loop("torn-idle", &[false, true, false], 64 * 1024).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_compaction() {
+    crash_loop("during-compaction", &[false, true], 64 * 1024).await;
+}
+
+/// An agent upgraded in place finds the journal, the outbox and the rollback record the agent
+/// before it kept in separate files, is killed right after its log holds them (before the
+/// older files are removed), and goes on from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_upgraded_in_place_goes_on_from_the_older_files() {
+    let env = Env::new().await;
+    let ok = script(&env.probes_dir(), "ok", "exit 0");
+    let mut agent = env.start_agent("dev-1", &[("ok", ok)], None).await;
+    let v1 = blob("v1", 64 * 1024);
+    let (r1, e) = update(&env, &agent, "1.0.0", &v1, &Probe::new("exec:ok")).await;
+    assert_succeeded(&e, &agent);
+    wait!("the outbox to drain", agent, agent.outbox().is_empty());
+    agent.stop().await;
+
+    // The state as the agent before the log kept it, with the outcome still queued (as if the
+    // server's acknowledgement had been lost).
+    let state = agent.state_dir.clone();
+    let journal = agent.journal();
+    let trusted = agent.trusted();
+    let log = std::fs::read_to_string(state.join("journal.log")).unwrap();
+    let succeeded = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.split_once(' ')?.1).ok())
+        .flat_map(|r| r["reports"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["state"] == "succeeded")
+        .unwrap();
+    for f in ["journal.log", "delivered.log"] {
+        let _ = std::fs::remove_file(state.join(f));
+    }
+    for d in ["artifacts", "outbox"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+    }
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap();
+    std::fs::write(state.join("artifacts/model.json"), pretty(&journal)).unwrap();
+    std::fs::write(state.join("trusted.json"), pretty(&trusted)).unwrap();
+    let queued = format!("outbox/00000000000000000001-{}.json", succeeded["id"].as_str().unwrap());
+    std::fs::write(state.join(&queued), pretty(&succeeded)).unwrap();
+    assert_eq!((agent.journal(), agent.outbox().len()), (journal.clone(), 1), "read from the older files");
+
+    agent.start_with(Some("during-migration"));
+    agent.wait_killed().await;
+    assert!(state.join("artifacts/model.json").exists(), "killed before the older files were removed");
+    agent.start();
+    wait!("the queued outcome to be delivered", agent, agent.outbox().is_empty());
+    for old in ["artifacts", "outbox", "trusted.json"] {
+        assert!(!state.join(old).exists(), "{old} is left");
+    }
+    assert_eq!(agent.journal(), journal);
+    assert_eq!(env.outcome_events(&agent.name, &r1).await.len(), 1, "the outcome sent again was applied once");
+
+    // The next install goes on from what the older journal said: v1 is what is kept.
+    let v2 = blob("v2", 64 * 1024);
+    let (_, e) = update(&env, &agent, "2.0.0", &v2, &Probe::new("exec:ok")).await;
+    assert_succeeded(&e, &agent);
+    assert_eq!(agent.sha(), Some(sha_hex(&v2)));
+    assert_eq!(agent.previous_sha(), Some(sha_hex(&v1)));
+    assert_eq!(agent.journal()["previous"]["version"], "1.0.0", "{}", agent.journal());
+    assert!(agent.trusted()["counter"].as_u64() > trusted["counter"].as_u64(), "{}", agent.trusted());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

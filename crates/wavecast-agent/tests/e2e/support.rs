@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::Digest as _;
 use tough::schema::{Signed, Targets};
-use wavecast_core::{Sha256Digest, TargetName};
+use wavecast_agent::state::StateDir;
+use wavecast_core::{ArtifactName, Sha256Digest, TargetName};
 use wavecast_server::ServerConfig;
 use wavecast_test_support::MultipartForm;
 use wavecast_tuf::keys::SigningKey;
@@ -629,18 +630,29 @@ impl Agent {
         v[0].clone()
     }
 
+    /// The agent's state as it is on disk, read the way `wavecast-agent status` reads it
+    /// (nothing written, a record being written not read).
+    fn state(&self) -> Option<StateDir> {
+        StateDir::read_only(&self.state_dir).ok()
+    }
+
+    /// The journal of `model`, as JSON (null before there is one).
     pub fn journal(&self) -> Value {
-        std::fs::read(self.state_dir.join("artifacts/model.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let model = ArtifactName::new("model").unwrap();
+        self.state()
+            .filter(|s| s.journaled().contains(&model))
+            .and_then(|s| serde_json::to_value(s.journal(&model).ok()?).ok())
             .unwrap_or(Value::Null)
     }
 
+    /// The artifacts that have a journal.
+    pub fn journaled(&self) -> Vec<String> {
+        self.state().map(|s| s.journaled().iter().map(ToString::to_string).collect()).unwrap_or_default()
+    }
+
+    /// The accepted-versions record, as JSON.
     pub fn trusted(&self) -> Value {
-        std::fs::read(self.state_dir.join("trusted.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null)
+        self.state().and_then(|s| serde_json::to_value(s.trusted().ok()?).ok()).unwrap_or(Value::Null)
     }
 
     pub fn sha(&self) -> Option<String> {
@@ -669,14 +681,8 @@ impl Agent {
 
     /// Reports still waiting in the outbox.
     pub fn outbox(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.state_dir.join("outbox"))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.retain(|p| {
-            p.extension().is_some_and(|e| e == "json") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        });
-        files.sort();
-        files.iter().filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok()).collect()
+        let pending = self.state().and_then(|s| s.pending_reports().ok()).unwrap_or_default();
+        pending.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()
     }
 
     /// Every file under the agent's app dir with its sha256 (to prove nothing else was written).
