@@ -7,8 +7,8 @@
 
 use std::fmt;
 
+use crate::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::{DeviceName, Sha256Digest};
 
@@ -238,10 +238,10 @@ impl AuditEvent {
 
 /// RFC 6962 leaf hash: SHA-256(0x00 ‖ data).
 pub fn leaf_hash(data: &[u8]) -> Sha256Digest {
-    let mut h = Sha256::new();
+    let mut h = Sha256Hasher::new();
     h.update([0u8]);
     h.update(data);
-    Sha256Digest::from_bytes(h.finalize().into())
+    h.finish()
 }
 
 #[cfg(test)]

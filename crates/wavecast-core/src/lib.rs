@@ -25,6 +25,6 @@ pub mod rollout;
 pub mod secret;
 pub mod trust;
 
-pub use digest::Sha256Digest;
+pub use digest::{Sha256Digest, Sha256Hasher};
 pub use name::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};
 pub use role::{Permission, Role};

@@ -28,8 +28,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::DeviceName;
 use crate::assignment::{Action, DeviceState, Mover};
@@ -138,11 +138,11 @@ pub fn device_order<'a>(rollout_id: &str, device_ids: impl IntoIterator<Item = &
     let mut keyed: Vec<([u8; 32], &str)> = device_ids
         .into_iter()
         .map(|d| {
-            let mut h = Sha256::new();
+            let mut h = Sha256Hasher::new();
             h.update(rollout_id.as_bytes());
             h.update([0]);
             h.update(d.as_bytes());
-            (h.finalize().into(), d)
+            (*h.finish().as_bytes(), d)
         })
         .collect();
     keyed.sort();
