@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DeviceName, Sha256Digest};
 
 /// What happened.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuditAction {
     /// `wavecast init` created the installation (recorded at the server's first start).
@@ -182,11 +183,13 @@ pub struct NewAuditEvent {
 }
 
 /// An event with its place in the log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Position in the log, from 0; also the Merkle leaf index.
     pub seq: u64,
     /// When, as RFC 3339 UTC.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub at: String,
     /// Who did it.
     pub actor: String,

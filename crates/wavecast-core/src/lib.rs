@@ -18,6 +18,8 @@ pub mod evidence;
 pub mod fleet;
 pub mod merkle;
 pub mod name;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod probe;
 pub mod progress;
 pub mod role;

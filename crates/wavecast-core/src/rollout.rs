@@ -37,6 +37,7 @@ use crate::audit::{Actor, AuditAction};
 use crate::progress::{ProgressAck, heartbeat_ms};
 
 /// How a wave opens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Gate {
@@ -150,6 +151,7 @@ pub fn device_order<'a>(rollout_id: &str, device_ids: impl IntoIterator<Item = &
 }
 
 /// A rollout's state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
@@ -227,6 +229,7 @@ impl FromStr for RolloutState {
 }
 
 /// How an aborted rollout leaves the devices it reached.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AbortMode {
