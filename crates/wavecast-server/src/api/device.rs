@@ -120,7 +120,8 @@ pub async fn assignments(
     };
     // The director key the newest root names; a replica that lacks it answers 503 rather than
     // sign with a retired one.
-    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&doc.signing_bytes()));
+    let message = doc.signing_bytes().map_err(|e| ApiError::internal_from("encoding the assignment doc", e))?;
+    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&message));
     Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
 }
 

@@ -131,6 +131,15 @@ pub enum StoreError {
         /// What.
         what: String,
     },
+    /// An audit event has no canonical bytes (its detail holds a float), so it is not logged.
+    #[error("encoding {what} as canonical JSON")]
+    Canonical {
+        /// What.
+        what: String,
+        /// Why not.
+        #[source]
+        source: wavecast_core::canonical::CanonicalError,
+    },
     /// A stored value does not parse: the database was changed outside wavecast.
     #[error("stored {what} is corrupt")]
     Corrupt {
