@@ -75,8 +75,10 @@ pub struct AssignmentDoc {
 }
 
 impl AssignmentDoc {
-    /// The bytes the director signs.
-    pub fn signing_bytes(&self) -> Vec<u8> {
+    /// The bytes the director signs: the doc's canonical JSON. Every field is an integer or a
+    /// string, so this fails only if a float ever found its way into the type; then nothing
+    /// is signed rather than bytes no agent could reproduce.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, crate::canonical::CanonicalError> {
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         crate::canonical::to_vec(&value)
     }
@@ -382,14 +384,14 @@ mod tests {
                 probe: ProbeSpec::new(ProbeKind::Exec { name: "check".into(), args: vec![] }),
             }],
         };
-        let bytes = doc.signing_bytes();
+        let bytes = doc.signing_bytes().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(r#"{"assignments":[{"action":"install","artifact":"yolo""#), "{text}");
         let parsed: AssignmentDoc = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(parsed, doc);
         let mut other = doc.clone();
         other.counter = 8;
-        assert_ne!(other.signing_bytes(), bytes);
+        assert_ne!(other.signing_bytes().unwrap(), bytes);
     }
 
     #[test]

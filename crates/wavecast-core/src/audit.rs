@@ -215,8 +215,9 @@ impl AuditEvent {
         Self { seq, at, actor: new.actor.to_string(), action: new.action, subject: new.subject, detail: new.detail }
     }
 
-    /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
+    /// The canonical bytes (see [`crate::canonical`]): the Merkle leaf. Refused when the
+    /// detail holds a float, so no event is logged whose bytes a verifier could not rebuild.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, crate::canonical::CanonicalError> {
         let value = serde_json::json!({
             "seq": self.seq,
             "at": self.at,
@@ -234,8 +235,8 @@ impl AuditEvent {
     }
 
     /// The RFC 6962 leaf hash of the canonical bytes.
-    pub fn leaf_hash(&self) -> Sha256Digest {
-        leaf_hash(&self.canonical_bytes())
+    pub fn leaf_hash(&self) -> Result<Sha256Digest, crate::canonical::CanonicalError> {
+        Ok(leaf_hash(&self.canonical_bytes()?))
     }
 }
 
@@ -267,7 +268,7 @@ mod tests {
     #[test]
     fn canonical_bytes_sort_keys_and_round_trip() {
         let e = event();
-        let bytes = e.canonical_bytes();
+        let bytes = e.canonical_bytes().unwrap();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
             r#"{"action":"group.created","actor":"admin","at":"2026-11-28T10:00:00Z","detail":{"a":{"b":"x","y":[true,null]},"z":1},"seq":3,"subject":"plant-7"}"#
@@ -295,6 +296,6 @@ mod tests {
         assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
         let mut other = event();
         other.seq = 4;
-        assert_ne!(event().leaf_hash(), other.leaf_hash());
+        assert_ne!(event().leaf_hash().unwrap(), other.leaf_hash().unwrap());
     }
 }

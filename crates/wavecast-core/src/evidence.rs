@@ -496,7 +496,7 @@ mod tests {
                     seq,
                     "2026-01-01T00:00:00Z".into(),
                 );
-                LeafRow { seq, body: String::from_utf8(e.canonical_bytes()).unwrap() }
+                LeafRow { seq, body: String::from_utf8(e.canonical_bytes().unwrap()).unwrap() }
             })
             .collect()
     }

@@ -252,6 +252,8 @@ async fn connection<IO>(
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(identity.clone());
+        // The peer address is what request budgets are keyed by (`api::auth::client_key`).
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let app = app.clone();
         async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
     });

@@ -83,40 +83,47 @@ pub async fn enroll(
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::bad_request(&e))?;
-    if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
-        super::auth::require_certificate_for(&parts, name.as_str())?;
-    }
     validate("hardware", &req.hardware).map_err(|e| ApiError::bad_request(&e))?;
-    let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
-    let enrollment = Enrollment {
-        token_sha256: token.hash(),
-        device_id: new_id()?,
-        name: name.clone(),
-        hardware: req.hardware.clone(),
-        credential_sha256: credential.hash(),
-        now_ms: now_ms(),
-    };
-    let device = state
-        .store()
-        .enroll_device(&enrollment, |group, token| NewAuditEvent {
-            actor: Actor::Device(name.clone()),
-            action: AuditAction::DeviceEnrolled,
-            subject: name.to_string(),
-            detail: serde_json::json!({
-                "group": group,
-                "hardware": req.hardware,
-                "device_id": enrollment.device_id,
-                "enrollment_token": token,
-            }),
-        })
-        .await
-        .map_err(|e| match e {
-            EnrollError::Store(s) => s.into(),
-            e @ (EnrollError::UnknownToken | EnrollError::Refused(_)) => ApiError::Unauthorized(chain(&e)),
-            e @ EnrollError::NameTaken(_) => ApiError::Conflict(chain(&e)),
-        })?;
+    // A wrong token is a failed authentication like a wrong credential: charged to the
+    // address, which is refused before the token is looked up once it has failed too often.
+    let device = super::auth::under_failure_budget(&parts, &state, async {
+        let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
+        if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
+            super::auth::require_certificate_for(&parts, name.as_str())?;
+        }
+        let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
+        let enrollment = Enrollment {
+            token_sha256: token.hash(),
+            device_id: new_id()?,
+            name: name.clone(),
+            hardware: req.hardware.clone(),
+            credential_sha256: credential.hash(),
+            now_ms: now_ms(),
+        };
+        let device = state
+            .store()
+            .enroll_device(&enrollment, |group, token| NewAuditEvent {
+                actor: Actor::Device(name.clone()),
+                action: AuditAction::DeviceEnrolled,
+                subject: name.to_string(),
+                detail: serde_json::json!({
+                    "group": group,
+                    "hardware": req.hardware,
+                    "device_id": enrollment.device_id,
+                    "enrollment_token": token,
+                }),
+            })
+            .await
+            .map_err(|e| match e {
+                EnrollError::Store(s) => s.into(),
+                e @ (EnrollError::UnknownToken | EnrollError::Refused(_)) => ApiError::Unauthorized(chain(&e)),
+                e @ EnrollError::NameTaken(_) => ApiError::Conflict(chain(&e)),
+            })?;
+        Ok((device, credential))
+    })
+    .await;
+    let (device, credential) = device?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {
@@ -194,7 +201,8 @@ pub async fn assignments(
     };
     // The director key the newest root names; a replica that lacks it answers 503 rather than
     // sign with a retired one.
-    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&doc.signing_bytes()));
+    let message = doc.signing_bytes().map_err(|e| ApiError::internal_from("encoding the assignment doc", e))?;
+    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&message));
     Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
 }
 
@@ -289,13 +297,17 @@ pub async fn progress(
     ApiJson(heartbeat): ApiJson<Progress>,
 ) -> Result<Json<ProgressAck>, ApiError> {
     heartbeat.check().map_err(|e| ApiError::bad_request(&e))?;
-    if !state.heartbeat_rate().allow(&device.id) {
-        return Err(ApiError::TooManyRequests(format!(
-            "device {} sent more than {} heartbeat per second; wait for the interval the server answers",
-            device.name,
-            state.heartbeat_rate().per_second()
-        )));
-    }
+    let budget = state.limits().heartbeats();
+    budget.take(&device.id).map_err(|exceeded| {
+        ApiError::too_many(
+            format!(
+                "device {} is over its heartbeat budget ({}); wait for the interval the server answers",
+                device.name,
+                budget.rate().in_words()
+            ),
+            exceeded,
+        )
+    })?;
     let now = now_ms();
     state.last_seen().touch(&device.id, now);
     Ok(Json(state.store().record_heartbeat(&device.id, &heartbeat, now).await?))

@@ -102,12 +102,26 @@ pub fn render(api: &utoipa::openapi::OpenApi) -> String {
     if let Ok(doc) = &mut doc {
         for item in doc.get_mut("paths").into_iter().flat_map(Json::values_mut) {
             for op in item.values_mut() {
+                budget_failed_authentication(op.get_mut("responses"));
                 require_headers(op.get_mut("responses"));
             }
         }
         require_headers(doc.get_mut("components").and_then(|c| c.get_mut("responses")));
     }
     doc.and_then(|doc| serde_json::to_string(&doc)).unwrap_or_default()
+}
+
+/// Adds 429 to every operation that authenticates: failed authentications spend their
+/// address's budget (`limits.rs`), and once it is spent every request from that address is
+/// refused before its credential is looked at, whatever route it is for.
+fn budget_failed_authentication(responses: Option<&mut Json>) {
+    if let Some(Json::Object(responses)) = responses
+        && responses.contains_key("401")
+        && !responses.contains_key("429")
+    {
+        let reference = serde_json::json!({ "$ref": "#/components/responses/TooManyRequests" });
+        responses.insert("429".into(), Json::Other(reference));
+    }
 }
 
 /// Marks every header of these responses required.
