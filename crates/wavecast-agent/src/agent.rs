@@ -17,8 +17,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
-
-use sha2::Digest as _;
 use tokio::time::Instant;
 use wavecast_core::assignment::{Action, ActiveArtifact, Assignment, DeviceState, Report, ReportAck, ReportBatch};
 use wavecast_core::progress::{Progress, WaitClass, Waiting};
@@ -365,13 +363,13 @@ impl Agent {
     ) -> Report {
         // The id names the transition, so the same transition re-sent after a crash is
         // recognised by the server and applied once.
-        let mut h = sha2::Sha256::new();
+        let mut h = wavecast_core::Sha256Hasher::new();
         for part in [self.identity.device_id.as_str(), rollout_id, artifact, version, state.as_str()] {
             h.update(part.as_bytes());
             h.update([0]);
         }
         Report {
-            id: hex::encode(&h.finalize()[..16]),
+            id: hex::encode(&h.finish().as_bytes()[..16]),
             rollout_id: rollout_id.to_owned(),
             artifact: artifact.to_owned(),
             version: version.to_owned(),

@@ -19,7 +19,6 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sha2::Digest as _;
 use wavecast_core::Sha256Digest;
 
 use crate::config::DownloadPolicy;
@@ -201,7 +200,7 @@ pub async fn fetch(
         have = 0;
     }
     // Hash what an earlier attempt left, then continue after it.
-    let mut prefix = sha2::Sha256::new();
+    let mut prefix = wavecast_core::Sha256Hasher::new();
     if have > 0 {
         file.rewind().map_err(local("reading"))?;
         let mut buf = vec![0u8; 1 << 16];
@@ -218,7 +217,7 @@ pub async fn fetch(
     watch.done.store(have, Ordering::Relaxed);
     if have == length {
         file.sync_all().map_err(local("syncing"))?;
-        return Ok(Fetched { length, sha256: Sha256Digest::from_bytes(prefix.finalize().into()), resumed: true });
+        return Ok(Fetched { length, sha256: prefix.finish(), resumed: true });
     }
 
     let mut req = http.get(url.clone()).bearer_auth(credential);
@@ -247,7 +246,7 @@ pub async fn fetch(
             if have > 0 {
                 file.set_len(0).map_err(local("truncating"))?;
                 have = 0;
-                prefix = sha2::Sha256::new();
+                prefix = wavecast_core::Sha256Hasher::new();
                 watch.done.store(0, Ordering::Relaxed);
             }
         }
@@ -269,7 +268,7 @@ pub async fn fetch(
         while let Ok(Chunk::Data(b)) = hash_rx.recv() {
             h.update(&b);
         }
-        Sha256Digest::from_bytes(h.finalize().into())
+        h.finish()
     });
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);

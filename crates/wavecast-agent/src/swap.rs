@@ -77,9 +77,8 @@ fn not_a_file() -> std::io::Error {
 
 /// SHA-256 of a regular file, streaming, never through a link.
 pub fn hash_file(path: &Path) -> std::io::Result<Sha256Digest> {
-    use sha2::Digest as _;
     let mut f = open_file(path)?;
-    let mut h = sha2::Sha256::new();
+    let mut h = wavecast_core::Sha256Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = f.read(&mut buf)?;
@@ -88,7 +87,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<Sha256Digest> {
         }
         h.update(&buf[..n]);
     }
-    Ok(Sha256Digest::from_bytes(h.finalize().into()))
+    Ok(h.finish())
 }
 
 /// SHA-256 of a file, or none when it is missing, unreadable or not a regular file (for

@@ -6,6 +6,7 @@ use crate::Timestamp;
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
 
 /// A published artifact version.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     /// Artifact name.
@@ -17,6 +18,7 @@ pub struct Artifact {
     /// SHA-256 of the bytes.
     pub sha256: Sha256Digest,
     /// Only devices with this hardware may install it; `null` for any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub hardware: Option<String>,
     /// Publish time.
     pub published_at: Timestamp,

@@ -11,14 +11,18 @@ use crate::DeviceProgress;
 
 /// `POST /groups`. Names travel as strings in requests so the server, not the JSON decoder,
 /// says what is wrong with one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"name": "plant-7"})))]
 pub struct CreateGroup {
     /// Group name.
+    #[cfg_attr(feature = "openapi", schema(value_type = GroupName))]
     pub name: String,
 }
 
 /// What `POST /groups` answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupCreated {
     /// The new group.
@@ -26,6 +30,7 @@ pub struct GroupCreated {
 }
 
 /// A device group as listed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     /// Name.
@@ -39,20 +44,26 @@ pub struct Group {
 }
 
 /// `POST /enrollment-tokens`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"group": "plant-7", "expires_in_secs": 86400, "max_uses": 20})))]
 pub struct CreateEnrollmentToken {
     /// The group the devices join.
+    #[cfg_attr(feature = "openapi", schema(value_type = GroupName))]
     pub group: String,
     /// Lifetime in seconds (the server's default when `null`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31536000))]
     pub expires_in_secs: Option<u64>,
     /// How many devices it may enroll; any number until it expires when absent. Left out
     /// when absent, so a CLI that does not limit uses can talk to a server that cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_uses: Option<u64>,
 }
 
 /// What `POST /enrollment-tokens` answers: the only time the secret is shown.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollmentTokenCreated {
     /// Public id.
@@ -64,10 +75,12 @@ pub struct EnrollmentTokenCreated {
     /// When it stops admitting devices.
     pub expires_at: Timestamp,
     /// How many devices it may enroll; `null` for any number until it expires.
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
     pub max_uses: Option<u64>,
 }
 
 /// An enrollment token as listed (`GET /enrollment-tokens`), without its secret.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollmentToken {
     /// Public id.
@@ -81,14 +94,17 @@ pub struct EnrollmentToken {
     /// When it stops admitting devices.
     pub expires_at: Timestamp,
     /// How many devices it may enroll; `null` for any number until it expires.
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
     pub max_uses: Option<u64>,
     /// How many devices it enrolled.
     pub uses: u64,
     /// Revocation time; `null` unless revoked.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub revoked_at: Option<Timestamp>,
 }
 
 /// An enrolled device.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// Id.
@@ -102,15 +118,18 @@ pub struct Device {
     /// Enrollment time.
     pub enrolled_at: Timestamp,
     /// Last check-in; `null` if never.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_seen_at: Option<Timestamp>,
     /// Whether its credential still works.
     pub state: DeviceStatus,
     /// When its credential was revoked; `null` unless revoked.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub revoked_at: Option<Timestamp>,
 }
 
 /// What revoking a device (`POST /devices/{name}/revoke`) or removing it (`DELETE
 /// /devices/{name}`) answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRemoval {
     /// The device as it was left: revoked. A removed device is no longer listed.
@@ -123,6 +142,7 @@ pub struct DeviceRemoval {
 }
 
 /// `GET /devices/{name}`: one device, with what it runs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceDetail {
     /// The device's own fields, inline.
@@ -135,6 +155,7 @@ pub struct DeviceDetail {
 }
 
 /// An artifact a device reported running.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceArtifact {
     /// Artifact name.
@@ -146,6 +167,7 @@ pub struct DeviceArtifact {
 }
 
 /// A device's place in one rollout.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRollout {
     /// Rollout id.
@@ -159,9 +181,11 @@ pub struct DeviceRollout {
     /// Where the device is.
     pub state: DeviceState,
     /// Why it failed, when it did.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub reason: Option<String>,
     /// Last change.
     pub updated_at: Timestamp,
     /// Its latest heartbeat while it works on the update; `null` otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub progress: Option<DeviceProgress>,
 }

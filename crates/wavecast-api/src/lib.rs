@@ -3,9 +3,10 @@
 //!
 //! One definition on both sides means a renamed or retyped field is a compile error rather than
 //! a `null` the CLI prints months later. The types are plain serde structs whose JSON is the
-//! wire format documented in the server's `openapi.json`, field for field and in the same
-//! order; validated values travel as the core's newtypes (`ArtifactName`, `Sha256Digest`, …),
-//! which serialize as the same strings. Request bodies refuse unknown fields, as the server
+//! wire format; with the `openapi` feature, which only the server turns on, each also derives
+//! its schema, so the OpenAPI document the server serves is made from these same fields in
+//! the same order. Validated values travel as the core's newtypes (`ArtifactName`,
+//! `Sha256Digest`, …), which serialize as the same strings. Request bodies refuse unknown fields, as the server
 //! always has; response bodies accept them, so an older CLI keeps working against a newer
 //! server. The device API's bodies live in `wavecast_core::assignment`, next to the rules
 //! that check them.

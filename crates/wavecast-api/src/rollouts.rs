@@ -11,19 +11,25 @@ use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName, Target
 
 /// `POST /rollouts`. Values the server validates travel as plain strings and numbers, so a bad
 /// one is refused with the server's own message; absent options take the server's defaults.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"artifact": "yolo-v8n@2.1.0", "group": "plant-7", "waves": [10, 50, 100], "gates": [1], "halt_after": 1, "probe": "exec:check-model"})))]
 pub struct CreateRollout {
     /// `NAME@VERSION`.
+    #[cfg_attr(feature = "openapi", schema(value_type = TargetName))]
     pub artifact: String,
     /// The device group.
+    #[cfg_attr(feature = "openapi", schema(value_type = GroupName))]
     pub group: String,
     /// Cumulative wave percentages; the last is 100.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 100))]
     pub waves: Vec<u8>,
     /// 1-based waves that wait for approval.
     #[serde(default)]
     pub gates: Vec<usize>,
     /// Pause after this many failed devices since the last acknowledgement.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub halt_after: Option<u32>,
     /// How long a device may take to pick up and finish its assignment.
     pub device_timeout_ms: Option<u64>,
@@ -32,6 +38,7 @@ pub struct CreateRollout {
     /// Timeout of one probe attempt.
     pub probe_timeout_ms: Option<u64>,
     /// Probe attempts; healthy if any passes.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub probe_attempts: Option<u32>,
     /// Pause between probe attempts.
     pub probe_interval_ms: Option<u64>,
@@ -40,22 +47,27 @@ pub struct CreateRollout {
 }
 
 /// `POST /rollouts/{id}/resume`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"ack": true})))]
 pub struct ResumeRequest {
     /// Acknowledges the failures counted so far; the server refuses `false`.
     pub ack: bool,
 }
 
 /// `POST /rollouts/{id}/abort`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"mode": "revert"})))]
 pub struct AbortRequest {
     /// What happens to devices the rollout already updated.
     pub mode: AbortMode,
 }
 
 /// A rollout's plan and live counts, as every rollout endpoint answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     /// Id, like `r-7f3a09c2`.
@@ -83,6 +95,7 @@ pub struct Rollout {
     /// Devices in the rollout.
     pub device_count: u64,
     /// How it was aborted; `null` unless it was.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub abort_mode: Option<AbortMode>,
     /// Creation time.
     pub created_at: Timestamp,
@@ -97,9 +110,11 @@ pub struct Rollout {
     /// The devices the rollout waits for, with their progress: only in `GET /rollouts/{id}`
     /// (absent from lists and from the answers to commands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub in_progress: Option<InProgress>,
     /// The devices that ended failed or timed out, with why: only in `GET /rollouts/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub failures: Option<Failures>,
     /// What the operator should know about a rollout just created (like devices whose hardware
     /// does not fit the artifact): only in the answer to `POST /rollouts`, when there is any.
@@ -108,15 +123,18 @@ pub struct Rollout {
 }
 
 /// The devices of a rollout that ended failed or timed out.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failures {
     /// How many there are.
     pub total: u64,
     /// The first of them (at most 20), by wave then rollout order.
+    #[cfg_attr(feature = "openapi", schema(max_items = 20))]
     pub devices: Vec<DeviceFailure>,
 }
 
 /// A device that ended failed or timed out.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceFailure {
     /// The device.
@@ -127,21 +145,25 @@ pub struct DeviceFailure {
     pub state: DeviceState,
     /// Why, as the device said (a failed probe's reason ends with the tail of its output) or,
     /// for a timeout, what the server waited for; `null` if nothing was said.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub reason: Option<String>,
     /// When it got there.
     pub at: Timestamp,
 }
 
 /// The devices a rollout waits for (picked up their assignment, no outcome yet).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InProgress {
     /// How many there are.
     pub total: u64,
     /// The first of them (at most 100), by wave then rollout order.
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
     pub devices: Vec<DeviceAtWork>,
 }
 
 /// A device a rollout waits for.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceAtWork {
     /// The device.
@@ -154,10 +176,12 @@ pub struct DeviceAtWork {
     /// silence counts from here while the rollout runs.
     pub last_heard_at: Timestamp,
     /// Its latest heartbeat since its last state change; `null` if none.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub progress: Option<DeviceProgress>,
 }
 
 /// A working device's latest heartbeat: how far it got, or what it waits out.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceProgress {
     /// When the server received it.
@@ -171,10 +195,12 @@ pub struct DeviceProgress {
     /// Its recent download rate, bytes per second.
     pub bytes_per_sec: u64,
     /// The transient problem it waits out; `null` while it makes progress.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub waiting: Option<Waiting>,
 }
 
 /// One wave of a rollout, with its devices' states.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Wave {
     /// 1-based.
@@ -192,6 +218,7 @@ pub struct Wave {
 }
 
 /// Where a wave is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaveState {
@@ -209,6 +236,7 @@ pub enum WaveState {
 ///
 /// The fields are in alphabetical order because that is the order the server has always sent
 /// them in (it used to build this object as a sorted map).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[allow(missing_docs)] // each field is the count of devices in the `DeviceState` of its name
 pub struct StateCounts {

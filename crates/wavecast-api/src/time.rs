@@ -60,6 +60,23 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// On the wire a time is a string in RFC 3339 (`format: date-time`), never a number.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Timestamp {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC, milliseconds (2026-12-01T02:16:30.123Z)."))
+            .examples(["2026-12-01T02:16:30.123Z"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Timestamp {}
+
 #[cfg(test)]
 mod tests {
     use super::Timestamp;

@@ -6,6 +6,7 @@ use crate::Timestamp;
 use wavecast_core::Role;
 
 /// `GET /whoami`: the token the request was made with.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Whoami {
     /// Token id.
@@ -17,8 +18,10 @@ pub struct Whoami {
 }
 
 /// `POST /tokens`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"role": "viewer", "name": "dashboard"})))]
 pub struct CreateToken {
     /// The role.
     pub role: Role,
@@ -27,6 +30,7 @@ pub struct CreateToken {
 }
 
 /// What `POST /tokens` answers: the only time the secret is shown.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenCreated {
     /// Public id.
@@ -40,6 +44,7 @@ pub struct TokenCreated {
 }
 
 /// An API token as listed (never its secret), and as `DELETE /tokens/{id}` answers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     /// Public id.
@@ -53,5 +58,6 @@ pub struct Token {
     /// The token name that created it.
     pub created_by: String,
     /// Revocation time; `null` while valid.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub revoked_at: Option<Timestamp>,
 }

@@ -13,6 +13,7 @@ use crate::{StateCounts, Timestamp};
 
 /// `GET /status`: the server, its TUF metadata and when each expires, the audit log, and the
 /// fleet in counts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The server's version.
@@ -35,6 +36,7 @@ pub struct Status {
 }
 
 /// One TUF role's newest version.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleStatus {
     /// The role.
@@ -50,15 +52,18 @@ pub struct RoleStatus {
 }
 
 /// The audit log's size and its newest signed checkpoint.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditStatus {
     /// Events in the log.
     pub events: u64,
     /// The newest valid checkpoint; `null` before the first.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub checkpoint: Option<CheckpointStatus>,
 }
 
 /// A signed checkpoint in brief.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointStatus {
     /// Events it covers.
@@ -68,6 +73,7 @@ pub struct CheckpointStatus {
 }
 
 /// Devices in counts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCounts {
     /// Devices enrolled.
@@ -77,6 +83,7 @@ pub struct DeviceCounts {
 }
 
 /// `POST /artifacts/resign`: the current targets signed again with a new version and expiry.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResignTargets {
@@ -85,6 +92,7 @@ pub struct ResignTargets {
 }
 
 /// The answer to [`ResignTargets`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetsResigned {
     /// The new targets version.
@@ -95,6 +103,7 @@ pub struct TargetsResigned {
 
 /// `POST /root/rotate`: the next root version, and the targets signed again when the new root
 /// names a new targets key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateRoot {
@@ -107,6 +116,7 @@ pub struct RotateRoot {
 }
 
 /// The answer to [`RotateRoot`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootRotated {
     /// The new root version.
@@ -116,5 +126,6 @@ pub struct RootRotated {
     /// The keys it names that the previous version did not; empty for a renewal.
     pub changed: Vec<KeyRole>,
     /// The targets version signed again with it, if any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub targets_version: Option<u64>,
 }

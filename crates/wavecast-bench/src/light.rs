@@ -255,14 +255,13 @@ async fn report(conn: &mut Conn, device: &mut Device, stats: &Stats) {
 
 /// The report of `state`, with the id an agent derives from the transition.
 fn report_of(device_id: &str, a: &Assignment, state: DeviceState) -> Report {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
+    let mut h = wavecast_core::Sha256Hasher::new();
     for part in [device_id, &a.rollout_id, a.artifact.as_str(), &a.version.to_string(), state.as_str()] {
         h.update(part.as_bytes());
         h.update([0]);
     }
     Report {
-        id: hex::encode(&h.finalize()[..16]),
+        id: hex::encode(&h.finish().as_bytes()[..16]),
         rollout_id: a.rollout_id.clone(),
         artifact: a.artifact.to_string(),
         version: a.version.to_string(),

@@ -134,8 +134,7 @@ pub fn write_file(path: &Path, bytes: u64) -> anyhow::Result<()> {
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(data).into()
+    *wavecast_core::Sha256Digest::of(data).as_bytes()
 }
 
 /// A config for a real agent named `name` under `dir/name`, checking in every 100 ms, with one

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use sha2::Digest as _;
 use wavecast_api::audit::AuditEvent;
 use wavecast_api::{CreateRollout, DeviceDetail, ResumeRequest, Rollout};
 use wavecast_core::audit::AuditAction;
@@ -36,9 +35,9 @@ fn say(text: &str) {
 /// A deterministic stand-in for model weights.
 fn fake_model(seed: &str, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
-    let mut block = sha2::Sha256::digest(seed.as_bytes()).to_vec();
+    let mut block = wavecast_core::Sha256Digest::of(seed.as_bytes()).as_bytes().to_vec();
     while out.len() < len {
-        block = sha2::Sha256::digest(&block).to_vec();
+        block = wavecast_core::Sha256Digest::of(&block).as_bytes().to_vec();
         out.extend_from_slice(&block);
     }
     out.truncate(len);

@@ -14,6 +14,7 @@ use crate::probe::ProbeSpec;
 use crate::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 
 /// What to do with an artifact.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -24,6 +25,7 @@ pub enum Action {
 }
 
 /// One artifact's assignment.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Assignment {
@@ -58,6 +60,7 @@ pub fn assigns_install(assignments: &[Assignment], target: &TargetName, sha256: 
 }
 
 /// Everything assigned to one device, as signed by the director.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssignmentDoc {
@@ -72,24 +75,29 @@ pub struct AssignmentDoc {
 }
 
 impl AssignmentDoc {
-    /// The bytes the director signs.
-    pub fn signing_bytes(&self) -> Vec<u8> {
+    /// The bytes the director signs: the doc's canonical JSON. Every field is an integer or a
+    /// string, so this fails only if a float ever found its way into the type; then nothing
+    /// is signed rather than bytes no agent could reproduce.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, crate::canonical::CanonicalError> {
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         crate::canonical::to_vec(&value)
     }
 }
 
 /// An assignment doc with the director's Ed25519 signature (hex) over its signing bytes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedAssignments {
     /// The doc.
     pub signed: AssignmentDoc,
     /// Hex Ed25519 signature.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]+$"))]
     pub signature: String,
 }
 
 /// Where a device is in a rollout.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceState {
@@ -281,10 +289,12 @@ impl FromStr for DeviceState {
 
 /// One state transition a device reports. `id` is stable for the same transition, so a
 /// report delivered twice is applied once.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     /// Stable id (hex).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Za-z0-9-]+$", min_length = 1, max_length = 64))]
     pub id: String,
     /// The rollout.
     pub rollout_id: String,
@@ -302,6 +312,7 @@ pub struct Report {
 }
 
 /// What a device runs now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveArtifact {
@@ -314,16 +325,20 @@ pub struct ActiveArtifact {
 }
 
 /// A batch of reports, with the device's current artifacts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"reports": [{"id": "cam-001-7", "rollout_id": "r-1a2b3c4d", "artifact": "yolo-v8n", "version": "2.1.0", "state": "succeeded", "at_ms": 1767225600000u64}], "active": [{"name": "yolo-v8n", "version": "2.1.0", "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]})))]
 pub struct ReportBatch {
     /// Transitions, oldest first.
+    #[cfg_attr(feature = "openapi", schema(max_items = 100))]
     pub reports: Vec<Report>,
     /// What the device runs now.
     pub active: Vec<ActiveArtifact>,
 }
 
 /// The server's answer: the ids the device may forget, and which of them were refused.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAck {
     /// Ids the server is done with: applied (now or before), found out of date, or refused.
@@ -336,6 +351,7 @@ pub struct ReportAck {
 }
 
 /// A report the server refused, and why.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusedReport {
     /// The report's id.
@@ -368,14 +384,14 @@ mod tests {
                 probe: ProbeSpec::new(ProbeKind::Exec { name: "check".into(), args: vec![] }),
             }],
         };
-        let bytes = doc.signing_bytes();
+        let bytes = doc.signing_bytes().unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.starts_with(r#"{"assignments":[{"action":"install","artifact":"yolo""#), "{text}");
         let parsed: AssignmentDoc = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(parsed, doc);
         let mut other = doc.clone();
         other.counter = 8;
-        assert_ne!(other.signing_bytes(), bytes);
+        assert_ne!(other.signing_bytes().unwrap(), bytes);
     }
 
     #[test]

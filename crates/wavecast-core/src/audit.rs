@@ -7,12 +7,13 @@
 
 use std::fmt;
 
+use crate::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::{DeviceName, Sha256Digest};
 
 /// What happened.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuditAction {
     /// `wavecast init` created the installation (recorded at the server's first start).
@@ -182,11 +183,13 @@ pub struct NewAuditEvent {
 }
 
 /// An event with its place in the log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Position in the log, from 0; also the Merkle leaf index.
     pub seq: u64,
     /// When, as RFC 3339 UTC.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub at: String,
     /// Who did it.
     pub actor: String,
@@ -212,8 +215,9 @@ impl AuditEvent {
         Self { seq, at, actor: new.actor.to_string(), action: new.action, subject: new.subject, detail: new.detail }
     }
 
-    /// The canonical bytes: JSON with object keys sorted at every level, no whitespace.
-    pub fn canonical_bytes(&self) -> Vec<u8> {
+    /// The canonical bytes (see [`crate::canonical`]): the Merkle leaf. Refused when the
+    /// detail holds a float, so no event is logged whose bytes a verifier could not rebuild.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, crate::canonical::CanonicalError> {
         let value = serde_json::json!({
             "seq": self.seq,
             "at": self.at,
@@ -231,17 +235,17 @@ impl AuditEvent {
     }
 
     /// The RFC 6962 leaf hash of the canonical bytes.
-    pub fn leaf_hash(&self) -> Sha256Digest {
-        leaf_hash(&self.canonical_bytes())
+    pub fn leaf_hash(&self) -> Result<Sha256Digest, crate::canonical::CanonicalError> {
+        Ok(leaf_hash(&self.canonical_bytes()?))
     }
 }
 
 /// RFC 6962 leaf hash: SHA-256(0x00 ‖ data).
 pub fn leaf_hash(data: &[u8]) -> Sha256Digest {
-    let mut h = Sha256::new();
+    let mut h = Sha256Hasher::new();
     h.update([0u8]);
     h.update(data);
-    Sha256Digest::from_bytes(h.finalize().into())
+    h.finish()
 }
 
 #[cfg(test)]
@@ -264,7 +268,7 @@ mod tests {
     #[test]
     fn canonical_bytes_sort_keys_and_round_trip() {
         let e = event();
-        let bytes = e.canonical_bytes();
+        let bytes = e.canonical_bytes().unwrap();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
             r#"{"action":"group.created","actor":"admin","at":"2026-11-28T10:00:00Z","detail":{"a":{"b":"x","y":[true,null]},"z":1},"seq":3,"subject":"plant-7"}"#
@@ -292,6 +296,6 @@ mod tests {
         assert_eq!(leaf_hash(b"").to_hex(), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
         let mut other = event();
         other.seq = 4;
-        assert_ne!(event().leaf_hash(), other.leaf_hash());
+        assert_ne!(event().leaf_hash().unwrap(), other.leaf_hash().unwrap());
     }
 }

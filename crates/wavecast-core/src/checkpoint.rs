@@ -17,9 +17,9 @@
 //! a function that checks one Ed25519 signature. Keeping that call outside lets this crate stay
 //! free of a crypto provider.
 
+use crate::digest::Sha256Hasher;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use sha2::{Digest as _, Sha256};
 
 use crate::Sha256Digest;
 
@@ -148,11 +148,12 @@ impl NoteKey {
     /// The 4-byte key hash that signature lines carry: the first bytes of
     /// SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key).
     pub fn key_hash(&self) -> [u8; 4] {
-        let mut h = Sha256::new();
+        let mut h = Sha256Hasher::new();
         h.update(self.name.as_bytes());
         h.update([b'\n', ED25519_TYPE]);
         h.update(self.public);
-        let d = h.finalize();
+        let d = h.finish();
+        let d = d.as_bytes();
         [d[0], d[1], d[2], d[3]]
     }
 

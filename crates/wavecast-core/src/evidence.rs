@@ -26,6 +26,7 @@ pub const EXPORT_FORMAT: &str = "wavecast-audit-export/1";
 
 /// A self-contained export: events with their inclusion proofs and the signed checkpoint the
 /// proofs lead to. Verifiable offline with the trust anchor alone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
@@ -34,6 +35,7 @@ pub struct Export {
     /// The signed checkpoint note every proof leads to.
     pub checkpoint: String,
     /// The rollout the events were selected for; `None` for the whole log.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub rollout: Option<String>,
     /// The events, by sequence number.
     pub events: Vec<ExportedEvent>,
@@ -46,6 +48,7 @@ pub struct Export {
 }
 
 /// One event of an export.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportedEvent {
@@ -58,6 +61,7 @@ pub struct ExportedEvent {
 }
 
 /// One stored row of the log as the server holds it, unparsed, so damage shows as it is.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeafRow {
     /// The row's sequence number.
@@ -67,6 +71,7 @@ pub struct LeafRow {
 }
 
 /// One stored checkpoint row.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredCheckpoint {
     /// The size the row claims (the note inside is what counts).
@@ -78,6 +83,7 @@ pub struct StoredCheckpoint {
 }
 
 /// A consistency proof between two sizes, with the signed checkpoint of the newer one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsistencyProof {
     /// The older size.
@@ -490,7 +496,7 @@ mod tests {
                     seq,
                     "2026-01-01T00:00:00Z".into(),
                 );
-                LeafRow { seq, body: String::from_utf8(e.canonical_bytes()).unwrap() }
+                LeafRow { seq, body: String::from_utf8(e.canonical_bytes().unwrap()).unwrap() }
             })
             .collect()
     }

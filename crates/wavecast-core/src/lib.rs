@@ -18,6 +18,8 @@ pub mod evidence;
 pub mod fleet;
 pub mod merkle;
 pub mod name;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod probe;
 pub mod progress;
 pub mod role;
@@ -25,6 +27,6 @@ pub mod rollout;
 pub mod secret;
 pub mod trust;
 
-pub use digest::Sha256Digest;
+pub use digest::{Sha256Digest, Sha256Hasher};
 pub use name::{ArtifactName, ArtifactVersion, DeviceName, GroupName, TargetName};
 pub use role::{Permission, Role};

@@ -6,7 +6,7 @@
 //! (§2.1.1 PATH, §2.1.2 SUBPROOF) and checked with RFC 9162's index arithmetic (§2.1.3.2,
 //! §2.1.4.2), which never rebuilds a tree, so a verifier needs only the proof and two hashes.
 
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256Hasher;
 
 use crate::Sha256Digest;
 
@@ -67,11 +67,11 @@ pub enum MerkleError {
 
 /// An interior node: SHA-256(0x01 ‖ left ‖ right).
 pub fn node_hash(left: &Sha256Digest, right: &Sha256Digest) -> Sha256Digest {
-    let mut h = Sha256::new();
+    let mut h = Sha256Hasher::new();
     h.update([1u8]);
     h.update(left.as_bytes());
     h.update(right.as_bytes());
-    Sha256Digest::from_bytes(h.finalize().into())
+    h.finish()
 }
 
 /// The root of the empty tree: SHA-256 of nothing.

@@ -14,6 +14,7 @@ use crate::assignment::DeviceState;
 
 /// Why a device that is alive is not moving forward: a transient problem it waits out. None
 /// of these is the model's failure and none is counted by the halt rule.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaitClass {
@@ -66,6 +67,7 @@ impl std::str::FromStr for WaitClass {
 
 /// A transient problem a device is waiting out, in words an operator can act on
 /// (`waiting: disk — needs 812 MiB, 120 MiB free in /opt/models`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Waiting {
@@ -91,6 +93,7 @@ impl Waiting {
 }
 
 /// A working device's heartbeat (`POST /device/v1/progress`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
@@ -135,6 +138,7 @@ pub enum ProgressError {
 }
 
 /// The server's answer to a heartbeat.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressAck {
     /// Whether the device should go on. False when the assignment no longer stands for it (the
@@ -143,6 +147,7 @@ pub struct ProgressAck {
     /// wait for the next assignment doc.
     pub proceed: bool,
     /// How often the server wants a heartbeat from this device while it works.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1000, maximum = 30000))]
     pub heartbeat_ms: u64,
 }
 

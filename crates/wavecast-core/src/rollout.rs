@@ -28,8 +28,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::digest::Sha256Hasher;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::DeviceName;
 use crate::assignment::{Action, DeviceState, Mover};
@@ -37,6 +37,7 @@ use crate::audit::{Actor, AuditAction};
 use crate::progress::{ProgressAck, heartbeat_ms};
 
 /// How a wave opens.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Gate {
@@ -138,11 +139,11 @@ pub fn device_order<'a>(rollout_id: &str, device_ids: impl IntoIterator<Item = &
     let mut keyed: Vec<([u8; 32], &str)> = device_ids
         .into_iter()
         .map(|d| {
-            let mut h = Sha256::new();
+            let mut h = Sha256Hasher::new();
             h.update(rollout_id.as_bytes());
             h.update([0]);
             h.update(d.as_bytes());
-            (h.finalize().into(), d)
+            (*h.finish().as_bytes(), d)
         })
         .collect();
     keyed.sort();
@@ -150,6 +151,7 @@ pub fn device_order<'a>(rollout_id: &str, device_ids: impl IntoIterator<Item = &
 }
 
 /// A rollout's state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
@@ -227,6 +229,7 @@ impl FromStr for RolloutState {
 }
 
 /// How an aborted rollout leaves the devices it reached.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AbortMode {

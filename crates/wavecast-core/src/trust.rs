@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const RENEW_WITHIN_DAYS: i64 = 30;
 
 /// A TUF metadata role.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetadataRole {
@@ -65,6 +66,7 @@ impl fmt::Display for MetadataRole {
 }
 
 /// A key a root names: the four TUF role keys and wavecast's own two.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyRole {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use wavecast_core::Sha256Digest;
+use wavecast_core::Sha256Hasher;
 
 /// Errors storing a blob.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ impl BlobStore {
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io("creating", e))?;
         // From here on the guard removes the file on every early return.
         let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
-        let mut hasher = Sha256::new();
+        let mut hasher = Sha256Hasher::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Interrupted { received: received.length, source: e.into() })?;
             received.length += chunk.len() as u64;
@@ -110,7 +110,7 @@ impl BlobStore {
             file.write_all(&chunk).await.map_err(|e| io("writing", e))?;
         }
         file.sync_all().await.map_err(|e| io("syncing", e))?;
-        received.sha256 = Sha256Digest::from_bytes(hasher.finalize().into());
+        received.sha256 = hasher.finish();
         Ok(received)
     }
 

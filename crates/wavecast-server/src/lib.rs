@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod checkpoints;
 pub mod dirlock;
 pub mod install;
+pub mod limits;
 pub mod metrics;
 pub mod state;
 pub mod store;
@@ -32,6 +33,7 @@ use wavecast_tuf::repo::{MetadataHead, OnlineKeys, OnlinePlan, sign_online};
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::install::{BootstrapFile, Layout};
+use crate::limits::RateLimits;
 use crate::state::{AppState, DeviceIdentity, LastSeen, Settings};
 use crate::store::{Bootstrap, DatabaseConfig, NewToken, OnlineMetadata, Store, StoreError};
 use crate::trust::{Trust, TrustError};
@@ -52,6 +54,8 @@ pub struct ServerConfig {
     pub approval: GateApproval,
     /// HTTPS (and device mTLS), if configured.
     pub tls: Option<tls::TlsConfig>,
+    /// Request budgets; [`RateLimits::default`] unless the operator sets them.
+    pub limits: RateLimits,
 }
 
 /// Errors in the settings given.
@@ -80,7 +84,7 @@ impl ServerConfig {
             }
             Some(other) => return Err(ConfigError::DatabaseUrl(other)),
         };
-        Ok(Self { data_dir, listen, database, approval, tls: None })
+        Ok(Self { data_dir, listen, database, approval, tls: None, limits: RateLimits::default() })
     }
 }
 
@@ -226,7 +230,7 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         Some(_) => DeviceIdentity::CredentialAndCertificate,
         None => DeviceIdentity::Credential,
     };
-    let settings = Settings { approval: config.approval, devices };
+    let settings = Settings { approval: config.approval, devices, limits: config.limits.clone() };
     let state = AppState::new(store, blobs, trust, settings);
     refresh_online_metadata(state.store(), state.trust()).await?;
     Ok(state)
@@ -412,7 +416,7 @@ pub async fn metadata_heads(store: &Store) -> Result<Vec<(MetadataRole, Metadata
 }
 
 /// The server's periodic work: re-signing TUF metadata, following the root chain, expiry
-/// warnings, device timeouts, check-in times.
+/// warnings, device timeouts, check-in times, forgetting idle request budgets.
 fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let every = |period: std::time::Duration,
                  state: AppState,
@@ -462,6 +466,11 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         }),
         every(std::time::Duration::from_secs(5), state.clone(), |state| {
             Box::pin(async move { flush_last_seen(state.store(), state.last_seen()).await })
+        }),
+        // Budgets of clients gone quiet are full again and can be forgotten: memory follows the
+        // clients of the last ten seconds, not every address ever seen.
+        every(std::time::Duration::from_secs(10), state.clone(), |state| {
+            Box::pin(async move { state.limits().evict_idle() })
         }),
         // Signs audit checkpoints after each write burst; it keeps its own poll loop.
         tokio::spawn(state.checkpoints().clone().run()),

@@ -1,5 +1,5 @@
 //! The server's application state: the store, the blob store, the trust material, the policy
-//! settings, and what it keeps in memory between requests.
+//! settings, and what it keeps in memory between requests (check-in times, request budgets).
 //!
 //! Both the HTTP layer ([`crate::api`]) and the services ([`crate::checkpoints`], the
 //! background tasks in `lib.rs`) use this module; it uses neither, so there is no cycle. The
@@ -12,6 +12,7 @@ use wavecast_core::rollout::GateApproval;
 
 use crate::blobs::BlobStore;
 use crate::checkpoints::Checkpoints;
+use crate::limits::{Limits, RateLimits};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::trust::Trust;
@@ -28,59 +29,14 @@ pub enum DeviceIdentity {
 
 /// Server-wide policy. There is no default: whoever starts a server says what it enforces,
 /// so the permissive choice is never made by omission.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Whether a rollout's creator may approve its gates.
     pub approval: GateApproval,
     /// What devices must present.
     pub devices: DeviceIdentity,
-}
-
-/// Per-device request budget: a token bucket per device, in memory (each replica keeps its
-/// own; the point is that one misbehaving device cannot starve the others).
-#[derive(Debug)]
-pub struct DeviceRateLimit {
-    per_second: f64,
-    burst: f64,
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
-}
-
-impl DeviceRateLimit {
-    /// Any device request: 50 a second sustained, bursts of 100.
-    pub fn requests() -> Self {
-        Self::new(50.0, 100.0)
-    }
-
-    /// Heartbeats, on top of that: one a second sustained (the most a device is ever asked
-    /// for), bursts of five (a few that queued up behind a slow link). Each one is a database
-    /// write, so a device that sends more is refused rather than let through.
-    pub fn heartbeats() -> Self {
-        Self::new(1.0, 5.0)
-    }
-
-    fn new(per_second: f64, burst: f64) -> Self {
-        Self { per_second, burst, buckets: Default::default() }
-    }
-
-    /// The sustained rate allowed.
-    pub fn per_second(&self) -> f64 {
-        self.per_second
-    }
-
-    /// Takes one request from `device`'s budget; false when it is spent.
-    pub fn allow(&self, device: &str) -> bool {
-        let Ok(mut m) = self.buckets.lock() else { return true };
-        let now = std::time::Instant::now();
-        let entry = m.entry(device.to_owned()).or_insert((self.burst, now));
-        entry.0 = (entry.0 + now.duration_since(entry.1).as_secs_f64() * self.per_second).min(self.burst);
-        entry.1 = now;
-        if entry.0 >= 1.0 {
-            entry.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// Request budgets per client address and per device.
+    pub limits: RateLimits,
 }
 
 /// Device check-in times, kept in memory and written to the database in batches: a write per
@@ -110,8 +66,7 @@ struct Inner {
     settings: Settings,
     metrics: Metrics,
     last_seen: LastSeen,
-    device_rate: DeviceRateLimit,
-    heartbeat_rate: DeviceRateLimit,
+    limits: Limits,
 }
 
 /// Everything handlers share; cheap to clone.
@@ -123,6 +78,7 @@ impl AppState {
     pub fn new(store: Store, blobs: BlobStore, trust: Trust, settings: Settings) -> Self {
         let trust = Arc::new(trust);
         let checkpoints = Checkpoints::new(store.clone(), trust.clone());
+        let limits = Limits::new(&settings.limits);
         Self(Arc::new(Inner {
             store,
             blobs,
@@ -131,8 +87,7 @@ impl AppState {
             settings,
             metrics: Metrics::default(),
             last_seen: LastSeen::default(),
-            device_rate: DeviceRateLimit::requests(),
-            heartbeat_rate: DeviceRateLimit::heartbeats(),
+            limits,
         }))
     }
 
@@ -141,14 +96,10 @@ impl AppState {
         &self.0.settings
     }
 
-    /// Per-device request budgets.
-    pub fn device_rate(&self) -> &DeviceRateLimit {
-        &self.0.device_rate
-    }
-
-    /// Per-device heartbeat budgets.
-    pub fn heartbeat_rate(&self) -> &DeviceRateLimit {
-        &self.0.heartbeat_rate
+    /// Request budgets: failed authentications per address, requests and heartbeats per
+    /// device.
+    pub fn limits(&self) -> &Limits {
+        &self.0.limits
     }
 
     /// Check-in times not yet written.

@@ -110,9 +110,29 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// The first common name in the certificate's subject. rustls has already verified the chain;
+/// this only reads the name the device is known by.
 fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    parsed.subject().iter_common_name().next()?.as_str().ok().map(str::to_owned)
+    use x509_cert::der::{Decode as _, Tagged as _, asn1};
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let value = parsed
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)
+        .map(|atv| &atv.value)?;
+    // X.520 allows several string types for a name; certificates use these two.
+    match value.tag() {
+        x509_cert::der::Tag::Utf8String => {
+            value.decode_as::<asn1::Utf8StringRef<'_>>().ok().map(|s| s.as_str().to_owned())
+        }
+        x509_cert::der::Tag::PrintableString => {
+            value.decode_as::<asn1::PrintableStringRef<'_>>().ok().map(|s| s.as_str().to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// A run of failing `accept()` calls: how long to pause before the next one, and one log line
@@ -232,6 +252,8 @@ async fn connection<IO>(
 {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(identity.clone());
+        // The peer address is what request budgets are keyed by (`api::auth::client_key`).
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         let app = app.clone();
         async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
     });

@@ -51,8 +51,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use aws_lc_rs::digest::{self, SHA224, SHA256, SHA384, SHA512};
 use clap::{Parser, Subcommand};
-use sha2::Digest as _;
 use tough::schema::{
     DelegatedRole, Delegations, Metafile, PathSet, Role, Root, Signed, Snapshot, Target, Targets, Timestamp,
 };
@@ -659,15 +659,15 @@ fn verify_target(bytes: &[u8], target: &Target) -> anyhow::Result<()> {
 
 /// Checks the sha256 and every other listed hash; an algorithm we cannot compute is refused.
 fn verify_hashes(bytes: &[u8], sha256: &[u8], others: &HashMap<String, serde_json::Value>) -> anyhow::Result<()> {
-    if sha2::Sha256::digest(bytes).as_slice() != sha256 {
+    if digest::digest(&SHA256, bytes).as_ref() != sha256 {
         bail!("sha256 mismatch");
     }
     for (alg, want) in others {
         let want = want.as_str().with_context(|| format!("{alg} hash is not a string"))?;
         let got = match alg.as_str() {
-            "sha512" => hex::encode(sha2::Sha512::digest(bytes)),
-            "sha384" => hex::encode(sha2::Sha384::digest(bytes)),
-            "sha224" => hex::encode(sha2::Sha224::digest(bytes)),
+            "sha512" => hex::encode(digest::digest(&SHA512, bytes)),
+            "sha384" => hex::encode(digest::digest(&SHA384, bytes)),
+            "sha224" => hex::encode(digest::digest(&SHA224, bytes)),
             _ => bail!("unsupported hash algorithm {alg:?}"),
         };
         if !got.eq_ignore_ascii_case(want) {
@@ -687,7 +687,7 @@ fn delegates(role: &DelegatedRole, name: &str) -> bool {
     match &role.paths {
         PathSet::Paths(patterns) => patterns.iter().any(|p| path_matches(name, p.value())),
         PathSet::PathHashPrefixes(prefixes) => {
-            let digest = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+            let digest = hex::encode(digest::digest(&SHA256, name.as_bytes()));
             prefixes.iter().any(|p| digest.starts_with(p.value()))
         }
     }

@@ -235,7 +235,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             None => false,
         };
         if changed {
-            let message = wavecast_core::canonical::to_vec(&doc["signed"]);
+            let message = wavecast_core::canonical::to_vec(&doc["signed"]).unwrap();
             doc["signature"] = Value::String(hex::encode(inner.director.lock().unwrap().sign_bytes(&message)));
             bytes = serde_json::to_vec(&doc).unwrap();
         }

@@ -11,7 +11,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::Digest as _;
 use tough::schema::{Signed, Targets};
 use wavecast_agent::state::StateDir;
 use wavecast_core::{ArtifactName, Sha256Digest, TargetName};
@@ -54,7 +53,7 @@ macro_rules! wait {
 }
 
 pub fn sha_hex(bytes: &[u8]) -> String {
-    hex::encode(sha2::Sha256::digest(bytes))
+    wavecast_core::Sha256Digest::of(bytes).to_hex()
 }
 
 pub fn file_sha(path: &Path) -> Option<String> {
@@ -66,10 +65,10 @@ pub fn blob(tag: &str, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 32);
     let mut i = 0u64;
     while out.len() < len {
-        let mut h = sha2::Sha256::new();
+        let mut h = wavecast_core::Sha256Hasher::new();
         h.update(tag.as_bytes());
         h.update(i.to_le_bytes());
-        out.extend_from_slice(&h.finalize());
+        out.extend_from_slice(h.finish().as_bytes());
         i += 1;
     }
     out.truncate(len);

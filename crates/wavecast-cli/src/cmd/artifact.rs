@@ -13,9 +13,9 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
 use wavecast_api::{Artifact, ResignTargets, TargetsResigned};
+use wavecast_core::Sha256Hasher;
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, PublishError, resign_targets, sign_new_targets};
@@ -150,7 +150,7 @@ async fn hash_file(path: &Path, show: bool) -> anyhow::Result<(u64, Sha256Digest
     let mut f = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
     let len = f.metadata().await.with_context(|| format!("reading {}", path.display()))?.len();
     let pb = bar(len, "hashing", show);
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
@@ -163,7 +163,7 @@ async fn hash_file(path: &Path, show: bool) -> anyhow::Result<(u64, Sha256Digest
         pb.inc(n as u64);
     }
     pb.finish_and_clear();
-    Ok((total, Sha256Digest::from_bytes(hasher.finalize().into())))
+    Ok((total, hasher.finish()))
 }
 
 /// Signs and uploads one artifact version; retries once if another publish landed between our

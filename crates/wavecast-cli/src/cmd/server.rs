@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use wavecast_server::limits::{Rate, RateLimits};
 
 /// Serve an installation: the operator API, the device API, TUF metadata and artifacts.
 #[derive(Debug, Args)]
@@ -37,6 +38,28 @@ pub struct ServerArgs {
     /// A revocation list for device certificates (PEM). Repeatable.
     #[arg(long, value_name = "PEM", requires = "device_client_ca")]
     device_client_crl: Vec<PathBuf>,
+    /// Failed authentications allowed per client address (an IPv6 client's /64), as
+    /// COUNT/PERIOD,BURST with PERIOD s, min or h. Only failures are charged (a wrong, revoked
+    /// or missing credential or token), so devices sharing a NAT address are never limited for
+    /// being many; once an address has spent it, all its requests are answered 429 before any
+    /// database lookup until it refills. Budgets are per replica and keyed by the connection's
+    /// peer address (behind a proxy, every client shares the proxy's unless --trusted-proxy
+    /// names it).
+    #[arg(long, value_name = "RATE", default_value_t = RateLimits::FAILED_AUTH_PER_ADDRESS)]
+    limit_failed_auth: Rate,
+    /// Requests allowed per enrolled device, COUNT/PERIOD,BURST (a device checks in every 30 s
+    /// by default).
+    #[arg(long, value_name = "RATE", default_value_t = RateLimits::DEVICE_REQUESTS)]
+    limit_device_requests: Rate,
+    /// Heartbeats allowed per device on top of its requests, COUNT/PERIOD,BURST. Each is a
+    /// database write; devices are never asked for more than one a second.
+    #[arg(long, value_name = "RATE", default_value_t = RateLimits::HEARTBEATS)]
+    limit_heartbeats: Rate,
+    /// A reverse proxy whose X-Forwarded-For header names the client for request budgets: the
+    /// nearest address in it that is not itself a trusted proxy. Repeatable. Without it the
+    /// header is ignored, since any client can write it.
+    #[arg(long, value_name = "IP")]
+    trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +70,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         wavecast_core::rollout::GateApproval::AnyApprover
     };
     let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url, approval)?;
+    config.limits = RateLimits {
+        failed_auth_per_address: args.limit_failed_auth,
+        device_requests: args.limit_device_requests,
+        heartbeats: args.limit_heartbeats,
+        trusted_proxies: args.trusted_proxy,
+    };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(wavecast_server::tls::TlsConfig {
             cert,

@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-
-use sha2::Digest as _;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
@@ -272,11 +270,11 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
     let model = tmp.path().join("model.onnx");
     let mut bytes = vec![0u8; 50 << 20];
     for (i, chunk) in bytes.chunks_mut(32).enumerate() {
-        let d = sha2::Sha256::digest((i as u64).to_le_bytes());
+        let d = *wavecast_core::Sha256Digest::of(&(i as u64).to_le_bytes()).as_bytes();
         chunk.copy_from_slice(&d[..chunk.len()]);
     }
     std::fs::write(&model, &bytes).unwrap();
-    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let sha = wavecast_core::Sha256Digest::of(&bytes).to_hex();
 
     let server = Server::start(&dir, database_url).await;
     ok(op(&server, &token)
@@ -353,7 +351,7 @@ async fn publish_list_range_restart(database_url: Option<&str>) {
     assert_eq!(show["group"], "plant-7");
     let blob = format!("{}/api/v1/blobs/{sha}", server.url);
     let resp = http.get(&blob).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(hex::encode(sha2::Sha256::digest(resp.bytes().await.unwrap())), sha);
+    assert_eq!(wavecast_core::Sha256Digest::of(&resp.bytes().await.unwrap()).to_hex(), sha);
     server.stop();
 }
 

@@ -2,8 +2,6 @@
 
 use std::process::Stdio;
 
-use sha2::Digest as _;
-
 use crate::{Installation, Server, installation, op};
 
 /// Two publishers upload the same bytes under two names at the same moment, round after
@@ -23,7 +21,7 @@ async fn same_bytes_under_two_names_at_once(database_url: Option<&str>) {
         let bytes = format!("shared weights {round} ").repeat(20_000).into_bytes();
         let file = tmp.path().join(format!("model-{round}.bin"));
         std::fs::write(&file, &bytes).unwrap();
-        let sha = hex::encode(sha2::Sha256::digest(&bytes));
+        let sha = wavecast_core::Sha256Digest::of(&bytes).to_hex();
         let watcher = watch(http.clone(), format!("{}/api/v1/blobs/{sha}", server.url), token.clone());
         let publishers: Vec<_> = ["alpha", "beta"]
             .into_iter()
@@ -57,7 +55,7 @@ async fn same_bytes_under_two_names_at_once(database_url: Option<&str>) {
         }
         let blob = http.get(format!("{}/api/v1/blobs/{sha}", server.url)).bearer_auth(&token).send().await.unwrap();
         assert_eq!(blob.status(), reqwest::StatusCode::OK, "round {round}: the blob is gone\n{}", server.log());
-        assert_eq!(hex::encode(sha2::Sha256::digest(blob.bytes().await.unwrap())), sha, "round {round}");
+        assert_eq!(wavecast_core::Sha256Digest::of(&blob.bytes().await.unwrap()).to_hex(), sha, "round {round}");
     }
     eprintln!("{refused} of 40 publishes were refused");
     server.stop();

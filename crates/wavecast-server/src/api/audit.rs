@@ -10,11 +10,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
+use utoipa::IntoParams;
 use wavecast_core::audit::AuditEvent;
 use wavecast_core::evidence::{
     ConsistencyProof, EXPORT_FORMAT, Export, ExportedEvent, LeafRow, StoredCheckpoint, concerns_rollout,
 };
 
+use super::openapi::{BadRequest, Conflict, Internal, NotFound, Unauthorized};
 use super::{ApiError, ApiQuery, CanRead};
 use crate::checkpoints::{CheckpointError, VerifiedCheckpoint};
 use crate::state::AppState;
@@ -39,19 +41,57 @@ async fn latest_or_404(state: &AppState) -> Result<VerifiedCheckpoint, ApiError>
 }
 
 /// The newest signed checkpoint, as the C2SP note text (save it to prove growth later).
+#[utoipa::path(
+    get,
+    path = "/audit/checkpoint",
+    operation_id = "auditCheckpoint",
+    tag = "operator",
+    summary = "The newest signed audit checkpoint",
+    description = "404: nothing is signed yet. 409: the log is shorter than its checkpoint says (run `wavecast audit verify`).",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "The checkpoint as C2SP signed-note text.", body = String, content_type = "text/plain"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn checkpoint(State(state): State<AppState>, _: CanRead) -> Result<impl IntoResponse, ApiError> {
     let latest = latest_or_404(&state).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], latest.note))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// Only events concerning this rollout: its id, or any unique start of it. One that names
+    /// no rollout is a 404, never an empty export.
+    #[param(min_length = 1, max_length = 64)]
     rollout: Option<String>,
 }
 
 /// Every event covered by the newest checkpoint (or those of one rollout), each with its
 /// inclusion proof, and the checkpoint: a file that verifies offline.
+#[utoipa::path(
+    get,
+    path = "/audit/export",
+    operation_id = "auditExport",
+    tag = "operator",
+    summary = "Events with inclusion proofs and the checkpoint",
+    description = "404: nothing is signed yet, or `rollout` names no rollout. 409: the log is shorter than its checkpoint says.",
+    security(("apiToken" = [])),
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "An export that verifies offline.", body = Export),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn export(
     State(state): State<AppState>,
     _: CanRead,
@@ -86,14 +126,35 @@ pub async fn export(
     Ok(Json(Export { format: EXPORT_FORMAT.into(), checkpoint: latest.note, rollout, events, roots }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
+    /// The older tree size.
     from: u64,
+    /// The size of a stored checkpoint (default: the newest).
     to: Option<u64>,
 }
 
 /// The consistency proof from size `from` to the checkpoint of size `to` (default: newest).
+#[utoipa::path(
+    get,
+    path = "/audit/consistency",
+    operation_id = "auditConsistency",
+    tag = "operator",
+    summary = "Proof that the log only grew",
+    description = "400: `from` is past `to`. 404: no valid checkpoint of size `to` (or none at all). 409: the log is shorter than its checkpoint says.",
+    security(("apiToken" = [])),
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "The consistency proof from `from` to `to`.", body = ConsistencyProof),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn consistency(
     State(state): State<AppState>,
     _: CanRead,
@@ -120,10 +181,13 @@ pub async fn consistency(
     Ok(Json(ConsistencyProof { from: query.from, to, checkpoint: target.note, proof }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// Start at this value (default 0).
     from: Option<u64>,
+    /// At most this many (default and cap 10000; 0 counts as 1).
     limit: Option<u64>,
 }
 
@@ -135,6 +199,21 @@ impl Page {
 }
 
 /// Raw stored rows with `seq >= from`, by seq, exactly as stored.
+#[utoipa::path(
+    get,
+    path = "/audit/leaves",
+    operation_id = "auditLeaves",
+    tag = "operator",
+    summary = "Raw audit log rows",
+    security(("apiToken" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "Rows with `seq >= from`, exactly as stored.", body = Vec<LeafRow>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn leaves(
     State(state): State<AppState>,
     _: CanRead,
@@ -146,6 +225,21 @@ pub async fn leaves(
 }
 
 /// Stored checkpoint rows with `size >= from`, smallest first, unverified: the client checks.
+#[utoipa::path(
+    get,
+    path = "/audit/checkpoints",
+    operation_id = "auditCheckpointRows",
+    tag = "operator",
+    summary = "Stored checkpoints, unverified",
+    security(("apiToken" = [])),
+    params(Page),
+    responses(
+        (status = 200, description = "Checkpoints with `size >= from`, smallest first.", body = Vec<StoredCheckpoint>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn checkpoint_rows(
     State(state): State<AppState>,
     _: CanRead,

@@ -9,14 +9,21 @@
 //! extractor, so a request without the permission is refused before its body is read, let
 //! alone parsed, and a handler cannot forget the check. [`Operator`] alone (authenticated, no
 //! permission) is for the routes every role may call.
+//!
+//! Every authentication runs under its client address's failure budget
+//! ([`under_failure_budget`]): an address that has failed too often is refused before its
+//! credential is looked up, so a flood of wrong credentials costs no database work.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use wavecast_core::audit::Actor;
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{Permission, Role};
 
 use super::error::ApiError;
+use crate::limits::ClientKey;
 use crate::state::{AppState, DeviceIdentity};
 use crate::store::DeviceRecord;
 
@@ -99,21 +106,63 @@ fn bearer(parts: &Parts, what: &str) -> Result<String, ApiError> {
     Ok(token.trim().to_owned())
 }
 
+/// The budget key of the request's client: the connection's peer address, which the
+/// connection loop in `tls` attaches, or what `X-Forwarded-For` says when that peer is a proxy
+/// the operator trusts ([`ClientKey::of`]); anyone else can write that header.
+pub fn client_key(parts: &Parts, state: &AppState) -> ClientKey {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    state.limits().client_key(peer, &parts.headers)
+}
+
+/// Runs `authenticate` under the client address's budget of failed authentications: refused
+/// with 429 before it runs (so before any database lookup) once the address has spent it, and
+/// each 401 it answers charged. Only failures are charged, so any number of devices behind one
+/// NAT address authenticate freely while they get their credentials right.
+pub async fn under_failure_budget<T>(
+    parts: &Parts,
+    state: &AppState,
+    authenticate: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let client = client_key(parts, state);
+    let budget = state.limits().failed_auth();
+    let spent = |exceeded| {
+        ApiError::too_many(
+            format!(
+                "too many failed authentications from {client} (allowed: {}); requests from this address are refused until that refills",
+                budget.rate().in_words()
+            ),
+            exceeded,
+        )
+    };
+    budget.admit(client).map_err(spent)?;
+    match authenticate.await {
+        Err(ApiError::Unauthorized(message)) => match budget.charge(client) {
+            Ok(()) => Err(ApiError::Unauthorized(message)),
+            Err(exceeded) => Err(spent(exceeded)),
+        },
+        other => other,
+    }
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-        let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
-        let record = state
-            .store()
-            .token_by_secret(&secret.hash())
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
-        if record.revoked_at.is_some() {
-            return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
-        }
-        Ok(Operator { token_id: record.id, name: record.name, role: record.role })
+        let parts: &Parts = parts;
+        under_failure_budget(parts, state, async {
+            let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
+            let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
+            let record = state
+                .store()
+                .token_by_secret(&secret.hash())
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
+            if record.revoked_at.is_some() {
+                return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
+            }
+            Ok(Operator { token_id: record.id, name: record.name, role: record.role })
+        })
+        .await
     }
 }
 
@@ -126,30 +175,36 @@ impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = bearer(parts, "the device credential")?;
-        let secret = Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::unauthorized(&e))?;
-        let device = state
-            .store()
-            .device_by_credential(&secret.hash())
-            .await?
-            .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
-        if let Some(at) = device.revoked_at {
-            let at = jiff::Timestamp::from_millisecond(at).map_or_else(|_| at.to_string(), |t| t.to_string());
-            return Err(ApiError::Unauthorized(format!(
-                "the credential of device {} was revoked at {at}; it is refused for good",
-                device.name
-            )));
-        }
-        if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
-            require_certificate_for(parts, device.name.as_str())?;
-        }
-        if !state.device_rate().allow(&device.id) {
-            return Err(ApiError::TooManyRequests(format!(
-                "device {} sent more than {} requests per second; slow down",
-                device.name,
-                state.device_rate().per_second()
-            )));
-        }
+        let parts: &Parts = parts;
+        let device = under_failure_budget(parts, state, async {
+            let presented = bearer(parts, "the device credential")?;
+            let secret =
+                Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::unauthorized(&e))?;
+            let device = state
+                .store()
+                .device_by_credential(&secret.hash())
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+            if let Some(at) = device.revoked_at {
+                let at = jiff::Timestamp::from_millisecond(at).map_or_else(|_| at.to_string(), |t| t.to_string());
+                return Err(ApiError::Unauthorized(format!(
+                    "the credential of device {} was revoked at {at}; it is refused for good",
+                    device.name
+                )));
+            }
+            if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
+                require_certificate_for(parts, device.name.as_str())?;
+            }
+            Ok(device)
+        })
+        .await?;
+        let budget = state.limits().device_requests();
+        budget.take(&device.id).map_err(|exceeded| {
+            ApiError::too_many(
+                format!("device {} is over its request budget ({}); slow down", device.name, budget.rate().in_words()),
+                exceeded,
+            )
+        })?;
         Ok(Device(device))
     }
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use wavecast_core::DeviceName;
+use utoipa::ToSchema;
 use wavecast_core::assignment::{
     AssignmentDoc, MAX_REPORTS_PER_BATCH, RefusedReport, ReportAck, ReportBatch, SignedAssignments, assigns_install,
 };
@@ -13,69 +13,117 @@ use wavecast_core::name::validate;
 use wavecast_core::progress::{Progress, ProgressAck};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::trust::KeyRole;
+use wavecast_core::{DeviceName, GroupName};
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
 
+use super::openapi::{
+    BadRequest, Binary, Conflict, Forbidden, Internal, NotFound, TooLarge, TooManyRequests, Unauthorized, Unavailable,
+};
 use super::{ApiError, ApiJson, Device, new_id, random};
 use crate::state::{AppState, DeviceIdentity};
 use crate::store::{DeviceRef, EnrollError, Enrollment, ReportOutcome};
 
-#[derive(Deserialize)]
+/// `POST /device/v1/enroll`: names travel as strings, so the server says what is wrong with one.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "token": "wce_0000000000000000000000000000000000000000000000000000000000000000",
+    "name": "cam-001",
+    "hardware": "jetson-orin",
+}))]
 pub struct EnrollRequest {
+    /// An enrollment token, from `POST /api/v1/enrollment-tokens`.
+    #[schema(pattern = "^wce_[0-9a-fA-F]{64}$")]
     token: String,
+    /// The device's name.
+    #[schema(value_type = DeviceName)]
     name: String,
+    /// Hardware name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", min_length = 1, max_length = 64)]
     hardware: String,
 }
 
-#[derive(Serialize)]
+/// What enrolling answers: the only time the credential is shown.
+#[derive(Serialize, ToSchema)]
 pub struct EnrollResponse {
+    /// The device's id.
     device_id: String,
+    /// Its name.
+    #[schema(value_type = DeviceName)]
     name: String,
+    /// The group the token enrolled it in.
+    #[schema(value_type = GroupName)]
     group: String,
+    /// The device credential, shown only here.
+    #[schema(pattern = "^wcd_[0-9a-f]{64}$")]
     credential: String,
 }
 
 /// Exchanges a group enrollment token for a per-device credential.
+#[utoipa::path(
+    post,
+    path = "/enroll",
+    operation_id = "enroll",
+    tag = "device",
+    summary = "Exchange an enrollment token for a device credential",
+    description = "No Authorization header: the enrollment token is in the body. 401: the token is malformed, unknown, expired, revoked or used up (the message says which; or, with device mTLS, the client certificate does not name the device). 409: a device of that name is enrolled (revoked devices keep their name until removed).",
+    request_body(content = EnrollRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Enrolled; the credential is shown only here.", body = EnrollResponse),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn enroll(
     State(state): State<AppState>,
     parts: axum::http::request::Parts,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
-    let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
     let name = DeviceName::new(req.name).map_err(|e| ApiError::bad_request(&e))?;
-    if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
-        super::auth::require_certificate_for(&parts, name.as_str())?;
-    }
     validate("hardware", &req.hardware).map_err(|e| ApiError::bad_request(&e))?;
-    let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
-    let enrollment = Enrollment {
-        token_sha256: token.hash(),
-        device_id: new_id()?,
-        name: name.clone(),
-        hardware: req.hardware.clone(),
-        credential_sha256: credential.hash(),
-        now_ms: now_ms(),
-    };
-    let device = state
-        .store()
-        .enroll_device(&enrollment, |group, token| NewAuditEvent {
-            actor: Actor::Device(name.clone()),
-            action: AuditAction::DeviceEnrolled,
-            subject: name.to_string(),
-            detail: serde_json::json!({
-                "group": group,
-                "hardware": req.hardware,
-                "device_id": enrollment.device_id,
-                "enrollment_token": token,
-            }),
-        })
-        .await
-        .map_err(|e| match e {
-            EnrollError::Store(s) => s.into(),
-            e @ (EnrollError::UnknownToken | EnrollError::Refused(_)) => ApiError::Unauthorized(chain(&e)),
-            e @ EnrollError::NameTaken(_) => ApiError::Conflict(chain(&e)),
-        })?;
+    // A wrong token is a failed authentication like a wrong credential: charged to the
+    // address, which is refused before the token is looked up once it has failed too often.
+    let device = super::auth::under_failure_budget(&parts, &state, async {
+        let token = Secret::parse(SecretKind::EnrollmentToken, &req.token).map_err(|e| ApiError::unauthorized(&e))?;
+        if state.settings().devices == DeviceIdentity::CredentialAndCertificate {
+            super::auth::require_certificate_for(&parts, name.as_str())?;
+        }
+        let credential = Secret::from_random(SecretKind::DeviceCredential, random()?);
+        let enrollment = Enrollment {
+            token_sha256: token.hash(),
+            device_id: new_id()?,
+            name: name.clone(),
+            hardware: req.hardware.clone(),
+            credential_sha256: credential.hash(),
+            now_ms: now_ms(),
+        };
+        let device = state
+            .store()
+            .enroll_device(&enrollment, |group, token| NewAuditEvent {
+                actor: Actor::Device(name.clone()),
+                action: AuditAction::DeviceEnrolled,
+                subject: name.to_string(),
+                detail: serde_json::json!({
+                    "group": group,
+                    "hardware": req.hardware,
+                    "device_id": enrollment.device_id,
+                    "enrollment_token": token,
+                }),
+            })
+            .await
+            .map_err(|e| match e {
+                EnrollError::Store(s) => s.into(),
+                e @ (EnrollError::UnknownToken | EnrollError::Refused(_)) => ApiError::Unauthorized(chain(&e)),
+                e @ EnrollError::NameTaken(_) => ApiError::Conflict(chain(&e)),
+            })?;
+        Ok((device, credential))
+    })
+    .await;
+    let (device, credential) = device?;
     Ok((
         StatusCode::CREATED,
         Json(EnrollResponse {
@@ -88,6 +136,20 @@ pub async fn enroll(
 }
 
 /// The calling device's own record.
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    operation_id = "deviceWhoami",
+    tag = "device",
+    summary = "The calling device's record",
+    security(("deviceCredential" = [])),
+    responses(
+        (status = 200, description = "The device.", body = crate::store::DeviceRecord),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn whoami(Device(device): Device) -> Json<crate::store::DeviceRecord> {
     Json(device)
 }
@@ -97,6 +159,25 @@ const ASSIGNMENT_LIFETIME_SECS: i64 = 24 * 3600;
 
 /// The device's signed assignments. Answers 304 when the device already holds the current
 /// counter (`If-None-Match`), so an idle fleet's check-ins cost no signing and no body.
+#[utoipa::path(
+    get,
+    path = "/assignments",
+    operation_id = "assignments",
+    tag = "device",
+    summary = "The device's signed assignments",
+    security(("deviceCredential" = [])),
+    params(
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of the doc the device holds."),
+    ),
+    responses(
+        (status = 200, description = "The signed assignment doc.", body = SignedAssignments, headers(("ETag" = String, description = "Of this doc; send it back as If-None-Match."))),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body.", headers(("ETag" = String, description = "Of the current doc."))),
+        (status = 401, response = Unauthorized),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn assignments(
     State(state): State<AppState>,
     Device(device): Device,
@@ -120,7 +201,8 @@ pub async fn assignments(
     };
     // The director key the newest root names; a replica that lacks it answers 503 rather than
     // sign with a retired one.
-    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&doc.signing_bytes()));
+    let message = doc.signing_bytes().map_err(|e| ApiError::internal_from("encoding the assignment doc", e))?;
+    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&message));
     Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
 }
 
@@ -128,6 +210,24 @@ pub async fn assignments(
 /// that claims a change the device may not make (see [`wavecast_core::rollout::judge_report`])
 /// changes nothing and is answered in `refused` with why; it is acknowledged all the same, so
 /// the device does not send it forever.
+#[utoipa::path(
+    post,
+    path = "/reports",
+    operation_id = "reports",
+    tag = "device",
+    summary = "Report progress and what the device runs",
+    description = "413: more than 100 reports in one batch, or a body over 1 MiB. A report that claims a change the device may not make (a state the server or an operator decides, a rollout that never assigned it anything, a revert no abort asked for) changes nothing and is listed in `refused` with why.",
+    security(("deviceCredential" = [])),
+    request_body(content = ReportBatch, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied (each report id exactly once).", body = ReportAck),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn reports(
     State(state): State<AppState>,
     Device(device): Device,
@@ -173,19 +273,41 @@ pub async fn reports(
 /// how often to send the next (see [`wavecast_core::progress`]). Cheap by design: one update
 /// of the device's own rollout row, no rollout lock, no audit event; and bounded by a small
 /// body limit and a per-device heartbeat budget.
+#[utoipa::path(
+    post,
+    path = "/progress",
+    operation_id = "progress",
+    tag = "device",
+    summary = "Heartbeat of a device at work",
+    description = "Sent while the device downloads, waits out a transient problem, or probes, every `heartbeat_ms` of the last answer (30 s before it has one). It restarts the device's silence clock and shows its progress in `rollout show` and `device show`; it never changes the device's state (reports do) and is not audited. The answer says whether the assignment still stands: `proceed: false` when the rollout paused before the device got past its download, was aborted, or does not include the device. 413: a body over 4 KiB. 429: more than one heartbeat a second sustained (bursts of 5), or the device's general budget.",
+    security(("deviceCredential" = [])),
+    request_body(content = Progress, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded (when the rollout waits for the device); whether to go on, and when to send the next.", body = ProgressAck),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = TooLarge),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn progress(
     State(state): State<AppState>,
     Device(device): Device,
     ApiJson(heartbeat): ApiJson<Progress>,
 ) -> Result<Json<ProgressAck>, ApiError> {
     heartbeat.check().map_err(|e| ApiError::bad_request(&e))?;
-    if !state.heartbeat_rate().allow(&device.id) {
-        return Err(ApiError::TooManyRequests(format!(
-            "device {} sent more than {} heartbeat per second; wait for the interval the server answers",
-            device.name,
-            state.heartbeat_rate().per_second()
-        )));
-    }
+    let budget = state.limits().heartbeats();
+    budget.take(&device.id).map_err(|exceeded| {
+        ApiError::too_many(
+            format!(
+                "device {} is over its heartbeat budget ({}); wait for the interval the server answers",
+                device.name,
+                budget.rate().in_words()
+            ),
+            exceeded,
+        )
+    })?;
     let now = now_ms();
     state.last_seen().touch(&device.id, now);
     Ok(Json(state.store().record_heartbeat(&device.id, &heartbeat, now).await?))
@@ -195,6 +317,32 @@ pub async fn progress(
 /// honouring `Range` so interrupted downloads resume: only to a device whose assignments
 /// tell it to install exactly that target with exactly those bytes
 /// ([`assigns_install`], over what the device would be served now).
+#[utoipa::path(
+    get,
+    path = "/targets/{file}",
+    operation_id = "target",
+    tag = "device",
+    summary = "An artifact by its consistent-snapshot target path",
+    description = "403: the device's assignments do not tell it to install this target with these bytes; a device fetches only what it is assigned.",
+    security(("deviceCredential" = [])),
+    params(
+        ("file" = String, Path, description = "`<sha256>.<name>@<version>`.", pattern = "^[0-9a-f]{64}\\.[A-Za-z0-9][A-Za-z0-9._-]*@[0-9A-Za-z.+-]+$", min_length = 1, example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.yolo-v8n@2.1.0"),
+        ("Range" = Option<String>, Header, description = "An RFC 9110 byte range, like `bytes=START-` to resume a download. One that is malformed or past the end gets 416."),
+    ),
+    responses(
+        (status = 200, description = "The bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."))),
+        (status = 206, description = "The requested range of the bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."), ("Content-Range" = String, description = "`bytes START-END/LENGTH`."))),
+        (status = 304, description = "Unchanged since the If-None-Match or If-Modified-Since the client sent; no body."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 412, description = "An If-Match or If-Unmodified-Since precondition failed; no body."),
+        (status = 416, description = "The Range is malformed or past the end; no body.", headers(("Content-Range" = String, description = "`bytes */LENGTH`."))),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn target(
     State(state): State<AppState>,
     Device(device): Device,

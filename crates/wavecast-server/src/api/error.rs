@@ -42,8 +42,14 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     /// The caller exceeded its request budget.
-    #[error("{0}")]
-    TooManyRequests(String),
+    #[error("{message}")]
+    TooManyRequests {
+        /// Whose budget, and what it is.
+        message: String,
+        /// When the next request could be let through (the `Retry-After` header, in whole
+        /// seconds rounded up).
+        retry_after: std::time::Duration,
+    },
     /// This server cannot do it now, for a reason an operator can fix (a key it lacks); the
     /// message says how, so unlike other 5xx answers it is shown.
     #[error("{0}")]
@@ -69,6 +75,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// `whose` budget is spent: 429, with when to come back.
+    pub fn too_many(whose: String, exceeded: crate::limits::Exceeded) -> Self {
+        ApiError::TooManyRequests { message: whose, retry_after: exceeded.retry_after }
+    }
+
     /// The request is malformed, as `e` (and its causes) say.
     pub fn bad_request(e: &dyn std::error::Error) -> Self {
         ApiError::BadRequest(chain(e))
@@ -133,7 +144,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
-            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
             ApiError::Store(_) | ApiError::Blob(_) | ApiError::Evidence(_) | ApiError::Internal { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
@@ -145,6 +156,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let retry_after = match &self {
+            // At least a second: `Retry-After` counts whole seconds, and 0 invites a hot loop.
+            ApiError::TooManyRequests { retry_after, .. } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            // Someone has to copy a key first: not a matter of a second.
+            ApiError::Unavailable(_) => Some(10),
+            _ => None,
+        };
         let message = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
             tracing::error!(error = %Chain(&self), "request failed");
             "internal server error; the server log has details".to_owned()
@@ -152,12 +170,8 @@ impl IntoResponse for ApiError {
             self.to_string()
         };
         let mut resp = (status, Json(ErrorBody { error: ErrorDetail { code, message } })).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
-        }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // Someone has to copy a key first: not a matter of a second.
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("10"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

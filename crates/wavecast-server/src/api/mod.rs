@@ -17,13 +17,15 @@ mod status;
 mod tokens;
 mod tuf;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt as _};
+use utoipa_axum::routes;
 
 pub use auth::{
     CanApproveGates, CanManageFleet, CanManageTokens, CanManageTrust, CanOperateRollouts, CanPublish, CanRead, Device,
@@ -31,6 +33,7 @@ pub use auth::{
 };
 pub use error::ApiError;
 
+use self::openapi::Internal;
 use crate::state::AppState;
 
 /// Request bodies other than artifact uploads are small JSON documents.
@@ -45,63 +48,99 @@ const PROGRESS_BODY_LIMIT: usize = 4 * 1024;
 
 /// The whole HTTP service.
 pub fn router(state: AppState) -> Router {
-    let operator = Router::new()
-        .route("/openapi.json", get(openapi::openapi))
-        .route("/whoami", get(operator::whoami))
-        .route("/status", get(status::status))
-        .route("/artifacts", get(operator::list_artifacts))
-        .route("/groups", get(operator::list_groups).post(operator::create_group))
-        .route("/enrollment-tokens", get(operator::list_enrollment_tokens).post(operator::create_enrollment_token))
-        .route("/enrollment-tokens/{id}", axum::routing::delete(operator::revoke_enrollment_token))
-        .route("/devices", get(operator::list_devices))
-        .route("/devices/{name}", get(operator::show_device).delete(operator::remove_device))
-        .route("/devices/{name}/revoke", post(operator::revoke_device))
-        .route("/audit", get(operator::list_audit))
-        .route("/audit/checkpoint", get(audit::checkpoint))
-        .route("/audit/checkpoints", get(audit::checkpoint_rows))
-        .route("/audit/leaves", get(audit::leaves))
-        .route("/audit/export", get(audit::export))
-        .route("/audit/consistency", get(audit::consistency))
-        .route("/tuf/{file}", get(tuf::operator_metadata))
-        .route("/blobs/{sha256}", get(operator::get_blob))
-        .route("/tokens", get(tokens::list).post(tokens::create))
-        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/rollouts", get(rollouts::list).post(rollouts::create))
-        .route("/rollouts/{id}", get(rollouts::show))
-        .route("/rollouts/{id}/approve", post(rollouts::approve))
-        .route("/rollouts/{id}/resume", post(rollouts::resume))
-        .route("/rollouts/{id}/abort", post(rollouts::abort))
-        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        // Signed metadata can be as large as tough accepts a targets file (10 MiB), escaped into
-        // a JSON string.
-        .route("/artifacts/resign", post(publish::resign).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
-        .route("/root/rotate", post(tuf::rotate_root).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
-        // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
-        .route("/artifacts", post(publish::publish).layer(DefaultBodyLimit::disable()));
-    let device = Router::new()
-        .route("/enroll", post(device::enroll))
-        .route("/whoami", get(device::whoami))
-        .route("/tuf/{file}", get(tuf::device_metadata))
-        .route("/assignments", get(device::assignments))
-        .route("/reports", post(device::reports))
-        .route("/progress", post(device::progress).layer(DefaultBodyLimit::max(PROGRESS_BODY_LIMIT)))
-        .route("/targets/{file}", get(device::target))
-        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", operator)
-        .nest("/device/v1", device)
+    let (router, api) = routes().split_for_parts();
+    router
         .fallback(not_found)
+        .layer(Extension(openapi::Document(openapi::render(&api).into())))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
 
+/// The OpenAPI document [`router`] serves at `/api/v1/openapi.json`.
+pub fn document() -> String {
+    openapi::render(&routes().split_for_parts().1)
+}
+
+/// Every route, each registered with its `#[utoipa::path]` description (`routes!`), so the
+/// document lists exactly what is served: there is no `.route(` here that could add an
+/// undocumented one.
+fn routes() -> OpenApiRouter<AppState> {
+    let operator = OpenApiRouter::default()
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(operator::whoami))
+        .routes(routes!(status::status))
+        .routes(routes!(operator::list_artifacts))
+        .routes(routes!(operator::list_groups, operator::create_group))
+        .routes(routes!(operator::list_enrollment_tokens, operator::create_enrollment_token))
+        .routes(routes!(operator::revoke_enrollment_token))
+        .routes(routes!(operator::list_devices))
+        .routes(routes!(operator::show_device, operator::remove_device))
+        .routes(routes!(operator::revoke_device))
+        .routes(routes!(operator::list_audit))
+        .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::checkpoint_rows))
+        .routes(routes!(audit::leaves))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::consistency))
+        .routes(routes!(tuf::operator_metadata))
+        .routes(routes!(operator::get_blob))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(rollouts::list, rollouts::create))
+        .routes(routes!(rollouts::show))
+        .routes(routes!(rollouts::approve))
+        .routes(routes!(rollouts::resume))
+        .routes(routes!(rollouts::abort))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        // Signed metadata can be as large as tough accepts a targets file (10 MiB), escaped into
+        // a JSON string.
+        .routes(routes!(publish::resign).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
+        .routes(routes!(tuf::rotate_root).layer(DefaultBodyLimit::max(METADATA_BODY_LIMIT)))
+        // Artifacts can be gigabytes; the publish handler caps the upload at the signed length.
+        .routes(routes!(publish::publish).layer(DefaultBodyLimit::disable()));
+    let device = OpenApiRouter::default()
+        .routes(routes!(device::enroll))
+        .routes(routes!(device::whoami))
+        .routes(routes!(tuf::device_metadata))
+        .routes(routes!(device::assignments))
+        .routes(routes!(device::reports))
+        .routes(routes!(device::progress).layer(DefaultBodyLimit::max(PROGRESS_BODY_LIMIT)))
+        .routes(routes!(device::target))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .nest("/api/v1", operator)
+        .nest("/device/v1", device)
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "ops",
+    summary = "Liveness and database check",
+    responses(
+        (status = 200, description = "Healthy.", body = String, content_type = "text/plain"),
+        (status = 500, response = Internal),
+    )
+)]
 async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.store().installation_root().await?;
     Ok("ok\n")
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "ops",
+    summary = "Prometheus metrics",
+    description = "Request counters, publishes, and `wavecast_tuf_expires_in_seconds{role}` / `wavecast_tuf_version{role}` for each TUF role.",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let metadata = crate::metadata_heads(state.store()).await.unwrap_or_else(|e| {
         tracing::warn!(error = %wavecast_os::error::Chain(&e), "reading TUF metadata for /metrics");

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tower::ServiceExt as _;
+use utoipa::IntoParams;
 use wavecast_api::{
     Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, DeviceRemoval, EnrollmentToken,
     EnrollmentTokenCreated, Group, GroupCreated, Whoami,
@@ -17,19 +18,65 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{DeviceName, GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
+use super::openapi::{BadRequest, Binary, Conflict, Forbidden, Internal, NotFound, TooLarge, Unauthorized};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, bodies, new_id, random};
 use crate::state::AppState;
 use crate::store::{NewEnrollmentToken, Retire};
 
 /// Who the token belongs to.
+#[utoipa::path(
+    get,
+    path = "/whoami",
+    operation_id = "whoami",
+    tag = "operator",
+    summary = "The calling token",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Who the token is.", body = Whoami),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn whoami(op: Operator) -> Json<Whoami> {
     Json(Whoami { id: op.token_id, name: op.name, role: op.role })
 }
 
+#[utoipa::path(
+    get,
+    path = "/artifacts",
+    operation_id = "listArtifacts",
+    tag = "operator",
+    summary = "Published artifacts",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Every published artifact version.", body = Vec<Artifact>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list_artifacts(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Artifact>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_artifacts().await?, bodies::artifact)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/groups",
+    operation_id = "createGroup",
+    tag = "operator",
+    summary = "Create a device group",
+    description = "Needs the operator or admin role. 409: the group exists.",
+    security(("apiToken" = [])),
+    request_body(content = CreateGroup, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = GroupCreated),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create_group(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
@@ -46,6 +93,19 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, Json(GroupCreated { name })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/groups",
+    operation_id = "listGroups",
+    tag = "operator",
+    summary = "Device groups",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Every group with its device count.", body = Vec<Group>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list_groups(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Group>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_groups().await?, bodies::group)?))
 }
@@ -55,6 +115,25 @@ const MAX_ENROLLMENT_SECS: u64 = 365 * 24 * 3600;
 /// How long one lives unless asked otherwise.
 const DEFAULT_ENROLLMENT_SECS: u64 = 7 * 24 * 3600;
 
+#[utoipa::path(
+    post,
+    path = "/enrollment-tokens",
+    operation_id = "createEnrollmentToken",
+    tag = "operator",
+    summary = "Mint an enrollment token for a group",
+    description = "Needs the operator or admin role. 400: expires_in_secs out of range, or max_uses 0. 404: no such group.",
+    security(("apiToken" = [])),
+    request_body(content = CreateEnrollmentToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the secret is shown only here.", body = EnrollmentTokenCreated),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create_enrollment_token(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
@@ -103,6 +182,20 @@ pub async fn create_enrollment_token(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/enrollment-tokens",
+    operation_id = "listEnrollmentTokens",
+    tag = "operator",
+    summary = "Enrollment tokens",
+    description = "Every enrollment token, oldest first, with how many devices it enrolled; never a secret.",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "The tokens.", body = Vec<EnrollmentToken>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list_enrollment_tokens(
     State(state): State<AppState>,
     _: CanRead,
@@ -112,6 +205,26 @@ pub async fn list_enrollment_tokens(
 
 /// Revokes an enrollment token: no device enrolls with it any more. Devices it enrolled keep
 /// their own credentials (revoke those one by one).
+#[utoipa::path(
+    delete,
+    path = "/enrollment-tokens/{id}",
+    operation_id = "revokeEnrollmentToken",
+    tag = "operator",
+    summary = "Revoke an enrollment token",
+    description = "Needs the operator or admin role. No device enrolls with the token afterwards; devices it enrolled keep their own credentials.",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Enrollment token id.", min_length = 1, example = "4f1b2b0b822cd15d"),
+    ),
+    responses(
+        (status = 200, description = "Revoked (revoking twice is not an error).", body = EnrollmentToken),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn revoke_enrollment_token(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
@@ -130,13 +243,32 @@ pub async fn revoke_enrollment_token(
     Ok(Json(bodies::enrollment_token(revoked)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeviceFilter {
+    /// Only this group's devices.
     group: Option<String>,
+    /// Only devices in this state: `active`, or `revoked` (credential refused).
+    #[param(value_type = Option<wavecast_core::fleet::DeviceStatus>)]
     state: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/devices",
+    operation_id = "listDevices",
+    tag = "operator",
+    summary = "Enrolled devices",
+    security(("apiToken" = [])),
+    params(DeviceFilter),
+    responses(
+        (status = 200, description = "Devices, optionally of one group.", body = Vec<Device>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list_devices(
     State(state): State<AppState>,
     _: CanRead,
@@ -150,6 +282,26 @@ pub async fn list_devices(
 
 /// Revokes a device's credential: it is refused from its next request on, on every replica,
 /// and leaves every rollout that has not ended as `removed`. It stays listed, as revoked.
+#[utoipa::path(
+    post,
+    path = "/devices/{name}/revoke",
+    operation_id = "revokeDevice",
+    tag = "operator",
+    summary = "Revoke a device's credential",
+    description = "Needs the operator or admin role. The credential is refused from the device's next request on, by every replica; the device leaves every rollout that has not ended as `removed` (settled, never a failure), and no new rollout includes it. It stays listed, as revoked. Revoking twice is not an error.",
+    security(("apiToken" = [])),
+    params(
+        ("name" = String, Path, description = "Device name.", min_length = 1, example = "cam-001"),
+    ),
+    responses(
+        (status = 200, description = "Revoked.", body = DeviceRemoval),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn revoke_device(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
@@ -160,6 +312,26 @@ pub async fn revoke_device(
 
 /// Removes (decommissions) a device: revoked as by [`revoke_device`], then deleted, so it
 /// leaves its group and the device list and its name is free again; the audit log keeps it.
+#[utoipa::path(
+    delete,
+    path = "/devices/{name}",
+    operation_id = "removeDevice",
+    tag = "operator",
+    summary = "Remove (decommission) a device",
+    description = "Needs the operator or admin role. Revokes the device as `POST /devices/{name}/revoke` does, then deletes it: it leaves its group and the device list, and its name can be enrolled again. The audit log keeps it.",
+    security(("apiToken" = [])),
+    params(
+        ("name" = String, Path, description = "Device name.", min_length = 1, example = "cam-001"),
+    ),
+    responses(
+        (status = 200, description = "Removed.", body = DeviceRemoval),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn remove_device(
     State(state): State<AppState>,
     CanManageFleet(op): CanManageFleet,
@@ -175,6 +347,24 @@ async fn retire(state: &AppState, op: &Operator, name: &str, how: Retire) -> Res
     Ok(Json(bodies::removal(retired)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/devices/{name}",
+    operation_id = "showDevice",
+    tag = "operator",
+    summary = "One device and what it runs",
+    security(("apiToken" = [])),
+    params(
+        ("name" = String, Path, description = "Device name.", min_length = 1, example = "cam-001"),
+    ),
+    responses(
+        (status = 200, description = "The device.", body = DeviceDetail),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn show_device(
     State(state): State<AppState>,
     _: CanRead,
@@ -192,13 +382,31 @@ pub async fn show_device(
     Ok(Json(DeviceDetail { device: bodies::device(device), artifacts, rollouts }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditRange {
+    /// First sequence number (default 0; negative counts as 0).
     from: Option<i64>,
+    /// At most this many (default 1000, clamped to 1-10000).
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    operation_id = "listAudit",
+    tag = "operator",
+    summary = "Audit events",
+    security(("apiToken" = [])),
+    params(AuditRange),
+    responses(
+        (status = 200, description = "Events with `seq >= from`, oldest first.", body = Vec<AuditEvent>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list_audit(
     State(state): State<AppState>,
     _: CanRead,
@@ -209,6 +417,30 @@ pub async fn list_audit(
 }
 
 /// Serves a published blob, honouring `Range` requests.
+#[utoipa::path(
+    get,
+    path = "/blobs/{sha256}",
+    operation_id = "getBlob",
+    tag = "operator",
+    summary = "A published artifact's bytes",
+    description = "400: not a SHA-256. 404: no published artifact has it.",
+    security(("apiToken" = [])),
+    params(
+        ("sha256" = Sha256Digest, Path, description = "The artifact's SHA-256.", example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        ("Range" = Option<String>, Header, description = "An RFC 9110 byte range, like `bytes=START-` to resume a download. One that is malformed or past the end gets 416."),
+    ),
+    responses(
+        (status = 200, description = "The bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."))),
+        (status = 206, description = "The requested range of the bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."), ("Content-Range" = String, description = "`bytes START-END/LENGTH`."))),
+        (status = 304, description = "Unchanged since the If-None-Match or If-Modified-Since the client sent; no body."),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 412, description = "An If-Match or If-Unmodified-Since precondition failed; no body."),
+        (status = 416, description = "The Range is malformed or past the end; no body.", headers(("Content-Range" = String, description = "`bytes */LENGTH`."))),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn get_blob(
     State(state): State<AppState>,
     _: CanRead,

@@ -24,6 +24,9 @@ use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
 use wavecast_tuf::repo::{AcceptError, Submission, accept_submission, accept_targets};
 
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, Internal, PublishUpload, TooLarge, Unauthorized, Unavailable, Unprocessable,
+};
 use super::{ApiError, ApiJson, CanPublish};
 use crate::state::AppState;
 use crate::store::{MetadataWrite, NewArtifact, OnlineMetadata, Publish, StoreError};
@@ -31,6 +34,27 @@ use crate::store::{MetadataWrite, NewArtifact, OnlineMetadata, Publish, StoreErr
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
 
+#[utoipa::path(
+    post,
+    path = "/artifacts",
+    operation_id = "publishArtifact",
+    tag = "operator",
+    summary = "Publish an artifact version",
+    description = "Multipart upload with two parts in this order: `targets` (the publisher-signed targets.json, adding exactly one target) and `blob` (the artifact). Needs the publisher or admin role. 409: another publish landed first (sign again); 422: bad signature, wrong bytes or not one new target. A refused upload stores nothing.",
+    security(("apiToken" = [])),
+    request_body(content = PublishUpload, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Published.", body = Artifact),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn publish(
     State(state): State<AppState>,
     // Authorization (CanPublish) is decided before the body is even looked at.
@@ -178,6 +202,27 @@ pub async fn publish(
 /// new version and expiry. Checked as a publish is (signed by the newest root's targets key,
 /// the next version, not expired, nothing removed or changed) and adding nothing; audited as
 /// `targets.resigned`.
+#[utoipa::path(
+    post,
+    path = "/artifacts/resign",
+    operation_id = "resignTargets",
+    tag = "operator",
+    summary = "Install the current targets signed again with a new expiry",
+    description = "Needs the publisher or admin role. The targets must be signed by the newest root's targets key, be the next version, not be expired, and add, remove and change no target. Snapshot and timestamp are signed over them at once. Audited as `targets.resigned`. 409: the targets changed meanwhile; sign again on top of them.",
+    security(("apiToken" = [])),
+    request_body(content = ResignTargets, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Installed.", body = TargetsResigned),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn resign(
     State(state): State<AppState>,
     CanPublish(op): CanPublish,

@@ -10,6 +10,7 @@ use wavecast_core::rollout::{Command, Plan};
 use wavecast_os::clock::now_ms;
 use wavecast_os::error::chain;
 
+use super::openapi::{BadRequest, Conflict, Forbidden, Internal, NotFound, TooLarge, Unauthorized, Unprocessable};
 use super::{ApiError, ApiJson, ApiPath, CanApproveGates, CanOperateRollouts, CanRead, Operator, bodies};
 use crate::state::AppState;
 use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutIdError};
@@ -17,6 +18,27 @@ use crate::store::{CreateRolloutError, NewRollout, RolloutCommandError, RolloutI
 /// Ten minutes, as the brief sets it.
 pub const DEFAULT_DEVICE_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
+#[utoipa::path(
+    post,
+    path = "/rollouts",
+    operation_id = "createRollout",
+    tag = "operator",
+    summary = "Start a rollout",
+    description = "Needs the operator or admin role. 404: no such artifact or group. 409: a rollout of this artifact to this group is still active. 422: the group has no devices.",
+    security(("apiToken" = [])),
+    request_body(content = CreateRollout, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the first waves open as the plan allows.", body = Rollout),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     CanOperateRollouts(op): CanOperateRollouts,
@@ -79,6 +101,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/rollouts",
+    operation_id = "listRollouts",
+    tag = "operator",
+    summary = "Rollouts",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Every rollout, newest first.", body = Vec<Rollout>),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list(State(state): State<AppState>, _: CanRead) -> Result<Json<Vec<Rollout>>, ApiError> {
     Ok(Json(bodies::all(state.store().list_rollouts().await?, bodies::rollout)?))
 }
@@ -92,6 +127,24 @@ pub(super) async fn rollout_id(state: &AppState, given: &str) -> Result<String, 
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/rollouts/{id}",
+    operation_id = "showRollout",
+    tag = "operator",
+    summary = "One rollout",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Rollout id, or any unique start of it (`r-` may be left out). An ambiguous start is a 400 naming the candidates; one that names no rollout, a 404.", min_length = 1, example = "r-1a2b3c4d"),
+    ),
+    responses(
+        (status = 200, description = "The rollout, with the devices it waits for (`in_progress`).", body = Rollout),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     _: CanRead,
@@ -121,6 +174,27 @@ async fn run_command(state: &AppState, op: &Operator, given: &str, cmd: Command)
     Ok(Json(bodies::rollout(record)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/rollouts/{id}/approve",
+    operation_id = "approveRollout",
+    tag = "operator",
+    summary = "Open the wave waiting at a manual gate",
+    description = "Needs the approver or admin role; 403 also when the server requires a distinct approver and the caller created the rollout. 409: the rollout is not waiting for approval.",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Rollout id, or any unique start of it (`r-` may be left out). An ambiguous start is a 400 naming the candidates; one that names no rollout, a 404.", min_length = 1, example = "r-1a2b3c4d"),
+    ),
+    responses(
+        (status = 200, description = "The rollout after the command.", body = Rollout),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn approve(
     State(state): State<AppState>,
     CanApproveGates(op): CanApproveGates,
@@ -129,6 +203,29 @@ pub async fn approve(
     run_command(&state, &op, &id, Command::Approve).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/rollouts/{id}/resume",
+    operation_id = "resumeRollout",
+    tag = "operator",
+    summary = "Acknowledge failures and continue a paused rollout",
+    description = "Needs the operator or admin role. 400: `ack` is not true. 409: the rollout is not paused.",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Rollout id, or any unique start of it (`r-` may be left out). An ambiguous start is a 400 naming the candidates; one that names no rollout, a 404.", min_length = 1, example = "r-1a2b3c4d"),
+    ),
+    request_body(content = ResumeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The rollout after the command.", body = Rollout),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn resume(
     State(state): State<AppState>,
     CanOperateRollouts(op): CanOperateRollouts,
@@ -143,6 +240,29 @@ pub async fn resume(
     run_command(&state, &op, &id, Command::ResumeAck).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/rollouts/{id}/abort",
+    operation_id = "abortRollout",
+    tag = "operator",
+    summary = "Stop a rollout, keeping or reverting devices",
+    description = "Needs the operator or admin role. 409: the rollout already ended.",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Rollout id, or any unique start of it (`r-` may be left out). An ambiguous start is a 400 naming the candidates; one that names no rollout, a 404.", min_length = 1, example = "r-1a2b3c4d"),
+    ),
+    request_body(content = AbortRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The rollout after the command.", body = Rollout),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn abort(
     State(state): State<AppState>,
     CanOperateRollouts(op): CanOperateRollouts,

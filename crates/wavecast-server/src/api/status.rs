@@ -13,10 +13,25 @@ use axum::extract::State;
 use wavecast_api::{AuditStatus, CheckpointStatus, DeviceCounts, RoleStatus, StateCounts, Status};
 use wavecast_core::trust::expiry_warning;
 
+use super::openapi::{Internal, Unauthorized};
 use super::{ApiError, CanRead};
 use crate::state::AppState;
 
 /// The status report.
+#[utoipa::path(
+    get,
+    path = "/status",
+    operation_id = "status",
+    tag = "operator",
+    summary = "Server health, TUF metadata expiries, the audit checkpoint and device counts",
+    description = "Any role. Warns (in `warnings`) when root or targets expire within 30 days, and about anything expired. Reads no per-device row: device counts come from one count over the devices and the counts running rollouts keep.",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "The status.", body = Status),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn status(State(state): State<AppState>, _: CanRead) -> Result<Json<Status>, ApiError> {
     let now_ms = wavecast_os::clock::now_ms();
     let store = state.store();

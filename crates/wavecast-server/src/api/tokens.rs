@@ -8,10 +8,30 @@ use wavecast_core::audit::{AuditAction, NewAuditEvent};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_os::clock::now_ms;
 
+use super::openapi::{BadRequest, Conflict, Forbidden, Internal, NotFound, TooLarge, Unauthorized};
 use super::{ApiError, ApiJson, ApiPath, CanManageTokens, bodies, new_id, random};
 use crate::state::AppState;
 use crate::store::NewToken;
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    operation_id = "createToken",
+    tag = "operator",
+    summary = "Create an API token",
+    description = "Needs the admin role. 409: a token with that name exists.",
+    security(("apiToken" = [])),
+    request_body(content = CreateToken, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the secret is shown only here.", body = TokenCreated),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     CanManageTokens(op): CanManageTokens,
@@ -38,10 +58,45 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name, role: req.role, token: secret.expose().to_owned() })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    operation_id = "listTokens",
+    tag = "operator",
+    summary = "API tokens",
+    description = "Needs the admin role.",
+    security(("apiToken" = [])),
+    responses(
+        (status = 200, description = "Every token, newest first, without secrets.", body = Vec<Token>),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn list(State(state): State<AppState>, _: CanManageTokens) -> Result<Json<Vec<Token>>, ApiError> {
     Ok(Json(state.store().list_tokens().await?.into_iter().map(bodies::token).collect()))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    operation_id = "revokeToken",
+    tag = "operator",
+    summary = "Revoke an API token",
+    description = "Needs the admin role.",
+    security(("apiToken" = [])),
+    params(
+        ("id" = String, Path, description = "Token id.", min_length = 1, example = "4f1b2b0b822cd15d"),
+    ),
+    responses(
+        (status = 200, description = "Revoked (revoking twice is not an error).", body = Token),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     CanManageTokens(op): CanManageTokens,

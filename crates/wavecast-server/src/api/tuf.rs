@@ -16,6 +16,10 @@ use wavecast_os::error::chain;
 use wavecast_tuf::repo::{Submission, accept_submission};
 use wavecast_tuf::root::{RootError, changed_keys, checkpoint_key, director_key, verify_next};
 
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, Internal, NotFound, TooLarge, TooManyRequests, TufMetadata, Unauthorized,
+    Unavailable, Unprocessable,
+};
 use super::{ApiError, ApiJson, ApiPath, CanManageTrust, CanRead, Device};
 use crate::checkpoints::{CheckpointError, sign_extension};
 use crate::state::AppState;
@@ -23,6 +27,24 @@ use crate::store::{MetadataWrite, StoreError};
 use crate::trust::{ChainRoot, TrustError};
 
 /// Metadata for operators (the publisher reads root and targets here).
+#[utoipa::path(
+    get,
+    path = "/tuf/{file}",
+    operation_id = "operatorTufMetadata",
+    tag = "operator",
+    summary = "TUF metadata, for publishers",
+    security(("apiToken" = [])),
+    params(
+        ("file" = String, Path, description = "`root.json`, `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`; unversioned `snapshot.json` and `targets.json` give the newest.", pattern = "^(([0-9]+\\.)?(root|snapshot|targets)|timestamp)\\.json$", min_length = 1, example = "timestamp.json"),
+    ),
+    responses(
+        (status = 200, description = "The metadata file, byte for byte as signed.", body = TufMetadata),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn operator_metadata(
     State(state): State<AppState>,
     _: CanRead,
@@ -34,6 +56,25 @@ pub async fn operator_metadata(
 /// Metadata for devices. Root files (`root.json`, `N.root.json`) need no credential: they are
 /// the public trust anchor every device image carries, and an agent checks that it pins this
 /// server's root before it spends its enrollment token.
+#[utoipa::path(
+    get,
+    path = "/tuf/{file}",
+    operation_id = "deviceTufMetadata",
+    tag = "device",
+    summary = "TUF metadata, for devices",
+    security(("deviceCredential" = [])),
+    params(
+        ("file" = String, Path, description = "`root.json`, `N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`; unversioned `snapshot.json` and `targets.json` give the newest.", pattern = "^(([0-9]+\\.)?(root|snapshot|targets)|timestamp)\\.json$", min_length = 1, example = "timestamp.json"),
+    ),
+    responses(
+        (status = 200, description = "The metadata file, byte for byte as signed.", body = TufMetadata),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = Internal),
+    )
+)]
 pub async fn device_metadata(
     State(state): State<AppState>,
     device: Result<Device, ApiError>,
@@ -74,6 +115,27 @@ async fn metadata(state: &AppState, file: &str) -> Result<Response, ApiError> {
 /// refuse targets the newest root's key did not sign). One transaction stores the root, the
 /// targets, snapshot and timestamp, the audit events, and the first audit checkpoint of the
 /// new checkpoint key.
+#[utoipa::path(
+    post,
+    path = "/root/rotate",
+    operation_id = "rotateRoot",
+    tag = "operator",
+    summary = "Install the next root.json version",
+    description = "Needs the admin role. The root must be the next version, signed by the current root key and by its own, not expired, and this server must hold every online key it names (422 says which is missing). When it names a new targets key, `targets` must hold the current targets signed again by it. Stores the root, snapshot and timestamp signed with its keys, and the first audit checkpoint of its checkpoint key, at once. Audited as `root.rotated`. 409: another rotation or publish landed first.",
+    security(("apiToken" = [])),
+    request_body(content = RotateRoot, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Installed.", body = RootRotated),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 422, response = Unprocessable),
+        (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn rotate_root(
     State(state): State<AppState>,
     CanManageTrust(op): CanManageTrust,

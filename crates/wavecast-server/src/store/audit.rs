@@ -71,7 +71,10 @@ pub(super) async fn append_audit(
     // (Events written before kept their own precision; their bytes are what was signed.)
     let at = wavecast_api::Timestamp::from_unix_ms(now_ms);
     let placed = AuditEvent::place(event, seq as u64, at.to_string());
-    let body = String::from_utf8(placed.canonical_bytes()).map_err(corrupt("audit event"))?;
+    let bytes = placed
+        .canonical_bytes()
+        .map_err(|source| StoreError::Canonical { what: format!("audit event {}", placed.action.as_str()), source })?;
+    let body = String::from_utf8(bytes).map_err(corrupt("audit event"))?;
     sqlx::query("INSERT INTO audit_log (seq, at, actor, action, subject, body) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(seq)
         .bind(now_ms)

@@ -27,6 +27,8 @@ mod tokens;
 
 use std::path::Path;
 use std::str::FromStr as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
@@ -131,6 +133,15 @@ pub enum StoreError {
         /// What.
         what: String,
     },
+    /// An audit event has no canonical bytes (its detail holds a float), so it is not logged.
+    #[error("encoding {what} as canonical JSON")]
+    Canonical {
+        /// What.
+        what: String,
+        /// Why not.
+        #[source]
+        source: wavecast_core::canonical::CanonicalError,
+    },
     /// A stored value does not parse: the database was changed outside wavecast.
     #[error("stored {what} is corrupt")]
     Corrupt {
@@ -183,11 +194,23 @@ fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Counts each idle connection the pool hands out in `taken` (new ones are counted where they
+/// are made, in `after_connect`).
+fn count_idle(options: AnyPoolOptions, taken: &Arc<AtomicU64>) -> AnyPoolOptions {
+    let taken = taken.clone();
+    options.before_acquire(move |_conn, _meta| {
+        taken.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async { Ok(true) })
+    })
+}
+
 /// The wavecast database.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Connections taken from the pool so far: see [`Store::connections_taken`].
+    taken: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -196,28 +219,40 @@ impl Store {
         sqlx::any::install_default_drivers();
         let backend = config.backend();
         let connect_err = |source| StoreError::Connect { database: config.redacted(), source };
+        let taken = Arc::new(AtomicU64::new(0));
         let pool = match config {
-            DatabaseConfig::Sqlite(path) => Self::sqlite_pool(path).await.map_err(connect_err)?,
-            DatabaseConfig::Postgres(url) => AnyPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect(url)
-                .await
-                .map_err(connect_err)?,
+            DatabaseConfig::Sqlite(path) => Self::sqlite_pool(path, taken.clone()).await.map_err(connect_err)?,
+            DatabaseConfig::Postgres(url) => {
+                let new = taken.clone();
+                count_idle(AnyPoolOptions::new(), &taken)
+                    .max_connections(16)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .after_connect(move |_conn, _meta| {
+                        // A new connection is handed to whoever asked for one: it counts too.
+                        new.fetch_add(1, Ordering::Relaxed);
+                        Box::pin(async { Ok(()) })
+                    })
+                    .connect(url)
+                    .await
+                    .map_err(connect_err)?
+            }
         };
-        let store = Self { pool, backend };
+        let store = Self { pool, backend, taken };
         migrate::run(&store).await?;
         Ok(store)
     }
 
-    async fn sqlite_pool(path: &Path) -> Result<AnyPool, sqlx::Error> {
+    async fn sqlite_pool(path: &Path, taken: Arc<AtomicU64>) -> Result<AnyPool, sqlx::Error> {
         // Create the file through the SQLite driver's options, then hand the Any pool a URL.
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let _ = sqlx::sqlite::SqliteConnectOptions::from_str(&url)?;
-        AnyPoolOptions::new()
+        let new = taken.clone();
+        count_idle(AnyPoolOptions::new(), &taken)
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(30))
-            .after_connect(|conn, _meta| {
+            .after_connect(move |conn, _meta| {
+                // A new connection is handed to whoever asked for one: it counts too.
+                new.fetch_add(1, Ordering::Relaxed);
                 Box::pin(async move {
                     use sqlx::Executor as _;
                     // WAL lets readers run beside the one writer; FULL makes a committed
@@ -232,6 +267,13 @@ impl Store {
             })
             .connect(&url)
             .await
+    }
+
+    /// How many times a connection was taken from the pool since the store opened. Every query
+    /// and every transaction takes one, so the growth of this number between two moments is
+    /// how many requests reached the database: what the request-budget tests count.
+    pub fn connections_taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     /// Which backend this store runs on (for logs and tests only).

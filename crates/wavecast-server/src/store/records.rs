@@ -189,8 +189,8 @@ pub struct Enrollment {
     pub now_ms: i64,
 }
 
-/// An enrolled device.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// An enrolled device. The device API answers `GET /device/v1/whoami` with it as it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DeviceRecord {
     /// Id.
     pub id: String,
@@ -200,9 +200,10 @@ pub struct DeviceRecord {
     pub group: GroupName,
     /// Hardware.
     pub hardware: String,
-    /// Enrollment time (ms).
+    /// Enrollment time, Unix ms.
     pub enrolled_at: i64,
-    /// Last check-in (ms).
+    /// Last check-in, Unix ms; `null` if never.
+    #[schema(required = true)]
     pub last_seen_at: Option<i64>,
     /// When its credential was revoked (ms), if it was. Not in the device's own view of
     /// itself: a revoked device is refused before it could see it.

@@ -84,11 +84,7 @@ async fn groups_enrollment_and_inventory(db: Db) {
     let dup = env.post_json("/device/v1/enroll", None, enroll("cam-001", &token)).await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
     let wrong = env
-        .post_json(
-            "/device/v1/enroll",
-            None,
-            enroll("cam-002", &token.replace("wce_", "wce_f").split_at(68).0.to_owned()),
-        )
+        .post_json("/device/v1/enroll", None, enroll("cam-002", token.replace("wce_", "wce_f").split_at(68).0))
         .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     let api_token = env.post_json("/device/v1/enroll", None, enroll("cam-002", &env.admin)).await;

@@ -12,6 +12,7 @@ mod audit;
 mod authz;
 mod fleet;
 mod lifecycle;
+mod limits;
 mod openapi;
 mod progress;
 mod publish;

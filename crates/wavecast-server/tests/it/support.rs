@@ -1,5 +1,6 @@
 //! A fresh installation with a server state on a chosen backend, and request helpers.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU64;
 
 use aws_lc_rs::rand::SystemRandom;
@@ -128,7 +129,40 @@ impl Env {
         headers: &[(&str, String)],
         body: Body,
     ) -> Resp {
+        self.request_via(None, method, path, token, headers, body).await
+    }
+
+    /// A request as if it came over a connection from `peer` (the network's requests carry
+    /// their peer address; in-process ones have none unless given).
+    pub async fn request_from(
+        &self,
+        peer: SocketAddr,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Resp {
+        let (headers, body) = match body {
+            Some(json) => (vec![("content-type", "application/json".to_owned())], Body::from(json.to_string())),
+            None => (vec![], Body::empty()),
+        };
+        self.request_via(Some(peer), method, path, token, &headers, body).await
+    }
+
+    /// A request from `peer` (if any) with any headers.
+    pub async fn request_via(
+        &self,
+        peer: Option<SocketAddr>,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, String)],
+        body: Body,
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(path);
+        if let Some(peer) = peer {
+            req = req.extension(axum::extract::ConnectInfo(peer));
+        }
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

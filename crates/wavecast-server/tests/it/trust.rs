@@ -273,8 +273,8 @@ async fn a_root_rotation_replaces_keys_and_keeps_the_log_verifying(db: Db) {
         .await;
     let doc: SignedAssignments = serde_json::from_slice(&doc.body).unwrap();
     let sig = hex::decode(&doc.signature).unwrap();
-    assert!(verify_ed25519(&director_key(v2_root).unwrap(), &doc.signed.signing_bytes(), &sig));
-    assert!(!verify_ed25519(&director_key(&v1.signed).unwrap(), &doc.signed.signing_bytes(), &sig));
+    assert!(verify_ed25519(&director_key(v2_root).unwrap(), &doc.signed.signing_bytes().unwrap(), &sig));
+    assert!(!verify_ed25519(&director_key(&v1.signed).unwrap(), &doc.signed.signing_bytes().unwrap(), &sig));
     // The old publisher key is refused; the new one publishes.
     let r = env.publish("m@2.0.0", b"two").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.message());
@@ -389,7 +389,7 @@ async fn a_replica_without_the_new_keys_refuses_to_sign(db: Db) {
     assert_eq!(status, StatusCode::OK, "{body}");
     let doc: SignedAssignments = serde_json::from_value(body).unwrap();
     let sig = hex::decode(&doc.signature).unwrap();
-    assert!(verify_ed25519(&director_key(&v2.signed().signed).unwrap(), &doc.signed.signing_bytes(), &sig));
+    assert!(verify_ed25519(&director_key(&v2.signed().signed).unwrap(), &doc.signed.signing_bytes().unwrap(), &sig));
 }
 
 /// The root and publisher keys never sit with the server: one found among its keys stops it.
