@@ -372,8 +372,7 @@ impl Record {
 }
 
 fn checksum(json: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(&sha2::Sha256::digest(json)[..SUM_HEX / 2])
+    hex::encode(&Sha256Digest::of(json).as_bytes()[..SUM_HEX / 2])
 }
 
 /// What a line of the log is.
