@@ -6,7 +6,7 @@
 //! `snapshot.json` and `targets.json` give the newest, for publishers.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequestParts as _, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tough::schema::{Signed, Targets};
@@ -77,11 +77,16 @@ pub async fn operator_metadata(
 )]
 pub async fn device_metadata(
     State(state): State<AppState>,
-    device: Result<Device, ApiError>,
     ApiPath(file): ApiPath<String>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    if !(file == "root.json" || file.strip_suffix(".root.json").is_some_and(|v| v.parse::<u64>().is_ok())) {
-        device?;
+    // Authenticate only for what needs it: a request without a credential for a root file is
+    // what every agent sends before it enrolls, not a failed authentication, so it must not
+    // spend its address's budget (a fleet coming up behind one NAT address would spend it).
+    let root_file = file == "root.json" || file.strip_suffix(".root.json").is_some_and(|v| v.parse::<u64>().is_ok());
+    if !root_file {
+        let (mut parts, _) = request.into_parts();
+        Device::from_request_parts(&mut parts, &state).await?;
     }
     metadata(&state, &file).await
 }

@@ -119,11 +119,18 @@ async fn a_fleet_behind_one_address_is_never_limited(db: Db) {
             .unwrap()
             .to_owned();
 
-    // A thousand devices come up behind one carrier-NAT address and enroll at once.
+    // A thousand devices come up behind one carrier-NAT address and enroll at once, each as an
+    // agent does: first the server's root.json (no credential yet: it checks it pins this
+    // server's root before spending its token), then the enrollment.
     let enrolled: Vec<Resp> = futures_util::stream::iter(0..1000)
         .map(|i| {
             let body = serde_json::json!({ "token": token, "name": format!("cam-{i:04}"), "hardware": "hw" });
-            env.request_from(nat, Method::POST, "/device/v1/enroll", None, Some(body))
+            let env = &env;
+            async move {
+                let root = env.request_from(nat, Method::GET, "/device/v1/tuf/root.json", None, None).await;
+                assert_eq!(root.status, StatusCode::OK, "device {i}'s root.json: {}", root.message());
+                env.request_from(nat, Method::POST, "/device/v1/enroll", None, Some(body)).await
+            }
         })
         .buffer_unordered(16)
         .collect()
