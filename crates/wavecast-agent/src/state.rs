@@ -487,8 +487,11 @@ pub enum Hook<'a> {
 struct Log {
     path: PathBuf,
     delivered_path: PathBuf,
-    /// Open for appending; none when the state was opened to read.
-    file: Option<File>,
+    /// Whether this process appends (not when the state was opened to read). The file is
+    /// opened for each record rather than held open: one process may run thousands of agents
+    /// (`wavecast sim`), and an agent appends a handful of records per install, where an open
+    /// costs nothing beside the flush that follows it.
+    writable: bool,
     /// Bytes of whole records: where the next one goes.
     len: u64,
     /// What the log on disk says.
@@ -506,7 +509,7 @@ impl Log {
         let line = record.line();
         match hook {
             Hook::Torn(then) => {
-                let file = self.appender()?;
+                let mut file = self.appender()?;
                 file.write_all(&line[..line.len() / 2]).map_err(io("writing", &self.path))?;
                 then();
                 return Ok(());
@@ -517,7 +520,7 @@ impl Log {
         }
         let len = self.len;
         let path = self.path.clone();
-        let file = self.appender()?;
+        let mut file = self.appender()?;
         let written = file.write_all(&line).and_then(|()| file.sync_data());
         if let Err(e) = written {
             // Cut what may have reached the file, so the next record follows a whole one.
@@ -529,9 +532,12 @@ impl Log {
         Ok(())
     }
 
-    fn appender(&mut self) -> Result<&mut File, StateError> {
+    fn appender(&self) -> Result<File, StateError> {
         let path = &self.path;
-        let file = self.file.as_mut().ok_or_else(|| io("appending to", path)(read_only()))?;
+        if !self.writable {
+            return Err(io("appending to", path)(read_only()));
+        }
+        let file = open_log(path)?;
         // After a failed write the file may be longer than its whole records.
         if file.metadata().map_err(io("reading", path))?.len() != self.len {
             file.set_len(self.len).map_err(io("truncating", path))?;
@@ -554,7 +560,6 @@ impl Log {
         then();
         std::fs::rename(&tmp, &self.path).map_err(io("renaming into place", &self.path))?;
         sync_dir(dir)?;
-        self.file = Some(open_log(&self.path)?);
         self.len = line.len() as u64;
         self.image = next;
         // Everything delivered is out of the compacted log. Not flushed: an id left behind
@@ -626,7 +631,7 @@ impl StateDir {
             } else if file.metadata().map_err(io("reading", &log.path))?.len() > log.len {
                 tracing::warn!(path = %log.path.display(), "the last record was torn by a crash; dropped");
             }
-            log.file = Some(file);
+            log.writable = true;
         }
         dir.remove_legacy();
         Ok(dir)
@@ -645,7 +650,7 @@ impl StateDir {
         let delivered = read_delivered(&delivered_path)?;
         image.outbox.retain(|r| !delivered.contains(&r.id));
         let trusted = image.trusted;
-        let log = Log { path, delivered_path, file: None, len, image, trusted, delivered };
+        let log = Log { path, delivered_path, writable: false, len, image, trusted, delivered };
         Ok(Self { root: root.to_path_buf(), log: Mutex::new(log) })
     }
 
