@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod authz;
+mod batches;
 mod fleet;
 mod lifecycle;
 mod limits;
