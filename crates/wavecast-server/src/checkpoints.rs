@@ -410,12 +410,32 @@ impl Checkpoints {
         let size = target.checkpoint.size;
         let first = first.min(size);
         let mut slot = self.tree.lock().await;
-        // Whatever fails below leaves no tree behind: the next request starts again from a
-        // checkpoint, reading the rows as they are then.
+        // A damaged log leaves no tree behind: the next request starts again from a checkpoint,
+        // reading the rows as they are then. (A database that fails leaves it as it is: leaves
+        // past a checkpoint are checked when a checkpoint covering them is.)
         let mut held = match slot.take() {
             Some(held) if held.tree.kept_from() <= first => held,
             _ => self.start_tree(first).await?,
         };
+        match self.extend(&mut held, size).await {
+            Ok(()) => {}
+            Err(e @ CheckpointError::Store(_)) => {
+                *slot = Some(held);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        if held.tree.root(size)? != target.checkpoint.root {
+            return Err(CheckpointError::Altered { size });
+        }
+        let proved = prove(&held.tree)?;
+        held.tree.forget_before(held.tree.size().saturating_sub(HELD_LEAVES));
+        *slot = Some(held);
+        Ok(proved)
+    }
+
+    /// Extends `held` with the rows after it until it covers `size` leaves.
+    async fn extend(&self, held: &mut HeldTree, size: u64) -> Result<(), CheckpointError> {
         while held.tree.size() < size {
             let wanted = (size - held.tree.size()).min(PAGE as u64) as i64;
             let rows = self.store.audit_leaves(held.next_seq, i64::MAX, wanted).await?;
@@ -429,13 +449,7 @@ impl Checkpoints {
                 held.next_seq = seq + 1;
             }
         }
-        if held.tree.root(size)? != target.checkpoint.root {
-            return Err(CheckpointError::Altered { size });
-        }
-        let proved = prove(&held.tree)?;
-        held.tree.forget_before(held.tree.size().saturating_sub(HELD_LEAVES));
-        *slot = Some(held);
-        Ok(proved)
+        Ok(())
     }
 
     /// A tree from the frontier of the newest checkpoint of the current key at or below
