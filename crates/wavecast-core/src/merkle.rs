@@ -53,6 +53,15 @@ pub enum MerkleError {
         /// The newer size.
         new: u64,
     },
+    /// A tree that starts at a compact range, or forgot its oldest hashes, lacks a hash this
+    /// needs: one of a subtree of leaves before where it starts.
+    #[error("the tree holds hashes from leaf {kept_from} on; this needs one of the subtree starting at leaf {needed}")]
+    Forgotten {
+        /// The first leaf of the subtree whose hash is missing.
+        needed: u64,
+        /// Where the tree's hashes start.
+        kept_from: u64,
+    },
     /// A compact range whose hash count does not fit its size.
     #[error("a compact range of size {size} has {expected} subtree hashes, not {found}")]
     CompactRange {
@@ -85,14 +94,46 @@ fn split(n: u64) -> u64 {
     1 << (63 - (n - 1).leading_zeros())
 }
 
-/// A whole tree in memory, for the server to compute roots and proofs at any size.
+/// A tree in memory, for the server to compute roots and proofs at any size.
 ///
-/// `levels[l][i]` is the hash of the complete subtree over leaves `[i·2ˡ, (i+1)·2ˡ)`; every
-/// subtree hash a proof needs is one of these or a right edge built from O(log n) of them, so a
-/// proof costs O(log² n) hashes instead of rehashing the log. Memory is about 64 bytes a leaf.
+/// `levels[l]` holds the hashes of the complete subtrees over leaves `[i·2ˡ, (i+1)·2ˡ)` from
+/// some `i` on; every subtree hash a proof needs is one of these or a right edge built from
+/// O(log n) of them, so a proof costs O(log² n) hashes instead of rehashing the log. Memory is
+/// about 64 bytes a leaf held.
+///
+/// A tree need not hold the leaves before some size `s` ([`Tree::from_range`], from a
+/// checkpoint's frontier; [`Tree::forget_before`]): it then holds, of the subtrees before `s`,
+/// only the frontier's (the compact range of `s`). That is all RFC 6962's proofs about later
+/// leaves use of the earlier ones: the inclusion proof of a leaf at or after `s`, and the
+/// consistency proof from a size at or after `s`, to any size the tree reaches. Other proofs
+/// fail with [`MerkleError::Forgotten`].
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
-    levels: Vec<Vec<Sha256Digest>>,
+    /// Leaves covered, held or not.
+    size: u64,
+    /// Where the held hashes start: no subtree before it but the frontier's is held.
+    start: u64,
+    levels: Vec<Level>,
+}
+
+/// The held hashes of one level: node `first`, then the nodes after it.
+#[derive(Debug, Clone, Default)]
+struct Level {
+    first: u64,
+    hashes: Vec<Sha256Digest>,
+}
+
+impl Level {
+    fn get(&self, index: u64) -> Option<&Sha256Digest> {
+        index.checked_sub(self.first).and_then(|i| self.hashes.get(usize::try_from(i).ok()?))
+    }
+}
+
+/// The first node of level `l` a tree starting at `start` holds: the frontier's node on that
+/// level when `start` has one there, else the first node that ends after `start`.
+fn first_held(start: u64, l: usize) -> u64 {
+    let above = start >> l;
+    above - (above & 1)
 }
 
 impl Tree {
@@ -101,28 +142,75 @@ impl Tree {
         Self::default()
     }
 
+    /// A tree over the `range.size()` leaves `range` is the frontier of, holding only the
+    /// frontier's hashes of them: leaves pushed next extend it, and proofs about them work as
+    /// in a tree built from the first leaf.
+    pub fn from_range(range: &CompactRange) -> Self {
+        let size = range.size();
+        let mut hashes = range.hashes().iter();
+        let mut levels: Vec<Level> = (0..u64::BITS as usize - size.leading_zeros() as usize)
+            .map(|l| Level { first: first_held(size, l), hashes: Vec::new() })
+            .collect();
+        // The range is largest first: the highest one bit's subtree, then down.
+        for l in (0..levels.len()).rev() {
+            if size >> l & 1 == 1
+                && let Some(h) = hashes.next()
+            {
+                levels[l].hashes.push(*h);
+            }
+        }
+        Self { size, start: size, levels }
+    }
+
     /// Appends a leaf hash.
     pub fn push(&mut self, leaf: Sha256Digest) {
         let mut level = 0;
+        let mut index = self.size;
         let mut hash = leaf;
         loop {
             if self.levels.len() == level {
-                self.levels.push(Vec::new());
+                self.levels.push(Level { first: index, hashes: Vec::new() });
             }
             let row = &mut self.levels[level];
-            row.push(hash);
-            let n = row.len();
-            if n % 2 == 1 {
-                return;
+            debug_assert_eq!(row.first + row.hashes.len() as u64, index, "level {level}");
+            row.hashes.push(hash);
+            if index & 1 == 0 {
+                break;
             }
-            hash = node_hash(&row[n - 2], &row[n - 1]);
+            // The left sibling of a right child is always held: it is either pushed after the
+            // start or one of the frontier's subtrees.
+            let Some(left) = row.get(index - 1) else { break };
+            hash = node_hash(left, &hash);
+            index /= 2;
             level += 1;
         }
+        self.size += 1;
     }
 
-    /// Leaves held.
+    /// Leaves covered.
     pub fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        self.size
+    }
+
+    /// Where the held hashes start (0 for a tree that holds every leaf).
+    pub fn kept_from(&self) -> u64 {
+        self.start
+    }
+
+    /// Forgets the hashes of the leaves before `start` (at most the size), but the frontier's
+    /// of `start`: what memory a tree takes is bounded by the leaves after it. Proofs about
+    /// leaves and sizes from `start` on are unchanged.
+    pub fn forget_before(&mut self, start: u64) {
+        let start = start.min(self.size);
+        if start <= self.start {
+            return;
+        }
+        for (l, row) in self.levels.iter_mut().enumerate() {
+            let drop = first_held(start, l).saturating_sub(row.first).min(row.hashes.len() as u64);
+            row.hashes.drain(..drop as usize);
+            row.first += drop;
+        }
+        self.start = start;
     }
 
     fn check_size(&self, size: u64) -> Result<(), MerkleError> {
@@ -132,19 +220,24 @@ impl Tree {
     /// The root of the first `size` leaves (MTH(D[0:size])).
     pub fn root(&self, size: u64) -> Result<Sha256Digest, MerkleError> {
         self.check_size(size)?;
-        Ok(if size == 0 { empty_root() } else { self.subtree(0, size) })
+        if size == 0 { Ok(empty_root()) } else { self.subtree(0, size) }
     }
 
     /// MTH(D[lo:hi]) for the ranges the RFC's recursion produces: `lo` is always a multiple of
     /// the largest power of two not above `hi - lo`, so a power-of-two range is stored whole.
-    fn subtree(&self, lo: u64, hi: u64) -> Sha256Digest {
+    fn subtree(&self, lo: u64, hi: u64) -> Result<Sha256Digest, MerkleError> {
         let n = hi - lo;
         if n.is_power_of_two() && lo & (n - 1) == 0 {
             let level = n.trailing_zeros() as usize;
-            return self.levels[level][(lo >> level) as usize];
+            return self
+                .levels
+                .get(level)
+                .and_then(|row| row.get(lo >> level))
+                .copied()
+                .ok_or(MerkleError::Forgotten { needed: lo, kept_from: self.start });
         }
         let k = split(n);
-        node_hash(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
+        Ok(node_hash(&self.subtree(lo, lo + k)?, &self.subtree(lo + k, hi)?))
     }
 
     /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 6962 §2.1.1).
@@ -154,22 +247,23 @@ impl Tree {
             return Err(MerkleError::IndexOutOfRange { index, size });
         }
         let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
+        self.path(index, 0, size, &mut proof)?;
         Ok(proof)
     }
 
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Sha256Digest>) {
+    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Sha256Digest>) -> Result<(), MerkleError> {
         if hi - lo == 1 {
-            return;
+            return Ok(());
         }
         let k = split(hi - lo);
         if m < lo + k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.subtree(lo + k, hi));
+            self.path(m, lo, lo + k, out)?;
+            out.push(self.subtree(lo + k, hi)?);
         } else {
-            self.path(m, lo + k, hi, out);
-            out.push(self.subtree(lo, lo + k));
+            self.path(m, lo + k, hi, out)?;
+            out.push(self.subtree(lo, lo + k)?);
         }
+        Ok(())
     }
 
     /// The proof that the tree of size `old` is a prefix of the tree of size `new`
@@ -181,28 +275,36 @@ impl Tree {
         }
         let mut proof = Vec::new();
         if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof);
+            self.subproof(old, 0, new, true, &mut proof)?;
         }
         Ok(proof)
     }
 
-    fn subproof(&self, m: u64, lo: u64, hi: u64, whole_old_tree: bool, out: &mut Vec<Sha256Digest>) {
+    fn subproof(
+        &self,
+        m: u64,
+        lo: u64,
+        hi: u64,
+        whole_old_tree: bool,
+        out: &mut Vec<Sha256Digest>,
+    ) -> Result<(), MerkleError> {
         let n = hi - lo;
         if m == n {
             // The verifier already knows the old root, so it is left out of the proof.
             if !whole_old_tree {
-                out.push(self.subtree(lo, hi));
+                out.push(self.subtree(lo, hi)?);
             }
-            return;
+            return Ok(());
         }
         let k = split(n);
         if m <= k {
-            self.subproof(m, lo, lo + k, whole_old_tree, out);
-            out.push(self.subtree(lo + k, hi));
+            self.subproof(m, lo, lo + k, whole_old_tree, out)?;
+            out.push(self.subtree(lo + k, hi)?);
         } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.subtree(lo, lo + k));
+            self.subproof(m - k, lo + k, hi, false, out)?;
+            out.push(self.subtree(lo, lo + k)?);
         }
+        Ok(())
     }
 }
 
@@ -575,6 +677,61 @@ mod tests {
         assert!(verify_consistency(1, 1, &e, &a, &[]).is_err());
         assert!(verify_consistency(2, 1, &a, &a, &[]).is_err());
         assert!(t.consistency_proof(3, 2).is_err());
+    }
+
+    #[test]
+    fn a_tree_started_at_a_frontier_proves_what_comes_after_it_as_a_whole_tree_does() {
+        // Every start a 37-leaf log can have, reached both ways: from a checkpoint's frontier,
+        // and by forgetting the hashes before it. From the start on, every root and proof is
+        // the whole tree's; before it, a proof is the whole tree's or refused, never another.
+        let leaf = |i: u64| leaf_hash(&(i as u32).to_be_bytes());
+        let mut whole = Tree::new();
+        for i in 0..37 {
+            whole.push(leaf(i));
+        }
+        for start in 0..=37u64 {
+            let mut range = CompactRange::new();
+            for i in 0..start {
+                range.push(leaf(i));
+            }
+            let mut from_range = Tree::from_range(&range);
+            assert_eq!((from_range.size(), from_range.kept_from()), (start, start));
+            for i in start..37 {
+                from_range.push(leaf(i));
+            }
+            let mut forgetful = whole.clone();
+            forgetful.forget_before(start);
+            for (how, t) in [("from its frontier", &from_range), ("forgetting", &forgetful)] {
+                assert_eq!(t.size(), 37, "start {start}, {how}");
+                for size in start.max(1)..=37 {
+                    assert_eq!(t.root(size), whole.root(size), "root {size}, start {start}, {how}");
+                    for index in 0..size {
+                        let got = t.inclusion_proof(index, size);
+                        if index >= start || got.is_ok() {
+                            assert_eq!(got, whole.inclusion_proof(index, size), "leaf {index} of {size}, {how}");
+                        } else {
+                            assert!(matches!(got, Err(MerkleError::Forgotten { .. })), "{got:?}");
+                        }
+                    }
+                    for old in 0..=size {
+                        let got = t.consistency_proof(old, size);
+                        if old >= start || got.is_ok() {
+                            assert_eq!(got, whole.consistency_proof(old, size), "{old} → {size}, {how}");
+                        } else {
+                            assert!(matches!(got, Err(MerkleError::Forgotten { .. })), "{got:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // Forgetting never goes back, nor past the end.
+        let mut t = whole.clone();
+        t.forget_before(20);
+        t.forget_before(10);
+        assert_eq!(t.kept_from(), 20);
+        t.forget_before(99);
+        assert_eq!(t.kept_from(), 37);
+        assert_eq!(t.root(37), whole.root(37));
     }
 
     #[test]

@@ -10,6 +10,15 @@
 //! over; it stays a mismatch for every verifier. Replicas sharing one database race harmlessly:
 //! the checkpoint's size is its primary key and the second insert of a size is skipped.
 //!
+//! Proofs are cut from a tree kept in memory between requests ([`Checkpoints::inclusion_proofs`],
+//! [`Checkpoints::consistency_proof`]) rather than rebuilt from every row per request. It starts
+//! at the frontier of the newest verified checkpoint at or below the first leaf a request needs
+//! (a proof about later leaves needs no earlier row), is only ever extended with the rows after
+//! what it holds (other replicas only append), and before any proof its root at the checkpoint's
+//! size must be the signed one: a mismatch means rows were changed or removed after they were
+//! signed, and is answered as such, never with a proof. It holds 64 bytes a leaf, and forgets
+//! all but the newest [`HELD_LEAVES`] leaves' hashes after each request.
+//!
 //! Across a rotation of the checkpoint key the origin stays the first root's, and only the
 //! current key's checkpoints are extended or served. The rotation itself stores the first
 //! checkpoint of the new key, extending the old key's newest, in the transaction that stores
@@ -37,6 +46,9 @@ const POLL: Duration = Duration::from_millis(250);
 const MAX_UNSIGNED: Duration = Duration::from_secs(60);
 /// Rows read per query when extending or rebuilding the tree.
 const PAGE: i64 = 10_000;
+/// The leaves whose hashes the proof tree keeps between requests, newest first (64 MiB):
+/// proofs about older leaves start from a checkpoint below them again.
+pub const HELD_LEAVES: u64 = 1 << 20;
 
 /// Errors signing checkpoints or building proofs.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +78,14 @@ pub enum CheckpointError {
         /// The newest size seen.
         seen: u64,
     },
+    /// The rows no longer hash to a signed checkpoint's root.
+    #[error(
+        "the audit log no longer hashes to its signed checkpoint of size {size}: events it covers were changed or removed after they were signed; run `wavecast audit verify` to find which"
+    )]
+    Altered {
+        /// The checkpoint's size.
+        size: u64,
+    },
     /// Fewer rows than a checkpoint covers.
     #[error("reading the audit tree of size {size}: the log holds only {held} events; run `wavecast audit verify`")]
     ShortLog {
@@ -89,6 +109,16 @@ pub enum CheckpointError {
 pub struct Checkpoints {
     store: Store,
     trust: Arc<Trust>,
+    /// The tree proofs are cut from, shared by every clone: see the module's doc.
+    tree: Arc<tokio::sync::Mutex<Option<HeldTree>>>,
+}
+
+/// The audit tree kept between requests: its leaves are the rows read, by position, and the
+/// next row to read is the first with `seq >= next_seq`.
+#[derive(Debug)]
+struct HeldTree {
+    tree: Tree,
+    next_seq: i64,
 }
 
 /// A stored checkpoint that verified.
@@ -230,7 +260,7 @@ impl Checkpoints {
     /// The checkpoint service over `store`, signing with the checkpoint key the newest root
     /// names.
     pub fn new(store: Store, trust: Arc<Trust>) -> Self {
-        Self { store, trust }
+        Self { store, trust, tree: Arc::default() }
     }
 
     /// The newest stored checkpoint signed by the current checkpoint key; rows that do not
@@ -240,7 +270,15 @@ impl Checkpoints {
     }
 
     async fn latest_of(&self, keys: &CheckpointKeys) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
-        let mut below = i64::MAX;
+        self.newest_below(keys, i64::MAX).await
+    }
+
+    /// The newest stored checkpoint smaller than `below` signed by the current key of `keys`.
+    async fn newest_below(
+        &self,
+        keys: &CheckpointKeys,
+        mut below: i64,
+    ) -> Result<Option<VerifiedCheckpoint>, CheckpointError> {
         loop {
             let rows = self.store.audit_checkpoints_before(below, 64).await?;
             let Some(last) = rows.last() else { return Ok(None) };
@@ -333,36 +371,95 @@ impl Checkpoints {
         self.sign_new(0).await
     }
 
-    /// The tree of the first `size` stored events, plus the `(seq, body)` of those `keep` selects.
-    /// The tree is built from the rows as stored: if they were changed, the proofs cut from it
-    /// fail against the signed root, which is how verifiers find out.
-    pub async fn read_tree(
+    /// The inclusion proof of each leaf of `leaves` in the tree of checkpoint `target`
+    /// (verified), in order. Reads no row before the newest checkpoint at or below the first of
+    /// them, and none that an earlier request read (see the module's doc).
+    pub async fn inclusion_proofs(
         &self,
-        size: u64,
-        mut keep: impl FnMut(&str) -> bool,
-    ) -> Result<(Tree, Vec<(u64, String)>), CheckpointError> {
-        let mut tree = Tree::new();
-        let mut kept = Vec::new();
-        let mut from = 0i64;
-        while tree.size() < size {
-            let rows = self.store.audit_leaves(from, i64::MAX, PAGE).await?;
-            let Some(last) = rows.last() else { break };
-            from = last.0 + 1;
-            for (_, body) in rows {
-                if tree.size() == size {
-                    break;
-                }
-                // The leaf index is the position, whatever the row claims.
-                if keep(&body) {
-                    kept.push((tree.size(), body.clone()));
-                }
-                tree.push(leaf_hash(body.as_bytes()));
+        target: &VerifiedCheckpoint,
+        leaves: &[u64],
+    ) -> Result<Vec<Vec<Sha256Digest>>, CheckpointError> {
+        let size = target.checkpoint.size;
+        let first = leaves.iter().min().copied().unwrap_or(size);
+        self.with_tree(target, first, |tree| leaves.iter().map(|i| tree.inclusion_proof(*i, size)).collect()).await
+    }
+
+    /// The proof that the tree of size `from` is a prefix of checkpoint `target`'s (verified;
+    /// `from` at most its size). Reads no row before the newest checkpoint at or below `from`,
+    /// and none that an earlier request read.
+    pub async fn consistency_proof(
+        &self,
+        target: &VerifiedCheckpoint,
+        from: u64,
+    ) -> Result<Vec<Sha256Digest>, CheckpointError> {
+        let size = target.checkpoint.size;
+        // Proofs from 0 and to itself are empty: they need no leaf at all.
+        let first = if from == 0 { size } else { from };
+        self.with_tree(target, first, |tree| tree.consistency_proof(from, size)).await
+    }
+
+    /// Runs `prove` on the tree of the rows, extended to cover `target` and holding every hash a
+    /// proof about leaves from `first` on needs, once its root at `target`'s size is the signed
+    /// one.
+    async fn with_tree<T>(
+        &self,
+        target: &VerifiedCheckpoint,
+        first: u64,
+        prove: impl FnOnce(&Tree) -> Result<T, MerkleError>,
+    ) -> Result<T, CheckpointError> {
+        let size = target.checkpoint.size;
+        let first = first.min(size);
+        let mut slot = self.tree.lock().await;
+        // A damaged log leaves no tree behind: the next request starts again from a checkpoint,
+        // reading the rows as they are then. (A database that fails leaves it as it is: leaves
+        // past a checkpoint are checked when a checkpoint covering them is.)
+        let mut held = match slot.take() {
+            Some(held) if held.tree.kept_from() <= first => held,
+            _ => self.start_tree(first).await?,
+        };
+        match self.extend(&mut held, size).await {
+            Ok(()) => {}
+            Err(e @ CheckpointError::Store(_)) => {
+                *slot = Some(held);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        if held.tree.root(size)? != target.checkpoint.root {
+            return Err(CheckpointError::Altered { size });
+        }
+        let proved = prove(&held.tree)?;
+        held.tree.forget_before(held.tree.size().saturating_sub(HELD_LEAVES));
+        *slot = Some(held);
+        Ok(proved)
+    }
+
+    /// Extends `held` with the rows after it until it covers `size` leaves.
+    async fn extend(&self, held: &mut HeldTree, size: u64) -> Result<(), CheckpointError> {
+        while held.tree.size() < size {
+            let wanted = (size - held.tree.size()).min(PAGE as u64) as i64;
+            let rows = self.store.audit_leaves(held.next_seq, i64::MAX, wanted).await?;
+            if rows.is_empty() {
+                return Err(CheckpointError::ShortLog { held: held.tree.size(), size });
+            }
+            // The leaf index is the position, whatever the row claims: a row removed or moved
+            // shows as a root that is not the signed one.
+            for (seq, body) in rows {
+                held.tree.push(leaf_hash(body.as_bytes()));
+                held.next_seq = seq + 1;
             }
         }
-        if tree.size() < size {
-            return Err(CheckpointError::ShortLog { held: tree.size(), size });
-        }
-        Ok((tree, kept))
+        Ok(())
+    }
+
+    /// A tree from the frontier of the newest checkpoint of the current key at or below
+    /// `first`, or from the first row.
+    async fn start_tree(&self, first: u64) -> Result<HeldTree, CheckpointError> {
+        let below = i64::try_from(first).unwrap_or(i64::MAX).saturating_add(1);
+        Ok(match self.newest_below(self.trust.current().checkpoint_keys(), below).await? {
+            Some(v) => HeldTree { next_seq: v.checkpoint.size as i64, tree: Tree::from_range(&v.frontier) },
+            None => HeldTree { tree: Tree::new(), next_seq: 0 },
+        })
     }
 
     /// Signs checkpoints until the task is aborted: after each burst of writes (a poll that finds

@@ -6,6 +6,7 @@
 //! [`api::router`] in-process. The application state both share is in [`state`].
 
 pub mod api;
+pub mod batcher;
 pub mod blobs;
 pub mod checkin;
 pub mod checkpoints;
@@ -21,6 +22,7 @@ pub mod trust;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tough::schema::{Root, Signed, Timestamp};
 use wavecast_core::Role;
@@ -57,7 +59,22 @@ pub struct ServerConfig {
     pub tls: Option<tls::TlsConfig>,
     /// Request budgets; [`RateLimits::default`] unless the operator sets them.
     pub limits: RateLimits,
+    /// How long a device report's id is kept, so that the report sent again is recognised and
+    /// applied once ([`DEFAULT_REPORT_RETENTION`] unless the operator sets it).
+    pub report_retention: Duration,
 }
+
+/// How long report ids are kept by default. An agent sends a report again only until the
+/// server acknowledges it, at every check-in: within minutes while the server is reachable.
+pub const DEFAULT_REPORT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest report retention accepted: shorter could forget an id while the agent that
+/// sent it, cut off from the server for a while, still sends it again.
+pub const MIN_REPORT_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Report ids deleted per statement by the retention task: each delete is a short transaction
+/// beside the fleet's reports, however many ids are due.
+const REPORT_RETENTION_CHUNK: u32 = 5_000;
 
 /// Errors in the settings given.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +84,13 @@ pub enum ConfigError {
         "--database-url must start with postgres:// or postgresql:// (SQLite needs no URL: it is the default, in the data dir); got {0:?}"
     )]
     DatabaseUrl(String),
+    /// `--report-retention` is too short to recognise a report sent again.
+    #[error(
+        "--report-retention must be at least {}s, so that a report an agent sends again is still recognised; got {}s",
+        MIN_REPORT_RETENTION.as_secs(),
+        .0.as_secs()
+    )]
+    ReportRetention(Duration),
 }
 
 impl ServerConfig {
@@ -85,7 +109,24 @@ impl ServerConfig {
             }
             Some(other) => return Err(ConfigError::DatabaseUrl(other)),
         };
-        Ok(Self { data_dir, listen, database, approval, tls: None, limits: RateLimits::default() })
+        Ok(Self {
+            data_dir,
+            listen,
+            database,
+            approval,
+            tls: None,
+            limits: RateLimits::default(),
+            report_retention: DEFAULT_REPORT_RETENTION,
+        })
+    }
+
+    /// Keeps report ids for `retention` (at least [`MIN_REPORT_RETENTION`]).
+    pub fn with_report_retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
+        if retention < MIN_REPORT_RETENTION {
+            return Err(ConfigError::ReportRetention(retention));
+        }
+        self.report_retention = retention;
+        Ok(self)
     }
 }
 
@@ -231,7 +272,12 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         Some(_) => DeviceIdentity::CredentialAndCertificate,
         None => DeviceIdentity::Credential,
     };
-    let settings = Settings { approval: config.approval, devices, limits: config.limits.clone() };
+    let settings = Settings {
+        approval: config.approval,
+        devices,
+        limits: config.limits.clone(),
+        report_retention: config.report_retention,
+    };
     let state = AppState::new(store, blobs, trust, settings);
     refresh_online_metadata(state.store(), state.trust()).await?;
     Ok(state)
@@ -424,7 +470,8 @@ pub async fn metadata_heads(store: &Store) -> Result<Vec<(MetadataRole, Metadata
 }
 
 /// The server's periodic work: re-signing TUF metadata, following the root chain, expiry
-/// warnings, device timeouts, check-in times, forgetting idle request budgets.
+/// warnings, device timeouts, check-in times, report ids past their retention, forgetting idle
+/// request budgets.
 fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = spawn_change_feed(state.store());
     tasks.extend(spawn_periodic(state));
@@ -501,6 +548,18 @@ fn spawn_periodic(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         every(std::time::Duration::from_secs(5), state.clone(), |state| {
             Box::pin(async move { flush_last_seen(state.store(), state.last_seen()).await })
         }),
+        // Report ids past their retention, at start and then hourly: an hour more or less of
+        // them costs nothing, and a busy fleet's deletes are spread over the day.
+        every(std::time::Duration::from_secs(3600), state.clone(), |state| {
+            Box::pin(async move {
+                let retention = state.settings().report_retention;
+                match forget_old_reports(state.store(), retention, clock::now_ms(), REPORT_RETENTION_CHUNK).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(forgotten = n, "forgot report ids past their retention"),
+                    Err(e) => tracing::error!(error = %Chain(&e), "forgetting old report ids failed"),
+                }
+            })
+        }),
         // Budgets of clients gone quiet are full again and can be forgotten: memory follows the
         // clients of the last ten seconds, not every address ever seen.
         every(std::time::Duration::from_secs(10), state.clone(), |state| {
@@ -547,6 +606,31 @@ async fn listen_for_changes(store: Store) {
             Err(e) => tracing::warn!(error = %Chain(&e), "listening for other replicas' changes failed; retrying"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Deletes the ids of device reports received more than `retention` before `now_ms`, at most
+/// `chunk` per statement, until none is left. Returns how many.
+///
+/// Safe because an agent sends a report again only until it is acknowledged: a report whose
+/// id is gone is older than any an agent still sends, and should one come after all, it is
+/// judged again against where the device stands now (at worst out of date, and let be).
+pub async fn forget_old_reports(
+    store: &Store,
+    retention: Duration,
+    now_ms: i64,
+    chunk: u32,
+) -> Result<u64, StoreError> {
+    let before = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let mut forgotten = 0;
+    loop {
+        let n = store.forget_reports_before(before, chunk.max(1)).await?;
+        forgotten += n;
+        if n < u64::from(chunk.max(1)) {
+            return Ok(forgotten);
+        }
+        // Between chunks, whatever waits for the database goes first.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The server's application state: the store, the blob store, the trust material, the policy
-//! settings, and what it keeps in memory between requests (check-in times, request budgets).
+//! settings, and what it keeps in memory between requests (check-in times, request budgets,
+//! device reports waiting for their batch).
 //!
 //! Both the HTTP layer ([`crate::api`]) and the services ([`crate::checkpoints`], the
 //! background tasks in `lib.rs`) use this module; it uses neither, so there is no cycle. The
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use wavecast_core::rollout::GateApproval;
 
+use crate::batcher::ReportBatcher;
 use crate::blobs::BlobStore;
 use crate::checkpoints::Checkpoints;
 use crate::limits::{Limits, RateLimits};
@@ -37,6 +39,8 @@ pub struct Settings {
     pub devices: DeviceIdentity,
     /// Request budgets per client address and per device.
     pub limits: RateLimits,
+    /// How long a device report's id is kept to recognise the report sent again.
+    pub report_retention: std::time::Duration,
 }
 
 /// Device check-in times, kept in memory and written to the database in batches: a write per
@@ -63,6 +67,7 @@ struct Inner {
     blobs: BlobStore,
     trust: Arc<Trust>,
     checkpoints: Checkpoints,
+    reports: ReportBatcher,
     settings: Settings,
     metrics: Metrics,
     last_seen: LastSeen,
@@ -79,11 +84,13 @@ impl AppState {
         let trust = Arc::new(trust);
         let checkpoints = Checkpoints::new(store.clone(), trust.clone());
         let limits = Limits::new(&settings.limits);
+        let reports = ReportBatcher::new(store.clone());
         Self(Arc::new(Inner {
             store,
             blobs,
             trust,
             checkpoints,
+            reports,
             settings,
             metrics: Metrics::default(),
             last_seen: LastSeen::default(),
@@ -125,6 +132,11 @@ impl AppState {
     /// The audit checkpoint service.
     pub fn checkpoints(&self) -> &Checkpoints {
         &self.0.checkpoints
+    }
+
+    /// Device reports, applied in batches per rollout.
+    pub fn reports(&self) -> &ReportBatcher {
+        &self.0.reports
     }
 
     /// Counters for `/metrics`.

@@ -60,6 +60,13 @@ pub struct ServerArgs {
     /// header is ignored, since any client can write it.
     #[arg(long, value_name = "IP")]
     trusted_proxy: Vec<std::net::IpAddr>,
+    /// How long the id of each device report is kept (at least 1h), so that a report sent again
+    /// is recognised and applied once; older ids are deleted hourly. Safe because an agent sends
+    /// a report again only until the server acknowledges it, at its next check-ins: a report
+    /// id older than this is never sent again by an agent that can reach the server (and one
+    /// that does arrive is judged against where the device stands now: at worst out of date).
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = wavecast_core::duration::parse_duration)]
+    report_retention: std::time::Duration,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -69,7 +76,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     } else {
         wavecast_core::rollout::GateApproval::AnyApprover
     };
-    let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url, approval)?;
+    let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url, approval)?
+        .with_report_retention(args.report_retention)?;
     config.limits = RateLimits {
         failed_auth_per_address: args.limit_failed_auth,
         device_requests: args.limit_device_requests,

@@ -29,7 +29,9 @@ fn evidence_error(e: CheckpointError) -> ApiError {
         CheckpointError::Store(e) => e.into(),
         // The log disagrees with its own checkpoints: the client should run a verification,
         // which names the damage; a 500 would hide that it is the data, not the server.
-        damaged @ CheckpointError::ShortLog { .. } => ApiError::Conflict(wavecast_os::error::chain(&damaged)),
+        damaged @ (CheckpointError::ShortLog { .. } | CheckpointError::Altered { .. }) => {
+            ApiError::Conflict(wavecast_os::error::chain(&damaged))
+        }
         other => ApiError::Evidence(other),
     }
 }
@@ -104,26 +106,59 @@ pub async fn export(
     };
     let latest = latest_or_404(&state).await?;
     let size = latest.checkpoint.size;
-    let (tree, kept) = state
-        .checkpoints()
-        .read_tree(size, |body| match &rollout {
-            None => true,
-            Some(id) => AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)),
-        })
-        .await
-        .map_err(evidence_error)?;
+    let kept = match &rollout {
+        None => events_below(&state, size).await?,
+        Some(id) => events_about(&state, id, size).await?,
+    };
+    let seqs: Vec<u64> = kept.iter().map(|(seq, _)| *seq).collect();
+    let proofs = state.checkpoints().inclusion_proofs(&latest, &seqs).await.map_err(evidence_error)?;
     let events = kept
         .into_iter()
-        .map(|(seq, body)| {
-            let inclusion_proof = tree.inclusion_proof(seq, size).map_err(|e| evidence_error(e.into()))?;
-            Ok(ExportedEvent { seq, body, inclusion_proof })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .zip(proofs)
+        .map(|((seq, body), inclusion_proof)| ExportedEvent { seq, body, inclusion_proof })
+        .collect();
     // After a rotation the export carries the root chain, so a verifier holding any of its
     // roots reaches the root whose checkpoint key signed it.
     let view = state.trust().current();
     let roots = if view.chain().len() > 1 { view.chain().iter().map(|r| r.text.clone()).collect() } else { vec![] };
     Ok(Json(Export { format: EXPORT_FORMAT.into(), checkpoint: latest.note, rollout, events, roots }))
+}
+
+/// Every row of the first `size` positions, as stored: fewer rows than that is a log shorter
+/// than its checkpoint says.
+async fn events_below(state: &AppState, size: u64) -> Result<Vec<(u64, String)>, ApiError> {
+    let mut rows = Vec::new();
+    let below = i64::try_from(size).unwrap_or(i64::MAX);
+    let mut from = 0;
+    loop {
+        let page = state.store().audit_leaves(from, below, MAX_PAGE as i64).await?;
+        let Some(last) = page.last() else { break };
+        from = last.0 + 1;
+        // Seqs are the primary key: `size` rows below `size` are positions 0, 1, … in order.
+        rows.extend(page.into_iter().map(|(seq, body)| (seq.max(0) as u64, body)));
+    }
+    if (rows.len() as u64) < size {
+        return Err(evidence_error(CheckpointError::ShortLog { held: rows.len() as u64, size }));
+    }
+    Ok(rows)
+}
+
+/// The rows of the first `size` positions that are events about rollout `id`.
+async fn events_about(state: &AppState, id: &str, size: u64) -> Result<Vec<(u64, String)>, ApiError> {
+    let mut rows = Vec::new();
+    let below = i64::try_from(size).unwrap_or(i64::MAX);
+    let mut from = 0;
+    loop {
+        let page = state.store().audit_leaves_naming(id, from, below, MAX_PAGE as i64).await?;
+        let Some(last) = page.last() else { break };
+        from = last.0 + 1;
+        rows.extend(
+            page.into_iter()
+                .filter(|(_, body)| AuditEvent::from_bytes(body.as_bytes()).is_ok_and(|e| concerns_rollout(&e, id)))
+                .map(|(seq, body)| (seq.max(0) as u64, body)),
+        );
+    }
+    Ok(rows)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -176,8 +211,7 @@ pub async fn consistency(
             query.from
         )));
     }
-    let (tree, _) = state.checkpoints().read_tree(to, |_| false).await.map_err(evidence_error)?;
-    let proof = tree.consistency_proof(query.from, to).map_err(|e| evidence_error(e.into()))?;
+    let proof = state.checkpoints().consistency_proof(&target, query.from).await.map_err(evidence_error)?;
     Ok(Json(ConsistencyProof { from: query.from, to, checkpoint: target.note, proof }))
 }
 

@@ -24,7 +24,7 @@ use super::openapi::{
 use super::{ApiError, ApiJson, Device, new_id, random};
 use crate::checkin::{CachedDoc, GroupPacing, Watch};
 use crate::state::{AppState, DeviceIdentity};
-use crate::store::{DeviceAssignments, DeviceRef, EnrollError, Enrollment, ReportOutcome};
+use crate::store::{DeviceAssignments, DeviceRef, DeviceReports, EnrollError, Enrollment, ReportOutcome};
 
 /// `POST /device/v1/enroll`: names travel as strings, so the server says what is wrong with one.
 #[derive(Deserialize, ToSchema)]
@@ -386,19 +386,31 @@ pub async fn reports(
     if batch.reports.len() > MAX_REPORTS_PER_BATCH {
         return Err(ApiError::TooLarge(format!("at most {MAX_REPORTS_PER_BATCH} reports per batch")));
     }
+    // Every id is checked before any report is applied: a malformed batch changes nothing.
+    if let Some(report) = batch
+        .reports
+        .iter()
+        .find(|r| r.id.is_empty() || r.id.len() > 64 || !r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
+        return Err(ApiError::BadRequest(format!("report id {:?} must be 1-64 letters, digits or '-'", report.id)));
+    }
     let now = now_ms();
     state.last_seen().touch(&device.id, now);
     let who = DeviceRef { id: device.id.clone(), name: device.name.clone() };
+    // Each run of reports about one rollout joins that rollout's next batch, with other
+    // devices' reports about it (see `batcher`); the runs go one after the other, so the
+    // device's reports are applied in the order it sent them.
+    let mut outcomes = Vec::with_capacity(batch.reports.len());
+    for run in batch.reports.chunk_by(|a, b| a.rollout_id == b.rollout_id) {
+        let part =
+            DeviceReports { device: who.clone(), group: device.group.clone(), reports: run.to_vec(), now_ms: now };
+        let applied = state.reports().submit(&run[0].rollout_id, part).await;
+        outcomes.extend(applied.map_err(|e| ApiError::internal_from("recording device reports", e))?);
+    }
     let mut acked = Vec::with_capacity(batch.reports.len());
     let mut refused = Vec::new();
-    for report in &batch.reports {
-        if report.id.is_empty()
-            || report.id.len() > 64
-            || !report.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(ApiError::BadRequest(format!("report id {:?} must be 1-64 letters, digits or '-'", report.id)));
-        }
-        match state.store().apply_report(&who, &device.group, report, now).await? {
+    for (report, outcome) in batch.reports.iter().zip(outcomes) {
+        match outcome {
             ReportOutcome::Applied => {
                 tracing::info!(device = %device.name, rollout = %report.rollout_id, state = %report.state, reason = report.reason.as_deref().unwrap_or(""), "device report");
             }

@@ -130,6 +130,36 @@ impl Store {
         leaves(&self.pool, from, until, limit).await
     }
 
+    /// Raw rows `(seq, body)` with `seq < below` whose subject is `rollout`, or whose bytes
+    /// name it as their detail's `rollout`, at most `limit` from `seq >= from`, by seq: a
+    /// superset of the events about one rollout (the caller parses and keeps those that are),
+    /// found without sending every row to the server.
+    pub async fn audit_leaves_naming(
+        &self,
+        rollout: &str,
+        from: i64,
+        below: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let op = "reading a rollout's audit log rows";
+        // Bodies are canonical JSON (no whitespace), and ids only letters, digits and '-', so
+        // the pattern holds no wildcard but its ends.
+        let named = format!("%\"rollout\":\"{rollout}\"%");
+        let rows = sqlx::query(
+            "SELECT seq, body FROM audit_log WHERE seq >= $1 AND seq < $2 AND (subject = $3 OR body LIKE $4) \
+             ORDER BY seq LIMIT $5",
+        )
+        .bind(from)
+        .bind(below)
+        .bind(rollout)
+        .bind(named)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q(op))?;
+        read_all(&rows, op, |r| Ok((r.get(0)?, r.get(1)?)))
+    }
+
     /// Checkpoint rows with `size >= from`, at most `limit`, smallest first.
     pub async fn audit_checkpoints(&self, from: i64, limit: i64) -> Result<Vec<CheckpointRecord>, StoreError> {
         let op = "reading audit checkpoints";

@@ -52,6 +52,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_changes.sql"),
         postgres: include_str!("../../migrations/postgres/0006_changes.sql"),
     },
+    Migration {
+        version: 7,
+        common: include_str!("../../migrations/common_0007.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0007_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_none.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -11,6 +11,23 @@
 //! indexed update of the device's own row (when it was heard from, its latest progress). The
 //! timeout sweep re-reads that row under the rollout's lock before it settles a device, so a
 //! heartbeat or report that lands while the sweep runs always wins.
+//!
+//! Device reports come in batches ([`Store::apply_reports`]): every report about one rollout
+//! that arrived while the previous batch committed, applied in one transaction, one after the
+//! other in arrival order, exactly as they would be one transaction each.
+//!
+//! Lock order (PostgreSQL; SQLite has one writer at a time). Every transaction that changes a
+//! rollout takes, in this order and never back: the rollout's row; then the report ids it
+//! records (`device_reports`, by device and id); then the rows of the devices it moves
+//! (`rollout_devices`, by device id); then the audit head, to append; then the rows of other
+//! devices of the rollout a wave opening moves and the `devices` rows whose counters it bumps.
+//! A batch takes all of its report ids and all of its devices' rows before its first audit
+//! event, so a report late in a batch never waits for a row while the batch holds the audit
+//! head. Removing a device (in `devices`) takes its report ids, then its rows, then the audit
+//! head, then its `devices` row: the same order; revoking one takes the audit head, then its
+//! `devices` row. Two transactions therefore never wait for each other in a circle, across any
+//! number of replicas: one rollout per transaction, and a second one on the same rollout waits
+//! for the first at the rollout's row, holding nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -338,6 +355,28 @@ pub enum ReportOutcome {
     Stale,
     /// A claim the device may not make: nothing changes, its id is not kept.
     Refused(ReportRefused),
+}
+
+/// Reports one device sent about one rollout, in the order it sent them: its part of a batch
+/// ([`Store::apply_reports`]).
+#[derive(Debug, Clone)]
+pub struct DeviceReports {
+    /// The device.
+    pub device: DeviceRef,
+    /// Its group (a device that joined later joins the group's version through a report).
+    pub group: GroupName,
+    /// Its reports, each about the batch's rollout.
+    pub reports: Vec<wavecast_core::assignment::Report>,
+    /// When they arrived (ms).
+    pub now_ms: i64,
+}
+
+/// A report id a batch has seen: whether it is recorded now (in the batch's transaction), and
+/// whether the batch inserted it.
+#[derive(Debug, Clone, Copy)]
+struct SeenId {
+    recorded: bool,
+    inserted: bool,
 }
 
 /// Why an operator command was refused.
@@ -780,22 +819,18 @@ impl Store {
         Ok(Some((wave, row.parse(1, "device state")?, row.get(2)?)))
     }
 
-    /// Where `device` (of `group`) stands in rollout `rollout_id`, read under the rollout's
-    /// lock (and its row's, on PostgreSQL), with the rollout when it exists, and the device's
-    /// wave and state when it has a row there.
-    async fn standing(
+    /// Where `device` (of `group`) stands in rollout `r` (`None`: no such rollout), whose lock
+    /// `tx` holds, with the device's wave and state when it has a row there (read under its
+    /// row's lock too, on PostgreSQL).
+    async fn standing_in(
         &self,
         tx: &mut Transaction<'static, Any>,
-        rollout_id: &str,
+        r: Option<&RolloutRecord>,
         device: &DeviceRef,
         group: &GroupName,
-    ) -> Result<(Standing, Option<RolloutRecord>, Option<(usize, DeviceState)>), StoreError> {
-        let r = match self.lock_rollout(tx, rollout_id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound { .. }) => return Ok((Standing::NoRollout, None, None)),
-            Err(e) => return Err(e),
-        };
-        let Some((wave, from, _)) = self.device_row(tx, rollout_id, device).await? else {
+    ) -> Result<(Standing, Option<(usize, DeviceState)>), StoreError> {
+        let Some(r) = r else { return Ok((Standing::NoRollout, None)) };
+        let Some((wave, from, _)) = self.device_row(tx, &r.id, device).await? else {
             // A device that joined its group later is served the group's version without a row
             // in it (see `assignments`); reporting about it, it joins.
             let group_version = r.group == *group && {
@@ -813,9 +848,9 @@ impl Store {
                 let rollouts: Vec<_> = history.iter().map(|(_, g)| g.clone()).collect();
                 rollout::group_version(&rollouts).is_some_and(|i| history[i].0 == r.id)
             };
-            return Ok((Standing::NotIn { group_version }, Some(r), None));
+            return Ok((Standing::NotIn { group_version }, None));
         };
-        Ok((Standing::In { device: from, abort: r.abort_mode }, Some(r), Some((wave, from))))
+        Ok((Standing::In { device: from, abort: r.abort_mode }, Some((wave, from))))
     }
 
     /// Writes a device's move from `from` to `to` (checked by the caller, under the rollout's
@@ -934,9 +969,8 @@ impl Store {
         Ok(left)
     }
 
-    /// Applies one report of `device` (of `group`) exactly once, as [`rollout::judge_report`]
-    /// says: the report id is recorded in the same transaction as its effect. A refused report
-    /// changes nothing, not even the record of its id.
+    /// Applies one report of `device` (of `group`) exactly once: a batch of one (see
+    /// [`Store::apply_reports`]).
     pub async fn apply_report(
         &self,
         device: &DeviceRef,
@@ -944,49 +978,193 @@ impl Store {
         report: &wavecast_core::assignment::Report,
         now_ms: i64,
     ) -> Result<ReportOutcome, StoreError> {
-        let op = "recording a device report";
+        let part =
+            DeviceReports { device: device.clone(), group: group.clone(), reports: vec![report.clone()], now_ms };
+        let mut outcomes = self.apply_reports(&report.rollout_id, std::slice::from_ref(&part)).await?;
+        outcomes.pop().and_then(|mut o| o.pop()).ok_or_else(|| StoreError::Corrupt {
+            what: "the outcome of a device report".into(),
+            source: "a batch of one report answered nothing".into(),
+        })
+    }
+
+    /// Applies a batch of reports about rollout `rollout_id` (every report in `parts` is about
+    /// it) in one transaction: each part's reports in order, the parts in the order given, each
+    /// report exactly once and as [`rollout::judge_report`] says, exactly as if each were its
+    /// own transaction in that order. A report id is recorded in the transaction of its effect;
+    /// a refused report changes nothing, not even the record of its id (nor, so, whether a
+    /// later copy of it in the batch is a repeat). Returns each part's outcomes. When anything
+    /// fails, nothing of the batch is applied.
+    pub async fn apply_reports(
+        &self,
+        rollout_id: &str,
+        parts: &[DeviceReports],
+    ) -> Result<Vec<Vec<ReportOutcome>>, StoreError> {
+        let op = "recording device reports";
         let mut tx = self.begin(op).await?;
-        let insert = sqlx::query(
-            "INSERT INTO device_reports (device_id, report_id, received_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (device_id, report_id) DO NOTHING",
-        )
-        .bind(&device.id)
-        .bind(&report.id)
-        .bind(now_ms);
-        if changed(&mut tx, insert, op).await? == 0 {
-            return Ok(ReportOutcome::Repeated);
+        // The lock order of the module's doc: the rollout, the report ids, the devices' rows,
+        // and only then (in `write_transition`) the audit head.
+        let mut r = match self.lock_rollout(&mut tx, rollout_id).await {
+            Ok(r) => Some(r),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut seen = self.record_report_ids(&mut tx, parts).await?;
+        if r.is_some() && self.backend == super::Backend::Postgres {
+            self.lock_device_rows(&mut tx, rollout_id, parts).await?;
         }
-        let (standing, r, row) = self.standing(&mut tx, &report.rollout_id, device, group).await?;
+        let mut outcomes = Vec::with_capacity(parts.len());
+        for part in parts {
+            let mut mine = Vec::with_capacity(part.reports.len());
+            for report in &part.reports {
+                debug_assert_eq!(report.rollout_id, rollout_id);
+                let key = (part.device.id.clone(), report.id.clone());
+                let Some(id) = seen.get_mut(&key) else {
+                    return Err(StoreError::Corrupt {
+                        what: format!("report id {}", report.id),
+                        source: "not recorded".into(),
+                    });
+                };
+                if id.recorded {
+                    mine.push(ReportOutcome::Repeated);
+                    continue;
+                }
+                let outcome = self.apply_one(&mut tx, r.as_mut(), part, report).await?;
+                id.recorded = !matches!(outcome, ReportOutcome::Refused(_));
+                mine.push(outcome);
+            }
+            outcomes.push(mine);
+        }
+        // The ids of refused reports this batch inserted: not kept.
+        for ((device_id, report_id), _) in seen.iter().filter(|(_, id)| id.inserted && !id.recorded) {
+            sqlx::query("DELETE FROM device_reports WHERE device_id = $1 AND report_id = $2")
+                .bind(device_id)
+                .bind(report_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q(op))?;
+        }
+        self.commit(tx, op).await?;
+        Ok(outcomes)
+    }
+
+    /// Inserts every report id of `parts` not recorded yet, in one order (by device, then id)
+    /// whoever inserts them. Returns, per id, whether it was recorded before (so its report is
+    /// a repeat) or inserted now (and is judged).
+    async fn record_report_ids(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        parts: &[DeviceReports],
+    ) -> Result<BTreeMap<(String, String), SeenId>, StoreError> {
+        let op = "recording report ids";
+        // Each id once, with when its first copy arrived.
+        let mut ids: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for part in parts {
+            for report in &part.reports {
+                ids.entry((part.device.id.clone(), report.id.clone())).or_insert(part.now_ms);
+            }
+        }
+        let mut inserted = BTreeSet::new();
+        let all: Vec<_> = ids.iter().collect();
+        for chunk in all.chunks(200) {
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+            let sql = format!(
+                "INSERT INTO device_reports (device_id, report_id, received_at) VALUES {} \
+                 ON CONFLICT (device_id, report_id) DO NOTHING RETURNING device_id, report_id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for ((device_id, report_id), at) in chunk {
+                query = query.bind(device_id.as_str()).bind(report_id.as_str()).bind(**at);
+            }
+            let rows = query.fetch_all(&mut **tx).await.map_err(q(op))?;
+            inserted.extend(read_all(&rows, op, |row| Ok((row.get::<String>(0)?, row.get::<String>(1)?)))?);
+        }
+        Ok(ids
+            .into_keys()
+            .map(|key| {
+                let fresh = inserted.contains(&key);
+                (key, SeenId { recorded: !fresh, inserted: fresh })
+            })
+            .collect())
+    }
+
+    /// Locks the rows in rollout `rollout_id` of every device of `parts`, by device id, before
+    /// the batch appends its first audit event (see the module's doc).
+    async fn lock_device_rows(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rollout_id: &str,
+        parts: &[DeviceReports],
+    ) -> Result<(), StoreError> {
+        let op = "locking devices' rows in a rollout";
+        let devices: BTreeSet<&str> = parts.iter().map(|p| p.device.id.as_str()).collect();
+        let devices: Vec<&str> = devices.into_iter().collect();
+        for chunk in devices.chunks(500) {
+            let sql = format!(
+                "SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND device_id IN ({}) \
+                 ORDER BY device_id{}",
+                placeholders(2, chunk.len()),
+                self.for_update()
+            );
+            let mut query = sqlx::query(&sql).bind(rollout_id);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.fetch_all(&mut **tx).await.map_err(q(op))?;
+        }
+        Ok(())
+    }
+
+    /// Judges and applies one report whose id is not recorded (it is, in `tx`) about rollout
+    /// `r` (`None`: there is none), whose lock `tx` holds.
+    async fn apply_one(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        r: Option<&mut RolloutRecord>,
+        part: &DeviceReports,
+        report: &wavecast_core::assignment::Report,
+    ) -> Result<ReportOutcome, StoreError> {
+        let (device, now_ms) = (&part.device, part.now_ms);
+        let (standing, row) = self.standing_in(tx, r.as_deref(), device, &part.group).await?;
         let verdict = match rollout::judge_report(standing, report.state) {
             Ok(verdict) => verdict,
-            Err(refused) => {
-                tx.rollback().await.map_err(q(op))?;
-                return Ok(ReportOutcome::Refused(refused));
-            }
+            Err(refused) => return Ok(ReportOutcome::Refused(refused)),
         };
         let reason = report.reason.as_deref();
         let cause = Actor::Device(device.name.clone());
         match (verdict, r, row) {
-            (Verdict::Apply, Some(mut r), Some((wave, from))) => {
-                self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
-                    .await?;
+            (Verdict::Apply, Some(r), Some((wave, from))) => {
+                self.write_transition(tx, r, device, wave, from, report.state, reason, &cause, now_ms).await?;
             }
             // Every move a joiner may report is one from `assigned` (core's tests say so).
-            (Verdict::Join, Some(mut r), None)
+            (Verdict::Join, Some(r), None)
                 if rollout::accepts_transition(DeviceState::Assigned, report.state, r.abort_mode) =>
             {
-                let wave = self.join(&mut tx, &mut r, device, now_ms).await?;
+                let wave = self.join(tx, r, device, now_ms).await?;
                 let from = DeviceState::Assigned;
-                self.write_transition(&mut tx, &mut r, device, wave, from, report.state, reason, &cause, now_ms)
-                    .await?;
+                self.write_transition(tx, r, device, wave, from, report.state, reason, &cause, now_ms).await?;
             }
-            _ => {
-                tx.commit().await.map_err(q(op))?;
-                return Ok(ReportOutcome::Stale);
-            }
+            _ => return Ok(ReportOutcome::Stale),
         }
-        self.commit(tx, op).await?;
         Ok(ReportOutcome::Applied)
+    }
+
+    /// Forgets the ids of at most `limit` device reports received before `before_ms`, oldest
+    /// first. Returns how many. Rows another transaction holds (a removal deleting them) are
+    /// left for the next call rather than waited for, so this never waits in a circle.
+    pub async fn forget_reports_before(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        let op = "forgetting old report ids";
+        let skip_locked = match self.backend {
+            super::Backend::Sqlite => "",
+            super::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "DELETE FROM device_reports WHERE (device_id, report_id) IN (SELECT device_id, report_id \
+             FROM device_reports WHERE received_at < $1 ORDER BY received_at LIMIT $2{skip_locked})"
+        );
+        let done = sqlx::query(&sql).bind(before_ms).bind(i64::from(limit)).execute(&self.pool).await.map_err(q(op))?;
+        Ok(done.rows_affected())
     }
 
     /// Records a device that joined its group after rollout `r` was created, and reports about

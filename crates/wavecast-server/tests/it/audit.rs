@@ -372,19 +372,90 @@ async fn consistency_proves_the_log_only_grew(db: Db) {
     assert_eq!(env.get("/api/v1/audit/consistency?from=11").await.status, StatusCode::BAD_REQUEST);
     assert_eq!(env.get("/api/v1/audit/consistency?from=3&to=4").await.status, StatusCode::NOT_FOUND);
 
-    // History rewritten before the old checkpoint: no proof the server can cut connects them.
+    // History rewritten before the old checkpoint. The checkpoints still vouch for the history
+    // they signed, and a proof between them is cut from the old one's signed frontier, never
+    // from the rewritten row: it verifies. The rewrite is found wherever the row is read: an
+    // export refuses to prove anything over it, and verification names the event.
     let rows = leaves(&env).await;
-    Attacker::connect(&env, db).await.set_body(1, &flip_one_byte(&body_of(&rows, 1), "\"g1\"", "\"x1\"")).await;
+    let mut attacker = Attacker::connect(&env, db).await;
+    attacker.set_body(1, &flip_one_byte(&body_of(&rows, 1), "\"g1\"", "\"x1\"")).await;
     let proof: ConsistencyProof =
         serde_json::from_slice(&env.get("/api/v1/audit/consistency?from=3").await.body).unwrap();
-    match verify_growth(&old, &proof, &key.clone().into(), verify_ed25519) {
-        Err(VerifyError::Growth { old: 3, .. }) => {}
-        other => panic!("expected the growth proof to fail, got {other:?}"),
-    }
+    verify_growth(&old, &proof, &key.clone().into(), verify_ed25519).unwrap();
     assert_eq!(peek_checkpoint(&old).unwrap().size, 3);
+    let export = env.get("/api/v1/audit/export").await;
+    assert_eq!(export.status, StatusCode::CONFLICT, "{}", export.message());
+    assert!(export.message().contains("no longer hashes to its signed checkpoint of size 10"), "{}", export.message());
+    assert_names(verify_live(&env).await, 1, |p| matches!(p, Problem::ChangedBytes { .. }));
+
+    // A row rewritten after the old checkpoint, read by a server that just started: no proof
+    // over it is answered, but a conflict that says the log was altered.
+    attacker.set_body(1, &body_of(&rows, 1)).await;
+    attacker.set_body(5, &flip_one_byte(&body_of(&rows, 5), "\"g5\"", "\"x5\"")).await;
+    let env = env.restart().await;
+    let r = env.get("/api/v1/audit/consistency?from=3").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.message());
+    assert!(r.message().contains("run `wavecast audit verify`"), "{}", r.message());
+    // Growth from past the rewritten row needs none of it, and still proves.
+    let six = checkpoint_rows(&env).await.into_iter().find(|c| c.size == 6).unwrap().note;
+    let proof: ConsistencyProof =
+        serde_json::from_slice(&env.get("/api/v1/audit/consistency?from=6").await.body).unwrap();
+    assert_eq!(verify_growth(&six, &proof, &key.clone().into(), verify_ed25519).unwrap().new_size, 10);
+    match verify_growth(&old, &proof, &key.into(), verify_ed25519) {
+        Err(VerifyError::Growth { .. }) => {}
+        other => panic!("a proof from 6 must not pass for the checkpoint of 3, got {other:?}"),
+    }
+}
+
+/// Proofs are cut from a tree the server keeps between requests, started at a checkpoint's
+/// frontier and extended as the log grows: they are exactly those of the whole tree rebuilt from
+/// every row (what the server answered before), whatever order they are asked in, for every
+/// checkpoint, for one rollout's events, and again after a restart.
+async fn proofs_are_those_of_the_whole_tree(db: Db) {
+    let mut env = Env::new(db).await;
+    build_log(&env).await;
+    env.enroll("g1", "cam-1").await;
+    env.publish("m@1.0.0", b"one").await;
+    let body = serde_json::json!({ "artifact": "m@1.0.0", "group": "g1", "waves": [100], "probe": "exec:check" });
+    let id = env.post_json("/api/v1/rollouts", Some(&env.admin), body).await.json()["id"].as_str().unwrap().to_owned();
+    sign(&env).await;
+    for g in ["g8", "g9", "g10"] {
+        group(&env, g).await;
+    }
+    let size = sign(&env).await;
+    let mut whole = Tree::new();
+    for row in leaves(&env).await {
+        whole.push(wavecast_core::audit::leaf_hash(row.body.as_bytes()));
+    }
+    let sizes: Vec<u64> = checkpoint_rows(&env).await.iter().map(|c| c.size).collect();
+    assert_eq!(sizes.len(), 6, "{sizes:?}");
+    for round in ["newest first", "oldest first, after a restart"] {
+        let mut asked: Vec<(u64, u64)> = sizes.iter().flat_map(|to| (0..=*to).map(|from| (from, *to))).collect();
+        if round == "newest first" {
+            asked.reverse();
+        }
+        for (from, to) in asked {
+            let r = env.get(&format!("/api/v1/audit/consistency?from={from}&to={to}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{from} → {to} ({round}): {}", r.message());
+            let proof: ConsistencyProof = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(proof.proof, whole.consistency_proof(from, to).unwrap(), "{from} → {to} ({round})");
+        }
+        for query in [format!("?rollout={id}"), String::new()] {
+            let export: Export =
+                serde_json::from_slice(&env.get(&format!("/api/v1/audit/export{query}")).await.body).unwrap();
+            assert!(!export.events.is_empty());
+            for e in &export.events {
+                assert_eq!(e.inclusion_proof, whole.inclusion_proof(e.seq, size).unwrap(), "event {} ({round})", e.seq);
+            }
+            let all = query.is_empty();
+            assert_eq!(export.events.len() as u64 == size, all, "{query}: {} events", export.events.len());
+        }
+        env = env.restart().await;
+    }
 }
 
 both!(
+    proofs_are_those_of_the_whole_tree,
     an_untouched_log_verifies,
     a_changed_byte_is_found,
     a_deleted_last_row_is_found,

@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod authz;
+mod batches;
 mod checkin;
 mod fleet;
 mod lifecycle;
