@@ -45,6 +45,8 @@ pub struct Options {
     /// Devices in the wave whose opening is timed.
     pub wake_devices: u32,
     pub database_url: Option<String>,
+    /// Client sockets per source address; by default as many as the ephemeral port range allows.
+    pub per_address: Option<usize>,
 }
 
 /// How long each long-poll asks to be held: the longest the server accepts.
@@ -54,7 +56,7 @@ const HOLD: &str = "/device/v1/assignments?wait=60s";
 /// Connections being opened at once: more would overflow the server's accept backlog.
 const CONNECTING: usize = 128;
 /// Open files this process and the server need besides one socket per device each.
-const SPARE_FILES: u64 = 10_000;
+const SPARE_FILES: u64 = 1_000;
 /// What the `longpoll` figures are compared with (issue 12).
 const GOAL_HELD: u32 = 100_000;
 
@@ -132,7 +134,9 @@ impl Wave {
 struct Watch {
     to: SocketAddr,
     host: String,
-    /// How long the server holds a long-poll: [`WAIT`], or less if it offers less.
+    /// How long the server holds a long-poll: [`WAIT`], or less if it offers less; `None` if it
+    /// offers no long-poll.
+    offered: Option<Duration>,
     hold: Duration,
     /// Devices whose long-poll has been written at least once.
     holding: AtomicU64,
@@ -152,11 +156,12 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(inst: &Installation, hold: Duration, wave: Option<Wave>) -> Self {
+    fn new(inst: &Installation, offered: Option<Duration>, wave: Option<Wave>) -> Self {
         Self {
             to: inst.addr,
             host: inst.addr.to_string(),
-            hold,
+            offered,
+            hold: offered.unwrap_or(WAIT),
             holding: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             first_error: Mutex::new(None),
@@ -170,6 +175,13 @@ impl Watch {
             poll_after_max: AtomicU64::new(0),
             wave,
         }
+    }
+
+    /// How long to wait for the server to go idle once everything it should do has been asked.
+    /// A server without long-poll answers every device at once and is asked again and again:
+    /// it never goes idle.
+    fn settle_limit(&self) -> Duration {
+        if self.offered.is_some() { Duration::from_secs(60) } else { Duration::from_secs(5) }
     }
 
     fn get(counter: &AtomicU64) -> u64 {
@@ -336,16 +348,17 @@ async fn wait_held(watch: &Watch, n: u32, pid: u32, tag: &str) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if !setup::settle(pid, Duration::from_secs(60)).await {
-        println!("{tag}: the server was still busy a minute after the last long-poll was written");
+    let limit = watch.settle_limit();
+    if !setup::settle(pid, limit).await && watch.offered.is_some() {
+        println!("{tag}: the server was still busy {limit:?} after the last long-poll was written");
     }
     Ok(())
 }
 
 /// Asks as a device of `group`, without a tag, what the server offers, and says it: the longest
 /// wait it holds (`Wavecast-Long-Poll`), if it holds any, and its suggested poll interval.
-/// Returns how long it holds a long-poll.
-async fn offer(inst: &Installation, tag: &str, group: &Group) -> anyhow::Result<Duration> {
+/// Returns how long it holds a long-poll, if it does.
+async fn offer(inst: &Installation, tag: &str, group: &Group) -> anyhow::Result<Option<Duration>> {
     let auth = &group.devices.first().context("a group without devices")?.0;
     let mut conn = RawConn::connect(Ipv4Addr::LOCALHOST, inst.addr).await?;
     conn.send(&get_request(&inst.addr.to_string(), ASSIGNMENTS, &[("Authorization", auth.as_bytes())])).await?;
@@ -362,7 +375,7 @@ async fn offer(inst: &Installation, tag: &str, group: &Group) -> anyhow::Result<
             "{tag}: NOTE the server does not offer long-poll (no Wavecast-Long-Poll header; {pace}): it answers every request at once, and the figures below show it"
         ),
     }
-    Ok(head.long_poll_s.map_or(WAIT, |s| WAIT.min(Duration::from_secs(s))))
+    Ok(head.long_poll_s.map(|s| WAIT.min(Duration::from_secs(s))))
 }
 
 pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
@@ -372,12 +385,14 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     // A socket per device on this side and one on the server's, which inherits the limit.
     let want = u64::from(held) + u64::from(wake) + SPARE_FILES;
     let limit = setup::raise_open_files(want);
-    if limit < want {
+    if limit >= want {
+        println!("{tag}: open-file limit {limit} (this process and the server it starts; {want} needed)");
+    } else {
         let room = u32::try_from(limit.saturating_sub(SPARE_FILES)).unwrap_or(u32::MAX);
         wake = wake.min(room);
         held = held.min(room - wake);
         println!(
-            "{tag}: COULD NOT raise the open-file limit to {want} (it stays {limit}; raising the hard limit takes root): capped at {held} devices held and {wake} in the wave"
+            "{tag}: COULD NOT raise the open-file limit to {want} (it stays {limit}; raising the hard limit takes CAP_SYS_RESOURCE, which root in a container may lack): capped at {held} devices held and {wake} in the wave"
         );
     }
     if let Some(room) = setup::conntrack_room().filter(|&r| r < u64::from(held) + u64::from(wake)) {
@@ -385,7 +400,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             "{tag}: WARNING: the kernel's connection-tracking table has room for {room} more connections, fewer than this run opens; connections past it are dropped (raise net.netfilter.nf_conntrack_max)"
         );
     }
-    let per_addr = setup::connections_per_source_addr();
+    let per_addr = opts.per_address.unwrap_or_else(setup::connections_per_source_addr).max(1);
 
     let inst = setup::install(root, opts.database_url.as_deref()).await?;
     let pid = inst.server_pid();
@@ -396,27 +411,27 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     let mut dealt = 0usize;
-    // How long the server holds a long-poll, once a device has asked.
-    let mut hold_for = None;
+    // How long the server holds a long-poll (if it does), once a device has asked.
+    let mut offered = None;
 
     // Held requests.
     let bystanders = if held > 0 {
         let tag = format!("{tag}, {held} held");
         let group = Group::enroll(&inst, &tag, "held", held).await?;
-        let hold = match hold_for {
-            Some(h) => h,
-            None => *hold_for.insert(offer(&inst, &tag, &group).await?),
+        let offered = match offered {
+            Some(o) => o,
+            None => *offered.insert(offer(&inst, &tag, &group).await?),
         };
         setup::settle(pid, Duration::from_secs(30)).await;
         let rss_idle = status_kib(pid, "VmRSS:");
-        let watch = Arc::new(Watch::new(&inst, hold, None));
+        let watch = Arc::new(Watch::new(&inst, offered, None));
         group.hold_all(&watch, &mut dealt, per_addr, &mut tasks);
         wait_held(&watch, held, pid, &tag).await?;
         let rss_held = status_kib(pid, "VmRSS:");
         let (answered, lost) = (watch.answered(), Watch::get(&watch.lost));
         let holding = u64::from(held).saturating_sub(answered + lost);
         println!(
-            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source addresses); answered at once: {answered}{}",
+            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source address(es)); answered at once: {answered}{}",
             dealt.div_ceil(per_addr),
             watch.losses()
         );
@@ -449,11 +464,11 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if wake > 0 {
         let tag = format!("{tag}, wave of {wake}");
         let group = Group::enroll(&inst, &tag, "wave", wake).await?;
-        let hold = match hold_for {
-            Some(h) => h,
-            None => *hold_for.insert(offer(&inst, &tag, &group).await?),
+        let offered = match offered {
+            Some(o) => o,
+            None => *offered.insert(offer(&inst, &tag, &group).await?),
         };
-        let watch = Arc::new(Watch::new(&inst, hold, Some(Wave::new(wake as usize))));
+        let watch = Arc::new(Watch::new(&inst, offered, Some(Wave::new(wake as usize))));
         let wave = watch.wave.as_ref().context("the wave")?;
         group.hold_all(&watch, &mut dealt, per_addr, &mut tasks);
         wait_held(&watch, wake, pid, &tag).await?;
@@ -461,7 +476,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         let created = setup::create_rollout(&inst, "wave", "exec:ok", &["--waves", "100", "--gate", "1"])?;
         let _ = wave.rollout_id.set(created.id.clone());
         // Whatever the creation woke (it should wake no one: the wave is closed) has arrived.
-        setup::settle(pid, Duration::from_secs(30)).await;
+        setup::settle(pid, watch.settle_limit()).await;
         let woken_by_creation = watch.answered() - before;
 
         let mut approve = setup::wavecast(&inst.url, &inst.token)?;
@@ -471,12 +486,12 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || setup::run_ok(&mut approve)).await??;
         let approve_took = approved_at.elapsed();
         // A wake the server missed shows as a wait run out and a 200 at once to the renewal.
-        let deadline = approved_at + hold + Duration::from_secs(15);
+        let deadline = approved_at + watch.hold + Duration::from_secs(15);
         while Watch::get(&watch.woken) + Watch::get(&watch.lost) < u64::from(wake) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Anyone else the approval woke has heard by now.
-        setup::settle(pid, Duration::from_secs(30)).await;
+        setup::settle(pid, watch.settle_limit()).await;
 
         let lat = wave.latencies_us();
         let s = |us: Option<u32>| us.map_or_else(|| "-".to_owned(), |us| format!("{:.3} s", f64::from(us) / 1e6));

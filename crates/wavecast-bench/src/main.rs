@@ -100,6 +100,10 @@ enum Bench {
         /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// Client sockets per source address (default: three quarters of the ephemeral port
+        /// range, net.ipv4.ip_local_port_range).
+        #[arg(long, value_name = "N")]
+        per_address: Option<usize>,
     },
     /// One real agent's fsync-family calls and writes to its own state for one install of a
     /// 1 MiB artifact, per step, and for idle check-ins (targets: ≤ 9 per install, none idle).
@@ -414,8 +418,8 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
         Bench::Checkins { devices, database_url, connections, seconds } => {
             checkins::run(root, &checkins(devices, database_url, connections, seconds)).await
         }
-        Bench::Longpoll { devices, wake_devices, database_url } => {
-            longpoll::run(root, &longpoll::Options { devices, wake_devices, database_url }).await
+        Bench::Longpoll { devices, wake_devices, database_url, per_address } => {
+            longpoll::run(root, &longpoll::Options { devices, wake_devices, database_url, per_address }).await
         }
         Bench::Fsyncs { checkins } => fsyncs::run(root, checkins).await,
         Bench::Agent { binary } => bench_agent(root, binary.as_deref()).await,
@@ -433,7 +437,12 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             if database_url.is_some() {
                 checkins::run(&dir("checkins-postgres")?, &checkins(100_000, database_url, 256, 10)).await?;
             }
-            let longpoll = |database_url| longpoll::Options { devices: 100_000, wake_devices: 10_000, database_url };
+            let longpoll = |database_url| longpoll::Options {
+                devices: 100_000,
+                wake_devices: 10_000,
+                database_url,
+                per_address: None,
+            };
             longpoll::run(&dir("longpoll-sqlite")?, &longpoll(None)).await?;
             if longpoll_database_url.is_some() {
                 longpoll::run(&dir("longpoll-postgres")?, &longpoll(longpoll_database_url)).await?;
