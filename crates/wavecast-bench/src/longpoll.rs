@@ -263,12 +263,12 @@ async fn hold_long_polls(
     mut etag: HeaderValue,
     gate: Arc<Semaphore>,
 ) {
-    let permit = gate.acquire_owned().await;
+    // Held until the first long-poll is written, so only so many connections open at once.
+    let mut connecting = Some(gate.acquire_owned().await);
     let mut conn = match RawConn::connect(from, watch.to).await {
         Ok(c) => c,
         Err(e) => return watch.lose(&e),
     };
-    let mut permit = permit.ok();
     loop {
         let request =
             get_request(&watch.host, HOLD, &[("Authorization", auth.as_bytes()), ("If-None-Match", etag.as_bytes())]);
@@ -277,7 +277,7 @@ async fn hold_long_polls(
         }
         drop(request);
         let sent = Instant::now();
-        if permit.take().is_some() {
+        if connecting.take().is_some() {
             watch.holding.fetch_add(1, Ordering::Relaxed);
         }
         let (head, body) = match conn.receive().await {
@@ -378,9 +378,148 @@ async fn offer(inst: &Installation, tag: &str, group: &Group) -> anyhow::Result<
     Ok(head.long_poll_s.map(|s| WAIT.min(Duration::from_secs(s))))
 }
 
+/// One run: the server, and the devices holding long-polls on it so far.
+struct Run {
+    inst: Installation,
+    tag: String,
+    rss_empty: u64,
+    /// Client sockets per source address, and how many have been dealt.
+    per_addr: usize,
+    dealt: usize,
+    /// How long the server holds a long-poll (if it does), once a device has asked.
+    offered: Option<Option<Duration>>,
+    tasks: JoinSet<()>,
+}
+
+impl Run {
+    fn pid(&self) -> u32 {
+        self.inst.server_pid()
+    }
+
+    /// Enrolls `n` devices in `group` (each checks in once) and, the first time, asks what the
+    /// server offers: a group and a watch for it, not yet holding.
+    async fn group(
+        &mut self,
+        tag: &str,
+        group: &str,
+        n: u32,
+        wave: Option<Wave>,
+    ) -> anyhow::Result<(Group, Arc<Watch>)> {
+        let devices = Group::enroll(&self.inst, tag, group, n).await?;
+        let offered = match self.offered {
+            Some(o) => o,
+            None => *self.offered.insert(offer(&self.inst, tag, &devices).await?),
+        };
+        Ok((devices, Arc::new(Watch::new(&self.inst, offered, wave))))
+    }
+
+    /// Has every device of `group` hold long-polls, and waits until they all do.
+    async fn hold(&mut self, tag: &str, group: Group, watch: &Arc<Watch>) -> anyhow::Result<()> {
+        let n = u32::try_from(group.devices.len())?;
+        group.hold_all(watch, &mut self.dealt, self.per_addr, &mut self.tasks);
+        wait_held(watch, n, self.pid(), tag).await
+    }
+
+    /// Held requests: what `n` of them cost the server. Returns their watch, for the devices
+    /// stay held as the wave's bystanders.
+    async fn held(&mut self, n: u32) -> anyhow::Result<Arc<Watch>> {
+        let tag = format!("{}, {n} held", self.tag);
+        let (group, watch) = self.group(&tag, "held", n, None).await?;
+        setup::settle(self.pid(), Duration::from_secs(30)).await;
+        let rss_idle = status_kib(self.pid(), "VmRSS:");
+        self.hold(&tag, group, &watch).await?;
+        let rss_held = status_kib(self.pid(), "VmRSS:");
+        let (answered, lost) = (watch.answered(), Watch::get(&watch.lost));
+        let holding = u64::from(n).saturating_sub(answered + lost);
+        println!(
+            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source address(es)); answered at once: {answered}{}",
+            self.dealt.div_ceil(self.per_addr),
+            watch.losses()
+        );
+        if holding < u64::from(n) {
+            println!("{tag}: NOTE not every request is held, so the memory below is not that of {n} held requests");
+        }
+        let above = rss_held.saturating_sub(rss_idle);
+        let at_goal = if n == GOAL_HELD {
+            String::new()
+        } else {
+            // Everything above the empty server grows with the fleet: scale it to the goal's.
+            let grown = rss_held.saturating_sub(self.rss_empty) as f64 * f64::from(GOAL_HELD) / f64::from(n);
+            format!("; scaled linearly to {GOAL_HELD}: {:.0} MiB", (self.rss_empty as f64 + grown) / 1024.0)
+        };
+        println!(
+            "{tag}: server RSS {:.1} MiB with the long-polls held, {:.1} MiB before they connected (the fleet enrolled and checked in once), {:.1} MiB empty: {:.1} MiB for the held requests, {:.2} KiB per held request (goal ≤ 1 GiB with {GOAL_HELD} held{at_goal})",
+            mib(rss_held),
+            mib(rss_idle),
+            mib(self.rss_empty),
+            mib(above),
+            above as f64 / f64::from(n),
+        );
+        Ok(watch)
+    }
+
+    /// Wake latency: `n` devices in a gated wave, from `rollout approve` to each one's new doc.
+    async fn wake(&mut self, n: u32, bystanders: u32) -> anyhow::Result<()> {
+        let tag = format!("{}, wave of {n}", self.tag);
+        let (group, watch) = self.group(&tag, "wave", n, Some(Wave::new(n as usize))).await?;
+        let wave = watch.wave.as_ref().context("the wave")?;
+        self.hold(&tag, group, &watch).await?;
+        let before = watch.answered();
+        let created = setup::create_rollout(&self.inst, "wave", "exec:ok", &["--waves", "100", "--gate", "1"])?;
+        let _ = wave.rollout_id.set(created.id.clone());
+        // Whatever the creation woke (it should wake no one: the wave is closed) has arrived.
+        setup::settle(self.pid(), watch.settle_limit()).await;
+        let woken_by_creation = watch.answered() - before;
+
+        let mut approve = setup::wavecast(&self.inst.url, &self.inst.token)?;
+        approve.args(["rollout", "approve", &created.id]);
+        let approved_at = Instant::now();
+        let _ = wave.approved_at.set(approved_at);
+        tokio::task::spawn_blocking(move || setup::run_ok(&mut approve)).await??;
+        let approve_took = approved_at.elapsed();
+        // A wake the server missed shows as a wait run out and a 200 at once to the renewal.
+        let deadline = approved_at + watch.hold + Duration::from_secs(15);
+        while Watch::get(&watch.woken) + Watch::get(&watch.lost) < u64::from(n) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Anyone else the approval woke has heard by now.
+        setup::settle(self.pid(), watch.settle_limit()).await;
+
+        let lat = wave.latencies_us();
+        let s = |us: Option<u32>| us.map_or_else(|| "-".to_owned(), |us| format!("{:.3} s", f64::from(us) / 1e6));
+        println!(
+            "{tag}: a rollout to group wave, one 100% wave behind a manual gate; `wavecast rollout approve` (starting the command) to each device's new doc: first {}, p50 {}, last {} ({} of {n} woken; goal: last ≤ 2 s at 10,000 devices); the approve command took {:.3} s{}",
+            s(lat.first().copied()),
+            s((!lat.is_empty()).then(|| percentile(&lat, 50))),
+            s(lat.last().copied()),
+            lat.len(),
+            approve_took.as_secs_f64(),
+            if bystanders > 0 {
+                format!(", with {bystanders} bystanders holding in group held")
+            } else {
+                String::new()
+            },
+        );
+        let without = Watch::get(&watch.woken_without_install);
+        println!(
+            "{tag}: spurious wakes in the wave: {} (goal 0; {woken_by_creation} answers while the rollout was created and not approved: {} new docs, {} early 304s){}{}; {}",
+            watch.spurious(),
+            Watch::get(&watch.spurious_200),
+            Watch::get(&watch.spurious_304),
+            if without > 0 {
+                format!("; {without} new docs after the approval without the install")
+            } else {
+                String::new()
+            },
+            watch.losses(),
+            watch.poll_after()
+        );
+        Ok(())
+    }
+}
+
 pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
-    let backend = Installation::backend(opts.database_url.as_deref());
-    let tag = format!("longpoll ({backend})");
+    let tag = format!("longpoll ({})", Installation::backend(opts.database_url.as_deref()));
     let (mut held, mut wake) = (opts.devices, opts.wake_devices);
     // A socket per device on this side and one on the server's, which inherits the limit.
     let want = u64::from(held) + u64::from(wake) + SPARE_FILES;
@@ -400,128 +539,28 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             "{tag}: WARNING: the kernel's connection-tracking table has room for {room} more connections, fewer than this run opens; connections past it are dropped (raise net.netfilter.nf_conntrack_max)"
         );
     }
-    let per_addr = opts.per_address.unwrap_or_else(setup::connections_per_source_addr).max(1);
 
     let inst = setup::install(root, opts.database_url.as_deref()).await?;
-    let pid = inst.server_pid();
-    let rss_empty = status_kib(pid, "VmRSS:");
+    let rss_empty = status_kib(inst.server_pid(), "VmRSS:");
     let file = root.join("model.bin");
     setup::write_file(&file, 64 << 10)?;
     setup::publish(&inst, &file)?;
-
-    let mut tasks = JoinSet::new();
-    let mut dealt = 0usize;
-    // How long the server holds a long-poll (if it does), once a device has asked.
-    let mut offered = None;
-
-    // Held requests.
-    let bystanders = if held > 0 {
-        let tag = format!("{tag}, {held} held");
-        let group = Group::enroll(&inst, &tag, "held", held).await?;
-        let offered = match offered {
-            Some(o) => o,
-            None => *offered.insert(offer(&inst, &tag, &group).await?),
-        };
-        setup::settle(pid, Duration::from_secs(30)).await;
-        let rss_idle = status_kib(pid, "VmRSS:");
-        let watch = Arc::new(Watch::new(&inst, offered, None));
-        group.hold_all(&watch, &mut dealt, per_addr, &mut tasks);
-        wait_held(&watch, held, pid, &tag).await?;
-        let rss_held = status_kib(pid, "VmRSS:");
-        let (answered, lost) = (watch.answered(), Watch::get(&watch.lost));
-        let holding = u64::from(held).saturating_sub(answered + lost);
-        println!(
-            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source address(es)); answered at once: {answered}{}",
-            dealt.div_ceil(per_addr),
-            watch.losses()
-        );
-        if holding < u64::from(held) {
-            println!("{tag}: NOTE not every request is held, so the memory below is not that of {held} held requests");
-        }
-        let above = rss_held.saturating_sub(rss_idle);
-        let per_held = above as f64 / f64::from(held.max(1));
-        let at_goal = if held == GOAL_HELD {
-            String::new()
-        } else {
-            // Everything above the empty server grows with the fleet: scale it to the goal's.
-            let scaled = rss_empty as f64
-                + rss_held.saturating_sub(rss_empty) as f64 * f64::from(GOAL_HELD) / f64::from(held.max(1));
-            format!("; scaled linearly to {GOAL_HELD}: {:.0} MiB", scaled / 1024.0)
-        };
-        println!(
-            "{tag}: server RSS {:.1} MiB with the long-polls held, {:.1} MiB before they connected (the fleet enrolled and checked in once), {:.1} MiB empty: {:.1} MiB for the held requests, {per_held:.2} KiB per held request (goal ≤ 1 GiB with {GOAL_HELD} held{at_goal})",
-            mib(rss_held),
-            mib(rss_idle),
-            mib(rss_empty),
-            mib(above),
-        );
-        Some(watch)
-    } else {
-        None
+    let mut run = Run {
+        inst,
+        tag: tag.clone(),
+        rss_empty,
+        per_addr: opts.per_address.unwrap_or_else(setup::connections_per_source_addr).max(1),
+        dealt: 0,
+        offered: None,
+        tasks: JoinSet::new(),
     };
-
-    // Wake latency.
+    let bystanders = if held > 0 { Some(run.held(held).await?) } else { None };
     if wake > 0 {
-        let tag = format!("{tag}, wave of {wake}");
-        let group = Group::enroll(&inst, &tag, "wave", wake).await?;
-        let offered = match offered {
-            Some(o) => o,
-            None => *offered.insert(offer(&inst, &tag, &group).await?),
-        };
-        let watch = Arc::new(Watch::new(&inst, offered, Some(Wave::new(wake as usize))));
-        let wave = watch.wave.as_ref().context("the wave")?;
-        group.hold_all(&watch, &mut dealt, per_addr, &mut tasks);
-        wait_held(&watch, wake, pid, &tag).await?;
-        let before = watch.answered();
-        let created = setup::create_rollout(&inst, "wave", "exec:ok", &["--waves", "100", "--gate", "1"])?;
-        let _ = wave.rollout_id.set(created.id.clone());
-        // Whatever the creation woke (it should wake no one: the wave is closed) has arrived.
-        setup::settle(pid, watch.settle_limit()).await;
-        let woken_by_creation = watch.answered() - before;
-
-        let mut approve = setup::wavecast(&inst.url, &inst.token)?;
-        approve.args(["rollout", "approve", &created.id]);
-        let approved_at = Instant::now();
-        let _ = wave.approved_at.set(approved_at);
-        tokio::task::spawn_blocking(move || setup::run_ok(&mut approve)).await??;
-        let approve_took = approved_at.elapsed();
-        // A wake the server missed shows as a wait run out and a 200 at once to the renewal.
-        let deadline = approved_at + watch.hold + Duration::from_secs(15);
-        while Watch::get(&watch.woken) + Watch::get(&watch.lost) < u64::from(wake) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Anyone else the approval woke has heard by now.
-        setup::settle(pid, watch.settle_limit()).await;
-
-        let lat = wave.latencies_us();
-        let s = |us: Option<u32>| us.map_or_else(|| "-".to_owned(), |us| format!("{:.3} s", f64::from(us) / 1e6));
-        println!(
-            "{tag}: a rollout to group wave, one 100% wave behind a manual gate; `wavecast rollout approve` (starting the command) to each device's new doc: first {}, p50 {}, last {} ({} of {wake} woken; goal: last ≤ 2 s at 10,000 devices); the approve command took {:.3} s{}",
-            s(lat.first().copied()),
-            s((!lat.is_empty()).then(|| percentile(&lat, 50))),
-            s(lat.last().copied()),
-            lat.len(),
-            approve_took.as_secs_f64(),
-            if held > 0 { format!(", with {held} bystanders holding in group held") } else { String::new() },
-        );
-        let without = Watch::get(&watch.woken_without_install);
-        println!(
-            "{tag}: spurious wakes in the wave: {} (goal 0; {woken_by_creation} answers while the rollout was created and not approved: {} new docs, {} early 304s){}{}; {}",
-            watch.spurious(),
-            Watch::get(&watch.spurious_200),
-            Watch::get(&watch.spurious_304),
-            if without > 0 {
-                format!("; {without} new docs after the approval without the install")
-            } else {
-                String::new()
-            },
-            watch.losses(),
-            watch.poll_after()
-        );
+        run.wake(wake, held).await?;
     }
     if let Some(watch) = bystanders {
         println!(
-            "longpoll ({backend}, {held} held): spurious wakes of the held devices over the whole run: {} (goal 0; {} new docs, {} early 304s); {} waits ran out and were renewed; {} other answers{}; {}",
+            "{tag}, {held} held: spurious wakes of the held devices over the whole run: {} (goal 0; {} new docs, {} early 304s); {} waits ran out and were renewed; {} other answers{}; {}",
             watch.spurious(),
             Watch::get(&watch.spurious_200),
             Watch::get(&watch.spurious_304),
@@ -532,8 +571,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         );
     }
     // The devices go before the server, so none of them counts its going as a lost connection.
-    tasks.shutdown().await;
-    drop(inst);
+    run.tasks.shutdown().await;
     Ok(())
 }
 
