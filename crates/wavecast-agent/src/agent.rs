@@ -207,6 +207,10 @@ pub struct Agent {
     /// the same doc does not send it again.
     roots_checked_for: Option<Sha256Digest>,
     etag: Option<String>,
+    /// The longest the server holds a check-in (long-poll), as its last answer offered.
+    long_poll: Option<Duration>,
+    /// When the server's last answer suggested checking in next.
+    next_poll: Option<Duration>,
     assignments: Vec<Assignment>,
     doc_expires: i64,
     /// Counts the docs with new content accepted since the agent started.
@@ -285,6 +289,8 @@ impl Agent {
             roots,
             roots_checked_for: None,
             etag: None,
+            long_poll: None,
+            next_poll: None,
             assignments: Vec::new(),
             doc_expires: 0,
             doc_generation: 0,
@@ -312,9 +318,22 @@ impl Agent {
             () = std::future::ready(()) => {}
         }
         loop {
-            self.tick().await;
-            // Until the next check-in, installs that wait out a problem keep saying so.
-            let next_poll = Instant::now() + jitter(self.config.poll_interval);
+            self.recover_all().await;
+            self.deliver().await;
+            // A held check-in (long-poll) can last a minute: stopping does not wait for it.
+            let answer = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                answer = self.check_in() => answer,
+            };
+            self.on_answer(answer).await;
+            self.act_all().await;
+            self.deliver().await;
+            // Until the next check-in, installs that wait out a problem keep saying so. The
+            // server paces check-ins (at once after a held one, soon while this device's wave
+            // is open), within the owner's bound: never longer than the poll interval.
+            let ours = jitter(self.config.poll_interval);
+            let next_poll = Instant::now() + self.next_poll.take().map_or(ours, |theirs| theirs.min(ours));
             loop {
                 let due = self.heartbeat.next_due(self.retries.keys().map(ArtifactName::as_str));
                 let wake = due.map_or(next_poll, |d| d.min(next_poll));
@@ -334,19 +353,27 @@ impl Agent {
     /// assignments (resuming an interrupted install only if its assignment still stands),
     /// deliver again.
     pub async fn tick(&mut self) {
+        self.recover_all().await;
+        self.deliver().await;
+        self.poll().await;
+        self.act_all().await;
+        self.deliver().await;
+    }
+
+    async fn recover_all(&mut self) {
         for cfg in self.config.artifacts.clone() {
             if let Err(e) = self.recover(&cfg).await {
                 tracing::error!(artifact = %cfg.name, error = %chain(&e), "resuming interrupted work failed");
             }
         }
-        self.deliver().await;
-        self.poll().await;
+    }
+
+    async fn act_all(&mut self) {
         for cfg in self.config.artifacts.clone() {
             if let Err(e) = self.act(&cfg).await {
                 tracing::error!(artifact = %cfg.name, error = %chain(&e), "acting on the assignment failed");
             }
         }
-        self.deliver().await;
     }
 
     fn crash(&self, point: &str) {
@@ -413,45 +440,84 @@ impl Agent {
     // ----- checking in ----------------------------------------------------------------------
 
     async fn poll(&mut self) {
-        let url = match self.config.server.join("device/v1/assignments") {
+        let answer = self.check_in().await;
+        self.on_answer(answer).await;
+    }
+
+    /// Asks the server for this device's assignments: held (long-poll) when the server offers
+    /// it, the device holds a current doc, and no install waits out a problem (whose heartbeats
+    /// must not wait for the answer). Only network work: it changes nothing, so stopping may
+    /// drop it at any point.
+    async fn check_in(&self) -> CheckIn {
+        let mut url = match self.config.server.join("device/v1/assignments") {
             Ok(u) => u,
-            Err(e) => return tracing::error!(error = %e, "bad server URL"),
+            Err(e) => return CheckIn::Failed(format!("bad server URL: {e}")),
         };
-        let mut req =
-            self.http.get(url.clone()).bearer_auth(&self.identity.credential).timeout(Duration::from_secs(30));
         let fresh = clock::now().as_second() < self.doc_expires;
-        if let (Some(etag), true) = (&self.etag, fresh) {
+        let etag = self.etag.as_ref().filter(|_| fresh);
+        let wait = self.long_poll.filter(|_| etag.is_some() && self.retries.is_empty());
+        if let Some(w) = wait {
+            url.set_query(Some(&format!("wait={}s", w.as_secs())));
+        }
+        let held = wait.unwrap_or_default();
+        // Silence is the measure: a held check-in is silent by design for up to its wait.
+        let window = self.config.download.stall_timeout;
+        let mut req =
+            self.http.get(url.clone()).bearer_auth(&self.identity.credential).timeout(held + Duration::from_secs(30));
+        if let Some(etag) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let window = self.config.download.stall_timeout;
-        let resp = match net::send(req, &url, window).await {
+        let resp = match net::send(req, &url, window + held).await {
             Ok(r) => r,
-            Err(e) => return tracing::warn!(error = %chain(&e), "cannot reach the server; will retry"),
+            Err(e) => return CheckIn::Failed(format!("cannot reach the server; will retry: {}", chain(&e))),
         };
+        let pacing = Pacing::of(resp.headers());
         match resp.status() {
-            reqwest::StatusCode::NOT_MODIFIED => {}
+            reqwest::StatusCode::NOT_MODIFIED => CheckIn::Unchanged(pacing),
             s if s.is_success() => {
                 let etag = resp.headers().get(reqwest::header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 // Capped while it streams: a doc names a few artifacts, and a server sending
                 // more is broken or hostile.
                 match net::read_capped(resp, &url, self.config.max_assignment_bytes, window).await {
-                    Ok(body) => {
-                        if let Err(e) = self.accept(&body).await {
-                            tracing::error!(error = %chain(&e), "processing the assignment failed");
-                        } else {
-                            self.etag = etag;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %chain(&e), "reading the assignment failed; will retry"),
+                    Ok(body) => CheckIn::Doc { etag, body, pacing },
+                    Err(e) => CheckIn::Failed(format!("reading the assignment failed; will retry: {}", chain(&e))),
                 }
             }
-            reqwest::StatusCode::UNAUTHORIZED => {
-                tracing::error!(
-                    "the server does not accept this device's credential; was the device removed or its state dir copied?"
-                )
-            }
-            s => tracing::warn!(status = %s, "the server refused the check-in; will retry"),
+            reqwest::StatusCode::UNAUTHORIZED => CheckIn::Refused(
+                "the server does not accept this device's credential; was the device removed or its state dir copied?"
+                    .into(),
+            ),
+            s => CheckIn::Failed(format!("the server refused the check-in (HTTP {s}); will retry")),
         }
+    }
+
+    /// Takes in what a check-in brought: a new doc is verified and kept, and the server's
+    /// pacing followed.
+    async fn on_answer(&mut self, answer: CheckIn) {
+        match answer {
+            CheckIn::Unchanged(pacing) => self.follow(pacing),
+            CheckIn::Doc { etag, body, pacing } => {
+                self.follow(pacing);
+                if let Err(e) = self.accept(&body).await {
+                    tracing::error!(error = %chain(&e), "processing the assignment failed");
+                } else {
+                    self.etag = etag;
+                }
+            }
+            CheckIn::Failed(why) => {
+                tracing::warn!("{why}");
+                self.next_poll = None;
+            }
+            CheckIn::Refused(why) => {
+                tracing::error!("{why}");
+                self.next_poll = None;
+            }
+        }
+    }
+
+    fn follow(&mut self, pacing: Pacing) {
+        self.long_poll = pacing.long_poll;
+        self.next_poll = pacing.next_poll;
     }
 
     /// Verifies a signed assignment doc and keeps its assignments.
@@ -1254,6 +1320,42 @@ fn outcome_of(work: &Work, state: DeviceState, reason: Option<String>) -> Outcom
         rollout_id: work.rollout_id.clone(),
         version: work.version.clone(),
         at_ms: clock::now_ms(),
+    }
+}
+
+/// What a check-in brought.
+enum CheckIn {
+    /// The doc the device holds is current.
+    Unchanged(Pacing),
+    /// A new doc.
+    Doc { etag: Option<String>, body: Vec<u8>, pacing: Pacing },
+    /// Nothing, for a reason that passes (the network, the server): try again later.
+    Failed(String),
+    /// The server refuses this device.
+    Refused(String),
+}
+
+/// The server's pacing, from an answer's headers. Bounded here: a server cannot hold this
+/// device longer than [`MAX_LONG_POLL`], nor ask it to wait longer than its poll interval.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pacing {
+    long_poll: Option<Duration>,
+    next_poll: Option<Duration>,
+}
+
+/// The longest check-in this agent lets the server hold.
+const MAX_LONG_POLL: Duration = Duration::from_secs(300);
+
+impl Pacing {
+    fn of(headers: &reqwest::header::HeaderMap) -> Self {
+        let number =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        Pacing {
+            long_poll: number("wavecast-long-poll")
+                .filter(|&s| s > 0)
+                .map(|s| Duration::from_secs(s).min(MAX_LONG_POLL)),
+            next_poll: number("wavecast-poll-after").map(Duration::from_millis),
+        }
     }
 }
 

@@ -43,6 +43,39 @@ pub struct Group {
     pub devices: u64,
 }
 
+/// `PUT /groups/{name}/pacing`: how the group's devices check in. Each value is a duration
+/// (`90s`, `5m`); left out or `null`, the server's default.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", schema(example = json!({"idle": "5m", "active": "10s", "long_poll": "55s"})))]
+pub struct SetGroupPacing {
+    /// Between check-ins of a device with nothing to do (1s to 24h; default 60s).
+    #[serde(default)]
+    pub idle: Option<String>,
+    /// Between check-ins of a device whose wave is open (1s to 24h; default 5s).
+    #[serde(default)]
+    pub active: Option<String>,
+    /// The longest a check-in is held waiting for a change (at most 5m; `0s` turns long-poll
+    /// off; default 55s).
+    #[serde(default)]
+    pub long_poll: Option<String>,
+}
+
+/// How a group's devices check in, defaults filled in.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPacing {
+    /// The group.
+    pub group: GroupName,
+    /// Between check-ins of a device with nothing to do, ms.
+    pub idle_ms: u64,
+    /// Between check-ins of a device whose wave is open, ms.
+    pub active_ms: u64,
+    /// The longest a check-in is held, ms (0: long-poll off).
+    pub long_poll_ms: u64,
+}
+
 /// `POST /enrollment-tokens`.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ pub use artifacts::Artifact;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use fleet::{
     CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRemoval, DeviceRollout,
-    EnrollmentToken, EnrollmentTokenCreated, Group, GroupCreated,
+    EnrollmentToken, EnrollmentTokenCreated, Group, GroupCreated, GroupPacing, SetGroupPacing,
 };
 pub use rollouts::{
     AbortRequest, CreateRollout, DeviceAtWork, DeviceFailure, DeviceProgress, Failures, InProgress, ResumeRequest,

@@ -175,6 +175,12 @@ impl Client {
         decode(path, self.send("POST", path, req).await?).await
     }
 
+    /// PUT a JSON document, reading a JSON answer.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let req = self.request(reqwest::Method::PUT, path)?.json(body);
+        decode(path, self.send("PUT", path, req).await?).await
+    }
+
     /// DELETE, reading a JSON answer.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let req = self.request(reqwest::Method::DELETE, path)?;

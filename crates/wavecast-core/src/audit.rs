@@ -25,6 +25,9 @@ pub enum AuditAction {
     /// A device group was created.
     #[serde(rename = "group.created")]
     GroupCreated,
+    /// How a group's devices check in was changed.
+    #[serde(rename = "group.pacing_set")]
+    GroupPacingSet,
     /// An enrollment token was minted for a group.
     #[serde(rename = "enrollment_token.created")]
     EnrollmentTokenCreated,
@@ -108,6 +111,7 @@ impl AuditAction {
             AuditAction::InstallationInitialized => "installation.initialized",
             AuditAction::ArtifactPublished => "artifact.published",
             AuditAction::GroupCreated => "group.created",
+            AuditAction::GroupPacingSet => "group.pacing_set",
             AuditAction::EnrollmentTokenCreated => "enrollment_token.created",
             AuditAction::DeviceEnrolled => "device.enrolled",
             AuditAction::TokenCreated => "token.created",

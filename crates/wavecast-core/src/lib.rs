@@ -20,6 +20,7 @@ pub mod merkle;
 pub mod name;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod pacing;
 pub mod probe;
 pub mod progress;
 pub mod role;

@@ -346,6 +346,18 @@ pub fn served(rollout: RolloutState, device: DeviceState, abort: Option<AbortMod
     action.map_or(Served::Nothing, Served::Assigned)
 }
 
+/// The device states whose [`served`] answer differs between a rollout now in `now` state
+/// (aborted in `abort` mode, if aborted) and the same rollout in any state it can have left
+/// for it: the devices a pause, resume or abort gives a new doc (and a new assignment counter),
+/// and no others, so a device whose doc does not change is not woken for nothing.
+pub fn served_changed(now: RolloutState, abort: Option<AbortMode>) -> Vec<DeviceState> {
+    let before = [RolloutState::Running, RolloutState::WaitingApproval, RolloutState::Paused];
+    DeviceState::ALL
+        .into_iter()
+        .filter(|&d| before.iter().any(|&b| served(b, d, None) != served(now, d, abort)))
+        .collect()
+}
+
 /// Whether a device's move from `from` to `to` applies in a rollout aborted in `abort` mode
 /// (if aborted): the device's own state machine must allow it ([`DeviceState::may_become`]),
 /// and a device becomes reverted only after an abort with revert asked it to.

@@ -1743,3 +1743,20 @@ fn a_late_joiner_joins_as_assigned_and_every_report_it_may_make_applies() {
     assert_eq!(effects, []);
     assert_eq!((status.state, status.failures_counted, counts[0].get(D::Failed)), (R::Completed, 0, 1));
 }
+
+#[test]
+fn a_pause_resume_or_abort_changes_the_doc_of_exactly_these_devices() {
+    use AbortMode::{Keep, Revert};
+    let every_reached: Vec<D> =
+        DeviceState::ALL.into_iter().filter(|s| !matches!(s, D::Pending | D::Removed)).collect();
+    let table: &[(R, Option<AbortMode>, Vec<D>)] = &[
+        // The devices a pause stops, and that a resume sets going again. Never a pending one.
+        (R::Paused, None, vec![D::Assigned, D::Downloading, D::Unreachable]),
+        (R::Running, None, vec![D::Assigned, D::Downloading, D::Unreachable]),
+        (R::Aborted, Some(Keep), every_reached.clone()),
+        (R::Aborted, Some(Revert), every_reached),
+    ];
+    for (now, abort, changed) in table {
+        assert_eq!(&served_changed(*now, *abort), changed, "{now} ({abort:?})");
+    }
+}

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod blobs;
+pub mod checkin;
 pub mod checkpoints;
 pub mod dirlock;
 pub mod install;
@@ -373,6 +374,13 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let background = spawn_background(&state);
     let app = api::router(state.clone());
+    // Held check-ins answer as soon as the server starts stopping, or the graceful shutdown
+    // would wait out every long-poll.
+    let checkin = state.store().checkin().clone();
+    let shutdown = async move {
+        shutdown.await;
+        checkin.close();
+    };
     let result = tls::serve(listener, tls, app, shutdown).await;
     for task in background {
         task.abort();
@@ -418,6 +426,32 @@ pub async fn metadata_heads(store: &Store) -> Result<Vec<(MetadataRole, Metadata
 /// The server's periodic work: re-signing TUF metadata, following the root chain, expiry
 /// warnings, device timeouts, check-in times, forgetting idle request budgets.
 fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = spawn_change_feed(state.store());
+    tasks.extend(spawn_periodic(state));
+    tasks
+}
+
+/// What keeps this replica's check-in caches true (see [`checkin`]): the change feed read
+/// every few seconds whatever else happens, so a replica that missed a notification (or runs
+/// on SQLite, where none is sent) converges within that period; and, on PostgreSQL, read at
+/// once whenever another replica notifies.
+pub fn spawn_change_feed(store: &Store) -> Vec<tokio::task::JoinHandle<()>> {
+    let polled = store.clone();
+    vec![
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHANGE_POLL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = polled.sync_changes().await {
+                    tracing::warn!(error = %Chain(&e), "reading the change feed failed");
+                }
+            }
+        }),
+        tokio::spawn(listen_for_changes(store.clone())),
+    ]
+}
+
+fn spawn_periodic(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     let every = |period: std::time::Duration,
                  state: AppState,
                  work: fn(AppState) -> futures_util::future::BoxFuture<'static, ()>| {
@@ -472,9 +506,48 @@ fn spawn_background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
         every(std::time::Duration::from_secs(10), state.clone(), |state| {
             Box::pin(async move { state.limits().evict_idle() })
         }),
+        every(std::time::Duration::from_secs(60), state.clone(), |state| {
+            Box::pin(async move {
+                let before = clock::now_ms() - CHANGE_RETENTION_MS;
+                if let Err(e) = state.store().forget_changes(before).await {
+                    tracing::warn!(error = %Chain(&e), "pruning the change feed failed");
+                }
+            })
+        }),
         // Signs audit checkpoints after each write burst; it keeps its own poll loop.
         tokio::spawn(state.checkpoints().clone().run()),
     ]
+}
+
+/// How often a replica reads the change feed when nothing tells it to.
+const CHANGE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long change events are kept: far beyond any replica's poll period.
+const CHANGE_RETENTION_MS: i64 = 3600 * 1000;
+
+/// On PostgreSQL, reads the change feed whenever another replica notifies that it grew, so a
+/// revocation or a wave opening is in force on every replica within milliseconds. A lost
+/// connection is made again (and the feed read, since notifications were missed meanwhile).
+async fn listen_for_changes(store: Store) {
+    loop {
+        match store.change_listener().await {
+            Ok(None) => return,
+            Ok(Some(mut listener)) => loop {
+                let delivered = listener.next().await;
+                if let Err(e) = &delivered {
+                    tracing::warn!(error = %Chain(e), "listening for other replicas' changes failed; reconnecting");
+                }
+                if let Err(e) = store.sync_changes().await {
+                    tracing::warn!(error = %Chain(&e), "reading the change feed failed");
+                }
+                if delivered.is_err() {
+                    break;
+                }
+            },
+            Err(e) => tracing::warn!(error = %Chain(&e), "listening for other replicas' changes failed; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 async fn flush_last_seen(store: &Store, last_seen: &LastSeen) {

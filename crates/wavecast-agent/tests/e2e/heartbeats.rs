@@ -129,6 +129,10 @@ async fn a_long_probe_warm_up_is_progress_not_silence() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proceed_false_stops_a_download_that_a_newer_doc_resumes_from_its_partial_file() {
     let env = Env::new().await;
+    // The newer doc below is the proxy's (it rewrites what passes), not the server's: the server
+    // would hold the device's check-in until its own doc changed, so check-ins are held briefly.
+    let pacing = format!("/api/v1/groups/{}/pacing", env.group);
+    env.api("PUT", &pacing, Some(json!({ "long_poll": "1s" }))).await;
     // agent → slow link → a proxy answering heartbeats itself → the server.
     let proxy = Proxy::start(&env.url, &env.install).await;
     let go_on = |proceed: bool| serde_json::to_vec(&json!({ "proceed": proceed, "heartbeat_ms": 1_000 })).unwrap();

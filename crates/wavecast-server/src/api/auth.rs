@@ -166,8 +166,9 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// An authenticated device whose credential is not revoked. The device's row is read on every
-/// request, so a revocation is in force from the next request on, on every replica.
+/// An authenticated device whose credential is not revoked. The device's row is cached in
+/// memory, and a revocation makes every replica forget it (see `crate::checkin`): it is in force
+/// from the next request on here, and within the change feed's delay on other replicas.
 #[derive(Debug, Clone)]
 pub struct Device(pub DeviceRecord);
 
@@ -180,11 +181,24 @@ impl FromRequestParts<AppState> for Device {
             let presented = bearer(parts, "the device credential")?;
             let secret =
                 Secret::parse(SecretKind::DeviceCredential, &presented).map_err(|e| ApiError::unauthorized(&e))?;
-            let device = state
-                .store()
-                .device_by_credential(&secret.hash())
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+            // From memory when this replica knows the credential (see `crate::checkin`): a
+            // revocation on any replica reaches this cache within the change feed's delay.
+            let hash = secret.hash();
+            let cache = state.store().checkin();
+            let now = wavecast_os::clock::now_ms();
+            let device = match cache.device(&hash, now) {
+                Some(device) => device,
+                None => {
+                    let stamp = cache.stamp();
+                    let device = state
+                        .store()
+                        .device_by_credential(&hash)
+                        .await?
+                        .ok_or_else(|| ApiError::Unauthorized("unknown device credential".into()))?;
+                    cache.keep_device(stamp, hash, device.clone(), now);
+                    device
+                }
+            };
             if let Some(at) = device.revoked_at {
                 let at = jiff::Timestamp::from_millisecond(at).map_or_else(|_| at.to_string(), |t| t.to_string());
                 return Err(ApiError::Unauthorized(format!(

@@ -10,6 +10,7 @@ use wavecast_core::assignment::{
 };
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
+use wavecast_core::pacing::Pacing;
 use wavecast_core::progress::{Progress, ProgressAck};
 use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::trust::KeyRole;
@@ -21,8 +22,9 @@ use super::openapi::{
     BadRequest, Binary, Conflict, Forbidden, Internal, NotFound, TooLarge, TooManyRequests, Unauthorized, Unavailable,
 };
 use super::{ApiError, ApiJson, Device, new_id, random};
+use crate::checkin::{CachedDoc, GroupPacing, Watch};
 use crate::state::{AppState, DeviceIdentity};
-use crate::store::{DeviceRef, EnrollError, Enrollment, ReportOutcome};
+use crate::store::{DeviceAssignments, DeviceRef, EnrollError, Enrollment, ReportOutcome};
 
 /// `POST /device/v1/enroll`: names travel as strings, so the server says what is wrong with one.
 #[derive(Deserialize, ToSchema)]
@@ -150,28 +152,56 @@ pub async fn enroll(
         (status = 500, response = Internal),
     )
 )]
-pub async fn whoami(Device(device): Device) -> Json<crate::store::DeviceRecord> {
-    Json(device)
+pub async fn whoami(
+    State(state): State<AppState>,
+    Device(device): Device,
+) -> Result<Json<crate::store::DeviceRecord>, ApiError> {
+    // Read, not cached: the record shows when the device was last seen.
+    let fresh = state.store().device_by_name(device.name.as_str()).await?;
+    Ok(Json(fresh.unwrap_or(device)))
 }
 
 /// How long a signed assignment doc stays actionable.
 const ASSIGNMENT_LIFETIME_SECS: i64 = 24 * 3600;
 
+/// The header that suggests when to check in next, in milliseconds (jittered).
+pub const POLL_AFTER: &str = "wavecast-poll-after";
+/// The header that offers long-poll: the longest `wait` this device's check-ins are held, in
+/// seconds.
+pub const LONG_POLL: &str = "wavecast-long-poll";
+
+/// `GET /device/v1/assignments` query.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AssignmentsQuery {
+    /// Hold the check-in until the doc differs from `If-None-Match` or this long has passed
+    /// (`30s`, `2m`, or plain seconds); capped by the group's long-poll setting.
+    #[param(example = "30s")]
+    wait: Option<String>,
+}
+
 /// The device's signed assignments. Answers 304 when the device already holds the current
-/// counter (`If-None-Match`), so an idle fleet's check-ins cost no signing and no body.
+/// doc (`If-None-Match`), from memory when this replica knows the device's doc (see
+/// `crate::checkin`), so an idle fleet's check-ins cost no database work, no signing and no
+/// body. With `wait`, a 304 is held until the device's doc changes (a wave opening, a pause,
+/// a resume, an abort, its own report) or the wait ends.
 #[utoipa::path(
     get,
     path = "/assignments",
     operation_id = "assignments",
     tag = "device",
     summary = "The device's signed assignments",
+    description = "Every answer says when to check in next (`Wavecast-Poll-After`, milliseconds, jittered: soon while the device's wave is open, rarely when nothing happens, at once after a held check-in) and, when the device's group allows long-poll, how long a check-in may be held (`Wavecast-Long-Poll`, seconds). 400: `wait` does not parse.",
     security(("deviceCredential" = [])),
     params(
+        AssignmentsQuery,
         ("If-None-Match" = Option<String>, Header, description = "The ETag of the doc the device holds."),
     ),
     responses(
-        (status = 200, description = "The signed assignment doc.", body = SignedAssignments, headers(("ETag" = String, description = "Of this doc; send it back as If-None-Match."))),
-        (status = 304, description = "Unchanged since the ETag sent in If-None-Match; no body.", headers(("ETag" = String, description = "Of the current doc."))),
+        (status = 200, description = "The signed assignment doc.", body = SignedAssignments, headers(("ETag" = String, description = "Of this doc; send it back as If-None-Match."), ("Wavecast-Poll-After" = u64, description = "Milliseconds to wait before the next check-in."), ("Wavecast-Long-Poll" = u64, description = "The longest wait, in seconds, a check-in may ask for; absent when long-poll is off."))),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match (when the wait ended, if one was asked for); no body.", headers(("ETag" = String, description = "Of the current doc."), ("Wavecast-Poll-After" = u64, description = "Milliseconds to wait before the next check-in."), ("Wavecast-Long-Poll" = u64, description = "The longest wait, in seconds, a check-in may ask for; absent when long-poll is off."))),
+        (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 429, response = TooManyRequests),
         (status = 500, response = Internal),
@@ -181,29 +211,149 @@ const ASSIGNMENT_LIFETIME_SECS: i64 = 24 * 3600;
 pub async fn assignments(
     State(state): State<AppState>,
     Device(device): Device,
+    super::ApiQuery(query): super::ApiQuery<AssignmentsQuery>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse as _;
     state.last_seen().touch(&device.id, now_ms());
-    let (counter, assignments) = state.store().assignments(&device.id, &device.group).await?;
-    // The ETag covers the content, not just the counter, so a device never keeps a stale
-    // doc because a counter failed to move.
-    let content = serde_json::to_vec(&(counter, &assignments)).unwrap_or_default();
-    let etag = format!("\"{}\"", &wavecast_core::Sha256Digest::of(&content).to_hex()[..32]);
-    if headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
-        return Ok((StatusCode::NOT_MODIFIED, [(axum::http::header::ETAG, etag)]).into_response());
-    }
-    let doc = AssignmentDoc {
-        device_id: device.id.clone(),
-        counter: counter as u64,
-        expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
-        assignments,
+    let asked_ms = match query.wait.as_deref() {
+        None => 0,
+        Some(w) => parse_wait(w).map_err(ApiError::BadRequest)?,
     };
-    // The director key the newest root names; a replica that lacks it answers 503 rather than
-    // sign with a retired one.
-    let message = doc.signing_bytes().map_err(|e| ApiError::internal_from("encoding the assignment doc", e))?;
-    let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&message));
-    Ok(([(axum::http::header::ETAG, etag)], Json(SignedAssignments { signed: doc, signature })).into_response())
+    let pacing = pacing_of(&state, &device.group).await?;
+    let hold = std::time::Duration::from_millis(pacing.hold_ms(asked_ms));
+    let held_etag = headers.get(axum::http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    drop(headers);
+    // A device that long-polls (or holds no doc yet, and may now) comes back at once: it waits
+    // on the server, not on a timer. One that polls is paced by the group's intervals.
+    let long_polls = pacing.long_poll_ms > 0 && (asked_ms > 0 || held_etag.is_none());
+    let cache = state.store().checkin().clone();
+    // Only a check-in that holds a doc can wait for it to change.
+    let watch = (!hold.is_zero() && held_etag.is_some()).then(|| cache.watch(&device.id, &device.group));
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        // Waiting starts before looking, so a change between the look and the wait wakes us.
+        let (device_changed, group_changed) = watch.as_ref().map(Watch::notifiers).unwrap_or_default();
+        let device_changed = device_changed.notified();
+        let group_changed = group_changed.notified();
+        tokio::pin!(device_changed, group_changed);
+        device_changed.as_mut().enable();
+        group_changed.as_mut().enable();
+        let (doc, read) = current_doc(&state, &device.id, &device.group).await?;
+        let pace = |busy: bool| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::ETAG, header_value(&doc.etag));
+            h.insert(POLL_AFTER, pacing.next_poll_ms(busy, long_polls, jitter(&device.id)).into());
+            if pacing.long_poll_ms > 0 {
+                h.insert(LONG_POLL, (pacing.long_poll_ms / 1000).into());
+            }
+            h
+        };
+        if held_etag.as_deref() != Some(doc.etag.as_str()) {
+            // The device needs the doc itself: read now if the cache answered.
+            let served = match read {
+                Some(served) => served,
+                None => state.store().assignments(&device.id, &device.group).await?,
+            };
+            let etag = etag_of(&served);
+            let mut headers = pace(served.busy);
+            headers.insert(axum::http::header::ETAG, header_value(&etag));
+            let doc = AssignmentDoc {
+                device_id: device.id.clone(),
+                counter: served.counter as u64,
+                expires: wavecast_os::clock::now().as_second() + ASSIGNMENT_LIFETIME_SECS,
+                assignments: served.assignments,
+            };
+            // The director key the newest root names; a replica that lacks it answers 503
+            // rather than sign with a retired one.
+            let message = doc.signing_bytes().map_err(|e| ApiError::internal_from("encoding the assignment doc", e))?;
+            let signature = hex::encode(state.trust().current().key(KeyRole::Director)?.sign_bytes(&message));
+            return Ok((headers, Json(SignedAssignments { signed: doc, signature })).into_response());
+        }
+        if watch.is_none() || cache.closing() || tokio::time::Instant::now() >= deadline {
+            return Ok((StatusCode::NOT_MODIFIED, pace(doc.busy)).into_response());
+        }
+        tokio::select! {
+            () = &mut device_changed => {}
+            () = &mut group_changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// The device's current doc ETag: from this replica's memory, or read (and then kept) along
+/// with what the device is served.
+async fn current_doc(
+    state: &AppState,
+    device_id: &str,
+    group: &GroupName,
+) -> Result<(CachedDoc, Option<DeviceAssignments>), ApiError> {
+    let cache = state.store().checkin();
+    let now = now_ms();
+    if let Some(doc) = cache.doc(device_id, group, now) {
+        return Ok((doc, None));
+    }
+    let stamp = cache.stamp();
+    let served = state.store().assignments(device_id, group).await?;
+    let doc = CachedDoc { etag: etag_of(&served), busy: served.busy };
+    cache.keep_doc(stamp, device_id, group, doc.clone(), now);
+    Ok((doc, Some(served)))
+}
+
+/// The group's check-in pacing, defaults filled in: from memory when known.
+async fn pacing_of(state: &AppState, group: &GroupName) -> Result<Pacing, ApiError> {
+    let cache = state.store().checkin();
+    let now = now_ms();
+    let set = match cache.pacing(group, now) {
+        Some(p) => p,
+        None => {
+            let stamp = cache.stamp();
+            let p = state.store().group_pacing(group).await?;
+            cache.keep_pacing(stamp, group, p, now);
+            p
+        }
+    };
+    Ok(pacing_with_defaults(set))
+}
+
+/// A group's stored pacing with the server's defaults where it sets none.
+pub fn pacing_with_defaults(set: GroupPacing) -> Pacing {
+    let d = Pacing::default();
+    let ms = |v: Option<i64>, default: u64| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(default);
+    Pacing {
+        idle_ms: ms(set.idle_ms, d.idle_ms),
+        active_ms: ms(set.active_ms, d.active_ms),
+        long_poll_ms: ms(set.long_poll_ms, d.long_poll_ms),
+    }
+}
+
+/// The ETag of what a device is served. It covers the content, not just the counter, so a
+/// device never keeps a stale doc because a counter failed to move.
+fn etag_of(served: &DeviceAssignments) -> String {
+    let content = serde_json::to_vec(&(served.counter, &served.assignments)).unwrap_or_default();
+    format!("\"{}\"", &wavecast_core::Sha256Digest::of(&content).to_hex()[..32])
+}
+
+fn header_value(etag: &str) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(etag).unwrap_or_else(|_| axum::http::HeaderValue::from_static("\"\""))
+}
+
+/// A `wait` value: `30s`, `2m`, `500ms`, or plain seconds.
+fn parse_wait(w: &str) -> Result<u64, String> {
+    let refused = || format!("wait {w:?} is not a duration like 30s, 2m or 30 (seconds)");
+    if let Ok(secs) = w.parse::<u64>() {
+        return secs.checked_mul(1000).ok_or_else(refused);
+    }
+    let d = wavecast_core::duration::parse_duration(w).map_err(|_| refused())?;
+    u64::try_from(d.as_millis()).map_err(|_| refused())
+}
+
+/// A uniformly random number for this check-in's pacing jitter: no two devices, and no two
+/// check-ins of one device, come back in step.
+fn jitter(device_id: &str) -> u16 {
+    use std::hash::BuildHasher as _;
+    let h = std::collections::hash_map::RandomState::new().hash_one((device_id, std::time::Instant::now()));
+    (h >> 48) as u16
 }
 
 /// Applies a batch of reports, each exactly once, and records what the device runs. A report
@@ -354,7 +504,7 @@ pub async fn target(
         wavecast_core::TargetName::parse(name).map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
     let digest: wavecast_core::Sha256Digest =
         hex.parse().map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
-    let (_, assignments) = state.store().assignments(&device.id, &device.group).await?;
+    let assignments = state.store().assignments(&device.id, &device.group).await?.assignments;
     if !assigns_install(&assignments, &target, &digest) {
         return Err(ApiError::Forbidden(format!(
             "device {} is not assigned {target} with sha256 {digest}: a device may fetch only the artifacts its \

@@ -71,6 +71,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(status::status))
         .routes(routes!(operator::list_artifacts))
         .routes(routes!(operator::list_groups, operator::create_group))
+        .routes(routes!(operator::group_pacing, operator::set_group_pacing))
         .routes(routes!(operator::list_enrollment_tokens, operator::create_enrollment_token))
         .routes(routes!(operator::revoke_enrollment_token))
         .routes(routes!(operator::list_devices))

@@ -10,7 +10,7 @@ use tower::ServiceExt as _;
 use utoipa::IntoParams;
 use wavecast_api::{
     Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, DeviceRemoval, EnrollmentToken,
-    EnrollmentTokenCreated, Group, GroupCreated, Whoami,
+    EnrollmentTokenCreated, Group, GroupCreated, GroupPacing, SetGroupPacing, Whoami,
 };
 use wavecast_core::audit::{AuditAction, AuditEvent, NewAuditEvent};
 use wavecast_core::fleet::DeviceStatus;
@@ -91,6 +91,91 @@ pub async fn create_group(
     };
     state.store().create_group(&name, &op.name, now_ms(), event).await?;
     Ok((StatusCode::CREATED, Json(GroupCreated { name })))
+}
+
+/// The group's check-in pacing, defaults filled in.
+#[utoipa::path(
+    get,
+    path = "/groups/{name}/pacing",
+    operation_id = "groupPacing",
+    tag = "operator",
+    summary = "How a group's devices check in",
+    description = "404: no such group.",
+    security(("apiToken" = [])),
+    params(("name" = String, Path, description = "Group name.", min_length = 1, example = "plant-7")),
+    responses(
+        (status = 200, description = "The group's pacing.", body = GroupPacing),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn group_pacing(
+    State(state): State<AppState>,
+    _: CanRead,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<GroupPacing>, ApiError> {
+    let group = GroupName::new(name).map_err(|e| ApiError::bad_request(&e))?;
+    if !state.store().list_groups().await?.iter().any(|g| g.name == group) {
+        return Err(ApiError::NotFound(format!("no group {group}")));
+    }
+    let p = super::device::pacing_with_defaults(state.store().group_pacing(&group).await?);
+    Ok(Json(GroupPacing { group, idle_ms: p.idle_ms, active_ms: p.active_ms, long_poll_ms: p.long_poll_ms }))
+}
+
+/// Sets how a group's devices check in; in force on every replica within the change feed's
+/// delay, and for each device from its next check-in.
+#[utoipa::path(
+    put,
+    path = "/groups/{name}/pacing",
+    operation_id = "setGroupPacing",
+    tag = "operator",
+    summary = "Set how a group's devices check in",
+    description = "Needs the operator or admin role. Values left out go back to the server's defaults. 400: a value does not parse or is out of range. 404: no such group.",
+    security(("apiToken" = [])),
+    params(("name" = String, Path, description = "Group name.", min_length = 1, example = "plant-7")),
+    request_body(content = SetGroupPacing, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The group's pacing now.", body = GroupPacing),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 500, response = Internal),
+    )
+)]
+pub async fn set_group_pacing(
+    State(state): State<AppState>,
+    CanManageFleet(op): CanManageFleet,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<SetGroupPacing>,
+) -> Result<Json<GroupPacing>, ApiError> {
+    let group = GroupName::new(name).map_err(|e| ApiError::bad_request(&e))?;
+    let ms = |what: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        let Some(v) = v else { return Ok(None) };
+        let d = wavecast_core::duration::parse_duration(v)
+            .map_err(|e| ApiError::BadRequest(format!("{what} {v:?}: {e}")))?;
+        Ok(Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    };
+    let set = crate::checkin::GroupPacing {
+        idle_ms: ms("idle", &body.idle)?,
+        active_ms: ms("active", &body.active)?,
+        long_poll_ms: ms("long_poll", &body.long_poll)?,
+    };
+    let p = super::device::pacing_with_defaults(set);
+    p.check().map_err(|e| ApiError::bad_request(&e))?;
+    let event = NewAuditEvent {
+        actor: op.actor(),
+        action: AuditAction::GroupPacingSet,
+        subject: group.to_string(),
+        detail: serde_json::json!({
+            "idle_ms": set.idle_ms, "active_ms": set.active_ms, "long_poll_ms": set.long_poll_ms,
+        }),
+    };
+    state.store().set_group_pacing(&group, set, now_ms(), event).await?;
+    Ok(Json(GroupPacing { group, idle_ms: p.idle_ms, active_ms: p.active_ms, long_poll_ms: p.long_poll_ms }))
 }
 
 #[utoipa::path(

@@ -385,6 +385,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(q(op))?;
+            // Every replica refuses the credential from its next request on.
+            let change = crate::checkin::Change::Device(device.id.clone());
+            super::changes::record(&mut tx, self.backend, &change, now_ms).await?;
+            self.commit(tx, op).await?;
+            return Ok(device);
         }
         tx.commit().await.map_err(q(op))?;
         Ok(device)
@@ -420,7 +425,9 @@ impl Store {
         };
         append_audit(&mut tx, now_ms, event).await?;
         sqlx::query("DELETE FROM devices WHERE id = $1").bind(&device.id).execute(&mut *tx).await.map_err(q(op))?;
-        tx.commit().await.map_err(q(op))
+        super::changes::record(&mut tx, self.backend, &crate::checkin::Change::Device(device.id.clone()), now_ms)
+            .await?;
+        self.commit(tx, op).await
     }
 
     /// Writes check-in times noted in memory.

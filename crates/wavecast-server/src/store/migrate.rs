@@ -46,6 +46,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_none.sql"),
         postgres: include_str!("../../migrations/postgres/0005_none.sql"),
     },
+    Migration {
+        version: 6,
+        common: include_str!("../../migrations/common_0006.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0006_changes.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_changes.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod audit;
+mod changes;
 mod devices;
 mod installation;
 mod metadata;
@@ -35,6 +36,7 @@ use sqlx::{Any, AnyPool, Transaction};
 
 pub use artifacts::BlobLock;
 pub use audit::{CheckpointRecord, NewCheckpoint};
+pub use changes::ChangeListener;
 pub use devices::EnrollError;
 pub use metadata::MetadataWrite;
 pub use records::*;
@@ -223,6 +225,11 @@ pub struct Store {
     backend: Backend,
     /// Connections taken from the pool so far: see [`Store::connections_taken`].
     taken: Arc<AtomicU64>,
+    /// What this replica keeps in memory for check-ins; every commit that changes what a
+    /// device may do or is served updates it (see [`Store::sync_changes`]).
+    checkin: Arc<crate::checkin::CheckinCache>,
+    /// Where to listen for other replicas' changes, on PostgreSQL.
+    postgres_url: Option<String>,
 }
 
 impl Store {
@@ -249,8 +256,14 @@ impl Store {
                     .map_err(connect_err)?
             }
         };
-        let store = Self { pool, backend, taken };
+        let postgres_url = match config {
+            DatabaseConfig::Postgres(url) => Some(url.clone()),
+            DatabaseConfig::Sqlite(_) => None,
+        };
+        let store = Self { pool, backend, taken, checkin: Arc::default(), postgres_url };
         migrate::run(&store).await?;
+        // The caches start empty: only changes committed from now on concern them.
+        store.start_change_feed().await?;
         Ok(store)
     }
 
@@ -286,6 +299,11 @@ impl Store {
     /// how many requests reached the database: what the request-budget tests count.
     pub fn connections_taken(&self) -> u64 {
         self.taken.load(Ordering::Relaxed)
+    }
+
+    /// This replica's check-in caches.
+    pub fn checkin(&self) -> &Arc<crate::checkin::CheckinCache> {
+        &self.checkin
     }
 
     /// Which backend this store runs on (for logs and tests only).

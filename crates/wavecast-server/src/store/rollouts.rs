@@ -26,8 +26,10 @@ use wavecast_core::rollout::{
 use wavecast_core::{ArtifactName, ArtifactVersion, DeviceName, GroupName};
 
 use super::audit::append_audit;
+use super::changes::RolloutDevices;
 use super::row::{Row, read_all};
 use super::{DeviceRef, Store, StoreError, changed, conflict_or, corrupt, placeholders, q};
+use crate::checkin::Change;
 
 /// A rollout to create.
 #[derive(Debug, Clone)]
@@ -352,6 +354,17 @@ pub enum RolloutCommandError {
     SameApprover(String),
 }
 
+/// What a device is served now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAssignments {
+    /// The device's assignment counter.
+    pub counter: i64,
+    /// What it should run, per artifact.
+    pub assignments: Vec<Assignment>,
+    /// Whether something is happening for it (see [`wavecast_core::pacing::busy`]).
+    pub busy: bool,
+}
+
 impl Store {
     /// Creates a rollout over the group's current devices and opens what its plan allows.
     /// Returns it, and how the devices fit the artifact's hardware when only some of them do.
@@ -524,7 +537,9 @@ impl Store {
         };
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
         self.apply(&mut tx, &mut record, &effects, &creator, new.now_ms).await?;
-        tx.commit().await.map_err(q(op))?;
+        // The group's devices are served differently from now on (or may be).
+        super::changes::record(&mut tx, self.backend, &Change::Group(new.group.clone()), new.now_ms).await?;
+        self.commit(tx, op).await?;
         Ok((record, partial))
     }
 
@@ -568,6 +583,9 @@ impl Store {
                     .execute(&mut **tx)
                     .await
                     .map_err(q(op))?;
+                    // Exactly the wave's devices get a new doc: only they are woken.
+                    let wave = RolloutDevices::Wave(index);
+                    super::changes::record_rollout_devices(tx, self.backend, &r.id, wave, now_ms).await?;
                     let wave = r.plan.waves.get(index).copied();
                     (
                         AuditAction::WaveOpened,
@@ -617,21 +635,37 @@ impl Store {
         });
         if serving_changed {
             let group_wide = effects.contains(&Effect::Completed) || effects.contains(&Effect::RevertUpdated);
-            let query = if group_wide {
-                sqlx::query(
-                    "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
-                     OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)",
-                )
-                .bind(&r.id)
-                .bind(r.group.as_str())
+            // Group-wide when the group's version may change; otherwise only the devices whose
+            // doc changes (never a pending one), so the rest are not woken for nothing.
+            let states = if group_wide { vec![] } else { rollout::served_changed(r.status.state, r.abort_mode) };
+            let sql = if group_wide {
+                "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE group_name = $2 \
+                 OR id IN (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)"
+                    .to_owned()
             } else {
-                sqlx::query(
+                format!(
                     "UPDATE devices SET assignment_counter = assignment_counter + 1 WHERE id IN \
-                     (SELECT device_id FROM rollout_devices WHERE rollout_id = $1)",
+                     (SELECT device_id FROM rollout_devices WHERE rollout_id = $1 AND state IN ({}))",
+                    placeholders(2, states.len().max(1))
                 )
-                .bind(&r.id)
             };
+            let mut query = sqlx::query(&sql).bind(&r.id);
+            if group_wide {
+                query = query.bind(r.group.as_str());
+            } else if states.is_empty() {
+                query = query.bind("");
+            }
+            for state in &states {
+                query = query.bind(state.as_str());
+            }
             query.execute(&mut **tx).await.map_err(q(op))?;
+            // The same devices (or the whole group) are told, in the same transaction.
+            if group_wide {
+                super::changes::record(tx, self.backend, &Change::Group(r.group.clone()), now_ms).await?;
+            } else {
+                let which = RolloutDevices::InStates(&states);
+                super::changes::record_rollout_devices(tx, self.backend, &r.id, which, now_ms).await?;
+            }
         }
         r.updated_at = now_ms;
         if effects.iter().any(rollout::restarts_clocks) {
@@ -703,7 +737,7 @@ impl Store {
             .await?;
         }
         self.apply(&mut tx, &mut r, &effects, &operator, now_ms).await?;
-        tx.commit().await.map_err(q(op))?;
+        self.commit(tx, op).await?;
         Ok(r)
     }
 
@@ -816,6 +850,8 @@ impl Store {
         .execute(&mut **tx)
         .await
         .map_err(q(op))?;
+        // The device's own doc follows its state.
+        super::changes::record(tx, self.backend, &Change::Device(device.id.clone()), now_ms).await?;
         let actor = rollout::transition_actor(&device.name, to, cause);
         if let Some(action) = rollout::transition_audit(to) {
             append_audit(
@@ -857,7 +893,7 @@ impl Store {
             return Ok(false);
         }
         self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(&reason), &Actor::System, now_ms).await?;
-        tx.commit().await.map_err(q(op))?;
+        self.commit(tx, op).await?;
         Ok(true)
     }
 
@@ -892,7 +928,7 @@ impl Store {
                 continue;
             }
             self.write_transition(&mut tx, &mut r, device, wave, from, to, Some(reason), operator, now_ms).await?;
-            tx.commit().await.map_err(q(op))?;
+            self.commit(tx, op).await?;
             left.push(id);
         }
         Ok(left)
@@ -949,7 +985,7 @@ impl Store {
                 return Ok(ReportOutcome::Stale);
             }
         }
-        tx.commit().await.map_err(q(op))?;
+        self.commit(tx, op).await?;
         Ok(ReportOutcome::Applied)
     }
 
@@ -1227,7 +1263,7 @@ impl Store {
 
     /// The device's assignment counter and what it should run, per artifact (see
     /// [`rollout::served`]). Reads only the device's own rows (indexed), never the fleet.
-    pub async fn assignments(&self, device_id: &str, group: &GroupName) -> Result<(i64, Vec<Assignment>), StoreError> {
+    pub async fn assignments(&self, device_id: &str, group: &GroupName) -> Result<DeviceAssignments, StoreError> {
         let op = "computing a device's assignments";
         let counter: i64 = match sqlx::query("SELECT assignment_counter FROM devices WHERE id = $1")
             .bind(device_id)
@@ -1292,8 +1328,10 @@ impl Store {
         // unless the group's version is newer than it.
         let mut decided = BTreeSet::new();
         let mut out = Vec::new();
+        let mut busy = false;
         for row in &rows {
             let r = Row::new(row, op);
+            busy |= wavecast_core::pacing::busy(r.parse(3, "rollout state")?, r.parse(6, "device state")?);
             let artifact: ArtifactName = r.parse(1, "rollout artifact")?;
             if decided.contains(&artifact) {
                 continue;
@@ -1328,6 +1366,6 @@ impl Store {
                 out.push(group_assignment(*at)?);
             }
         }
-        Ok((counter, out))
+        Ok(DeviceAssignments { counter, assignments: out, busy })
     }
 }

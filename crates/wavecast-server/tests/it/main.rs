@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod authz;
+mod checkin;
 mod fleet;
 mod lifecycle;
 mod limits;

@@ -30,6 +30,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/artifacts/resign"),
     ("GET", "/api/v1/groups"),
     ("POST", "/api/v1/groups"),
+    ("GET", "/api/v1/groups/{name}/pacing"),
+    ("PUT", "/api/v1/groups/{name}/pacing"),
     ("GET", "/api/v1/enrollment-tokens"),
     ("POST", "/api/v1/enrollment-tokens"),
     ("DELETE", "/api/v1/enrollment-tokens/{id}"),
