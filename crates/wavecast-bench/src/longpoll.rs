@@ -434,13 +434,16 @@ impl Run {
         let (group, watch) = self.group(&tag, "held", n, None).await?;
         setup::settle(self.pid(), Duration::from_secs(30)).await;
         let rss_idle = status_kib(self.pid(), "VmRSS:");
+        let me_before = status_kib(std::process::id(), "VmRSS:");
         self.hold(&tag, group, &watch).await?;
         let rss_held = status_kib(self.pid(), "VmRSS:");
+        let me = status_kib(std::process::id(), "VmRSS:").saturating_sub(me_before);
         let (answered, lost) = (watch.answered(), Watch::get(&watch.lost));
         let holding = u64::from(n).saturating_sub(answered + lost);
         println!(
-            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source address(es)); answered at once: {answered}{}",
+            "{tag}: {holding} long-polls held (GET {HOLD} with each device's tag, a connection each, from {} source address(es); {:.2} KiB each on this side); answered at once: {answered}{}",
             self.dealt.div_ceil(self.per_addr),
+            me as f64 / f64::from(n),
             watch.losses()
         );
         if holding < u64::from(n) {
