@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
 
+use crate::figures::percentile;
 use crate::fleet;
 use crate::http::Conn;
 use crate::setup::{self, Proc, mib, status_kib};
@@ -30,12 +31,12 @@ pub struct Options {
 }
 
 /// The route an idle device polls.
-const ASSIGNMENTS: &str = "/device/v1/assignments";
+pub const ASSIGNMENTS: &str = "/device/v1/assignments";
 
 /// One device as a simulated client sees it.
-struct Slot {
-    auth: Option<HeaderValue>,
-    etag: Option<HeaderValue>,
+pub struct Slot {
+    pub auth: Option<HeaderValue>,
+    pub etag: Option<HeaderValue>,
 }
 
 /// How the generator runs.
@@ -49,7 +50,7 @@ enum Plan {
 
 /// What one run of the generator saw in its counted window.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     by_status: BTreeMap<u16, u64>,
     errors: u64,
     latencies_us: Vec<u32>,
@@ -74,7 +75,7 @@ impl Tally {
     }
 
     /// `12345/s, p50 1.23 ms, p99 4.56 ms`, and any answer other than `expected`.
-    fn describe(&mut self, expected: u16) -> String {
+    pub fn describe(&mut self, expected: u16) -> String {
         self.latencies_us.sort_unstable();
         let mut s = format!(
             "{:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -94,12 +95,15 @@ impl Tally {
     }
 }
 
-/// The `pct`th percentile of sorted `values` (0 when empty).
-fn percentile(sorted: &[u32], pct: usize) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[(sorted.len() * pct / 100).min(sorted.len() - 1)]
+/// Every device's first check-in, as a device that has just enrolled makes it (no entity tag:
+/// a 200 with a signed doc each), over `connections` keep-alive connections: the fleet dealt
+/// into shares of devices with the tag each got, and how the check-ins went.
+pub async fn first_checkins(
+    addr: SocketAddr,
+    devices: Vec<fleet::Enrolled>,
+    connections: usize,
+) -> (Vec<Vec<Slot>>, Tally) {
+    drive(addr, ASSIGNMENTS, deal(devices, connections), Plan::EachOnce).await
 }
 
 /// Runs the generator against `addr`: one task per share, each with its own connection.
@@ -218,8 +222,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let enrolled = fleet::enroll(inst.addr, &token, "dev-", opts.devices, opts.connections.min(32)).await?;
     println!("{tag}: {}", enrolled.describe());
 
-    let shares = deal(enrolled.devices, opts.connections);
-    let (shares, mut first) = drive(inst.addr, ASSIGNMENTS, shares, Plan::EachOnce).await;
+    let (shares, mut first) = first_checkins(inst.addr, enrolled.devices, opts.connections).await;
     println!("{tag}: first check-in of every device (200, a signed doc each): {}", first.describe(200));
     let rss_enrolled = status_kib(pid, "VmRSS:");
 
@@ -266,15 +269,6 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_pick_from_the_sorted_samples() {
-        let v: Vec<u32> = (1..=100).collect();
-        for (pct, want) in [(0, 1), (50, 51), (99, 100), (100, 100)] {
-            assert_eq!(percentile(&v, pct), want, "p{pct}");
-        }
-        assert_eq!(percentile(&[], 99), 0);
-    }
 
     fn device(i: usize) -> fleet::Enrolled {
         fleet::Enrolled { id: i.to_string(), auth: HeaderValue::from_str(&format!("Bearer {i}")).unwrap() }

@@ -32,9 +32,9 @@ use wavecast_core::audit::{AuditAction, AuditEvent};
 use wavecast_core::rollout::RolloutState;
 use wavecast_os::clock::now_ms;
 
-use crate::fleet;
 use crate::http::Conn;
 use crate::setup::{self, Installation, mib, status_kib};
+use crate::{checkins, fleet};
 
 /// What `rollout --light` was asked to do.
 pub struct Options {
@@ -194,7 +194,7 @@ async fn reporter(addr: SocketAddr, fleet: Arc<Fleet>, queue: Reports, seed: u64
 
 /// Polls for `device`; a doc that assigns it an install it has not done starts the work.
 async fn poll(conn: &mut Conn, device: &mut Device, stats: &Stats) {
-    let answer = match conn.get("/device/v1/assignments", Some(&device.auth), device.etag.as_ref()).await {
+    let answer = match conn.get(checkins::ASSIGNMENTS, Some(&device.auth), device.etag.as_ref()).await {
         Ok(a) => a,
         Err(_) => return Stats::add(&stats.errors),
     };

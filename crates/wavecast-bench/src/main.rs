@@ -7,14 +7,16 @@
 //! `cargo build --release -p wavecast-cli -p wavecast-agent -p wavecast-bench`, then
 //! `target/release/wavecast-bench all`. `agent` measures the agent as devices get it: it builds
 //! it with the `agent` profile itself (or takes `--binary`). `checkins` and `rollout --light`
-//! simulate devices in this process (HTTP only, no files) to load the server alone; `fsyncs`
-//! traces one real agent with strace.
+//! simulate devices in this process (HTTP only, no files) to load the server alone; so does
+//! `longpoll`, with a connection per device; `fsyncs` traces one real agent with strace.
 
 mod checkins;
+mod figures;
 mod fleet;
 mod fsyncs;
 mod http;
 mod light;
+mod longpoll;
 mod setup;
 mod strace;
 
@@ -82,6 +84,27 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Long-poll: the server's memory with N devices each holding `GET
+    /// /device/v1/assignments?wait=60s` on a connection of its own (goal: 100,000 within 1 GiB),
+    /// then the time from `rollout approve` to each device of a gated wave of M more having its
+    /// new doc (goal: the last within 2 s at 10,000), and any device woken for nothing. Raises
+    /// the open-file limit (root, for more than the hard limit) and spreads the client sockets
+    /// over the source addresses 127.0.0.2, 127.0.0.3, …
+    Longpoll {
+        /// Devices holding long-polls for the memory figure (and as bystanders of the wave).
+        #[arg(long, default_value_t = 100_000)]
+        devices: u32,
+        /// Devices in the wave whose opening is timed (0: none).
+        #[arg(long, default_value_t = 10_000)]
+        wake_devices: u32,
+        /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Client sockets per source address (default: three quarters of the ephemeral port
+        /// range, net.ipv4.ip_local_port_range).
+        #[arg(long, value_name = "N")]
+        per_address: Option<usize>,
+    },
     /// One real agent's fsync-family calls and writes to its own state for one install of a
     /// 1 MiB artifact, per step, and for idle check-ins (targets: ≤ 9 per install, none idle).
     /// Needs strace.
@@ -99,11 +122,15 @@ enum Bench {
         #[arg(long, value_name = "FILE")]
         binary: Option<PathBuf>,
     },
-    /// Everything above with default sizes, check-ins and the light rollout at 100,000 devices.
+    /// Everything above with default sizes: check-ins, long-poll and the light rollout at
+    /// 100,000 devices.
     All {
         /// Also measure check-ins on this PostgreSQL database (fresh and empty).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// Also measure long-poll on this PostgreSQL database (fresh and empty: another one).
+        #[arg(long, value_name = "URL")]
+        longpoll_database_url: Option<String>,
     },
     /// The check-in baseline: a trivial axum handler (run by `checkins` as a child process).
     #[command(hide = true)]
@@ -391,9 +418,12 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
         Bench::Checkins { devices, database_url, connections, seconds } => {
             checkins::run(root, &checkins(devices, database_url, connections, seconds)).await
         }
+        Bench::Longpoll { devices, wake_devices, database_url, per_address } => {
+            longpoll::run(root, &longpoll::Options { devices, wake_devices, database_url, per_address }).await
+        }
         Bench::Fsyncs { checkins } => fsyncs::run(root, checkins).await,
         Bench::Agent { binary } => bench_agent(root, binary.as_deref()).await,
-        Bench::All { database_url } => {
+        Bench::All { database_url, longpoll_database_url } => {
             let dir = |name: &str| -> anyhow::Result<PathBuf> {
                 let d = root.join(name);
                 std::fs::create_dir_all(&d)?;
@@ -406,6 +436,16 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             checkins::run(&dir("checkins-sqlite")?, &checkins(100_000, None, 256, 10)).await?;
             if database_url.is_some() {
                 checkins::run(&dir("checkins-postgres")?, &checkins(100_000, database_url, 256, 10)).await?;
+            }
+            let longpoll = |database_url| longpoll::Options {
+                devices: 100_000,
+                wake_devices: 10_000,
+                database_url,
+                per_address: None,
+            };
+            longpoll::run(&dir("longpoll-sqlite")?, &longpoll(None)).await?;
+            if longpoll_database_url.is_some() {
+                longpoll::run(&dir("longpoll-postgres")?, &longpoll(longpoll_database_url)).await?;
             }
             let fleet = LightFleet { poll_interval: Duration::from_secs(1), connections: 64, database_url: None };
             light::run(&dir("rollout-light")?, &light(100_000, fleet)).await

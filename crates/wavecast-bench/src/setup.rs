@@ -1,6 +1,7 @@
 //! What every benchmark sets up the same way: the release binaries next to this one, a fresh
 //! installation with its server as a child process, the CLI calls that publish, group and roll
-//! out, and reading a process's memory from `/proc`.
+//! out, reading a process's memory and CPU time from `/proc`, and the limits a fleet of sockets
+//! runs into.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +40,83 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
+}
+
+/// The CPU time process `pid` has used, in clock ticks (`utime` + `stime` of `/proc/PID/stat`);
+/// 0 when it cannot be read.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| parse_cpu_ticks(&s)).unwrap_or(0)
+}
+
+/// `utime` + `stime` from the text of `/proc/PID/stat`: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may hold spaces.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
+}
+
+/// Waits until process `pid` is idle: under 10% of a core for two half-seconds in a row.
+/// Returns false if it is still busy after `limit`. The benchmarks' "everything has arrived"
+/// moments are those where the server has nothing left to do.
+pub async fn settle(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let (mut last, mut quiet) = (cpu_ticks(pid), 0);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = cpu_ticks(pid);
+        // Clock ticks are hundredths of a second on Linux: 5 per half second is 10%.
+        quiet = if now.saturating_sub(last) <= 5 { quiet + 1 } else { 0 };
+        last = now;
+        if quiet == 2 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Raises this process's limit of open files (and so its children's, the server's) to at
+/// least `want`, the hard limit too if need be (which takes root). Returns the limit in force,
+/// which is below `want` when it could not be raised.
+pub fn raise_open_files(want: u64) -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let (soft, hard) = (now.current.unwrap_or(u64::MAX), now.maximum.unwrap_or(u64::MAX));
+    if soft >= want {
+        return soft;
+    }
+    let raised = Rlimit { current: Some(want), maximum: Some(hard.max(want)) };
+    if setrlimit(Resource::Nofile, raised).is_ok() {
+        return want;
+    }
+    // Not root: as far as the hard limit allows.
+    let within = Rlimit { current: Some(hard), maximum: now.maximum };
+    if setrlimit(Resource::Nofile, within).is_ok() { hard } else { soft }
+}
+
+/// How many connections to one server port a single source address may safely hold: three
+/// quarters of the ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), leaving
+/// room for the ports in TIME_WAIT and everything else on the machine.
+pub fn connections_per_source_addr() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut ends = s.split_whitespace().map(str::parse::<usize>);
+            let (lo, hi) = (ends.next()?.ok()?, ends.next()?.ok()?);
+            Some(hi.checked_sub(lo)?.saturating_add(1) * 3 / 4)
+        })
+        .filter(|&n| n > 0)
+        .unwrap_or(20_000)
+}
+
+/// Room left in the kernel's connection-tracking table, if it has one: loopback connections
+/// take an entry each when netfilter tracks connections, and past the limit new ones are
+/// dropped.
+pub fn conntrack_room() -> Option<u64> {
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}")).ok()?.trim().parse().ok()
+    };
+    Some(read("nf_conntrack_max")?.saturating_sub(read("nf_conntrack_count").unwrap_or(0)))
 }
 
 /// KiB as MiB, for printing.
@@ -236,5 +314,17 @@ pub async fn wait_rollout(
         }
         ensure!(Instant::now() < deadline, "rollout {id} did not finish in {timeout:?}: {r:?}");
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces() {
+        let stat = "4242 (wave cast) S 1 4242 4242 0 -1 4194560 1200 0 0 0 731 269 0 0 20 0 9 0 5000 1000000 2000";
+        assert_eq!(parse_cpu_ticks(stat), Some(1000));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1"), None);
     }
 }
