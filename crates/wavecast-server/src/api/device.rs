@@ -308,7 +308,8 @@ async fn pacing_of(state: &AppState, group: &GroupName) -> Result<Pacing, ApiErr
         Some(p) => p,
         None => {
             let stamp = cache.stamp();
-            let p = state.store().group_pacing(group).await?;
+            // A device's group exists while the device does.
+            let p = state.store().group_pacing(group).await?.unwrap_or_default();
             cache.keep_pacing(stamp, group, p, now);
             p
         }

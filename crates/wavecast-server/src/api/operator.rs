@@ -117,10 +117,9 @@ pub async fn group_pacing(
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<GroupPacing>, ApiError> {
     let group = GroupName::new(name).map_err(|e| ApiError::bad_request(&e))?;
-    if !state.store().list_groups().await?.iter().any(|g| g.name == group) {
-        return Err(ApiError::NotFound(format!("no group {group}")));
-    }
-    let p = super::device::pacing_with_defaults(state.store().group_pacing(&group).await?);
+    let set =
+        state.store().group_pacing(&group).await?.ok_or_else(|| ApiError::NotFound(format!("no group {group}")))?;
+    let p = super::device::pacing_with_defaults(set);
     Ok(Json(GroupPacing { group, idle_ms: p.idle_ms, active_ms: p.active_ms, long_poll_ms: p.long_poll_ms }))
 }
 

@@ -170,17 +170,17 @@ impl Store {
         Ok(Some(ChangeListener(listener)))
     }
 
-    /// How the group paces its devices' check-ins.
-    pub async fn group_pacing(&self, group: &GroupName) -> Result<GroupPacing, StoreError> {
+    /// How the group paces its devices' check-ins; `None` when there is no such group.
+    pub async fn group_pacing(&self, group: &GroupName) -> Result<Option<GroupPacing>, StoreError> {
         let op = "reading a group's check-in pacing";
         let row = sqlx::query("SELECT poll_idle_ms, poll_active_ms, long_poll_ms FROM device_groups WHERE name = $1")
             .bind(group.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(q(op))?;
-        let Some(row) = row else { return Ok(GroupPacing::default()) };
+        let Some(row) = row else { return Ok(None) };
         let r = Row::new(&row, op);
-        Ok(GroupPacing { idle_ms: r.get(0)?, active_ms: r.get(1)?, long_poll_ms: r.get(2)? })
+        Ok(Some(GroupPacing { idle_ms: r.get(0)?, active_ms: r.get(1)?, long_poll_ms: r.get(2)? }))
     }
 
     /// Sets how the group paces its devices' check-ins (`None` fields: back to the default),

@@ -177,16 +177,12 @@ async fn pacing_follows_the_group_and_what_the_device_does(db: Db) {
     assert!((48_000..72_000).contains(&idle), "an idle device that polls is paced by the idle interval: {idle}");
 
     let path = "/api/v1/groups/g/pacing";
-    let set = serde_json::json!({ "idle": "10m", "active": "20s", "long_poll": "0s" });
-    let r = env
-        .request(
-            Method::PUT,
-            path,
-            Some(&env.admin),
-            &[("content-type", "application/json".into())],
-            Body::from(set.to_string()),
-        )
-        .await;
+    let env = &env;
+    let put = |body: serde_json::Value| async move {
+        let json = [("content-type", "application/json".to_owned())];
+        env.request(Method::PUT, path, Some(&env.admin), &json, Body::from(body.to_string())).await
+    };
+    let r = put(serde_json::json!({ "idle": "10m", "active": "20s", "long_poll": "0s" })).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.message());
     assert_eq!(r.json()["long_poll_ms"], 0);
     let off = check_in(&env.router, &cred, Some(&tag), Some("30s")).await;
@@ -209,21 +205,15 @@ async fn pacing_follows_the_group_and_what_the_device_does(db: Db) {
         serde_json::json!({ "active": "soon" }),
     ];
     for body in refused {
-        let r = env
-            .request(
-                Method::PUT,
-                path,
-                Some(&env.admin),
-                &[("content-type", "application/json".into())],
-                Body::from(body.to_string()),
-            )
-            .await;
+        let r = put(body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
     }
     let audit = env.get("/api/v1/audit").await.json();
     assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "group.pacing_set" && e["subject"] == "g"));
     let bad = check_in(&env.router, &cred, Some(&tag), Some("forever")).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let r = env.get("/api/v1/groups/nowhere/pacing").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 both!(
