@@ -159,6 +159,8 @@ impl Inner {
     }
 
     fn clear(&mut self) {
+        // A generation of its own, so a fill stamped before the clear is not kept after it.
+        self.epoch += 1;
         self.all_gen = self.epoch;
         self.credentials.clear();
         self.docs.clear();
@@ -496,9 +498,12 @@ mod tests {
         // A hole that stays past the grace is skipped, and everything is forgotten in case it
         // was a slow commit.
         fill("a");
+        let stamp = c.stamp();
         assert!(c.absorb(&[row(14, 2_000, "z")], 2_000 + HOLE_GRACE_MS + 1));
         assert_eq!(c.feed_low(), Some(14));
         assert!(c.doc("a", &group("lab"), 0).is_none());
+        c.keep_doc(stamp, "b", &group("lab"), doc("x"), 0);
+        assert!(c.doc("b", &group("lab"), 0).is_none(), "a fill that began before the clear is not kept");
     }
 
     #[tokio::test]

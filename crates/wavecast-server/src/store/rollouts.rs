@@ -576,8 +576,8 @@ impl Store {
         };
         let effects = rollout::advance(&record.plan, &mut record.status, &record.counts);
         self.apply(&mut tx, &mut record, &effects, &creator, new.now_ms).await?;
-        // The group's devices are served differently from now on (or may be).
-        super::changes::record(&mut tx, self.backend, &Change::Group(new.group.clone()), new.now_ms).await?;
+        // No group-wide change: a new rollout serves nothing to a device until its wave opens
+        // (the opening writes an event per device), so creating one wakes no held check-in.
         self.commit(tx, op).await?;
         Ok((record, partial))
     }
