@@ -10,6 +10,9 @@
 //! notification therefore converges at its next poll, and one that restarts starts empty.
 //! As a last safety net every entry is refreshed after [`ENTRY_TTL`] whatever the events say.
 //!
+//! Ages here are on the monotonic clock: a wall clock stepped back (or another replica's clock
+//! running behind) must not keep an entry alive, nor hold the feed back.
+//!
 //! Fills race with changes: an entry is computed from the database *after* its stamp is taken,
 //! so an entry whose stamp is older than a change that concerns it is never trusted (each
 //! change takes a new, larger generation).
@@ -20,6 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use wavecast_core::{GroupName, Sha256Digest};
@@ -28,12 +32,12 @@ use crate::store::DeviceRecord;
 
 /// How long any cached entry is trusted at most, whatever the change events say: the bound on
 /// how stale a replica can be if every other mechanism failed.
-pub const ENTRY_TTL_MS: i64 = 5 * 60 * 1000;
+pub const ENTRY_TTL: Duration = Duration::from_secs(5 * 60);
 
-/// A sequence number in the change feed that has not shown up this long after later ones did
-/// belongs to a transaction that rolled back (or hangs); it is skipped, and the caches are
+/// A sequence number in the change feed that has not shown up this long after this replica
+/// read a later one belongs to a transaction that rolled back (or hangs); it is skipped, and the caches are
 /// cleared in case it was a slow commit.
-pub const HOLE_GRACE_MS: i64 = 10_000;
+pub const HOLE_GRACE: Duration = Duration::from_secs(10);
 
 /// What a change event names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +81,6 @@ impl Change {
 pub struct FeedRow {
     /// Its sequence number.
     pub seq: i64,
-    /// When it was written, Unix ms.
-    pub at: i64,
     /// What it names, if this version understands it.
     pub change: Option<Change>,
 }
@@ -107,7 +109,7 @@ pub struct GroupPacing {
 struct Entry<T> {
     value: T,
     stamp: u64,
-    filled_ms: i64,
+    filled: Instant,
 }
 
 #[derive(Default)]
@@ -124,13 +126,20 @@ struct Inner {
     /// Every feed row up to here has been applied (or skipped as a hole); `None` until the
     /// first poll says where the feed stands.
     low: Option<i64>,
-    /// Rows after `low` already applied, with when they were written.
-    seen: BTreeMap<i64, i64>,
+    /// Rows after `low` already applied, with when this replica first read them.
+    seen: BTreeMap<i64, Instant>,
 }
 
 impl Inner {
-    fn fresh(&self, stamp: u64, filled_ms: i64, now_ms: i64, device: Option<&str>, group: Option<&GroupName>) -> bool {
-        now_ms.saturating_sub(filled_ms) < ENTRY_TTL_MS
+    fn fresh(
+        &self,
+        stamp: u64,
+        filled: Instant,
+        now: Instant,
+        device: Option<&str>,
+        group: Option<&GroupName>,
+    ) -> bool {
+        now.saturating_duration_since(filled) < ENTRY_TTL
             && stamp >= self.all_gen
             && device.is_none_or(|d| self.device_gen.get(d).is_none_or(|&g| stamp >= g))
             && group.is_none_or(|g| self.group_gen.get(g).is_none_or(|&n| stamp >= n))
@@ -203,47 +212,47 @@ impl CheckinCache {
     }
 
     /// The device holding this credential, if known and fresh.
-    pub fn device(&self, credential: &Sha256Digest, now_ms: i64) -> Option<DeviceRecord> {
+    pub fn device(&self, credential: &Sha256Digest, now: Instant) -> Option<DeviceRecord> {
         let inner = self.lock();
         let e = inner.credentials.get(credential)?;
-        inner.fresh(e.stamp, e.filled_ms, now_ms, Some(&e.value.id), None).then(|| e.value.clone())
+        inner.fresh(e.stamp, e.filled, now, Some(&e.value.id), None).then(|| e.value.clone())
     }
 
     /// Keeps a device read from the database under a stamp taken before the read.
-    pub fn keep_device(&self, stamp: u64, credential: Sha256Digest, device: DeviceRecord, now_ms: i64) {
+    pub fn keep_device(&self, stamp: u64, credential: Sha256Digest, device: DeviceRecord, now: Instant) {
         let mut inner = self.lock();
-        if inner.fresh(stamp, now_ms, now_ms, Some(&device.id), None) {
-            inner.credentials.insert(credential, Entry { value: device, stamp, filled_ms: now_ms });
+        if inner.fresh(stamp, now, now, Some(&device.id), None) {
+            inner.credentials.insert(credential, Entry { value: device, stamp, filled: now });
         }
     }
 
     /// The device's current doc ETag, if known and fresh.
-    pub fn doc(&self, device_id: &str, group: &GroupName, now_ms: i64) -> Option<CachedDoc> {
+    pub fn doc(&self, device_id: &str, group: &GroupName, now: Instant) -> Option<CachedDoc> {
         let inner = self.lock();
         let e = inner.docs.get(device_id)?;
-        inner.fresh(e.stamp, e.filled_ms, now_ms, Some(device_id), Some(group)).then(|| e.value.clone())
+        inner.fresh(e.stamp, e.filled, now, Some(device_id), Some(group)).then(|| e.value.clone())
     }
 
     /// Keeps a device's doc ETag computed under a stamp taken before the read.
-    pub fn keep_doc(&self, stamp: u64, device_id: &str, group: &GroupName, doc: CachedDoc, now_ms: i64) {
+    pub fn keep_doc(&self, stamp: u64, device_id: &str, group: &GroupName, doc: CachedDoc, now: Instant) {
         let mut inner = self.lock();
-        if inner.fresh(stamp, now_ms, now_ms, Some(device_id), Some(group)) {
-            inner.docs.insert(device_id.to_owned(), Entry { value: doc, stamp, filled_ms: now_ms });
+        if inner.fresh(stamp, now, now, Some(device_id), Some(group)) {
+            inner.docs.insert(device_id.to_owned(), Entry { value: doc, stamp, filled: now });
         }
     }
 
     /// The group's pacing, if known and fresh.
-    pub fn pacing(&self, group: &GroupName, now_ms: i64) -> Option<GroupPacing> {
+    pub fn pacing(&self, group: &GroupName, now: Instant) -> Option<GroupPacing> {
         let inner = self.lock();
         let e = inner.pacing.get(group)?;
-        inner.fresh(e.stamp, e.filled_ms, now_ms, None, Some(group)).then_some(e.value)
+        inner.fresh(e.stamp, e.filled, now, None, Some(group)).then_some(e.value)
     }
 
     /// Keeps a group's pacing read under a stamp taken before the read.
-    pub fn keep_pacing(&self, stamp: u64, group: &GroupName, pacing: GroupPacing, now_ms: i64) {
+    pub fn keep_pacing(&self, stamp: u64, group: &GroupName, pacing: GroupPacing, now: Instant) {
         let mut inner = self.lock();
-        if inner.fresh(stamp, now_ms, now_ms, None, Some(group)) {
-            inner.pacing.insert(group.clone(), Entry { value: pacing, stamp, filled_ms: now_ms });
+        if inner.fresh(stamp, now, now, None, Some(group)) {
+            inner.pacing.insert(group.clone(), Entry { value: pacing, stamp, filled: now });
         }
     }
 
@@ -275,9 +284,9 @@ impl CheckinCache {
     }
 
     /// Applies the rows of the feed not applied yet, and moves `low` past every row applied
-    /// and every hole older than [`HOLE_GRACE_MS`]. Returns whether a hole was skipped (then
+    /// and every hole older than [`HOLE_GRACE`]. Returns whether a hole was skipped (then
     /// everything was forgotten, in case the hole was a slow commit rather than a rollback).
-    pub fn absorb(&self, rows: &[FeedRow], now_ms: i64) -> bool {
+    pub fn absorb(&self, rows: &[FeedRow], now: Instant) -> bool {
         let mut inner = self.lock();
         let Some(mut low) = inner.low else { return false };
         for row in rows {
@@ -285,13 +294,13 @@ impl CheckinCache {
                 continue;
             }
             inner.apply(row.change.as_ref());
-            inner.seen.insert(row.seq, row.at);
+            inner.seen.insert(row.seq, now);
         }
         let mut skipped = false;
         while let Some((&seq, &at)) = inner.seen.first_key_value() {
             if seq == low + 1 {
                 low = seq;
-            } else if now_ms.saturating_sub(at) > HOLE_GRACE_MS {
+            } else if now.saturating_duration_since(at) > HOLE_GRACE {
                 low = seq;
                 skipped = true;
             } else {
@@ -428,17 +437,23 @@ mod tests {
         CachedDoc { etag: etag.into(), busy: false }
     }
 
+    /// `ms` milliseconds into a test's run, on the monotonic clock.
+    fn t(ms: u64) -> Instant {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *START.get_or_init(Instant::now) + Duration::from_millis(ms)
+    }
+
     #[test]
     fn a_change_during_a_fill_keeps_the_stale_fill_out() {
         let c = CheckinCache::default();
         let stamp = c.stamp();
         // The database changed (and said so) while this fill was reading the old state.
         c.apply(&[Change::Device("d1".into())]);
-        c.keep_doc(stamp, "d1", &group("lab"), doc("old"), 0);
-        assert_eq!(c.doc("d1", &group("lab"), 0), None, "a fill older than the change is not kept");
+        c.keep_doc(stamp, "d1", &group("lab"), doc("old"), t(0));
+        assert_eq!(c.doc("d1", &group("lab"), t(0)), None, "a fill older than the change is not kept");
         let stamp = c.stamp();
-        c.keep_doc(stamp, "d1", &group("lab"), doc("new"), 0);
-        assert_eq!(c.doc("d1", &group("lab"), 0), Some(doc("new")));
+        c.keep_doc(stamp, "d1", &group("lab"), doc("new"), t(0));
+        assert_eq!(c.doc("d1", &group("lab"), t(0)), Some(doc("new")));
     }
 
     #[test]
@@ -446,10 +461,10 @@ mod tests {
         let c = CheckinCache::default();
         let cred = Sha256Digest::of(b"cred");
         let s = c.stamp();
-        c.keep_device(s, cred, device("d1"), 0);
-        c.keep_doc(s, "d1", &group("lab"), doc("a"), 0);
-        c.keep_doc(s, "d2", &group("lab"), doc("b"), 0);
-        c.keep_doc(s, "d3", &group("other"), doc("c"), 0);
+        c.keep_device(s, cred, device("d1"), t(0));
+        c.keep_doc(s, "d1", &group("lab"), doc("a"), t(0));
+        c.keep_doc(s, "d2", &group("lab"), doc("b"), t(0));
+        c.keep_doc(s, "d3", &group("other"), doc("c"), t(0));
         let cases: &[(Change, &[&str], bool)] = &[
             // (change, docs still known afterwards, credential of d1 still known)
             (Change::Group(group("other")), &["d1", "d2"], true),
@@ -459,51 +474,58 @@ mod tests {
         for (change, kept, cred_kept) in cases {
             c.apply(std::slice::from_ref(change));
             for (id, g) in [("d1", "lab"), ("d2", "lab"), ("d3", "other")] {
-                assert_eq!(c.doc(id, &group(g), 0).is_some(), kept.contains(&id), "{id} after {change:?}");
+                assert_eq!(c.doc(id, &group(g), t(0)).is_some(), kept.contains(&id), "{id} after {change:?}");
             }
-            assert_eq!(c.device(&cred, 0).is_some(), *cred_kept, "credential after {change:?}");
+            assert_eq!(c.device(&cred, t(0)).is_some(), *cred_kept, "credential after {change:?}");
         }
     }
 
     #[test]
     fn entries_expire_whatever_the_feed_says() {
         let c = CheckinCache::default();
-        c.keep_doc(c.stamp(), "d1", &group("lab"), doc("a"), 1_000);
-        assert!(c.doc("d1", &group("lab"), 1_000 + ENTRY_TTL_MS - 1).is_some());
-        assert!(c.doc("d1", &group("lab"), 1_000 + ENTRY_TTL_MS).is_none());
+        c.keep_doc(c.stamp(), "d1", &group("lab"), doc("a"), t(1_000));
+        let ttl = ENTRY_TTL.as_millis() as u64;
+        assert!(c.doc("d1", &group("lab"), t(1_000 + ttl - 1)).is_some());
+        assert!(c.doc("d1", &group("lab"), t(1_000 + ttl)).is_none());
     }
 
-    fn row(seq: i64, at: i64, device: &str) -> FeedRow {
-        FeedRow { seq, at, change: Some(Change::Device(device.into())) }
+    fn row(seq: i64, device: &str) -> FeedRow {
+        FeedRow { seq, change: Some(Change::Device(device.into())) }
     }
 
     #[test]
     fn the_feed_applies_each_row_once_and_waits_for_young_holes() {
         let c = CheckinCache::default();
         c.start_feed(10);
-        let fill = |id: &str| c.keep_doc(c.stamp(), id, &group("lab"), doc("x"), 0);
+        let fill = |id: &str| c.keep_doc(c.stamp(), id, &group("lab"), doc("x"), t(0));
         fill("a");
         fill("b");
         // Row 11 is not visible yet (a transaction still committing); 12 is.
-        assert!(!c.absorb(&[row(12, 1_000, "b")], 1_000));
+        assert!(!c.absorb(&[row(12, "b")], t(1_000)));
         assert_eq!(c.feed_low(), Some(10), "a young hole holds the feed back");
-        assert!(c.doc("b", &group("lab"), 0).is_none(), "but later rows apply at once");
-        assert!(c.doc("a", &group("lab"), 0).is_some());
+        assert!(c.doc("b", &group("lab"), t(0)).is_none(), "but later rows apply at once");
+        assert!(c.doc("a", &group("lab"), t(0)).is_some());
         fill("b");
         // 11 commits: it applies; 12 is not applied twice.
-        assert!(!c.absorb(&[row(11, 900, "a"), row(12, 1_000, "b")], 1_100));
+        assert!(!c.absorb(&[row(11, "a"), row(12, "b")], t(1_100)));
         assert_eq!(c.feed_low(), Some(12));
-        assert!(c.doc("a", &group("lab"), 0).is_none());
-        assert!(c.doc("b", &group("lab"), 0).is_some(), "a row seen before is not applied again");
-        // A hole that stays past the grace is skipped, and everything is forgotten in case it
-        // was a slow commit.
+        assert!(c.doc("a", &group("lab"), t(0)).is_none());
+        assert!(c.doc("b", &group("lab"), t(0)).is_some(), "a row seen before is not applied again");
+        // A hole that stays past the grace, counted from when this replica first read a later
+        // row (never from another replica's clock), is skipped, and everything is forgotten in
+        // case it was a slow commit.
         fill("a");
+        assert!(!c.absorb(&[row(14, "z")], t(2_000)));
+        fill("a");
+        let grace = HOLE_GRACE.as_millis() as u64;
+        assert!(!c.absorb(&[row(14, "z")], t(2_000 + grace)), "the hole is not older than the grace yet");
+        assert!(c.doc("a", &group("lab"), t(0)).is_some());
         let stamp = c.stamp();
-        assert!(c.absorb(&[row(14, 2_000, "z")], 2_000 + HOLE_GRACE_MS + 1));
+        assert!(c.absorb(&[row(14, "z")], t(2_000 + grace + 1)));
         assert_eq!(c.feed_low(), Some(14));
-        assert!(c.doc("a", &group("lab"), 0).is_none());
-        c.keep_doc(stamp, "b", &group("lab"), doc("x"), 0);
-        assert!(c.doc("b", &group("lab"), 0).is_none(), "a fill that began before the clear is not kept");
+        assert!(c.doc("a", &group("lab"), t(0)).is_none());
+        c.keep_doc(stamp, "b", &group("lab"), doc("x"), t(0));
+        assert!(c.doc("b", &group("lab"), t(0)).is_none(), "a fill that began before the clear is not kept");
     }
 
     #[tokio::test]

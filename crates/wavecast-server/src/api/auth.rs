@@ -185,7 +185,7 @@ impl FromRequestParts<AppState> for Device {
             // revocation on any replica reaches this cache within the change feed's delay.
             let hash = secret.hash();
             let cache = state.store().checkin();
-            let now = wavecast_os::clock::now_ms();
+            let now = std::time::Instant::now();
             let device = match cache.device(&hash, now) {
                 Some(device) => device,
                 None => {

@@ -240,9 +240,9 @@ pub async fn assignments(
         device_changed.as_mut().enable();
         group_changed.as_mut().enable();
         let (doc, read) = current_doc(&state, &device.id, &device.group).await?;
-        let pace = |busy: bool| {
+        let headers = |etag: &str, busy: bool| {
             let mut h = axum::http::HeaderMap::new();
-            h.insert(axum::http::header::ETAG, header_value(&doc.etag));
+            h.insert(axum::http::header::ETAG, header_value(etag));
             h.insert(POLL_AFTER, pacing.next_poll_ms(busy, long_polls, jitter(&device.id)).into());
             if pacing.long_poll_ms > 0 {
                 h.insert(LONG_POLL, (pacing.long_poll_ms / 1000).into());
@@ -255,9 +255,7 @@ pub async fn assignments(
                 Some(served) => served,
                 None => state.store().assignments(&device.id, &device.group).await?,
             };
-            let etag = etag_of(&served);
-            let mut headers = pace(served.busy);
-            headers.insert(axum::http::header::ETAG, header_value(&etag));
+            let headers = headers(&etag_of(&served), served.busy);
             let doc = AssignmentDoc {
                 device_id: device.id.clone(),
                 counter: served.counter as u64,
@@ -271,7 +269,7 @@ pub async fn assignments(
             return Ok((headers, Json(SignedAssignments { signed: doc, signature })).into_response());
         }
         if watch.is_none() || cache.closing() || tokio::time::Instant::now() >= deadline {
-            return Ok((StatusCode::NOT_MODIFIED, pace(doc.busy)).into_response());
+            return Ok((StatusCode::NOT_MODIFIED, headers(&doc.etag, doc.busy)).into_response());
         }
         tokio::select! {
             () = &mut device_changed => {}
@@ -289,7 +287,7 @@ async fn current_doc(
     group: &GroupName,
 ) -> Result<(CachedDoc, Option<DeviceAssignments>), ApiError> {
     let cache = state.store().checkin();
-    let now = now_ms();
+    let now = std::time::Instant::now();
     if let Some(doc) = cache.doc(device_id, group, now) {
         return Ok((doc, None));
     }
@@ -303,7 +301,7 @@ async fn current_doc(
 /// The group's check-in pacing, defaults filled in: from memory when known.
 async fn pacing_of(state: &AppState, group: &GroupName) -> Result<Pacing, ApiError> {
     let cache = state.store().checkin();
-    let now = now_ms();
+    let now = std::time::Instant::now();
     let set = match cache.pacing(group, now) {
         Some(p) => p,
         None => {

@@ -112,19 +112,18 @@ impl Store {
             return Err(StoreError::NotFound { what: "the change feed's start".into() });
         };
         loop {
-            let rows =
-                sqlx::query("SELECT seq, at, kind, subject FROM change_events WHERE seq > $1 ORDER BY seq LIMIT $2")
-                    .bind(from)
-                    .bind(FEED_PAGE)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(q(op))?;
+            let rows = sqlx::query("SELECT seq, kind, subject FROM change_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+                .bind(from)
+                .bind(FEED_PAGE)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q(op))?;
             let feed = read_all(&rows, op, |r| {
-                let kind: String = r.get(2)?;
-                let subject: String = r.get(3)?;
-                Ok(FeedRow { seq: r.get(0)?, at: r.get(1)?, change: Change::parse(&kind, &subject) })
+                let kind: String = r.get(1)?;
+                let subject: String = r.get(2)?;
+                Ok(FeedRow { seq: r.get(0)?, change: Change::parse(&kind, &subject) })
             })?;
-            if cache.absorb(&feed, wavecast_os::clock::now_ms()) {
+            if cache.absorb(&feed, std::time::Instant::now()) {
                 tracing::warn!("a change event did not show up in time; this replica forgot its check-in caches");
             }
             match feed.last() {
