@@ -18,6 +18,8 @@ use hyper::{Method, Request, StatusCode};
 pub struct Answer {
     pub status: StatusCode,
     pub etag: Option<HeaderValue>,
+    /// The server's suggested wait before the next check-in (`wavecast-poll-after`).
+    pub poll_after: Option<std::time::Duration>,
     pub body: Bytes,
 }
 
@@ -96,8 +98,13 @@ impl Conn {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let etag = resp.headers().get(header::ETAG).cloned();
+        let poll_after = resp
+            .headers()
+            .get("wavecast-poll-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .map(std::time::Duration::from_millis);
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Answer { status, etag, body })
+        Ok(Answer { status, etag, poll_after, body })
     }
 }
 

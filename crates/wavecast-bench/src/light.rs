@@ -57,6 +57,8 @@ struct Device {
     id: String,
     auth: HeaderValue,
     etag: Option<HeaderValue>,
+    /// The server's suggested wait before the next poll, from the last answer.
+    poll_after: Option<Duration>,
     /// The install it is reporting, and the next batch to send.
     work: Option<(Assignment, usize)>,
     /// The rollout whose install it finished.
@@ -168,7 +170,7 @@ async fn poller(addr: SocketAddr, fleet: Arc<Fleet>, reports: UnboundedSender<Bo
                         Err(unsent) => device = unsent.0,
                     }
                 }
-                device.due = Instant::now() + jitter(fleet.poll_interval, &mut rng);
+                device.due = Instant::now() + next_poll(&device, fleet.poll_interval, &mut rng);
                 fleet.heap().push(Due(device));
             }
             // Devices are put back due a whole interval later, so a short sleep misses none.
@@ -187,9 +189,16 @@ async fn reporter(addr: SocketAddr, fleet: Arc<Fleet>, queue: Reports, seed: u64
         let next = queue.lock().await.recv().await;
         let Some(mut device) = next else { return };
         report(&mut conn, &mut device, &fleet.stats).await;
-        device.due = Instant::now() + jitter(fleet.poll_interval, &mut rng);
+        device.due = Instant::now() + next_poll(&device, fleet.poll_interval, &mut rng);
         fleet.heap().push(Due(device));
     }
+}
+
+/// When `device` polls next: as an agent does, when the server suggests (fast while its wave
+/// is open, slowly while nothing happens), but never later than the owner's poll interval.
+fn next_poll(device: &Device, poll_interval: Duration, rng: &mut u64) -> Duration {
+    let ours = jitter(poll_interval, rng);
+    device.poll_after.map_or(ours, |theirs| theirs.min(ours))
 }
 
 /// Polls for `device`; a doc that assigns it an install it has not done starts the work.
@@ -198,6 +207,7 @@ async fn poll(conn: &mut Conn, device: &mut Device, stats: &Stats) {
         Ok(a) => a,
         Err(_) => return Stats::add(&stats.errors),
     };
+    device.poll_after = answer.poll_after;
     if answer.status == hyper::StatusCode::NOT_MODIFIED {
         return Stats::add(&stats.polls_304);
     }
@@ -379,7 +389,16 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
             // The fleet's first polls are spread over one interval, as devices that booted at
             // different times would be.
             let due = start + opts.poll_interval.mul_f64((splitmix(&mut rng) % 10_000) as f64 / 10_000.0);
-            Due(Box::new(Device { due, id: d.id, auth: d.auth, etag: None, work: None, done: None, started_ms: None }))
+            Due(Box::new(Device {
+                due,
+                id: d.id,
+                auth: d.auth,
+                etag: None,
+                poll_after: None,
+                work: None,
+                done: None,
+                started_ms: None,
+            }))
         })
         .collect();
     let fleet = Arc::new(Fleet {
@@ -434,7 +453,7 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let total_ms = completed_ms.map_or(took.as_millis() as i64, |c| c - created_ms);
     let s = &fleet.stats;
     println!(
-        "{tag}: idle fleet polling every {:?} ±20% over {} connections (as many again for reports): {idle_rate:.0} check-ins/s (each device every {:.1} s)",
+        "{tag}: idle fleet polling as the server paces it, at most every {:?} ±20%, over {} connections (as many again for reports): {idle_rate:.0} check-ins/s (each device every {:.1} s)",
         opts.poll_interval,
         opts.connections,
         f64::from(opts.devices) / idle_rate.max(f64::MIN_POSITIVE)
@@ -516,6 +535,7 @@ mod tests {
                 id: String::new(),
                 auth: HeaderValue::from_static("x"),
                 etag: None,
+                poll_after: None,
                 work: None,
                 done: None,
                 started_ms: None,

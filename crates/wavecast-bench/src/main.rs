@@ -143,8 +143,9 @@ enum Bench {
 /// How lightweight devices behave (`rollout --light`).
 #[derive(Debug, clap::Args)]
 struct LightFleet {
-    /// How often each light device polls (±20%).
-    #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "light")]
+    /// The longest a light device waits between polls (±20%), as an agent's `poll_interval`;
+    /// within it, devices follow the server's pacing.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "light")]
     poll_interval: Duration,
     /// Keep-alive connections the light fleet shares.
     #[arg(long, default_value_t = 64, requires = "light")]
@@ -447,7 +448,7 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             if longpoll_database_url.is_some() {
                 longpoll::run(&dir("longpoll-postgres")?, &longpoll(longpoll_database_url)).await?;
             }
-            let fleet = LightFleet { poll_interval: Duration::from_secs(1), connections: 64, database_url: None };
+            let fleet = LightFleet { poll_interval: Duration::from_secs(30), connections: 64, database_url: None };
             light::run(&dir("rollout-light")?, &light(100_000, fleet)).await
         }
         Bench::TrivialServer { listen } => checkins::serve_trivial(listen).await,
