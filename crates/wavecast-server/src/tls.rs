@@ -217,12 +217,15 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let closing = closing.clone();
+        // Each way of serving is boxed: a task's future is as large as its largest state, and
+        // a plain connection must not carry room for a TLS session it never has (a held
+        // long-poll costs its connection's task for the whole wait).
         connections.spawn(async move {
             let Some(acceptor) = acceptor else {
-                return connection(stream, PeerIdentity { common_name: None }, app, closing, peer).await;
+                return Box::pin(connection(stream, PeerIdentity { common_name: None }, app, closing, peer)).await;
             };
             // A client that never finishes the handshake must not hold a task forever.
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            let tls = match Box::pin(tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake refused"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
@@ -230,7 +233,7 @@ pub async fn serve(
             let identity = PeerIdentity {
                 common_name: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(common_name),
             };
-            connection(tls, identity, app, closing, peer).await
+            Box::pin(connection(tls, identity, app, closing, peer)).await
         });
         // Reap finished connections so the set does not grow without bound.
         while connections.try_join_next().is_some() {}
@@ -258,7 +261,16 @@ async fn connection<IO>(
         async move { tower::ServiceExt::oneshot(app, req.map(axum::body::Body::new)).await }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // While a request is in flight hyper would otherwise keep reading to notice the client
+        // leave, and each such read grows the connection's buffer to 16 KiB: for a held
+        // long-poll that doubled what the connection costs. A client that leaves mid-request is
+        // noticed when its answer is written instead; held check-ins end within the group's
+        // long-poll limit (55 s by default), so an abandoned one is bounded.
+        .half_close(true);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
