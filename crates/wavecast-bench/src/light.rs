@@ -425,6 +425,9 @@ pub async fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
         ensure!(Instant::now() < deadline, "the fleet did not check in within an hour");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A device's first check-in holds no doc, so the server asks it back within a second; the
+    // idle rate is measured after those second check-ins, at the pace an idle fleet keeps.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle_from, idle_polls) = (Instant::now(), fleet.stats.polls());
     tokio::time::sleep((opts.poll_interval * 3).min(Duration::from_secs(10))).await;
     let idle_rate = (fleet.stats.polls() - idle_polls) as f64 / idle_from.elapsed().as_secs_f64();

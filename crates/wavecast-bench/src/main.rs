@@ -39,7 +39,8 @@ use crate::setup::{
 struct Cli {
     #[command(subcommand)]
     command: Bench,
-    /// Where to put the files (must be a real disk, not tmpfs, for the fsync figures to mean anything).
+    /// Where to put the files, made if missing (a real disk, not tmpfs, for the fsync figures to
+    /// mean anything).
     #[arg(long, global = true, default_value = ".")]
     dir: PathBuf,
 }
@@ -397,7 +398,12 @@ async fn main() -> anyhow::Result<()> {
         // A child process of `checkins`: it needs no directory, and is killed, not stopped.
         Bench::TrivialServer { listen } => checkins::serve_trivial(listen).await,
         command => {
-            let tmp = tempfile::Builder::new().prefix("wavecast-bench-").tempdir_in(&cli.dir)?;
+            // A `--dir` that does not exist yet is made, as an output directory usually is.
+            std::fs::create_dir_all(&cli.dir).with_context(|| format!("creating --dir {}", cli.dir.display()))?;
+            let tmp = tempfile::Builder::new()
+                .prefix("wavecast-bench-")
+                .tempdir_in(&cli.dir)
+                .with_context(|| format!("making a scratch directory in --dir {}", cli.dir.display()))?;
             bench(command, tmp.path()).await
         }
     }
