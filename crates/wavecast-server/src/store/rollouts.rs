@@ -1443,14 +1443,33 @@ impl Store {
     /// [`rollout::served`]). Reads only the device's own rows (indexed), never the fleet.
     pub async fn assignments(&self, device_id: &str, group: &GroupName) -> Result<DeviceAssignments, StoreError> {
         let op = "computing a device's assignments";
-        let counter: i64 = match sqlx::query("SELECT assignment_counter FROM devices WHERE id = $1")
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q(op))?
-        {
-            Some(row) => Row::new(&row, op).get(0)?,
-            None => 0,
+        // The device's counter comes with its rows (a round trip fewer for each device a wave
+        // wakes), and on its own only when no rollout has included the device. It is read
+        // before anything the doc holds: a change committed between these reads then moves a
+        // counter the device has not seen yet, so it gets the change with a newer counter
+        // rather than a doc that keeps an old content under a counter already spent.
+        let rows = sqlx::query(
+            "SELECT r.id, r.artifact_name, r.artifact_version, r.state, r.probe, r.abort_mode, rd.state, a.length, a.sha256, \
+             r.created_at, (SELECT assignment_counter FROM devices WHERE id = $1) \
+             FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+             JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
+             WHERE rd.device_id = $1 ORDER BY r.created_at DESC, r.id",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q(op))?;
+        let counter: i64 = match rows.first() {
+            Some(row) => Row::new(row, op).get::<Option<i64>>(10)?.unwrap_or(0),
+            None => match sqlx::query("SELECT assignment_counter FROM devices WHERE id = $1")
+                .bind(device_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q(op))?
+            {
+                Some(row) => Row::new(&row, op).get(0)?,
+                None => 0,
+            },
         };
         // The group's version of each artifact (see [`rollout::group_version`]): what a device
         // is served when no rollout of that artifact at least as new has reached it.
@@ -1479,16 +1498,6 @@ impl Store {
             }
         }
 
-        let rows = sqlx::query(
-            "SELECT r.id, r.artifact_name, r.artifact_version, r.state, r.probe, r.abort_mode, rd.state, a.length, a.sha256, \
-             r.created_at FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
-             JOIN artifacts a ON a.name = r.artifact_name AND a.version = r.artifact_version \
-             WHERE rd.device_id = $1 ORDER BY r.created_at DESC, r.id",
-        )
-        .bind(device_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q(op))?;
         // (rollout, artifact, version, probe, length, sha256) → an assignment of `action`.
         let assignment = |r: &Row<'_>, action: Action, [id, version, probe, length, sha256]: [usize; 5]| {
             Ok::<_, StoreError>(Assignment {
