@@ -14,6 +14,9 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
+/// The header in which the server suggests the next check-in, in milliseconds.
+pub const POLL_AFTER: &str = "wavecast-poll-after";
+
 /// What came back.
 pub struct Answer {
     pub status: StatusCode,
@@ -100,7 +103,7 @@ impl Conn {
         let etag = resp.headers().get(header::ETAG).cloned();
         let poll_after = resp
             .headers()
-            .get("wavecast-poll-after")
+            .get(POLL_AFTER)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .map(std::time::Duration::from_millis);
         let body = resp.into_body().collect().await?.to_bytes();
@@ -151,7 +154,7 @@ pub fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(Head, usize)>> {
             "content-length" => head.content_length = Some(usize::try_from(number()?)?),
             "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
             "etag" => head.etag = Some(HeaderValue::from_str(value)?),
-            "wavecast-poll-after" => head.poll_after_ms = Some(number()?),
+            POLL_AFTER => head.poll_after_ms = Some(number()?),
             "wavecast-long-poll" => head.long_poll_s = Some(number()?),
             _ => {}
         }

@@ -266,10 +266,10 @@ async fn connection<IO>(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // While a request is in flight hyper would otherwise keep reading to notice the client
-        // leave, and each such read grows the connection's buffer to 16 KiB: for a held
-        // long-poll that doubled what the connection costs. A client that leaves mid-request is
-        // noticed when its answer is written instead; held check-ins end within the group's
-        // long-poll limit (55 s by default), so an abandoned one is bounded.
+        // leave, and such a read grows the connection's read buffer, which a held long-poll
+        // then keeps for its whole wait. A client that leaves mid-request is noticed when its
+        // answer is written instead; held check-ins end within the group's long-poll limit
+        // (55 s by default), so an abandoned one is bounded.
         .half_close(true);
     let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
