@@ -34,7 +34,7 @@ use wavecast_os::clock;
 use wavecast_os::error::Chain;
 use wavecast_tuf::repo::{MetadataHead, OnlineKeys, OnlinePlan, sign_online};
 
-use crate::blobs::{BlobError, BlobStore};
+use crate::blobs::{BlobConfig, BlobError, BlobStore};
 use crate::install::{BootstrapFile, Layout};
 use crate::limits::RateLimits;
 use crate::state::{AppState, DeviceIdentity, LastSeen, Settings};
@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// How long a device report's id is kept, so that the report sent again is recognised and
     /// applied once ([`DEFAULT_REPORT_RETENTION`] unless the operator sets it).
     pub report_retention: Duration,
+    /// Where artifact blobs are kept and how devices get them ([`BlobConfig::default`]: the
+    /// data dir's `blobs/` folder, served by the server).
+    pub blobs: BlobConfig,
 }
 
 /// How long report ids are kept by default. An agent sends a report again only until the
@@ -91,6 +94,9 @@ pub enum ConfigError {
         .0.as_secs()
     )]
     ReportRetention(Duration),
+    /// The blob store settings do not fit together.
+    #[error("{0}")]
+    Blobs(String),
 }
 
 impl ServerConfig {
@@ -117,7 +123,15 @@ impl ServerConfig {
             tls: None,
             limits: RateLimits::default(),
             report_retention: DEFAULT_REPORT_RETENTION,
+            blobs: BlobConfig::default(),
         })
+    }
+
+    /// Keeps blobs where `blobs` says (checked here, connected to when the server opens).
+    pub fn with_blobs(mut self, blobs: BlobConfig) -> Result<Self, ConfigError> {
+        blobs.validate().map_err(ConfigError::Blobs)?;
+        self.blobs = blobs;
+        Ok(self)
     }
 
     /// Keeps report ids for `retention` (at least [`MIN_REPORT_RETENTION`]).
@@ -267,7 +281,8 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         return Err(missing.into());
     }
     drop(view);
-    let blobs = BlobStore::open(&layout.blobs_dir())?;
+    let blobs = BlobStore::open(&config.blobs, &layout.blobs_dir()).await?;
+    tracing::info!(blobs = %blobs.describe(), "blob store open");
     let devices = match config.tls.as_ref().and_then(|t| t.device_client_ca.as_ref()) {
         Some(_) => DeviceIdentity::CredentialAndCertificate,
         None => DeviceIdentity::Credential,

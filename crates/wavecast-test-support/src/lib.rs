@@ -1,11 +1,13 @@
 //! Helpers shared by wavecast's test suites (and the benchmark): fresh PostgreSQL databases,
-//! free ports, waiting for a condition, and hand-built upload bodies.
+//! free ports, waiting for a condition, hand-built upload bodies, a throttling proxy and a real
+//! S3-compatible server.
 //!
 //! Tests that need PostgreSQL get a database of their own, created on the server at
 //! `WAVECAST_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/test`) and dropped when the
 //! guard goes out of scope, so tests run in parallel and leave nothing behind.
 
 pub mod proxy;
+pub mod s3;
 
 use std::time::Duration;
 

@@ -32,6 +32,8 @@ struct Link {
     next_free: Mutex<Instant>,
     /// Bytes delivered to clients so far.
     delivered: AtomicU64,
+    /// Refusing: new connections are closed at once and open ones broken off.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -68,11 +70,16 @@ impl ThrottledProxy {
             rate: AtomicU64::new(bytes_per_sec),
             next_free: Mutex::new(Instant::now()),
             delivered: AtomicU64::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn({
             let link = link.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    if link.down.load(Ordering::Relaxed) {
+                        drop(client);
+                        continue;
+                    }
                     let link = link.clone();
                     tokio::spawn(async move {
                         if let Ok(server) = TcpStream::connect(upstream).await {
@@ -98,6 +105,12 @@ impl ThrottledProxy {
     /// Changes the server→client rate; 0 cuts the link (nothing flows, nothing is closed).
     pub fn set_rate(&self, bytes_per_sec: u64) {
         self.link.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Takes the far side down (`true`): connections are closed as soon as they are made and
+    /// open ones broken off, as when a host goes away; `false` brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.link.down.store(down, Ordering::Relaxed);
     }
 
     /// Bytes delivered to clients so far (what went over the "wire" toward devices).
@@ -130,6 +143,9 @@ async fn forward(client: TcpStream, server: TcpStream, link: Arc<Link>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            if link.down.load(Ordering::Relaxed) {
+                break;
+            }
             link.reserve(n).await;
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;

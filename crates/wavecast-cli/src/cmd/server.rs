@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use wavecast_server::blobs::{BlobConfig, BlobDelivery, BlobLocation};
 use wavecast_server::limits::{Rate, RateLimits};
 
 /// Serve an installation: the operator API, the device API, TUF metadata and artifacts.
@@ -67,6 +68,23 @@ pub struct ServerArgs {
     /// that does arrive is judged against where the device stands now: at worst out of date).
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = wavecast_core::duration::parse_duration)]
     report_retention: std::time::Duration,
+    /// Where artifact blobs are kept: a folder (default: the data dir's blobs/), or
+    /// s3://BUCKET/PREFIX in S3 or any S3-compatible service, so that several replicas share
+    /// them with nothing but the bucket. Credentials and region come from the usual AWS
+    /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...); devices never get
+    /// them.
+    #[arg(long, value_name = "URL", env = "WAVECAST_BLOB_STORE")]
+    blob_store: Option<BlobLocation>,
+    /// The S3 endpoint for a service other than AWS (http://127.0.0.1:9000, say). Plain HTTP is
+    /// allowed only when written here.
+    #[arg(long, value_name = "URL", requires = "blob_store")]
+    blob_store_endpoint: Option<url::Url>,
+    /// Answer a device's artifact download with a redirect to a presigned URL valid this long
+    /// (5m when no value is given), so the bytes go straight from the bucket to the device. The
+    /// agent verifies them exactly as before. Needs an s3:// --blob-store that devices can reach.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "5m",
+          value_parser = wavecast_core::duration::parse_duration)]
+    blob_redirect: Option<std::time::Duration>,
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -76,8 +94,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     } else {
         wavecast_core::rollout::GateApproval::AnyApprover
     };
+    let blobs = BlobConfig {
+        location: args.blob_store.unwrap_or(BlobLocation::Local(None)),
+        endpoint: args.blob_store_endpoint,
+        delivery: args.blob_redirect.map_or(BlobDelivery::Proxied, BlobDelivery::Redirect),
+        credentials: None,
+    };
     let mut config = wavecast_server::ServerConfig::new(args.data_dir, args.listen, args.database_url, approval)?
-        .with_report_retention(args.report_retention)?;
+        .with_report_retention(args.report_retention)?
+        .with_blobs(blobs)?;
     config.limits = RateLimits {
         failed_auth_per_address: args.limit_failed_auth,
         device_requests: args.limit_device_requests,

@@ -129,7 +129,15 @@ impl From<BlobError> for ApiError {
         match e {
             BlobError::TooLong { .. } => ApiError::Unprocessable(format!("{}; nothing was stored", chain(&e))),
             BlobError::Interrupted { .. } => ApiError::BadRequest(format!("{}; nothing was stored", chain(&e))),
-            io @ BlobError::Io { .. } => ApiError::Blob(io),
+            // The store will most likely answer again: the client is told to retry, and a device
+            // waits rather than counting the model as failed.
+            store @ BlobError::Store { .. } => {
+                tracing::warn!(error = %Chain(&store), "the blob store failed");
+                ApiError::Unavailable(format!("{}; try again later", chain(&store)))
+            }
+            other @ (BlobError::Io { .. } | BlobError::Config { .. } | BlobError::Missing { .. }) => {
+                ApiError::Blob(other)
+            }
         }
     }
 }

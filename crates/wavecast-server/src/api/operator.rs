@@ -4,9 +4,8 @@
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
-use tower::ServiceExt as _;
 use utoipa::IntoParams;
 use wavecast_api::{
     Artifact, CreateEnrollmentToken, CreateGroup, Device, DeviceDetail, DeviceRemoval, EnrollmentToken,
@@ -541,13 +540,5 @@ pub(super) async fn serve_blob(state: &AppState, digest: &Sha256Digest, req: Req
     if !state.store().blob_referenced(digest).await? {
         return Err(ApiError::NotFound(format!("no published artifact has sha256 {digest}")));
     }
-    let path = state.blobs().path(digest);
-    let resp = tower_http::services::ServeFile::new(&path)
-        .oneshot(req)
-        .await
-        .map_err(|e| ApiError::internal_from(format!("serving blob {digest}"), e))?;
-    if resp.status() == StatusCode::NOT_FOUND {
-        return Err(ApiError::internal(format!("blob {digest} is referenced but missing from the blob store")));
-    }
-    Ok(resp.map(axum::body::Body::new).into_response())
+    Ok(state.blobs().serve(digest, req).await?)
 }

@@ -120,7 +120,7 @@ pub async fn publish(
     if field.name() != Some("blob") {
         return Err(ApiError::BadRequest("the second part of the upload must be `blob`".into()));
     }
-    let received = state.blobs().receive(field, target.length).await.map_err(|e| match e {
+    let received = state.blobs().receive(field, &target.sha256, target.length).await.map_err(|e| match e {
         crate::blobs::BlobError::TooLong { .. } => ApiError::Unprocessable(format!(
             "the uploaded bytes do not match the signed target {}: more than the signed {} bytes; nothing was stored",
             target.target, target.length

@@ -13,7 +13,7 @@ use crate::both;
 use crate::support::{Db, Env, Resp};
 
 impl Env {
-    async fn group(&self, name: &str) {
+    pub(crate) async fn group(&self, name: &str) {
         let r = self.post_json("/api/v1/groups", Some(&self.admin), json!({ "name": name })).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
     }
@@ -50,7 +50,7 @@ impl Env {
         self.post_json("/device/v1/reports", Some(cred), json!({ "reports": reports, "active": [] })).await
     }
 
-    async fn rollout(&self, artifact: &str, group: &str, waves: Value) -> String {
+    pub(crate) async fn rollout(&self, artifact: &str, group: &str, waves: Value) -> String {
         let body = json!({ "artifact": artifact, "group": group, "waves": waves, "probe": "exec:check",
                            "device_timeout_ms": 3_600_000u64 });
         let r = self.post_json("/api/v1/rollouts", Some(&self.admin), body).await;

@@ -15,6 +15,7 @@ mod checkin;
 mod fleet;
 mod lifecycle;
 mod limits;
+mod objects;
 mod openapi;
 mod progress;
 mod publish;

@@ -240,7 +240,7 @@ async fn a_failed_publish_of_the_same_bytes_keeps_the_blob(db: Db) {
         let served = env.get(&format!("/api/v1/blobs/{}", sha.to_hex())).await;
         assert_eq!(served.status, StatusCode::OK, "round {round}: the committed artifact lost its blob");
         assert!(served.body == blob, "round {round}: the blob changed");
-        assert_eq!(std::fs::read(env.state.blobs().path(&sha)).unwrap(), blob, "round {round}");
+        assert_eq!(std::fs::read(env.state.blobs().local_path(&sha).unwrap()).unwrap(), blob, "round {round}");
     }
 }
 

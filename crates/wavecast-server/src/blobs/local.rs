@@ -1,66 +1,42 @@
-//! The content-addressed artifact store on the local filesystem.
+//! Blobs in a folder on this machine (the default: the data dir's `blobs/`).
 //!
-//! A blob lives at `blobs/sha256/<first two hex>/<hex>`. Uploads stream into `blobs/tmp/`,
-//! hashed and length-capped on the way in, and are renamed into place only after the bytes
-//! matched the signed target; a refused or abandoned upload leaves nothing behind. Placing
-//! says whether it created the file, because only the publish that did may remove it again.
+//! A blob lives at `sha256/<first two hex>/<hex>`. Uploads stream into `tmp/`, hashed and
+//! length-capped on the way in, and are renamed into place only after the bytes matched the
+//! signed target; a refused or abandoned upload leaves nothing behind. Placing says whether it
+//! created the file, because only the publish that did may remove it again.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+use axum::extract::Request;
+use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
 use tokio::io::AsyncWriteExt as _;
+use tower::ServiceExt as _;
 use wavecast_core::Sha256Digest;
 use wavecast_core::Sha256Hasher;
 
-/// Errors storing a blob.
-#[derive(Debug, thiserror::Error)]
-pub enum BlobError {
-    /// Filesystem trouble.
-    #[error("{op} {path}")]
-    Io {
-        /// What we were doing.
-        op: &'static str,
-        /// Where.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The upload carried more bytes than the signed length.
-    #[error("the upload is longer than the signed length of {expected} bytes")]
-    TooLong {
-        /// The signed length.
-        expected: u64,
-    },
-    /// The upload stream broke.
-    #[error("the upload was interrupted after {received} bytes")]
-    Interrupted {
-        /// Bytes received.
-        received: u64,
-        /// Why.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
+use super::{BlobError, Pending, Placed, Received};
+
+/// A temporary file older than this, untouched, belongs to no upload in progress (every write
+/// touches it) and is removed when a server starts. Never all of `tmp/`: with the folder shared,
+/// another replica may be receiving an upload into it right now.
+const STALE_UPLOAD: Duration = Duration::from_secs(3600);
 
 /// The blob store rooted at a directory.
-#[derive(Debug, Clone)]
-pub struct BlobStore {
+#[derive(Debug)]
+pub(super) struct LocalBlobs {
     root: PathBuf,
 }
 
-/// An upload that has been written to a temporary file but not yet placed.
+/// An upload written to a temporary file: removed when dropped unless placed.
 #[derive(Debug)]
-pub struct Received {
+pub(super) struct PendingFile {
     tmp: Option<PathBuf>,
-    /// SHA-256 of what was received.
-    pub sha256: Sha256Digest,
-    /// Bytes received.
-    pub length: u64,
 }
 
-impl Drop for Received {
+impl Drop for PendingFile {
     fn drop(&mut self) {
         if let Some(tmp) = self.tmp.take() {
             let _ = std::fs::remove_file(tmp);
@@ -68,25 +44,39 @@ impl Drop for Received {
     }
 }
 
-impl BlobStore {
-    /// Opens (creating) the store under `root`, clearing temporaries a crash left behind.
-    pub fn open(root: &Path) -> Result<Self, BlobError> {
+impl LocalBlobs {
+    /// Opens (creating) the store under `root`, removing temporaries a crash left behind long
+    /// enough ago that no upload can still be writing them.
+    pub(super) async fn open(root: &Path) -> Result<Self, BlobError> {
         let tmp = root.join("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        for d in [root.join("sha256"), tmp] {
+        for d in [root.join("sha256"), tmp.clone()] {
             std::fs::create_dir_all(&d).map_err(|source| BlobError::Io { op: "creating", path: d.clone(), source })?;
+        }
+        let now = SystemTime::now();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE_UPLOAD));
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(Self { root: root.to_path_buf() })
     }
 
+    pub(super) fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
     /// Where the blob with this digest lives (whether or not it exists).
-    pub fn path(&self, digest: &Sha256Digest) -> PathBuf {
+    pub(super) fn path(&self, digest: &Sha256Digest) -> PathBuf {
         let hex = digest.to_hex();
         self.root.join("sha256").join(&hex[..2]).join(hex)
     }
 
     /// Streams an upload to a temporary file, hashing it, refusing more than `max_len` bytes.
-    pub async fn receive<S, E>(&self, mut body: S, max_len: u64) -> Result<Received, BlobError>
+    pub(super) async fn receive<S, E>(&self, mut body: S, max_len: u64) -> Result<Received, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -98,7 +88,11 @@ impl BlobStore {
         let io = |op, source| BlobError::Io { op, path: tmp.clone(), source };
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| io("creating", e))?;
         // From here on the guard removes the file on every early return.
-        let mut received = Received { tmp: Some(tmp.clone()), sha256: Sha256Digest::from_bytes([0; 32]), length: 0 };
+        let mut received = Received {
+            pending: Pending::Local(PendingFile { tmp: Some(tmp.clone()) }),
+            sha256: Sha256Digest::from_bytes([0; 32]),
+            length: 0,
+        };
         let mut hasher = Sha256Hasher::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| BlobError::Interrupted { received: received.length, source: e.into() })?;
@@ -114,16 +108,14 @@ impl BlobStore {
         Ok(received)
     }
 
-    /// Moves a verified upload into place under its digest, durably, and says whether this
-    /// call created the file. When one is there already (another publish of the same bytes,
-    /// committed or not yet), the verified upload replaces it in one rename, so the path never
-    /// goes missing; but the file is not this publish's to remove if it fails.
-    ///
-    /// Call it holding the blob's lock (`Store::lock_blob`): whether the file exists and
-    /// who placed it only mean something under it.
-    pub async fn place(&self, mut received: Received) -> Result<Placed, BlobError> {
+    /// Moves a verified upload into place under its digest, durably. When a file is there
+    /// already, the verified upload replaces it in one rename, so the path never goes missing.
+    pub(super) async fn place(&self, received: Received) -> Result<Placed, BlobError> {
         let dest = self.path(&received.sha256);
-        let Some(tmp) = received.tmp.take() else {
+        let Pending::Local(mut pending) = received.pending else {
+            unreachable!("a local store receives into local files only");
+        };
+        let Some(tmp) = pending.tmp.take() else {
             return Ok(Placed { created: false });
         };
         let dir = dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
@@ -145,9 +137,7 @@ impl BlobStore {
         Ok(Placed { created: !existed })
     }
 
-    /// Removes the blob with this digest. Call it only holding the blob's lock, for a file
-    /// this process [`place`](Self::place)d and no committed artifact refers to.
-    pub async fn remove(&self, digest: &Sha256Digest) -> Result<(), BlobError> {
+    pub(super) async fn remove(&self, digest: &Sha256Digest) -> Result<(), BlobError> {
         let path = self.path(digest);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
@@ -156,14 +146,16 @@ impl BlobStore {
         }
         sync_dir(path.parent().unwrap_or(&self.root)).await
     }
-}
 
-/// What [`BlobStore::place`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use = "only the publish that created a blob's file may remove it"]
-pub struct Placed {
-    /// The file was not there before: if the publish fails, it is this publish's to remove.
-    pub created: bool,
+    /// The file, with `Range`, conditional requests and `HEAD` as `ServeFile` does them.
+    pub(super) async fn serve(&self, digest: &Sha256Digest, req: Request) -> Result<Response, BlobError> {
+        let path = self.path(digest);
+        let Ok(resp) = tower_http::services::ServeFile::new(&path).oneshot(req).await;
+        if resp.status() == axum::http::StatusCode::NOT_FOUND {
+            return Err(BlobError::Missing { digest: *digest, store: self.describe() });
+        }
+        Ok(resp.map(axum::body::Body::new).into_response())
+    }
 }
 
 /// Makes a rename or removal in `dir` durable.
