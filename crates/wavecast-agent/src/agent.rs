@@ -238,9 +238,30 @@ pub fn probe_client(config: &AgentConfig) -> Result<reqwest::Client, AgentError>
         .map_err(|e| AgentError::Http(HttpSetupError::Build(e)))
 }
 
+/// The server may send a download to its object store (`--blob-redirect`): a presigned URL on
+/// another host. It is followed with the `Range` the agent asked for and never with the
+/// device's credential (reqwest drops `Authorization` when the host changes), and the bytes are
+/// verified exactly as when the server sends them. Never from HTTPS down to plain HTTP: the
+/// URL is a short-lived key to the model's bytes, not to be sent in the clear.
+fn server_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade =
+            attempt.previous().last().is_some_and(|from| from.scheme() == "https") && attempt.url().scheme() != "https";
+        if downgrade {
+            let to = attempt.url().host_str().unwrap_or_default().to_owned();
+            attempt.error(format!("the server redirected from HTTPS to plain HTTP ({to}); not followed"))
+        } else if attempt.previous().len() >= 3 {
+            attempt.error("more than 3 redirects")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 fn client_builder(config: &AgentConfig) -> Result<reqwest::ClientBuilder, AgentError> {
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .redirect(server_redirects())
         .user_agent(concat!("wavecast-agent/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &config.ca_file {
         let pem = std::fs::read(ca).map_err(|e| AgentError::Http(HttpSetupError::ReadCa(ca.clone(), e)))?;

@@ -20,6 +20,10 @@ pub struct Status {
     pub version: String,
     /// `sqlite` or `postgres`.
     pub database: String,
+    /// Where artifact blobs are kept: a folder on the server, or `s3://BUCKET/PREFIX`. Every
+    /// replica of one installation should name the same bucket.
+    #[serde(default)]
+    pub blob_store: String,
     /// The server's clock when it answered: expiries are counted from it.
     pub server_time: Timestamp,
     /// The newest version of each TUF role, root first.

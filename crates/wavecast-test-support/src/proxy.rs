@@ -1,4 +1,5 @@
-//! A throttling TCP proxy: a slow, cuttable link between a device and the server, in-process.
+//! A throttling TCP proxy: a slow, cuttable link between a device and the server, in-process;
+//! and a round-robin balancer in front of several servers.
 //!
 //! Edge links are slow and models are big; tests need downloads that take longer than a device
 //! timeout without waiting for real cellular links. The proxy forwards every connection to one
@@ -26,21 +27,36 @@ pub struct ThrottledProxy {
 
 #[derive(Debug)]
 struct Link {
-    /// Bytes per second, server→client; 0 holds everything back.
-    rate: AtomicU64,
-    /// When the link is next free to send (the bucket, as a time).
-    next_free: Mutex<Instant>,
+    /// Server→client: 0 holds everything back.
+    down: Bucket,
+    /// Client→server: unmetered ([`u64::MAX`]) unless a test slows uploads.
+    up: Bucket,
     /// Bytes delivered to clients so far.
     delivered: AtomicU64,
     /// Refusing: new connections are closed at once and open ones broken off.
-    down: std::sync::atomic::AtomicBool,
+    refusing: std::sync::atomic::AtomicBool,
 }
 
-impl Link {
+/// One direction's token bucket, kept as the time the link is next free to send.
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes per second; 0 holds everything back, [`u64::MAX`] does not meter.
+    rate: AtomicU64,
+    next_free: Mutex<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: u64) -> Self {
+        Self { rate: AtomicU64::new(rate), next_free: Mutex::new(Instant::now()) }
+    }
+
     /// Waits until `n` bytes may go out at the current rate.
     async fn reserve(&self, n: usize) {
         loop {
             let rate = self.rate.load(Ordering::Relaxed);
+            if rate == u64::MAX {
+                return;
+            }
             if rate == 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -58,6 +74,12 @@ impl Link {
             return;
         }
     }
+
+    /// Bytes to read at once: small chunks keep the pacing smooth at low rates.
+    fn chunk(&self, max: usize) -> usize {
+        let rate = self.rate.load(Ordering::Relaxed).max(1);
+        usize::try_from(rate / 20).unwrap_or(usize::MAX).clamp(512, max)
+    }
 }
 
 impl ThrottledProxy {
@@ -67,16 +89,16 @@ impl ThrottledProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let link = Arc::new(Link {
-            rate: AtomicU64::new(bytes_per_sec),
-            next_free: Mutex::new(Instant::now()),
+            down: Bucket::new(bytes_per_sec),
+            up: Bucket::new(u64::MAX),
             delivered: AtomicU64::new(0),
-            down: std::sync::atomic::AtomicBool::new(false),
+            refusing: std::sync::atomic::AtomicBool::new(false),
         });
         let task = tokio::spawn({
             let link = link.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    if link.down.load(Ordering::Relaxed) {
+                    if link.refusing.load(Ordering::Relaxed) {
                         drop(client);
                         continue;
                     }
@@ -104,13 +126,18 @@ impl ThrottledProxy {
 
     /// Changes the server→client rate; 0 cuts the link (nothing flows, nothing is closed).
     pub fn set_rate(&self, bytes_per_sec: u64) {
-        self.link.rate.store(bytes_per_sec, Ordering::Relaxed);
+        self.link.down.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Meters the client→server direction too (uploads), at `bytes_per_sec`.
+    pub fn set_upload_rate(&self, bytes_per_sec: u64) {
+        self.link.up.rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     /// Takes the far side down (`true`): connections are closed as soon as they are made and
     /// open ones broken off, as when a host goes away; `false` brings it back.
     pub fn set_down(&self, down: bool) {
-        self.link.down.store(down, Ordering::Relaxed);
+        self.link.refusing.store(down, Ordering::Relaxed);
     }
 
     /// Bytes delivered to clients so far (what went over the "wire" toward devices).
@@ -127,34 +154,84 @@ impl Drop for ThrottledProxy {
 
 async fn forward(client: TcpStream, server: TcpStream, link: Arc<Link>) {
     let _ = client.set_nodelay(true);
-    let (mut client_read, mut client_write) = client.into_split();
-    let (mut server_read, mut server_write) = server.into_split();
-    let up = async move {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
-        let _ = server_write.shutdown().await;
-    };
-    let down = async move {
-        // Small chunks keep the pacing smooth at low rates.
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let rate = link.rate.load(Ordering::Relaxed).max(1);
-            let chunk = usize::try_from(rate / 20).unwrap_or(usize::MAX).clamp(512, buf.len());
-            let n = match server_read.read(&mut buf[..chunk]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if link.down.load(Ordering::Relaxed) {
-                break;
-            }
-            link.reserve(n).await;
-            if client_write.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let up = pump(client_read, server_write, &link, &link.up, false);
+    let down = pump(server_read, client_write, &link, &link.down, true);
+    tokio::join!(up, down);
+}
+
+/// Copies one direction through its bucket until either side ends or the link is refusing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    link: &Link,
+    bucket: &Bucket,
+    count: bool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let chunk = bucket.chunk(buf.len());
+        let n = match from.read(&mut buf[..chunk]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if link.refusing.load(Ordering::Relaxed) {
+            break;
+        }
+        bucket.reserve(n).await;
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        if count {
             link.delivered.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let _ = client_write.shutdown().await;
-    };
-    tokio::join!(up, down);
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A round-robin TCP load balancer over several upstreams, as in front of server replicas:
+/// each new connection goes to the next upstream that accepts it.
+#[derive(Debug)]
+pub struct Balancer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Listens on 127.0.0.1 (a free port).
+    pub async fn start(upstreams: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the balancer");
+        let addr = listener.local_addr().expect("balancer address");
+        let task = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let order: Vec<SocketAddr> =
+                    (0..upstreams.len()).map(|i| upstreams[(next + i) % upstreams.len()]).collect();
+                next = next.wrapping_add(1);
+                tokio::spawn(async move {
+                    for upstream in order {
+                        if let Ok(mut server) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,22 @@ impl S3Server {
         body.split("<Key>").skip(1).filter_map(|s| s.split_once("</Key>")).map(|(k, _)| k.to_owned()).collect()
     }
 
+    /// Writes an object as it is, behind the back of whoever owns the bucket (to corrupt one).
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to the S3 server");
+        write!(
+            s,
+            "PUT /{bucket}/{key} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n",
+            self.port,
+            body.len()
+        )
+        .expect("sending a PUT to the S3 server");
+        s.write_all(body).expect("sending the object to the S3 server");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "PUT {key}: {out}");
+    }
+
     /// The environment a client needs: credentials moto accepts and a region.
     pub fn env(&self) -> [(&'static str, &'static str); 3] {
         [

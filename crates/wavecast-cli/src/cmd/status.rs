@@ -36,6 +36,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         client.base(),
         output::time(status.server_time)
     );
+    println!("blobs      {}", status.blob_store);
     println!();
     output::table(
         &["ROLE", "VERSION", "EXPIRES", "IN", "SIGNED BY"],

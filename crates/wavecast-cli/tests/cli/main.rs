@@ -13,6 +13,7 @@ mod first_hour;
 mod limits;
 mod pipes;
 mod publish;
+mod replicas;
 mod rollouts;
 mod trust;
 mod watch;
@@ -101,13 +102,23 @@ impl Server {
 
     /// Starts a server whose clock runs `clock` ahead (see [`wavecast_at`]).
     pub(crate) async fn start_at(dir: &Path, database_url: Option<&str>, clock: Option<&str>) -> Self {
-        let port = free_port();
-        let log = dir.with_extension(format!("server-{port}.log"));
-        let mut cmd = wavecast_at(clock);
+        Self::start_with(dir, database_url, ServerOptions { clock, ..ServerOptions::default() }).await
+    }
+
+    /// Starts a server with more settings than the defaults.
+    pub(crate) async fn start_with(dir: &Path, database_url: Option<&str>, options: ServerOptions<'_>) -> Self {
+        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let port = options.port.unwrap_or_else(free_port);
+        // Numbered: a server restarted on its port keeps the earlier run's log readable.
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.with_extension(format!("server-{port}-{n}.log"));
+        let mut cmd = wavecast_at(options.clock);
         cmd.args(["server", "--data-dir"]).arg(dir).args(["--listen", &format!("127.0.0.1:{port}")]);
         if let Some(url) = database_url {
             cmd.args(["--database-url", url]);
         }
+        cmd.args(options.args).envs(options.env);
+
         let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -129,6 +140,11 @@ impl Server {
         self.child.id()
     }
 
+    /// The port it listens on.
+    pub(crate) fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in the URL")
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -147,6 +163,19 @@ impl Server {
         }
         panic!("server did not stop within 10s of SIGTERM:\n{}", self.log());
     }
+}
+
+/// What [`Server::start_with`] changes.
+#[derive(Debug, Default)]
+pub(crate) struct ServerOptions<'a> {
+    /// A faketime offset (see [`wavecast_at`]).
+    pub(crate) clock: Option<&'a str>,
+    /// A port to listen on (to restart a server where its clients expect it); free otherwise.
+    pub(crate) port: Option<u16>,
+    /// More `wavecast server` flags.
+    pub(crate) args: Vec<String>,
+    /// More environment variables.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Drop for Server {
@@ -203,8 +232,13 @@ pub(crate) fn op(server: &Server, token: &str) -> Command {
 
 /// An operator command against `server` whose clock runs `clock` ahead.
 pub(crate) fn op_at(server: &Server, token: &str, clock: Option<&str>) -> Command {
+    op_url(&server.url, token, clock)
+}
+
+/// An operator command against the server (or balancer) at `url`.
+pub(crate) fn op_url(url: &str, token: &str, clock: Option<&str>) -> Command {
     let mut c = wavecast_at(clock);
-    c.env("WAVECAST_SERVER", &server.url).env("WAVECAST_TOKEN", token);
+    c.env("WAVECAST_SERVER", url).env("WAVECAST_TOKEN", token);
     c
 }
 

@@ -30,8 +30,21 @@ impl Sim {
         args: &[&str],
         clock: Option<&str>,
     ) -> Self {
+        Self::start_url(&server.url, token, root, dir, group, args, clock)
+    }
+
+    /// Devices that talk to `url` (a server, or a balancer in front of several).
+    pub(crate) fn start_url(
+        url: &str,
+        token: &str,
+        root: &str,
+        dir: &Path,
+        group: &str,
+        args: &[&str],
+        clock: Option<&str>,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let mut cmd = op_at(server, token, clock);
+        let mut cmd = crate::op_url(url, token, clock);
         cmd.args(["sim", "--group", group, "--trust-root", root, "--dir"]).arg(dir).args(args);
         if !args.contains(&"--poll-interval") {
             cmd.args(["--poll-interval", "250ms"]);

@@ -63,6 +63,7 @@ pub async fn status(State(state): State<AppState>, _: CanRead) -> Result<Json<St
     Ok(Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         database: store.backend().name().to_owned(),
+        blob_store: state.blobs().describe(),
         server_time: wavecast_api::Timestamp::from_unix_ms(now_ms),
         metadata,
         warnings,

@@ -52,7 +52,7 @@ impl LocalBlobs {
         for d in [root.join("sha256"), tmp.clone()] {
             std::fs::create_dir_all(&d).map_err(|source| BlobError::Io { op: "creating", path: d.clone(), source })?;
         }
-        let now = SystemTime::now();
+        let now = SystemTime::from(wavecast_os::clock::now());
         for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
             let stale = entry
                 .metadata()
