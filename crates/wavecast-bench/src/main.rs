@@ -53,6 +53,10 @@ enum Bench {
         /// Artifact size in MiB.
         #[arg(long, default_value_t = 1024)]
         mib: u64,
+        /// Also through S3 (a moto server from scripts/s3-server on loopback): streamed by the
+        /// server, and redirected to a presigned URL, beside the local folder.
+        #[arg(long)]
+        s3: bool,
     },
     /// A 3-wave automatic rollout of a 1 MiB artifact to N simulated devices, versus hashing and
     /// copying the same bytes N times (target ≤ 3×); reports the server's peak RSS. With
@@ -171,7 +175,7 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
 
-async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
+async fn bench_install(root: &Path, mib: u64, s3: bool) -> anyhow::Result<()> {
     let bytes = mib << 20;
     let file = root.join("artifact.bin");
     println!("install: writing a {mib} MiB artifact…");
@@ -186,10 +190,78 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     )?;
     let _ = std::fs::remove_file(root.join("copy.bin"));
     let baseline = hash + copy;
+    let base_rate = mbps(bytes, baseline);
+    println!(
+        "install: baseline openssl sha256 {:.2}s + dd conv=fsync {:.2}s = {:.2}s ({base_rate:.0} MB/s)",
+        hash.as_secs_f64(),
+        copy.as_secs_f64(),
+        baseline.as_secs_f64()
+    );
 
-    let inst = install(root, None).await?;
+    let local = install_once(&root.join("local"), &file, &[], &[]).await?;
+    local.print("local folder", bytes, base_rate, None);
+    if s3 {
+        let server = wavecast_test_support::s3::S3Server::start();
+        let env = server.env();
+        for (name, redirect) in [("s3 streamed", false), ("s3 redirect", true)] {
+            let bucket = format!("wavecast-bench-{}", if redirect { "redirect" } else { "streamed" });
+            server.create_bucket(&bucket);
+            let mut args = vec![
+                "--blob-store".to_owned(),
+                format!("s3://{bucket}/blobs"),
+                "--blob-store-endpoint".to_owned(),
+                server.endpoint(),
+            ];
+            if redirect {
+                args.push("--blob-redirect".to_owned());
+            }
+            let run = install_once(&root.join(name.replace(' ', "-")), &file, &args, &env).await?;
+            run.print(name, bytes, base_rate, Some(&local));
+        }
+        println!("install: s3 is moto (Python, objects in memory) on loopback: a protocol peer, not a fast store");
+    }
+    Ok(())
+}
+
+/// One publish and one agent install of `file`, against a server started with `server_args`.
+struct InstallRun {
+    publish: Duration,
+    agent: Duration,
+    idle_rss: u64,
+    peak_rss: u64,
+}
+
+impl InstallRun {
+    fn print(&self, name: &str, bytes: u64, base_rate: f64, local: Option<&InstallRun>) {
+        let rate = mbps(bytes, self.agent);
+        let beside = local
+            .map(|l| format!("; {:.2}x the local folder's time", self.agent.as_secs_f64() / l.agent.as_secs_f64()));
+        println!(
+            "install [{name}]: agent fetch+verify+durable install {:.2}s ({rate:.0} MB/s), ratio agent/baseline = {:.2}x (target ≥ 0.80x){}",
+            self.agent.as_secs_f64(),
+            rate / base_rate,
+            beside.unwrap_or_default()
+        );
+        println!(
+            "install [{name}]: publish {:.2}s ({:.0} MB/s); agent RSS idle {} KiB, peak during install {} KiB",
+            self.publish.as_secs_f64(),
+            mbps(bytes, self.publish),
+            self.idle_rss,
+            self.peak_rss
+        );
+    }
+}
+
+async fn install_once(
+    root: &Path,
+    file: &Path,
+    server_args: &[String],
+    server_env: &[(&str, &str)],
+) -> anyhow::Result<InstallRun> {
+    std::fs::create_dir_all(root)?;
+    let inst = setup::install_with(root, None, server_args, server_env).await?;
     let t = Instant::now();
-    publish(&inst, &file)?;
+    publish(&inst, file)?;
     let publish = t.elapsed();
     let token = enroll_token(&inst, "bench")?;
     let probe = ok_probe(root)?;
@@ -210,28 +282,10 @@ async fn bench_install(root: &Path, mib: u64) -> anyhow::Result<()> {
     let r = wait_rollout(&inst, &created.id, Duration::from_millis(20), Duration::from_secs(600)).await?;
     let agent_time = t.elapsed();
     ensure!(r.state == RolloutState::Completed, "the install did not succeed: {r:?}");
-    let peak = status_kib(pid, "VmHWM:");
+    let peak_rss = status_kib(pid, "VmHWM:");
     drop(agent);
     drop(inst.server);
-
-    let base_rate = mbps(bytes, baseline);
-    let agent_rate = mbps(bytes, agent_time);
-    println!(
-        "install: baseline openssl sha256 {:.2}s + dd conv=fsync {:.2}s = {:.2}s ({base_rate:.0} MB/s)",
-        hash.as_secs_f64(),
-        copy.as_secs_f64(),
-        baseline.as_secs_f64()
-    );
-    println!(
-        "install: agent fetch+verify+durable install {:.2}s ({agent_rate:.0} MB/s), includes one check-in interval (≤100 ms) and TUF refresh",
-        agent_time.as_secs_f64()
-    );
-    println!("install: ratio agent/baseline = {:.2}x  (target ≥ 0.80x)", agent_rate / base_rate);
-    println!(
-        "install: agent RSS idle {idle_rss} KiB, peak during install {peak} KiB; publish of {mib} MiB took {:.2}s",
-        publish.as_secs_f64()
-    );
-    Ok(())
+    Ok(InstallRun { publish, agent: agent_time, idle_rss, peak_rss })
 }
 
 async fn bench_rollout(root: &Path, devices: u32) -> anyhow::Result<()> {
@@ -419,7 +473,7 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
     let checkins =
         |devices, database_url, connections, seconds| checkins::Options { devices, database_url, connections, seconds };
     match command {
-        Bench::Install { mib } => bench_install(root, mib).await,
+        Bench::Install { mib, s3 } => bench_install(root, mib, s3).await,
         Bench::Rollout { devices, light: false, .. } => bench_rollout(root, devices).await,
         Bench::Rollout { devices, light: true, fleet } => light::run(root, &light(devices, fleet)).await,
         Bench::Checkins { devices, database_url, connections, seconds } => {
@@ -438,7 +492,7 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             };
             bench_agent(&dir("agent")?, None).await?;
             fsyncs::run(&dir("fsyncs")?, 20).await?;
-            bench_install(&dir("install")?, 1024).await?;
+            bench_install(&dir("install")?, 1024, true).await?;
             bench_rollout(&dir("rollout")?, 1000).await?;
             checkins::run(&dir("checkins-sqlite")?, &checkins(100_000, None, 256, 10)).await?;
             if database_url.is_some() {

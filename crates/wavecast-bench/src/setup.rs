@@ -164,6 +164,16 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 /// `wavecast init` in `dir/install`, then `wavecast server` on a free port (on SQLite in the
 /// data dir, or on `database_url`), logging warnings to `dir/server.log`.
 pub async fn install(dir: &Path, database_url: Option<&str>) -> anyhow::Result<Installation> {
+    install_with(dir, database_url, &[], &[]).await
+}
+
+/// [`install`], with more `wavecast server` flags and environment.
+pub async fn install_with(
+    dir: &Path,
+    database_url: Option<&str>,
+    server_args: &[String],
+    server_env: &[(&str, &str)],
+) -> anyhow::Result<Installation> {
     let inst = dir.join("install");
     run_ok(Command::new(bin("wavecast")?).args(["init", "--dir"]).arg(&inst))?;
     let port = free_port();
@@ -174,6 +184,7 @@ pub async fn install(dir: &Path, database_url: Option<&str>) -> anyhow::Result<I
     if let Some(db) = database_url {
         server.args(["--database-url", db]);
     }
+    server.args(server_args).envs(server_env.iter().copied());
     let server = Proc(
         server
             .env("RUST_LOG", "warn")
