@@ -17,7 +17,9 @@ use wavecast_core::secret::{Secret, SecretKind};
 use wavecast_core::{DeviceName, GroupName, Sha256Digest};
 use wavecast_os::clock::now_ms;
 
-use super::openapi::{BadRequest, Binary, Conflict, Forbidden, Internal, NotFound, TooLarge, Unauthorized};
+use super::openapi::{
+    BadRequest, Binary, Conflict, Forbidden, Internal, NotFound, TooLarge, Unauthorized, Unavailable,
+};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, CanManageFleet, CanRead, Operator, bodies, new_id, random};
 use crate::state::AppState;
 use crate::store::{NewEnrollmentToken, Retire};
@@ -516,12 +518,14 @@ pub async fn list_audit(
         (status = 200, description = "The bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."))),
         (status = 206, description = "The requested range of the bytes.", body = inline(Binary), content_type = "application/octet-stream", headers(("ETag" = String, description = "Of the file; for If-None-Match."), ("Last-Modified" = String, description = "Of the file; for If-Modified-Since."), ("Accept-Ranges" = String, description = "`bytes`."), ("Content-Range" = String, description = "`bytes START-END/LENGTH`."))),
         (status = 304, description = "Unchanged since the If-None-Match or If-Modified-Since the client sent; no body."),
+        (status = 307, description = "With `--blob-redirect`: fetch the bytes from the presigned URL in `Location` (valid a few minutes; send the same `Range`, not the credential).", headers(("Location" = String, description = "A presigned URL for the object in the blob store."))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 404, response = NotFound),
         (status = 412, description = "An If-Match or If-Unmodified-Since precondition failed; no body."),
         (status = 416, description = "The Range is malformed or past the end; no body.", headers(("Content-Range" = String, description = "`bytes */LENGTH`."))),
         (status = 500, response = Internal),
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn get_blob(
