@@ -363,6 +363,7 @@ fn status_resign_and_rotation_bodies() {
         &Status {
             version: "0.1.0".into(),
             database: "sqlite".into(),
+            blob_store: "s3://models/fleet".into(),
             server_time: t(1000),
             metadata: vec![RoleStatus {
                 role: MetadataRole::Targets,
@@ -380,7 +381,7 @@ fn status_resign_and_rotation_bodies() {
             rollouts_running: 1,
         },
         &format!(
-            r#"{{"version":"0.1.0","database":"sqlite","server_time":"1970-01-01T00:00:01.000Z",
+            r#"{{"version":"0.1.0","database":"sqlite","blob_store":"s3://models/fleet","server_time":"1970-01-01T00:00:01.000Z",
             "metadata":[{{"role":"targets","version":3,"expires_at":"1970-01-01T00:00:05.000Z","expires_in_secs":4,"signed_offline":true}}],
             "warnings":["w"],"audit":{{"events":9,"checkpoint":{{"size":8,"root":"{SHA}"}}}},
             "devices":{{"enrolled":7,"in_running_rollouts":{counts}}},"rollouts_running":1}}"#,
