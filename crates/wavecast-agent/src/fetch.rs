@@ -170,6 +170,13 @@ pub fn range_is_rest(content_range: &str, have: u64, length: u64) -> bool {
     start == have && end.checked_add(1) == Some(length) && total_ok
 }
 
+/// The queues to the hashing and writing threads hold at most this many pieces of at most
+/// [`PIECE_BYTES`]: about 4 MiB in flight however the bytes arrive. A read from a fast link
+/// (an object store nearby, a redirect to one) hands over hundreds of KiB at once, and a bound
+/// on whole reads let a download take 50 MiB of a small device's memory.
+const QUEUED_PIECES: usize = 64;
+const PIECE_BYTES: usize = 64 * 1024;
+
 enum Chunk {
     Data(Bytes),
     Done,
@@ -260,9 +267,9 @@ pub async fn fetch(
     }
     file.seek(std::io::SeekFrom::Start(have)).map_err(local("seeking"))?;
 
-    // Two threads: one hashes, one writes; bounded queues keep memory flat.
-    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(64);
-    let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(64);
+    // Two threads: one hashes, one writes; bounded queues of bounded pieces keep memory flat.
+    let (hash_tx, hash_rx) = mpsc::sync_channel::<Chunk>(QUEUED_PIECES);
+    let (write_tx, write_rx) = mpsc::sync_channel::<Chunk>(QUEUED_PIECES);
     let hasher = std::thread::spawn(move || {
         let mut h = prefix;
         while let Ok(Chunk::Data(b)) = hash_rx.recv() {
@@ -308,8 +315,12 @@ pub async fn fetch(
                 window_start = Instant::now();
                 window_bytes = 0;
             }
-            if hash_tx.send(Chunk::Data(chunk.clone())).is_err() || write_tx.send(Chunk::Data(chunk)).is_err() {
-                return Err(FetchError::Worker("worker threads stopped"));
+            let mut rest = chunk;
+            while !rest.is_empty() {
+                let piece = rest.split_to(rest.len().min(PIECE_BYTES));
+                if hash_tx.send(Chunk::Data(piece.clone())).is_err() || write_tx.send(Chunk::Data(piece)).is_err() {
+                    return Err(FetchError::Worker("worker threads stopped"));
+                }
             }
             watch.done.store(total, Ordering::Relaxed);
             if !fired && total * 2 >= length {
