@@ -51,6 +51,12 @@ pub async fn status(State(state): State<AppState>, _: CanRead) -> Result<Json<St
     for missing in state.trust().current().missing() {
         warnings.push(format!("this server cannot sign: {}", wavecast_os::error::chain(&missing)));
     }
+    if let Err(e) = state.blobs().check().await {
+        warnings.push(format!(
+            "publishing and downloads fail until the blob store answers: {}",
+            wavecast_os::error::chain(&e)
+        ));
+    }
     let checkpoint = state
         .checkpoints()
         .latest()

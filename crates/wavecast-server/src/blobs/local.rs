@@ -65,6 +65,12 @@ impl LocalBlobs {
         Ok(Self { root: root.to_path_buf() })
     }
 
+    /// Whether the folder is still there.
+    pub(super) fn check(&self) -> Result<(), BlobError> {
+        let sha = self.root.join("sha256");
+        std::fs::metadata(&sha).map(|_| ()).map_err(|source| BlobError::Io { op: "looking for", path: sha, source })
+    }
+
     pub(super) fn describe(&self) -> String {
         self.root.display().to_string()
     }

@@ -231,17 +231,42 @@ pub struct Placed {
 }
 
 impl BlobStore {
-    /// Opens the store `config` names (`default_dir` for a local folder without a path) and
-    /// checks that it answers.
+    /// Opens the store `config` names (`default_dir` for a local folder without a path).
+    ///
+    /// An object store that does not answer yet is not an error here: a replica that starts
+    /// while the bucket is unreachable still serves check-ins, reports and operators, answers
+    /// publishes and downloads `503` until the store is back, and says so in the log and in
+    /// `GET /status`. A setting that cannot work (a bad endpoint URL) is an error.
     pub async fn open(config: &BlobConfig, default_dir: &std::path::Path) -> Result<Self, BlobError> {
         let backend = match &config.location {
             BlobLocation::Local(dir) => {
                 Backend::Local(local::LocalBlobs::open(dir.as_deref().unwrap_or(default_dir)).await?)
             }
-            BlobLocation::S3(location) => Backend::Object(object::ObjectBlobs::s3(location, config).await?),
+            BlobLocation::S3(location) => Backend::Object(object::ObjectBlobs::s3(location, config)?),
             BlobLocation::Memory => Backend::Object(object::ObjectBlobs::memory()),
         };
-        Ok(Self { inner: Arc::new(backend) })
+        let this = Self { inner: Arc::new(backend) };
+        // In the background: a store that does not answer must not hold up the start.
+        let probe = this.clone();
+        tokio::spawn(async move {
+            match probe.check().await {
+                Ok(()) => tracing::info!(blobs = %probe.describe(), "the blob store answers"),
+                Err(e) => tracing::error!(
+                    error = %wavecast_os::error::Chain(&e),
+                    "the blob store does not answer; publishing and downloads fail until it does"
+                ),
+            }
+        });
+        Ok(this)
+    }
+
+    /// Whether the store answers now: an object store is asked for an object that is never
+    /// there, so a wrong bucket, endpoint or credentials show as well as an outage.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        match &*self.inner {
+            Backend::Local(l) => l.check(),
+            Backend::Object(o) => o.check().await,
+        }
     }
 
     /// The store as configured, for logs and messages (`s3://bucket/prefix`, or the folder).

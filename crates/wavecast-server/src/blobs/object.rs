@@ -130,9 +130,9 @@ impl Drop for PendingUpload {
 }
 
 impl ObjectBlobs {
-    /// Connects to the bucket, credentials and region from the usual `AWS_*` environment
-    /// variables, and checks that it answers.
-    pub(super) async fn s3(location: &S3Location, settings: &BlobConfig) -> Result<Self, BlobError> {
+    /// The bucket, with credentials and region from the usual `AWS_*` environment variables
+    /// unless given; nothing is asked of it yet.
+    pub(super) fn s3(location: &S3Location, settings: &BlobConfig) -> Result<Self, BlobError> {
         let describe = location.to_string();
         let config = |reason: String| BlobError::Config { store: describe.clone(), reason };
         let options = ClientOptions::new()
@@ -157,15 +157,13 @@ impl ObjectBlobs {
             builder = builder.with_allow_http(endpoint.scheme() == "http");
         }
         let s3 = Arc::new(builder.build().map_err(|e| config(wavecast_os::error::chain(&e)))?);
-        let this = Self {
+        Ok(Self {
             store: s3.clone(),
             signer: Some(s3),
             prefix: location.prefix.clone(),
             delivery: settings.delivery,
             describe,
-        };
-        this.check().await?;
-        Ok(this)
+        })
     }
 
     /// A store in memory, for tests.
@@ -183,9 +181,8 @@ impl ObjectBlobs {
         &self.describe
     }
 
-    /// Asks for an object that is never there: a wrong bucket, endpoint or credentials show
-    /// now, when the server starts, rather than at the first publish.
-    async fn check(&self) -> Result<(), BlobError> {
+    /// Asks for an object that is never there.
+    pub(super) async fn check(&self) -> Result<(), BlobError> {
         let key = self.key_for("wavecast-start-check");
         match self.store.head(&key).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -190,7 +190,27 @@ async fn an_unreachable_store_fails_a_publish_cleanly_and_makes_devices_wait(db:
     assert!(r.status == StatusCode::OK && r.body == blob);
 }
 
+/// A replica that starts while the bucket is unreachable comes up anyway (check-ins need no
+/// blobs) and says what is wrong in `GET /status` until the bucket answers.
+async fn a_replica_starts_while_the_store_is_down(db: Db) {
+    let bucket = bucket();
+    let link = ThrottledProxy::start(([127, 0, 0, 1], s3().port()).into(), 1 << 30).await;
+    link.set_down(true);
+    let env = env_on(db, config(&bucket, &link.url(), BlobDelivery::Proxied)).await;
+    let warnings = || async { env.get("/api/v1/status").await.json()["warnings"].to_string() };
+    let down = warnings().await;
+    assert!(down.contains("publishing and downloads fail until the blob store answers"), "{down}");
+    assert!(down.contains(&format!("s3://{bucket}/fleet")), "{down}");
+    env.group("g").await;
+    env.enroll("g", "d1").await;
+    link.set_down(false);
+    let up = warnings().await;
+    assert!(!up.contains("blob store"), "{up}");
+    assert_eq!(env.publish("m@1.0.0", b"weights").await.status, StatusCode::CREATED);
+}
+
 both!(
+    a_replica_starts_while_the_store_is_down,
     publish_50_mib_and_read_it_by_range,
     the_same_bytes_under_two_names_make_one_object,
     an_unreachable_store_fails_a_publish_cleanly_and_makes_devices_wait,
