@@ -54,7 +54,10 @@ pub(crate) fn wavecast_at(clock: Option<&str>) -> Command {
             .env("FAKETIME", offset)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     }
-    c.env_remove("WAVECAST_SERVER").env_remove("WAVECAST_TOKEN").env_remove("WAVECAST_DATABASE_URL");
+    c.env_remove("WAVECAST_SERVER")
+        .env_remove("WAVECAST_TOKEN")
+        .env_remove("WAVECAST_DATABASE_URL")
+        .env_remove("WAVECAST_BLOB_STORE");
     c
 }
 

@@ -35,8 +35,17 @@ use wavecast_core::{Sha256Digest, Sha256Hasher};
 
 use super::{BlobConfig, BlobDelivery, BlobError, Pending, Placed, Received};
 
-/// Bytes sent to the store per multipart part: S3 wants at least 5 MiB but for the last.
+/// Bytes sent to the store per multipart part: S3 wants at least 5 MiB but for the last, and
+/// at most 10,000 parts, so a blob over 75 GiB gets larger parts ([`part_bytes`]).
 const PART_BYTES: usize = 8 << 20;
+
+/// Parts an upload is planned in at most, below S3's limit of 10,000.
+const MAX_PARTS: u64 = 9_500;
+
+/// The part size for a blob of `length` bytes.
+fn part_bytes(length: u64) -> usize {
+    usize::try_from(length.div_ceil(MAX_PARTS)).unwrap_or(usize::MAX).max(PART_BYTES)
+}
 
 /// Parts in flight per upload: with the part being filled, a publish holds at most about
 /// three parts in memory however large the blob.
@@ -229,6 +238,7 @@ impl ObjectBlobs {
         let mut part_len = 0usize;
         let mut parts_sent = 0usize;
         let mut in_flight = FuturesUnordered::new();
+        let part_size = part_bytes(max_len);
         loop {
             let chunk = match body.next().await {
                 Some(chunk) => {
@@ -243,7 +253,7 @@ impl ObjectBlobs {
             hasher.update(&chunk);
             part_len += chunk.len();
             part.push(chunk);
-            if part_len >= PART_BYTES {
+            if part_len >= part_size {
                 while in_flight.len() >= PARTS_IN_FLIGHT {
                     in_flight.try_next().await.map_err(|e| self.error("uploading a part to", &key, e))?;
                 }
@@ -408,6 +418,14 @@ mod tests {
             h.insert(header::RANGE, HeaderValue::from_str(header).unwrap());
             assert_eq!(&requested_range(&h), want, "{header}");
         }
+    }
+
+    #[test]
+    fn parts_grow_for_blobs_too_large_for_ten_thousand() {
+        assert_eq!(part_bytes(1 << 30), PART_BYTES);
+        let huge = 200u64 << 30;
+        assert!(huge.div_ceil(part_bytes(huge) as u64) <= MAX_PARTS);
+        assert!(part_bytes(huge) > PART_BYTES);
     }
 
     #[test]
