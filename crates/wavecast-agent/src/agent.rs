@@ -1372,10 +1372,10 @@ impl Pacing {
         let number =
             |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
         Pacing {
-            long_poll: number("wavecast-long-poll")
+            long_poll: number(wavecast_core::assignment::LONG_POLL_HEADER)
                 .filter(|&s| s > 0)
                 .map(|s| Duration::from_secs(s).min(MAX_LONG_POLL)),
-            next_poll: number("wavecast-poll-after").map(Duration::from_millis),
+            next_poll: number(wavecast_core::assignment::POLL_AFTER_HEADER).map(Duration::from_millis),
         }
     }
 }

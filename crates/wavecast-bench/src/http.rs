@@ -14,8 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
-/// The header in which the server suggests the next check-in, in milliseconds.
-pub const POLL_AFTER: &str = "wavecast-poll-after";
+pub use wavecast_core::assignment::{LONG_POLL_HEADER as LONG_POLL, POLL_AFTER_HEADER as POLL_AFTER};
 
 /// What came back.
 pub struct Answer {
@@ -155,7 +154,7 @@ pub fn parse_head(buf: &[u8]) -> anyhow::Result<Option<(Head, usize)>> {
             "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
             "etag" => head.etag = Some(HeaderValue::from_str(value)?),
             POLL_AFTER => head.poll_after_ms = Some(number()?),
-            "wavecast-long-poll" => head.long_poll_s = Some(number()?),
+            LONG_POLL => head.long_poll_s = Some(number()?),
             _ => {}
         }
     }

@@ -10,6 +10,14 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The check-in answer's header that suggests when to check in next, in milliseconds
+/// (jittered by the server). One name for the server that sends it and the agent that reads it.
+pub const POLL_AFTER_HEADER: &str = "wavecast-poll-after";
+
+/// The check-in answer's header that offers long-poll: the longest `wait`, in seconds, this
+/// device's check-ins may ask the server to hold them. Absent when long-poll is off.
+pub const LONG_POLL_HEADER: &str = "wavecast-long-poll";
+
 use crate::probe::ProbeSpec;
 use crate::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wavecast_core::assignment::{
-    AssignmentDoc, MAX_REPORTS_PER_BATCH, RefusedReport, ReportAck, ReportBatch, SignedAssignments, assigns_install,
+    AssignmentDoc, LONG_POLL_HEADER as LONG_POLL, MAX_REPORTS_PER_BATCH, POLL_AFTER_HEADER as POLL_AFTER,
+    RefusedReport, ReportAck, ReportBatch, SignedAssignments, assigns_install,
 };
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
 use wavecast_core::name::validate;
@@ -163,12 +164,6 @@ pub async fn whoami(
 
 /// How long a signed assignment doc stays actionable.
 const ASSIGNMENT_LIFETIME_SECS: i64 = 24 * 3600;
-
-/// The header that suggests when to check in next, in milliseconds (jittered).
-pub const POLL_AFTER: &str = "wavecast-poll-after";
-/// The header that offers long-poll: the longest `wait` this device's check-ins are held, in
-/// seconds.
-pub const LONG_POLL: &str = "wavecast-long-poll";
 
 /// `GET /device/v1/assignments` query.
 #[derive(Deserialize, utoipa::IntoParams)]
