@@ -1439,3 +1439,83 @@ async fn enroll(config: &AgentConfig, http: &reqwest::Client) -> Result<Identity
     let get = |k: &'static str| body[k].as_str().map(str::to_owned).ok_or_else(|| fail(EnrollError::Incomplete(k)));
     Ok(Identity { device_id: get("device_id")?, name: get("name")?, credential: get("credential")? })
 }
+
+#[cfg(test)]
+mod redirect_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::server_redirects;
+
+    /// Answers every connection with `answer` (after reading the request head), counting them.
+    async fn answering(answer: String, tls: Option<tokio_rustls::TlsAcceptor>) -> (u16, Arc<AtomicU32>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU32::new(0));
+        let seen = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let (answer, tls) = (answer.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                            let _ = s.read(&mut buf).await;
+                            let _ = s.write_all(answer.as_bytes()).await;
+                            let _ = s.shutdown().await;
+                        }
+                        None => {
+                            let mut s = tcp;
+                            let _ = s.read(&mut buf).await;
+                            let _ = s.write_all(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        (port, hits)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_from_https_to_plain_http_is_not_followed() {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_owned();
+        let (plain, plain_hits) = answering(ok, None).await;
+        let to_plain = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{plain}/blob\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        let (https, _) = answering(to_plain.clone(), Some(acceptor)).await;
+        let (http, _) = answering(to_plain, None).await;
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(server_redirects())
+            .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let err = client.get(format!("https://127.0.0.1:{https}/target")).send().await.unwrap_err();
+        let text = wavecast_os::error::chain(&err);
+        assert!(text.contains("from HTTPS to plain HTTP"), "{text}");
+        assert_eq!(plain_hits.load(Ordering::SeqCst), 0, "the plain-HTTP URL was never asked");
+
+        // From plain HTTP, the same redirect is followed: nothing is given away that was not already.
+        let resp = client.get(format!("http://127.0.0.1:{http}/target")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        assert_eq!(plain_hits.load(Ordering::SeqCst), 1);
+    }
+}
