@@ -255,18 +255,21 @@ impl ObjectBlobs {
             part.push(chunk);
             if part_len >= part_size {
                 while in_flight.len() >= PARTS_IN_FLIGHT {
-                    in_flight.try_next().await.map_err(|e| self.error("uploading a part to", &key, e))?;
+                    part_sent(&mut in_flight).await.map_err(|e| self.error("uploading a part to", &key, e))?;
                 }
-                in_flight.push(upload.put_part(PutPayload::from_iter(std::mem::take(&mut part))));
+                // Spawned, so the part goes out while the next one is received.
+                in_flight.push(tokio::spawn(upload.put_part(PutPayload::from_iter(std::mem::take(&mut part)))));
                 part_len = 0;
                 parts_sent += 1;
             }
         }
         // The last part may be short; an empty blob still needs one part.
         if part_len > 0 || parts_sent == 0 {
-            in_flight.push(upload.put_part(PutPayload::from_iter(part)));
+            in_flight.push(tokio::spawn(upload.put_part(PutPayload::from_iter(part))));
         }
-        while in_flight.try_next().await.map_err(|e| self.error("uploading a part to", &key, e))?.is_some() {}
+        while !in_flight.is_empty() {
+            part_sent(&mut in_flight).await.map_err(|e| self.error("uploading a part to", &key, e))?;
+        }
         received.sha256 = hasher.finish();
         Ok(received)
     }
@@ -364,6 +367,17 @@ impl ObjectBlobs {
             }))
         };
         Ok(resp.body(body).expect("a valid response"))
+    }
+}
+
+/// Waits for one of the parts in flight to be stored.
+async fn part_sent(
+    in_flight: &mut FuturesUnordered<tokio::task::JoinHandle<object_store::Result<()>>>,
+) -> object_store::Result<()> {
+    match in_flight.next().await {
+        None => Ok(()),
+        Some(Ok(sent)) => sent,
+        Some(Err(source)) => Err(object_store::Error::JoinError { source }),
     }
 }
 
