@@ -34,7 +34,7 @@ use wavecast_os::clock;
 use wavecast_os::error::Chain;
 use wavecast_tuf::repo::{MetadataHead, OnlineKeys, OnlinePlan, sign_online};
 
-use crate::blobs::{BlobConfig, BlobError, BlobStore};
+use crate::blobs::{BlobConfig, BlobDelivery, BlobError, BlobStore};
 use crate::install::{BootstrapFile, Layout};
 use crate::limits::RateLimits;
 use crate::state::{AppState, DeviceIdentity, LastSeen, Settings};
@@ -134,6 +134,23 @@ impl ServerConfig {
         Ok(self)
     }
 
+    /// Checks what only the whole can tell: served over HTTPS, redirects to a plain-HTTP blob
+    /// store would be refused by every agent (they never follow HTTPS down to HTTP), so every
+    /// download would wait forever. Better refused when the server starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let redirects = matches!(self.blobs.delivery, BlobDelivery::Redirect(_));
+        let plain_store = self.blobs.endpoint.as_ref().is_some_and(|e| e.scheme() == "http");
+        if self.tls.is_some() && redirects && plain_store {
+            return Err(ConfigError::Blobs(
+                "--blob-redirect with a plain-HTTP --blob-store-endpoint behind --tls-cert: agents refuse a redirect \
+                 from HTTPS to plain HTTP, so no device could download; serve the store over HTTPS or drop \
+                 --blob-redirect (the server then streams the bytes itself)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Keeps report ids for `retention` (at least [`MIN_REPORT_RETENTION`]).
     pub fn with_report_retention(mut self, retention: Duration) -> Result<Self, ConfigError> {
         if retention < MIN_REPORT_RETENTION {
@@ -213,6 +230,9 @@ pub enum ServerError {
     /// The blob store failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
+    /// The settings do not fit together.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Re-signing metadata failed.
     #[error(transparent)]
     Sign(#[from] wavecast_tuf::repo::OnlineSignError),
@@ -238,6 +258,7 @@ pub enum ServerError {
 /// operator put there), so a database of another installation is refused. The server needs
 /// every online key the newest root names, from `keys/`.
 pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
+    config.check()?;
     let layout = Layout::new(&config.data_dir);
     let root_path = layout.root_json();
     if !root_path.exists() {
@@ -690,4 +711,46 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
 async fn shutdown_signal() {
     wavecast_os::signal::shutdown().await;
     tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_from_https_to_a_plain_http_store_are_refused_at_start() {
+        let tls = || tls::TlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            device_client_ca: None,
+            device_client_crls: Vec::new(),
+        };
+        let blobs = |endpoint: &str, delivery| BlobConfig {
+            location: crate::blobs::BlobLocation::S3("models/fleet".parse().unwrap()),
+            endpoint: Some(endpoint.parse().unwrap()),
+            delivery,
+            credentials: None,
+        };
+        let redirect = BlobDelivery::Redirect(Duration::from_secs(300));
+        // (TLS, endpoint, delivery, accepted)
+        let cases = [
+            (true, "http://minio:9000", redirect, false),
+            (true, "https://minio:9000", redirect, true),
+            (true, "http://minio:9000", BlobDelivery::Proxied, true),
+            (false, "http://minio:9000", redirect, true),
+        ];
+        for (with_tls, endpoint, delivery, accepted) in cases {
+            let mut config =
+                ServerConfig::new("/tmp/x".into(), "127.0.0.1:0".parse().unwrap(), None, GateApproval::AnyApprover)
+                    .unwrap()
+                    .with_blobs(blobs(endpoint, delivery))
+                    .unwrap();
+            config.tls = with_tls.then(tls);
+            let checked = config.check();
+            assert_eq!(checked.is_ok(), accepted, "{with_tls} {endpoint} {delivery:?}: {checked:?}");
+            if let Err(e) = checked {
+                assert!(e.to_string().contains("agents refuse a redirect from HTTPS to plain HTTP"), "{e}");
+            }
+        }
+    }
 }
