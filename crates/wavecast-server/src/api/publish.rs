@@ -120,13 +120,22 @@ pub async fn publish(
     if field.name() != Some("blob") {
         return Err(ApiError::BadRequest("the second part of the upload must be `blob`".into()));
     }
-    let received = state.blobs().receive(field, &target.sha256, target.length).await.map_err(|e| match e {
-        crate::blobs::BlobError::TooLong { .. } => ApiError::Unprocessable(format!(
-            "the uploaded bytes do not match the signed target {}: more than the signed {} bytes; nothing was stored",
-            target.target, target.length
-        )),
-        other => other.into(),
-    })?;
+    let received = match state.blobs().receive(field, &target.sha256, target.length).await {
+        Ok(received) => received,
+        Err(crate::blobs::BlobError::TooLong { .. }) => {
+            return Err(ApiError::Unprocessable(format!(
+                "the uploaded bytes do not match the signed target {}: more than the signed {} bytes; nothing was stored",
+                target.target, target.length
+            )));
+        }
+        Err(e @ crate::blobs::BlobError::Store { .. }) => {
+            // The object store failed mid-upload while the publisher is still sending: as for a
+            // conflict, read the rest (bounded) so it gets this answer rather than a broken pipe.
+            drain(&mut multipart).await;
+            return Err(e.into());
+        }
+        Err(other) => return Err(other.into()),
+    };
     if received.sha256 != target.sha256 || received.length != target.length {
         return Err(ApiError::Unprocessable(format!(
             "the uploaded bytes do not match the signed target {}: signed sha256 {} ({} bytes), received sha256 {} ({} bytes); nothing was stored",
