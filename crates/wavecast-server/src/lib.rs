@@ -313,6 +313,7 @@ pub async fn open(config: &ServerConfig) -> Result<AppState, ServerError> {
         devices,
         limits: config.limits.clone(),
         report_retention: config.report_retention,
+        transport: if config.tls.is_some() { state::Transport::Tls } else { state::Transport::PlainHttp },
     };
     let state = AppState::new(store, blobs, trust, settings);
     refresh_online_metadata(state.store(), state.trust()).await?;

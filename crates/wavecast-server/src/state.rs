@@ -41,6 +41,17 @@ pub struct Settings {
     pub limits: RateLimits,
     /// How long a device report's id is kept to recognise the report sent again.
     pub report_retention: std::time::Duration,
+    /// How browsers reach the server: the dashboard's session cookie is `Secure` under TLS.
+    pub transport: Transport,
+}
+
+/// How clients reach this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Over TLS that this server terminates.
+    Tls,
+    /// Over plain HTTP (loopback, or behind a proxy that terminates TLS).
+    PlainHttp,
 }
 
 /// Device check-in times, kept in memory and written to the database in batches: a write per

@@ -1,11 +1,13 @@
 //! Helpers shared by wavecast's test suites (and the benchmark): fresh PostgreSQL databases,
-//! free ports, waiting for a condition, hand-built upload bodies, a throttling proxy and a real
-//! S3-compatible server.
+//! free ports, waiting for a condition, hand-built upload bodies, a throttling proxy, a real
+//! S3-compatible server and a headless browser (Debian's Chromium over WebDriver) for the
+//! dashboard's tests.
 //!
 //! Tests that need PostgreSQL get a database of their own, created on the server at
 //! `WAVECAST_TEST_PG` (default `postgres://postgres@127.0.0.1:5432/test`) and dropped when the
 //! guard goes out of scope, so tests run in parallel and leave nothing behind.
 
+pub mod browser;
 pub mod proxy;
 pub mod s3;
 

@@ -45,7 +45,7 @@ impl Operator {
     }
 
     /// Fails with 403 unless the role grants `permission`.
-    fn require(&self, permission: Permission) -> Result<(), ApiError> {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
         if self.role.allows(permission) {
             Ok(())
         } else {
@@ -151,18 +151,31 @@ impl FromRequestParts<AppState> for Operator {
         let parts: &Parts = parts;
         under_failure_budget(parts, state, async {
             let presented = bearer(parts, "an API token (--token or WAVECAST_TOKEN)")?;
-            let secret = Secret::parse(SecretKind::ApiToken, &presented).map_err(|e| ApiError::unauthorized(&e))?;
-            let record = state
-                .store()
-                .token_by_secret(&secret.hash())
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
-            if record.revoked_at.is_some() {
-                return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
-            }
-            Ok(Operator { token_id: record.id, name: record.name, role: record.role })
+            operator_by_token(state, &presented).await
         })
         .await
+    }
+}
+
+/// The operator whose API token `presented` is: 401 for a malformed, unknown or revoked one.
+/// The caller runs it under the client's failure budget ([`under_failure_budget`]).
+pub async fn operator_by_token(state: &AppState, presented: &str) -> Result<Operator, ApiError> {
+    let secret = Secret::parse(SecretKind::ApiToken, presented).map_err(|e| ApiError::unauthorized(&e))?;
+    let record = state
+        .store()
+        .token_by_secret(&secret.hash())
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("unknown API token".into()))?;
+    Operator::from_token(record)
+}
+
+impl Operator {
+    /// The operator a token stands for, unless it is revoked (401).
+    pub fn from_token(record: crate::store::TokenRecord) -> Result<Self, ApiError> {
+        if record.revoked_at.is_some() {
+            return Err(ApiError::Unauthorized(format!("API token {:?} was revoked", record.name)));
+        }
+        Ok(Operator { token_id: record.id, name: record.name, role: record.role })
     }
 }
 

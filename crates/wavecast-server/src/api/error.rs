@@ -161,6 +161,24 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// What the caller is told: the error itself, or for a server fault a pointer to the log,
+    /// where it is written (the details of a fault are not the client's to read).
+    pub fn public_message(&self) -> String {
+        if self.status().is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
+            tracing::error!(error = %Chain(self), "request failed");
+            "internal server error; the server log has details".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
@@ -171,12 +189,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => Some(10),
             _ => None,
         };
-        let message = if status.is_server_error() && !matches!(self, ApiError::Unavailable(_)) {
-            tracing::error!(error = %Chain(&self), "request failed");
-            "internal server error; the server log has details".to_owned()
-        } else {
-            self.to_string()
-        };
+        let message = self.public_message();
         let mut resp = (status, Json(ErrorBody { error: ErrorDetail { code, message } })).into_response();
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));

@@ -1,4 +1,5 @@
-//! HTTP: the operator API (`/api/v1`), the device API (`/device/v1`), health and metrics.
+//! HTTP: the operator API (`/api/v1`), the device API (`/device/v1`), health and metrics, and
+//! the operator's dashboard (`/ui`, in `dashboard`).
 //!
 //! [`router`] builds the whole service from an [`AppState`], so tests drive it in-process with
 //! `tower::ServiceExt::oneshot` exactly as the network would. Who may call what is decided by
@@ -7,6 +8,7 @@
 mod audit;
 mod auth;
 mod bodies;
+mod dashboard;
 mod device;
 pub mod error;
 mod openapi;
@@ -29,7 +31,7 @@ use utoipa_axum::routes;
 
 pub use auth::{
     CanApproveGates, CanManageFleet, CanManageTokens, CanManageTrust, CanOperateRollouts, CanPublish, CanRead, Device,
-    Operator,
+    Operator, operator_by_token, under_failure_budget,
 };
 pub use error::ApiError;
 
@@ -50,6 +52,8 @@ const PROGRESS_BODY_LIMIT: usize = 4 * 1024;
 pub fn router(state: AppState) -> Router {
     let (router, api) = routes().split_for_parts();
     router
+        // The dashboard's HTML pages are not API: they stay out of the OpenAPI document.
+        .merge(dashboard::router())
         .fallback(not_found)
         .layer(Extension(openapi::Document(openapi::render(&api).into())))
         .layer(middleware::from_fn_with_state(state.clone(), count_requests))

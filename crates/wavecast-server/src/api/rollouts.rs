@@ -44,6 +44,12 @@ pub async fn create(
     CanOperateRollouts(op): CanOperateRollouts,
     ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create_rollout(&state, &op, req).await?)))
+}
+
+/// Creates the rollout `req` asks for on behalf of `op`, whose permission the caller checked:
+/// the API's handler and the dashboard's form both come here.
+pub(super) async fn create_rollout(state: &AppState, op: &Operator, req: CreateRollout) -> Result<Rollout, ApiError> {
     let bad = |e: &dyn std::error::Error| ApiError::bad_request(e);
     let target = TargetName::parse(&req.artifact).map_err(|e| bad(&e))?;
     let group = wavecast_core::GroupName::new(req.group).map_err(|e| bad(&e))?;
@@ -98,7 +104,7 @@ pub async fn create(
             fit.devices - fit.matching
         ));
     }
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok(body)
 }
 
 #[utoipa::path(
@@ -161,7 +167,12 @@ pub async fn show(
 }
 
 /// Runs `cmd` for `op`, whose permission for it the handler's extractor has checked.
-async fn run_command(state: &AppState, op: &Operator, given: &str, cmd: Command) -> Result<Json<Rollout>, ApiError> {
+pub(super) async fn run_command(
+    state: &AppState,
+    op: &Operator,
+    given: &str,
+    cmd: Command,
+) -> Result<Json<Rollout>, ApiError> {
     let id = &rollout_id(state, given).await?;
     let record = state.store().rollout_command(id, cmd, &op.name, state.settings().approval, now_ms()).await.map_err(
         |e| match e {

@@ -107,15 +107,20 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(q(op))?;
-        read_all(&rows, op, |r| {
-            let seq: i64 = r.get(0)?;
-            let body: String = r.get(1)?;
-            let e = AuditEvent::from_bytes(body.as_bytes()).map_err(corrupt(format!("audit event {seq}")))?;
-            if e.seq != seq as u64 {
-                return Err(corrupt(format!("audit event {seq}"))(format!("row {seq} holds event {}", e.seq)));
-            }
-            Ok(e)
-        })
+        read_all(&rows, op, event_row)
+    }
+
+    /// The newest `limit` events whose subject is `subject`, newest first, through the
+    /// subject's index (a rollout's history on the dashboard).
+    pub async fn audit_events_about(&self, subject: &str, limit: i64) -> Result<Vec<AuditEvent>, StoreError> {
+        let op = "reading the audit log about one subject";
+        let rows = sqlx::query("SELECT seq, body FROM audit_log WHERE subject = $1 ORDER BY seq DESC LIMIT $2")
+            .bind(subject)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q(op))?;
+        read_all(&rows, op, event_row)
     }
 
     /// The number of events appended so far (the next sequence number).
@@ -246,4 +251,15 @@ pub(super) async fn insert_checkpoint<'e>(
     .map_err(q("storing an audit checkpoint"))?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// The event in a `(seq, body)` row, which must be the event of that sequence number.
+fn event_row(r: &Row<'_>) -> Result<AuditEvent, StoreError> {
+    let seq: i64 = r.get(0)?;
+    let body: String = r.get(1)?;
+    let e = AuditEvent::from_bytes(body.as_bytes()).map_err(corrupt(format!("audit event {seq}")))?;
+    if e.seq != seq as u64 {
+        return Err(corrupt(format!("audit event {seq}"))(format!("row {seq} holds event {}", e.seq)));
+    }
+    Ok(e)
 }

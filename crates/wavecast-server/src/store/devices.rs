@@ -98,6 +98,14 @@ impl Store {
         tx.commit().await.map_err(q(op))
     }
 
+    /// The groups' names, without counting their devices.
+    pub async fn group_names(&self) -> Result<Vec<GroupName>, StoreError> {
+        let op = "listing group names";
+        let rows =
+            sqlx::query("SELECT name FROM device_groups ORDER BY name").fetch_all(&self.pool).await.map_err(q(op))?;
+        read_all(&rows, op, |r| r.parse(0, "group name"))
+    }
+
     /// All groups with their counts of devices that are not revoked.
     pub async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
         let op = "listing groups";
@@ -272,6 +280,40 @@ impl Store {
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE ($1 = '' OR group_name = $1){status} ORDER BY name"
         ))
         .bind(group.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q(op))?;
+        read_all(&rows, op, device)
+    }
+
+    /// One page of devices by name: of one group and in one status if given, whose names start
+    /// with `name_prefix`, after `after` (the last name of the previous page). Returns at most
+    /// `limit` rows, read in name order through the names' index, so a page never reads the
+    /// whole fleet (the dashboard's devices page).
+    pub async fn devices_page(
+        &self,
+        group: Option<&str>,
+        status: Option<DeviceStatus>,
+        name_prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let op = "listing a page of devices";
+        let status = match status {
+            None => "",
+            Some(DeviceStatus::Active) => " AND revoked_at IS NULL",
+            Some(DeviceStatus::Revoked) => " AND revoked_at IS NOT NULL",
+        };
+        // Names are letters, digits, '.', '_' and '-': escaping '_' keeps it from being LIKE's
+        // one-character wildcard.
+        let pattern = format!("{}%", name_prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE ($1 = '' OR group_name = $1){status} \
+             AND name > $2 AND name LIKE $3 ESCAPE '\\' ORDER BY name LIMIT {limit}"
+        ))
+        .bind(group.unwrap_or(""))
+        .bind(after)
+        .bind(pattern)
         .fetch_all(&self.pool)
         .await
         .map_err(q(op))?;

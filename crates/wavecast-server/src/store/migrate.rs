@@ -58,6 +58,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_none.sql"),
         postgres: include_str!("../../migrations/postgres/0007_none.sql"),
     },
+    Migration {
+        version: 8,
+        common: include_str!("../../migrations/common_0008.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0008_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_none.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

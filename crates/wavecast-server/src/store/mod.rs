@@ -23,6 +23,7 @@ mod migrate;
 mod records;
 mod rollouts;
 mod row;
+mod sessions;
 mod status;
 mod tokens;
 

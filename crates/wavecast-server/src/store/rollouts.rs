@@ -194,6 +194,23 @@ pub struct RolloutDeviceRecord {
     pub heartbeat: Option<HeartbeatRecord>,
 }
 
+/// A device's row on a page of a rollout's devices.
+#[derive(Debug, Clone)]
+pub struct RolloutDevicePageRecord {
+    /// The device.
+    pub device: DeviceName,
+    /// Wave (1-based).
+    pub wave: i64,
+    /// State.
+    pub state: DeviceState,
+    /// Why it failed or was refused, as the device said: for a failed probe, its output's tail.
+    pub reason: Option<String>,
+    /// Last change (ms).
+    pub updated_at: i64,
+    /// Its latest heartbeat, while it works on the update.
+    pub heartbeat: Option<HeartbeatRecord>,
+}
+
 const ROLLOUT_COLUMNS: &str = "id, artifact_name, artifact_version, group_name, plan, probe, state, opened, failures_counted, \
      counts, device_count, abort_mode, created_at, created_by, updated_at, active_since";
 
@@ -1365,6 +1382,55 @@ impl Store {
             })
         })?;
         Ok(Failures { total, devices })
+    }
+
+    /// One page of rollout `r`'s devices, in wave then rollout order, optionally only those in
+    /// state `only`: how many there are (from the counts in the rollout's row), and the `limit`
+    /// after the first `offset`, with their latest heartbeat and the reason of a failure. Reads
+    /// that page's rows through an index, never the rollout's whole fleet (the dashboard's
+    /// rollout page).
+    pub async fn rollout_devices_page(
+        &self,
+        r: &RolloutRecord,
+        only: Option<DeviceState>,
+        offset: u64,
+        limit: usize,
+    ) -> Result<(u64, Vec<RolloutDevicePageRecord>), StoreError> {
+        let op = "listing a page of a rollout's devices";
+        let total = match only {
+            Some(state) => r.counts.iter().map(|c| c.get(state)).sum(),
+            None => r.device_count.max(0) as u64,
+        };
+        if total <= offset {
+            return Ok((total, Vec::new()));
+        }
+        let state_filter = if only.is_some() { " AND state = $2" } else { "" };
+        // The page is cut from this rollout's rows alone, in index order, before the join: joined
+        // first, PostgreSQL hashes the whole devices table to sort the rollout's every row.
+        let sql = format!(
+            "SELECT d.name, rd.wave, rd.state, rd.reason, rd.updated_at, {HEARTBEAT_COLUMNS} \
+             FROM (SELECT device_id, wave, position, state, reason, updated_at, progress_at, progress_state, \
+                          bytes_done, bytes_total, bytes_per_sec, waiting_class, waiting_reason \
+                   FROM rollout_devices WHERE rollout_id = $1{state_filter} \
+                   ORDER BY wave, position LIMIT {limit} OFFSET {offset}) rd \
+             JOIN devices d ON d.id = rd.device_id ORDER BY rd.wave, rd.position"
+        );
+        let mut query = sqlx::query(&sql).bind(&r.id);
+        if let Some(state) = only {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
+        let devices = read_all(&rows, op, |row| {
+            Ok(RolloutDevicePageRecord {
+                device: row.parse(0, "device name")?,
+                wave: row.get::<i64>(1)? + 1,
+                state: row.parse(2, "device state")?,
+                reason: row.get(3)?,
+                updated_at: row.get(4)?,
+                heartbeat: heartbeat(row, 5)?,
+            })
+        })?;
+        Ok((total, devices))
     }
 
     /// The id of the one rollout whose id starts with `given` (`r-` may be left out, and the

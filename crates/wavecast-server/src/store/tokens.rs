@@ -10,7 +10,12 @@ use super::{NewToken, Store, StoreError, TokenRecord, changed, conflict_or, q};
 
 const TOKEN_COLUMNS: &str = "id, name, role, created_at, created_by, revoked_at";
 
-fn token(r: &Row<'_>) -> Result<TokenRecord, StoreError> {
+/// [`TOKEN_COLUMNS`] of the table aliased `alias`, for a join.
+pub(super) fn token_columns_of(alias: &str) -> String {
+    TOKEN_COLUMNS.split(", ").map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+pub(super) fn token(r: &Row<'_>) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         id: r.get(0)?,
         name: r.get(1)?,

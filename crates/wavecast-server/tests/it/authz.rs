@@ -194,6 +194,80 @@ async fn matrix(db: Db) {
     }
     assert_eq!(checked, routes.len() * callers.len());
 
+    // The dashboard: the same permissions, through a browser session. Only a live token signs
+    // in; everyone else is sent to sign in. Actions carry the session's CSRF token, so only the
+    // role decides; the bodies are refused by the domain (409, 400) when the role allows them,
+    // so the matrix changes nothing.
+    let mut sessions = Vec::new();
+    for (caller, token) in &callers {
+        let session = match (caller, token) {
+            (Caller::Role(_), Some(token)) => Some(env.sign_in(token).await),
+            (_, Some(token)) => {
+                let form = format!("token={token}");
+                let r = env.page(Method::POST, "/ui/sign-in", None, &form).await;
+                assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{caller:?} must not sign in");
+                assert!(r.headers.get("set-cookie").is_none());
+                None
+            }
+            (_, None) => None,
+        };
+        sessions.push((*caller, session));
+    }
+    let pages: Vec<(Method, String, &str, Option<Permission>)> = vec![
+        (Method::GET, "/ui/rollouts".into(), "", Some(Read)),
+        (Method::GET, format!("/ui/rollouts/{rollout}"), "", Some(Read)),
+        (Method::GET, "/ui/devices".into(), "", Some(Read)),
+        (Method::GET, "/ui/devices/dev-a".into(), "", Some(Read)),
+        (Method::GET, "/ui/artifacts".into(), "", Some(Read)),
+        (Method::GET, "/ui/artifacts/m/1.0.0".into(), "", Some(Read)),
+        (Method::GET, "/ui/audit".into(), "", Some(Read)),
+        (Method::POST, format!("/ui/rollouts/{rollout}/approve"), "", Some(ApproveGates)),
+        (Method::POST, format!("/ui/rollouts/{rollout}/resume"), "ack=yes", Some(OperateRollouts)),
+        (Method::POST, format!("/ui/rollouts/{rollout}/abort"), "mode=never", Some(OperateRollouts)),
+        (
+            Method::POST,
+            "/ui/rollouts".into(),
+            "artifact=bad&group=g1&waves=100&halt_after=1&probe=exec%3Acheck",
+            Some(OperateRollouts),
+        ),
+    ];
+    for (method, path, form, needs) in &pages {
+        for (caller, session) in &sessions {
+            let form = match session {
+                Some(s) if !form.is_empty() => format!("csrf={}&{form}", s.csrf),
+                Some(s) => format!("csrf={}", s.csrf),
+                None => form.to_string(),
+            };
+            let r = env.page(method.clone(), path, session.as_ref(), &form).await;
+            let body = String::from_utf8_lossy(&r.body);
+            match (caller, session) {
+                (Caller::Role(role), Some(_)) if needs.is_none_or(|p| role.allows(p)) => assert!(
+                    !matches!(r.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::SEE_OTHER),
+                    "{method} {path} as {caller:?} must be allowed (and refused by the domain), got {}: {body}",
+                    r.status
+                ),
+                (Caller::Role(role), Some(_)) => {
+                    assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path} as {caller:?}: {body}");
+                    assert!(body.contains(&format!("has role {role}")), "the page says why: {body}");
+                }
+                _ => {
+                    assert_eq!(r.status, StatusCode::SEE_OTHER, "{method} {path} as {caller:?} must sign in first");
+                    let to = r.headers["location"].to_str().unwrap();
+                    assert!(to.starts_with("/ui/sign-in?next="), "{to}");
+                }
+            }
+            // An action without the CSRF token is refused whoever sends it, before the role is
+            // looked at.
+            if *method == Method::POST && session.is_some() {
+                let r = env.page(method.clone(), path, session.as_ref(), "ack=yes&mode=keep").await;
+                assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path} without a CSRF token as {caller:?}");
+                assert!(String::from_utf8_lossy(&r.body).contains("CSRF token"));
+            }
+        }
+    }
+    let shown = env.get(&format!("/api/v1/rollouts/{rollout}")).await.json();
+    assert_eq!(shown["state"], "running", "nothing in the dashboard matrix may change the rollout");
+
     // A device gets its own assignment doc, never another's.
     let doc = env.request(Method::GET, "/device/v1/assignments", Some(&cred_a), &[], Body::empty()).await.json();
     assert_eq!(doc["signed"]["device_id"], id_a.as_str());

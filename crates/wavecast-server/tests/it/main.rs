@@ -12,6 +12,7 @@ mod audit;
 mod authz;
 mod batches;
 mod checkin;
+mod dashboard;
 mod fleet;
 mod lifecycle;
 mod limits;

@@ -36,6 +36,21 @@ pub struct Env {
     pub _pg: Option<PgDatabase>,
 }
 
+/// A dashboard session, as a browser holds it.
+pub struct Session {
+    /// `wavecast_session=…`, for the `Cookie` header.
+    pub cookie: String,
+    /// The CSRF token its pages carry.
+    pub csrf: String,
+    /// The whole `Set-Cookie` the sign-in answered.
+    pub set_cookie: String,
+}
+
+/// The content type of a form post.
+pub fn form_header() -> (&'static str, String) {
+    ("content-type", "application/x-www-form-urlencoded".to_owned())
+}
+
 pub struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -174,6 +189,34 @@ impl Env {
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
         Resp { status, headers, body }
+    }
+
+    /// Signs in to the dashboard with `token` as a browser would, and returns the session.
+    pub async fn sign_in(&self, token: &str) -> Session {
+        let form = format!("token={}&next=%2Fui%2Frollouts", token);
+        let r = self.request(Method::POST, "/ui/sign-in", None, &[form_header()], Body::from(form)).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "sign-in: {}", String::from_utf8_lossy(&r.body));
+        let set = r.headers.get("set-cookie").expect("sign-in sets a cookie").to_str().unwrap().to_owned();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let page = self.request(Method::GET, "/ui/rollouts", None, &[("cookie", cookie.clone())], Body::empty()).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let html = String::from_utf8(page.body).unwrap();
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("every page carries the CSRF token in its sign-out form")
+            .to_owned();
+        Session { cookie, csrf, set_cookie: set }
+    }
+
+    /// A dashboard request in `session` (if any); a POST sends `form` as a form body.
+    pub async fn page(&self, method: Method, path: &str, session: Option<&Session>, form: &str) -> Resp {
+        let mut headers = vec![form_header()];
+        if let Some(s) = session {
+            headers.push(("cookie", s.cookie.clone()));
+        }
+        self.request(method, path, None, &headers, Body::from(form.to_owned())).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
