@@ -194,7 +194,7 @@ pub async fn serve_trivial(listen: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Starts the trivial server as a child process and waits until it accepts connections.
-async fn start_trivial() -> anyhow::Result<(Proc, SocketAddr)> {
+pub async fn start_trivial() -> anyhow::Result<(Proc, SocketAddr)> {
     let addr: SocketAddr = ([127, 0, 0, 1], wavecast_test_support::free_port()).into();
     let child = Proc(
         Command::new(std::env::current_exe()?)

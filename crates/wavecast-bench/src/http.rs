@@ -20,6 +20,8 @@ pub use wavecast_core::assignment::{LONG_POLL_HEADER as LONG_POLL, POLL_AFTER_HE
 pub struct Answer {
     pub status: StatusCode,
     pub etag: Option<HeaderValue>,
+    /// The first `Set-Cookie`, if any (the dashboard's sign-in).
+    pub set_cookie: Option<HeaderValue>,
     /// The server's suggested wait before the next check-in (`wavecast-poll-after`).
     pub poll_after: Option<std::time::Duration>,
     pub body: Bytes,
@@ -53,6 +55,21 @@ impl Conn {
             req = req.header(header::IF_NONE_MATCH, e);
         }
         self.send(req, Bytes::new()).await
+    }
+
+    /// `method path` with any headers and body: a browser's requests to the dashboard.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(header::HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
+        let mut req = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        self.send(req, body).await
     }
 
     /// `POST path` with a JSON body.
@@ -100,13 +117,14 @@ impl Conn {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
         let etag = resp.headers().get(header::ETAG).cloned();
+        let set_cookie = resp.headers().get(header::SET_COOKIE).cloned();
         let poll_after = resp
             .headers()
             .get(POLL_AFTER)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .map(std::time::Duration::from_millis);
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Answer { status, etag, poll_after, body })
+        Ok(Answer { status, etag, set_cookie, poll_after, body })
     }
 }
 

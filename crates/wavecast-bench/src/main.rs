@@ -11,6 +11,7 @@
 //! `longpoll`, with a connection per device; `fsyncs` traces one real agent with strace.
 
 mod checkins;
+mod dashboard;
 mod figures;
 mod fleet;
 mod fsyncs;
@@ -136,6 +137,21 @@ enum Bench {
         /// Also measure long-poll on this PostgreSQL database (fresh and empty: another one).
         #[arg(long, value_name = "URL")]
         longpoll_database_url: Option<String>,
+    },
+    /// The dashboard's pages with N devices in one group and a rollout to all of them: the time
+    /// to a whole page (p50, p99) for the rollout's page (first, middle, filtered), the rollouts
+    /// list, the devices page and the audit trail, versus a trivial axum handler (target: a few
+    /// tens of milliseconds, whatever N).
+    Dashboard {
+        /// Devices enrolled in the group.
+        #[arg(long, default_value_t = 10_000)]
+        devices: u32,
+        /// Run the server on this PostgreSQL database (fresh and empty) instead of SQLite.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// Requests counted per page.
+        #[arg(long, default_value_t = 50)]
+        requests: u32,
     },
     /// The check-in baseline: a trivial axum handler (run by `checkins` as a child process).
     #[command(hide = true)]
@@ -483,6 +499,9 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             longpoll::run(root, &longpoll::Options { devices, wake_devices, database_url, per_address }).await
         }
         Bench::Fsyncs { checkins } => fsyncs::run(root, checkins).await,
+        Bench::Dashboard { devices, database_url, requests } => {
+            dashboard::run(root, &dashboard::Options { devices, database_url, requests }).await
+        }
         Bench::Agent { binary } => bench_agent(root, binary.as_deref()).await,
         Bench::All { database_url, longpoll_database_url } => {
             let dir = |name: &str| -> anyhow::Result<PathBuf> {
@@ -494,6 +513,8 @@ async fn bench(command: Bench, root: &Path) -> anyhow::Result<()> {
             fsyncs::run(&dir("fsyncs")?, 20).await?;
             bench_install(&dir("install")?, 1024, true).await?;
             bench_rollout(&dir("rollout")?, 1000).await?;
+            let pages = dashboard::Options { devices: 10_000, database_url: None, requests: 50 };
+            dashboard::run(&dir("dashboard")?, &pages).await?;
             checkins::run(&dir("checkins-sqlite")?, &checkins(100_000, None, 256, 10)).await?;
             if database_url.is_some() {
                 checkins::run(&dir("checkins-postgres")?, &checkins(100_000, database_url, 256, 10)).await?;
