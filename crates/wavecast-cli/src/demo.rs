@@ -216,6 +216,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         println!(
             "The server is still running at {url} (WAVECAST_SERVER={url} WAVECAST_TOKEN={token}); Ctrl-C to stop."
         );
+        println!("Dashboard: open {url}/ in a browser and sign in with the admin token {token}");
         wavecast_os::signal::shutdown().await;
     }
     let _ = stop_tx.send(());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use wavecast_test_support::{PgDatabase, free_port, wait_until};
 
 mod audit;
+mod dashboard;
 mod first_hour;
 mod limits;
 mod pipes;

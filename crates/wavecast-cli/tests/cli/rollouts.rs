@@ -16,7 +16,7 @@ pub(crate) struct Sim {
 }
 
 impl Sim {
-    fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
+    pub(crate) fn start(server: &Server, token: &str, root: &str, dir: &Path, args: &[&str]) -> Self {
         Self::start_in(server, token, root, dir, "plant-7", args, None)
     }
 
@@ -69,7 +69,7 @@ impl Sim {
         std::fs::read(self.dir.join(device).join("app").join("model.bin")).unwrap_or_default()
     }
 
-    fn failing(&self) -> Vec<String> {
+    pub(crate) fn failing(&self) -> Vec<String> {
         let mut out: Vec<String> = std::fs::read_dir(&self.dir)
             .unwrap()
             .flatten()
@@ -88,17 +88,18 @@ impl Drop for Sim {
     }
 }
 
-struct Fleet {
+/// A server with two versions of `yolo` published, for a fleet of sims.
+pub(crate) struct Fleet {
     _tmp: tempfile::TempDir,
-    server: Server,
-    token: String,
-    root: String,
+    pub(crate) server: Server,
+    pub(crate) token: String,
+    pub(crate) root: String,
     v1: Vec<u8>,
     v2: Vec<u8>,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
-async fn fleet(database_url: Option<&str>) -> Fleet {
+pub(crate) async fn fleet(database_url: Option<&str>) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("install");
     let Installation { report, token, key } = installation(&dir);
@@ -122,7 +123,7 @@ async fn fleet(database_url: Option<&str>) -> Fleet {
     }
 }
 
-fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
+pub(crate) fn create(f: &Fleet, server: &Server, args: &[&str]) -> serde_json::Value {
     let mut cmd = op(server, &f.token);
     cmd.args([
         "rollout",
@@ -152,7 +153,7 @@ pub(crate) fn show_at(server: &Server, token: &str, clock: Option<&str>, id: &st
     serde_json::from_str(&ok(op_at(server, token, clock).args(["rollout", "show", id, "--json"]))).unwrap()
 }
 
-async fn wait(
+pub(crate) async fn wait(
     f: &Fleet,
     server: &Server,
     id: &str,
@@ -189,12 +190,12 @@ pub(crate) async fn wait_at(
     }
 }
 
-fn state_is(s: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+pub(crate) fn state_is(s: &'static str) -> impl Fn(&serde_json::Value) -> bool {
     move |r| r["state"] == s
 }
 
 /// Every device starts on 1.0.0.
-async fn baseline(f: &Fleet) {
+pub(crate) async fn baseline(f: &Fleet) {
     baseline_with(f, "4s").await;
 }
 
