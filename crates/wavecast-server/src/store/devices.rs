@@ -288,8 +288,10 @@ impl Store {
 
     /// One page of devices by name: of one group and in one status if given, whose names start
     /// with `name_prefix`, after `after` (the last name of the previous page). Returns at most
-    /// `limit` rows, read in name order through the names' index, so a page never reads the
-    /// whole fleet (the dashboard's devices page).
+    /// `limit` rows. Names compare byte by byte on both backends (PostgreSQL's default collation
+    /// would sort `cam-1` and `cam1` by locale rules), so a prefix is a range of the names'
+    /// index (`devices_by_name_bytes`, or `devices_by_group_name` within a group): a page reads
+    /// its own rows, never the fleet (the dashboard's devices page).
     pub async fn devices_page(
         &self,
         group: Option<&str>,
@@ -299,24 +301,29 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
         let op = "listing a page of devices";
-        let status = match status {
-            None => "",
-            Some(DeviceStatus::Active) => " AND revoked_at IS NULL",
-            Some(DeviceStatus::Revoked) => " AND revoked_at IS NOT NULL",
+        let name = match self.backend {
+            Backend::Postgres => "name COLLATE \"C\"",
+            Backend::Sqlite => "name",
         };
-        // Names are letters, digits, '.', '_' and '-': escaping '_' keeps it from being LIKE's
-        // one-character wildcard.
-        let pattern = format!("{}%", name_prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        let rows = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE ($1 = '' OR group_name = $1){status} \
-             AND name > $2 AND name LIKE $3 ESCAPE '\\' ORDER BY name LIMIT {limit}"
-        ))
-        .bind(group.unwrap_or(""))
-        .bind(after)
-        .bind(pattern)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q(op))?;
+        // Device names are ASCII letters, digits, '.', '_' and '-': DEL sorts after all of them.
+        let upper = format!("{name_prefix}\u{7f}");
+        let lower = if after > name_prefix { after } else { name_prefix };
+        let after_op = if after > name_prefix { ">" } else { ">=" };
+        let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {name} {after_op} $1 AND {name} < $2");
+        if group.is_some() {
+            sql += " AND group_name = $3";
+        }
+        match status {
+            None => {}
+            Some(DeviceStatus::Active) => sql += " AND revoked_at IS NULL",
+            Some(DeviceStatus::Revoked) => sql += " AND revoked_at IS NOT NULL",
+        }
+        sql += &format!(" ORDER BY {name} LIMIT {limit}");
+        let mut query = sqlx::query(&sql).bind(lower).bind(upper);
+        if let Some(g) = group {
+            query = query.bind(g);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(q(op))?;
         read_all(&rows, op, device)
     }
 

@@ -61,8 +61,8 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 8,
         common: include_str!("../../migrations/common_0008.sql"),
-        sqlite: include_str!("../../migrations/sqlite/0008_none.sql"),
-        postgres: include_str!("../../migrations/postgres/0008_none.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0008_device_names.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_device_names.sql"),
     },
 ];
 

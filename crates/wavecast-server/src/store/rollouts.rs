@@ -1479,6 +1479,18 @@ impl Store {
         read_all(&rows, op, rollout)
     }
 
+    /// The newest `limit` rollouts, newest first.
+    pub async fn recent_rollouts(&self, limit: i64) -> Result<Vec<RolloutRecord>, StoreError> {
+        let op = "listing recent rollouts";
+        let rows =
+            sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY created_at DESC, id LIMIT $1"))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q(op))?;
+        read_all(&rows, op, rollout)
+    }
+
     /// A device's rows in every rollout, newest first.
     pub async fn device_rollouts(&self, device_id: &str) -> Result<Vec<RolloutDeviceRecord>, StoreError> {
         let op = "reading a device's rollouts";

@@ -43,6 +43,24 @@ async fn sign_in_session_and_sign_out(db: Db) {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
+    // Behind a proxy that rewrites Host, the browser's own word that the form is the server's
+    // page is what counts.
+    let proxied = |site: &str| {
+        vec![
+            crate::support::form_header(),
+            ("origin", "https://wavecast.example".to_owned()),
+            ("host", "10.0.0.7:7700".to_owned()),
+            ("sec-fetch-site", site.to_owned()),
+        ]
+    };
+    let form = format!("token={}", env.admin);
+    let r = env.request(Method::POST, "/ui/sign-in", None, &proxied("same-origin"), Body::from(form.clone())).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
+    let r = env.request(Method::POST, "/ui/sign-in", None, &proxied("cross-site"), Body::from(form)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The live stream of a page whose session ended is refused as such, not redirected.
+    assert_eq!(env.page(Method::GET, "/ui/events", None, "").await.status, StatusCode::UNAUTHORIZED);
+
     let s = env.sign_in(&env.admin).await;
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(s.set_cookie.contains(attribute), "{attribute} missing from {}", s.set_cookie);
@@ -144,17 +162,45 @@ async fn rollout_page_and_actions(db: Db) {
     let second = text(&env.page(Method::GET, &format!("{at}?page=2"), Some(&s), "").await);
     assert!(second.contains("Page 2 of 2"));
     let failed_only = text(&env.page(Method::GET, &format!("{at}?state=failed"), Some(&s), "").await);
-    assert!(failed_only.contains("Page 1 of 1 (1 devices)"), "{failed_only}");
+    assert!(failed_only.contains("Page 1 of 1 (1 device)"), "{failed_only}");
+
+    // The devices page: a page of names, the next page after the last, a search by the start
+    // of a name (LIKE's wildcards are taken literally).
+    let devices = text(&env.page(Method::GET, "/ui/devices", Some(&s), "").await);
+    assert!(devices.contains("cam-049") && !devices.contains("cam-050"), "50 a page");
+    assert!(devices.contains("after=cam-049"), "a link to the next page");
+    let next = text(&env.page(Method::GET, "/ui/devices?after=cam-049", Some(&s), "").await);
+    assert!(next.contains("cam-050") && next.contains("cam-059") && !next.contains(">cam-049<"));
+    let found = text(&env.page(Method::GET, "/ui/devices?q=cam-01&group=g&status=active", Some(&s), "").await);
+    assert!(found.contains("cam-010") && found.contains("cam-019"));
+    assert!(!found.contains("cam-009") && !found.contains("cam-020"));
+    let none = text(&env.page(Method::GET, "/ui/devices?q=cam_0", Some(&s), "").await);
+    assert!(none.contains("No devices match"), "an underscore is not a wildcard");
+    let r = env.page(Method::GET, "/ui/devices?status=lost", Some(&s), "").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // Resume needs the tick; then the failures are acknowledged.
     let r = env.page(Method::POST, &format!("{at}/resume"), Some(&s), &format!("csrf={}", s.csrf)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(text(&r).contains("tick the box"));
-    let r = env.page(Method::POST, &format!("{at}/resume"), Some(&s), &format!("csrf={}&ack=yes", s.csrf)).await;
+    // Resuming acknowledges what the page showed, and only that: a page that showed fewer
+    // failures than are counted now (a stale tab) is refused.
+    let r =
+        env.page(Method::POST, &format!("{at}/resume"), Some(&s), &format!("csrf={}&ack=yes&failures=0", s.csrf)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", text(&r));
+    assert!(text(&r).contains("reload the page and review them"));
+    assert!(page.contains("name=\"failures\" value=\"1\""), "the page says what it showed");
+    let r =
+        env.page(Method::POST, &format!("{at}/resume"), Some(&s), &format!("csrf={}&ack=yes&failures=1", s.csrf)).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", text(&r));
     let shown = env.get(&format!("/api/v1/rollouts/{id}")).await.json();
     assert_eq!(shown["state"], "running");
     assert_eq!(shown["failures_counted"], 0);
+
+    // Approving opens the wave the page showed waiting, or nothing: here none waits.
+    let r = env.page(Method::POST, &format!("{at}/approve"), Some(&s), &format!("csrf={}&wave=2", s.csrf)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(text(&r).contains("asked to open wave 2, but it is running"), "{}", text(&r));
 
     // Abort needs a choice; with revert, the rollout says so.
     let r = env.page(Method::POST, &format!("{at}/abort"), Some(&s), &format!("csrf={}", s.csrf)).await;

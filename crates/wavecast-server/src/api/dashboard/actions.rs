@@ -11,12 +11,12 @@ use axum::response::Redirect;
 use serde::Deserialize;
 use wavecast_api::CreateRollout;
 use wavecast_core::Permission;
-use wavecast_core::rollout::{AbortMode, Command};
+use wavecast_core::rollout::{AbortMode, Command, RolloutState};
 
 use super::DashboardError;
 use super::session::Viewer;
 use crate::api::ApiError;
-use crate::api::rollouts::{DEFAULT_DEVICE_TIMEOUT_MS, create_rollout as create, run_command};
+use crate::api::rollouts::{DEFAULT_DEVICE_TIMEOUT_MS, create_rollout as create, rollout_id, run_command};
 use crate::state::AppState;
 
 /// The permission the API requires for `cmd` (`api::rollouts`: approve needs
@@ -42,19 +42,38 @@ async fn command(state: &AppState, viewer: &Viewer, id: &str, cmd: Command) -> R
     Ok(Redirect::to(&format!("/ui/rollouts/{}", rollout.0.id)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfOnly {
-    csrf: Option<String>,
+/// The rollout `given` names as it is now, for checking a form against what its page showed.
+async fn current(state: &AppState, given: &str) -> Result<crate::store::RolloutRecord, DashboardError> {
+    let id = rollout_id(state, given).await?;
+    Ok(state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?)
 }
 
-/// Opens the wave waiting at a manual gate.
+#[derive(Debug, Deserialize)]
+pub struct ApproveForm {
+    csrf: Option<String>,
+    /// The wave (1-based) the page showed waiting.
+    wave: Option<usize>,
+}
+
+/// Opens the wave waiting at a manual gate: the one the page showed, or none. (A tab left open
+/// while another operator approved must not open the next wave with the first one's words.)
 pub async fn approve(
     State(state): State<AppState>,
     viewer: Viewer,
     Path(id): Path<String>,
-    Form(form): Form<CsrfOnly>,
+    Form(form): Form<ApproveForm>,
 ) -> Result<Redirect, DashboardError> {
     authorize(&viewer, form.csrf.as_deref(), required(Command::Approve))?;
+    let r = current(&state, &id).await?;
+    let waiting = (r.status.state == RolloutState::WaitingApproval).then_some(r.status.opened + 1);
+    if form.wave.is_none() || form.wave != waiting {
+        let now = waiting.map_or_else(|| format!("it is {}", r.status.state), |w| format!("wave {w} waits now"));
+        return Err(ApiError::Conflict(format!(
+            "this page asked to open wave {}, but {now}; reload the page and decide again",
+            form.wave.unwrap_or(0)
+        ))
+        .into());
+    }
     command(&state, &viewer, &id, Command::Approve).await
 }
 
@@ -63,6 +82,8 @@ pub struct ResumeForm {
     csrf: Option<String>,
     /// "yes" when the operator ticked the acknowledgement.
     ack: Option<String>,
+    /// The failures counted since the last acknowledgement that the page showed.
+    failures: Option<u32>,
 }
 
 /// Acknowledges the failures counted so far and resumes a paused rollout.
@@ -77,6 +98,16 @@ pub async fn resume(
         return Err(ApiError::BadRequest(
             "resuming acknowledges the failures counted so far: tick the box that says so".into(),
         )
+        .into());
+    }
+    // Acknowledging is only for the failures the operator was shown.
+    let r = current(&state, &id).await?;
+    if form.failures != Some(r.status.failures_counted) {
+        return Err(ApiError::Conflict(format!(
+            "{} failures are counted since the last acknowledgement, but this page showed {}; reload the page and review them",
+            r.status.failures_counted,
+            form.failures.map_or_else(|| "none".to_owned(), |n| n.to_string())
+        ))
         .into());
     }
     command(&state, &viewer, &id, Command::ResumeAck).await

@@ -16,6 +16,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse as _, Response};
+
+use super::DashboardError;
 use super::session::Viewer;
 use crate::state::AppState;
 
@@ -41,12 +45,21 @@ struct Watch {
     progress: bool,
 }
 
-/// The event stream for one open page.
+/// The event stream for one open page. Without a live session it is a 401, not the sign-in
+/// redirect pages get: `EventSource` would follow that to HTML and fail without saying why; on
+/// a 401 it stops, and the page's script reloads the page, which then goes to sign in.
 pub async fn events(
     State(state): State<AppState>,
-    _viewer: Viewer,
+    viewer: Result<Viewer, DashboardError>,
     Query(q): Query<LiveQuery>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Response> {
+    match viewer {
+        Ok(_) => {}
+        Err(DashboardError::SignIn { .. }) => {
+            return Err((StatusCode::UNAUTHORIZED, "the dashboard session ended; sign in again\n").into_response());
+        }
+        Err(other) => return Err(other.into_response()),
+    }
     let now = Instant::now();
     let head = state.store().audit_size().await.ok();
     let watch = Watch { state, head, last_sent: now, ends: now + STREAM_LIFETIME, progress: q.progress == Some(1) };
@@ -71,5 +84,5 @@ pub async fn events(
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

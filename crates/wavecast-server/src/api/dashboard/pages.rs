@@ -8,6 +8,7 @@ use serde::Deserialize;
 use wavecast_api::{Rollout, WaveState};
 use wavecast_core::Permission;
 use wavecast_core::assignment::DeviceState;
+use wavecast_core::audit::AuditAction;
 use wavecast_core::fleet::DeviceStatus;
 use wavecast_core::rollout::{Gate, RolloutState};
 
@@ -28,9 +29,9 @@ const ROLLOUTS_LISTED: usize = 200;
 
 /// Every rollout, newest first, with its progress.
 pub async fn rollouts(State(state): State<AppState>, viewer: Viewer) -> Result<Html<String>, DashboardError> {
-    let records = state.store().list_rollouts().await?;
-    let shown = records.len().min(ROLLOUTS_LISTED);
-    let rollouts = bodies::all(records.into_iter().take(ROLLOUTS_LISTED).collect(), bodies::rollout)?;
+    let records = state.store().recent_rollouts(ROLLOUTS_LISTED as i64).await?;
+    let shown = records.len();
+    let rollouts = bodies::all(records, bodies::rollout)?;
     let body = html! {
         h1 { "Rollouts" }
         @if rollouts.is_empty() {
@@ -90,20 +91,30 @@ pub async fn rollout(
         state.store().rollout(&id).await?.ok_or_else(|| ApiError::NotFound(format!("rollout {id:?} not found")))?;
     let only = parse_state(q.state.as_deref())?;
     let page = q.page.unwrap_or(1).max(1);
-    let offset = (page - 1) * DEVICES_PER_PAGE as u64;
+    let offset = (page - 1).saturating_mul(DEVICES_PER_PAGE as u64);
     let (total, devices) = state.store().rollout_devices_page(&record, only, offset, DEVICES_PER_PAGE).await?;
     let failed = bodies::failures(state.store().failed_devices(&record).await?)?;
+    let at_work = bodies::in_progress(state.store().devices_at_work(&record).await?)?;
     let history = state.store().audit_events_about(&id, 30).await?;
+    // Failures up to the last resume were acknowledged then; the rest are what resuming now
+    // acknowledges.
+    let last_ack = history
+        .iter()
+        .find(|e| e.action == AuditAction::RolloutResumed)
+        .and_then(|e| e.at.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond());
     let r = bodies::rollout(record)?;
     let pages = total.div_ceil(DEVICES_PER_PAGE as u64).max(1);
+    // Downloads report progress between audit events: only then is the page refreshed on a timer.
+    let live = if at_work.total > 0 { "/ui/events?progress=1" } else { "/ui/events" };
     let filter_link = |p: u64| match only {
         Some(s) => format!("/ui/rollouts/{id}?state={}&page={p}", s.as_str()),
         None => format!("/ui/rollouts/{id}?page={p}"),
     };
     let body = html! {
         h1 { "Rollout " (r.id) " " (badge(r.state.as_str())) }
-        p.lead { (r.artifact) " to group " strong { (r.group) } ", " (r.device_count) " devices" }
-        (actions(&viewer, &r, &failed))
+        p.lead { (r.artifact) " to group " strong { (r.group) } ", " (plural(r.device_count, "device")) }
+        (actions(&viewer, &r, &failed, last_ack))
         section aria-labelledby="plan-h" {
             h2 #plan-h { "Plan" }
             div.table-wrap {
@@ -139,12 +150,38 @@ pub async fn rollout(
                 @for f in &failed.devices {
                     article.failure {
                         h3 { a href=(format!("/ui/devices/{}", f.device)) { (f.device) } " " (badge(f.state.as_str()))
-                            span.muted { " wave " (f.wave) ", " (time(f.at)) } }
+                            span.muted { " wave " (f.wave) ", " (time(f.at))
+                                @if acknowledged(f, last_ack) { ", acknowledged" } } }
                         @if let Some(reason) = &f.reason { pre.reason { (reason) } }
                     }
                 }
                 @if failed.total as usize > failed.devices.len() {
                     p { a href=(format!("/ui/rollouts/{id}?state=failed")) { "All failed devices" } }
+                }
+            }
+        }
+        @if at_work.total > 0 {
+            section aria-labelledby="work-h" {
+                h2 #work-h { "At work (" (at_work.total) ")" }
+                div.table-wrap {
+                    table.devices {
+                        thead { tr { th scope="col" { "Device" } th scope="col" { "Wave" } th scope="col" { "State" }
+                            th scope="col" { "Progress" } th scope="col" { "Last heard" } } }
+                        tbody {
+                            @for d in &at_work.devices {
+                                tr {
+                                    td { a href=(format!("/ui/devices/{}", d.device)) { (d.device) } }
+                                    td { (d.wave) }
+                                    td { (badge(d.state.as_str())) }
+                                    td { @if let Some(p) = &d.progress { (wire_progress(p)) } }
+                                    td { (time(d.last_heard_at)) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if at_work.total as usize > at_work.devices.len() {
+                    p.muted { "The first " (at_work.devices.len()) " by wave are shown." }
                 }
             }
         }
@@ -162,7 +199,7 @@ pub async fn rollout(
             }
             (rollout_devices_table(&devices))
             nav.pager aria-label="Device pages" {
-                span { "Page " (page) " of " (pages) " (" (total) " devices)" }
+                span { "Page " (page) " of " (pages) " (" (plural(total, "device")) ")" }
                 @if page > 1 { a href=(filter_link(page - 1)) { "Previous" } }
                 @if page < pages { a href=(filter_link(page + 1)) { "Next" } }
             }
@@ -172,7 +209,7 @@ pub async fn rollout(
             (events_table(&history))
         }
     };
-    Ok(view::page(&format!("Rollout {id}"), &viewer, Section::Rollouts, Some("/ui/events?progress=1"), body))
+    Ok(view::page(&format!("Rollout {id}"), &viewer, Section::Rollouts, Some(live), body))
 }
 
 fn wave_state(s: WaveState) -> &'static str {
@@ -186,7 +223,7 @@ fn wave_state(s: WaveState) -> &'static str {
 
 /// The actions `viewer` may take on rollout `r` in its state. A viewer without the permission
 /// sees none.
-fn actions(viewer: &Viewer, r: &Rollout, failed: &wavecast_api::Failures) -> Markup {
+fn actions(viewer: &Viewer, r: &Rollout, failed: &wavecast_api::Failures, last_ack: Option<i64>) -> Markup {
     let can_approve = may(viewer, Permission::ApproveGates) && r.state == RolloutState::WaitingApproval;
     let can_resume = may(viewer, Permission::OperateRollouts) && r.state == RolloutState::Paused;
     let can_abort = may(viewer, Permission::OperateRollouts) && !r.state.is_terminal();
@@ -201,6 +238,8 @@ fn actions(viewer: &Viewer, r: &Rollout, failed: &wavecast_api::Failures) -> Mar
                 form method="post" action=(format!("/ui/rollouts/{}/approve", r.id))
                     data-confirm=(format!("Open wave {} of rollout {}? Devices start installing at once.", waiting.map_or(0, |w| w.number), r.id)) {
                     (csrf_field(viewer))
+                    // The wave this page showed: approving opens it, or nothing if another waits now.
+                    input type="hidden" name="wave" value=(waiting.map_or(0, |w| w.number));
                     p { @if let Some(w) = waiting { "Wave " (w.number) " (" (w.percent) "%) waits for approval." } }
                     button.primary type="submit" { "Approve wave " @if let Some(w) = waiting { (w.number) } }
                 }
@@ -208,15 +247,18 @@ fn actions(viewer: &Viewer, r: &Rollout, failed: &wavecast_api::Failures) -> Mar
             @if can_resume {
                 form method="post" action=(format!("/ui/rollouts/{}/resume", r.id)) {
                     (csrf_field(viewer))
-                    p { "The rollout paused after " (r.failures_counted) " failure" @if r.failures_counted != 1 { "s" }
-                        " counted since the last acknowledgement. Resuming acknowledges these:" }
+                    // What this page showed: resuming is refused if more failures arrived since.
+                    input type="hidden" name="failures" value=(r.failures_counted);
+                    p { "The rollout paused after " (plural(u64::from(r.failures_counted), "failure"))
+                        " since the last acknowledgement. Resuming acknowledges them:" }
+                    @let fresh: Vec<_> = failed.devices.iter().filter(|f| !acknowledged(f, last_ack)).collect();
                     ul.acks {
-                        @for f in &failed.devices {
+                        @for f in &fresh {
                             li { (f.device) " (wave " (f.wave) ", " (f.state.as_str().replace('_', " ")) ")"
                                 @if let Some(reason) = &f.reason { ": " span.muted { (first_line(reason)) } } }
                         }
-                        @if failed.total as usize > failed.devices.len() {
-                            li { "and " (failed.total as usize - failed.devices.len()) " more" }
+                        @if (r.failures_counted as usize) > fresh.len() {
+                            li { "and " (r.failures_counted as usize - fresh.len()) " more (see Failures below)" }
                         }
                     }
                     label.check { input type="checkbox" name="ack" value="yes" required; " I acknowledge these failures" }
@@ -240,6 +282,28 @@ fn actions(viewer: &Viewer, r: &Rollout, failed: &wavecast_api::Failures) -> Mar
             }
         }
     }
+}
+
+/// Whether failure `f` happened before the last resume, which acknowledged it.
+fn acknowledged(f: &wavecast_api::DeviceFailure, last_ack: Option<i64>) -> bool {
+    last_ack.is_some_and(|ack| f.at.unix_ms() <= ack)
+}
+
+/// "1 device", "2 devices".
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// A heartbeat as the wire carries it (the devices at work).
+fn wire_progress(p: &wavecast_api::DeviceProgress) -> Markup {
+    progress(&HeartbeatRecord {
+        at: p.at.unix_ms(),
+        state: p.state,
+        bytes_done: p.bytes_done,
+        bytes_total: p.bytes_total,
+        bytes_per_sec: p.bytes_per_sec,
+        waiting: p.waiting.clone(),
+    })
 }
 
 fn first_line(s: &str) -> &str {
@@ -456,7 +520,8 @@ pub async fn device(
             }
         }
     };
-    Ok(view::page(&format!("Device {name}"), &viewer, Section::Devices, Some("/ui/events?progress=1"), body))
+    let live = if history.iter().any(|h| h.heartbeat.is_some()) { "/ui/events?progress=1" } else { "/ui/events" };
+    Ok(view::page(&format!("Device {name}"), &viewer, Section::Devices, Some(live), body))
 }
 
 /// Every published artifact version.
@@ -609,7 +674,7 @@ pub async fn audit(
             p.hint { "For a check of every event by your own machine, run " code { "wavecast audit verify" } "." }
         }
         section aria-labelledby="events-h" {
-            h2 #events-h { "Events " (from) "–" (before.max(1) - 1) " of " (size) }
+            h2 #events-h { @if events.is_empty() { "No events" } @else { "Events " (from) "–" (before - 1) " of " (size) } }
             (events_table(&events))
             nav.pager aria-label="Audit pages" {
                 @if before < size { a href="/ui/audit" { "Newest" } }

@@ -67,7 +67,12 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = DashboardError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, DashboardError> {
-        let next = parts.uri.path_and_query().map_or("/ui/rollouts", |p| p.as_str()).to_owned();
+        // After signing in, the browser comes back to the page it asked for; an action's URL
+        // answers only a POST, so a form sent with an ended session leads back to the rollouts.
+        let next = match parts.method {
+            axum::http::Method::GET => parts.uri.path_and_query().map_or("/ui/rollouts", |p| p.as_str()).to_owned(),
+            _ => "/ui/rollouts".to_owned(),
+        };
         let sign_in = || DashboardError::SignIn { next: next.clone() };
         let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(sign_in()) };
         let hash = Sha256Digest::of(secret.as_bytes());
@@ -81,7 +86,14 @@ impl FromRequestParts<AppState> for Viewer {
 /// Where sign-in sends the browser: a dashboard page, never another site.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with("/ui/") && !n.contains("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with("/ui/")
+                && !n.contains("//")
+                && !n.contains('\\')
+                && n.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            n
+        }
         _ => "/ui/rollouts",
     }
 }
@@ -152,11 +164,18 @@ fn set_cookie(state: &AppState, value: &str, max_age_secs: i64) -> String {
     format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}")
 }
 
-/// Whether the request's `Origin`, when the browser sends one, names this server's host: a
-/// form posted from another site's page says so there.
+/// Whether a sign-in form came from this server's own page. Browsers say so in
+/// `Sec-Fetch-Site`, which a page cannot set and which holds behind a proxy that rewrites
+/// `Host`; a browser without it still sends `Origin`, compared with `Host`. A client that sends
+/// neither (a script, curl) is no browser being tricked, and is let through.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return true };
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let header = |name| headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    if let Some(site) = header(axum::http::HeaderName::from_static("sec-fetch-site")) {
+        // "none": typed or bookmarked by the user; "same-origin": this server's page.
+        return matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = header(header::ORIGIN) else { return true };
+    let Some(host) = header(header::HOST) else { return false };
     origin.split_once("://").is_some_and(|(_, rest)| rest == host)
 }
 

@@ -66,7 +66,9 @@ pub fn page(title: &str, viewer: &Viewer, section: Section, live: Option<&str>, 
                 }
                 main #main {
                     @if let Some(events) = live {
-                        p.live-status #live-status role="status" aria-live="polite" data-events=(events) { "Live" }
+                        // Not a live region: announcing the time of every refresh would drown
+                        // what changed on the page.
+                        p.live-status #live-status data-events=(events) { "Live" }
                     }
                     div data-live[live.is_some()] { (body) }
                 }

@@ -1,1 +1,0 @@
--- Nothing backend-specific in migration 8.
