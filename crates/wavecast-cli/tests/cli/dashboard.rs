@@ -46,6 +46,17 @@ async fn sign_out(browser: &Browser) {
     browser.wait_for("input#token", Duration::from_secs(10)).await;
 }
 
+/// The browser's session cookie as a `Cookie` header value, to send a request it did not make.
+async fn session_cookie(browser: &Browser) -> String {
+    browser
+        .cookies()
+        .await
+        .into_iter()
+        .find(|(name, _)| name == "wavecast_session")
+        .map(|(name, value)| format!("{name}={value}"))
+        .expect("the session cookie")
+}
+
 /// Marks the page so a later check can tell it was never reloaded.
 async fn mark(browser: &Browser) {
     browser.execute("window.__notReloaded = true;", vec![]).await;
@@ -97,13 +108,7 @@ async fn operator_drives_a_rollout_in_a_browser() {
     browser.wait_for_text("h1", "waiting approval", Duration::from_secs(10)).await;
     assert!(!browser.exists("section.actions").await, "a viewer is offered no action");
     assert!(!browser.exists("form[action$=approve]").await);
-    let cookie = browser
-        .cookies()
-        .await
-        .into_iter()
-        .find(|(name, _)| name == "wavecast_session")
-        .map(|(name, value)| format!("{name}={value}"))
-        .expect("the session cookie");
+    let cookie = session_cookie(&browser).await;
     let csrf = browser.find("input[name=csrf]").await.attr("value").await.expect("the page's CSRF token");
     let http = reqwest::Client::new();
     for body in [format!("csrf={csrf}&mode=revert"), "mode=revert".to_owned()] {
@@ -121,13 +126,7 @@ async fn operator_drives_a_rollout_in_a_browser() {
 
     // An operator's session without the form's CSRF token is refused too.
     sign_in(&browser, &base, &f.token).await;
-    let cookie = browser
-        .cookies()
-        .await
-        .into_iter()
-        .find(|(name, _)| name == "wavecast_session")
-        .map(|(name, value)| format!("{name}={value}"))
-        .unwrap();
+    let cookie = session_cookie(&browser).await;
     let r = http
         .post(format!("{url}/approve"))
         .header("cookie", &cookie)

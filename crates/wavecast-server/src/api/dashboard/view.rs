@@ -29,17 +29,7 @@ pub fn page(title: &str, viewer: &Viewer, section: Section, live: Option<&str>, 
         (Section::Artifacts, "/ui/artifacts", "Artifacts"),
         (Section::Audit, "/ui/audit", "Audit"),
     ];
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · wavecast" }
-                link rel="stylesheet" href="/ui/assets/dashboard.css";
-                script src="/ui/assets/dashboard.js" defer {}
-            }
-            body {
+    let body = html! {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     a.brand href="/ui/rollouts" { "wavecast" }
@@ -72,7 +62,23 @@ pub fn page(title: &str, viewer: &Viewer, section: Section, live: Option<&str>, 
                     }
                     div data-live[live.is_some()] { (body) }
                 }
+    };
+    document(title, false, true, body)
+}
+
+/// The HTML document around `body`: the stylesheet, and the script for pages that use it.
+fn document(title: &str, narrow: bool, script: bool, body: Markup) -> Html<String> {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · wavecast" }
+                link rel="stylesheet" href="/ui/assets/dashboard.css";
+                @if script { script src="/ui/assets/dashboard.js" defer {} }
             }
+            body class=[narrow.then_some("narrow")] { (body) }
         }
     };
     Html(markup.into_string())
@@ -80,16 +86,7 @@ pub fn page(title: &str, viewer: &Viewer, section: Section, live: Option<&str>, 
 
 /// A page for someone not signed in: only the sign-in form.
 pub fn sign_in(next: &str, problem: Option<&str>) -> Html<String> {
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · wavecast" }
-                link rel="stylesheet" href="/ui/assets/dashboard.css";
-            }
-            body.narrow {
+    let body = html! {
                 main #main {
                     h1 { "wavecast" }
                     @if let Some(problem) = problem {
@@ -107,33 +104,20 @@ pub fn sign_in(next: &str, problem: Option<&str>) -> Html<String> {
                         button type="submit" { "Sign in" }
                     }
                 }
-            }
-        }
     };
-    Html(markup.into_string())
+    document("Sign in", true, false, body)
 }
 
 /// A page saying why a request was refused, with the way back.
 pub fn error_page(status: StatusCode, message: &str) -> Html<String> {
-    let markup = html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (status.as_u16()) " · wavecast" }
-                link rel="stylesheet" href="/ui/assets/dashboard.css";
-            }
-            body.narrow {
-                main #main {
-                    h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
-                    p.problem role="alert" { (message) }
-                    p { a href="/ui/rollouts" { "Back to the rollouts" } }
-                }
-            }
+    let body = html! {
+        main #main {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.problem role="alert" { (message) }
+            p { a href="/ui/rollouts" { "Back to the rollouts" } }
         }
     };
-    Html(markup.into_string())
+    document(status.as_str(), true, false, body)
 }
 
 /// The hidden field every form of a session carries.
