@@ -12,12 +12,11 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse as _, Response};
 use futures_util::Stream;
 use serde::Deserialize;
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse as _, Response};
 
 use super::DashboardError;
 use super::session::Viewer;
