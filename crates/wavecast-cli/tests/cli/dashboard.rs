@@ -184,3 +184,35 @@ async fn operator_drives_a_rollout_in_a_browser() {
     assert!(!browser.exists("section.actions").await, "an ended rollout offers nothing more");
     shoot(&browser, "rollout-aborted").await;
 }
+
+/// A stopping server ends the pages' live streams at once rather than waiting out its drain
+/// for them: `stop` requires a clean exit within 10 s, which is the drain's own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_ends_live_streams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let inst = crate::installation(&dir);
+    let server = crate::Server::start(&dir, None).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = http
+        .post(format!("{}/ui/sign-in", server.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", inst.token))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let r = http.get(format!("{}/ui/events", server.url)).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        streams.push(r);
+    }
+    let started = std::time::Instant::now();
+    server.stop();
+    for stream in streams {
+        // The stream ends (cleanly or cut): it does not hang on.
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.bytes()).await.expect("the stream ended");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+}

@@ -105,6 +105,22 @@ async fn https_and_device_mtls() {
     let operator = client(&server_ca.pem, None);
     let r = operator.get(format!("{base}/api/v1/whoami")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // Under TLS the dashboard's session cookie travels only over TLS.
+    let browser = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(server_ca.pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser
+        .post(format!("{base}/ui/sign-in"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.ends_with("; Secure") && cookie.contains("HttpOnly"), "{cookie}");
     // Plain HTTP on the TLS port is not served.
     let plain = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build().unwrap();
     let port = base.rsplit(':').next().unwrap();

@@ -64,7 +64,9 @@ pub async fn events(
     let watch = Watch { state, head, last_sent: now, ends: now + STREAM_LIFETIME, progress: q.progress == Some(1) };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
         loop {
-            if Instant::now() >= w.ends {
+            // A stopping server ends its streams rather than wait out its drain for them; the
+            // pages reconnect to whichever replica answers.
+            if Instant::now() >= w.ends || w.state.store().checkin().closing() {
                 return None;
             }
             tokio::time::sleep(POLL).await;
