@@ -371,6 +371,21 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element `css` selects, finding it again when a page that updates itself
+    /// replaced it between the find and the click ("stale element reference").
+    pub async fn click_on(&self, css: &str) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let element = self.find(css).await;
+            match element.try_cmd(reqwest::Method::POST, "/click", Some(json!({}))).await {
+                Ok(_) => return,
+                Err(e) if e.error == "stale element reference" => last = e.to_string(),
+                Err(e) => panic!("clicking `{css}` failed: {e} (on {})", self.session.url_for_message().await),
+            }
+        }
+        panic!("`{css}` was replaced under every one of 5 clicks; the last: {last}")
+    }
+
     /// Accepts the open `alert()`/`confirm()`/`prompt()` dialog (OK), waiting up to 5 s for
     /// one to open; panics when none does.
     pub async fn accept_alert(&self) {

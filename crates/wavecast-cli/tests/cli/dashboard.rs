@@ -57,6 +57,17 @@ async fn session_cookie(browser: &Browser) -> String {
         .expect("the session cookie")
 }
 
+/// The visible text of the first element `css` selects, read in one step: a live page may
+/// replace its content between finding an element and reading it (a new checkpoint, a device
+/// moving on), which leaves a found element stale.
+async fn text_of(browser: &Browser, css: &str) -> String {
+    let script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;";
+    match browser.execute(script, vec![serde_json::Value::from(css)]).await {
+        serde_json::Value::String(text) => text,
+        other => panic!("no element matches {css:?} on {} ({other})", browser.current_url().await),
+    }
+}
+
 /// Marks the page so a later check can tell it was never reloaded.
 async fn mark(browser: &Browser) {
     browser.execute("window.__notReloaded = true;", vec![]).await;
@@ -141,7 +152,7 @@ async fn operator_drives_a_rollout_in_a_browser() {
     // Approve the gate from the page; the audit trail names the token.
     browser.goto(&url).await;
     shoot(&browser, "rollout-gate").await;
-    browser.find("form[action$=approve] button").await.click().await;
+    browser.click_on("form[action$=approve] button").await;
     assert!(browser.alert_text().await.is_some_and(|t| t.contains("Open wave 1")));
     browser.accept_alert().await;
     browser.wait_for_text("h1", "running", Duration::from_secs(10)).await;
@@ -154,31 +165,31 @@ async fn operator_drives_a_rollout_in_a_browser() {
     browser.wait_for_text("h1", "paused", LIVE).await;
     let failing = sim.failing();
     assert_eq!(failing.len(), 1, "{failing:?}");
-    let failure = browser.wait_for_text("article.failure", &failing[0], Duration::from_secs(10)).await;
-    let reason = failure.find("pre.reason").await.text().await;
+    browser.wait_for_text("article.failure", &failing[0], Duration::from_secs(10)).await;
+    let reason = text_of(&browser, "article.failure pre.reason").await;
     assert!(reason.contains("exec:sim-check"), "the failure says which probe failed and what it printed: {reason}");
     assert!(browser.exists("form[action$=resume]").await, "a paused rollout offers resume with acknowledgement");
     assert!(still_marked(&browser).await, "the page updated itself without a reload");
     shoot(&browser, "rollout-paused").await;
 
     browser.goto(&format!("{base}/ui/audit")).await;
-    let trail = browser.find("table.events").await.text().await;
+    let trail = text_of(&browser, "table.events").await;
     assert!(
         trail.lines().any(|l| l.contains("rollout.approved") && l.contains("admin")),
         "the approval is in the trail under the token's name:\n{trail}"
     );
-    assert!(browser.find("section.checkpoint").await.text().await.contains("The log verifies against checkpoint"));
+    assert!(text_of(&browser, "section.checkpoint").await.contains("The log verifies against checkpoint"));
     shoot(&browser, "audit").await;
     browser.goto(&format!("{base}/ui/devices")).await;
     shoot(&browser, "devices").await;
 
     // Abort with revert from the page: a deliberate choice, confirmed.
     browser.goto(&url).await;
-    browser.find("form.abort button[value=revert]").await.click().await;
+    browser.click_on("form.abort button[value=revert]").await;
     assert!(browser.alert_text().await.is_some_and(|t| t.contains("REVERT")));
     browser.accept_alert().await;
     browser.wait_for_text("h1", "aborted", Duration::from_secs(10)).await;
-    assert!(browser.find("dl.facts").await.text().await.contains("devices revert"));
+    assert!(text_of(&browser, "dl.facts").await.contains("devices revert"));
     let aborted = wait(&f, &f.server, &id, "aborted", LIVE, state_is("aborted")).await;
     assert_eq!(aborted["abort_mode"], "revert", "{aborted:#}");
     assert!(!browser.exists("section.actions").await, "an ended rollout offers nothing more");
