@@ -23,6 +23,7 @@ use wavecast_core::progress::{Progress, WaitClass, Waiting};
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest, TargetName};
 use wavecast_os::clock;
 use wavecast_os::error::chain;
+use wavecast_tuf::golden::Golden;
 
 use crate::config::{AgentConfig, ArtifactConfig};
 use crate::director;
@@ -692,6 +693,7 @@ impl Agent {
             sha256: a.sha256,
             length: a.length,
             probe: a.probe.clone(),
+            golden: None,
         };
         match a.action {
             Action::Install => {
@@ -884,7 +886,7 @@ impl Agent {
         }
     }
 
-    async fn install(&mut self, cfg: &ArtifactConfig, work: Work) -> Result<(), StateError> {
+    async fn install(&mut self, cfg: &ArtifactConfig, mut work: Work) -> Result<(), StateError> {
         let verdict = match self.fetch_and_verify(cfg, &work).await {
             Ok(v) => v,
             // Our own state directory full or unwritable: local trouble to wait out like the
@@ -893,8 +895,9 @@ impl Agent {
             Err(e) => return Err(e),
         };
         match verdict {
-            Ok(()) => {
+            Ok(golden) => {
                 self.retries.remove(&cfg.name);
+                work.golden = golden;
             }
             Err(Stop::Wait(waiting)) => return self.wait_out(cfg, &work, waiting).await,
             Err(Stop::Dropped(why)) => return self.drop_work(cfg, &work, &why),
@@ -926,8 +929,13 @@ impl Agent {
     }
 
     /// Everything before the swap. The outer error is local trouble the agent cannot wait out
-    /// (its own state unreadable); the inner says whether to wait, refuse or stop.
-    async fn fetch_and_verify(&mut self, cfg: &ArtifactConfig, work: &Work) -> Result<Result<(), Stop>, StateError> {
+    /// (its own state unreadable); the inner says whether to wait, refuse or stop, or gives the
+    /// golden set signed into the target (verified and in place, if there is one).
+    async fn fetch_and_verify(
+        &mut self,
+        cfg: &ArtifactConfig,
+        work: &Work,
+    ) -> Result<Result<Option<Golden>, Stop>, StateError> {
         // A probe naming what this device does not list could never pass: refused before
         // anything is downloaded or swapped.
         if let Err(reason) = probe::resolve(&work.probe.kind, &self.config.probes) {
@@ -1022,7 +1030,15 @@ impl Agent {
             };
             if fetched.sha256 == work.sha256 && fetched.length == work.length {
                 self.crash("after-verify");
-                return Ok(Ok(()));
+                return match signed.golden {
+                    None => {
+                        slots.remove_goldens(None);
+                        Ok(Ok(None))
+                    }
+                    Some(golden) => {
+                        Ok(self.fetch_golden(cfg, work, &target, &slots, golden).await?.map(|()| Some(golden)))
+                    }
+                };
             }
             let _ = std::fs::remove_file(&partial);
             if fetched.resumed && attempt == 0 {
@@ -1038,6 +1054,55 @@ impl Agent {
             ))));
         }
         unreachable!("the second download either verifies or is refused")
+    }
+
+    /// Puts the golden set signed into `target` in its place beside the artifact, fetched by
+    /// its signed digest and checked exactly like the artifact's bytes (length and SHA-256
+    /// against the signed targets): nothing unsigned ever reaches the model check. A set that
+    /// does not match is refused before the swap, so the check never runs on it.
+    async fn fetch_golden(
+        &self,
+        cfg: &ArtifactConfig,
+        work: &Work,
+        target: &TargetName,
+        slots: &Slots,
+        golden: Golden,
+    ) -> Result<Result<(), Stop>, StateError> {
+        let place = slots.golden(&golden.sha256);
+        if sha256_file(&place) == Some(golden.sha256) {
+            return Ok(Ok(()));
+        }
+        let partial = slots.partial(&golden.sha256);
+        let url = match self.config.server.join(&format!("device/v1/targets/{}.{target}", golden.sha256)) {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
+        };
+        let watch = Watch::default();
+        let fetched = fetch(
+            &self.http,
+            &url,
+            &self.identity.credential,
+            &partial,
+            golden.length,
+            self.config.download,
+            &watch,
+            || {},
+        );
+        let progress = || self.progress(cfg, work, DeviceState::Downloading, work.length);
+        let fetched = match self.heartbeat.during(fetched, progress, |_| {}).await {
+            Ok(f) => f,
+            Err(e) => return self.fetch_failed(slots, work, &partial, &watch, e),
+        };
+        if fetched.sha256 != golden.sha256 || fetched.length != golden.length {
+            let _ = std::fs::remove_file(&partial);
+            return Ok(Err(Stop::Refuse(format!(
+                "the golden set downloaded for {target} does not match the one signed into it: received sha256 {} ({} bytes), signed sha256 {} ({} bytes); the model check did not run",
+                fetched.sha256, fetched.length, golden.sha256, golden.length
+            ))));
+        }
+        slots.remove_goldens(Some(&place));
+        std::fs::rename(&partial, &place).map_err(crate::state::io("renaming into place", &place))?;
+        Ok(Ok(()))
     }
 
     /// Downloads `work` into `partial`, heart-beating its progress; stops at the next chunk
@@ -1076,14 +1141,14 @@ impl Agent {
     }
 
     /// Sorts a failed download into a wait, a refusal or a stop.
-    fn fetch_failed(
+    fn fetch_failed<T>(
         &self,
         slots: &Slots,
         work: &Work,
         partial: &std::path::Path,
         watch: &Watch,
         e: FetchError,
-    ) -> Result<Result<(), Stop>, StateError> {
+    ) -> Result<Result<T, Stop>, StateError> {
         let stop = match e {
             FetchError::TooLong { .. } => {
                 let _ = std::fs::remove_file(partial);
@@ -1118,7 +1183,18 @@ impl Agent {
     ) -> Result<(), StateError> {
         // The caller queued `probing` with the journal's Probing phase.
         self.deliver().await;
-        let probing = probe::run(&work.probe, &self.config.probes, &cfg.path, swapped_at, &self.probe_http, || {
+        let slots = Slots::new(&cfg.path);
+        // What a model check needs beside the artifact: the verified golden set, and the
+        // version kept for rollback (to compare against it).
+        let mut env = Vec::new();
+        if let Some(g) = &work.golden {
+            env.push(("WAVECAST_GOLDEN_PATH", slots.golden(&g.sha256)));
+        }
+        if std::fs::symlink_metadata(slots.previous()).is_ok_and(|m| m.is_file()) {
+            env.push(("WAVECAST_PREVIOUS_PATH", slots.previous()));
+        }
+        let target = probe::Target { artifact: &cfg.path, env: &env };
+        let probing = probe::run(&work.probe, &self.config.probes, target, swapped_at, &self.probe_http, || {
             self.crash("during-probe")
         });
         // A long initial delay is progress, not silence. The answer does not stop a probe: a

@@ -164,13 +164,23 @@ pub enum ProbeOutcome {
     CouldNotRun(String),
 }
 
-/// Runs `spec` against the artifact at `artifact`. `swapped_at` is when the new file went in
-/// (a readiness file must be newer). `http` is the probes' client (with
-/// [`redirect_policy`]). `on_attempt` runs before each attempt (a test hook).
+/// What a probe checks: the artifact's path, and the environment an exec probe gets beside
+/// `WAVECAST_ARTIFACT_PATH` (the golden set and the previous version, for a model check).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The active artifact.
+    pub artifact: &'a Path,
+    /// More variables for an exec probe, each naming a file.
+    pub env: &'a [(&'static str, PathBuf)],
+}
+
+/// Runs `spec` against `target`. `swapped_at` is when the new file went in (a readiness file
+/// must be newer). `http` is the probes' client (with [`redirect_policy`]). `on_attempt` runs
+/// before each attempt (a test hook).
 pub async fn run(
     spec: &ProbeSpec,
     allow: &Allowlist,
-    artifact: &Path,
+    target: Target<'_>,
     swapped_at: SystemTime,
     http: &reqwest::Client,
     mut on_attempt: impl FnMut(),
@@ -189,7 +199,7 @@ pub async fn run(
         }
         on_attempt();
         let result = match &probe {
-            Resolved::Exec { name, binary, args } => exec(binary, name, args, artifact, timeout).await,
+            Resolved::Exec { name, binary, args } => exec(binary, name, args, target, timeout).await,
             Resolved::Http { url } => get(http, url, timeout).await,
             Resolved::File { path, .. } => readiness(path, swapped_at, timeout).await,
         };
@@ -207,11 +217,21 @@ enum Attempt {
     CouldNotRun(String),
 }
 
-async fn exec(binary: &Path, name: &str, args: &[String], artifact: &Path, timeout: Duration) -> Result<(), Attempt> {
+async fn exec(
+    binary: &Path,
+    name: &str,
+    args: &[String],
+    target: Target<'_>,
+    timeout: Duration,
+) -> Result<(), Attempt> {
     let mut child = tokio::process::Command::new(binary)
         .args(args)
-        .arg(artifact)
-        .env("WAVECAST_ARTIFACT_PATH", artifact)
+        .arg(target.artifact)
+        .env("WAVECAST_ARTIFACT_PATH", target.artifact)
+        // Only what this install sets, never a value the agent itself was started with.
+        .env_remove("WAVECAST_GOLDEN_PATH")
+        .env_remove("WAVECAST_PREVIOUS_PATH")
+        .envs(target.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use wavecast_core::assignment::{DeviceState, Report};
 use wavecast_core::probe::ProbeSpec;
 use wavecast_core::{ArtifactName, ArtifactVersion, Sha256Digest};
+use wavecast_tuf::golden::Golden;
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +278,10 @@ pub struct Work {
     pub length: u64,
     /// The probe to run.
     pub probe: ProbeSpec,
+    /// The golden set signed into the target, once the signed metadata has been read: its
+    /// verified file is what an exec probe gets as `WAVECAST_GOLDEN_PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden: Option<Golden>,
 }
 
 /// The last thing that happened to an artifact.

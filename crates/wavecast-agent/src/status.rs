@@ -157,6 +157,7 @@ mod tests {
             sha256: i.sha256,
             length: 1,
             probe: ProbeSpec::new(ProbeKind::Exec { name: "check".into(), args: Vec::new() }),
+            golden: None,
         }
     }
 

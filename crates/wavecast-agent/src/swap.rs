@@ -175,6 +175,24 @@ impl Slots {
         self.dir.join(format!(".{}.wavecast-{}.partial", self.file, &sha256.to_hex()[..16]))
     }
 
+    /// Where the verified golden set with this digest is kept for the model check.
+    pub fn golden(&self, sha256: &Sha256Digest) -> PathBuf {
+        self.dir.join(format!(".{}.wavecast-golden-{}", self.file, &sha256.to_hex()[..16]))
+    }
+
+    /// Deletes the golden sets kept for other versions than `keep`.
+    pub fn remove_goldens(&self, keep: Option<&Path>) {
+        let prefix = format!(".{}.wavecast-golden-", self.file);
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if e.file_name().to_string_lossy().starts_with(&prefix) && Some(p.as_path()) != keep {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+    }
+
     /// The previous version.
     pub fn previous(&self) -> PathBuf {
         self.dir.join(format!(".{}.wavecast-previous", self.file))

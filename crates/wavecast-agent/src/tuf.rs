@@ -16,6 +16,7 @@ use tough::schema::RoleType;
 use tough::{RepositoryLoader, TransportError, TransportErrorKind, TransportStream};
 use wavecast_core::progress::WaitClass;
 use wavecast_core::{Sha256Digest, TargetName};
+use wavecast_tuf::golden::{Golden, GoldenFieldError};
 
 use crate::net::{self, NetError};
 use crate::state::{StateDir, StateError, Trusted};
@@ -81,6 +82,15 @@ pub enum VerifyError {
         /// What is wrong with the digest.
         #[source]
         source: wavecast_core::digest::DigestError,
+    },
+    /// The target's signed golden set reference is not one this agent reads.
+    #[error("{target}")]
+    Golden {
+        /// The target.
+        target: TargetName,
+        /// What is wrong with it.
+        #[source]
+        source: GoldenFieldError,
     },
     /// Our own state could not be read or written.
     #[error(transparent)]
@@ -175,6 +185,8 @@ pub struct SignedTarget {
     pub sha256: Sha256Digest,
     /// Hardware it is built for, if any.
     pub hardware: Option<String>,
+    /// The golden set signed with it, if any.
+    pub golden: Option<Golden>,
 }
 
 /// Fetches metadata over HTTP with the device credential, streaming each body to tough (which
@@ -262,7 +274,9 @@ pub async fn signed_target(
     let sha256 = Sha256Digest::from_slice(&t.hashes.sha256)
         .map_err(|source| VerifyError::Digest { target: target.clone(), source })?;
     let hardware = t.custom.get(wavecast_tuf::HARDWARE_FIELD).and_then(|v| v.as_str()).map(str::to_owned);
-    Ok(SignedTarget { length: t.length, sha256, hardware })
+    let golden =
+        Golden::from_custom(&t.custom).map_err(|source| VerifyError::Golden { target: target.clone(), source })?;
+    Ok(SignedTarget { length: t.length, sha256, hardware, golden })
 }
 
 /// Loads and verifies metadata with tough, classifying failures.

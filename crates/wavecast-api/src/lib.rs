@@ -19,7 +19,7 @@ mod time;
 mod tokens;
 mod trust;
 
-pub use artifacts::Artifact;
+pub use artifacts::{Artifact, ArtifactGolden};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use fleet::{
     CreateEnrollmentToken, CreateGroup, Device, DeviceArtifact, DeviceDetail, DeviceRemoval, DeviceRollout,

@@ -49,12 +49,30 @@ fn artifacts_groups_and_tokens() {
             length: 52_428_800,
             sha256: sha,
             hardware: None,
+            golden: None,
             published_at: t(1_700_000_000_000),
             published_by: "admin".into(),
         },
         &format!(
-            r#"{{"name":"yolo-v8n","version":"2.1.0","length":52428800,"sha256":"{SHA}","hardware":null,
+            r#"{{"name":"yolo-v8n","version":"2.1.0","length":52428800,"sha256":"{SHA}","hardware":null,"golden":null,
                  "published_at":"2023-11-14T22:13:20.000Z","published_by":"admin"}}"#
+        ),
+    );
+    check(
+        &Artifact {
+            name: name("clf"),
+            version: version("1.0.0"),
+            length: 3,
+            sha256: sha,
+            hardware: Some("jetson".into()),
+            golden: Some(ArtifactGolden { sha256: sha, length: 7, local_check: "passed".into() }),
+            published_at: t(5),
+            published_by: "ci".into(),
+        },
+        &format!(
+            r#"{{"name":"clf","version":"1.0.0","length":3,"sha256":"{SHA}","hardware":"jetson",
+                 "golden":{{"sha256":"{SHA}","length":7,"local_check":"passed"}},
+                 "published_at":"1970-01-01T00:00:00.005Z","published_by":"ci"}}"#
         ),
     );
     check(

@@ -100,7 +100,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
         let path = tmp.path().join(format!("yolo-v8n-{version}.onnx"));
         std::fs::write(&path, &bytes)?;
         let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new(version)?);
-        let p = crate::cmd::artifact::publish(&client, &target, &path, &key, None, false).await?;
+        let p = crate::cmd::artifact::publish(&client, &target, &path, &key, None, None, false).await?;
         say(&format!("{}@{}  sha256 {}", p.name, p.version, p.sha256));
         models.push(bytes);
     }

@@ -25,6 +25,7 @@ macro_rules! print {
 mod client;
 mod cmd;
 mod demo;
+mod golden;
 mod output;
 pub mod sim;
 

@@ -118,6 +118,16 @@ impl MultipartForm {
     pub fn publish(targets: &[u8], blob: &[u8]) -> Self {
         Self::new(&[("targets", "application/json", targets), ("blob", "application/octet-stream", blob)])
     }
+
+    /// As [`MultipartForm::publish`], with the golden bundle the targets bind to the artifact
+    /// as the third part.
+    pub fn publish_with_golden(targets: &[u8], blob: &[u8], golden: &[u8]) -> Self {
+        Self::new(&[
+            ("targets", "application/json", targets),
+            ("blob", "application/octet-stream", blob),
+            ("golden", "application/zip", golden),
+        ])
+    }
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -3,13 +3,14 @@
 //! Root and targets keys stay with the publisher: [`publish`] signs a new targets file on the
 //! operator's machine. The server holds only the snapshot, timestamp and director keys:
 //! [`repo`] checks a submitted targets file against the root and signs snapshot and timestamp
-//! over its exact bytes. [`keys`] makes and loads keys; [`root`] builds the trust anchor.
+//! over its exact bytes. [`golden`] binds a model's golden set to its target. [`keys`] makes and loads keys; [`root`] builds the trust anchor.
 //! All of it sits on `tough`'s schema types, so what we sign is what any TUF client verifies.
 
 // The public API of the trust crates is read by people deciding what to trust: every item
 // says what it is for. (Other crates document where it adds something, not by rule.)
 #![warn(missing_docs)]
 
+pub mod golden;
 pub mod keys;
 pub mod publish;
 pub mod repo;

@@ -13,6 +13,7 @@ use tough::schema::{Hashes, KeyHolder, Root, Signed, Target, Targets};
 use wavecast_core::{Sha256Digest, TargetName};
 
 use crate::HARDWARE_FIELD;
+use crate::golden::{GOLDEN_FIELD, Golden};
 use crate::keys::{KeyError, SigningKey};
 
 /// Errors preparing a new targets file.
@@ -62,6 +63,8 @@ pub struct NewTarget {
     pub sha256: Sha256Digest,
     /// Hardware it is built for, if it is specific to one.
     pub hardware: Option<String>,
+    /// The golden set signed with it, if any.
+    pub golden: Option<Golden>,
 }
 
 fn check_targets_key(root: &Root, key: &SigningKey) -> Result<(), PublishError> {
@@ -112,6 +115,9 @@ pub async fn sign_new_targets(
     let mut custom = HashMap::new();
     if let Some(hw) = &new.hardware {
         custom.insert(HARDWARE_FIELD.to_owned(), serde_json::Value::String(hw.clone()));
+    }
+    if let Some(golden) = &new.golden {
+        custom.insert(GOLDEN_FIELD.to_owned(), golden.to_value());
     }
     targets.targets.insert(
         tough_name,

@@ -14,6 +14,7 @@ use tough::schema::{Hashes, KeyHolder, Metafile, Root, Signed, Snapshot, Target,
 use wavecast_core::name::NameError;
 use wavecast_core::{Sha256Digest, TargetName};
 
+use crate::golden::{Golden, GoldenFieldError};
 use crate::keys::SigningKey;
 use crate::{HARDWARE_FIELD, SPEC_VERSION};
 
@@ -62,6 +63,15 @@ pub enum AcceptError {
         /// Why.
         #[source]
         source: NameError,
+    },
+    /// A new target's golden field is not one wavecast reads.
+    #[error("target {name}'s golden set is refused")]
+    BadGolden {
+        /// The target.
+        name: String,
+        /// Why.
+        #[source]
+        source: GoldenFieldError,
     },
     /// Delegations are not something wavecast publishes.
     #[error("targets metadata with delegated roles is not supported")]
@@ -116,6 +126,8 @@ pub struct TargetInfo {
     pub sha256: Sha256Digest,
     /// Hardware it is built for, if any.
     pub hardware: Option<String>,
+    /// The golden set signed with it, if any.
+    pub golden: Option<Golden>,
 }
 
 impl TargetInfo {
@@ -128,7 +140,9 @@ impl TargetInfo {
             source: NameError::BadTarget { target: "sha256 is not 32 bytes".into() },
         })?;
         let hardware = target.custom.get(HARDWARE_FIELD).and_then(|v| v.as_str()).map(str::to_owned);
-        Ok(Self { target: target_name, length: target.length, sha256, hardware })
+        let golden = Golden::from_custom(&target.custom)
+            .map_err(|source| AcceptError::BadGolden { name: name.to_owned(), source })?;
+        Ok(Self { target: target_name, length: target.length, sha256, hardware, golden })
     }
 }
 

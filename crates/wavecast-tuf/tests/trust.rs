@@ -112,6 +112,7 @@ async fn add_target(repo: &mut Repo, key: &SigningKey, name: &str) -> Result<(),
         length: 3,
         sha256: wavecast_core::Sha256Digest::of(b"abc"),
         hardware: None,
+        golden: None,
     };
     let signed = sign_new_targets(&repo.root().signed, &repo.targets(), &new, key, days(365)).await?;
     repo.targets = signed.buffer().clone();
@@ -301,6 +302,7 @@ async fn resigning_renews_expiry_and_adds_nothing() {
         length: 1,
         sha256: wavecast_core::Sha256Digest::of(b"x"),
         hardware: None,
+        golden: None,
     };
     let published = sign_new_targets(&repo.root().signed, &before, &plus, &keys.targets, days(365)).await.unwrap();
     assert!(matches!(

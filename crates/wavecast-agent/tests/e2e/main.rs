@@ -15,6 +15,7 @@ mod end_to_end;
 mod enroll;
 mod heartbeats;
 mod hostile;
+mod model_check;
 mod probes;
 mod revert;
 mod rotation;

@@ -271,6 +271,12 @@ impl Env {
     /// Publishes `target` (`name@version`) with `bytes` the way the publisher CLI does:
     /// targets signed with the offline key, then multipart `targets` + `blob`.
     pub async fn publish(&self, target: &str, bytes: &[u8], hardware: Option<&str>) {
+        self.publish_with_golden(target, bytes, hardware, None).await;
+    }
+
+    /// As [`Env::publish`], with a golden bundle signed into the model's target (as passed
+    /// by the publisher's local check) and uploaded as the third part.
+    pub async fn publish_with_golden(&self, target: &str, bytes: &[u8], hardware: Option<&str>, golden: Option<&[u8]>) {
         let root = wavecast_tuf::root::parse_root(&std::fs::read(self.root()).unwrap()).unwrap();
         let key = SigningKey::load(&self.install.join("offline/targets.key")).unwrap();
         let new = NewTarget {
@@ -278,6 +284,11 @@ impl Env {
             length: bytes.len() as u64,
             sha256: Sha256Digest::of(bytes),
             hardware: hardware.map(str::to_owned),
+            golden: golden.map(|g| wavecast_tuf::golden::Golden {
+                sha256: Sha256Digest::of(g),
+                length: g.len() as u64,
+                local_check: wavecast_tuf::golden::LocalCheck::Passed,
+            }),
         };
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
         let targets = sign_new_targets(&root.signed, &self.current_targets().await, &new, &key, expires)
@@ -285,7 +296,10 @@ impl Env {
             .unwrap()
             .buffer()
             .clone();
-        let form = MultipartForm::publish(&targets, bytes);
+        let form = match golden {
+            None => MultipartForm::publish(&targets, bytes),
+            Some(g) => MultipartForm::publish_with_golden(&targets, bytes, g),
+        };
         let resp = self
             .http
             .post(format!("{}/api/v1/artifacts", self.url))

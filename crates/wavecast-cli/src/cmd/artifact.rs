@@ -21,6 +21,7 @@ use wavecast_tuf::keys::SigningKey;
 use wavecast_tuf::publish::{NewTarget, PublishError, resign_targets, sign_new_targets};
 use wavecast_tuf::tough::schema::{Root, Signed, Targets};
 
+use crate::golden::{GoldenArgs, Prepared, describe};
 use crate::output;
 use crate::{Client, ClientError, JsonRemote};
 
@@ -29,7 +30,16 @@ pub enum ArtifactCommand {
     /// Sign an artifact version with the publisher key and upload it.
     #[command(after_help = "The publisher key (DIR/offline/targets.key from `wavecast init`) never \
 leaves this machine: only the signed metadata and the file are sent. A name@version can be \
-published once; publish a new version to change the bytes.")]
+published once; publish a new version to change the bytes.
+
+With --golden, the golden set and the expectations (tolerance, budgets, drift) are signed into \
+the model's target; devices fetch and verify them like the model, and an exec probe pointing at \
+wavecast-model-check runs them on the device before the new version is kept. The same check \
+runs here first: a model that fails its own golden set is not signed.
+
+Example:
+  wavecast artifact publish --name yolo-v8n --version 2.1.0 --file model.onnx \\
+      --key DIR/offline/targets.key --golden golden.npz --tolerance top-k=1 --latency-budget 50ms")]
     #[command(mut_arg("json", |a| a.help("Print the published artifact as JSON")))]
     Publish {
         /// Artifact name, like yolo-v8n.
@@ -47,6 +57,8 @@ published once; publish a new version to change the bytes.")]
         /// Only devices with this hardware may install it.
         #[arg(long, value_name = "HW")]
         hardware: Option<String>,
+        #[command(flatten)]
+        golden: GoldenArgs,
         #[command(flatten)]
         args: JsonRemote,
     },
@@ -71,14 +83,30 @@ The publisher key never leaves this machine.")]
 
 pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ArtifactCommand::Publish { name, artifact_version, file, key, hardware, args: JsonRemote { json, remote } } => {
+        ArtifactCommand::Publish {
+            name,
+            artifact_version,
+            file,
+            key,
+            hardware,
+            golden,
+            args: JsonRemote { json, remote },
+        } => {
             let target = TargetName::new(ArtifactName::new(name)?, ArtifactVersion::new(&artifact_version)?);
             if let Some(hw) = &hardware {
                 wavecast_core::name::validate("hardware", hw)?;
             }
             let key = SigningKey::load(&key)?;
             let client = remote.client()?;
-            let (published, new) = match publish(&client, &target, &file, &key, hardware, !json).await {
+            let golden = golden.prepare(&target, &file).await?;
+            if let Some(g) = golden.as_ref().filter(|_| !json) {
+                match &g.report {
+                    Some(report) => eprintln!("model check on this machine passed: {}", describe(report)),
+                    None => eprintln!("model check on this machine skipped (--skip-local-check); the audit records it"),
+                }
+            }
+            let (published, new) = match publish(&client, &target, &file, &key, hardware, golden.as_ref(), !json).await
+            {
                 Ok(published) => (published, true),
                 // The same bytes under the same name@version: a retry, and a success.
                 Err(e) if matches!(e.downcast_ref(), Some(PublishError::AlreadyPublished { .. })) => {
@@ -174,11 +202,12 @@ pub async fn publish(
     file: &Path,
     key: &SigningKey,
     hardware: Option<String>,
+    golden: Option<&Prepared>,
     show_progress: bool,
 ) -> anyhow::Result<Artifact> {
     let (length, sha256) = hash_file(file, show_progress).await?;
     let root = server_root(client).await?;
-    let new = NewTarget { target: target.clone(), length, sha256, hardware };
+    let new = NewTarget { target: target.clone(), length, sha256, hardware, golden: golden.map(|g| g.golden) };
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -189,7 +218,8 @@ pub async fn publish(
             Ok(s) => s,
             Err(e) => return Err(e.into()),
         };
-        match upload(client, signed.buffer().clone(), file, length, target, show_progress).await {
+        let bundle = golden.map(|g| g.bundle.clone());
+        match upload(client, signed.buffer().clone(), file, length, target, bundle, show_progress).await {
             Err(e) if e.status() == Some(reqwest::StatusCode::CONFLICT) && attempts < 3 => {
                 eprintln!("another publish landed first; signing again on top of it");
             }
@@ -243,6 +273,7 @@ async fn upload(
     file: &Path,
     length: u64,
     target: &TargetName,
+    golden: Option<Vec<u8>>,
     show_progress: bool,
 ) -> Result<Artifact, ClientError> {
     let path = "/api/v1/artifacts";
@@ -256,7 +287,7 @@ async fn upload(
             pb2.inc(c.len() as u64);
         }
     });
-    let form = reqwest::multipart::Form::new()
+    let mut form = reqwest::multipart::Form::new()
         .part(
             "targets",
             reqwest::multipart::Part::bytes(targets)
@@ -269,6 +300,9 @@ async fn upload(
             reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), length)
                 .file_name(target.to_string()),
         );
+    if let Some(bundle) = golden {
+        form = form.part("golden", reqwest::multipart::Part::bytes(bundle).file_name("golden.zip"));
+    }
     let req = client.request(reqwest::Method::POST, path)?.multipart(form);
     let result = client.send("POST", path, req).await;
     pb.finish_and_clear();

@@ -91,3 +91,79 @@ impl Watcher {
 }
 
 crate::both!(same_bytes_under_two_names_at_once);
+
+fn model_fixture(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wavecast-model-check/tests/fixtures").join(path)
+}
+
+/// `artifact publish --golden` runs the model check on the publisher's machine first: a model
+/// that fails its own golden set is not signed and nothing reaches the server; one that passes
+/// is published with its golden set, and the audit says whether the local check passed or was
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_its_golden_set_is_not_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("install");
+    let Installation { token, key, .. } = installation(&dir);
+    let server = Server::start(&dir, None).await;
+    let golden = model_fixture("classifier/golden.npz");
+    let publish = |version: &str, model: &str, extra: &[&str]| {
+        op(&server, &token)
+            .args(["artifact", "publish", "--name", "clf", "--version", version, "--key", &key, "--golden"])
+            .arg(&golden)
+            .arg("--file")
+            .arg(model_fixture(model))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let artifacts = || {
+        let out = op(&server, &token).args(["artifact", "list", "--json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // The perturbed weights are a few hundredths off the golden outputs: refused here.
+    let out = publish("1.0.0", "perturbed/model.onnx", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to sign clf@1.0.0"), "{err}");
+    assert!(err.contains("outside abs=0.0001,rel=0.0001") && err.contains("--skip-local-check"), "{err}");
+    assert_eq!(artifacts(), serde_json::json!([]), "nothing was published");
+
+    // Told to skip the check, it signs; the signed metadata and the audit say it was skipped.
+    let out = publish("1.0.0", "perturbed/model.onnx", &["--skip-local-check"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipped"));
+
+    // The good model passes here and is published with the check's outcome.
+    let out = publish("1.1.0", "classifier/model.onnx", &["--latency-budget", "5s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("model check on this machine passed: 8 golden case(s)"), "{err}");
+
+    let listed = artifacts();
+    assert_eq!(listed[0]["golden"]["local_check"], "skipped", "{listed}");
+    assert_eq!(listed[1]["golden"]["local_check"], "passed", "{listed}");
+    let audit = op(&server, &token).args(["audit", "list", "--json"]).output().unwrap();
+    let audit: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let checks: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "artifact.published")
+        .map(|e| (e["subject"].as_str().unwrap().to_owned(), e["detail"]["golden"]["local_check"].clone()))
+        .collect();
+    assert!(checks.contains(&("clf@1.0.0".into(), "skipped".into())), "{checks:?}");
+    assert!(checks.contains(&("clf@1.1.0".into(), "passed".into())), "{checks:?}");
+
+    // Golden-set options mean nothing without a golden set.
+    let out = op(&server, &token)
+        .args(["artifact", "publish", "--name", "clf", "--version", "1.2.0", "--key", &key, "--tolerance", "top-k=1"])
+        .arg("--file")
+        .arg(model_fixture("classifier/model.onnx"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--golden"));
+    server.stop();
+}

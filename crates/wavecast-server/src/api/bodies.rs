@@ -8,8 +8,9 @@
 //! it, rather than passed on to a client.
 
 use wavecast_api::{
-    Artifact, Device, DeviceArtifact, DeviceAtWork, DeviceFailure, DeviceProgress, DeviceRemoval, DeviceRollout,
-    EnrollmentToken, Failures, Group, InProgress, Rollout, StateCounts, Timestamp, Token, Wave, WaveState,
+    Artifact, ArtifactGolden, Device, DeviceArtifact, DeviceAtWork, DeviceFailure, DeviceProgress, DeviceRemoval,
+    DeviceRollout, EnrollmentToken, Failures, Group, InProgress, Rollout, StateCounts, Timestamp, Token, Wave,
+    WaveState,
 };
 use wavecast_core::TargetName;
 use wavecast_core::assignment::ActiveArtifact;
@@ -18,7 +19,7 @@ use wavecast_core::rollout::RolloutState;
 
 use super::ApiError;
 use crate::store::{
-    ArtifactRecord, AtWork, DeviceRecord, EnrollmentTokenRecord, GroupRecord, HeartbeatRecord, Retired,
+    ArtifactRecord, AtWork, DeviceRecord, EnrollmentTokenRecord, GoldenRecord, GroupRecord, HeartbeatRecord, Retired,
     RolloutDeviceRecord, RolloutRecord, TokenRecord,
 };
 
@@ -39,8 +40,17 @@ pub(super) fn artifact(r: ArtifactRecord) -> Result<Artifact, ApiError> {
         version: r.version,
         sha256: r.sha256,
         hardware: r.hardware,
+        golden: r.golden.map(golden).transpose()?,
         published_at: Timestamp::from_unix_ms(r.published_at),
         published_by: r.published_by,
+    })
+}
+
+pub(super) fn golden(r: GoldenRecord) -> Result<ArtifactGolden, ApiError> {
+    Ok(ArtifactGolden {
+        sha256: r.sha256,
+        length: unsigned("golden set length", r.length)?,
+        local_check: r.local_check,
     })
 }
 

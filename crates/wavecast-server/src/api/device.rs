@@ -472,14 +472,15 @@ pub async fn progress(
 /// Serves an artifact by its consistent-snapshot target path, `<sha256>.<name@version>`,
 /// honouring `Range` so interrupted downloads resume: only to a device whose assignments
 /// tell it to install exactly that target with exactly those bytes
-/// ([`assigns_install`], over what the device would be served now).
+/// ([`assigns_install`], over what the device would be served now). The same path with the
+/// digest of the golden set signed into that target serves the golden set.
 #[utoipa::path(
     get,
     path = "/targets/{file}",
     operation_id = "target",
     tag = "device",
     summary = "An artifact by its consistent-snapshot target path",
-    description = "403: the device's assignments do not tell it to install this target with these bytes; a device fetches only what it is assigned.",
+    description = "With the digest of the golden set signed into the target, serves that golden set. 403: the device's assignments do not tell it to install this target with these bytes; a device fetches only what it is assigned.",
     security(("deviceCredential" = [])),
     params(
         ("file" = String, Path, description = "`<sha256>.<name>@<version>`.", pattern = "^[0-9a-f]{64}\\.[A-Za-z0-9][A-Za-z0-9._-]*@[0-9A-Za-z.+-]+$", min_length = 1, example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.yolo-v8n@2.1.0"),
@@ -513,6 +514,16 @@ pub async fn target(
     let digest: wavecast_core::Sha256Digest =
         hex.parse().map_err(|_| ApiError::NotFound(format!("no target {file:?}")))?;
     let assignments = state.store().assignments(&device.id, &device.group).await?.assignments;
+    // The golden set signed into an assigned target is served by the same rule: the device
+    // checks it against the digest in the target's signed metadata before anything uses it.
+    let assigned =
+        assignments.iter().any(|a| a.action == wavecast_core::assignment::Action::Install && a.target() == target);
+    if assigned
+        && !assigns_install(&assignments, &target, &digest)
+        && state.store().artifact_golden(&target).await?.is_some_and(|g| g.sha256 == digest)
+    {
+        return super::operator::serve_blob(&state, &digest, req).await;
+    }
     if !assigns_install(&assignments, &target, &digest) {
         return Err(ApiError::Forbidden(format!(
             "device {} is not assigned {target} with sha256 {digest}: a device may fetch only the artifacts its \

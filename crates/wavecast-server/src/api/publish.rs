@@ -1,7 +1,8 @@
 //! `POST /api/v1/artifacts`: accept a publisher-signed targets file and the artifact's bytes.
 //!
 //! The request is multipart with two parts in this order: `targets` (the signed targets.json)
-//! and `blob` (the artifact). The metadata comes first so a bad signature or a duplicate is
+//! and `blob` (the artifact), and a third, `golden` (the golden bundle), exactly when the new
+//! target's signed custom metadata names one. The metadata comes first so a bad signature or a duplicate is
 //! refused before a gigabyte is uploaded. The blob is hashed while it streams to a temporary
 //! file and placed only once it matches the signed target; one transaction then records the
 //! new metadata, the artifact and the audit event. Any refusal leaves nothing stored.
@@ -29,7 +30,7 @@ use super::openapi::{
 };
 use super::{ApiError, ApiJson, CanPublish};
 use crate::state::AppState;
-use crate::store::{MetadataWrite, NewArtifact, OnlineMetadata, Publish, StoreError};
+use crate::store::{GoldenRecord, MetadataWrite, NewArtifact, OnlineMetadata, Publish, StoreError};
 
 /// tough's own limit for a targets file.
 const MAX_TARGETS_BYTES: usize = 10 * 1024 * 1024;
@@ -143,6 +144,47 @@ pub async fn publish(
         )));
     }
 
+    // Part 3: the golden bundle the target names, and only then.
+    let next = multipart.next_field().await.map_err(bad_multipart)?;
+    let golden = match (target.golden, next) {
+        (None, None) => None,
+        (None, Some(field)) => {
+            return Err(ApiError::BadRequest(format!(
+                "the upload has a part `{}` after `blob`, but the signed target {} names no golden set; nothing was stored",
+                field.name().unwrap_or_default(),
+                target.target
+            )));
+        }
+        (Some(_), None) => {
+            return Err(ApiError::BadRequest(format!(
+                "the signed target {} names a golden set, but the upload has no `golden` part; nothing was stored",
+                target.target
+            )));
+        }
+        (Some(signed), Some(field)) => {
+            if field.name() != Some("golden") {
+                return Err(ApiError::BadRequest("the third part of the upload must be `golden`".into()));
+            }
+            let got = match state.blobs().receive(field, &signed.sha256, signed.length).await {
+                Ok(got) => got,
+                Err(crate::blobs::BlobError::TooLong { .. }) => {
+                    return Err(ApiError::Unprocessable(format!(
+                        "the uploaded golden set does not match the one signed into {}: more than the signed {} bytes; nothing was stored",
+                        target.target, signed.length
+                    )));
+                }
+                Err(other) => return Err(other.into()),
+            };
+            if got.sha256 != signed.sha256 || got.length != signed.length {
+                return Err(ApiError::Unprocessable(format!(
+                    "the uploaded golden set does not match the one signed into {}: signed sha256 {} ({} bytes), received sha256 {} ({} bytes); nothing was stored",
+                    target.target, signed.sha256, signed.length, got.sha256, got.length
+                )));
+            }
+            Some((signed, got))
+        }
+    };
+
     // Online signatures over the publisher's bytes exactly as received.
     let targets_version = accepted.targets.signed.version.get() as i64;
     let online = sign_online_over(&state, view.version(), &targets_text, targets_version, now).await?;
@@ -154,6 +196,11 @@ pub async fn publish(
         length: target.length as i64,
         sha256: target.sha256,
         hardware: target.hardware.clone(),
+        golden: golden.as_ref().map(|(g, _)| GoldenRecord {
+            sha256: g.sha256,
+            length: g.length as i64,
+            local_check: g.local_check.as_str().to_owned(),
+        }),
         published_by: op.name.clone(),
     };
     let now_ms = now_ms();
@@ -172,16 +219,45 @@ pub async fn publish(
                 "length": record.length,
                 "hardware": record.hardware,
                 "targets_version": targets_version,
+                "golden": golden.as_ref().map(|(g, _)| serde_json::json!({
+                    "sha256": g.sha256,
+                    "length": g.length,
+                    "local_check": g.local_check.as_str(),
+                })),
             }),
         }],
     };
-    // The file goes into place and the rows that refer to it are committed under the blob's
-    // lock, so a failed publish of the same bytes can never remove it in between.
-    let lock = state.store().lock_blob(&digest).await?;
-    let placed = state.blobs().place(received).await?;
-    if let Err(e) = state.store().publish(lock, &publish).await {
-        if placed.created {
-            remove_unreferenced(&state, &digest).await;
+    // The files go into place and the rows that refer to them are committed under the blobs'
+    // lock, so a failed publish of the same bytes can never remove them in between.
+    let golden_digest = golden.as_ref().map(|(g, _)| g.sha256);
+    let lock =
+        state.store().lock_blobs(&[Some(digest), golden_digest].into_iter().flatten().collect::<Vec<_>>()).await?;
+    let mut created = Vec::new();
+    let placing = async {
+        if state.blobs().place(received).await?.created {
+            created.push(digest);
+        }
+        if let Some((signed, got)) = golden
+            && state.blobs().place(got).await?.created
+        {
+            created.push(signed.sha256);
+        }
+        Ok::<_, ApiError>(())
+    };
+    let placed = placing.await;
+    let committed = match placed {
+        Ok(()) => state.store().publish(lock, &publish).await,
+        Err(e) => {
+            let _ = lock.release().await;
+            for d in &created {
+                remove_unreferenced(&state, d).await;
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = committed {
+        for d in &created {
+            remove_unreferenced(&state, d).await;
         }
         tracing::warn!(target = %target.target, digest = %digest, "publish not recorded");
         return Err(match e {
@@ -201,6 +277,11 @@ pub async fn publish(
             length: target.length,
             sha256: record.sha256,
             hardware: record.hardware,
+            golden: record.golden.map(|g| wavecast_api::ArtifactGolden {
+                sha256: g.sha256,
+                length: g.length as u64,
+                local_check: g.local_check,
+            }),
             published_at: wavecast_api::Timestamp::from_unix_ms(now_ms),
             published_by: record.published_by,
         }),
@@ -337,7 +418,7 @@ async fn drain(multipart: &mut Multipart) {
 /// and leaves an unreferenced file, never a missing one.
 async fn remove_unreferenced(state: &AppState, digest: &wavecast_core::Sha256Digest) {
     let removed = async {
-        let mut lock = state.store().lock_blob(digest).await?;
+        let mut lock = state.store().lock_blobs(&[*digest]).await?;
         if !state.store().blob_referenced_locked(&mut lock, digest).await? {
             state.blobs().remove(digest).await?;
         }

@@ -2,12 +2,12 @@
 //! transaction, under the lock of the blob it refers to.
 
 use sqlx::{Any, Transaction};
-use wavecast_core::Sha256Digest;
+use wavecast_core::{Sha256Digest, TargetName};
 
 use super::audit::append_audit;
 use super::metadata::{insert_metadata, insert_online};
-use super::row::read_all;
-use super::{ArtifactRecord, Backend, Publish, Store, StoreError, conflict_or, q};
+use super::row::{Row, read_all};
+use super::{ArtifactRecord, Backend, GoldenRecord, Publish, Store, StoreError, conflict_or, q};
 
 /// A write transaction holding the lock of one content-addressed blob.
 ///
@@ -32,11 +32,16 @@ impl BlobLock {
 const BLOB_LOCK_CLASS: i32 = 7_700_002;
 
 impl Store {
-    /// Takes the lock of the blob `sha256` (see [`BlobLock`]), waiting for whoever holds it.
-    pub async fn lock_blob(&self, sha256: &Sha256Digest) -> Result<BlobLock, StoreError> {
+    /// Takes the lock of the blobs `digests` (see [`BlobLock`]), waiting for whoever holds
+    /// them. On PostgreSQL the locks are taken in digest order, so two publishes that share
+    /// blobs never wait on each other in a circle.
+    pub async fn lock_blobs(&self, digests: &[Sha256Digest]) -> Result<BlobLock, StoreError> {
         let op = "locking a blob";
         let mut tx = self.begin(op).await?;
-        if self.backend == Backend::Postgres {
+        let mut sorted = digests.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        for sha256 in sorted.iter().filter(|_| self.backend == Backend::Postgres) {
             let bytes = sha256.as_bytes();
             let key = i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
             sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
@@ -65,8 +70,8 @@ impl Store {
         insert_online(&mut tx, &p.online, p.now_ms).await?;
         for a in &p.artifacts {
             sqlx::query(
-                "INSERT INTO artifacts (name, version, length, sha256, hardware, targets_version, published_at, published_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO artifacts (name, version, length, sha256, hardware, targets_version, published_at, published_by, \
+                 golden_sha256, golden_length, golden_local_check) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(a.name.as_str())
             .bind(a.version.to_string())
@@ -76,6 +81,9 @@ impl Store {
             .bind(p.targets_version)
             .bind(p.now_ms)
             .bind(&a.published_by)
+            .bind(a.golden.as_ref().map(|g| g.sha256.to_hex()))
+            .bind(a.golden.as_ref().map(|g| g.length))
+            .bind(a.golden.as_ref().map(|g| g.local_check.clone()))
             .execute(&mut *tx)
             .await
             .map_err(conflict_or(op, || format!("artifact {}@{}", a.name, a.version)))?;
@@ -90,7 +98,8 @@ impl Store {
     pub async fn list_artifacts(&self) -> Result<Vec<ArtifactRecord>, StoreError> {
         let op = "listing artifacts";
         let rows = sqlx::query(
-            "SELECT name, version, length, sha256, hardware, published_at, published_by FROM artifacts ORDER BY name, published_at",
+            "SELECT name, version, length, sha256, hardware, published_at, published_by, golden_sha256, golden_length, \
+             golden_local_check FROM artifacts ORDER BY name, published_at",
         )
         .fetch_all(&self.pool)
         .await
@@ -104,8 +113,26 @@ impl Store {
                 hardware: r.get(4)?,
                 published_at: r.get(5)?,
                 published_by: r.get(6)?,
+                golden: golden_of(r, 7)?,
             })
         })
+    }
+
+    /// The golden bundle of `name@version`, if it is published with one.
+    pub async fn artifact_golden(&self, target: &TargetName) -> Result<Option<GoldenRecord>, StoreError> {
+        let op = "looking up an artifact's golden set";
+        let row = sqlx::query(
+            "SELECT golden_sha256, golden_length, golden_local_check FROM artifacts WHERE name = $1 AND version = $2",
+        )
+        .bind(target.name().as_str())
+        .bind(target.version().to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q(op))?;
+        match row {
+            None => Ok(None),
+            Some(row) => golden_of(&Row::new(&row, op), 0),
+        }
     }
 
     /// Whether any artifact references the blob with this digest.
@@ -118,10 +145,21 @@ async fn referenced<'e>(
     db: impl sqlx::Executor<'e, Database = Any>,
     sha256: &Sha256Digest,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 LIMIT 1")
+    // A golden bundle is a blob like an artifact's, referred to by the artifact it is signed with.
+    Ok(sqlx::query("SELECT 1 FROM artifacts WHERE sha256 = $1 OR golden_sha256 = $1 LIMIT 1")
         .bind(sha256.to_hex())
         .fetch_optional(db)
         .await
         .map_err(q("looking up a blob"))?
         .is_some())
+}
+
+/// The golden columns from `first` on (digest, length, local check), all null when there is none.
+fn golden_of(r: &Row<'_>, first: usize) -> Result<Option<GoldenRecord>, StoreError> {
+    let Some(sha256) = r.parse_opt(first, "golden digest")? else { return Ok(None) };
+    Ok(Some(GoldenRecord {
+        sha256,
+        length: r.get::<Option<i64>>(first + 1)?.unwrap_or_default(),
+        local_check: r.get::<Option<String>>(first + 2)?.unwrap_or_default(),
+    }))
 }

@@ -64,6 +64,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0008_device_names.sql"),
         postgres: include_str!("../../migrations/postgres/0008_device_names.sql"),
     },
+    Migration {
+        version: 9,
+        common: include_str!("../../migrations/common_0009.sql"),
+        sqlite: include_str!("../../migrations/sqlite/0009_none.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_none.sql"),
+    },
 ];
 
 pub(super) async fn run(store: &Store) -> Result<(), StoreError> {

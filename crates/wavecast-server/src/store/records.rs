@@ -79,8 +79,21 @@ pub struct NewArtifact {
     pub sha256: Sha256Digest,
     /// Hardware, if specific.
     pub hardware: Option<String>,
+    /// The golden bundle signed with it, if any.
+    pub golden: Option<GoldenRecord>,
     /// Actor.
     pub published_by: String,
+}
+
+/// An artifact's golden bundle, as its signed target names it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GoldenRecord {
+    /// SHA-256 of the bundle (a blob like the artifact's).
+    pub sha256: Sha256Digest,
+    /// Its size in bytes.
+    pub length: i64,
+    /// `passed` or `skipped`: what the publisher's machine did before signing.
+    pub local_check: String,
 }
 
 /// Everything one publish writes.
@@ -113,6 +126,8 @@ pub struct ArtifactRecord {
     pub sha256: Sha256Digest,
     /// Hardware, if specific.
     pub hardware: Option<String>,
+    /// The golden bundle signed with it, if any.
+    pub golden: Option<GoldenRecord>,
     /// Publish time (ms).
     pub published_at: i64,
     /// Publisher.

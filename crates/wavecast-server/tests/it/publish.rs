@@ -68,6 +68,7 @@ async fn build(env: &Env, case: Bad) -> (Vec<u8>, Vec<u8>) {
                 length: blob.len() as u64,
                 sha256: Sha256Digest::of(&blob),
                 hardware: None,
+                golden: None,
             };
             let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
             let signed = sign_new_targets(&rogue_root.signed().signed, &current, &new, &rogue, expires).await.unwrap();
@@ -244,4 +245,97 @@ async fn a_failed_publish_of_the_same_bytes_keeps_the_blob(db: Db) {
     }
 }
 
-both!(publish_refusals, published_blobs_are_served_exactly, a_failed_publish_of_the_same_bytes_keeps_the_blob);
+/// A model published with a golden set: the bundle travels as the upload's third part, must be
+/// the one signed into the target's custom metadata, and is stored, listed and audited with
+/// what the publisher's machine did; anything else is refused and leaves nothing behind.
+async fn golden_sets_travel_signed_with_their_model(db: Db) {
+    let env = Env::new(db).await;
+    let model = b"classifier weights".repeat(500);
+    let bundle = b"expectations and golden cases".repeat(40);
+    let signed_golden = |bundle: &[u8]| serde_json::json!({ "sha256": Sha256Digest::of(bundle), "length": bundle.len(), "local_check": "skipped" });
+    let root = env.root().await.signed;
+    let with_golden = |value: serde_json::Value| {
+        let mut t = target(&model);
+        t.custom.insert("golden".into(), value);
+        t
+    };
+    let sign = async |t: Target| {
+        let current = env.current_targets().await;
+        let next = next_targets(&current, |n| {
+            n.targets.insert(name("clf@1.0.0"), t);
+        });
+        sign_raw(&root, next, &env.publisher_key()).await
+    };
+    let upload = async |targets: &[u8], parts: &[(&str, &[u8])]| {
+        let mut all: Vec<(&str, &str, &[u8])> = vec![("targets", "application/json", targets)];
+        all.extend(parts.iter().map(|(n, b)| (*n, "application/octet-stream", *b)));
+        let form = wavecast_test_support::MultipartForm::new(&all);
+        env.request(
+            Method::POST,
+            "/api/v1/artifacts",
+            Some(&env.admin),
+            &[("content-type", form.content_type)],
+            Body::from(form.body),
+        )
+        .await
+    };
+    let other = b"another golden set".to_vec();
+    type Case<'a> = (&'a str, Target, Vec<(&'a str, &'a [u8])>, StatusCode, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "no golden part",
+            with_golden(signed_golden(&bundle)),
+            vec![("blob", &model)],
+            StatusCode::BAD_REQUEST,
+            "names a golden set, but the upload has no `golden` part",
+        ),
+        (
+            "other bytes",
+            with_golden(signed_golden(&bundle)),
+            vec![("blob", &model), ("golden", &other)],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "does not match the one signed into clf@1.0.0",
+        ),
+        (
+            "unsigned golden part",
+            target(&model),
+            vec![("blob", &model), ("golden", &bundle)],
+            StatusCode::BAD_REQUEST,
+            "names no golden set",
+        ),
+        (
+            "malformed field",
+            with_golden(serde_json::json!({ "url": "http://elsewhere/golden.zip" })),
+            vec![("blob", &model), ("golden", &bundle)],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "golden set is refused",
+        ),
+    ];
+    for (case, t, parts, status, needle) in cases {
+        let before = env.snapshot().await;
+        let r = upload(&sign(t).await, &parts).await;
+        assert_eq!(r.status, status, "{case}: {}", r.message());
+        assert!(r.message().contains(needle), "{case}: {:?} lacks {needle:?}", r.message());
+        assert_eq!(env.snapshot().await, before, "{case} left something behind");
+    }
+
+    let r = upload(&sign(with_golden(signed_golden(&bundle))).await, &[("blob", &model), ("golden", &bundle)]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.message());
+    let golden_sha = Sha256Digest::of(&bundle).to_hex();
+    let listed = &env.get("/api/v1/artifacts").await.json()[0];
+    assert_eq!(listed["golden"]["sha256"], golden_sha, "{listed}");
+    assert_eq!(listed["golden"]["length"], bundle.len());
+    assert_eq!(listed["golden"]["local_check"], "skipped");
+    assert_eq!(env.get(&format!("/api/v1/blobs/{golden_sha}")).await.body, bundle);
+    let audit = env.get("/api/v1/audit").await.json();
+    let published = audit.as_array().unwrap().iter().find(|e| e["action"] == "artifact.published").unwrap();
+    assert_eq!(published["detail"]["golden"]["local_check"], "skipped", "{published}");
+    assert_eq!(published["detail"]["golden"]["sha256"], golden_sha);
+}
+
+both!(
+    publish_refusals,
+    published_blobs_are_served_exactly,
+    a_failed_publish_of_the_same_bytes_keeps_the_blob,
+    golden_sets_travel_signed_with_their_model
+);

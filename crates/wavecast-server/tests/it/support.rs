@@ -253,6 +253,7 @@ impl Env {
             length: blob.len() as u64,
             sha256: Sha256Digest::of(blob),
             hardware: None,
+            golden: None,
         };
         let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
         sign_new_targets(&self.root().await.signed, &self.current_targets().await, &new, &self.publisher_key(), expires)

@@ -1,0 +1,1 @@
+-- Nothing backend-specific in migration 9.
