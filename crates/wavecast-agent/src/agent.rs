@@ -424,6 +424,7 @@ impl Agent {
             version: version.to_owned(),
             state,
             reason,
+            probe_result: None,
             at_ms: clock::now_ms(),
         }
     }
@@ -773,13 +774,13 @@ impl Agent {
                         restarts + 1,
                         work.version
                     );
-                    return self.roll_back(cfg, work, reason).await;
+                    return self.roll_back(cfg, work, reason, None).await;
                 }
                 j.phase = Phase::Probing { work: work.clone(), restarts: restarts + 1 };
                 self.transition(cfg, &j, &[self.report_of(cfg, &work, DeviceState::Probing, None)])?;
                 self.probe_and_finish(cfg, work, SystemTime::from(clock::now())).await
             }
-            Phase::RollingBack { work, reason } => self.roll_back(cfg, work, reason).await,
+            Phase::RollingBack { work, reason, probe_result } => self.roll_back(cfg, work, reason, probe_result).await,
             Phase::Reverting { rollout_id, version } => self.revert(cfg, &rollout_id, &version).await,
         }
     }
@@ -1200,13 +1201,14 @@ impl Agent {
         // A long initial delay is progress, not silence. The answer does not stop a probe: a
         // device past its download finishes on its own, even in a paused rollout.
         let progress = || self.progress(cfg, &work, DeviceState::Probing, work.length);
-        let outcome = self.heartbeat.during(probing, progress, |_| {}).await;
-        match outcome {
+        let probed = self.heartbeat.during(probing, progress, |_| {}).await;
+        match probed.outcome {
             ProbeOutcome::Healthy => {
                 let mut j = self.state.journal(&cfg.name)?;
                 // The report and the journal's "done" are one record: a crash before it re-runs
                 // the probe and queues the same report id again.
-                let succeeded = self.report_of(cfg, &work, DeviceState::Succeeded, None);
+                let mut succeeded = self.report_of(cfg, &work, DeviceState::Succeeded, None);
+                succeeded.probe_result = probed.result;
                 let new = Installed { version: work.version.clone(), sha256: work.sha256 };
                 if j.active.as_ref() != Some(&new) {
                     // What ran before is in the previous slot now (unless nothing wavecast
@@ -1223,14 +1225,22 @@ impl Agent {
                 self.crash("before-report");
                 Ok(())
             }
-            ProbeOutcome::Unhealthy(r) => self.roll_back(cfg, work, format!("probe failed: {r}")).await,
-            ProbeOutcome::CouldNotRun(r) => self.roll_back(cfg, work, format!("probe could not run: {r}")).await,
+            ProbeOutcome::Unhealthy(r) => self.roll_back(cfg, work, format!("probe failed: {r}"), probed.result).await,
+            ProbeOutcome::CouldNotRun(r) => {
+                self.roll_back(cfg, work, format!("probe could not run: {r}"), probed.result).await
+            }
         }
     }
 
-    async fn roll_back(&mut self, cfg: &ArtifactConfig, work: Work, reason: String) -> Result<(), StateError> {
+    async fn roll_back(
+        &mut self,
+        cfg: &ArtifactConfig,
+        work: Work,
+        reason: String,
+        probe_result: Option<serde_json::Value>,
+    ) -> Result<(), StateError> {
         let mut j = self.state.journal(&cfg.name)?;
-        j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone() };
+        j.phase = Phase::RollingBack { work: work.clone(), reason: reason.clone(), probe_result: probe_result.clone() };
         self.transition(cfg, &j, &[])?;
         // The swap put what `path` held in the previous slot: the active version, or (before
         // wavecast's first install there) what the swap recorded.
@@ -1254,7 +1264,7 @@ impl Agent {
                 format!("{reason}; rolling back was refused: {why}; {} stays in place", work.version)
             }
         };
-        self.finish_failed(cfg, work, reason, j)
+        self.finish_failed(cfg, work, reason, j, probe_result)
     }
 
     fn refuse(&mut self, cfg: &ArtifactConfig, work: Work, reason: String) -> Result<(), StateError> {
@@ -1262,7 +1272,7 @@ impl Agent {
         let _ = std::fs::remove_file(slots.partial(&work.sha256));
         tracing::error!(artifact = %cfg.name, version = %work.version, %reason, "refused; nothing was applied");
         let j = self.state.journal(&cfg.name)?;
-        self.finish_failed(cfg, work, reason, j)
+        self.finish_failed(cfg, work, reason, j, None)
     }
 
     fn finish_failed(
@@ -1271,8 +1281,10 @@ impl Agent {
         work: Work,
         reason: String,
         mut j: Journal,
+        probe_result: Option<serde_json::Value>,
     ) -> Result<(), StateError> {
-        let failed = self.report_of(cfg, &work, DeviceState::Failed, Some(reason.clone()));
+        let mut failed = self.report_of(cfg, &work, DeviceState::Failed, Some(reason.clone()));
+        failed.probe_result = probe_result;
         if !j.refused(&work.rollout_id, &work.sha256) {
             j.refused.push(Refused { rollout_id: work.rollout_id.clone(), sha256: work.sha256 });
         }

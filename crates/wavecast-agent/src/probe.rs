@@ -17,7 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncReadExt as _;
-use wavecast_core::probe::{ProbeKind, ProbeSpec};
+use wavecast_core::probe::{MAX_PROBE_RESULT, ProbeKind, ProbeSpec};
 
 /// The hosts an HTTP probe may ask when agent.toml lists none: this device only.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -153,6 +153,16 @@ pub fn redirect_policy(hosts: HttpHosts) -> reqwest::redirect::Policy {
     })
 }
 
+/// What a probe found, and what its last attempt printed (see [`Probed::result`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probed {
+    /// The verdict.
+    pub outcome: ProbeOutcome,
+    /// The last exec attempt's stdout when it was one JSON object of at most
+    /// [`MAX_PROBE_RESULT`] bytes (a model check's report); `None` otherwise.
+    pub result: Option<serde_json::Value>,
+}
+
 /// What a probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -184,32 +194,37 @@ pub async fn run(
     swapped_at: SystemTime,
     http: &reqwest::Client,
     mut on_attempt: impl FnMut(),
-) -> ProbeOutcome {
+) -> Probed {
     // Resolved before waiting: what the device does not list is refused at once, untouched.
     let probe = match resolve(&spec.kind, allow) {
         Ok(p) => p,
-        Err(reason) => return ProbeOutcome::CouldNotRun(reason),
+        Err(reason) => return Probed { outcome: ProbeOutcome::CouldNotRun(reason), result: None },
     };
     tokio::time::sleep(Duration::from_millis(spec.initial_delay_ms)).await;
     let timeout = Duration::from_millis(spec.timeout_ms);
     let mut last = String::new();
+    let mut result = None;
     for attempt in 1..=spec.attempts.max(1) {
         if attempt > 1 {
             tokio::time::sleep(Duration::from_millis(spec.interval_ms)).await;
         }
         on_attempt();
-        let result = match &probe {
-            Resolved::Exec { name, binary, args } => exec(binary, name, args, target, timeout).await,
+        let verdict = match &probe {
+            Resolved::Exec { name, binary, args } => {
+                let (verdict, printed) = exec(binary, name, args, target, timeout).await;
+                result = printed;
+                verdict
+            }
             Resolved::Http { url } => get(http, url, timeout).await,
             Resolved::File { path, .. } => readiness(path, swapped_at, timeout).await,
         };
-        match result {
-            Ok(()) => return ProbeOutcome::Healthy,
-            Err(Attempt::CouldNotRun(reason)) => return ProbeOutcome::CouldNotRun(reason),
+        match verdict {
+            Ok(()) => return Probed { outcome: ProbeOutcome::Healthy, result },
+            Err(Attempt::CouldNotRun(reason)) => return Probed { outcome: ProbeOutcome::CouldNotRun(reason), result },
             Err(Attempt::Unhealthy(reason)) => last = format!("attempt {attempt}/{}: {reason}", spec.attempts),
         }
     }
-    ProbeOutcome::Unhealthy(last)
+    Probed { outcome: ProbeOutcome::Unhealthy(last), result }
 }
 
 enum Attempt {
@@ -223,8 +238,8 @@ async fn exec(
     args: &[String],
     target: Target<'_>,
     timeout: Duration,
-) -> Result<(), Attempt> {
-    let mut child = tokio::process::Command::new(binary)
+) -> (Result<(), Attempt>, Option<serde_json::Value>) {
+    let spawned = tokio::process::Command::new(binary)
         .args(args)
         .arg(target.artifact)
         .env("WAVECAST_ARTIFACT_PATH", target.artifact)
@@ -233,44 +248,100 @@ async fn exec(
         .env_remove("WAVECAST_PREVIOUS_PATH")
         .envs(target.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            Attempt::CouldNotRun(format!("probe exec:{name} ({}) could not be started: {e}", binary.display()))
-        })?;
-    let mut stderr = child.stderr.take();
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            let why = format!("probe exec:{name} ({}) could not be started: {e}", binary.display());
+            return (Err(Attempt::CouldNotRun(why)), None);
+        }
+    };
+    // Both pipes are read while the probe runs, so a chatty probe never blocks on a full pipe;
+    // only the start of stdout (a result) and the end of stderr (the reason) are kept.
+    let stdout = child.stdout.take().map(|out| tokio::spawn(keep(out, Keep::Head(MAX_PROBE_RESULT + 1))));
+    let stderr = child.stderr.take().map(|err| tokio::spawn(keep(err, Keep::Tail(STDERR_KEPT))));
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     let status = match waited {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(Attempt::CouldNotRun(format!("waiting for probe exec:{name}: {e}"))),
+        Ok(Err(e)) => return (Err(Attempt::CouldNotRun(format!("waiting for probe exec:{name}: {e}"))), None),
         Err(_) => {
             let _ = child.kill().await;
-            return Err(Attempt::Unhealthy(format!(
-                "exec:{name} did not finish within {} ms and was killed",
-                timeout.as_millis()
-            )));
+            let why = format!("exec:{name} did not finish within {} ms and was killed", timeout.as_millis());
+            return (Err(Attempt::Unhealthy(why)), None);
         }
     };
+    let result = json_object(&collect(stdout).await);
     if status.success() {
-        return Ok(());
+        return (Ok(()), result);
     }
-    let mut tail = String::new();
-    if let Some(err) = stderr.as_mut() {
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_millis(200), err.read_to_end(&mut buf)).await;
-        let text = String::from_utf8_lossy(&buf);
-        let text = text.trim();
-        let start = text.len().saturating_sub(200);
-        tail = text.get(start..).unwrap_or(text).replace('\n', " ");
-    }
+    let buf = collect(stderr).await;
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim();
+    let start = text.len().saturating_sub(200);
+    let tail = text.get(start..).unwrap_or(text).replace('\n', " ");
     let code = status.code().map_or_else(|| "a signal".to_owned(), |c| format!("status {c}"));
-    Err(Attempt::Unhealthy(if tail.is_empty() {
+    let why = if tail.is_empty() {
         format!("exec:{name} exited with {code}")
     } else {
         format!("exec:{name} exited with {code}: {tail}")
-    }))
+    };
+    (Err(Attempt::Unhealthy(why)), result)
+}
+
+/// How much of stderr is read back for a failure's reason (its last 200 characters are used).
+const STDERR_KEPT: usize = 4096;
+
+/// Which bytes of a pipe to keep.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// The first n.
+    Head(usize),
+    /// The last n.
+    Tail(usize),
+}
+
+/// Reads `pipe` to its end, keeping what `which` says and dropping the rest.
+async fn keep(mut pipe: impl tokio::io::AsyncRead + Unpin, which: Keep) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => n,
+        };
+        match which {
+            Keep::Head(limit) => kept.extend_from_slice(&buf[..n.min(limit.saturating_sub(kept.len()))]),
+            Keep::Tail(limit) => {
+                kept.extend_from_slice(&buf[..n]);
+                let excess = kept.len().saturating_sub(limit);
+                kept.drain(..excess);
+            }
+        }
+    }
+}
+
+/// What a reader kept, waiting at most 200 ms after the probe exited (a child it left behind
+/// may hold the pipe open).
+async fn collect(reader: Option<tokio::task::JoinHandle<Vec<u8>>>) -> Vec<u8> {
+    let Some(mut reader) = reader else { return Vec::new() };
+    match tokio::time::timeout(Duration::from_millis(200), &mut reader).await {
+        Ok(Ok(kept)) => kept,
+        _ => {
+            reader.abort();
+            Vec::new()
+        }
+    }
+}
+
+/// `bytes` as a JSON object when they are exactly one of at most [`MAX_PROBE_RESULT`] bytes.
+fn json_object(bytes: &[u8]) -> Option<serde_json::Value> {
+    if bytes.len() > MAX_PROBE_RESULT {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(bytes).ok().filter(serde_json::Value::is_object)
 }
 
 async fn get(http: &reqwest::Client, url: &url::Url, timeout: Duration) -> Result<(), Attempt> {
@@ -307,6 +378,35 @@ async fn readiness(path: &Path, since: SystemTime, timeout: Duration) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `sh -c SCRIPT` as an exec probe.
+    async fn run_sh(script: &str) -> (Result<(), Attempt>, Option<serde_json::Value>) {
+        let args = ["-c".to_owned(), script.to_owned(), "probe".to_owned()];
+        let target = Target { artifact: Path::new("/dev/null"), env: &[] };
+        exec(Path::new("/bin/sh"), "sh", &args, target, Duration::from_secs(10)).await
+    }
+
+    #[tokio::test]
+    async fn an_exec_probes_json_is_its_result_and_a_flood_neither_blocks_nor_counts() {
+        let (verdict, result) = run_sh(r#"printf '{"outcome":"healthy","cases":8}\n'"#).await;
+        assert!(verdict.is_ok());
+        assert_eq!(result, Some(serde_json::json!({"outcome": "healthy", "cases": 8})));
+        // Failing, with a result on stdout and the reason on stderr.
+        let (verdict, result) = run_sh(r#"printf '{"outcome":"unhealthy"}'; echo 'off by 0.05' >&2; exit 1"#).await;
+        assert!(matches!(verdict, Err(Attempt::Unhealthy(r)) if r.ends_with("exited with status 1: off by 0.05")));
+        assert_eq!(result, Some(serde_json::json!({"outcome": "unhealthy"})));
+        // Megabytes on both pipes (more than a pipe holds): read while it runs, so the probe
+        // finishes; too long to be a result; the reason is stderr's tail.
+        let flood =
+            "head -c 3000000 /dev/zero | tr '\\0' x; head -c 3000000 /dev/zero | tr '\\0' y >&2; echo end >&2; exit 2";
+        let (verdict, result) = run_sh(flood).await;
+        assert!(matches!(verdict, Err(Attempt::Unhealthy(r)) if r.ends_with("yyyyend")), "finished, not blocked");
+        assert_eq!(result, None);
+        // Plain text, or JSON that is not an object, is no result.
+        for text in ["echo ok", "echo 42", "echo '[1,2]'"] {
+            assert_eq!(run_sh(text).await.1, None, "{text}");
+        }
+    }
 
     fn allow() -> Allowlist {
         Allowlist {

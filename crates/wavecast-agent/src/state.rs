@@ -241,6 +241,9 @@ pub enum Phase {
         work: Work,
         /// Why.
         reason: String,
+        /// What the failed probe printed (a model check's report), for the failure report.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probe_result: Option<serde_json::Value>,
     },
     /// Going back to the previous version for an aborted rollout.
     Reverting {
@@ -926,6 +929,7 @@ mod tests {
             version: "1.0.0".into(),
             state,
             reason: None,
+            probe_result: None,
             at_ms: 1,
         }
     }

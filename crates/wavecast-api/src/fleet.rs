@@ -221,4 +221,9 @@ pub struct DeviceRollout {
     /// Its latest heartbeat while it works on the update; `null` otherwise.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub progress: Option<DeviceProgress>,
+    /// What its probe printed about this version when it was one JSON object (a model
+    /// check's report: outcome, deviation from the golden outputs, latency and memory against
+    /// budget); `null` otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<Object>))]
+    pub probe_result: Option<serde_json::Value>,
 }

@@ -149,6 +149,11 @@ pub struct DeviceFailure {
     pub reason: Option<String>,
     /// When it got there.
     pub at: Timestamp,
+    /// What its probe printed about this version when it was one JSON object (a model
+    /// check's report: outcome, deviation from the golden outputs, latency and memory against
+    /// budget); `null` otherwise.
+    #[cfg_attr(feature = "openapi", schema(required = true, value_type = Option<Object>))]
+    pub probe_result: Option<serde_json::Value>,
 }
 
 /// The devices a rollout waits for (picked up their assignment, no outcome yet).

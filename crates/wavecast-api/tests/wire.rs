@@ -158,13 +158,14 @@ fn a_device_shows_its_own_fields_inline() {
                 reason: None,
                 updated_at: t(4),
                 progress: None,
+                probe_result: None,
             }],
         },
         &format!(
             r#"{{"id":"d1","name":"cam-001","group":"plant-7","hardware":"jetson","enrolled_at":"1970-01-01T00:00:00.003Z","last_seen_at":null,
                  "state":"active","revoked_at":null,"artifacts":[{{"name":"yolo","version":"1.0.0","sha256":"{SHA}"}}],
                  "rollouts":[{{"rollout_id":"r-1","artifact":"yolo","version":"1.0.0","wave":1,"state":"timed_out",
-                               "reason":null,"updated_at":"1970-01-01T00:00:00.004Z","progress":null}}]}}"#
+                               "reason":null,"updated_at":"1970-01-01T00:00:00.004Z","progress":null,"probe_result":null}}]}}"#
         ),
     );
 }
@@ -292,6 +293,7 @@ fn a_shown_rollout_lists_its_failed_devices_with_why() {
                 state: DeviceState::Failed,
                 reason: Some("exec:check-model_exited_with_1:_accuracy_0.41_<_0.90".into()),
                 at: t(9),
+                probe_result: Some(serde_json::json!({"outcome": "unhealthy", "cases": 8})),
             },
             DeviceFailure {
                 device: DeviceName::new("cam-009").unwrap(),
@@ -299,14 +301,16 @@ fn a_shown_rollout_lists_its_failed_devices_with_why() {
                 state: DeviceState::TimedOut,
                 reason: None,
                 at: t(11),
+                probe_result: None,
             },
         ],
     };
     check(
         &failures,
         r#"{"total":7,"devices":[
-             {"device":"cam-004","wave":1,"state":"failed","reason":"exec:check-model_exited_with_1:_accuracy_0.41_<_0.90","at":"1970-01-01T00:00:00.009Z"},
-             {"device":"cam-009","wave":2,"state":"timed_out","reason":null,"at":"1970-01-01T00:00:00.011Z"}]}"#,
+             {"device":"cam-004","wave":1,"state":"failed","reason":"exec:check-model_exited_with_1:_accuracy_0.41_<_0.90","at":"1970-01-01T00:00:00.009Z",
+              "probe_result":{"outcome":"unhealthy","cases":8}},
+             {"device":"cam-009","wave":2,"state":"timed_out","reason":null,"at":"1970-01-01T00:00:00.011Z","probe_result":null}]}"#,
     );
 }
 

@@ -277,6 +277,7 @@ fn report_of(device_id: &str, a: &Assignment, state: DeviceState) -> Report {
         version: a.version.to_string(),
         state,
         reason: None,
+        probe_result: None,
         at_ms: now_ms(),
     }
 }

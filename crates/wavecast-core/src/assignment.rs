@@ -315,6 +315,12 @@ pub struct Report {
     /// Why, for failures and refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the last probe attempt printed, when an exec probe printed one JSON object of at
+    /// most [`MAX_PROBE_RESULT`](crate::probe::MAX_PROBE_RESULT) bytes on stdout (as
+    /// `wavecast-model-check` does): kept with the device's outcome for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub probe_result: Option<serde_json::Value>,
     /// When, Unix ms on the device's clock.
     pub at_ms: i64,
 }

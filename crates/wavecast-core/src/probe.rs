@@ -201,3 +201,83 @@ mod tests {
         assert_eq!(read.kind, ProbeKind::File { name: "/run/app/ready".into() });
     }
 }
+
+/// The most bytes of an exec probe's stdout kept as its result (a JSON object); a longer
+/// output is not kept at all, since half a JSON document says nothing.
+pub const MAX_PROBE_RESULT: usize = 8 * 1024;
+
+/// One line for people about a probe's JSON result, when it is a model check's report
+/// (`wavecast-model-check`: `outcome`, `failures`, `outputs`, `latency`, `memory`, `drift`):
+/// the outcome, the largest deviation from the golden outputs, latency and memory against
+/// their budgets. `None` for any other JSON.
+pub fn describe_result(result: &serde_json::Value) -> Option<String> {
+    let outcome = result.get("outcome")?.as_str()?;
+    let mut parts = vec![format!("model check {}", outcome.replace('_', " "))];
+    let worst = |outputs: Option<&serde_json::Value>| {
+        outputs?
+            .as_array()?
+            .iter()
+            .filter_map(|o| Some((o.get("max_abs_error")?.as_f64()?, o.get("output")?.as_str()?.to_owned())))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    if let Some((err, output)) = worst(result.get("outputs")) {
+        parts.push(format!("largest deviation {err:.3e} on {output}"));
+    }
+    if let Some((err, output)) = worst(result.get("drift").and_then(|d| d.get("outputs"))) {
+        parts.push(format!("drift {err:.3e} on {output}"));
+    }
+    if let Some(l) = result.get("latency") {
+        let p95 = l.get("p95_us").and_then(|v| v.as_f64()).unwrap_or_default();
+        let budget = l.get("budget_us").and_then(|v| v.as_u64());
+        parts.push(match budget {
+            Some(b) => format!("p95 {} of {} budget", micros(p95), micros(b as f64)),
+            None => format!("p95 {}", micros(p95)),
+        });
+    }
+    if let Some(m) = result.get("memory") {
+        let peak = m.get("peak_bytes").and_then(|v| v.as_u64()).unwrap_or_default();
+        parts.push(match m.get("budget_bytes").and_then(|v| v.as_u64()) {
+            Some(b) => format!("memory {} of {} budget", mib(peak), mib(b)),
+            None => format!("memory {}", mib(peak)),
+        });
+    }
+    if outcome != "healthy"
+        && let Some(message) = result.pointer("/failures/0/message").and_then(|m| m.as_str())
+    {
+        parts.push(message.chars().take(200).collect());
+    }
+    Some(parts.join("; "))
+}
+
+fn micros(us: f64) -> String {
+    if us >= 1000.0 { format!("{:.1} ms", us / 1000.0) } else { format!("{us:.0} µs") }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod result_tests {
+    use super::*;
+
+    #[test]
+    fn a_model_checks_report_reads_as_one_line_and_other_json_does_not() {
+        let report = serde_json::json!({
+            "outcome": "unhealthy",
+            "failures": [{"reason": "out_of_tolerance", "message": "output \"probs\": 21 of 24 outside abs=0.0001"}],
+            "cases": 8,
+            "outputs": [{"output": "probs", "max_abs_error": 0.055413}, {"output": "logits", "max_abs_error": 0.001}],
+            "latency": {"median_us": 120.0, "p95_us": 2500.0, "runs": 20, "warmup": 3, "budget_us": 50000},
+            "memory": {"peak_bytes": 1572864, "budget_bytes": 268435456},
+        });
+        assert_eq!(
+            describe_result(&report).unwrap(),
+            "model check unhealthy; largest deviation 5.541e-2 on probs; p95 2.5 ms of 50.0 ms budget; \
+             memory 1.5 MiB of 256.0 MiB budget; output \"probs\": 21 of 24 outside abs=0.0001"
+        );
+        let healthy = serde_json::json!({"outcome": "healthy", "outputs": [], "latency": {"p95_us": 80.0}});
+        assert_eq!(describe_result(&healthy).unwrap(), "model check healthy; p95 80 µs");
+        assert_eq!(describe_result(&serde_json::json!({"status": "ok"})), None);
+    }
+}

@@ -7,3 +7,7 @@ ALTER TABLE artifacts ADD COLUMN golden_length BIGINT;
 ALTER TABLE artifacts ADD COLUMN golden_local_check TEXT;
 -- Whether a blob is still referred to asks for either digest.
 CREATE INDEX artifacts_by_golden ON artifacts (golden_sha256);
+
+-- What a device's probe printed about the version (a model check's JSON report: pass or fail,
+-- deviation, latency and memory against budget), kept with its outcome in the rollout.
+ALTER TABLE rollout_devices ADD COLUMN probe_result TEXT;

@@ -60,6 +60,11 @@ async fn the_model_check_keeps_a_good_model_rolls_back_a_regressed_one_and_refus
     let entry = env.wait_final(&agent, &id).await;
     assert_succeeded(&entry, &agent);
     assert_eq!(run_count(), 1, "the check ran once");
+    // The check's report travels with the outcome.
+    let result = &entry["probe_result"];
+    assert_eq!(result["outcome"], "healthy", "{entry}");
+    assert_eq!(result["cases"], 8);
+    assert!(result["latency"]["p95_us"].as_f64().is_some_and(|us| us > 0.0), "{result}");
     assert_eq!(agent.sha(), Some(sha_hex(&good)));
     let golden_seen = std::fs::read_to_string(&runs).unwrap();
     assert!(golden_seen.contains(".wavecast-golden-"), "the probe got the golden set's path: {golden_seen}");
@@ -72,6 +77,13 @@ async fn the_model_check_keeps_a_good_model_rolls_back_a_regressed_one_and_refus
     let entry = env.wait_final(&agent, &id).await;
     let reason = assert_failed(&entry, &["probe failed", "wavecast-model-check: unhealthy", "expected"], &agent);
     assert!(reason.contains("got"), "the reason names the value found: {reason}");
+    let result = &entry["probe_result"];
+    assert_eq!(result["outcome"], "unhealthy", "{entry}");
+    assert_eq!(result["failures"][0]["reason"], "out_of_tolerance");
+    let deviation = result["outputs"][0]["max_abs_error"].as_f64().unwrap();
+    assert!((0.01..0.2).contains(&deviation), "a few hundredths off: {deviation}");
+    let failures = env.rollout_view(&id).await["failures"]["devices"].clone();
+    assert_eq!(failures[0]["probe_result"], *result, "rollout show has it too: {failures}");
     assert_eq!(agent.sha(), Some(sha_hex(&good)), "rolled back to the good model");
     assert_eq!(run_count(), 2);
     // The failure halted its rollout; end it so the next can start.

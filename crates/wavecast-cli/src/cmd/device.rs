@@ -215,6 +215,9 @@ pub async fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
                         line.push_str(&format!(" — {reason}"));
                     }
                     println!("{line}");
+                    if let Some(check) = r.probe_result.as_ref().and_then(wavecast_core::probe::describe_result) {
+                        println!("          {check}");
+                    }
                 }
             }
         }

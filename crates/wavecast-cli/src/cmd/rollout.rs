@@ -361,6 +361,9 @@ fn render_failures(failures: &Failures) -> String {
             d.state.as_str(),
             d.reason.as_deref().unwrap_or("(no reason given)")
         ));
+        if let Some(check) = d.probe_result.as_ref().and_then(wavecast_core::probe::describe_result) {
+            out.push_str(&format!("\n    {:<width$}  {check}", ""));
+        }
     }
     let unlisted = n.saturating_sub(failures.devices.len() as u64);
     if unlisted > 0 {

@@ -109,6 +109,7 @@ pub(super) fn device_rollout(r: RolloutDeviceRecord) -> Result<DeviceRollout, Ap
         reason: r.reason,
         updated_at: Timestamp::from_unix_ms(r.updated_at),
         progress: r.heartbeat.map(progress),
+        probe_result: r.probe_result,
     })
 }
 
@@ -154,6 +155,7 @@ pub(super) fn failures(f: crate::store::Failures) -> Result<Failures, ApiError> 
                 state: d.state,
                 reason: d.reason,
                 at: Timestamp::from_unix_ms(d.at),
+                probe_result: d.probe_result,
             })
         })
         .collect::<Result<_, ApiError>>()?;

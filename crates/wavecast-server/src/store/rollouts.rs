@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::{Any, Transaction};
 use wavecast_core::assignment::{Action, Assignment, DeviceState};
 use wavecast_core::audit::{Actor, AuditAction, NewAuditEvent};
-use wavecast_core::probe::ProbeSpec;
+use wavecast_core::probe::{MAX_PROBE_RESULT, ProbeSpec};
 use wavecast_core::progress::{Progress, ProgressAck, Waiting};
 use wavecast_core::rollout::{
     self, AbortMode, Command, Effect, GateApproval, GroupRollout, Plan, ReportRefused, RolloutState, Served, Standing,
@@ -157,6 +157,8 @@ pub struct FailedDeviceRecord {
     pub state: DeviceState,
     /// Why, as the device (or the device timeout) said: for a failed probe, its output's tail.
     pub reason: Option<String>,
+    /// What its probe printed (a model check's report), if anything.
+    pub probe_result: Option<serde_json::Value>,
     /// When it got there (ms).
     pub at: i64,
 }
@@ -192,6 +194,8 @@ pub struct RolloutDeviceRecord {
     pub updated_at: i64,
     /// Its latest heartbeat, while it works on the update.
     pub heartbeat: Option<HeartbeatRecord>,
+    /// What its probe printed (a model check's report), if anything.
+    pub probe_result: Option<serde_json::Value>,
 }
 
 /// A device's row on a page of a rollout's devices.
@@ -1150,9 +1154,10 @@ impl Store {
         };
         let reason = report.reason.as_deref();
         let cause = Actor::Device(device.name.clone());
-        match (verdict, r, row) {
+        let rollout_id = match (verdict, r, row) {
             (Verdict::Apply, Some(r), Some((wave, from))) => {
                 self.write_transition(tx, r, device, wave, from, report.state, reason, &cause, now_ms).await?;
+                r.id.clone()
             }
             // Every move a joiner may report is one from `assigned` (core's tests say so).
             (Verdict::Join, Some(r), None)
@@ -1161,8 +1166,21 @@ impl Store {
                 let wave = self.join(tx, r, device, now_ms).await?;
                 let from = DeviceState::Assigned;
                 self.write_transition(tx, r, device, wave, from, report.state, reason, &cause, now_ms).await?;
+                r.id.clone()
             }
             _ => return Ok(ReportOutcome::Stale),
+        };
+        // What the probe printed goes with the outcome; a result larger than an agent sends is
+        // not kept (the outcome and its reason are).
+        let result = report.probe_result.as_ref().map(serde_json::Value::to_string);
+        if let Some(text) = result.filter(|t| t.len() <= 2 * MAX_PROBE_RESULT) {
+            sqlx::query("UPDATE rollout_devices SET probe_result = $3 WHERE rollout_id = $1 AND device_id = $2")
+                .bind(&rollout_id)
+                .bind(&device.id)
+                .bind(text)
+                .execute(&mut **tx)
+                .await
+                .map_err(q("recording a device's probe result"))?;
         }
         Ok(ReportOutcome::Applied)
     }
@@ -1370,7 +1388,7 @@ impl Store {
     pub async fn failed_devices(&self, r: &RolloutRecord) -> Result<Failures, StoreError> {
         let op = "listing a rollout's failed devices";
         let states: Vec<DeviceState> = DeviceState::ALL.into_iter().filter(|s| s.is_failure()).collect();
-        let columns = "d.name, rd.wave, rd.state, rd.reason, rd.updated_at";
+        let columns = "d.name, rd.wave, rd.state, rd.reason, rd.updated_at, rd.probe_result";
         let (total, rows) = self.devices_in(r, &states, columns, FAILURES_LISTED, op).await?;
         let devices = read_all(&rows, op, |row| {
             Ok(FailedDeviceRecord {
@@ -1379,6 +1397,7 @@ impl Store {
                 state: row.parse(2, "device state")?,
                 reason: row.get(3)?,
                 at: row.get(4)?,
+                probe_result: probe_result(row, 5)?,
             })
         })?;
         Ok(Failures { total, devices })
@@ -1496,7 +1515,7 @@ impl Store {
         let op = "reading a device's rollouts";
         let rows = sqlx::query(&format!(
             "SELECT rd.rollout_id, r.artifact_name, r.artifact_version, rd.wave, rd.state, rd.reason, rd.updated_at, \
-                 {HEARTBEAT_COLUMNS} FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
+                 {HEARTBEAT_COLUMNS}, rd.probe_result FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
                  WHERE rd.device_id = $1 ORDER BY r.created_at DESC, r.id"
         ))
         .bind(device_id)
@@ -1513,6 +1532,7 @@ impl Store {
                 reason: r.get(5)?,
                 updated_at: r.get(6)?,
                 heartbeat: heartbeat(r, 7)?,
+                probe_result: probe_result(r, 14)?,
             })
         })
     }
@@ -1633,4 +1653,10 @@ impl Store {
         }
         Ok(DeviceAssignments { counter, assignments: out, busy })
     }
+}
+
+/// A stored probe result: JSON text, or null. Text that no longer parses is left out rather
+/// than failing the whole read: it is what a device said, shown for people.
+fn probe_result(r: &Row<'_>, i: usize) -> Result<Option<serde_json::Value>, StoreError> {
+    Ok(r.get::<Option<String>>(i)?.and_then(|t| serde_json::from_str(&t).ok()))
 }

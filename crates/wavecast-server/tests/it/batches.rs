@@ -76,6 +76,7 @@ fn report(id: &str, rollout: &str, state: DeviceState) -> Report {
         version: "1.0.0".into(),
         state,
         reason: state.is_failure().then(|| "probe exec:check exited with 1".to_owned()),
+        probe_result: None,
         at_ms: 1,
     }
 }

@@ -10,6 +10,7 @@ use wavecast_core::Permission;
 use wavecast_core::assignment::DeviceState;
 use wavecast_core::audit::AuditAction;
 use wavecast_core::fleet::DeviceStatus;
+use wavecast_core::probe::describe_result;
 use wavecast_core::rollout::{Gate, RolloutState};
 
 use super::DashboardError;
@@ -153,6 +154,7 @@ pub async fn rollout(
                             span.muted { " wave " (f.wave) ", " (time(f.at))
                                 @if acknowledged(f, last_ack) { ", acknowledged" } } }
                         @if let Some(reason) = &f.reason { pre.reason { (reason) } }
+                        @if let Some(check) = f.probe_result.as_ref().and_then(describe_result) { p.check { (check) } }
                     }
                 }
                 @if failed.total as usize > failed.devices.len() {
@@ -510,7 +512,8 @@ pub async fn device(
                                     td { (h.wave) }
                                     td { (badge(h.state.as_str()))
                                         @if let Some(hb) = &h.heartbeat { br; (progress(hb)) } }
-                                    td { @if let Some(reason) = &h.reason { pre.reason { (reason) } } }
+                                    td { @if let Some(reason) = &h.reason { pre.reason { (reason) } }
+                                        @if let Some(check) = h.probe_result.as_ref().and_then(describe_result) { p.check { (check) } } }
                                     td { (time_ms(h.updated_at)) }
                                 }
                             }
