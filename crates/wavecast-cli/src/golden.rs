@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
+use wavecast_api::Artifact;
 use wavecast_core::{Sha256Digest, TargetName};
+use wavecast_model_check::bundle::Bundle;
 use wavecast_model_check::expectations::{LatencyBudget, MemoryBudget};
 use wavecast_model_check::memory::MemoryMeter;
 use wavecast_model_check::report::Outcome;
@@ -112,4 +114,85 @@ pub fn describe(report: &Report) -> String {
         parts.push(format!("median {:.0} µs, p95 {:.0} µs", l.median_us, l.p95_us));
     }
     parts.join(", ")
+}
+
+/// The golden bundle signed into `target`, from the server: the digest comes from the
+/// server's targets metadata, checked against the targets key its root names, and the bytes
+/// must match it before they are read.
+pub async fn fetch(client: &crate::Client, target: &TargetName) -> anyhow::Result<Bundle> {
+    let root = crate::cmd::artifact::server_root(client).await?;
+    let targets = crate::cmd::artifact::server_targets(client, &root.signed).await?;
+    let name = wavecast_tuf::tough::TargetName::new(target.to_string()).context("a target name TUF accepts")?;
+    let signed = targets.signed.targets.get(&name).with_context(|| format!("{target} is not in the signed targets"))?;
+    let golden = Golden::from_custom(&signed.custom)
+        .with_context(|| format!("reading {target}'s signed golden set"))?
+        .with_context(|| format!("{target}'s signed target names no golden set"))?;
+    let bytes = client.get_bytes(&format!("/api/v1/blobs/{}", golden.sha256)).await?;
+    let got = Sha256Digest::of(&bytes);
+    ensure!(
+        got == golden.sha256 && bytes.len() as u64 == golden.length,
+        "the server's golden set for {target} is not the signed one: signed sha256 {} ({} bytes), received sha256 {got} ({} bytes)",
+        golden.sha256,
+        golden.length,
+        bytes.len()
+    );
+    bundle::unpack(&bytes).with_context(|| format!("reading {target}'s golden set"))
+}
+
+/// What `artifact show` prints.
+pub fn render(artifact: &Artifact, golden: Option<&Bundle>) -> String {
+    let mut out = format!(
+        "{}@{}  {}  sha256 {}\npublished {} by {}; hardware {}\n",
+        artifact.name,
+        artifact.version,
+        crate::output::bytes(artifact.length),
+        artifact.sha256,
+        crate::output::time(artifact.published_at),
+        artifact.published_by,
+        artifact.hardware.as_deref().unwrap_or("any"),
+    );
+    let (Some(signed), Some(bundle)) = (&artifact.golden, golden) else {
+        out.push_str("golden set  none: an exec probe with wavecast-model-check has nothing to check\n");
+        return out;
+    };
+    let e = &bundle.expectations;
+    let s = &e.signature;
+    out.push_str(&format!(
+        "golden set  sha256 {} ({}), local check on the publisher's machine: {}\n",
+        signed.sha256,
+        crate::output::bytes(signed.length),
+        signed.local_check
+    ));
+    let opsets: Vec<String> = s.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
+    out.push_str(&format!(
+        "model       {}, IR version {}, opsets {}, {} parameters\n",
+        s.format,
+        s.ir_version,
+        opsets.join(", "),
+        s.parameters
+    ));
+    for (kind, tensors) in [("input", &s.inputs), ("output", &s.outputs)] {
+        for t in tensors {
+            let shape = match &t.shape {
+                Some(dims) => format!("[{}]", dims.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                None => "(rank not declared)".to_owned(),
+            };
+            out.push_str(&format!("  {kind:<6}  {}  {} {shape}\n", t.name, t.dtype));
+        }
+    }
+    out.push_str(&format!("expects     {} golden case(s) within {}\n", bundle.golden.cases, e.tolerance));
+    let budget = |what: &str, value: Option<String>| match value {
+        Some(v) => format!("{what} ≤ {v}"),
+        None => format!("{what}: no budget"),
+    };
+    out.push_str(&format!(
+        "            {}; {}; {}\n",
+        budget("p95 latency", e.latency_budget.map(|b| format!("{} µs", b.micros()))),
+        budget("memory", e.memory_budget.map(|b| crate::output::bytes(b.bytes()))),
+        match e.max_drift {
+            Some(d) => format!("drift from the kept version within {d}"),
+            None => "no drift limit".to_owned(),
+        }
+    ));
+    out
 }

@@ -79,6 +79,19 @@ The publisher key never leaves this machine.")]
     },
     /// List published artifacts.
     List(JsonRemote),
+    /// Show one artifact version: its digest and, for a model published with a golden set, the
+    /// model's signature and what the check expects of it.
+    #[command(after_help = "The golden set is fetched from the server and checked against the \
+digest signed into the model's target (signed by the publisher key named in the server's \
+root.json) before anything in it is shown.")]
+    #[command(mut_arg("json", |a| a.help("Print the artifact and its golden expectations as JSON")))]
+    Show {
+        /// The artifact version, as NAME@VERSION.
+        #[arg(value_name = "NAME@VERSION")]
+        target: String,
+        #[command(flatten)]
+        args: JsonRemote,
+    },
 }
 
 pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
@@ -141,6 +154,30 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
                     resigned.version,
                     output::time(resigned.expires_at)
                 );
+            }
+        }
+        ArtifactCommand::Show { target, args: JsonRemote { json, remote } } => {
+            let target = TargetName::parse(&target)
+                .with_context(|| format!("{target:?} is not NAME@VERSION, like yolo-v8n@2.1.0"))?;
+            let client = remote.client()?;
+            let artifacts: Vec<Artifact> = client.get("/api/v1/artifacts").await?;
+            let artifact =
+                artifacts
+                    .into_iter()
+                    .find(|a| a.name == *target.name() && a.version == *target.version())
+                    .with_context(|| format!("{target} is not published (`wavecast artifact list` shows what is)"))?;
+            let golden = match &artifact.golden {
+                None => None,
+                Some(_) => Some(crate::golden::fetch(&client, &target).await?),
+            };
+            if json {
+                output::json(&serde_json::json!({
+                    "artifact": artifact,
+                    "expectations": golden.as_ref().map(|g| &g.expectations),
+                    "golden_cases": golden.as_ref().map(|g| g.golden.cases),
+                }))?;
+            } else {
+                print!("{}", crate::golden::render(&artifact, golden.as_ref()));
             }
         }
         ArtifactCommand::List(JsonRemote { json, remote }) => {

@@ -156,6 +156,31 @@ async fn a_model_that_fails_its_golden_set_is_not_signed() {
     assert!(checks.contains(&("clf@1.0.0".into(), "skipped".into())), "{checks:?}");
     assert!(checks.contains(&("clf@1.1.0".into(), "passed".into())), "{checks:?}");
 
+    // `artifact show` prints the model's signature and what the check expects of it.
+    let out = op(&server, &token).args(["artifact", "show", "clf@1.1.0"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "local check on the publisher's machine: passed",
+        "model       onnx",
+        "input   x  float32 [1, 4]",
+        "output  probs  float32 [1, 3]",
+        "8 golden case(s) within abs=0.0001,rel=0.0001",
+        "p95 latency ≤ 5000000 µs; memory: no budget; no drift limit",
+    ] {
+        assert!(shown.contains(needle), "{needle:?} not in:\n{shown}");
+    }
+    // A golden set changed in the server's store is refused, not shown.
+    let sha = listed[1]["golden"]["sha256"].as_str().unwrap();
+    let stored = dir.join("blobs/sha256").join(&sha[..2]).join(sha);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let out = op(&server, &token).args(["artifact", "show", "clf@1.1.0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not the signed one"), "{err}");
+
     // Golden-set options mean nothing without a golden set.
     let out = op(&server, &token)
         .args(["artifact", "publish", "--name", "clf", "--version", "1.2.0", "--key", &key, "--tolerance", "top-k=1"])
