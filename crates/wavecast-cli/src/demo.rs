@@ -3,16 +3,19 @@
 //! It runs the real pieces in one process against a temporary directory — `init`, the server
 //! on SQLite, the publisher's offline signing, 20 real agents from the simulator — so a
 //! newcomer can watch a rollout halt on a bad canary, be acknowledged and resumed, and
-//! complete without waiting for a device that went offline.
+//! complete without waiting for a device that went offline; then watch a regressed model,
+//! signed with its golden set, be caught by the model check on the canary's own devices.
+//!
+//! The models are small real ONNX classifiers (the model check's test fixtures, built in).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use wavecast_api::audit::AuditEvent;
-use wavecast_api::{CreateRollout, DeviceDetail, ResumeRequest, Rollout};
+use wavecast_api::{AbortRequest, CreateRollout, DeviceDetail, ResumeRequest, Rollout};
 use wavecast_core::audit::AuditAction;
-use wavecast_core::rollout::RolloutState;
+use wavecast_core::rollout::{AbortMode, RolloutState};
 use wavecast_core::{ArtifactName, ArtifactVersion, TargetName};
 
 use crate::Client;
@@ -32,15 +35,18 @@ fn say(text: &str) {
     }
 }
 
-/// A deterministic stand-in for model weights.
-fn fake_model(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut block = wavecast_core::Sha256Digest::of(seed.as_bytes()).as_bytes().to_vec();
-    while out.len() < len {
-        block = wavecast_core::Sha256Digest::of(&block).as_bytes().to_vec();
-        out.extend_from_slice(&block);
-    }
-    out.truncate(len);
+const CLASSIFIER: &[u8] = include_bytes!("../../wavecast-model-check/tests/fixtures/classifier/model.onnx");
+const RETRAINED: &[u8] = include_bytes!("../../wavecast-model-check/tests/fixtures/perturbed/model.onnx");
+const GOLDEN: &[u8] = include_bytes!("../../wavecast-model-check/tests/fixtures/classifier/golden.npz");
+
+/// The classifier with `version` as its ONNX doc string: the same weights in other bytes, as
+/// a re-export of the same model would be. (A protobuf field appended to a message is read as
+/// that field's value; `doc_string` is ModelProto's field 6.)
+fn classifier(version: &str) -> Vec<u8> {
+    let doc = format!("yolo-v8n {version} (wavecast demo)");
+    let mut out = CLASSIFIER.to_vec();
+    out.extend_from_slice(&[(6 << 3) | 2, doc.len() as u8]);
+    out.extend_from_slice(doc.as_bytes());
     out
 }
 
@@ -96,7 +102,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     let key = wavecast_tuf::keys::SigningKey::load(&report.publisher_key)?;
     let mut models = Vec::new();
     for version in ["2.0.0", "2.1.0"] {
-        let bytes = fake_model(version, 1 << 20);
+        let bytes = classifier(version);
         let path = tmp.path().join(format!("yolo-v8n-{version}.onnx"));
         std::fs::write(&path, &bytes)?;
         let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new(version)?);
@@ -191,7 +197,65 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     }
     say(&format!("{} devices run 2.1.0; {bad} stays on 2.0.0; the offline device did not block anyone", devices - 2));
 
-    step(9, "wavecast audit list — every step, append-only");
+    step(
+        9,
+        "wavecast artifact publish --golden golden.npz --tolerance top-k=1 --max-drift abs=0.01 — a retrained 2.2.0",
+    );
+    let npz = tmp.path().join("golden.npz");
+    std::fs::write(&npz, GOLDEN)?;
+    let retrained = tmp.path().join("yolo-v8n-2.2.0.onnx");
+    std::fs::write(&retrained, RETRAINED)?;
+    let golden = crate::golden::GoldenArgs {
+        golden: Some(npz),
+        tolerance: "top-k=1".parse()?,
+        latency_budget: Some("50ms".parse()?),
+        memory_budget: None,
+        max_drift: Some("abs=0.01".parse()?),
+        skip_local_check: false,
+    };
+    let target = TargetName::new(ArtifactName::new("yolo-v8n")?, ArtifactVersion::new("2.2.0")?);
+    let prepared = golden.prepare(&target, &retrained).await?.context("a golden set was given")?;
+    let local = prepared.report.as_ref().map_or_else(String::new, crate::golden::describe);
+    let p = crate::cmd::artifact::publish(&client, &target, &retrained, &key, None, Some(&prepared), false).await?;
+    say(&format!("{}@{}  sha256 {}", p.name, p.version, p.sha256));
+    say(&format!("model check on the publisher's machine passed: {local}"));
+    say(
+        "its golden set and expectations are signed with it; drift needs the version a device runs, so it is checked there",
+    );
+
+    step(
+        10,
+        "wavecast rollout create --artifact yolo-v8n@2.2.0 --waves 10,100 --halt-after 1 — the model check runs on the canary",
+    );
+    let drift = create(&client, "yolo-v8n@2.2.0", &[10, 100], &[]).await?;
+    let drift_id = drift.id.clone();
+    let caught =
+        wait_for(&client, &drift_id, "paused", Duration::from_secs(60), |r| r.state == RolloutState::Paused).await?;
+    say(&render(&caught));
+    let first = caught
+        .failures
+        .as_ref()
+        .and_then(|f| f.devices.first())
+        .context("the paused rollout lists no failed device")?;
+    let check = first.probe_result.as_ref().and_then(wavecast_core::probe::describe_result);
+    ensure!(
+        check.as_deref().is_some_and(|c| c.contains("unhealthy") && c.contains("drift")),
+        "the canary should fail the model check on drift: {check:?} ({:?})",
+        first.reason
+    );
+    say(&format!("{}: {}", first.device, check.unwrap_or_default()));
+    let _: Rollout =
+        client.post(&format!("/api/v1/rollouts/{drift_id}/abort"), &AbortRequest { mode: AbortMode::Keep }).await?;
+    for name in &sim.names {
+        if sim.offline.contains(name) {
+            continue;
+        }
+        let bytes = std::fs::read(sim.artifact_path(name, "yolo-v8n"))?;
+        ensure!(bytes != RETRAINED, "{name} kept the retrained model");
+    }
+    say("wavecast rollout abort --keep: the canary rolled itself back; the rest of the fleet never received 2.2.0");
+
+    step(11, "wavecast audit list — every step, append-only");
     let events: Vec<AuditEvent> = client.get("/api/v1/audit?limit=10000").await?;
     let relevant: Vec<AuditEvent> = events
         .into_iter()
@@ -201,7 +265,7 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
     crate::cmd::audit::print_events(&relevant);
     say("(device.updated events shown for one device only; `wavecast audit list` has them all)");
 
-    step(10, "wavecast audit export + verify — the rollout's evidence, checked against the trust anchor");
+    step(12, "wavecast audit export + verify — the rollout's evidence, checked against the trust anchor");
     let export = tmp.path().join(format!("audit-{id}.json"));
     for line in crate::cmd::audit::demo_evidence(&client, &id, &export, &report.root_json).await? {
         say(&line);
@@ -209,7 +273,8 @@ pub async fn run(devices: u32, keep_running: bool) -> anyhow::Result<ExitCode> {
 
     sim.stop().await;
     println!(
-        "\nDone in {:.1}s: halt on a bad canary, acknowledge and resume, completion without waiting for the offline device.",
+        "\nDone in {:.1}s: halt on a bad canary, acknowledge and resume, completion without waiting for the offline device, \
+         and a regressed model caught by the model check before the fleet saw it.",
         started.elapsed().as_secs_f64()
     );
     if keep_running {

@@ -109,12 +109,29 @@ enum Command {
     /// Renew the trust anchor, or rotate the keys it names.
     #[command(subcommand)]
     Root(cmd::root::RootCommand),
+    /// Check a model against its golden set here, as wavecast-model-check does on a device
+    /// (`wavecast model-check --help` for its arguments).
+    #[command(
+        disable_help_flag = true,
+        after_help = "The same check as the wavecast-model-check binary, except peak memory: this binary does not \
+count its heap, so a golden set with a memory budget cannot run here. Devices should install \
+wavecast-model-check (small, no server inside) and allowlist it as an exec probe."
+    )]
+    ModelCheck {
+        /// wavecast-model-check's arguments: MODEL [--golden FILE] [--previous FILE] [--max-drift TOLERANCE].
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0.., value_name = "ARGS")]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code:
 /// 0 for success, 1 for any error (printed with its causes), 2 for bad usage.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The model check is synchronous CPU work with a JSON report of its own: no runtime.
+    if let Command::ModelCheck { args } = cli.command {
+        return model_check(args);
+    }
     // Simulated agents journal every step with fsync, which blocks the thread it runs on; with
     // hundreds of agents in one process, two worker threads would spend the rollout waiting
     // on the disk while other agents' check-ins starve.
@@ -152,7 +169,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => cmd::audit::run(c).await,
         Command::Status(args) => cmd::status::run(args).await,
         Command::Root(c) => cmd::root::run(c).await,
+        Command::ModelCheck { args } => Ok(model_check(args)),
     }
+}
+
+/// `wavecast model-check ARGS`: wavecast-model-check's command line, without a memory meter.
+fn model_check(args: Vec<std::ffi::OsString>) -> ExitCode {
+    let argv = std::iter::once(std::ffi::OsString::from("wavecast model-check")).chain(args);
+    wavecast_model_check::cli::main_from(argv, wavecast_model_check::memory::MemoryMeter::Unavailable)
 }
 
 /// Reads a token file written by `init` (one line).

@@ -10,6 +10,10 @@
 //! check in again. `--preexisting N` devices start with a file at their application path that
 //! wavecast did not put there (a "factory" model, [`factory_content`]), so their first managed
 //! install replaces something an abort with revert can restore.
+//!
+//! A version published with a golden set (`artifact publish --golden`) is judged by the model
+//! check instead, the same on every device: the probe runs `wavecast model-check` (this very
+//! binary) on it, with the golden set and the kept previous version the agent passes.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -91,12 +95,14 @@ pub fn factory_content(device: &str, artifact: &str) -> String {
     format!("factory {artifact} model of {device}\n")
 }
 
-fn probe_script(dir: &Path, fail: u32) -> String {
+fn probe_script(dir: &Path, fail: u32, wavecast: &Path) -> String {
     format!(
         r#"#!/bin/sh
 # wavecast sim's health probe. The artifact path is the last argument (also in
-# WAVECAST_ARTIFACT_PATH). Healthy with the first version the device installed; with a fail
-# budget, the first {fail} devices to try another version fail it, and keep failing.
+# WAVECAST_ARTIFACT_PATH). A version signed with a golden set gets the model check. Otherwise:
+# healthy with the first version the device installed; with a fail budget, the first {fail}
+# devices to try another version fail it, and keep failing.
+if [ -n "$WAVECAST_GOLDEN_PATH" ]; then exec '{wavecast}' model-check "$@"; fi
 a="$WAVECAST_ARTIFACT_PATH"
 d=$(dirname "$a")
 if [ ! -e "$d/.sim-baseline" ]; then cp "$a" "$d/.sim-baseline" && exit 0; fi
@@ -113,7 +119,8 @@ while [ "$i" -le {fail} ]; do
 done
 exit 0
 "#,
-        slots = dir.join("fail-slots").display()
+        slots = dir.join("fail-slots").display(),
+        wavecast = wavecast.display()
     )
 }
 
@@ -138,7 +145,8 @@ pub async fn start(client: &Client, opts: &SimOptions) -> anyhow::Result<Sim> {
     std::fs::create_dir_all(opts.dir.join("fail-slots")).with_context(|| format!("creating {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
     let probe = dir.join("sim-check");
-    std::fs::write(&probe, probe_script(&dir, opts.fail)).context("writing the sim-check probe")?;
+    let wavecast = std::env::current_exe().context("finding this binary, for the model check")?;
+    std::fs::write(&probe, probe_script(&dir, opts.fail, &wavecast)).context("writing the sim-check probe")?;
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755))?;

@@ -208,8 +208,8 @@ pub const MAX_PROBE_RESULT: usize = 8 * 1024;
 
 /// One line for people about a probe's JSON result, when it is a model check's report
 /// (`wavecast-model-check`: `outcome`, `failures`, `outputs`, `latency`, `memory`, `drift`):
-/// the outcome, the largest deviation from the golden outputs, latency and memory against
-/// their budgets. `None` for any other JSON.
+/// the outcome, the largest deviation from the golden outputs and from the previous version,
+/// latency and memory against their budgets. `None` for any other JSON.
 pub fn describe_result(result: &serde_json::Value) -> Option<String> {
     let outcome = result.get("outcome")?.as_str()?;
     let mut parts = vec![format!("model check {}", outcome.replace('_', " "))];
@@ -241,11 +241,7 @@ pub fn describe_result(result: &serde_json::Value) -> Option<String> {
             None => format!("memory {}", mib(peak)),
         });
     }
-    if outcome != "healthy"
-        && let Some(message) = result.pointer("/failures/0/message").and_then(|m| m.as_str())
-    {
-        parts.push(message.chars().take(200).collect());
-    }
+    // The first failure's message is the probe's stderr, which the reason already ends with.
     Some(parts.join("; "))
 }
 
@@ -274,7 +270,7 @@ mod result_tests {
         assert_eq!(
             describe_result(&report).unwrap(),
             "model check unhealthy; largest deviation 5.541e-2 on probs; p95 2.5 ms of 50.0 ms budget; \
-             memory 1.5 MiB of 256.0 MiB budget; output \"probs\": 21 of 24 outside abs=0.0001"
+             memory 1.5 MiB of 256.0 MiB budget"
         );
         let healthy = serde_json::json!({"outcome": "healthy", "outputs": [], "latency": {"p95_us": 80.0}});
         assert_eq!(describe_result(&healthy).unwrap(), "model check healthy; p95 80 µs");

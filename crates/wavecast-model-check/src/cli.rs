@@ -42,7 +42,13 @@ struct Args {
 
 /// Runs the command line with peak memory read from `meter`.
 pub fn main(meter: MemoryMeter) -> ExitCode {
-    let report = match Args::try_parse() {
+    main_from(std::env::args_os(), meter)
+}
+
+/// Runs the command line `args` (the program's name first), with peak memory read from
+/// `meter`: for a binary that offers the check as one of its commands.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>, meter: MemoryMeter) -> ExitCode {
+    let report = match Args::try_parse_from(args) {
         Ok(args) => check::run(&Request {
             artifact: args.artifact,
             golden: args.golden,
