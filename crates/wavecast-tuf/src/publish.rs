@@ -35,6 +35,14 @@ pub enum PublishError {
         /// The digest already published.
         existing: String,
     },
+    /// The target is already published with these bytes but another golden set (or none).
+    #[error(
+        "{target} is already published with these bytes and another golden set; publish a new version to change it"
+    )]
+    GoldenDiffers {
+        /// The target.
+        target: TargetName,
+    },
     /// The key given could not be read as a TUF key.
     #[error("reading the publisher key")]
     Key(#[source] KeyError),
@@ -104,6 +112,12 @@ pub async fn sign_new_targets(
     if let Some(existing) = current.signed.targets.get(&tough_name) {
         let existing_hex = hex::encode(&existing.hashes.sha256);
         if existing_hex == new.sha256.to_hex() && existing.length == new.length {
+            // The same bytes with another golden set (or with one where there was none) is not
+            // a retry: saying "already published" would hide that the new set was not signed.
+            let signed = Golden::from_custom(&existing.custom).ok().flatten().map(|g| (g.sha256, g.length));
+            if signed != new.golden.map(|g| (g.sha256, g.length)) {
+                return Err(PublishError::GoldenDiffers { target: new.target.clone() });
+            }
             return Err(PublishError::AlreadyPublished { target: new.target.clone(), sha256: new.sha256 });
         }
         return Err(PublishError::Duplicate { target: new.target.clone(), existing: existing_hex });

@@ -141,7 +141,18 @@ async fn a_model_that_fails_its_golden_set_is_not_signed() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("model check on this machine passed: 8 golden case(s)"), "{err}");
 
+    // The same again is a retry; the same bytes with another golden set is refused, not
+    // reported as already published.
+    let out = publish("1.1.0", "classifier/model.onnx", &["--latency-budget", "5s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already published clf@1.1.0"));
+    let out = publish("1.1.0", "classifier/model.onnx", &["--tolerance", "top-k=1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already published with these bytes and another golden set"), "{err}");
+
     let listed = artifacts();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     assert_eq!(listed[0]["golden"]["local_check"], "skipped", "{listed}");
     assert_eq!(listed[1]["golden"]["local_check"], "passed", "{listed}");
     let audit = op(&server, &token).args(["audit", "list", "--json"]).output().unwrap();
