@@ -1078,24 +1078,32 @@ impl Agent {
             Ok(u) => u,
             Err(e) => return Ok(Err(wait_for(WaitClass::Network, e.to_string()))),
         };
-        let watch = Watch::default();
-        let fetched = fetch(
-            &self.http,
-            &url,
-            &self.identity.credential,
-            &partial,
-            golden.length,
-            self.config.download,
-            &watch,
-            || {},
-        );
-        let progress = || self.progress(cfg, work, DeviceState::Downloading, work.length);
-        let fetched = match self.heartbeat.during(fetched, progress, |_| {}).await {
-            Ok(f) => f,
-            Err(e) => return self.fetch_failed(slots, work, &partial, &watch, e),
-        };
-        if fetched.sha256 != golden.sha256 || fetched.length != golden.length {
+        // As for the artifact: a resumed download that does not hash right is fetched once
+        // more from zero before it is refused.
+        for attempt in 0..2 {
+            let watch = Watch::default();
+            let fetching = fetch(
+                &self.http,
+                &url,
+                &self.identity.credential,
+                &partial,
+                golden.length,
+                self.config.download,
+                &watch,
+                || {},
+            );
+            let progress = || self.progress(cfg, work, DeviceState::Downloading, work.length);
+            let fetched = match self.heartbeat.during(fetching, progress, |_| {}).await {
+                Ok(f) => f,
+                Err(e) => return self.fetch_failed(slots, work, &partial, &watch, e),
+            };
+            if fetched.sha256 == golden.sha256 && fetched.length == golden.length {
+                break;
+            }
             let _ = std::fs::remove_file(&partial);
+            if fetched.resumed && attempt == 0 {
+                continue;
+            }
             return Ok(Err(Stop::Refuse(format!(
                 "the golden set downloaded for {target} does not match the one signed into it: received sha256 {} ({} bytes), signed sha256 {} ({} bytes); the model check did not run",
                 fetched.sha256, fetched.length, golden.sha256, golden.length
