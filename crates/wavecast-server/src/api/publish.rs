@@ -121,28 +121,17 @@ pub async fn publish(
     if field.name() != Some("blob") {
         return Err(ApiError::BadRequest("the second part of the upload must be `blob`".into()));
     }
-    let received = match state.blobs().receive(field, &target.sha256, target.length).await {
+    let mismatch = format!("the uploaded bytes do not match the signed target {}", target.target);
+    let receiving = state.blobs().receive(field, &target.sha256, target.length).await;
+    let received = match signed_bytes(receiving, &target.sha256, target.length, &mismatch) {
         Ok(received) => received,
-        Err(crate::blobs::BlobError::TooLong { .. }) => {
-            return Err(ApiError::Unprocessable(format!(
-                "the uploaded bytes do not match the signed target {}: more than the signed {} bytes; nothing was stored",
-                target.target, target.length
-            )));
+        Err(Refused { error, drain_first }) => {
+            if drain_first {
+                drain(&mut multipart).await;
+            }
+            return Err(error);
         }
-        Err(e @ crate::blobs::BlobError::Store { .. }) => {
-            // The object store failed mid-upload while the publisher is still sending: as for a
-            // conflict, read the rest (bounded) so it gets this answer rather than a broken pipe.
-            drain(&mut multipart).await;
-            return Err(e.into());
-        }
-        Err(other) => return Err(other.into()),
     };
-    if received.sha256 != target.sha256 || received.length != target.length {
-        return Err(ApiError::Unprocessable(format!(
-            "the uploaded bytes do not match the signed target {}: signed sha256 {} ({} bytes), received sha256 {} ({} bytes); nothing was stored",
-            target.target, target.sha256, target.length, received.sha256, received.length
-        )));
-    }
 
     // Part 3: the golden bundle the target names, and only then.
     let next = multipart.next_field().await.map_err(bad_multipart)?;
@@ -165,22 +154,17 @@ pub async fn publish(
             if field.name() != Some("golden") {
                 return Err(ApiError::BadRequest("the third part of the upload must be `golden`".into()));
             }
-            let got = match state.blobs().receive(field, &signed.sha256, signed.length).await {
+            let mismatch = format!("the uploaded golden set does not match the one signed into {}", target.target);
+            let receiving = state.blobs().receive(field, &signed.sha256, signed.length).await;
+            let got = match signed_bytes(receiving, &signed.sha256, signed.length, &mismatch) {
                 Ok(got) => got,
-                Err(crate::blobs::BlobError::TooLong { .. }) => {
-                    return Err(ApiError::Unprocessable(format!(
-                        "the uploaded golden set does not match the one signed into {}: more than the signed {} bytes; nothing was stored",
-                        target.target, signed.length
-                    )));
+                Err(Refused { error, drain_first }) => {
+                    if drain_first {
+                        drain(&mut multipart).await;
+                    }
+                    return Err(error);
                 }
-                Err(other) => return Err(other.into()),
             };
-            if got.sha256 != signed.sha256 || got.length != signed.length {
-                return Err(ApiError::Unprocessable(format!(
-                    "the uploaded golden set does not match the one signed into {}: signed sha256 {} ({} bytes), received sha256 {} ({} bytes); nothing was stored",
-                    target.target, signed.sha256, signed.length, got.sha256, got.length
-                )));
-            }
             Some((signed, got))
         }
     };
@@ -393,6 +377,43 @@ pub(super) async fn sign_online_over(
     crate::sign_snapshot_and_timestamp(&view.root().signed, &view.online()?, targets, plan, now)
         .await
         .map_err(|e| ApiError::internal_from("signing snapshot and timestamp", e))
+}
+
+/// A part of an upload that is refused: the answer, and whether to read the rest of the
+/// upload first so the publisher, still sending, gets it rather than a broken pipe.
+struct Refused {
+    error: ApiError,
+    drain_first: bool,
+}
+
+/// The bytes of one part as received (`receiving`), if they are exactly the signed `sha256` and
+/// `length`; `mismatch` begins the refusal ("the uploaded bytes do not match …").
+fn signed_bytes(
+    receiving: Result<crate::blobs::Received, crate::blobs::BlobError>,
+    sha256: &wavecast_core::Sha256Digest,
+    length: u64,
+    mismatch: &str,
+) -> Result<crate::blobs::Received, Refused> {
+    let refuse = |error| Refused { error, drain_first: false };
+    let received = match receiving {
+        Ok(received) => received,
+        Err(crate::blobs::BlobError::TooLong { .. }) => {
+            return Err(refuse(ApiError::Unprocessable(format!(
+                "{mismatch}: more than the signed {length} bytes; nothing was stored"
+            ))));
+        }
+        // The object store failed mid-upload while the publisher is still sending: as for a
+        // conflict, the rest is read (bounded) so it gets this answer.
+        Err(e @ crate::blobs::BlobError::Store { .. }) => return Err(Refused { error: e.into(), drain_first: true }),
+        Err(other) => return Err(refuse(other.into())),
+    };
+    if received.sha256 != *sha256 || received.length != length {
+        return Err(refuse(ApiError::Unprocessable(format!(
+            "{mismatch}: signed sha256 {sha256} ({length} bytes), received sha256 {} ({} bytes); nothing was stored",
+            received.sha256, received.length
+        ))));
+    }
+    Ok(received)
 }
 
 /// The most of a conflicting upload [`drain`] reads so its sender gets the answer; past it,

@@ -139,7 +139,9 @@ async fn rollout_page_and_actions(db: Db) {
     let index: usize = first.trim_start_matches("cam-").parse().unwrap();
     let report = serde_json::json!({ "reports": [{
         "id": "f-1", "rollout_id": id, "artifact": "m", "version": "1.0.0", "state": "failed",
-        "reason": "probe exited 3: <script>alert(1)</script> model output mismatch", "at_ms": 1
+        "reason": "probe exited 3: <script>alert(1)</script> model output mismatch", "at_ms": 1,
+        "probe_result": { "outcome": "unhealthy", "outputs": [{ "output": "<b>probs</b>", "max_abs_error": 0.055413 }],
+                          "latency": { "p95_us": 2500.0, "budget_us": 50000 } }
     }], "active": [] });
     let r = env
         .request(
@@ -156,6 +158,14 @@ async fn rollout_page_and_actions(db: Db) {
     assert!(page.contains("model output mismatch"), "the failure's reason is on the page");
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "and escaped");
     assert!(!page.contains("<script>alert(1)"));
+    // The model check's report, in one line, escaped; and the same on the device's page and in the API.
+    let check =
+        "model check unhealthy; largest deviation 5.541e-2 on &lt;b&gt;probs&lt;/b&gt;; p95 2.5 ms of 50.0 ms budget";
+    assert!(page.contains(check), "the check's report is on the page: {page}");
+    let device_page = text(&env.page(Method::GET, &format!("/ui/devices/{first}"), Some(&s), "").await);
+    assert!(device_page.contains(check), "{device_page}");
+    let device = env.get(&format!("/api/v1/devices/{first}")).await.json();
+    assert_eq!(device["rollouts"][0]["probe_result"]["latency"]["budget_us"], 50000, "{device}");
     assert!(page.contains("Resume"), "a paused rollout offers resume: {page}");
     assert!(page.contains(&first), "the acknowledgement names the failed device");
     assert!(page.contains("Page 1 of 2 (60 devices)"), "devices are paged");

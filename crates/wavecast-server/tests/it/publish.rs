@@ -331,6 +331,10 @@ async fn golden_sets_travel_signed_with_their_model(db: Db) {
     let published = audit.as_array().unwrap().iter().find(|e| e["action"] == "artifact.published").unwrap();
     assert_eq!(published["detail"]["golden"]["local_check"], "skipped", "{published}");
     assert_eq!(published["detail"]["golden"]["sha256"], golden_sha);
+    let session = env.sign_in(&env.admin).await;
+    let page = env.page(Method::GET, "/ui/artifacts/clf/1.0.0", Some(&session), "").await;
+    let page = String::from_utf8_lossy(&page.body);
+    assert!(page.contains(&golden_sha) && page.contains("on the publisher's machine: skipped"), "{page}");
 }
 
 both!(

@@ -587,6 +587,11 @@ pub async fn artifact(
             dt { "SHA-256" } dd { code.digest { (a.sha256.to_hex()) } }
             dt { "Hardware" } dd { (a.hardware.as_deref().unwrap_or("any")) }
             dt { "Published" } dd { (time(a.published_at)) " by " (a.published_by) }
+            dt { "Golden set" } dd {
+                @if let Some(g) = &a.golden {
+                    code.digest { (g.sha256.to_hex()) } " (" (bytes(g.length)) "), signed with it; model check on the publisher's machine: " (g.local_check)
+                } @else { "none" }
+            }
         }
         section aria-labelledby="a-rollouts-h" {
             h2 #a-rollouts-h { "Rollouts of it" }
