@@ -309,7 +309,7 @@ fn a_shown_rollout_lists_its_failed_devices_with_why() {
         &failures,
         r#"{"total":7,"devices":[
              {"device":"cam-004","wave":1,"state":"failed","reason":"exec:check-model_exited_with_1:_accuracy_0.41_<_0.90","at":"1970-01-01T00:00:00.009Z",
-              "probe_result":{"outcome":"unhealthy","cases":8}},
+              "probe_result":{"cases":8,"outcome":"unhealthy"}},
              {"device":"cam-009","wave":2,"state":"timed_out","reason":null,"at":"1970-01-01T00:00:00.011Z","probe_result":null}]}"#,
     );
 }

@@ -116,10 +116,14 @@ pub fn describe(report: &Report) -> String {
     parts.join(", ")
 }
 
-/// The golden bundle signed into `target`, from the server: the digest comes from the
-/// server's targets metadata, checked against the targets key its root names, and the bytes
-/// must match it before they are read.
-pub async fn fetch(client: &crate::Client, target: &TargetName) -> anyhow::Result<Bundle> {
+/// How long the server may stay silent while sending a golden set.
+const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The golden bundle signed into `target`, from the server, with what the signed target says
+/// of it: the digest comes from the server's targets metadata, checked against the targets key
+/// its root names; the bytes are read up to the signed length (a stall of [`STALL`] ends it)
+/// and must match the digest before they are read as a bundle.
+pub async fn fetch(client: &crate::Client, target: &TargetName) -> anyhow::Result<(Golden, Bundle)> {
     let root = crate::cmd::artifact::server_root(client).await?;
     let targets = crate::cmd::artifact::server_targets(client, &root.signed).await?;
     let name = wavecast_tuf::tough::TargetName::new(target.to_string()).context("a target name TUF accepts")?;
@@ -127,7 +131,22 @@ pub async fn fetch(client: &crate::Client, target: &TargetName) -> anyhow::Resul
     let golden = Golden::from_custom(&signed.custom)
         .with_context(|| format!("reading {target}'s signed golden set"))?
         .with_context(|| format!("{target}'s signed target names no golden set"))?;
-    let bytes = client.get_bytes(&format!("/api/v1/blobs/{}", golden.sha256)).await?;
+    let path = format!("/api/v1/blobs/{}", golden.sha256);
+    let mut resp = client.send("GET", &path, client.request(reqwest::Method::GET, &path)?).await?;
+    let mut bytes = Vec::new();
+    loop {
+        let chunk = tokio::time::timeout(STALL, resp.chunk())
+            .await
+            .with_context(|| format!("the server sent nothing of {target}'s golden set for {} s", STALL.as_secs()))?
+            .with_context(|| format!("reading {target}'s golden set"))?;
+        let Some(chunk) = chunk else { break };
+        bytes.extend_from_slice(&chunk);
+        ensure!(
+            bytes.len() as u64 <= golden.length,
+            "the server sent more than the signed {} bytes of {target}'s golden set",
+            golden.length
+        );
+    }
     let got = Sha256Digest::of(&bytes);
     ensure!(
         got == golden.sha256 && bytes.len() as u64 == golden.length,
@@ -136,11 +155,12 @@ pub async fn fetch(client: &crate::Client, target: &TargetName) -> anyhow::Resul
         golden.length,
         bytes.len()
     );
-    bundle::unpack(&bytes).with_context(|| format!("reading {target}'s golden set"))
+    let bundle = bundle::unpack(&bytes).with_context(|| format!("reading {target}'s golden set"))?;
+    Ok((golden, bundle))
 }
 
-/// What `artifact show` prints.
-pub fn render(artifact: &Artifact, golden: Option<&Bundle>) -> String {
+/// What `artifact show` prints; `golden` is the signed golden set, verified.
+pub fn render(artifact: &Artifact, golden: Option<&(Golden, Bundle)>) -> String {
     let mut out = format!(
         "{}@{}  {}  sha256 {}\npublished {} by {}; hardware {}\n",
         artifact.name,
@@ -151,7 +171,7 @@ pub fn render(artifact: &Artifact, golden: Option<&Bundle>) -> String {
         artifact.published_by,
         artifact.hardware.as_deref().unwrap_or("any"),
     );
-    let (Some(signed), Some(bundle)) = (&artifact.golden, golden) else {
+    let Some((signed, bundle)) = golden else {
         out.push_str("golden set  none: an exec probe with wavecast-model-check has nothing to check\n");
         return out;
     };
@@ -161,7 +181,7 @@ pub fn render(artifact: &Artifact, golden: Option<&Bundle>) -> String {
         "golden set  sha256 {} ({}), local check on the publisher's machine: {}\n",
         signed.sha256,
         crate::output::bytes(signed.length),
-        signed.local_check
+        signed.local_check.as_str()
     ));
     let opsets: Vec<String> = s.opsets.iter().map(|o| format!("{} {}", o.domain, o.version)).collect();
     out.push_str(&format!(

@@ -1,6 +1,6 @@
 //! The golden bundle: one file holding `expectations.json` and the publisher's `golden.npz`,
-//! which travels as its own signed TUF target beside the model (`NAME@VERSION.golden`) and
-//! reaches the check as `WAVECAST_GOLDEN_PATH`.
+//! whose digest and length are signed into the model's own TUF target (custom metadata,
+//! `wavecast-tuf`'s `golden`), and which reaches the check as `WAVECAST_GOLDEN_PATH`.
 //!
 //! It is a zip of exactly those two stored members, written with fixed dates so the same
 //! expectations and golden set always make the same bytes (and so the same signed hash).

@@ -173,8 +173,8 @@ pub async fn run(cmd: ArtifactCommand) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&serde_json::json!({
                     "artifact": artifact,
-                    "expectations": golden.as_ref().map(|g| &g.expectations),
-                    "golden_cases": golden.as_ref().map(|g| g.golden.cases),
+                    "expectations": golden.as_ref().map(|(_, b)| &b.expectations),
+                    "golden_cases": golden.as_ref().map(|(_, b)| b.golden.cases),
                 }))?;
             } else {
                 print!("{}", crate::golden::render(&artifact, golden.as_ref()));
